@@ -1,0 +1,208 @@
+"""Command line → RunConfig → the app or the headless run. The only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import signal
+import sys
+import threading
+import tomllib
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .config import RunConfig
+from .errors import UserError
+
+# flag → (config section, field, type, help)
+FLAGS: list[tuple[str, str, str, type, str]] = [
+    ("--data", "data", "path", str, "UTF-8 text file to train on (default: the bundled tiny-shakespeare)"),
+    ("--val-split", "data", "val_split", float, "fraction of the text held out for validation (default 0.1)"),
+    ("--limit-train-batches", "data", "limit_train_batches", int, "cap micro-batches per training epoch"),
+    ("--limit-val-batches", "data", "limit_val_batches", int, "cap micro-batches per validation pass"),
+    ("--block-size", "model", "block_size", int, "context length in tokens (default 128)"),
+    ("--n-layer", "model", "n_layer", int, "transformer blocks (default 6)"),
+    ("--n-head", "model", "n_head", int, "attention heads (default 8)"),
+    ("--n-embd", "model", "n_embd", int, "model width d_model (default 256)"),
+    ("--dropout", "model", "dropout", float, "dropout probability (default 0.1)"),
+    ("--micro-batch", "train", "micro_batch", int, "sequences per forward/backward (default 16)"),
+    ("--accum", "train", "accum", int, "micro-batches accumulated per optimizer step (default 8)"),
+    ("--epochs", "train", "epochs", int, "passes over the training split (default 10)"),
+    ("--seed", "train", "seed", int, "seed for init, data order and dropout (default 1337)"),
+    ("--device", "train", "device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
+    ("--threads", "train", "threads", int, "torch CPU threads (default: all cores; one left for the app on 4+)"),
+    ("--patience", "train", "patience", int, "early stopping patience in epochs; 0 = off (default 4)"),
+    ("--min-delta", "train", "min_delta", float, "smallest val-loss improvement that counts (default 0)"),
+    ("--checkpoint-every", "train", "checkpoint_every", int, "save `latest` every N optimizer steps (default ~5 min)"),
+    ("--max-bad-steps", "train", "max_bad_steps", int, "non-finite steps in a row before stopping (default 3)"),
+    ("--lr", "optim", "lr", float, "peak learning rate (default 1e-3)"),
+    ("--weight-decay", "optim", "weight_decay", float, "AdamW weight decay (default 0.1)"),
+    ("--grad-clip", "optim", "grad_clip", float, "clip the step's gradient norm; 0 = off (default 1.0)"),
+    ("--warmup-tokens", "optim", "warmup_tokens", int, "linear warm-up in tokens (default 5%% of the run)"),
+]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} — see `tui-trainer --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="tui-trainer",
+        description="Train a small character-level GPT with exact gradient accumulation and a validation split. "
+                    "Opens the terminal app unless --no-ui is given.",
+    )
+    parser.add_argument("--no-ui", action="store_true", help="run headless: log lines on stdout, for CI and scripts")
+    parser.add_argument("--run-dir", default=None, help="where config.json, metrics.jsonl and checkpoints go "
+                                                        "(default runs/<timestamp>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
+    parser.add_argument("--config", metavar="FILE.toml", default=None,
+                        help="TOML file with [model] [data] [optim] [train] [diagnosis] tables; flags override it")
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    for flag, _section, _name, kind, help_text in FLAGS:
+        parser.add_argument(flag, type=kind, default=None, help=help_text)
+    return parser
+
+
+def _load_toml(path: str) -> dict[str, dict[str, Any]]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist", "check the path given to --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path} is not valid TOML ({exc})", "fix the syntax") from None
+    sections = {f.name: f for f in fields(RunConfig) if f.name != "run_dir"}
+    for section, table in data.items():
+        if section not in sections or not isinstance(table, dict):
+            guess = difflib.get_close_matches(section, sections, n=1)
+            raise UserError(f"unknown table [{section}] in {path}",
+                            f"did you mean [{guess[0]}]?" if guess else f"use one of {', '.join(sections)}")
+        known = {f.name for f in fields(sections[section].default_factory())}
+        for key in table:
+            if key not in known:
+                guess = difflib.get_close_matches(key, known, n=1)
+                raise UserError(f"unknown key '{key}' in [{section}] of {path}",
+                                f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(sorted(known))}")
+    return data
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
+    """The RunConfig the flags describe, and the flags the user gave explicitly ("section.field")."""
+    given: dict[str, Any] = {}
+    if args.config:
+        for section, table in _load_toml(args.config).items():
+            for key, value in table.items():
+                given[f"{section}.{key}"] = value
+    for _flag, section, name, _kind, _help in FLAGS:
+        value = getattr(args, name if name != "path" else "data")
+        if value is not None:
+            given[f"{section}.{name}"] = value
+    if args.compile:
+        given["train.compile"] = True
+    cfg = RunConfig(run_dir=args.run_dir)
+    for key, value in given.items():
+        section, name = key.split(".")
+        try:
+            cfg = cfg.replace(**{section: replace(getattr(cfg, section), **{name: value})})
+        except TypeError:
+            raise UserError(f"bad value for {key}: {value!r}", "see `tui-trainer --help`") from None
+    return cfg, given
+
+
+class SignalStopper:
+    """SIGINT/SIGTERM/SIGHUP → ask the engine to finish its micro-step, save and end.
+
+    A second signal while the engine is stopping is ignored (the save is atomic either way);
+    a third one exits at once.
+    """
+
+    SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+    def __init__(self, control) -> None:
+        self.control = control
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "SignalStopper":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.count += 1
+        if self.count >= 3:
+            os._exit(128 + signum)
+        self.control.stop("interrupted", signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def exit_code_for(end) -> int:
+    if end.reason == "error":
+        return 1
+    if end.reason == "interrupted" and end.exit_signal:
+        return 128 + end.exit_signal
+    return 0
+
+
+def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
+    from .control import Control
+    from .engine import Trainer
+    from .headless import HeadlessLog
+
+    control = Control()
+    trainer = Trainer(cfg, HeadlessLog(), control, resume=args.resume, overrides=given, overwrite=args.overwrite)
+    with SignalStopper(control):
+        end = trainer.run()
+    if trainer.error is not None and not isinstance(trainer.error, UserError):
+        print(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})",
+              file=sys.stderr)
+    elif isinstance(trainer.error, UserError):
+        raise trainer.error
+    return exit_code_for(end)
+
+
+def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
+    from .ui.app import create_app
+
+    app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite)
+    with SignalStopper(app.control):
+        app.run()
+    end = app.finish()
+    if end is None:
+        return 0
+    return exit_code_for(end)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg, given = config_from_args(args)
+        if args.resume and not Path(args.resume).is_dir():
+            raise UserError(f"--resume {args.resume}: no such run directory", "pass a run dir such as runs/20260101-120000")
+        use_app = not args.no_ui and sys.stdout.isatty() and sys.stdin.isatty()
+        if not args.no_ui and not use_app:
+            print("note: no terminal to draw the app on; running headless (pass --no-ui to silence this)",
+                  file=sys.stderr)
+        code = run_app(cfg, given, args) if use_app else run_headless(cfg, given, args)
+    except UserError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Run configuration: frozen dataclasses, validated once at the edge.
+
+Everything inside the engine trusts a validated ``RunConfig``. Defaults follow the
+seed's recommendations (micro-batch 8-16, accumulation 8-16, patience 3-5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layer: int = 6  # transformer blocks
+    n_head: int = 8  # attention heads per block; must divide n_embd
+    n_embd: int = 256  # width of the residual stream (d_model)
+    block_size: int = 128  # context length in tokens = length of one training example
+    dropout: float = 0.1  # dropout on attention, MLP and embeddings (0 = deterministic maths)
+    vocab_size: int = 0  # filled in from the data's character vocabulary
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str | None = None  # UTF-8 text file; None = the bundled tiny-shakespeare corpus
+    val_split: float = 0.1  # last fraction of the tokens held out for validation
+    limit_train_batches: int | None = None  # cap on micro-batches per training epoch
+    limit_val_batches: int | None = None  # cap on micro-batches per validation pass
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_tokens: int | None = None  # linear warm-up length in tokens; None = 5% of the run
+    weight_decay: float = 0.1  # AdamW decoupled weight decay on matrices (not biases/norms)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # clip the window's gradient norm to this (0 = off)
+
+
+@dataclass(frozen=True)
+class DiagnosisConfig:
+    """Thresholds of the loss-curve diagnosis (see tui_trainer/diagnosis.py)."""
+
+    val_rise_warning: float = 0.05  # warn when val loss rises more than this fraction in one epoch
+    trend_epochs: int = 3  # epochs a trend needs before it is called
+    overfit_gap: float = 0.25  # val/train - 1 above this is a "large gap"
+    underfit_ratio: float = 0.6  # losses above this fraction of ln(vocab) (a uniform guess) are "high"
+    plateau_improvement: float = 0.02  # relative improvement per epoch below this = "barely move"
+    spike_factor: float = 2.0  # a step loss above spike_factor x rolling median is a spike
+    spike_window: int = 25  # steps in the rolling median
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    micro_batch: int = 16  # sequences per forward/backward
+    accum: int = 8  # micro-batches accumulated per optimizer step
+    seed: int = 1337  # drives init, data order and dropout
+    device: str = "auto"  # auto = cuda, then mps, then cpu
+    threads: int | None = None  # torch CPU threads; None = chosen for the machine
+    patience: int = 4  # early stopping: epochs without improvement (0 = off)
+    min_delta: float = 0.0  # early stopping: improvement smaller than this does not count
+    checkpoint_every: int | None = None  # optimizer steps between `latest` saves; None = ~5 min
+    max_bad_steps: int = 3  # consecutive non-finite steps before the run stops
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    diagnosis: DiagnosisConfig = field(default_factory=DiagnosisConfig)
+    run_dir: str | None = None  # None = runs/<timestamp>
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Rebuild from ``to_dict`` output; unknown keys are dropped, missing ones get defaults
+        (so checkpoints written by older versions still load)."""
+        return _build(cls, data)
+
+    def replace(self, **sections: Any) -> "RunConfig":
+        return dataclasses.replace(self, **sections)
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and is_dataclass(sub) and isinstance(value, dict):
+            value = _build(sub, value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _positive(name: str, value: int | float | None, flag: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise UserError(f"{flag} must be a positive number, got {value}", f"pass {flag} 1 or more")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check everything that does not need the data; raise UserError with a fix."""
+    m, d, o, t, g = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.diagnosis
+    _positive("n_layer", m.n_layer, "--n-layer")
+    _positive("n_head", m.n_head, "--n-head")
+    _positive("n_embd", m.n_embd, "--n-embd")
+    _positive("block_size", m.block_size, "--block-size")
+    if m.n_embd % m.n_head:
+        raise UserError(
+            f"--n-embd {m.n_embd} is not divisible by --n-head {m.n_head}",
+            f"choose --n-embd as a multiple of {m.n_head}, e.g. {m.n_head * max(1, m.n_embd // m.n_head)}",
+        )
+    if not 0.0 <= m.dropout < 1.0:
+        raise UserError(f"--dropout must be in [0, 1), got {m.dropout}", "use e.g. --dropout 0.1")
+    if not 0.0 < d.val_split < 1.0:
+        raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {d.val_split}",
+                        "use e.g. --val-split 0.1 for a 90/10 split")
+    _positive("limit_train_batches", d.limit_train_batches, "--limit-train-batches", allow_none=True)
+    _positive("limit_val_batches", d.limit_val_batches, "--limit-val-batches", allow_none=True)
+    _positive("epochs", t.epochs, "--epochs")
+    _positive("micro_batch", t.micro_batch, "--micro-batch")
+    if t.accum is None or t.accum < 1 or t.accum > 1024:
+        raise UserError(f"--accum must be between 1 and 1024, got {t.accum}", "use e.g. --accum 8")
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {o.lr}", "use e.g. --lr 1e-3")
+    if o.weight_decay < 0:
+        raise UserError(f"--weight-decay must be 0 or more, got {o.weight_decay}", "use e.g. --weight-decay 0.1")
+    if o.grad_clip < 0:
+        raise UserError(f"--grad-clip must be 0 (off) or more, got {o.grad_clip}", "use e.g. --grad-clip 1.0")
+    if o.warmup_tokens is not None and o.warmup_tokens < 0:
+        raise UserError(f"--warmup-tokens must be 0 or more, got {o.warmup_tokens}", "omit it for 5% of the run")
+    if t.patience < 0:
+        raise UserError(f"--patience must be 0 (off) or more, got {t.patience}", "the seed recommends 3-5")
+    if t.min_delta < 0:
+        raise UserError(f"--min-delta must be 0 or more, got {t.min_delta}", "use e.g. --min-delta 0.001")
+    _positive("threads", t.threads, "--threads", allow_none=True)
+    _positive("checkpoint_every", t.checkpoint_every, "--checkpoint-every", allow_none=True)
+    _positive("max_bad_steps", t.max_bad_steps, "--max-bad-steps")
+    if g.val_rise_warning < 0 or g.trend_epochs < 2 or g.spike_factor <= 1 or g.spike_window < 3:
+        raise UserError("diagnosis thresholds are out of range",
+                        "val_rise_warning >= 0, trend_epochs >= 2, spike_factor > 1, spike_window >= 3")
+    return cfg

@@ -1,0 +1,176 @@
+"""What the engine tells its sinks: small frozen dataclasses, one per kind of moment.
+
+The engine emits them in order; sinks (the headless logger, the Textual app, the
+metrics file) decide what to draw or write. Nothing here imports Textual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_dir: str
+    device: str
+    threads: int
+    parameters: int
+    vocab_size: int
+    train_examples: int
+    val_examples: int
+    epochs: int
+    micro_batch: int
+    accum: int
+    processes: int
+    block_size: int
+    planned_tokens: int  # tokens the whole run will train on (drives the LR schedule and ETA)
+    resumed_from_step: int = 0  # 0 = fresh run
+    start_epoch: int = 1
+    tokens_seen: int = 0
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MicroStep:
+    epoch: int
+    step: int  # the optimizer step this micro-step belongs to (1-based, global)
+    micro_step: int  # 1..micro_steps within that step
+    micro_steps: int  # micro-batches in this step's window (== accum except at an epoch's end)
+    step_in_epoch: int  # 1-based
+    steps_in_epoch: int
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    epoch: int
+    step: int
+    step_in_epoch: int
+    steps_in_epoch: int
+    micro_steps: int
+    accum: int
+    micro_batch: int
+    effective_batch: int  # sequences in this step (micro_batch x accum x processes, less at an epoch's end)
+    tokens: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_seen: int
+    tokens_per_s: float
+    skipped: bool = False  # non-finite loss or gradient: the update was not applied
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    accum: int
+    effective_batch: int
+    tokens_seen: int
+    seconds: float
+    diagnosis: str = "healthy"
+    diagnosis_reason: str = ""
+    remedy: str = ""
+    val_rise_warning: str | None = None
+    best_val_loss: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    tokens_per_s: float = 0.0  # training tokens of this epoch over its training time
+
+
+@dataclass(frozen=True)
+class AccumChangeRequested:
+    old: int
+    new: int
+    epoch: int  # requested during this epoch
+    step: int
+    applies_at_epoch: int
+
+
+@dataclass(frozen=True)
+class AccumChangeApplied:
+    old: int
+    new: int
+    epoch: int  # first epoch that uses the new value
+    step: int  # last optimizer step before the change
+
+
+@dataclass(frozen=True)
+class Paused:
+    epoch: int
+    step: int
+
+
+@dataclass(frozen=True)
+class Resumed:
+    epoch: int
+    step: int
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    kind: str  # "latest" or "best"
+    path: str
+    step: int
+    epoch: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CheckpointFailed:
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    message: str
+    level: str = "info"  # info | warning | error
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    reason: str  # completed | early_stop | interrupted | error
+    epochs: int  # epochs completed
+    steps: int
+    tokens_seen: int
+    best_val_loss: float | None
+    best_epoch: int | None
+    message: str = ""
+    exit_signal: int | None = None
+
+
+Event = (RunStarted | MicroStep | StepEvent | EpochEvent | AccumChangeRequested | AccumChangeApplied
+         | Paused | Resumed | CheckpointSaved | CheckpointFailed | Notice | RunEnded)
+
+
+class Sink(Protocol):
+    def emit(self, event: Event) -> None: ...
+
+
+@dataclass
+class ListSink:
+    """Collects every event (tests, benchmarks)."""
+
+    events: list = field(default_factory=list)
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+class FanOut:
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks = [s for s in sinks if s is not None]
+
+    def emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink.emit(event)
+
+
+def as_record(event: Any) -> dict[str, Any]:
+    return asdict(event)
