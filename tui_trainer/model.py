@@ -87,25 +87,27 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) → logits (B, T, vocab)."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T) → logits (B, T, vocab); with targets, the *sum* of the token
+        cross-entropies instead (a sum, so callers can weight by tokens exactly)."""
         time = idx.shape[1]
         positions = torch.arange(time, device=idx.device)
         x = self.dropout(self.token_embedding(idx) + self.position_embedding(positions))
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.ln_f(x))
+        logits = self.lm_head(self.ln_f(x))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
 
     def loss_sum(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Sum (not mean) of the token cross-entropies, so callers can weight by tokens exactly."""
-        logits = self.forward(idx)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
+        return self(idx, targets)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0) -> torch.Tensor:
         for _ in range(max_new_tokens):
             context = idx[:, -self.cfg.block_size:]
-            logits = self.forward(context)[:, -1, :] / max(temperature, 1e-6)
+            logits = self(context)[:, -1, :] / max(temperature, 1e-6)
             next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat([idx, next_id], dim=1)
         return idx
