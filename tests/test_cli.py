@@ -1,0 +1,161 @@
+"""The command line: a short headless run writes its files; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tui_trainer.cli import main
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
+        "--accum", "2", "--threads", "1", "--limit-train-batches", "6", "--limit-val-batches", "2"]
+
+STEP_FIELDS = {"epoch", "step", "micro_steps", "accum", "micro_batch", "effective_batch", "tokens", "loss", "lr",
+               "grad_norm", "tokens_seen", "tokens_per_s"}
+EPOCH_FIELDS = {"epoch", "train_loss", "val_loss", "accum", "effective_batch", "tokens_seen", "seconds",
+                "diagnosis", "diagnosis_reason"}
+END_FIELDS = {"reason", "epochs", "best_val_loss", "best_epoch"}
+
+
+def test_headless_run_writes_config_metrics_and_checkpoints(small_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--epochs", "2", *TINY])
+    out = capsys.readouterr().out
+    assert code == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["train"]["accum"] == 2 and config["config"]["model"]["vocab_size"] == len(config["vocab"])
+    assert "".join(config["vocab"]) == "".join(sorted(set(small_corpus.read_text())))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    types = [r["type"] for r in records]
+    assert types.count("step") == 6 and types.count("epoch") == 2 and types[-1] == "end"
+    for record in records:
+        expected = {"step": STEP_FIELDS, "epoch": EPOCH_FIELDS, "end": END_FIELDS}[record["type"]]
+        assert expected <= record.keys()
+    step = records[0]
+    assert step["effective_batch"] == 8 and step["tokens"] == 8 * 32 and step["micro_steps"] == 2
+    assert records[-1]["reason"] == "completed" and records[-1]["epochs"] == 2
+    assert (run_dir / "checkpoints" / "latest.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2
+    assert epoch_lines[1].startswith("epoch 2/2 train_loss=") and "val_loss=" in epoch_lines[1]
+    assert "effective_batch=8 (4x2)" in epoch_lines[1] and "tokens/s=" in epoch_lines[1]
+
+
+def test_console_script_runs_headless_and_exits_zero(small_corpus, tmp_path):
+    script = Path(sys.executable).with_name("tui-trainer")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "tui_trainer.cli"]
+    result = subprocess.run([*command, "--no-ui", "--data", str(small_corpus), "--run-dir", str(tmp_path / "r"),
+                             "--epochs", "1", *TINY], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1 train_loss=" in result.stdout
+    assert (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_bare_command_without_a_terminal_falls_back_to_headless_with_a_note(small_corpus, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tui_trainer.cli", "--data", str(small_corpus), "--run-dir",
+                             str(tmp_path / "r"), "--epochs", "1", *TINY], capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert "running headless" in result.stderr
+    assert "epoch 1/1" in result.stdout
+
+
+def _write(tmp_path: Path, name: str, content: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+BAD_INPUTS = {
+    "missing file": (lambda t: ["--data", str(t / "nope.txt")], "does not exist"),
+    "empty file": (lambda t: ["--data", _write(t, "empty.txt", b"")], "is empty"),
+    "binary file": (lambda t: ["--data", _write(t, "bin.txt", b"\x00\x01\x02" * 500)], "binary"),
+    "not utf-8": (lambda t: ["--data", _write(t, "latin.txt", "café ".encode("latin-1") * 500)], "UTF-8"),
+    "too short": (lambda t: ["--data", _write(t, "short.txt", b"hello world")], "too short"),
+    "accum 0": (lambda t: ["--accum", "0"], "--accum"),
+    "negative micro-batch": (lambda t: ["--micro-batch", "-4"], "--micro-batch"),
+    "negative block size": (lambda t: ["--block-size", "-1"], "--block-size"),
+    "negative layers": (lambda t: ["--n-layer", "-2"], "--n-layer"),
+    "val split 0": (lambda t: ["--val-split", "0"], "--val-split"),
+    "val split above 1": (lambda t: ["--val-split", "1.5"], "--val-split"),
+    "block size beyond val split": (lambda t: ["--block-size", "4000"], "--block-size"),
+    "n_embd not divisible": (lambda t: ["--n-embd", "30", "--n-head", "4"], "not divisible"),
+    "unknown device": (lambda t: ["--device", "tpu"], "device"),
+    "cuda absent": (lambda t: ["--device", "cuda"], "CUDA"),
+    "not a number": (lambda t: ["--lr", "fast"], "--lr"),
+    "unknown flag": (lambda t: ["--acum", "4"], "--acum"),
+    "resume missing dir": (lambda t: ["--resume", str(t / "none")], "--resume"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_on_stderr_and_exit_2(case, small_corpus, tmp_path, capsys):
+    if case == "cuda absent":
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+    extra, expected = BAD_INPUTS[case]
+    run_dir = tmp_path / "run"
+    args = ["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), *TINY, *extra(tmp_path)]
+    with pytest.raises(SystemExit) as exited:
+        raise SystemExit(main(args))
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error: ") and expected in lines[0]
+    assert "Traceback" not in captured.err
+    assert not run_dir.exists()  # nothing that could be mistaken for a run
+
+
+def test_bad_input_through_the_real_process_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tui_trainer.cli", "--no-ui", "--accum", "0", "--run-dir",
+                             str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--accum" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_refuses_a_run_dir_that_already_holds_a_run_unless_overwrite(small_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    base = ["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--epochs", "1", *TINY]
+    assert main(base) == 0
+    before = (run_dir / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    assert main([*base, "--overwrite"]) == 0
+    assert (run_dir / "metrics.jsonl").read_text().count('"type": "end"') == 1
+
+
+def test_toml_config_is_read_and_flags_override_it(small_corpus, tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('[train]\naccum = 3\nepochs = 1\n[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\n'
+                      'block_size = 32\n[data]\nlimit_train_batches = 3\nlimit_val_batches = 1\n')
+    run_dir = tmp_path / "run"
+    assert main(["--no-ui", "--config", str(config), "--data", str(small_corpus), "--run-dir", str(run_dir),
+                 "--micro-batch", "2", "--threads", "1"]) == 0
+    saved = json.loads((run_dir / "config.json").read_text())["config"]
+    assert saved["train"]["accum"] == 3 and saved["train"]["micro_batch"] == 2
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[train]\nacum = 3\n")
+    capsys.readouterr()
+    assert main(["--no-ui", "--config", str(typo), "--run-dir", str(tmp_path / "t")]) == 2
+    assert "did you mean 'accum'" in capsys.readouterr().err
+
+
+def test_default_corpus_is_found_from_any_working_directory(tmp_path):
+    code = ("from tui_trainer.data import default_corpus_path; p = default_corpus_path(); "
+            "print(p.name, p.stat().st_size)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr
+    name, size = result.stdout.split()
+    assert name == "tinyshakespeare.txt" and int(size) > 1_000_000
