@@ -2,11 +2,13 @@
 
 The rules, in the order they are checked (thresholds live in ``DiagnosisConfig``):
 
-1. **unstable** — a non-finite train/val/step loss, at once; or, in the latest epoch, a step
+1. **unstable** — a non-finite train/val/step loss, at once; a loss above ``spike_factor`` ×
+   ln(vocab) (far worse than guessing uniformly: diverged); or, in the latest epoch, a step
    loss above ``spike_factor`` × the median of the ``spike_window`` steps before it (at least
    5 earlier steps are needed for a median).
-2. **overfitting (trend)** — the last ``trend_epochs`` val losses strictly rise while the
-   train losses over the same epochs strictly fall.
+2. **overfitting (trend)** — train falls while val rises: the best val loss is at least
+   ``trend_epochs - 1`` epochs old, val is now above it, and train is below its value at
+   that epoch (robust to a noisy val curve; "rose 3 epochs in a row" when it strictly did).
 3. **overfitting (gap)** — train far below val: ``val / train - 1 > overfit_gap``.
 4. **underfitting** — after at least ``trend_epochs`` epochs, both losses are still *high*
    (at or above ``underfit_ratio`` × ln(vocab), the loss of guessing uniformly) and
@@ -66,18 +68,42 @@ def val_rise_warning(val_losses: Sequence[float], threshold: float = 0.05) -> st
     return None
 
 
+def spike_at(step_losses: Sequence[float], i: int, factor: float, window: int, step_number: int) -> str | None:
+    """Why step ``i`` is a spike (above ``factor`` × the median of the ``window`` steps before it), or None."""
+    recent = [v for v in step_losses[max(0, i - window):i] if math.isfinite(v)]
+    if len(recent) < MIN_STEPS_FOR_MEDIAN:
+        return None
+    median = statistics.median(recent)
+    if median > 0 and step_losses[i] > factor * median:
+        return (f"step {step_number} loss {step_losses[i]:.2f} is {step_losses[i] / median:.1f}x "
+                f"the median {median:.2f} of the {len(recent)} steps before it")
+    return None
+
+
 def find_spike(step_losses: Sequence[float], factor: float, window: int,
                first_step: int = 1) -> str | None:
-    """The first step whose loss is above ``factor`` × the median of the ``window`` steps before it."""
+    """The first spike among ``step_losses`` (see ``spike_at``)."""
     for i in range(MIN_STEPS_FOR_MEDIAN, len(step_losses)):
-        recent = [v for v in step_losses[max(0, i - window):i] if math.isfinite(v)]
-        if len(recent) < MIN_STEPS_FOR_MEDIAN:
-            continue
-        median = statistics.median(recent)
-        if step_losses[i] > factor * median:
-            return (f"step {first_step + i} loss {step_losses[i]:.2f} is {step_losses[i] / median:.1f}x "
-                    f"the median {median:.2f} of the {len(recent)} steps before it")
+        reason = spike_at(step_losses, i, factor, window, first_step + i)
+        if reason:
+            return reason
     return None
+
+
+def step_verdict(step_losses: Sequence[float], vocab_size: int, cfg: DiagnosisConfig, first_step: int = 1) -> Diagnosis | None:
+    """The live check after each optimizer step: is the newest step unstable? (None = nothing to say)."""
+    if not step_losses:
+        return None
+    i, loss = len(step_losses) - 1, step_losses[-1]
+    step = first_step + i
+    if not math.isfinite(loss):
+        return Diagnosis("unstable", f"step {step} loss is {loss}: update skipped")
+    chance = math.log(vocab_size) if vocab_size > 1 else 1.0
+    if loss > cfg.spike_factor * chance:
+        return Diagnosis("unstable", f"step {step} loss {loss:.2f} is far above {chance:.2f}, the loss of "
+                                     "guessing uniformly: training diverged")
+    reason = spike_at(step_losses, i, cfg.spike_factor, cfg.spike_window, step)
+    return Diagnosis("unstable", f"loss spike: {reason}") if reason else None
 
 
 def diagnose(train_losses: Sequence[float], val_losses: Sequence[float], vocab_size: int,
@@ -96,23 +122,30 @@ def diagnose(train_losses: Sequence[float], val_losses: Sequence[float], vocab_s
             return Diagnosis("unstable", f"step {first_step + i} loss is {value}: training diverged")
     if not (math.isfinite(train) and math.isfinite(val)):
         return Diagnosis("unstable", f"epoch {epoch} loss is not finite (train {train}, val {val})")
+    chance = math.log(vocab_size) if vocab_size > 1 else 1.0
+    worst = max([train, val, *step_losses])
+    if worst > cfg.spike_factor * chance:
+        return Diagnosis("unstable", f"loss {worst:.2f} is far above {chance:.2f}, the loss of guessing "
+                                     f"uniformly: training diverged (epoch {epoch}: train {train:.2f}, val {val:.2f})")
     spike = find_spike(step_losses, cfg.spike_factor, cfg.spike_window, first_step)
     if spike:
         return Diagnosis("unstable", f"loss spike: {spike}")
 
     k = cfg.trend_epochs
-    if len(val_losses) >= k and len(train_losses) >= k:
+    best = min(range(len(val_losses)), key=lambda i: val_losses[i])
+    since_best = len(val_losses) - 1 - best
+    if since_best >= k - 1 and train < train_losses[best] and val > val_losses[best]:
         recent_val, recent_train = list(val_losses[-k:]), list(train_losses[-k:])
-        val_rising = all(b > a for a, b in zip(recent_val, recent_val[1:]))
-        train_falling = all(b < a for a, b in zip(recent_train, recent_train[1:]))
-        if val_rising and train_falling:
+        if all(b > a for a, b in zip(recent_val, recent_val[1:])) and all(b < a for a, b in zip(recent_train, recent_train[1:])):
             return Diagnosis("overfitting", f"val loss rose {k} epochs in a row: {_fmt(recent_val)} "
                                             f"while train fell {_fmt(recent_train)}")
+        return Diagnosis("overfitting", f"val loss has not improved for {since_best} epochs (best {val_losses[best]:.2f} "
+                                        f"at epoch {best + 1}, now {val:.2f}) while train fell "
+                                        f"{_fmt([train_losses[best], train])}")
     if train > 0 and val / train - 1 > cfg.overfit_gap:
         return Diagnosis("overfitting", f"train loss {train:.2f} is far below val loss {val:.2f} "
                                         f"(gap {val / train - 1:.0%} > {cfg.overfit_gap:.0%})")
 
-    chance = math.log(vocab_size) if vocab_size > 1 else 1.0
     if len(val_losses) >= k and len(train_losses) >= k:
         recent_val, recent_train = val_losses[-k:], train_losses[-k:]
 

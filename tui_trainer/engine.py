@@ -27,10 +27,11 @@ from .accumulation import WindowAborted, accumulate_window
 from .config import RunConfig, validate
 from .control import Control, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from .data import Corpus, Vocabulary, WindowDataset, epoch_examples, load_corpus, plan_windows, val_batches
-from .diagnosis import diagnose, val_rise_warning
+from .diagnosis import Diagnosis, diagnose, step_verdict, val_rise_warning
 from .early_stopping import EarlyStopping
 from .errors import UserError
-from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed, CheckpointSaved, EpochEvent,
+from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed, CheckpointSaved, DiagnosisEvent,
+                     EpochEvent,
                      FanOut, MicroStep, Notice, Paused, Resumed, RunEnded, RunStarted, Sink, StepEvent)
 from .metrics import METRICS_FILE, MetricsWriter
 from .model import GPT, make_optimizer
@@ -176,6 +177,8 @@ class Trainer:
         self._save_requested = False
         self._last_save_time = time.monotonic()
         self._window_rng: dict[str, Any] | None = None
+        self._step_alerted_epoch = 0  # one live spike/divergence alert per epoch, not one per step
+        self.last_diagnosis: Diagnosis | None = None
         self.error: BaseException | None = None
 
     # -- set-up helpers -------------------------------------------------------------------------
@@ -363,7 +366,9 @@ class Trainer:
         event = RunEnded(reason, len(self.state.val_history), self.state.step, self.state.tokens_seen,
                          self.early_stopping.best if self.early_stopping.best_epoch else None,
                          self.early_stopping.best_epoch, message,
-                         self.control.stop_signal if reason == "interrupted" else None)
+                         self.control.stop_signal if reason == "interrupted" else None,
+                         self.last_diagnosis.kind if self.last_diagnosis else None,
+                         self.last_diagnosis.reason if self.last_diagnosis else None)
         self.sink.emit(event)
         return event
 
@@ -446,6 +451,7 @@ class Trainer:
             self.sink.emit(StepEvent(st.epoch, step, window_index + 1, len(windows), len(micro_ranges), st.accum,
                                      micro_batch, sequences, tokens, loss, lr, norm, st.tokens_seen,
                                      tokens / seconds, skipped=not finite))
+            self._check_step(loss, step)
             if not finite:
                 self.sink.emit(Notice(f"step {step}: non-finite loss or gradient ({loss:.4g}, norm {norm:.4g}); "
                                       f"update skipped ({st.bad_steps_in_row} in a row)", "warning"))
@@ -460,6 +466,16 @@ class Trainer:
                 self.save("latest")
                 return self._end("interrupted", f"stopped at epoch {st.epoch}, step {st.step}")
         return None
+
+    def _check_step(self, loss: float, step: int) -> None:
+        """Live verdict on the newest step: a non-finite loss always, a spike once per epoch."""
+        st = self.state
+        verdict = step_verdict(st.epoch_step_losses, self.corpus.vocab.size, self.cfg.diagnosis, st.epoch_first_step)
+        if verdict is None or (math.isfinite(loss) and self._step_alerted_epoch == st.epoch):
+            return
+        self._step_alerted_epoch = st.epoch
+        self.last_diagnosis = verdict
+        self.sink.emit(DiagnosisEvent(verdict.kind, verdict.reason, verdict.remedy, st.epoch, step))
 
     def _periodic_save_due(self) -> bool:
         every = self.cfg.train.checkpoint_every
@@ -494,6 +510,7 @@ class Trainer:
         st.val_history.append(val_loss)
         verdict = diagnose(st.train_history, st.val_history, self.corpus.vocab.size, cfg.diagnosis,
                            st.epoch_step_losses, st.epoch_first_step)
+        self.last_diagnosis = verdict
         warning = val_rise_warning(st.val_history, cfg.diagnosis.val_rise_warning)
         improved, should_stop, stop_reason = self.early_stopping.update(val_loss, st.epoch)
         epoch_seconds = st.epoch_seconds + (time.perf_counter() - started)

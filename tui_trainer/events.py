@@ -81,6 +81,17 @@ class EpochEvent:
 
 
 @dataclass(frozen=True)
+class DiagnosisEvent:
+    """A verdict between epochs (a non-finite step, a spike, divergence): shown at once."""
+
+    kind: str
+    reason: str
+    remedy: str
+    epoch: int
+    step: int
+
+
+@dataclass(frozen=True)
 class AccumChangeRequested:
     old: int
     new: int
@@ -140,9 +151,11 @@ class RunEnded:
     best_epoch: int | None
     message: str = ""
     exit_signal: int | None = None
+    diagnosis: str | None = None  # the last verdict of the run
+    diagnosis_reason: str | None = None
 
 
-Event = (RunStarted | MicroStep | StepEvent | EpochEvent | AccumChangeRequested | AccumChangeApplied
+Event = (RunStarted | MicroStep | StepEvent | EpochEvent | DiagnosisEvent | AccumChangeRequested | AccumChangeApplied
          | Paused | Resumed | CheckpointSaved | CheckpointFailed | Notice | RunEnded)
 
 

@@ -6,7 +6,8 @@ import sys
 import time
 from typing import TextIO
 
-from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed, CheckpointSaved, EpochEvent,
+from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed, CheckpointSaved, DiagnosisEvent,
+                     EpochEvent,
                      Event, Notice, Paused, Resumed, RunEnded, RunStarted, StepEvent)
 
 PROGRESS_INTERVAL_S = 2.0  # a progress line at most this often, and only on a terminal
@@ -53,6 +54,8 @@ class HeadlessLog:
                 self._print(f"warning: {event.val_rise_warning}")
             if event.diagnosis != "healthy":
                 self._print(f"remedy: {event.remedy}")
+        elif isinstance(event, DiagnosisEvent):
+            self._print(f"diagnosis={event.kind} at step {event.step}: {event.reason}; remedy: {event.remedy}")
         elif isinstance(event, AccumChangeRequested):
             self._print(f"accum {event.old} -> {event.new} requested at step {event.step}; "
                         f"applies at epoch {event.applies_at_epoch}")
