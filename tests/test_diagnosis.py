@@ -65,6 +65,7 @@ def test_large_gap_is_overfitting_even_without_a_rising_trend():
     verdict = diagnose([2.0, 1.2], [2.1, 1.6], VOCAB)
     assert verdict.kind == "overfitting" and "gap 33%" in verdict.reason
     assert diagnose([2.0, 1.4], [2.1, 1.6], VOCAB).kind == "healthy"  # 14% gap
+    assert diagnose([1.2], [1.6], VOCAB).kind == "healthy"  # epoch 1's train loss is not compared
 
 
 def test_spiky_curve_is_unstable_in_the_epoch_of_the_spike_only():

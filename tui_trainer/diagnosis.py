@@ -9,7 +9,8 @@ The rules, in the order they are checked (thresholds live in ``DiagnosisConfig``
 2. **overfitting (trend)** — train falls while val rises: the best val loss is at least
    ``trend_epochs - 1`` epochs old, val is now above it, and train is below its value at
    that epoch (robust to a noisy val curve; "rose 3 epochs in a row" when it strictly did).
-3. **overfitting (gap)** — train far below val: ``val / train - 1 > overfit_gap``.
+3. **overfitting (gap)** — from epoch 2 on, train far below val: ``val / train - 1 > overfit_gap``
+   (epoch 1's train loss is an average over a model that was still learning, so it is not compared).
 4. **underfitting** — after at least ``trend_epochs`` epochs, both losses are still *high*
    (at or above ``underfit_ratio`` × ln(vocab), the loss of guessing uniformly) and
    *barely move* (mean relative improvement per epoch over the last ``trend_epochs``
@@ -142,7 +143,7 @@ def diagnose(train_losses: Sequence[float], val_losses: Sequence[float], vocab_s
         return Diagnosis("overfitting", f"val loss has not improved for {since_best} epochs (best {val_losses[best]:.2f} "
                                         f"at epoch {best + 1}, now {val:.2f}) while train fell "
                                         f"{_fmt([train_losses[best], train])}")
-    if train > 0 and val / train - 1 > cfg.overfit_gap:
+    if len(val_losses) >= 2 and train > 0 and val / train - 1 > cfg.overfit_gap:
         return Diagnosis("overfitting", f"train loss {train:.2f} is far below val loss {val:.2f} "
                                         f"(gap {val / train - 1:.0%} > {cfg.overfit_gap:.0%})")
 

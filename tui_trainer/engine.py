@@ -280,8 +280,13 @@ class Trainer:
         return self.cfg.train.epochs * self.examples_per_epoch() * self.cfg.model.block_size
 
     def warmup_tokens(self) -> int:
+        """--warmup-tokens, or 5% of the run but at least 10 steps' worth (at most 20% of the run)."""
         explicit = self.cfg.optim.warmup_tokens
-        return explicit if explicit is not None else int(0.05 * self.planned_tokens())
+        if explicit is not None:
+            return explicit
+        planned = self.planned_tokens()
+        ten_steps = 10 * self.cfg.train.micro_batch * self.cfg.train.accum * self.cfg.model.block_size
+        return int(min(max(0.05 * planned, ten_steps), 0.2 * planned))
 
     def lr_for(self, tokens_seen: int) -> float:
         o = self.cfg.optim
