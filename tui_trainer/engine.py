@@ -414,7 +414,9 @@ class Trainer:
 
             def between(i: int, _ranges=micro_ranges, _step=step, _index=window_index) -> bool:
                 self.sink.emit(MicroStep(st.epoch, _step, i + 1, len(_ranges), _index + 1, len(windows)))
-                return self._between_micro_steps(paused_seconds)
+                keep_going = self._between_micro_steps(paused_seconds)
+                # A stop after the window's last micro-step still takes the step (checked below).
+                return keep_going or i + 1 == len(_ranges)
 
             self.optimizer.zero_grad(set_to_none=True)
             try:
