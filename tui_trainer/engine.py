@@ -113,6 +113,7 @@ class LoopState:
     tokens_seen: int = 0
     accum: int = 8
     pending_accum: int | None = None  # applied at the start of the next epoch
+    pending_accum_epoch: int | None = None  # that epoch (a stop in this epoch's first window must not apply it early)
     epoch_loss_sum: float = 0.0  # token-weighted train loss of the epoch so far
     epoch_tokens: int = 0
     epoch_seconds: float = 0.0
@@ -140,7 +141,7 @@ class Trainer:
         resume_state = None
         if resume is not None:
             resume_state = ckpt.load_checkpoint(ckpt.checkpoint_path(resume))
-            cfg = self._merge_resume_config(resume_state, cfg, overrides or {}, Path(resume))
+            cfg = self._merge_resume_config(resume_state, cfg, overrides or {}, Path(resume), self.notes)
         self.cfg = cfg = validate(cfg)
         self.device = pick_device(cfg.train.device)
         self.threads = choose_threads(cfg.train.threads, for_ui)
@@ -184,8 +185,9 @@ class Trainer:
     # -- set-up helpers -------------------------------------------------------------------------
 
     @staticmethod
-    def _merge_resume_config(state: dict, cfg: RunConfig, overrides: dict[str, Any], run_dir: Path) -> RunConfig:
-        """The checkpoint's config, with the safe overrides the user gave; contradictions refused."""
+    def _merge_resume_config(state: dict, cfg: RunConfig, overrides: dict[str, Any], run_dir: Path,
+                             notes: list[str]) -> RunConfig:
+        """The checkpoint's config, with the safe overrides the user gave (each noted); contradictions refused."""
         saved = RunConfig.from_dict(state["config"])
         safe = {"train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
                 "train.checkpoint_every", "train.max_bad_steps", "train.compile",
@@ -202,6 +204,7 @@ class Trainer:
                 raise UserError(f"--{name.replace('_', '-')} {value} contradicts the checkpoint ({old})",
                                 f"drop --{name.replace('_', '-')} when resuming, or start a new run")
             merged = merged.replace(**{section: replace(getattr(merged, section), **{name: value})})
+            notes.append(f"--{name.replace('_', '-')} {value} overrides the checkpoint's {old}")
         if "data.path" in overrides:
             merged = merged.replace(data=replace(merged.data, path=overrides["data.path"]))
         return merged
@@ -340,6 +343,7 @@ class Trainer:
         if target == self.state.pending_accum:
             return
         self.state.pending_accum = target
+        self.state.pending_accum_epoch = None if target is None else self.state.epoch + 1
         self.sink.emit(AccumChangeRequested(current, accum, self.state.epoch, self.state.step, self.state.epoch + 1))
 
     def _between_micro_steps(self, paused_seconds: list[float]) -> bool:
@@ -387,9 +391,10 @@ class Trainer:
             cfg.model.block_size, self.planned_tokens(), st.step, st.epoch, st.tokens_seen, tuple(self.notes)))
         self.model.train()
         while st.epoch <= cfg.train.epochs:
-            if st.example_cursor == 0 and st.pending_accum is not None:
+            if (st.example_cursor == 0 and st.pending_accum is not None
+                    and st.epoch >= (st.pending_accum_epoch or st.epoch)):
                 self.sink.emit(AccumChangeApplied(st.accum, st.pending_accum, st.epoch, st.step))
-                st.accum, st.pending_accum = st.pending_accum, None
+                st.accum, st.pending_accum, st.pending_accum_epoch = st.pending_accum, None, None
             outcome = self._train_epoch()
             if outcome is not None:
                 return outcome
@@ -404,7 +409,8 @@ class Trainer:
         order = epoch_examples(len(self.train_set), cfg.train.seed, st.epoch, micro_batch,
                                cfg.data.limit_train_batches).to(self.device)
         windows = plan_windows(len(order), micro_batch, st.accum)
-        first_window = st.example_cursor // (micro_batch * st.accum)
+        # The window that starts at the cursor (an epoch's last window may be short, so no division).
+        first_window = next((i for i, w in enumerate(windows) if w[0][0] >= st.example_cursor), len(windows))
         for window_index in range(first_window, len(windows)):
             micro_ranges = windows[window_index]
             self._window_rng = capture_rng(self.device)

@@ -1,0 +1,220 @@
+"""Exact resume, in process: stop (or crash) a run anywhere, resume it, and the per-step losses
+match the uninterrupted run bit for bit, with metrics.jsonl continued rather than repeated."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_config, with_limits
+from tui_trainer.engine import Trainer
+from tui_trainer.errors import UserError
+from tui_trainer.events import (AccumChangeApplied, CheckpointSaved, EpochEvent, ListSink, MicroStep, RunEnded,
+                                RunStarted, StepEvent)
+from tui_trainer.metrics import read_metrics
+
+# 20 micro-batches of 4 with accum 3: 6 full windows and a remainder window of 2 micro-batches.
+TRAIN_BATCHES = 20
+STEPS_PER_EPOCH = 7
+STEP_KEYS = ("epoch", "step", "step_in_epoch", "micro_steps", "accum", "effective_batch", "tokens", "loss", "lr",
+             "grad_norm", "tokens_seen", "skipped")
+EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "accum", "tokens_seen", "best_val_loss", "best_epoch")
+
+
+def resume_config(corpus: Path, run_dir: Path, **train):
+    settings = dict(accum=3, epochs=3)
+    settings.update(train)
+    cfg = with_limits(tiny_config(corpus, run_dir, **settings), TRAIN_BATCHES)
+    return cfg.replace(model=replace(cfg.model, dropout=0.1))  # dropout: RNG restoration really matters
+
+
+class Script(ListSink):
+    """A sink that steers the run like a user would: change accum or stop at a chosen moment.
+
+    ``accum_at`` = (step, new accum), requested when that StepEvent is seen; ``stop_at`` is either
+    ("micro", step, micro_step) — stop after that micro-step — or ("step", step) — stop once that
+    step is done — or ("crash_epoch", epoch): raise (like a kill -9) as that epoch's record is written."""
+
+    def __init__(self, accum_at=None, stop_at=None, accum_at_micro=None):
+        super().__init__()
+        self.trainer: Trainer | None = None
+        self.accum_at, self.stop_at, self.accum_at_micro = accum_at, stop_at, accum_at_micro
+
+    def emit(self, event):
+        super().emit(event)
+        control = self.trainer.control
+        if isinstance(event, StepEvent) and self.accum_at and event.step == self.accum_at[0]:
+            control.set_accum(self.accum_at[1])
+        if isinstance(event, MicroStep) and self.accum_at_micro and \
+                (event.step, event.micro_step) == self.accum_at_micro[:2]:
+            control.set_accum(self.accum_at_micro[2])
+        stop = self.stop_at
+        if stop is None:
+            return
+        if stop[0] == "micro" and isinstance(event, MicroStep) and (event.step, event.micro_step) == stop[1:]:
+            control.stop("interrupted")
+        elif stop[0] == "step" and isinstance(event, StepEvent) and event.step == stop[1]:
+            control.stop("interrupted")
+        elif stop[0] == "crash_epoch" and isinstance(event, EpochEvent) and event.epoch == stop[1]:
+            raise RuntimeError("simulated crash")
+
+
+def run_trainer(cfg, sink: Script, **kwargs) -> tuple[Trainer, RunEnded]:
+    trainer = Trainer(cfg, sink, **kwargs)
+    sink.trainer = trainer
+    end = trainer.run()
+    return trainer, end
+
+
+def records(run_dir: Path, kind: str, keys: tuple[str, ...]) -> list[tuple]:
+    return [tuple(r[k] for k in keys) for r in read_metrics(run_dir) if r["type"] == kind]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, shakespeare_text):
+    """Uninterrupted runs, keyed by the accumulation request they make (computed once per module)."""
+    base = tmp_path_factory.mktemp("reference")
+    corpus = base / "corpus.txt"
+    corpus.write_text(shakespeare_text[:20_000], encoding="utf-8")
+    cache: dict = {}
+
+    def get(accum_at=None, accum_at_micro=None, **train):
+        key = (accum_at, accum_at_micro, tuple(sorted(train.items())))
+        if key not in cache:
+            run_dir = base / f"run{len(cache)}"
+            _, end = run_trainer(resume_config(corpus, run_dir, **train), Script(accum_at, None, accum_at_micro))
+            assert end.reason == "completed"
+            cache[key] = (records(run_dir, "step", STEP_KEYS), records(run_dir, "epoch", EPOCH_KEYS))
+        return cache[key]
+
+    return corpus, get
+
+
+CASES = {
+    # stop mid-window, the partial window's gradient is dropped and redone
+    "mid_window": dict(stop_at=("micro", 3, 2)),
+    # stop after the last micro-step of a window (the window is complete but not yet applied)
+    "window_end_micro": dict(stop_at=("micro", 5, 3)),
+    # stop once the epoch's last (remainder) step is done, before validation
+    "after_last_step_of_epoch": dict(stop_at=("step", STEPS_PER_EPOCH)),
+    # a pending accumulation change (3 -> 2 at epoch 2) survives a stop in epoch 1
+    "pending_accum_change": dict(accum_at=(2, 2), stop_at=("micro", 4, 1)),
+    # ... and a stop in epoch 2 after it was applied
+    "after_accum_change_applied": dict(accum_at=(2, 2), stop_at=("micro", 10, 2)),
+    # a change requested inside an epoch's first window, stopped before that window finished
+    "accum_change_in_first_window": dict(accum_at_micro=(1, 1, 5), stop_at=("micro", 1, 2)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_stop_anywhere_then_resume_gives_the_uninterrupted_losses_bit_for_bit(case, reference, tmp_path):
+    corpus, reference_of = reference
+    spec = CASES[case]
+    accum_at, accum_at_micro = spec.get("accum_at"), spec.get("accum_at_micro")
+    want_steps, want_epochs = reference_of(accum_at, accum_at_micro)
+    run_dir = tmp_path / "run"
+    cfg = resume_config(corpus, run_dir)
+
+    first = Script(accum_at, spec["stop_at"], accum_at_micro)
+    _, end = run_trainer(cfg, first)
+    assert end.reason == "interrupted"
+    assert first.of(CheckpointSaved)[-1].kind == "latest"
+
+    second = Script()  # the resumed session makes no requests: what was pending is in the checkpoint
+    trainer, end = run_trainer(resume_config(corpus, tmp_path / "ignored"), second, resume=run_dir)
+    assert end.reason == "completed", end.message
+    assert second.of(RunStarted)[0].resumed_from_step == first.of(RunEnded)[0].steps
+
+    assert records(run_dir, "step", STEP_KEYS) == want_steps  # every step once, identical losses
+    assert records(run_dir, "epoch", EPOCH_KEYS) == want_epochs
+    ends = [r["reason"] for r in read_metrics(run_dir) if r["type"] == "end"]
+    assert ends == ["interrupted", "completed"]
+    if accum_at or accum_at_micro:
+        assert len(first.of(AccumChangeApplied) + second.of(AccumChangeApplied)) == 1
+
+
+def test_crash_after_a_periodic_checkpoint_at_an_epochs_last_step_resumes_without_repeating_it(reference,
+                                                                                             tmp_path):
+    """--checkpoint-every 7 saves `latest` right after the epoch's last (remainder) step; a crash
+    during that epoch's validation leaves that checkpoint and an epoch record it does not cover."""
+    corpus, reference_of = reference
+    want_steps, want_epochs = reference_of(checkpoint_every=STEPS_PER_EPOCH)
+    run_dir = tmp_path / "run"
+    _, end = run_trainer(resume_config(corpus, run_dir, checkpoint_every=STEPS_PER_EPOCH),
+                         Script(stop_at=("crash_epoch", 1)))
+    assert end.reason == "error"
+    assert [r["epoch"] for r in read_metrics(run_dir) if r["type"] == "epoch"] == [1]  # written before the crash
+
+    _, end = run_trainer(resume_config(corpus, run_dir), Script(), resume=run_dir)
+    assert end.reason == "completed"
+    assert records(run_dir, "step", STEP_KEYS) == want_steps
+    assert records(run_dir, "epoch", EPOCH_KEYS) == want_epochs
+
+
+def test_a_line_cut_short_by_a_crash_is_dropped_on_resume(reference, tmp_path):
+    corpus, reference_of = reference
+    want_steps, _ = reference_of()
+    run_dir = tmp_path / "run"
+    _, end = run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", 4)))
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"type": "step", "epoch": 1, "step": 5, "lo')  # a kill -9 mid-write
+    _, end = run_trainer(resume_config(corpus, run_dir), Script(), resume=run_dir)
+    assert end.reason == "completed"
+    assert records(run_dir, "step", STEP_KEYS) == want_steps
+
+
+def test_safe_overrides_apply_and_are_logged_contradictions_are_refused(reference, tmp_path):
+    corpus, _ = reference
+    run_dir = tmp_path / "run"
+    run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", 2)))
+
+    sink = Script(stop_at=("step", 3))
+    trainer, _ = run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir,
+                             overrides={"train.epochs": 5, "train.patience": 2, "train.device": "cpu"})
+    assert trainer.cfg.train.epochs == 5 and trainer.cfg.train.patience == 2
+    notes = " ".join(sink.of(RunStarted)[0].notes)
+    assert "epochs" in notes and "5" in notes and "patience" in notes
+    assert "device" not in notes  # the same value as the checkpoint's is no override
+
+    for overrides, words in [({"model.n_embd": 64}, "--n-embd 64"), ({"model.n_layer": 2}, "--n-layer 2"),
+                             ({"train.seed": 1}, "--seed 1")]:
+        with pytest.raises(UserError) as refused:
+            Trainer(resume_config(corpus, run_dir), ListSink(), resume=run_dir, overrides=overrides)
+        assert words in refused.value.one_line() and "\n" not in refused.value.one_line()
+
+
+def test_resume_refuses_a_data_file_with_other_contents(reference, tmp_path):
+    corpus, _ = reference
+    run_dir = tmp_path / "run"
+    run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", 1)))
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text(encoding="utf-8").replace("the", "teh"), encoding="utf-8")
+    with pytest.raises(UserError, match="differs from the one this run was trained on"):
+        Trainer(resume_config(other, run_dir), ListSink(), resume=run_dir, overrides={"data.path": str(other)})
+    # The same contents under another name is fine.
+    copy = tmp_path / "copy.txt"
+    copy.write_bytes(corpus.read_bytes())
+    trainer = Trainer(resume_config(copy, run_dir), ListSink(), resume=run_dir, overrides={"data.path": str(copy)})
+    assert trainer.state.step == 1
+    trainer.metrics.close()
+
+
+def test_checkpoint_holds_everything_resume_needs(reference, tmp_path):
+    import torch
+
+    corpus, _ = reference
+    run_dir = tmp_path / "run"
+    run_trainer(resume_config(corpus, run_dir, patience=5), Script(accum_at=(8, 2), stop_at=("micro", 9, 1)))
+    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["format_version"] >= 1
+    assert {"model", "optimizer", "early_stopping", "rng", "loop", "config", "vocab", "data_sha256"} <= state.keys()
+    loop = state["loop"]
+    # Stopped inside step 9 (epoch 2's second window): the checkpoint is at step 8's end.
+    assert (loop["epoch"], loop["step"], loop["example_cursor"]) == (2, 8, 12)
+    assert loop["accum"] == 3 and loop["pending_accum"] == 2
+    assert state["early_stopping"]["best_epoch"] == 1
+    assert {"torch", "python"} <= state["rng"].keys()
+    assert json.loads(json.dumps(state["config"]))["model"]["n_embd"] == 32
