@@ -177,6 +177,9 @@ class Trainer:
         self._paused = False
         self._save_requested = False
         self._last_save_time = time.monotonic()
+        # (epoch, cursor, step) of the `latest` checkpoint on disk, if any
+        self._latest_saved = (self.state.epoch, self.state.example_cursor, self.state.step) if resume_state else None
+        self._save_error = ""
         self._window_rng: dict[str, Any] | None = None
         self._step_alerted_epoch = 0  # one live spike/divergence alert per epoch, not one per step
         self.last_diagnosis: Diagnosis | None = None
@@ -316,9 +319,12 @@ class Trainer:
         try:
             seconds = ckpt.save_atomic(self.checkpoint_state(rng), path)
         except ckpt.CheckpointWriteError as exc:
+            self._save_error = str(exc.__cause__.strerror if isinstance(exc.__cause__, OSError) else exc)
             self.sink.emit(CheckpointFailed(kind, str(exc)))
             return False
         self._last_save_time = time.monotonic()
+        if kind == "latest":
+            self._latest_saved = (self.state.epoch, self.state.example_cursor, self.state.step)
         self.sink.emit(CheckpointSaved(kind, str(path), self.state.step, self.state.epoch, seconds))
         return True
 
@@ -364,7 +370,10 @@ class Trainer:
         except BaseException as exc:  # a bug or OOM: record it, keep what the run dir has
             self.error = exc
             message = f"{type(exc).__name__}: {exc}"
-            (self.run_dir / "error.log").write_text(traceback.format_exc())
+            try:
+                (self.run_dir / "error.log").write_text(traceback.format_exc())
+            except OSError:
+                pass  # a full disk must not hide the error itself
             end = self._end("error", message)
         finally:
             self.metrics.close()
@@ -380,6 +389,15 @@ class Trainer:
                          self.last_diagnosis.reason if self.last_diagnosis else None)
         self.sink.emit(event)
         return event
+
+    def _interrupted(self, saved: bool, where: str) -> RunEnded:
+        """End after a stop; the message says what a resume continues from."""
+        if saved:
+            return self._end("interrupted", f"stopped at {where}; continue with --resume {self.run_dir}")
+        previous = ("no earlier checkpoint exists" if self._latest_saved is None else
+                    f"the previous checkpoint (step {self._latest_saved[2]}) is intact")
+        return self._end("interrupted", f"stopped at {where}, but the checkpoint could not be saved "
+                                        f"({self._save_error}); {previous}")
 
     def _run(self) -> RunEnded:
         cfg, st = self.cfg, self.state
@@ -431,8 +449,8 @@ class Trainer:
             except WindowAborted:
                 # Stop mid-window: drop its partial gradient; the checkpoint resumes at its start.
                 self.optimizer.zero_grad(set_to_none=True)
-                self.save("latest", rng=self._window_rng)
-                return self._end("interrupted", f"stopped at epoch {st.epoch}, step {st.step}")
+                saved = self.save("latest", rng=self._window_rng)
+                return self._interrupted(saved, f"epoch {st.epoch}, step {st.step}")
             if step in self.inject_nan_steps:
                 loss_total = loss_total * float("nan")
             lr = self.lr_for(st.tokens_seen)
@@ -476,8 +494,9 @@ class Trainer:
                 self._save_requested = False
                 self.save("latest")
             if self.control.stop_requested:
-                self.save("latest")
-                return self._end("interrupted", f"stopped at epoch {st.epoch}, step {st.step}")
+                # No second save when this step's periodic one just wrote the same state.
+                saved = self._latest_saved == (st.epoch, st.example_cursor, st.step) or self.save("latest")
+                return self._interrupted(saved, f"epoch {st.epoch}, step {st.step}")
         return None
 
     def _check_step(self, loss: float, step: int) -> None:
@@ -548,9 +567,9 @@ class Trainer:
             self._restore_best()
             self.sink.emit(Notice(f"early stopping: {stop_reason}", "warning"))
             return self._end("early_stop", stop_reason)
-        self.save("latest")
+        saved = self.save("latest")
         if self.control.stop_requested:
-            return self._end("interrupted", f"stopped after epoch {epoch_done}")
+            return self._interrupted(saved, f"the end of epoch {epoch_done}")
         return None
 
     def _restore_best(self) -> None:
