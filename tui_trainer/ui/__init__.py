@@ -1,0 +1,1 @@
+"""The Textual face of tui-trainer: ``create_app(cfg)`` builds it (see app.py)."""

@@ -1,0 +1,317 @@
+"""The Textual app: bindings, the engine thread, and the timers that drain it into the panels.
+
+``create_app(cfg, ...)`` builds the ``Trainer`` first (so bad input raises ``UserError``
+before Textual owns the terminal), then the app. ``create_replay_app(events)`` builds the
+same screen with no engine, for snapshot tests and demos. ``app.finish()`` stops and
+joins the engine after the app has closed and returns its ``RunEnded``.
+
+Threads: the engine runs in its own (non-daemon) thread and only ever calls
+``AppSink.emit``; the UI thread drains the sink on a timer (``DRAIN_HZ``), redraws the
+plot at ``PLOT_HZ`` when something changed, and sends commands through ``Control``.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from rich.console import Console as RichConsole
+from textual import events as textual_events
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Container, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from ..control import Control
+from ..errors import UserError
+from .bridge import AppSink, EngineWake
+from .view import RunView
+from .widgets import (BatchPanel, DiagnosisBanner, EpochTable, ErrorPanel, HelpScreen, LossPlot, ProgressPanel, StatsPanel,
+                      StatusBar)
+from .widgets.stats import memory_in_use
+
+DRAIN_HZ = 10  # progress bars and counters: smooth enough, cheap enough
+PLOT_HZ = 3  # the chart (the issue asks for 2-4 Hz)
+TICK_HZ = 1  # elapsed, ETA, memory
+WIDE_COLUMNS = 120  # from here on the panels move to a column right of the plot
+TALL_ROWS = 40  # from here on (or when wide) the epoch table is shown
+COMPACT_ROWS = 26  # below this the progress and stats panels lose their borders
+TINY_ROWS = 22  # below this the plot loses its border and axis label
+NARROW_COLUMNS = 70  # below this the panels stack in one column
+
+
+class TrainerApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "tui-trainer"
+
+    BINDINGS = [
+        Binding("q", "stop", "stop", tooltip="finish the micro-step, save, exit"),
+        Binding("p", "pause", "pause/resume"),
+        Binding("plus,right_square_bracket,equals_sign", "accum_up", "accum x2", key_display="+"),
+        Binding("minus,left_square_bracket", "accum_down", "accum /2", key_display="-"),
+        Binding("s", "save", "save"),
+        Binding("m", "smoothing", "smooth", show=False),
+        Binding("question_mark", "help", "help", key_display="?"),
+        Binding("ctrl+c", "stop", "stop", show=False, priority=True),
+    ]
+
+    def __init__(self, trainer: Any | None = None, sink: AppSink | None = None, *,
+                 replay: Iterable[Any] = (), clock: Callable[[], float] = time.monotonic,
+                 memory_probe: Callable[[str], str] = memory_in_use) -> None:
+        """``trainer`` must emit into ``sink`` (create_app wires them); with no trainer the
+        screen shows ``replay``, a list of recorded events, and nothing runs."""
+        super().__init__()
+        self.trainer = trainer
+        self.control: Control = trainer.control if trainer is not None else Control()
+        self.sink = sink if sink is not None else AppSink()
+        self._replay = list(replay)
+        self.view = RunView()
+        self.clock = clock
+        self.memory_probe = memory_probe
+        self.memory = "—"
+        self.end_event = None  # the engine's RunEnded, once it returns
+        self.exit_when_ended = False  # set by q: leave as soon as the engine has saved
+        self._engine_thread: threading.Thread | None = None
+        self._last_micro_step = None
+
+    # -- layout -------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        with Container(id="body"):
+            with Vertical(id="side"):
+                yield ProgressPanel(id="progress", classes="panel")
+                yield StatsPanel(id="stats", classes="panel")
+                yield BatchPanel(id="batch")
+                yield EpochTable(id="epochs", classes="panel")
+            with Vertical(id="main"):
+                yield LossPlot(id="plot", classes="panel")
+                yield ErrorPanel(id="error")
+                yield DiagnosisBanner(id="diagnosis")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sink.attach(self)
+        self.query_one("#progress").border_title = "progress"
+        self.query_one("#stats").border_title = "stats"
+        self.query_one("#plot").border_title = "loss"
+        self.query_one("#epochs").border_title = "epochs"
+        self._apply_size_classes(self.size.width, self.size.height)
+        self.set_interval(1 / DRAIN_HZ, self.drain)
+        self.set_interval(1 / PLOT_HZ, self.redraw_plot)
+        self.set_interval(1 / TICK_HZ, self.tick)
+        self.tick()
+        if self._replay:
+            self.feed(self._replay)
+        if self.trainer is not None:
+            self._engine_thread = threading.Thread(target=self._run_engine, name="tui-trainer-engine")
+            self._engine_thread.start()
+
+    def on_resize(self, event: textual_events.Resize) -> None:
+        self._apply_size_classes(event.size.width, event.size.height)
+
+    def _apply_size_classes(self, width: int, height: int) -> None:
+        screen = self.screen_stack[0] if self.screen_stack else self.screen  # the main screen, even under help
+        screen.set_class(width >= WIDE_COLUMNS, "-wide")
+        screen.set_class(height >= TALL_ROWS, "-tall")
+        screen.set_class(height < COMPACT_ROWS, "-compact")
+        screen.set_class(height < TINY_ROWS, "-tiny")
+        screen.set_class(width < NARROW_COLUMNS, "-narrow")
+        self.query_one(LossPlot).show_axis_label = height >= TINY_ROWS
+
+    # -- the engine thread --------------------------------------------------------------------
+
+    def _run_engine(self) -> None:
+        self.end_event = self.trainer.run()
+
+    @property
+    def engine_running(self) -> bool:
+        return self._engine_thread is not None and self._engine_thread.is_alive()
+
+    def finish(self, timeout: float | None = None):
+        """After the app has closed: stop the engine (it saves), wait for it, return its RunEnded.
+
+        None when the engine never started. Never leaves a half-written run: the wait ends
+        when the engine has written its checkpoint and its `end` record."""
+        thread = self._engine_thread
+        if thread is None:
+            return None
+        if thread.is_alive():
+            self.control.stop("interrupted")
+            thread.join(1.0)
+            if thread.is_alive():
+                print("tui-trainer: waiting for the engine to finish its micro-step and save…", file=sys.stderr)
+                thread.join(timeout)
+        return self.end_event
+
+    def run(self, *args: Any, **kwargs: Any):
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            # However the app ends (q, ctrl+q, a crash in a widget), the engine is told to stop;
+            # its thread is not a daemon, so the process waits for the save.
+            if self.engine_running:
+                self.control.stop("interrupted")
+
+    # -- engine events → view → panels --------------------------------------------------------
+
+    def on_engine_wake(self, _message: EngineWake) -> None:
+        self.drain()
+
+    def drain(self) -> None:
+        events, micro_step = self.sink.drain()
+        if not events and micro_step is self._last_micro_step:
+            return
+        now = self.clock()
+        for event in events:
+            self.view.apply(event, now)
+            self._react(event)
+        if micro_step is not None and micro_step is not self._last_micro_step:
+            self._last_micro_step = micro_step
+            self.view.apply(micro_step, now)
+        self.refresh_panels()
+
+    def feed(self, events: Iterable[Any]) -> None:
+        """Push recorded events through the same path as the engine's (tests, replays)."""
+        for event in events:
+            self.sink.emit(event)
+        self.drain()
+        self.redraw_plot()
+
+    def _react(self, event: Any) -> None:
+        name = type(event).__name__
+        if name == "RunEnded":
+            self._on_run_ended(event)
+        elif name == "CheckpointSaved" and self._save_requested_by_key:
+            self._save_requested_by_key = False
+            self.notify(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.1f}s)",
+                        title="checkpoint", timeout=4)
+        elif name == "CheckpointFailed":
+            self.notify(f"{event.message}; training continues, the previous checkpoint is intact",
+                        title="checkpoint failed", severity="error", timeout=10)
+        elif name == "Notice" and event.level != "info":
+            self.notify(event.message, severity="error" if event.level == "error" else "warning", timeout=8)
+        elif name == "AccumChangeApplied":
+            self.notify(f"accum {event.old} -> {event.new} from epoch {event.epoch}", timeout=4)
+
+    _save_requested_by_key = False
+
+    def _on_run_ended(self, event: Any) -> None:
+        error = getattr(self.trainer, "error", None) if self.trainer is not None else None
+        if error is not None:
+            if isinstance(error, UserError):
+                self.view.error_text = error.one_line().removeprefix("error: ")
+            else:
+                self.view.error_text = f"{type(error).__name__}: {error}"
+        self.refresh_bindings()
+        if self.exit_when_ended or (event.reason == "interrupted" and self.control.stop_signal is not None):
+            self.exit()
+
+    def refresh_panels(self) -> None:
+        now = self.clock()
+        view = self.view
+        for panel in (self.query_one(StatusBar), self.query_one(ProgressPanel), self.query_one(BatchPanel),
+                      self.query_one(DiagnosisBanner), self.query_one(ErrorPanel), self.query_one(EpochTable)):
+            panel.show(view, now)
+        self.query_one(StatsPanel).show(view, now, memory=self.memory)
+
+    def redraw_plot(self) -> None:
+        self.query_one(LossPlot).redraw(self.view)
+
+    def tick(self) -> None:
+        if self.view.device:
+            self.memory = self.memory_probe(self.view.device)
+        self.refresh_panels()
+
+    def screen_text(self) -> str:
+        """What the terminal shows now, as plain text (tests, benchmarks)."""
+        console = RichConsole(width=self.size.width, height=self.size.height, file=io.StringIO(),
+                              force_terminal=True, color_system="truecolor", record=True, legacy_windows=False)
+        console.print(self.screen._compositor.render_update(full=True, screen_stack=self._background_screens))
+        return console.export_text()
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("pause", "accum_up", "accum_down", "save") and self.view.ended:
+            return None  # shown greyed out: the run is over
+        return True
+
+    def action_accum_up(self) -> None:
+        self._change_accum(double=True)
+
+    def action_accum_down(self) -> None:
+        self._change_accum(double=False)
+
+    def _change_accum(self, double: bool) -> None:
+        wanted = self.view.request_accum(double)
+        if wanted is None:
+            limit = "1024" if double else "1"
+            self.notify(f"accumulation is already {limit}" if self.view.target_accum in (1, 1024)
+                        else "the run is over", timeout=2)
+            return
+        self.control.set_accum(wanted)
+        self.refresh_panels()
+
+    def action_pause(self) -> None:
+        self.view.request_pause_toggle()
+        self.control.toggle_pause()
+        self.refresh_panels()
+
+    def action_save(self) -> None:
+        self._save_requested_by_key = True
+        self.control.save()
+        self.notify("saving a checkpoint after this step…", timeout=2)
+
+    def action_smoothing(self) -> None:
+        self.query_one(LossPlot).toggle_smoothing(self.view)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_stop(self) -> None:
+        """First q: stop cleanly and leave once saved. Second q, or a finished run: leave now."""
+        if self.view.ended or not self.engine_running or self.exit_when_ended:
+            self.exit()
+            return
+        self.exit_when_ended = True
+        self.view.request_stop()
+        self.control.stop("interrupted")
+        self.refresh_panels()
+        self.notify("stopping: finishing the micro-step and saving (q again to leave at once)", timeout=4)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Accumulation x2", "double accum at the next epoch (+)", self.action_accum_up)
+        yield SystemCommand("Accumulation /2", "halve accum at the next epoch (-)", self.action_accum_down)
+        yield SystemCommand("Pause / resume training", "the engine waits between micro-steps (p)",
+                            self.action_pause)
+        yield SystemCommand("Save checkpoint", "save `latest` after the current step (s)", self.action_save)
+        yield SystemCommand("Stop training", "finish the micro-step, save and exit (q)", self.action_stop)
+        yield SystemCommand("Toggle loss smoothing", "EMA or raw step loss (m)", self.action_smoothing)
+        yield SystemCommand("Help", "keys, gradient accumulation, diagnoses (?)", self.action_help)
+
+
+def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | None = None,
+               overwrite: bool = False) -> TrainerApp:
+    """The app the CLI runs. The Trainer is built (and validated) here, before the terminal is
+    taken, so bad input is a one-line UserError, not a crash inside the app."""
+    from ..engine import Trainer
+
+    sink = AppSink()
+    trainer = Trainer(cfg, sink, Control(), resume=resume, overrides=overrides, overwrite=overwrite, for_ui=True)
+    if trainer.state.epoch > trainer.cfg.train.epochs:  # the engine would refuse at once; say it now
+        raise UserError(f"this run already finished {trainer.cfg.train.epochs} epochs",
+                        "pass a larger --epochs to train longer")
+    return TrainerApp(trainer, sink)
+
+
+def create_replay_app(events: Iterable[Any] = (), **kwargs: Any) -> TrainerApp:
+    """The same screen with no engine, showing recorded events (snapshot tests, demos)."""
+    return TrainerApp(None, replay=events, **kwargs)

@@ -1,0 +1,66 @@
+"""Numbers the way the panels print them: short, fixed-width where it matters."""
+
+from __future__ import annotations
+
+import math
+
+
+def duration(seconds: float | None) -> str:
+    """0:03:12, or 1d 02:03:04 for long runs; '--:--' when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "--:--"
+    seconds = int(round(seconds))
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    clock = f"{hours}:{minutes:02d}:{seconds:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def count(value: float | None) -> str:
+    """12,345 below a million, then 1.23M / 4.56B."""
+    if value is None:
+        return "—"
+    if abs(value) < 1_000_000:
+        return f"{value:,.0f}"
+    if abs(value) < 1_000_000_000:
+        return f"{value / 1e6:.2f}M"
+    return f"{value / 1e9:.2f}B"
+
+
+def short(value: float | None) -> str:
+    """At most 5 characters: 987, 12.3K, 456K, 1.23M, 12.3B."""
+    if value is None:
+        return "—"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            scaled = value / scale
+            return f"{scaled:.2f}{unit}" if scaled < 10 else f"{scaled:.1f}{unit}" if scaled < 100 else f"{scaled:.0f}{unit}"
+    return f"{value:.0f}"
+
+
+def size(n_bytes: float | None) -> str:
+    """1.2 GB, 329 MB, 12.5 MB: three significant figures at most."""
+    if n_bytes is None:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n_bytes) < 1024 or unit == "TB":
+            return f"{n_bytes:.0f} {unit}" if abs(n_bytes) >= 100 or unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.0f} TB"
+
+
+def loss(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4f}" if math.isfinite(value) else str(value)
+
+
+def scientific(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2e}"
+
+
+def plain(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.{digits}f}" if math.isfinite(value) else str(value)

@@ -1,0 +1,264 @@
+"""What the screen shows, folded from engine events: plain Python, no Textual.
+
+``RunView.apply(event)`` is the only way the engine's story reaches the widgets. It runs
+on the UI thread (the app drains the bridge, then applies), so nothing here needs a lock.
+Keys change the view *optimistically* (``pause_requested``, ``requested_accum``) so the
+screen answers at once; the engine's own event confirms a moment later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ACCUM_MIN, ACCUM_MAX = 1, 1024  # the engine clamps to the same bounds
+
+# Run states, in the words the status line uses.
+STARTING, RUNNING, PAUSING, PAUSED, RESUMING, STOPPING = "starting", "running", "pausing", "paused", "resuming", "stopping"
+FINISHED, EARLY_STOPPED, INTERRUPTED, FAILED = "finished", "early-stopped", "stopped", "error"
+END_STATES = {"completed": FINISHED, "early_stop": EARLY_STOPPED, "interrupted": INTERRUPTED, "error": FAILED}
+
+THROUGHPUT_WINDOW = 20  # steps in the rolling tokens/s
+
+
+@dataclass
+class EpochPoint:
+    epoch: int
+    step: int  # the last optimizer step of the epoch (where it sits on the x-axis)
+    train_loss: float
+    val_loss: float
+
+
+@dataclass
+class RunView:
+    # -- the run (RunStarted) --------------------------------------------------------------
+    started: bool = False
+    run_dir: str = ""
+    device: str = ""
+    threads: int = 0
+    parameters: int = 0
+    epochs: int = 0
+    micro_batch: int = 0
+    accum: int = 0
+    processes: int = 1
+    block_size: int = 0
+    planned_tokens: int = 0
+    tokens_at_start: int = 0
+    resumed_from_step: int = 0
+    notes: tuple[str, ...] = ()
+    # -- where it is -------------------------------------------------------------------------
+    state: str = STARTING
+    epoch: int = 0
+    step: int = 0
+    step_in_epoch: int = 0
+    steps_in_epoch: int = 0
+    micro_step: int = 0
+    micro_steps: int = 0
+    tokens_seen: int = 0
+    lr: float | None = None
+    grad_norm: float | None = None
+    skipped_steps: int = 0
+    # -- accumulation changes ----------------------------------------------------------------
+    pending_accum: int | None = None  # confirmed by the engine, applies at the next epoch
+    requested_accum: int | None = None  # sent by a key, not yet confirmed (None = nothing in flight)
+    pause_requested: bool | None = None  # sent by a key, not yet confirmed
+    # -- losses ------------------------------------------------------------------------------
+    step_numbers: list[int] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)  # finite losses only
+    epoch_points: list[EpochPoint] = field(default_factory=list)
+    epoch_rows: list = field(default_factory=list)  # the EpochEvents themselves, for the epoch table
+    plot_version: int = 0  # bumped whenever the plot has something new
+    # -- diagnosis ---------------------------------------------------------------------------
+    diagnosis: str | None = None  # None until the first verdict
+    diagnosis_reason: str = ""
+    remedy: str = ""
+    val_rise_warning: str | None = None
+    best_val_loss: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    # -- the end -----------------------------------------------------------------------------
+    end_reason: str | None = None
+    end_message: str = ""
+    error_text: str | None = None  # the exception, when the engine failed
+    # -- checkpoints and notices -------------------------------------------------------------
+    last_checkpoint_step: int | None = None
+    last_checkpoint_kind: str = ""
+    last_checkpoint_at: float | None = None
+    checkpoint_error: str | None = None
+    # -- time (UI clock, seconds) ------------------------------------------------------------
+    started_at: float | None = None
+    ended_at: float | None = None
+    paused_since: float | None = None
+    paused_total: float = 0.0
+    _throughput: deque = field(default_factory=lambda: deque(maxlen=THROUGHPUT_WINDOW))
+
+    # -- folding events ----------------------------------------------------------------------
+
+    def apply(self, event: object, now: float) -> None:
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event, now)
+
+    def _on_RunStarted(self, e, now: float) -> None:
+        self.started = True
+        self.state = RUNNING if self.state == STARTING else self.state
+        self.run_dir, self.device, self.threads, self.parameters = e.run_dir, e.device, e.threads, e.parameters
+        self.epochs, self.micro_batch, self.accum, self.processes = e.epochs, e.micro_batch, e.accum, e.processes
+        self.block_size, self.planned_tokens = e.block_size, e.planned_tokens
+        self.tokens_seen = self.tokens_at_start = e.tokens_seen
+        self.resumed_from_step = self.step = e.resumed_from_step
+        self.epoch, self.notes = e.start_epoch, tuple(e.notes)
+        self.started_at = now
+
+    def _on_MicroStep(self, e, now: float) -> None:
+        if e.step <= self.step:
+            return  # the newest micro-step can trail a step event already shown
+        self.epoch, self.micro_step, self.micro_steps = e.epoch, e.micro_step, e.micro_steps
+        self.step_in_epoch, self.steps_in_epoch = e.step_in_epoch - 1, e.steps_in_epoch  # this step is not done yet
+
+    def _on_StepEvent(self, e, now: float) -> None:
+        self.epoch, self.step = e.epoch, e.step
+        self.step_in_epoch, self.steps_in_epoch = e.step_in_epoch, e.steps_in_epoch
+        self.micro_step = self.micro_steps = e.micro_steps
+        self.tokens_seen, self.lr, self.grad_norm = e.tokens_seen, e.lr, e.grad_norm
+        self.accum = e.accum
+        if e.tokens_per_s > 0:
+            self._throughput.append((e.tokens, e.tokens / e.tokens_per_s))
+        if e.skipped or not math.isfinite(e.loss):
+            self.skipped_steps += 1
+        else:
+            self.step_numbers.append(e.step)
+            self.step_losses.append(e.loss)
+            self.plot_version += 1
+
+    def _on_EpochEvent(self, e, now: float) -> None:
+        self.epoch_points.append(EpochPoint(e.epoch, self.step, e.train_loss, e.val_loss))
+        self.epoch_rows.append(e)
+        self.plot_version += 1
+        self.diagnosis, self.diagnosis_reason, self.remedy = e.diagnosis, e.diagnosis_reason, e.remedy
+        self.val_rise_warning = e.val_rise_warning
+        self.best_val_loss, self.best_epoch = e.best_val_loss, e.best_epoch
+        self.epochs_without_improvement = e.epochs_without_improvement
+        self.tokens_seen = e.tokens_seen
+
+    def _on_DiagnosisEvent(self, e, now: float) -> None:  # a verdict between epochs (engine may not send it)
+        self.diagnosis, self.diagnosis_reason, self.remedy = e.kind, e.reason, e.remedy
+
+    def _on_AccumChangeRequested(self, e, now: float) -> None:
+        self.pending_accum = None if e.new == self.accum else e.new
+        if self.requested_accum == e.new:
+            self.requested_accum = None
+
+    def _on_AccumChangeApplied(self, e, now: float) -> None:
+        self.accum, self.pending_accum = e.new, None
+        if self.requested_accum == e.new:
+            self.requested_accum = None
+        self.epoch = e.epoch
+        self.step_in_epoch = self.micro_step = 0
+
+    def _on_Paused(self, e, now: float) -> None:
+        if self.state not in (STOPPING, *END_STATES.values()):
+            self.state = PAUSED
+        self.pause_requested = None
+        self.paused_since = now
+
+    def _on_Resumed(self, e, now: float) -> None:
+        if self.state not in (STOPPING, *END_STATES.values()):
+            self.state = RUNNING
+        self.pause_requested = None
+        self._end_pause(now)
+
+    def _on_CheckpointSaved(self, e, now: float) -> None:
+        self.last_checkpoint_step, self.last_checkpoint_kind, self.last_checkpoint_at = e.step, e.kind, now
+        self.checkpoint_error = None
+
+    def _on_CheckpointFailed(self, e, now: float) -> None:
+        self.checkpoint_error = e.message
+
+    def _on_RunEnded(self, e, now: float) -> None:
+        self.state = END_STATES.get(e.reason, FINISHED)
+        self.end_reason, self.end_message = e.reason, e.message
+        self.best_val_loss, self.best_epoch = e.best_val_loss, e.best_epoch
+        self.pause_requested = self.requested_accum = None
+        self._end_pause(now)
+        self.ended_at = now
+
+    def _end_pause(self, now: float) -> None:
+        if self.paused_since is not None:
+            self.paused_total += now - self.paused_since
+            self.paused_since = None
+
+    # -- what keys do (optimistic) -------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        return self.end_reason is not None
+
+    @property
+    def target_accum(self) -> int:
+        """The accumulation the next epoch will use, counting a key press still in flight."""
+        if self.requested_accum is not None:
+            return self.requested_accum
+        return self.pending_accum if self.pending_accum is not None else self.accum
+
+    def request_accum(self, double: bool) -> int | None:
+        """Double/halve the target; the value to send to the engine, or None if unchanged."""
+        current = self.target_accum or 1
+        wanted = max(ACCUM_MIN, min(ACCUM_MAX, current * 2 if double else current // 2))
+        if wanted == current or self.ended:
+            return None
+        self.requested_accum = wanted
+        return wanted
+
+    def request_pause_toggle(self) -> None:
+        paused = self.state in (PAUSED, PAUSING) if self.pause_requested is None else self.pause_requested
+        self.pause_requested = not paused
+        if self.state not in (STOPPING, *END_STATES.values()):
+            self.state = PAUSING if self.pause_requested else RESUMING
+
+    def request_stop(self) -> None:
+        if not self.ended:
+            self.state = STOPPING
+
+    # -- derived figures -----------------------------------------------------------------------
+
+    @property
+    def run_name(self) -> str:
+        return Path(self.run_dir).name if self.run_dir else "—"
+
+    @property
+    def effective_batch(self) -> int:
+        return self.micro_batch * self.accum * self.processes
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.effective_batch * self.block_size
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if not self._throughput:
+            return None
+        tokens = sum(t for t, _ in self._throughput)
+        seconds = sum(s for _, s in self._throughput)
+        return tokens / seconds if seconds > 0 else None
+
+    def elapsed(self, now: float) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.ended_at if self.ended_at is not None else now) - self.started_at
+
+    def active_seconds(self, now: float) -> float:
+        paused = self.paused_total + (now - self.paused_since if self.paused_since is not None else 0.0)
+        return max(0.0, self.elapsed(now) - paused)
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left at the pace so far (validation and saves included, pauses not)."""
+        if self.ended or not self.planned_tokens:
+            return None
+        done = self.tokens_seen - self.tokens_at_start
+        active = self.active_seconds(now)
+        if done <= 0 or active <= 0:
+            return None
+        return max(0.0, (self.planned_tokens - self.tokens_seen) * active / done)

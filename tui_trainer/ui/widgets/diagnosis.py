@@ -1,0 +1,71 @@
+"""The latest verdict on the loss curves, its remedy, the val-rise warning, and how the run ended."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from .. import format as fmt
+from ..view import RunView
+from .base import Panel
+
+KINDS = ("healthy", "underfitting", "overfitting", "unstable")
+
+
+class DiagnosisBanner(Panel):
+    AUTO_HEIGHT = True
+    COMPONENT_CLASSES = {f"diagnosis--{kind}" for kind in KINDS} | {
+        "diagnosis--dim", "diagnosis--warning", "diagnosis--end"}
+
+    DEFAULT_CSS = """
+    DiagnosisBanner { height: auto; }
+    """
+
+    def key(self, view: RunView, now: float):
+        return (view.diagnosis, view.diagnosis_reason, view.remedy, view.val_rise_warning, view.best_val_loss,
+                view.best_epoch, view.epochs_without_improvement, view.end_reason, view.end_message,
+                view.started)
+
+    def show(self, view: RunView, now: float, **extra) -> None:
+        for kind in KINDS:
+            self.set_class(view.diagnosis == kind, f"-{kind}")
+        self.set_class(view.diagnosis is None, "-waiting")
+        super().show(view, now, **extra)
+
+    def build(self, view: RunView, now: float) -> Text:
+        dim = self.get_component_rich_style("diagnosis--dim")
+        text = Text(end="")
+        if view.diagnosis is None:
+            text.append("● diagnosis ", dim)
+            text.append("appears after the first epoch's validation", dim)
+        else:
+            kind = view.diagnosis if view.diagnosis in KINDS else "unstable"
+            text.append(f"● {view.diagnosis}", self.get_component_rich_style(f"diagnosis--{kind}"))
+            if view.diagnosis_reason:
+                text.append(f"  {view.diagnosis_reason}")
+            text.append("\n")
+            text.append("remedy: ", dim)
+            text.append(view.remedy or "—")
+            if view.best_epoch is not None:
+                text.append(f"   best val {fmt.loss(view.best_val_loss)} @ epoch {view.best_epoch}", dim)
+                if view.epochs_without_improvement:
+                    n = view.epochs_without_improvement
+                    text.append(f", {n} epoch{'s' if n != 1 else ''} without improvement", dim)
+        if view.val_rise_warning:
+            text.append("\n")
+            text.append("▲ ", self.get_component_rich_style("diagnosis--warning"))
+            text.append(view.val_rise_warning, self.get_component_rich_style("diagnosis--warning"))
+        ending = self.ending(view)
+        if ending:
+            text.append("\n")
+            text.append(ending, self.get_component_rich_style("diagnosis--end"))
+        return text
+
+    @staticmethod
+    def ending(view: RunView) -> str:
+        if view.end_reason == "completed":
+            return f"■ finished all {view.epochs} epochs — press q to quit"
+        if view.end_reason == "early_stop":
+            return f"■ early stopping: {view.end_message} — best weights kept; press q to quit"
+        if view.end_reason == "interrupted":
+            return f"■ {view.end_message or 'stopped'} — checkpoint saved"
+        return ""  # errors get their own panel

@@ -1,0 +1,131 @@
+"""The live loss chart: per-step train loss (raw and smoothed), per-epoch train and val loss.
+
+Redrawn by the app's plot timer (a few times a second) and only when there is something
+new or the widget was resized; never per step. Long runs are thinned by striding, so a
+redraw costs the same at step 100 and at step 100,000.
+"""
+
+from __future__ import annotations
+
+import math
+
+from textual_plotext import PlotextPlot
+
+from ..view import RunView
+
+EMA_BETA = 0.9  # smoothing of the step loss (bias-corrected, like TensorBoard's slider at 0.9)
+WARMUP_FRACTION = 0.1  # the first 10% of steps never set the top of the y-axis
+PLOT_COLORS = {"raw": "gray", "smooth": "cyan+", "train": "blue+", "val": "orange+", "epoch": "gray"}
+
+
+def y_range(values_after_warmup: list[float], all_values: list[float]) -> tuple[float, float] | None:
+    """Bottom from everything shown, top from what came after the first steps; 8% margin."""
+    finite_all = [v for v in all_values if math.isfinite(v)]
+    finite_late = [v for v in values_after_warmup if math.isfinite(v)] or finite_all
+    if not finite_all:
+        return None
+    low, high = min(finite_all), max(finite_late)
+    if high <= low:
+        high = low + max(abs(low) * 0.05, 1e-3)
+    pad = (high - low) * 0.08
+    return low - pad, high + pad
+
+
+def integer_ticks(low: int, high: int, count: int) -> list[int]:
+    """About ``count`` round step numbers between low and high (1, 2 or 5 times a power of 10 apart)."""
+    span = max(1, high - low)
+    raw = span / max(1, count)
+    magnitude = 10 ** max(0, math.floor(math.log10(raw))) if raw >= 1 else 1
+    spacing = next((m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw), 10 * magnitude)
+    first = math.ceil(low / spacing) * spacing
+    ticks = list(range(int(first), int(high) + 1, int(spacing)))
+    return ticks or [low, high]
+
+
+class LossPlot(PlotextPlot):
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.smooth = True
+        self._ema: list[float] = []  # grows with the view's step losses: O(1) per new step
+        self._ema_state = (0, 0.0)  # (points folded in, raw EMA before bias correction)
+        self._drawn: tuple | None = None
+        self.points_drawn = 0  # what the last redraw put on the chart (tests and benchmarks read it)
+        self.show_axis_label = True  # off on short terminals, where every row counts
+
+    def _extend_ema(self, losses: list[float]) -> None:
+        n, ema = self._ema_state
+        if n > len(losses):  # a different view: start over
+            self._ema, n, ema = [], 0, 0.0
+        for i in range(n, len(losses)):
+            ema = EMA_BETA * ema + (1 - EMA_BETA) * losses[i]
+            self._ema.append(ema / (1 - EMA_BETA ** (i + 1)))
+        self._ema_state = (len(losses), ema)
+
+    def on_resize(self) -> None:
+        self._drawn = None  # thin for the new width at the next redraw
+
+    def toggle_smoothing(self, view: RunView) -> None:
+        self.smooth = not self.smooth
+        self.redraw(view)
+
+    def _limits(self, x_shown, raw_shown, ema_shown, epochs, xs) -> tuple[float, float] | None:
+        """The y-range that keeps the interesting part: the first steps' high loss is not it."""
+        cut = xs[int(len(xs) * WARMUP_FRACTION)] if len(xs) >= 10 else (xs[0] if xs else 0)
+        late_index = [i for i, x in enumerate(x_shown) if x >= cut]
+        primary = ema_shown if self.smooth else raw_shown
+        raw_late = sorted(raw_shown[i] for i in late_index)
+        late = [primary[i] for i in late_index] + [v for p in epochs if p.step >= cut
+                                                   for v in (p.train_loss, p.val_loss)]
+        everything = list(primary) + [v for p in epochs for v in (p.train_loss, p.val_loss)]
+        if raw_late:  # the raw cloud, less its 2% extremes on either side
+            late.append(raw_late[int(0.98 * (len(raw_late) - 1))])
+            everything.append(raw_late[int(0.02 * (len(raw_late) - 1))])
+        return y_range(late, everything)
+
+    def redraw(self, view: RunView) -> bool:
+        """Rebuild the figure if the data, the size or the smoothing changed. True if it did."""
+        key = (view.plot_version, self.size.width, self.size.height, self.smooth, self.show_axis_label)
+        if key == self._drawn:
+            return False
+        self._drawn = key
+        plt = self.plt
+        plt.clear_figure()
+        if self.show_axis_label:
+            plt.xlabel("optimizer step  (│ = end of epoch)")
+        xs, losses = view.step_numbers, view.step_losses
+        self._extend_ema(losses)
+        # Thin to about two points per braille column: slicing is C-speed and keeps the shape.
+        stride = max(1, math.ceil(len(xs) / max(2 * self.size.width, 20)))
+        x_shown, raw_shown = xs[::stride], losses[::stride]
+        ema_shown = self._ema[::stride]
+        if stride > 1 and xs:  # always end at the newest step
+            x_shown, raw_shown, ema_shown = x_shown + [xs[-1]], raw_shown + [losses[-1]], ema_shown + [self._ema[-1]]
+        epochs = view.epoch_points
+        limits = self._limits(x_shown, raw_shown, ema_shown, epochs, xs)
+        for p in epochs:
+            plt.vline(p.step, color=PLOT_COLORS["epoch"])
+        if x_shown:
+            if self.smooth:
+                plt.plot(x_shown, raw_shown, marker="braille", color=PLOT_COLORS["raw"])
+                plt.plot(x_shown, ema_shown, marker="braille", color=PLOT_COLORS["smooth"], label="train/step (EMA)")
+            else:
+                plt.plot(x_shown, raw_shown, marker="braille", color=PLOT_COLORS["smooth"], label="train/step")
+        finite_epochs = [p for p in epochs if math.isfinite(p.train_loss) and math.isfinite(p.val_loss)]
+        if finite_epochs:
+            ex = [p.step for p in finite_epochs]
+            plt.plot(ex, [p.train_loss for p in finite_epochs], marker="hd", color=PLOT_COLORS["train"],
+                     label="train/epoch")
+            plt.plot(ex, [p.val_loss for p in finite_epochs], marker="hd", color=PLOT_COLORS["val"],
+                     label="val/epoch")
+        if limits is not None:
+            plt.ylim(*limits)
+        if xs:
+            low, high = min(xs[0], 1), max(xs[-1], 2)
+            plt.xlim(low, high)
+            ticks = integer_ticks(low, high, max(2, self.size.width // 14))
+            plt.xticks(ticks, [str(t) for t in ticks])
+        else:
+            plt.title("loss — waiting for the first step")
+        self.points_drawn = len(x_shown) + len(finite_epochs)
+        self.refresh()
+        return True

@@ -1,0 +1,52 @@
+"""Where the run is: micro-steps inside the optimizer step, steps inside the epoch, epochs."""
+
+from __future__ import annotations
+
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from ..view import RunView
+from .base import Panel
+
+
+class ProgressPanel(Panel):
+    """micro-step 5/8 ━━━━━╸━━━ / step 120/480 ━━╸━━━━━━ / epoch 3/10 ━━━╸━━━━━"""
+
+    COMPONENT_CLASSES = {"progress--label", "progress--count", "progress--bar", "progress--complete",
+                         "progress--finished"}
+
+    DEFAULT_CSS = """
+    ProgressPanel { height: 3; }
+    """
+
+    def key(self, view: RunView, now: float):
+        return (view.micro_step, view.micro_steps, view.step_in_epoch, view.steps_in_epoch, view.epoch,
+                view.epochs, len(view.epoch_points))
+
+    def build(self, view: RunView, now: float) -> Table:
+        label = self.get_component_rich_style("progress--label")
+        count = self.get_component_rich_style("progress--count")
+        styles = dict(style=self.get_component_rich_style("progress--bar"),
+                      complete_style=self.get_component_rich_style("progress--complete"),
+                      finished_style=self.get_component_rich_style("progress--finished"))
+        epochs_done = len(view.epoch_points)
+        rows = [
+            ("micro-step", view.micro_step, view.micro_steps),
+            ("step", view.step_in_epoch, view.steps_in_epoch),
+            ("epoch", epochs_done, view.epochs),
+        ]
+        # Counters print the step in progress ("epoch 3/10" while epoch 3 runs); bars show work done.
+        counters = [
+            f"{view.micro_step}/{view.micro_steps}" if view.micro_steps else "-/-",
+            f"{view.step_in_epoch}/{view.steps_in_epoch}" if view.steps_in_epoch else "-/-",
+            f"{min(view.epoch, view.epochs)}/{view.epochs}" if view.epochs else "-/-",
+        ]
+        width = max(len(c) for c in counters)
+        grid = Table.grid(expand=True, padding=(0, 1))
+        grid.add_column(no_wrap=True, width=10)
+        grid.add_column(no_wrap=True, justify="right", width=width)
+        grid.add_column(ratio=1)
+        for (name, done, total), counter in zip(rows, counters):
+            grid.add_row(Text(name, label), Text(counter, count), ProgressBar(total=max(total, 1), completed=done, **styles))
+        return grid

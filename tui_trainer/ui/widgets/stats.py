@@ -1,0 +1,70 @@
+"""Throughput and the optimizer's vital signs: tokens/s, lr, gradient norm, tokens, memory, parameters."""
+
+from __future__ import annotations
+
+import os
+
+from rich.table import Table
+from rich.text import Text
+
+from .. import format as fmt
+from ..view import RunView
+from .base import Panel
+
+
+def memory_in_use(device: str) -> str:
+    """RSS of this process on CPU; allocated/peak on CUDA. Cheap enough for a 1 Hz tick."""
+    if device.startswith("cuda"):
+        import torch  # already imported by the engine; never imported here on CPU
+
+        index = torch.device(device).index or 0
+        allocated = torch.cuda.memory_allocated(index)
+        peak = torch.cuda.max_memory_allocated(index)
+        return f"{fmt.size(allocated)} (peak {fmt.size(peak)})"
+    try:
+        import psutil
+
+        return f"{fmt.size(psutil.Process(os.getpid()).memory_info().rss)} rss"
+    except Exception:  # psutil missing or the platform refuses: not worth a crash
+        return "—"
+
+
+class StatsPanel(Panel):
+    COMPONENT_CLASSES = {"stats--name", "stats--value"}
+
+    DEFAULT_CSS = """
+    StatsPanel { height: 3; }
+    """
+
+    def rows(self, view: RunView) -> list[tuple[str, str]]:
+        seen = fmt.short(view.tokens_seen)
+        if view.planned_tokens:
+            seen += f"/{fmt.short(view.planned_tokens)}"
+        grad = fmt.plain(view.grad_norm, 3)
+        if view.skipped_steps:
+            grad += f" ({view.skipped_steps} skipped)"
+        return [
+            ("tokens/s", fmt.count(view.tokens_per_second)),
+            ("lr", fmt.scientific(view.lr)),
+            ("grad norm", grad),
+            ("tokens", seen),
+            ("memory", self._panel_extra.get("memory", "—")),
+            ("params", fmt.short(view.parameters) if view.parameters else "—"),
+        ]
+
+    def key(self, view: RunView, now: float):
+        return tuple(self.rows(view))
+
+    def build(self, view: RunView, now: float) -> Table:
+        name = self.get_component_rich_style("stats--name")
+        value = self.get_component_rich_style("stats--value")
+        rows = self.rows(view)
+        grid = Table.grid(expand=True, padding=(0, 1))
+        # Two name/value pairs per line: 3 lines hold all six figures.
+        grid.add_column(no_wrap=True)
+        grid.add_column(no_wrap=True, ratio=1, overflow="ellipsis")
+        grid.add_column(no_wrap=True)
+        grid.add_column(no_wrap=True, ratio=1, overflow="ellipsis")
+        for (n1, v1), (n2, v2) in zip(rows[0::2], rows[1::2]):
+            grid.add_row(Text(n1, name), Text(v1, value), Text(n2, name), Text(v2, value))
+        return grid

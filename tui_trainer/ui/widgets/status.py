@@ -1,0 +1,52 @@
+"""The top line: run name, device, state, elapsed time and ETA."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from .. import format as fmt
+from ..view import (EARLY_STOPPED, FAILED, FINISHED, INTERRUPTED, PAUSED, PAUSING, RESUMING, RUNNING, STARTING,
+                    STOPPING, RunView)
+from .base import Panel
+
+STATE_LABELS = {
+    STARTING: "starting", RUNNING: "running", PAUSING: "pausing…", PAUSED: "paused", RESUMING: "resuming…",
+    STOPPING: "stopping…", FINISHED: "finished", EARLY_STOPPED: "early-stopped", INTERRUPTED: "stopped",
+    FAILED: "error",
+}
+
+
+class StatusBar(Panel):
+    """`tui-trainer │ run 20260101-120000 │ cpu x2 │ ▶ running │ 0:03:12 │ ETA 0:12:40`"""
+
+    COMPONENT_CLASSES = {"status--title", "status--dim", "status--run"} | {
+        f"status--{state}" for state in STATE_LABELS}
+
+    DEFAULT_CSS = """
+    StatusBar { height: 1; }
+    """
+
+    def key(self, view: RunView, now: float):
+        return (view.run_name, view.device, view.threads, view.state, fmt.duration(view.elapsed(now)),
+                fmt.duration(view.eta(now)), view.epoch, view.epochs)
+
+    def build(self, view: RunView, now: float) -> Text:
+        dim = self.get_component_rich_style("status--dim")
+        line = Text(no_wrap=True, overflow="ellipsis", end="")
+        line.append(" tui-trainer ", self.get_component_rich_style("status--title"))
+        line.append(" ")
+        line.append(view.run_name, self.get_component_rich_style("status--run"))
+        if view.device:
+            line.append("  ")
+            line.append(view.device, dim)
+            if view.device.startswith("cpu") and view.threads:
+                line.append(f"x{view.threads}", dim)
+        line.append("  ")
+        line.append(f" {STATE_LABELS.get(view.state, view.state)} ",
+                    self.get_component_rich_style(f"status--{view.state}"))
+        line.append("  ")
+        line.append(fmt.duration(view.elapsed(now)))
+        if not view.ended:
+            line.append("  ETA ", dim)
+            line.append(fmt.duration(view.eta(now)))
+        return line
