@@ -121,7 +121,8 @@ class SignalStopper:
     """SIGINT/SIGTERM/SIGHUP → ask the engine to finish its micro-step, save and end.
 
     A second signal while the engine is stopping is ignored (the save is atomic either way);
-    a third one exits at once.
+    a third one exits at once. Once a stop was signalled the handlers stay in place until the
+    process exits, so a late second Ctrl-C cannot raise KeyboardInterrupt during shutdown.
     """
 
     SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
@@ -144,8 +145,61 @@ class SignalStopper:
         self.control.stop("interrupted", signum)
 
     def __exit__(self, *exc: Any) -> None:
+        if self.count:
+            return
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+class DetachableStream:
+    """stdout for the headless log that outlives its terminal.
+
+    When the SSH link drops, writes to the dead terminal fail (EIO; EPIPE for a closed pipe);
+    the run must still save and write its `end` record. On the first failed write the file
+    descriptor is pointed at /dev/null, so later writes and the interpreter's final flush succeed.
+    """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.detached = False
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def write(self, text: str) -> None:
+        self._guard(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._guard(self.stream.flush)
+
+    def _guard(self, call, *args: Any) -> None:
+        if self.detached:
+            return
+        try:
+            call(*args)
+        except (OSError, ValueError):
+            self.detached = True
+            _point_at_devnull(self.stream)
+
+
+def _point_at_devnull(stream) -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def say(text: str) -> None:
+    """One line on stderr, even when the terminal is gone."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        _point_at_devnull(sys.stderr)
 
 
 def exit_code_for(end) -> int:
@@ -158,16 +212,18 @@ def exit_code_for(end) -> int:
 
 def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
     from .control import Control
-    from .engine import Trainer
-    from .headless import HeadlessLog
 
     control = Control()
-    trainer = Trainer(cfg, HeadlessLog(), control, resume=args.resume, overrides=given, overwrite=args.overwrite)
+    # Handlers first: a signal while torch imports or the data loads stops the run at its first micro-step.
     with SignalStopper(control):
+        from .engine import Trainer
+        from .headless import HeadlessLog
+
+        trainer = Trainer(cfg, HeadlessLog(DetachableStream(sys.stdout)), control, resume=args.resume,
+                          overrides=given, overwrite=args.overwrite)
         end = trainer.run()
     if trainer.error is not None and not isinstance(trainer.error, UserError):
-        print(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})",
-              file=sys.stderr)
+        say(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})")
     elif isinstance(trainer.error, UserError):
         raise trainer.error
     return exit_code_for(end)
@@ -197,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         code = run_app(cfg, given, args) if use_app else run_headless(cfg, given, args)
     except UserError as exc:
-        print(exc.one_line(), file=sys.stderr)
+        say(exc.one_line())
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
