@@ -9,42 +9,43 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+# Three columns of (key, what it does): three short lines that fit 80 columns.
 KEYS = [
-    ("+  ]", "double gradient accumulation (up to 1024), applied at the next epoch"),
-    ("-  [", "halve it (down to 1), applied at the next epoch"),
-    ("p", "pause / resume (the engine waits between micro-steps; the screen stays live)"),
-    ("s", "save a checkpoint now"),
-    ("m", "step loss: smoothed (EMA) or raw"),
-    ("q", "stop cleanly: finish the micro-step, save, exit (press again: exit at once)"),
-    ("ctrl+p", "command palette: the same actions by name"),
-    ("?  esc", "open / close this help"),
+    [("+ ]", "accum x2 next epoch"), ("p", "pause / resume"), ("q", "stop: save, exit")],
+    [("- [", "accum /2 next epoch"), ("s", "save checkpoint now"), ("q q", "exit at once")],
+    [("m", "smooth / raw loss"), ("^p", "command palette"), ("esc", "close this help")],
 ]
 
 ACCUMULATION = (
-    "The model takes one micro-batch at a time (what fits in memory) and adds up the gradients "
-    "of accum micro-batches before each optimizer step, so the step is the step of one big batch: "
-    "effective batch = micro-batch x accum x processes sequences. A larger effective batch gives "
-    "steadier, less noisy steps (and fewer per epoch) with the same memory. A change waits for the "
-    "next epoch boundary, so all the steps of an epoch use one batch size."
+    "Each micro-batch (what fits in memory) adds its gradient to the ones before; after accum "
+    "micro-batches the optimizer takes one step, exactly as if it had seen one big batch: "
+    "effective batch = micro-batch x accum x processes sequences. Bigger means steadier steps "
+    "(and fewer per epoch) for the same memory. A change applies at the next epoch boundary."
 )
 
-# (verdict, theme colour, meaning and remedy) — the same colours as the diagnosis banner.
+# (verdict, theme colour, lines of meaning and remedy) — the colours of the diagnosis banner.
 DIAGNOSES = [
-    ("healthy", "$success", "train and val loss fall together: keep training"),
-    ("underfitting", "$warning",
-     "both losses stay high and flat: bigger model, longer training, higher learning rate"),
-    ("overfitting", "$secondary",
-     "val loss rises while train falls, or sits far above it: more data, dropout, weight decay; "
-     "early stopping ends the run and keeps the best weights"),
-    ("unstable", "$error", "NaN/inf or loss spikes: lower the learning rate, check gradient clipping"),
+    ("healthy", "$success", ["both losses fall: keep training"]),
+    ("underfitting", "$warning", ["both high and flat: bigger model, train longer, raise the lr"]),
+    ("overfitting", "$secondary", ["val rises as train falls, or sits far above it: more data,",
+                                   "dropout, weight decay; early stopping keeps the best weights"]),
+    ("unstable", "$error", ["NaN/inf or loss spikes: lower the lr, check gradient clipping"]),
 ]
 
 
-def _rows(rows: list[tuple[str, str]], width: int, styles: list[str] | None = None) -> Content:
+def _keys() -> Content:
     lines = []
-    for i, (name, what) in enumerate(rows):
-        style = styles[i] if styles else "bold"
-        lines.append(Content.assemble((name.ljust(width), style), "  ", what))
+    for row in KEYS:
+        cells = [Content.assemble((key.ljust(3), "bold $accent"), " ", what.ljust(20)) for key, what in row]
+        lines.append(Content("  ").join(cells).rstrip())
+    return Content("\n").join(lines)
+
+
+def _diagnoses() -> Content:
+    lines = []
+    for name, colour, meaning in DIAGNOSES:
+        for i, line in enumerate(meaning):
+            lines.append(Content.assemble(((name if i == 0 else "").ljust(13), f"bold {colour}"), line))
     return Content("\n").join(lines)
 
 
@@ -55,15 +56,14 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(id="help-box") as box:
             box.border_title = "help"
             box.border_subtitle = "esc closes"
-            yield Static(Content.from_markup("[b]Keys[/b]"), classes="help-title")
-            yield Static(_rows(KEYS, 6), classes="help-body")
+            yield Static(Content.from_markup("[b]Keys[/b]"), classes="help-title -first")
+            yield Static(_keys(), classes="help-body")
             yield Static(Content.from_markup("[b]Gradient accumulation and the effective batch[/b]"),
                          classes="help-title")
             yield Static(ACCUMULATION, classes="help-body", markup=False)
             yield Static(Content.from_markup("[b]Diagnosis[/b] (after each epoch's validation)"),
                          classes="help-title")
-            yield Static(_rows([(n, w) for n, _, w in DIAGNOSES], 12, [f"bold {c}" for _, c, _ in DIAGNOSES]),
-                         classes="help-body")
+            yield Static(_diagnoses(), classes="help-body")
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -1,0 +1,346 @@
+"""The Textual app with the real engine on a tiny model: Pilot tests of what a user does.
+
+Keys pressed while the engine is busy go through the driver (``send_key``), as a terminal
+would deliver them: ``pilot.press`` waits for the whole process to go idle, which a
+training thread never lets happen (see ECOSYSTEM.md). The engine is paused through
+``app.control`` wherever a test needs a state that holds still.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from textual import events
+
+from conftest import tiny_config, with_limits
+from tui_trainer.engine import Trainer
+from tui_trainer.errors import UserError
+from tui_trainer.metrics import read_metrics
+from tui_trainer.ui.app import TrainerApp, create_app
+from tui_trainer.ui.bridge import AppSink
+from tui_trainer.ui.widgets import HelpScreen, LossPlot
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def make_app(corpus: Path, run_dir: Path, train_batches: int = 40, **train) -> TrainerApp:
+    cfg = with_limits(tiny_config(corpus, run_dir, **train), train_batches)
+    return create_app(cfg)
+
+
+async def wait_for(pilot, predicate, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.02)
+
+
+def send_key(app: TrainerApp, key: str) -> None:
+    """Deliver a key the way the terminal driver does, without waiting for the app to go idle."""
+    app._driver.send_message(events.Key(key, key if len(key) == 1 else None))
+
+
+def squashed(app: TrainerApp) -> str:
+    """The screen with runs of spaces squeezed to one (columns move with the terminal width)."""
+    return re.sub(r" +", " ", app.screen_text())
+
+
+async def paused(pilot, app: TrainerApp) -> None:
+    app.control.pause()
+    await wait_for(pilot, lambda: app.view.state == "paused", what="the engine to pause")
+
+
+@pytest.fixture
+def apps():
+    """Apps made by a test; their engines are stopped and joined whatever happens."""
+    made: list[TrainerApp] = []
+    yield made
+    for app in made:
+        app.finish(timeout=30)
+
+
+# -- starting, progress, plot ------------------------------------------------------------------------
+
+async def test_app_starts_progress_moves_and_plot_gains_points(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=2)
+    apps.append(app)
+    app.control.pause()  # the engine does one micro-step, then holds still
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
+        await pilot.pause(0.15)  # a drain tick
+        first = squashed(app)
+        assert "micro-step 1/2" in first and "epoch 1/2" in first
+        assert "micro-batch 4 x accum 2 (x 1 process) = 8 sequences = 256 tokens per step" in first
+        assert app.view.step == 0
+
+        app.control.resume()
+        await wait_for(pilot, lambda: app.view.step >= 10, what="ten steps")
+        await paused(pilot, app)
+        await pilot.pause(0.5)  # a plot tick (3 Hz)
+        plot = app.query_one(LossPlot)
+        points_before = plot.points_drawn
+        assert points_before >= 10
+        steps_before = app.view.step
+        assert f"{app.view.step_in_epoch}/20" in app.screen_text()
+
+        app.control.resume()
+        await wait_for(pilot, lambda: app.view.step >= steps_before + 5, what="more steps")
+        await pilot.pause(0.5)
+        assert plot.points_drawn > points_before
+        assert any(ch in app.screen_text() for ch in "⠁⠂⠄⡀⢀⣀⠉⠒⠤")  # braille: the curve is drawn
+
+
+# -- accumulation keys ---------------------------------------------------------------------------
+
+async def test_plus_twice_shows_pending_change_applied_exactly_at_next_epoch(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=2, train_batches=24)
+    apps.append(app)
+    app.control.pause()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
+        await pilot.press("plus", "plus")
+        assert "accum 2 -> 8 at next epoch" in app.screen_text()  # at once, before the engine answers
+        await wait_for(pilot, lambda: app.view.pending_accum == 8, what="the engine to confirm")
+        await pilot.pause(0.15)
+        assert "accum 2 -> 8 at next epoch" in app.screen_text()
+        app.control.resume()
+        await wait_for(pilot, lambda: app.view.ended, what="the end of the run")
+        await pilot.pause(0.15)
+        assert "accum 2 -> 8" not in app.screen_text()
+        assert "micro-batch 4 x accum 8" in app.screen_text()
+    end = app.finish()
+    assert end.reason == "completed"
+    steps = [r for r in read_metrics(tmp_path / "run") if r["type"] == "step"]
+    epoch1 = [s for s in steps if s["epoch"] == 1]
+    epoch2 = [s for s in steps if s["epoch"] == 2]
+    assert epoch1 and epoch2
+    assert all(s["accum"] == 2 for s in epoch1)  # no step of the current epoch uses the new value
+    assert epoch2[0]["accum"] == 8 and epoch2[0]["micro_steps"] == 8  # the first of the next one does
+    assert all(s["accum"] == 8 for s in epoch2)
+
+
+async def test_minus_and_brackets_halve_and_double_within_bounds(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", accum=2)
+    apps.append(app)
+    app.control.pause()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
+        await pilot.press("minus")
+        assert app.view.target_accum == 1 and "accum 2 -> 1 at next epoch" in app.screen_text()
+        await pilot.press("left_square_bracket")  # already at 1: nothing to send
+        assert app.view.target_accum == 1
+        await pilot.press("right_square_bracket", "right_square_bracket")
+        assert app.view.target_accum == 4
+        await wait_for(pilot, lambda: app.view.pending_accum == 4, what="the engine to confirm")
+
+
+# -- pause, save, stop ---------------------------------------------------------------------------
+
+async def test_p_pauses_with_no_new_steps_and_resumes(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=20)
+    apps.append(app)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.step >= 3, what="a few steps")
+        send_key(app, "p")
+        await wait_for(pilot, lambda: app.view.state == "paused", what="the pause")
+        assert " paused " in app.screen_text()
+        step_at_pause = app.trainer.state.step
+        await pilot.pause(0.6)
+        assert app.trainer.state.step == step_at_pause  # the engine holds still
+        assert app.view.step == step_at_pause
+        await pilot.press("p")
+        await wait_for(pilot, lambda: app.trainer.state.step > step_at_pause + 2, what="steps after resuming")
+        assert app.view.state == "running"
+        send_key(app, "q")
+        await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
+    assert app.finish().reason == "interrupted"
+
+
+async def test_s_saves_a_checkpoint_now(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=2)
+    apps.append(app)
+    app.control.pause()
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
+        assert not latest.exists()
+        await pilot.press("s")
+        app.control.resume()  # the save happens after the step in progress
+        await wait_for(pilot, lambda: app.view.last_checkpoint_step is not None, what="the checkpoint")
+        assert latest.exists() and app.view.last_checkpoint_step == 1  # right after the step in progress
+
+
+async def test_q_stops_cleanly_saves_writes_end_record_and_exits(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=20)
+    apps.append(app)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.step >= 3, what="a few steps")
+        send_key(app, "q")
+        await wait_for(pilot, lambda: not app.is_running, what="the app to exit by itself")
+    end = app.finish(timeout=0)
+    assert end is not None and end.reason == "interrupted"
+    records = read_metrics(tmp_path / "run")
+    assert records[-1]["type"] == "end" and records[-1]["reason"] == "interrupted"
+    assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+    assert not app.engine_running
+
+
+async def test_second_q_while_stopping_exits_at_once(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=20)
+    apps.append(app)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.step >= 1, what="a step")
+        app.exit_when_ended = True  # as after a first q whose stop has not reached the engine yet
+        app.view.request_stop()
+        await pilot.pause(0.15)
+        assert "stopping" in app.screen_text()
+        send_key(app, "q")
+        await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
+    end = app.finish(timeout=30)  # still waits for the save: never a half-written run
+    assert end.reason == "interrupted"
+    assert read_metrics(tmp_path / "run")[-1]["type"] == "end"
+
+
+async def test_signal_stop_saves_and_the_app_exits_by_itself(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=20)
+    apps.append(app)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.step >= 2, what="a couple of steps")
+        app.control.stop("interrupted", signal.SIGTERM)  # what cli.SignalStopper does on SIGTERM/SIGHUP
+        await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
+    end = app.finish(timeout=0)
+    assert end.reason == "interrupted" and end.exit_signal == signal.SIGTERM
+    assert read_metrics(tmp_path / "run")[-1]["type"] == "end"
+
+
+async def test_finished_run_stays_open_until_q(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=1, train_batches=8)
+    apps.append(app)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.ended, what="the end of the run")
+        await pilot.pause(0.3)
+        assert app.is_running
+        text = app.screen_text()
+        assert " finished " in text and "finished all 1 epochs" in text
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
+    assert app.finish().reason == "completed"
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+async def test_engine_failure_becomes_an_error_panel_and_run_dir_keeps_the_steps(small_corpus, tmp_path, apps):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=2, max_bad_steps=2), 40)
+    sink = AppSink()
+    trainer = Trainer(cfg, sink, resume=None, for_ui=True, inject_nan_steps=frozenset({4, 5}))
+    app = TrainerApp(trainer, sink)
+    apps.append(app)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.ended, what="the failure")
+        await pilot.pause(0.15)
+        assert app.is_running  # stays open showing the reason
+        text = app.screen_text()
+        assert "training stopped with an error" in text and " error " in text
+        assert "non-finite" in text
+    end = app.finish()
+    assert end.reason == "error"
+    steps = [r for r in read_metrics(tmp_path / "run") if r["type"] == "step"]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
+
+
+def test_bad_input_raises_user_error_before_the_app_exists(small_corpus, tmp_path):
+    cfg = tiny_config(small_corpus, tmp_path / "run")
+    with pytest.raises(UserError, match="not divisible"):
+        create_app(cfg.replace(model=replace(cfg.model, n_embd=33)))
+    with pytest.raises(UserError, match="already holds a run"):
+        (tmp_path / "taken").mkdir()
+        (tmp_path / "taken" / "config.json").write_text("{}")
+        create_app(tiny_config(small_corpus, tmp_path / "taken"))
+
+
+# -- layout, help, palette -----------------------------------------------------------------------
+
+async def test_renders_at_80x24_60x20_and_wide_and_redraws_on_resize(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=3, train_batches=16)
+    apps.append(app)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: len(app.view.epoch_points) >= 1, what="an epoch")
+        await paused(pilot, app)
+        await pilot.pause(0.5)
+        for size in [(80, 24), (60, 20), (140, 45), (80, 24)]:
+            await pilot.resize_terminal(*size)
+            await pilot.pause(0.5)
+            text = app.screen_text()
+            lines = text.splitlines()
+            assert len(lines) == size[1] and max(len(line) for line in lines) <= size[0]
+            for must in ("tui-trainer", "micro-step", "epoch", "tokens/s", "healthy", "q stop"):
+                assert must in text, (size, must)
+            assert ("micro-batch 4 x accum 2" in text) or ("batch 4 x 2" in text)
+            assert app.query_one(LossPlot).size.height >= 4, size
+        assert app.screen.has_class("-compact")
+        await pilot.resize_terminal(140, 45)
+        assert app.screen.has_class("-wide") and "verdict" in app.screen_text()  # the epoch table
+
+
+async def test_help_screen_explains_accumulation_and_diagnoses(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run")
+    apps.append(app)
+    app.control.pause()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = " ".join(app.screen_text().replace("│", " ").split())  # undo the word wrap
+        assert "effective batch = micro-batch x accum x processes" in text
+        for verdict in ("healthy", "underfitting", "overfitting", "unstable"):
+            assert verdict in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_command_palette_offers_every_action():
+    app = TrainerApp()  # no engine: nothing to run
+    async with app.run_test(size=(80, 24)):
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+    for title in ("Accumulation x2", "Accumulation /2", "Pause / resume training", "Save checkpoint",
+                  "Stop training", "Help"):
+        assert title in titles
+
+
+def test_every_binding_has_a_description():
+    for binding in TrainerApp.BINDINGS:
+        assert binding.description, binding.key
+
+
+# -- the engine/UI line --------------------------------------------------------------------------
+
+def test_engine_imports_without_textual():
+    code = ("import sys, tui_trainer.engine, tui_trainer.headless, tui_trainer.cli, tui_trainer.events; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'textual_plotext', 'plotext') "
+            "or m.startswith('tui_trainer.ui')]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sink_coalesces_micro_steps_and_keeps_every_step():
+    from tui_trainer.events import MicroStep, StepEvent
+
+    sink = AppSink()  # no app attached: nothing is posted, everything waits for a drain
+    for step in range(1, 101):
+        for micro in range(1, 9):
+            sink.emit(MicroStep(1, step, micro, 8, step, 100))
+        sink.emit(StepEvent(1, step, step, 100, 8, 8, 4, 32, 1024, 2.0, 1e-3, 1.0, step * 1024, 1e5))
+    events_, micro = sink.drain()
+    assert len(events_) == 100 and all(isinstance(e, StepEvent) for e in events_)
+    assert micro == MicroStep(1, 100, 8, 8, 100, 100)  # only the newest of 800
+    assert sink.drain()[0] == []
