@@ -490,7 +490,9 @@ class Trainer:
                     return self._end("error", f"{st.bad_steps_in_row} non-finite steps in a row at step {step}: "
                                               f"lower the learning rate (--lr {cfg.optim.lr / 10:g}); "
                                               "the last good checkpoint is intact")
-            if self._save_requested or self._periodic_save_due():
+            # No periodic `latest` during a run of non-finite steps: it keeps pointing at the last good
+            # step. An asked-for save (the app's `s`, a stop) still saves.
+            if self._save_requested or (self._periodic_save_due() and st.bad_steps_in_row == 0):
                 self._save_requested = False
                 self.save("latest")
             if self.control.stop_requested:
