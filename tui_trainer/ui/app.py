@@ -215,6 +215,7 @@ class TrainerApp(App[None]):
     def refresh_panels(self) -> None:
         now = self.clock()
         view = self.view
+        self.screen_stack[0].set_class(view.end_reason == "error", "-failed")
         for panel in (self.query_one(StatusBar), self.query_one(ProgressPanel), self.query_one(BatchPanel),
                       self.query_one(DiagnosisBanner), self.query_one(ErrorPanel), self.query_one(EpochTable)):
             panel.show(view, now)

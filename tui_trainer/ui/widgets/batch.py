@@ -33,12 +33,18 @@ class BatchPanel(Panel):
         mb, accum, eff, tokens = (str(view.micro_batch), str(view.accum), f"{view.effective_batch:,}",
                                   f"{view.tokens_per_step:,}")
         processes = f"{view.processes} process" + ("es" if view.processes != 1 else "")
-        # (text, is a number) pieces; the short form is for panels narrower than the long one.
-        long = [("micro-batch ", 0), (mb, 1), (" x accum ", 0), (accum, 1), (f" (x {processes}) = ", 0),
-                (eff, 1), (" sequences = ", 0), (tokens, 1), (" tokens per step", 0)]
+        # (text, is a number) pieces: the long form on one line if it fits, then the same with
+        # "tokens/step", then two lines, then the short form.
+        long = [("micro-batch ", 0), (mb, 1), (" x accum ", 0), (accum, 1), (f" (x {processes})", 0),
+                (" = ", 0), (eff, 1), (" sequences = ", 0), (tokens, 1), (" tokens per step", 0)]
+        medium = long[:-1] + [(" tokens/step", 0)]
+        two_lines = long[:5] + [("\n= ", 0)] + long[6:]
         short = [("batch ", 0), (mb, 1), (" x ", 0), (accum, 1), (f" (x{view.processes}) = ", 0), (eff, 1),
                  (" seq = ", 0), (tokens, 1), (" tokens/step", 0)]
-        pieces = long if sum(len(p) for p, _ in long) <= max(self.size.width - 2, 0) or not self.size.width else short
+        room = self.size.width - self.styles.gutter.width if self.size.width else 10_000
+        forms = (long, medium, two_lines) if self.app.size.height >= 30 else (long, medium)  # rows are dear
+        pieces = next((form for form in forms
+                       if max(len(line) for line in "".join(p for p, _ in form).split("\n")) <= room), short)
         for piece, is_number in pieces:
             text.append(piece, value if is_number else dim)
         self._pending_line(view, text, dim)

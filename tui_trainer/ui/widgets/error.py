@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.text import Text
 
+from ...checkpoint import checkpoint_path
 from ..view import RunView
 from .base import Panel
 
@@ -34,9 +35,10 @@ class ErrorPanel(Panel):
         text.append(view.error_text or view.end_message or "unknown error")
         dim = self.get_component_rich_style("error--dim")
         if view.run_dir:
-            log = Path(view.run_dir) / "error.log"
-            if log.exists():
-                text.append(f"\ntraceback: {log}", dim)
-            text.append(f"\n{view.run_dir} keeps metrics.jsonl and the last good checkpoint; "
-                        f"continue with --resume {view.run_dir}. Press q to quit.", dim)
+            run_dir = Path(view.run_dir)
+            if (run_dir / "error.log").exists():
+                text.append(f"\ntraceback: {run_dir / 'error.log'}", dim)
+            resume = (f"; --resume {run_dir} continues from the last checkpoint"
+                      if checkpoint_path(run_dir).exists() else "")
+            text.append(f"\nmetrics.jsonl is kept{resume}. q quits.", dim)
         return text

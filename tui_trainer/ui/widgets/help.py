@@ -26,8 +26,8 @@ ACCUMULATION = (
 # (verdict, theme colour, lines of meaning and remedy) — the colours of the diagnosis banner.
 DIAGNOSES = [
     ("healthy", "$success", ["both losses fall: keep training"]),
-    ("underfitting", "$warning", ["both high and flat: bigger model, train longer, raise the lr"]),
-    ("overfitting", "$secondary", ["val rises as train falls, or sits far above it: more data,",
+    ("underfitting", "$primary-lighten-2", ["both high and flat: bigger model, train longer, raise the lr"]),
+    ("overfitting", "$warning", ["val rises as train falls, or sits far above it: more data,",
                                    "dropout, weight decay; early stopping keeps the best weights"]),
     ("unstable", "$error", ["NaN/inf or loss spikes: lower the lr, check gradient clipping"]),
 ]

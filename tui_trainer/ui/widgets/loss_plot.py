@@ -14,6 +14,7 @@ from textual_plotext import PlotextPlot
 from ..view import RunView
 
 EMA_BETA = 0.9  # smoothing of the step loss (bias-corrected, like TensorBoard's slider at 0.9)
+LEGEND_MIN_ROWS = 10
 WARMUP_FRACTION = 0.1  # the first 10% of steps never set the top of the y-axis
 PLOT_COLORS = {"raw": "gray", "smooth": "cyan+", "train": "blue+", "val": "orange+", "epoch": "gray"}
 
@@ -49,6 +50,7 @@ class LossPlot(PlotextPlot):
         self._ema: list[float] = []  # grows with the view's step losses: O(1) per new step
         self._ema_state = (0, 0.0)  # (points folded in, raw EMA before bias correction)
         self._drawn: tuple | None = None
+        self._view: RunView | None = None
         self.points_drawn = 0  # what the last redraw put on the chart (tests and benchmarks read it)
         self.show_axis_label = True  # off on short terminals, where every row counts
 
@@ -62,7 +64,8 @@ class LossPlot(PlotextPlot):
         self._ema_state = (len(losses), ema)
 
     def on_resize(self) -> None:
-        self._drawn = None  # thin for the new width at the next redraw
+        if self._view is not None:
+            self.redraw(self._view)  # re-thin and re-tick for the new size now, not at the next tick
 
     def toggle_smoothing(self, view: RunView) -> None:
         self.smooth = not self.smooth
@@ -84,6 +87,7 @@ class LossPlot(PlotextPlot):
 
     def redraw(self, view: RunView) -> bool:
         """Rebuild the figure if the data, the size or the smoothing changed. True if it did."""
+        self._view = view
         key = (view.plot_version, self.size.width, self.size.height, self.smooth, self.show_axis_label)
         if key == self._drawn:
             return False
@@ -101,22 +105,27 @@ class LossPlot(PlotextPlot):
         if stride > 1 and xs:  # always end at the newest step
             x_shown, raw_shown, ema_shown = x_shown + [xs[-1]], raw_shown + [losses[-1]], ema_shown + [self._ema[-1]]
         epochs = view.epoch_points
+        legend = self.size.height >= LEGEND_MIN_ROWS  # on a short chart the legend would hide the data
         limits = self._limits(x_shown, raw_shown, ema_shown, epochs, xs)
         for p in epochs:
             plt.vline(p.step, color=PLOT_COLORS["epoch"])
         if x_shown:
             if self.smooth:
-                plt.plot(x_shown, raw_shown, marker="braille", color=PLOT_COLORS["raw"])
-                plt.plot(x_shown, ema_shown, marker="braille", color=PLOT_COLORS["smooth"], label="train/step (EMA)")
+                plt.scatter(x_shown, raw_shown, marker="braille", color=PLOT_COLORS["raw"])  # a dim cloud
+                plt.plot(x_shown, ema_shown, marker="braille", color=PLOT_COLORS["smooth"],
+                         label="train/step (EMA)" if legend else None)
             else:
-                plt.plot(x_shown, raw_shown, marker="braille", color=PLOT_COLORS["smooth"], label="train/step")
+                plt.plot(x_shown, raw_shown, marker="braille", color=PLOT_COLORS["smooth"], label="train/step" if legend else None)
         finite_epochs = [p for p in epochs if math.isfinite(p.train_loss) and math.isfinite(p.val_loss)]
         if finite_epochs:
             ex = [p.step for p in finite_epochs]
-            plt.plot(ex, [p.train_loss for p in finite_epochs], marker="hd", color=PLOT_COLORS["train"],
-                     label="train/epoch")
-            plt.plot(ex, [p.val_loss for p in finite_epochs], marker="hd", color=PLOT_COLORS["val"],
-                     label="val/epoch")
+            for name, ys in (("train", [p.train_loss for p in finite_epochs]),
+                             ("val", [p.val_loss for p in finite_epochs])):
+                label = f"{name}/epoch" if legend else None
+                if len(ex) > 1:
+                    plt.plot(ex, ys, marker="braille", color=PLOT_COLORS[name], label=label)
+                # The epoch values themselves: a dot per epoch on top of the line.
+                plt.scatter(ex, ys, marker="●", color=PLOT_COLORS[name], label=None if len(ex) > 1 else label)
         if limits is not None:
             plt.ylim(*limits)
         if xs:

@@ -1,0 +1,133 @@
+"""Snapshots of the screen in fixed states: recorded events fed to the app with no engine.
+
+The event stream is generated from a seeded formula shaped like a real run (fast fall,
+then a slow one; val tracking train until it turns up), so the pictures never depend on
+torch's numerics. The clock and the memory probe are fixed. Update with
+``pytest tests/test_snapshots.py --snapshot-update`` and look at the SVGs before committing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from tui_trainer.events import (AccumChangeRequested, EpochEvent, MicroStep, Paused, RunEnded, RunStarted,
+                                StepEvent)
+from tui_trainer.ui.app import create_replay_app
+
+RUN_DIR = "runs/20260101-120000"
+MICRO_BATCH, ACCUM, BLOCK, EPOCHS, STEPS_PER_EPOCH = 16, 8, 128, 10, 60
+TOKENS_PER_STEP = MICRO_BATCH * ACCUM * BLOCK
+
+
+class FixedClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def started() -> RunStarted:
+    return RunStarted(RUN_DIR, "cpu", 2, 4_812_864, 65, 7_680, 860, EPOCHS, MICRO_BATCH, ACCUM, 1, BLOCK,
+                      EPOCHS * STEPS_PER_EPOCH * TOKENS_PER_STEP)
+
+
+def recorded_epochs(epochs: int, overfit_from: int | None = None) -> list:
+    """Step and epoch events for ``epochs`` whole epochs; val turns up from ``overfit_from``."""
+    rng = random.Random(1234)
+    events: list = []
+    best, best_epoch, since_best = math.inf, 0, 0
+    vals: list[float] = []
+    for epoch in range(1, epochs + 1):
+        losses = []
+        for k in range(1, STEPS_PER_EPOCH + 1):
+            step = (epoch - 1) * STEPS_PER_EPOCH + k
+            loss = 1.35 + 2.85 * math.exp(-step / 35) + 0.25 * math.exp(-step / 400) + rng.gauss(0, 0.045)
+            losses.append(loss)
+            lr = 1e-3 * min(1.0, step / 30) * (0.55 + 0.45 * math.cos(math.pi * step / 600))
+            events.append(StepEvent(epoch, step, k, STEPS_PER_EPOCH, ACCUM, ACCUM, MICRO_BATCH,
+                                    MICRO_BATCH * ACCUM, TOKENS_PER_STEP, loss, lr, 0.9 - 0.3 * step / 600,
+                                    step * TOKENS_PER_STEP, 21_400 + 300 * math.sin(step)))
+        train = sum(losses) / len(losses)
+        val = train + 0.04 + (0.09 * (epoch - overfit_from + 1) if overfit_from and epoch >= overfit_from else 0)
+        warning = None
+        if vals and val > vals[-1] * 1.05:
+            warning = (f"val loss rose {val / vals[-1] - 1:.1%} over the previous epoch "
+                       f"({vals[-1]:.4f} -> {val:.4f}), more than 5%: a sign of overfitting")
+        vals.append(val)
+        if val < best:
+            best, best_epoch, since_best = val, epoch, 0
+        else:
+            since_best += 1
+        if overfit_from and epoch >= overfit_from + 1:
+            kind, reason = "overfitting", (f"val loss rose for 2 epochs while train fell: "
+                                           f"val {vals[-2]:.2f} -> {val:.2f}")
+        elif epoch < 3:
+            kind, reason = "healthy", f"epoch {epoch}: train {train:.2f}, val {val:.2f}; a trend needs 3 epochs"
+        else:
+            kind, reason = "healthy", f"train and val loss both falling (val {vals[-3]:.2f} -> {val:.2f})"
+        remedy = {"healthy": "keep training",
+                  "overfitting": "get more data, add regularization (dropout, weight decay), "
+                                 "rely on early stopping"}[kind]
+        events.append(EpochEvent(epoch, EPOCHS, train, val, ACCUM, MICRO_BATCH * ACCUM,
+                                 epoch * STEPS_PER_EPOCH * TOKENS_PER_STEP, 48.0, kind, reason, remedy, warning,
+                                 best, best_epoch, since_best, 21_400.0))
+    return events
+
+
+def mid_epoch(epoch: int, steps_done: int, micro_step: int) -> list:
+    first = (epoch - 1) * STEPS_PER_EPOCH
+    rng = random.Random(99)
+    events = []
+    for k in range(1, steps_done + 1):
+        step = first + k
+        loss = 1.35 + 2.85 * math.exp(-step / 35) + 0.25 * math.exp(-step / 400) + rng.gauss(0, 0.045)
+        events.append(StepEvent(epoch, step, k, STEPS_PER_EPOCH, ACCUM, ACCUM, MICRO_BATCH, MICRO_BATCH * ACCUM,
+                                TOKENS_PER_STEP, loss, 7.1e-4, 0.64, step * TOKENS_PER_STEP, 21_350.0))
+    events.append(MicroStep(epoch, first + steps_done + 1, micro_step, ACCUM, steps_done + 1, STEPS_PER_EPOCH))
+    return events
+
+
+def replay(events: list, elapsed: float = 754.0):
+    """An app showing ``events``, ``elapsed`` seconds after the run started."""
+    clock = FixedClock()
+    app = create_replay_app(clock=clock, memory_probe=lambda device: "412 MB rss")
+
+    async def run_before(pilot) -> None:
+        app.feed(events[:1])  # RunStarted at t=0
+        clock.now = elapsed
+        app.feed(events[1:])
+        app.tick()
+        await pilot.pause()
+
+    return app, run_before
+
+
+def test_main_screen_mid_run_with_a_pending_accumulation_change(snap_compare):
+    events = [started(), *recorded_epochs(3), *mid_epoch(4, 20, 5),
+              AccumChangeRequested(8, 16, 4, 200, 5)]
+    app, run_before = replay(events)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+def test_help_screen(snap_compare):
+    app, run_before = replay([started(), *recorded_epochs(3), *mid_epoch(4, 20, 5)])
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before, press=["question_mark"])
+
+
+def test_wide_screen_after_early_stopping_on_overfitting(snap_compare):
+    events = [started(), *recorded_epochs(7, overfit_from=5),
+              RunEnded("early_stop", 7, 7 * STEPS_PER_EPOCH, 7 * STEPS_PER_EPOCH * TOKENS_PER_STEP, 1.6, 4,
+                       "no val-loss improvement for 3 epochs (best 1.6000 at epoch 4)")]
+    app, run_before = replay(events, elapsed=2_912.0)
+    assert snap_compare(app, terminal_size=(150, 40), run_before=run_before)
+
+
+def test_error_panel_and_paused_state_at_60x20(snap_compare):
+    events = [started(), *recorded_epochs(2), *mid_epoch(3, 7, 3), Paused(3, 127),
+              RunEnded("error", 2, 127, 127 * TOKENS_PER_STEP, 1.9, 2,
+                       "3 non-finite steps in a row at step 127: lower the learning rate (--lr 0.0001); "
+                       "the last good checkpoint is intact")]
+    app, run_before = replay(events, elapsed=301.0)
+    assert snap_compare(app, terminal_size=(60, 20), run_before=run_before)
