@@ -94,6 +94,7 @@ def test_max_bad_steps_in_a_row_ends_with_error_and_keeps_the_last_good_checkpoi
     trainer, end = run(cfg, sink, inject_nan_steps=frozenset({4, 5, 6}))
     assert end.reason == "error" and end.steps == 6
     assert "3 non-finite steps in a row" in end.message and "lower the learning rate" in end.message
+    assert "the last good checkpoint (step 3) is intact" in end.message
     assert end.diagnosis == "unstable"
     assert [e.step for e in sink.of(CheckpointSaved)] == [1, 2, 3]  # none written during the bad streak
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))

@@ -218,3 +218,35 @@ def test_checkpoint_holds_everything_resume_needs(reference, tmp_path):
     assert state["early_stopping"]["best_epoch"] == 1
     assert {"torch", "python"} <= state["rng"].keys()
     assert json.loads(json.dumps(state["config"]))["model"]["n_embd"] == 32
+
+
+def test_resuming_a_finished_run_is_refused_before_anything_is_written(reference, tmp_path, capsys):
+    from tui_trainer.cli import main
+
+    corpus, _ = reference
+    run_dir = tmp_path / "run"
+    _, end = run_trainer(resume_config(corpus, run_dir, epochs=1), Script())
+    assert end.reason == "completed"
+    metrics_before = (run_dir / "metrics.jsonl").read_bytes()
+    assert main(["--no-ui", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "already finished 1 epochs" in err and "--epochs" in err
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics_before and not (run_dir / "error.log").exists()
+    # More epochs continue it.
+    _, end = run_trainer(resume_config(corpus, run_dir), Script(), resume=run_dir, overrides={"train.epochs": 2})
+    assert end.reason == "completed" and end.epochs == 2
+
+
+def test_resuming_an_early_stopped_run_needs_more_patience(reference, tmp_path):
+    corpus, _ = reference
+    run_dir = tmp_path / "run"
+    cfg = resume_config(corpus, run_dir, epochs=6, patience=1, min_delta=10.0)  # no epoch can improve by 10
+    _, end = run_trainer(cfg, Script())
+    assert end.reason == "early_stop" and end.epochs == 2
+    metrics_before = (run_dir / "metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match="stopped early") as refused:
+        Trainer(cfg, ListSink(), resume=run_dir)
+    assert "--patience" in refused.value.one_line()
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics_before
+    _, end = run_trainer(cfg, Script(), resume=run_dir, overrides={"train.patience": 0})
+    assert end.reason == "completed" and end.epochs == 6

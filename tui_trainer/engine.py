@@ -142,6 +142,7 @@ class Trainer:
         if resume is not None:
             resume_state = ckpt.load_checkpoint(ckpt.checkpoint_path(resume))
             cfg = self._merge_resume_config(resume_state, cfg, overrides or {}, Path(resume), self.notes)
+            self._refuse_a_finished_run(resume_state, cfg)
         self.cfg = cfg = validate(cfg)
         self.device = pick_device(cfg.train.device)
         self.threads = choose_threads(cfg.train.threads, for_ui)
@@ -211,6 +212,18 @@ class Trainer:
         if "data.path" in overrides:
             merged = merged.replace(data=replace(merged.data, path=overrides["data.path"]))
         return merged
+
+    @staticmethod
+    def _refuse_a_finished_run(state: dict, cfg: RunConfig) -> None:
+        """Resuming a run that already ended is refused before anything in its run dir changes."""
+        epoch = state["loop"]["epoch"]
+        if epoch > cfg.train.epochs:
+            raise UserError(f"this run already finished {epoch - 1} epochs", "pass a larger --epochs to train longer")
+        waited = state["early_stopping"]["epochs_without_improvement"]
+        if cfg.train.patience and waited >= cfg.train.patience:
+            raise UserError(f"this run stopped early: val loss did not improve for {waited} epochs "
+                            f"(patience {cfg.train.patience})",
+                            f"pass --patience {waited + 1} or more (0 = off) to train on")
 
     @staticmethod
     def _prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool) -> Path:
@@ -487,9 +500,10 @@ class Trainer:
                 self.sink.emit(Notice(f"step {step}: non-finite loss or gradient ({loss:.4g}, norm {norm:.4g}); "
                                       f"update skipped ({st.bad_steps_in_row} in a row)", "warning"))
                 if st.bad_steps_in_row >= cfg.train.max_bad_steps:
+                    good = ("no checkpoint was saved before them" if self._latest_saved is None
+                            else f"the last good checkpoint (step {self._latest_saved[2]}) is intact")
                     return self._end("error", f"{st.bad_steps_in_row} non-finite steps in a row at step {step}: "
-                                              f"lower the learning rate (--lr {cfg.optim.lr / 10:g}); "
-                                              "the last good checkpoint is intact")
+                                              f"lower the learning rate (--lr {cfg.optim.lr / 10:g}); {good}")
             # No periodic `latest` during a run of non-finite steps: it keeps pointing at the last good
             # step. An asked-for save (the app's `s`, a stop) still saves.
             if self._save_requested or (self._periodic_save_due() and st.bad_steps_in_row == 0):
