@@ -304,8 +304,11 @@ async def test_help_screen_explains_accumulation_and_diagnoses(small_corpus, tmp
         assert "effective batch = micro-batch x accum x processes" in text
         for verdict in ("healthy", "underfitting", "overfitting", "unstable"):
             assert verdict in text
-        await pilot.press("escape")
-        assert not isinstance(app.screen, HelpScreen)
+        app.control.resume()  # training goes on under the help screen; the panels keep up
+        await wait_for(pilot, lambda: app.view.step >= 5, what="steps under the help screen")
+        send_key(app, "escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen), what="the help to close")
+        await wait_for(pilot, lambda: f"{app.view.step_in_epoch}/" in app.screen_text(), what="the main screen")
 
 
 async def test_command_palette_offers_every_action():

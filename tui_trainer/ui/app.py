@@ -78,6 +78,7 @@ class TrainerApp(App[None]):
         self.exit_when_ended = False  # set by q: leave as soon as the engine has saved
         self._engine_thread: threading.Thread | None = None
         self._last_micro_step = None
+        self.main_screen: Screen | None = None  # set on mount, with the panels
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -97,10 +98,16 @@ class TrainerApp(App[None]):
 
     def on_mount(self) -> None:
         self.sink.attach(self)
-        self.query_one("#progress").border_title = "progress"
-        self.query_one("#stats").border_title = "stats"
-        self.query_one("#plot").border_title = "loss"
-        self.query_one("#epochs").border_title = "epochs"
+        # Held once: app.query_one searches the *active* screen, which is the help screen while it is open.
+        main = self.screen
+        self.main_screen = main
+        self.plot = main.query_one(LossPlot)
+        self.stats = main.query_one(StatsPanel)
+        self.panels = [main.query_one(kind) for kind in (StatusBar, ProgressPanel, BatchPanel, DiagnosisBanner,
+                                                          ErrorPanel, EpochTable)]
+        for selector, title in (("#progress", "progress"), ("#stats", "stats"), ("#plot", "loss"),
+                                ("#epochs", "epochs")):
+            main.query_one(selector).border_title = title
         self._apply_size_classes(self.size.width, self.size.height)
         self.set_interval(1 / DRAIN_HZ, self.drain)
         self.set_interval(1 / PLOT_HZ, self.redraw_plot)
@@ -116,13 +123,15 @@ class TrainerApp(App[None]):
         self._apply_size_classes(event.size.width, event.size.height)
 
     def _apply_size_classes(self, width: int, height: int) -> None:
-        screen = self.screen_stack[0] if self.screen_stack else self.screen  # the main screen, even under help
+        if self.main_screen is None:
+            return
+        screen = self.main_screen
         screen.set_class(width >= WIDE_COLUMNS, "-wide")
         screen.set_class(height >= TALL_ROWS, "-tall")
         screen.set_class(height < COMPACT_ROWS, "-compact")
         screen.set_class(height < TINY_ROWS, "-tiny")
         screen.set_class(width < NARROW_COLUMNS, "-narrow")
-        self.query_one(LossPlot).show_axis_label = height >= TINY_ROWS
+        self.plot.show_axis_label = height >= TINY_ROWS
 
     # -- the engine thread --------------------------------------------------------------------
 
@@ -213,16 +222,19 @@ class TrainerApp(App[None]):
             self.exit()
 
     def refresh_panels(self) -> None:
+        if self.main_screen is None:
+            return
         now = self.clock()
         view = self.view
-        self.screen_stack[0].set_class(view.end_reason == "error", "-failed")
-        for panel in (self.query_one(StatusBar), self.query_one(ProgressPanel), self.query_one(BatchPanel),
-                      self.query_one(DiagnosisBanner), self.query_one(ErrorPanel), self.query_one(EpochTable)):
+        self.main_screen.set_class(view.end_reason == "error", "-failed")
+        for panel in self.panels:
             panel.show(view, now)
-        self.query_one(StatsPanel).show(view, now, memory=self.memory)
+        self.stats.show(view, now, memory=self.memory)
 
     def redraw_plot(self) -> None:
-        self.query_one(LossPlot).redraw(self.view)
+        if self.main_screen is None:
+            return
+        self.plot.redraw(self.view)
 
     def tick(self) -> None:
         if self.view.device:
@@ -270,7 +282,7 @@ class TrainerApp(App[None]):
         self.notify("saving a checkpoint after this step…", timeout=2)
 
     def action_smoothing(self) -> None:
-        self.query_one(LossPlot).toggle_smoothing(self.view)
+        self.plot.toggle_smoothing(self.view)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
