@@ -139,3 +139,99 @@ def test_signal_during_set_up_still_ends_cleanly(uninterrupted, tmp_path):
     end = [r for r in read_metrics(run_dir) if r["type"] == "end"]
     assert [r["reason"] for r in end] == ["interrupted"]
     assert ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))["loop"]["step"] == end[0]["steps"]
+
+
+def tmux(socket: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["tmux", "-L", socket, *args], capture_output=True, text=True, timeout=30)
+
+
+def exited(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped (the tmux server that started it is gone too)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0, reason="needs tmux")
+@pytest.mark.parametrize("face", ["app", "headless"])
+def test_killing_the_tmux_session_mid_run_leaves_a_resumable_run(face, uninterrupted, tmp_path):
+    """The SSH-drop case for real: the run is the process of a tmux pane (the app owns that
+    terminal, or the headless log writes to it) and the session is killed: SIGHUP with the
+    terminal gone. The run dir must hold `end` (interrupted, SIGHUP) and a checkpoint that
+    resumes bit for bit."""
+    corpus, want = uninterrupted
+    run_dir = tmp_path / "run"
+    socket = f"tui-trainer-test-{os.getpid()}-{face}"
+    args = cli("--data", str(corpus), "--run-dir", str(run_dir), *FLAGS)
+    if face == "app":
+        args.remove("--no-ui")
+    started = tmux(socket, "new-session", "-d", "-s", "run", "-x", "100", "-y", "30", "-c", str(Path.cwd()),
+                   "exec " + " ".join(args))
+    assert started.returncode == 0, started.stderr
+    try:
+        pid = int(tmux(socket, "list-panes", "-t", "run", "-F", "#{pane_pid}").stdout.split()[0])
+        deadline = time.monotonic() + 60
+        while count_steps(run_dir / "metrics.jsonl") < 6:
+            assert not exited(pid), "the run ended before the session was killed"
+            assert time.monotonic() < deadline, tmux(socket, "capture-pane", "-p", "-t", "run").stdout
+            time.sleep(0.005)
+        if face == "app":
+            screen = tmux(socket, "capture-pane", "-p", "-t", "run").stdout
+            assert "tui-trainer" in screen and "loss" in screen  # it really is the app on that terminal
+        tmux(socket, "kill-session", "-t", "run")
+        while not exited(pid):
+            assert time.monotonic() < deadline + 30, "still running 30 s after its terminal went away"
+            time.sleep(0.01)
+    finally:
+        tmux(socket, "kill-server")
+    end = [r for r in read_metrics(run_dir) if r["type"] == "end"]
+    assert len(end) == 1 and end[0]["reason"] == "interrupted" and end[0]["exit_signal"] == signal.SIGHUP
+    state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))
+    assert state["loop"]["step"] == end[0]["steps"] >= 6
+
+    resumed = subprocess.run(cli("--resume", str(run_dir)), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert step_records(run_dir) == want
+
+
+@pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0, reason="needs tmux")
+@pytest.mark.parametrize("when", ["after_the_run_finished", "third_signal"])
+def test_the_app_exits_on_signals_and_gives_the_terminal_back(when, uninterrupted, tmp_path):
+    """A signal to an app that shows a finished run closes it (nothing else would); three signals
+    exit at once, and even then the terminal leaves the alternate screen and mouse mode."""
+    corpus, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    socket = f"tui-trainer-test-{os.getpid()}-{when}"
+    args = [a for a in cli("--data", str(corpus), "--run-dir", str(run_dir), *FLAGS) if a != "--no-ui"]
+    args += ["--epochs", "1"] if when == "after_the_run_finished" else []
+    tmux(socket, "new-session", "-d", "-s", "run", "-x", "100", "-y", "30", "-c", str(Path.cwd()))
+    try:
+        tmux(socket, "set-option", "-t", "run", "remain-on-exit", "on")  # keep the pane to read its exit status
+        tmux(socket, "respawn-pane", "-k", "-t", "run", "exec " + " ".join(args))
+        pid = int(tmux(socket, "list-panes", "-t", "run", "-F", "#{pane_pid}").stdout.split()[0])
+        deadline = time.monotonic() + 60
+        metrics = run_dir / "metrics.jsonl"
+        if when == "after_the_run_finished":
+            while '"type": "end"' not in (metrics.read_text() if metrics.exists() else ""):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            time.sleep(0.5)  # the app has shown the end and now waits for a key
+            assert not exited(pid)
+            os.kill(pid, signal.SIGTERM)
+        else:
+            while count_steps(metrics) < 3:
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            for _ in range(3):
+                os.kill(pid, signal.SIGTERM)
+                time.sleep(0.05)  # signals sent together would merge into one
+        while tmux(socket, "display-message", "-p", "-t", "run", "#{pane_dead}").stdout.strip() != "1":
+            assert time.monotonic() < deadline + 30, "the app did not exit"
+            time.sleep(0.01)
+        status = tmux(socket, "display-message", "-p", "-t", "run",
+                      "#{pane_dead_status}/#{pane_dead_signal} #{alternate_on} #{mouse_any_flag}").stdout.split()
+    finally:
+        tmux(socket, "kill-server")
+    expected_code = "0" if when == "after_the_run_finished" else str(128 + signal.SIGTERM)
+    assert status == [f"{expected_code}/", "0", "0"]  # exit code (no fatal signal); normal screen; no mouse mode

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import difflib
 import os
 import signal
@@ -11,6 +12,7 @@ import threading
 import tomllib
 from dataclasses import fields, replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .config import RunConfig
@@ -121,16 +123,31 @@ class SignalStopper:
     """SIGINT/SIGTERM/SIGHUP → ask the engine to finish its micro-step, save and end.
 
     A second signal while the engine is stopping is ignored (the save is atomic either way);
-    a third one exits at once. Once a stop was signalled the handlers stay in place until the
-    process exits, so a late second Ctrl-C cannot raise KeyboardInterrupt during shutdown.
+    a third one exits at once (putting the terminal back first when the app had it). Once a stop
+    was signalled the handlers stay in place until the process exits, so a late second Ctrl-C
+    cannot raise KeyboardInterrupt during shutdown. ``on_stop`` runs in the handler after each
+    stop request (the app uses it to close once the engine is done).
     """
 
     SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+    # Leave the alternate screen, show the cursor, and switch off mouse reporting, bracketed paste
+    # and the kitty keyboard protocol: what a full-screen app turns on.
+    TERMINAL_RESET = "\x1b[<u\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1003l\x1b[?1006l\x1b[?1015l\x1b[?2004l\x1b[?1004l"
 
-    def __init__(self, control) -> None:
+    def __init__(self, control, on_stop: Callable[[], None] | None = None, restore_terminal: bool = False) -> None:
         self.control = control
+        self.on_stop = on_stop
         self.count = 0
         self._previous: dict[int, Any] = {}
+        self._terminal: tuple[int, Any] | None = None  # (fd, termios attributes) to put back on a hard exit
+        if restore_terminal:
+            try:
+                import termios
+
+                fd = sys.stdin.fileno()
+                self._terminal = (fd, termios.tcgetattr(fd))
+            except Exception:  # no termios, no terminal on stdin (termios.error, OSError, ValueError)
+                pass
 
     def __enter__(self) -> "SignalStopper":
         if threading.current_thread() is threading.main_thread():
@@ -141,8 +158,23 @@ class SignalStopper:
     def _handle(self, signum: int, _frame: Any) -> None:
         self.count += 1
         if self.count >= 3:
+            self._put_terminal_back()
             os._exit(128 + signum)
         self.control.stop("interrupted", signum)
+        if self.on_stop is not None:
+            self.on_stop()
+
+    def _put_terminal_back(self) -> None:
+        if self._terminal is None:
+            return
+        fd, attributes = self._terminal
+        try:
+            import termios
+
+            termios.tcsetattr(fd, termios.TCSANOW, attributes)
+            os.write(sys.__stderr__.fileno(), self.TERMINAL_RESET.encode())
+        except Exception:  # the terminal may be gone; exiting matters more
+            pass
 
     def __exit__(self, *exc: Any) -> None:
         if self.count:
@@ -152,7 +184,7 @@ class SignalStopper:
 
 
 class DetachableStream:
-    """stdout for the headless log that outlives its terminal.
+    """A text stream (stdout for the headless log, stderr for Textual) that outlives its terminal.
 
     When the SSH link drops, writes to the dead terminal fail (EIO; EPIPE for a closed pipe);
     the run must still save and write its `end` record. On the first failed write the file
@@ -162,6 +194,9 @@ class DetachableStream:
     def __init__(self, stream) -> None:
         self.stream = stream
         self.detached = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)  # fileno, encoding, ... as the real stream has them
 
     def isatty(self) -> bool:
         try:
@@ -233,12 +268,37 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     from .ui.app import create_app
 
     app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite)
-    with SignalStopper(app.control):
-        app.run()
+    # Textual draws through sys.__stderr__ from a writer thread. When the terminal is gone (SSH
+    # dropped, tmux killed) that write raises, the thread dies, and the app's shutdown then waits
+    # on it forever: the run would save but the process would never exit.
+    real_stderr = sys.__stderr__
+    sys.__stderr__ = DetachableStream(real_stderr)
+    try:
+        with SignalStopper(app.control, on_stop=lambda: _close_app_once_engine_ended(app), restore_terminal=True):
+            app.run()
+    finally:
+        sys.__stderr__ = real_stderr
     end = app.finish()
     if end is None:
         return 0
     return exit_code_for(end)
+
+
+def _close_app_once_engine_ended(app) -> None:
+    """Called in the signal handler. A running engine ends the app itself after saving; one that
+    already ended (the app showing a finished run) would leave the app open on a dead terminal."""
+    try:
+        loop = asyncio.get_running_loop()  # the handler runs on the main thread, inside the app's loop
+    except RuntimeError:
+        return
+
+    def check() -> None:
+        if getattr(app, "engine_running", False):
+            loop.call_later(0.2, check)
+        else:
+            app.exit()
+
+    loop.call_soon_threadsafe(check)  # safe from a signal handler
 
 
 def main(argv: list[str] | None = None) -> int:
