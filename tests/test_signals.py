@@ -190,9 +190,33 @@ def test_killing_the_tmux_session_mid_run_leaves_a_resumable_run(face, uninterru
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))
     assert state["loop"]["step"] == end[0]["steps"] >= 6
 
-    resumed = subprocess.run(cli("--resume", str(run_dir)), capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
+    if face == "headless":
+        resumed = subprocess.run(cli("--resume", str(run_dir)), capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+    else:  # --resume through the app too; once the run has completed, closing the session closes it
+        resume_in_app(socket, run_dir)
     assert step_records(run_dir) == want
+    assert [r["reason"] for r in read_metrics(run_dir) if r["type"] == "end"] == ["interrupted", "completed"]
+
+
+def resume_in_app(socket: str, run_dir: Path) -> None:
+    command = "exec " + " ".join(a for a in cli("--resume", str(run_dir)) if a != "--no-ui")
+    started = tmux(socket, "new-session", "-d", "-s", "resume", "-x", "100", "-y", "30", "-c", str(Path.cwd()),
+                   command)
+    assert started.returncode == 0, started.stderr
+    try:
+        pid = int(tmux(socket, "list-panes", "-t", "resume", "-F", "#{pane_pid}").stdout.split()[0])
+        deadline = time.monotonic() + 90
+        while '"reason": "completed"' not in (run_dir / "metrics.jsonl").read_text():
+            assert not exited(pid), "the resumed app ended early"
+            assert time.monotonic() < deadline, tmux(socket, "capture-pane", "-p", "-t", "resume").stdout
+            time.sleep(0.02)
+        tmux(socket, "kill-session", "-t", "resume")
+        while not exited(pid):
+            assert time.monotonic() < deadline + 30, "the finished app did not close with its session"
+            time.sleep(0.01)
+    finally:
+        tmux(socket, "kill-server")
 
 
 @pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0, reason="needs tmux")
