@@ -13,6 +13,7 @@ plot at ``PLOT_HZ`` when something changed, and sends commands through ``Control
 from __future__ import annotations
 
 import io
+import os
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from textual.widgets import Footer
 from ..control import Control
 from ..errors import UserError
 from .bridge import AppSink, EngineWake
+from .terminal import sturdy
 from .view import RunView
 from .widgets import (BatchPanel, DiagnosisBanner, EpochTable, ErrorPanel, HelpScreen, LossPlot, ProgressPanel, StatsPanel,
                       StatusBar)
@@ -43,6 +45,7 @@ TALL_ROWS = 40  # from here on (or when wide) the epoch table is shown
 COMPACT_ROWS = 26  # below this the progress and stats panels lose their borders
 TINY_ROWS = 22  # below this the plot loses its border and axis label
 NARROW_COLUMNS = 70  # below this the panels stack in one column
+SIGNAL_EXIT_GRACE_S = 10.0  # after a signal stop has saved: how long the app may take to close
 
 
 class TrainerApp(App[None]):
@@ -79,6 +82,7 @@ class TrainerApp(App[None]):
         self._engine_thread: threading.Thread | None = None
         self._last_micro_step = None
         self.main_screen: Screen | None = None  # set on mount, with the panels
+        self._finished = threading.Event()  # finish() has joined the engine
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -137,6 +141,16 @@ class TrainerApp(App[None]):
 
     def _run_engine(self) -> None:
         self.end_event = self.trainer.run()
+        if self.control.stop_signal is not None:
+            # Stopped by a signal: the terminal may be gone with its session. Everything is saved
+            # by now; should the app still not wind down (a driver stuck on a dead terminal), the
+            # process leaves anyway rather than linger unseen on the machine.
+            threading.Thread(target=self._exit_if_stuck, args=(self.control.stop_signal,), daemon=True,
+                             name="tui-trainer-exit-watchdog").start()
+
+    def _exit_if_stuck(self, signal_number: int) -> None:
+        if not self._finished.wait(SIGNAL_EXIT_GRACE_S):
+            os._exit(128 + signal_number)
 
     @property
     def engine_running(self) -> bool:
@@ -154,9 +168,18 @@ class TrainerApp(App[None]):
             self.control.stop("interrupted")
             thread.join(1.0)
             if thread.is_alive():
-                print("tui-trainer: waiting for the engine to finish its micro-step and save…", file=sys.stderr)
+                try:
+                    print("tui-trainer: waiting for the engine to finish its micro-step and save…",
+                          file=sys.stderr, flush=True)
+                except (OSError, ValueError):  # no terminal left to tell
+                    pass
                 thread.join(timeout)
+        if not thread.is_alive():
+            self._finished.set()
         return self.end_event
+
+    def get_driver_class(self):
+        return sturdy(super().get_driver_class())  # survives the terminal going away (see terminal.py)
 
     def run(self, *args: Any, **kwargs: Any):
         try:

@@ -26,8 +26,11 @@ def y_range(values_after_warmup: list[float], all_values: list[float]) -> tuple[
     if not finite_all:
         return None
     low, high = min(finite_all), max(finite_late)
-    if high <= low:
-        high = low + max(abs(low) * 0.05, 1e-3)
+    # At least 5% of the loss tall: two nearly equal first steps must not fill the chart with 4.24648.
+    min_span = max(0.05 * max(abs(low), abs(high)), 1e-3)
+    if high - low < min_span:
+        middle = (high + low) / 2
+        low, high = middle - min_span / 2, middle + min_span / 2
     pad = (high - low) * 0.08
     return low - pad, high + pad
 
