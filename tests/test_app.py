@@ -50,6 +50,12 @@ def send_key(app: TrainerApp, key: str) -> None:
     app._driver.send_message(events.Key(key, key if len(key) == 1 else None))
 
 
+async def wait_for_text(pilot, app: TrainerApp, text: str, present: bool = True) -> None:
+    """The screen shows ``text`` (or no longer does) within a few seconds."""
+    await wait_for(pilot, lambda: (text in app.screen_text()) == present, timeout=5.0,
+                   what=f"{text!r} {'on' if present else 'off'} screen")
+
+
 def squashed(app: TrainerApp) -> str:
     """The screen with runs of spaces squeezed to one (columns move with the terminal width)."""
     return re.sub(r" +", " ", app.screen_text())
@@ -111,13 +117,11 @@ async def test_plus_twice_shows_pending_change_applied_exactly_at_next_epoch(sma
         await pilot.press("plus", "plus")
         assert "accum 2 -> 8 at next epoch" in app.screen_text()  # at once, before the engine answers
         await wait_for(pilot, lambda: app.view.pending_accum == 8, what="the engine to confirm")
-        await pilot.pause(0.15)
-        assert "accum 2 -> 8 at next epoch" in app.screen_text()
+        await wait_for_text(pilot, app, "accum 2 -> 8 at next epoch (= 32 sequences)")  # confirmed
         app.control.resume()
         await wait_for(pilot, lambda: app.view.ended, what="the end of the run")
-        await pilot.pause(0.15)
-        assert "accum 2 -> 8" not in app.screen_text()
-        assert "micro-batch 4 x accum 8" in app.screen_text()
+        await wait_for_text(pilot, app, "accum 2 -> 8", present=False)
+        await wait_for_text(pilot, app, "micro-batch 4 x accum 8")
     end = app.finish()
     assert end.reason == "completed"
     steps = [r for r in read_metrics(tmp_path / "run") if r["type"] == "step"]
@@ -153,7 +157,7 @@ async def test_p_pauses_with_no_new_steps_and_resumes(small_corpus, tmp_path, ap
         await wait_for(pilot, lambda: app.view.step >= 3, what="a few steps")
         send_key(app, "p")
         await wait_for(pilot, lambda: app.view.state == "paused", what="the pause")
-        assert " paused " in app.screen_text()
+        await wait_for_text(pilot, app, " paused ")
         step_at_pause = app.trainer.state.step
         await pilot.pause(0.6)
         assert app.trainer.state.step == step_at_pause  # the engine holds still
@@ -202,8 +206,7 @@ async def test_second_q_while_stopping_exits_at_once(small_corpus, tmp_path, app
         await wait_for(pilot, lambda: app.view.step >= 1, what="a step")
         app.exit_when_ended = True  # as after a first q whose stop has not reached the engine yet
         app.view.request_stop()
-        await pilot.pause(0.15)
-        assert "stopping" in app.screen_text()
+        await wait_for_text(pilot, app, "stopping")
         send_key(app, "q")
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
     end = app.finish(timeout=30)  # still waits for the save: never a half-written run
@@ -228,10 +231,9 @@ async def test_finished_run_stays_open_until_q(small_corpus, tmp_path, apps):
     apps.append(app)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.view.ended, what="the end of the run")
+        await wait_for_text(pilot, app, "finished all 1 epochs")
         await pilot.pause(0.3)
-        assert app.is_running
-        text = app.screen_text()
-        assert " finished " in text and "finished all 1 epochs" in text
+        assert app.is_running and " finished " in app.screen_text()
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
     assert app.finish().reason == "completed"
@@ -247,7 +249,8 @@ async def test_engine_failure_becomes_an_error_panel_and_run_dir_keeps_the_steps
     apps.append(app)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.view.ended, what="the failure")
-        await pilot.pause(0.15)
+        await wait_for_text(pilot, app, "training stopped with an error")
+        await pilot.pause(0.3)
         assert app.is_running  # stays open showing the reason
         text = app.screen_text()
         assert "training stopped with an error" in text and " error " in text

@@ -67,7 +67,7 @@ def test_terminal_gone_then_sighup_saves_and_exits(small_corpus, tmp_path):
         assert b"micro-step" in screen and b"tui-trainer" in screen  # the app drew on the terminal
         os.close(master)  # the terminal goes away...
         master = -1
-
+        time.sleep(2.0)  # ...while the app goes on drawing into it...
         assert proc.poll() is None
         proc.send_signal(signal.SIGHUP)  # ...then the kernel's hang-up: SIGHUP, then SIGCONT
         proc.send_signal(signal.SIGCONT)
