@@ -197,6 +197,7 @@ async def test_q_stops_cleanly_saves_writes_end_record_and_exits(small_corpus, t
     assert records[-1]["type"] == "end" and records[-1]["reason"] == "interrupted"
     assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
     assert not app.engine_running
+    assert app.summary_line().startswith("tui-trainer: stopped ")  # what the terminal keeps
 
 
 async def test_second_q_while_stopping_exits_at_once(small_corpus, tmp_path, apps):
@@ -231,12 +232,13 @@ async def test_finished_run_stays_open_until_q(small_corpus, tmp_path, apps):
     apps.append(app)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.view.ended, what="the end of the run")
-        await wait_for_text(pilot, app, "finished all 1 epochs")
+        await wait_for_text(pilot, app, "finished the 1 epoch")
         await pilot.pause(0.3)
         assert app.is_running and " finished " in app.screen_text()
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
     assert app.finish().reason == "completed"
+    assert app.summary_line().startswith("tui-trainer: finished 1 epoch, ")
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -350,3 +352,26 @@ def test_sink_coalesces_micro_steps_and_keeps_every_step():
     assert len(events_) == 100 and all(isinstance(e, StepEvent) for e in events_)
     assert micro == MicroStep(1, 100, 8, 8, 100, 100)  # only the newest of 800
     assert sink.drain()[0] == []
+
+
+async def test_resumed_run_shows_its_history_and_pending_change(small_corpus, tmp_path, apps):
+    first = make_app(small_corpus, tmp_path / "run", epochs=20, train_batches=16)
+    apps.append(first)
+    async with first.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: len(first.view.epoch_points) >= 1, what="an epoch")
+        await paused(pilot, first)
+        await pilot.press("plus")  # applies at the next epoch, after the interruption
+        await wait_for(pilot, lambda: first.view.pending_accum == 4, what="the engine to confirm")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not first.is_running, what="the app to exit")
+    end = first.finish()
+    epochs_done = len([r for r in read_metrics(tmp_path / "run") if r["type"] == "epoch"])
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=20), 16)
+    second = create_app(cfg, resume=str(tmp_path / "run"))
+    apps.append(second)
+    second.control.pause()
+    async with second.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: second.view.state == "paused", what="the first pause")
+        assert second.view.step_numbers[:end.steps] == list(range(1, end.steps + 1))  # the plot goes on
+        assert len(second.view.epoch_points) == epochs_done and second.view.diagnosis is not None
+        await wait_for_text(pilot, second, "accum 2 -> 4 at next epoch")

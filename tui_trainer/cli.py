@@ -281,6 +281,8 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     end = app.finish()
     if end is None:
         return 0
+    if app.summary_line():
+        say(app.summary_line())
     return exit_code_for(end)
 
 

@@ -13,11 +13,14 @@ plot at ``PLOT_HZ`` when something changed, and sends commands through ``Control
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import fields as dataclass_fields
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console as RichConsole
@@ -31,6 +34,7 @@ from textual.widgets import Footer
 from ..control import Control
 from ..errors import UserError
 from .bridge import AppSink, EngineWake
+from .format import plural
 from .terminal import sturdy
 from .view import RunView
 from .widgets import (BatchPanel, DiagnosisBanner, EpochTable, ErrorPanel, HelpScreen, LossPlot, ProgressPanel, StatsPanel,
@@ -180,6 +184,24 @@ class TrainerApp(App[None]):
 
     def get_driver_class(self):
         return sturdy(super().get_driver_class())  # survives the terminal going away (see terminal.py)
+
+    def summary_line(self) -> str | None:
+        """What the terminal keeps once the app has gone: how the run ended and where it is."""
+        end = self.end_event
+        if end is None or self.trainer is None:
+            return None
+        run_dir = self.trainer.run_dir
+        best = f", best val {end.best_val_loss:.4f} at epoch {end.best_epoch}" if end.best_epoch else ""
+        if end.reason == "completed":
+            return (f"tui-trainer: finished {plural(end.epochs, 'epoch')}, {plural(end.steps, 'step')}{best}"
+                    f" — {run_dir}")
+        if end.reason == "early_stop":
+            return f"tui-trainer: early stop after {plural(end.epochs, 'epoch')}: {end.message}{best} — {run_dir}"
+        if end.reason == "error":
+            log = run_dir / "error.log"
+            where = f" (traceback in {log})" if log.exists() else ""
+            return f"tui-trainer: error: {self.view.error_text or end.message}{where} — {run_dir}"
+        return f"tui-trainer: {end.message or 'stopped'}"
 
     def run(self, *args: Any, **kwargs: Any):
         try:
@@ -337,7 +359,8 @@ class TrainerApp(App[None]):
 def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | None = None,
                overwrite: bool = False) -> TrainerApp:
     """The app the CLI runs. The Trainer is built (and validated) here, before the terminal is
-    taken, so bad input is a one-line UserError, not a crash inside the app."""
+    taken, so bad input is a one-line UserError, not a crash inside the app. A resumed run
+    shows its history (the steps and epochs metrics.jsonl kept) from the first frame."""
     from ..engine import Trainer
 
     sink = AppSink()
@@ -345,7 +368,38 @@ def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | No
     if trainer.state.epoch > trainer.cfg.train.epochs:  # the engine would refuse at once; say it now
         raise UserError(f"this run already finished {trainer.cfg.train.epochs} epochs",
                         "pass a larger --epochs to train longer")
-    return TrainerApp(trainer, sink)
+    history = recorded_history(trainer.run_dir) if resume is not None else []
+    app = TrainerApp(trainer, sink, replay=history)
+    app.view.pending_accum = trainer.state.pending_accum  # a change asked for before the interruption
+    return app
+
+
+def recorded_history(run_dir: str | Path) -> list:
+    """The step and epoch events of ``run_dir/metrics.jsonl`` (the engine trims it to the
+    checkpoint on resume), rebuilt as events; `end` records of earlier sessions are left out."""
+    from ..events import EpochEvent, StepEvent
+    from ..metrics import METRICS_FILE
+
+    kinds = {"step": StepEvent, "epoch": EpochEvent}
+    floats = {kind: {f.name for f in dataclass_fields(kind) if "float" in str(f.type)} for kind in kinds.values()}
+    names = {kind: {f.name for f in dataclass_fields(kind)} for kind in kinds.values()}
+    events = []
+    try:
+        lines = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            kind = kinds.get(record.get("type"))
+            if kind is None:
+                continue
+            values = {k: (float(v) if k in floats[kind] and isinstance(v, str) else v)  # "nan" / "inf"
+                      for k, v in record.items() if k in names[kind]}
+            events.append(kind(**values))
+        except (ValueError, TypeError):
+            continue  # a line cut short by a crash, or written by another version
+    return events
 
 
 def create_replay_app(events: Iterable[Any] = (), **kwargs: Any) -> TrainerApp:

@@ -64,3 +64,8 @@ def plain(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "—"
     return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+
+
+def plural(n: int, word: str) -> str:
+    """1 epoch, 2 epochs."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"

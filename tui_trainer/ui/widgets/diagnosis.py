@@ -49,7 +49,7 @@ class DiagnosisBanner(Panel):
                 text.append(f"   best val {fmt.loss(view.best_val_loss)} @ epoch {view.best_epoch}", dim)
                 if view.epochs_without_improvement:
                     n = view.epochs_without_improvement
-                    text.append(f", {n} epoch{'s' if n != 1 else ''} without improvement", dim)
+                    text.append(f", {fmt.plural(n, 'epoch')} without improvement", dim)
         if view.val_rise_warning:
             text.append("\n")
             text.append("▲ ", self.get_component_rich_style("diagnosis--warning"))
@@ -63,7 +63,7 @@ class DiagnosisBanner(Panel):
     @staticmethod
     def ending(view: RunView) -> str:
         if view.end_reason == "completed":
-            return f"■ finished all {view.epochs} epochs — press q to quit"
+            return f"■ finished {'the' if view.epochs == 1 else 'all'} {fmt.plural(view.epochs, 'epoch')} — press q to quit"
         if view.end_reason == "early_stop":
             return f"■ early stopping: {view.end_message} — best weights kept; press q to quit"
         if view.end_reason == "interrupted":
