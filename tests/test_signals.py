@@ -229,12 +229,20 @@ def test_the_app_exits_on_signals_and_gives_the_terminal_back(when, uninterrupte
     socket = f"tui-trainer-test-{os.getpid()}-{when}"
     args = [a for a in cli("--data", str(corpus), "--run-dir", str(run_dir), *FLAGS) if a != "--no-ui"]
     args += ["--epochs", "1"] if when == "after_the_run_finished" else []
+    rc_file = tmp_path / "rc"
+    # A shell records the app's exit code (tmux 3.3 sometimes never reaps a pane's process, so its
+    # pane_dead_status cannot be relied on); the pane stays after exit to show the terminal's modes.
     tmux(socket, "new-session", "-d", "-s", "run", "-x", "100", "-y", "30", "-c", str(Path.cwd()))
     try:
-        tmux(socket, "set-option", "-t", "run", "remain-on-exit", "on")  # keep the pane to read its exit status
-        tmux(socket, "respawn-pane", "-k", "-t", "run", "exec " + " ".join(args))
-        pid = int(tmux(socket, "list-panes", "-t", "run", "-F", "#{pane_pid}").stdout.split()[0])
+        tmux(socket, "set-option", "-t", "run", "remain-on-exit", "on")
+        tmux(socket, "respawn-pane", "-k", "-t", "run", f"sh -c '{' '.join(args)}; echo $? > {rc_file}'")
+        shell = int(tmux(socket, "list-panes", "-t", "run", "-F", "#{pane_pid}").stdout.split()[0])
         deadline = time.monotonic() + 60
+        children = Path(f"/proc/{shell}/task/{shell}/children")
+        while not children.read_text().split():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        pid = int(children.read_text().split()[0])
         metrics = run_dir / "metrics.jsonl"
         if when == "after_the_run_finished":
             while '"type": "end"' not in (metrics.read_text() if metrics.exists() else ""):
@@ -250,12 +258,12 @@ def test_the_app_exits_on_signals_and_gives_the_terminal_back(when, uninterrupte
             for _ in range(3):
                 os.kill(pid, signal.SIGTERM)
                 time.sleep(0.05)  # signals sent together would merge into one
-        while tmux(socket, "display-message", "-p", "-t", "run", "#{pane_dead}").stdout.strip() != "1":
+        while not (rc_file.exists() and rc_file.read_text().strip()):
             assert time.monotonic() < deadline + 30, "the app did not exit"
             time.sleep(0.01)
-        status = tmux(socket, "display-message", "-p", "-t", "run",
-                      "#{pane_dead_status}/#{pane_dead_signal} #{alternate_on} #{mouse_any_flag}").stdout.split()
+        modes = tmux(socket, "display-message", "-p", "-t", "run", "#{alternate_on} #{mouse_any_flag}").stdout.split()
     finally:
         tmux(socket, "kill-server")
     expected_code = "0" if when == "after_the_run_finished" else str(128 + signal.SIGTERM)
-    assert status == [f"{expected_code}/", "0", "0"]  # exit code (no fatal signal); normal screen; no mouse mode
+    assert rc_file.read_text().strip() == expected_code
+    assert modes == ["0", "0"]  # back on the normal screen, mouse reporting off

@@ -184,7 +184,7 @@ class SignalStopper:
 
 
 class DetachableStream:
-    """A text stream (stdout for the headless log, stderr for Textual) that outlives its terminal.
+    """stdout for the headless log, made to outlive its terminal.
 
     When the SSH link drops, writes to the dead terminal fail (EIO; EPIPE for a closed pipe);
     the run must still save and write its `end` record. On the first failed write the file
@@ -194,9 +194,6 @@ class DetachableStream:
     def __init__(self, stream) -> None:
         self.stream = stream
         self.detached = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)  # fileno, encoding, ... as the real stream has them
 
     def isatty(self) -> bool:
         try:
@@ -268,16 +265,9 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     from .ui.app import create_app
 
     app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite)
-    # Textual draws through sys.__stderr__ from a writer thread. When the terminal is gone (SSH
-    # dropped, tmux killed) that write raises, the thread dies, and the app's shutdown then waits
-    # on it forever: the run would save but the process would never exit.
-    real_stderr = sys.__stderr__
-    sys.__stderr__ = DetachableStream(real_stderr)
-    try:
-        with SignalStopper(app.control, on_stop=lambda: _close_app_once_engine_ended(app), restore_terminal=True):
-            app.run()
-    finally:
-        sys.__stderr__ = real_stderr
+    # A dead terminal under the app is handled by its driver (ui/terminal.py).
+    with SignalStopper(app.control, on_stop=lambda: _close_app_once_engine_ended(app), restore_terminal=True):
+        app.run()
     end = app.finish()
     if end is None:
         return 0
