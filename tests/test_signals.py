@@ -153,6 +153,7 @@ def exited(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow  # a few seconds each: a terminal, the app, and a resume
 @pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0, reason="needs tmux")
 @pytest.mark.parametrize("face", ["app", "headless"])
 def test_killing_the_tmux_session_mid_run_leaves_a_resumable_run(face, uninterrupted, tmp_path):
@@ -219,6 +220,7 @@ def resume_in_app(socket: str, run_dir: Path) -> None:
         tmux(socket, "kill-server")
 
 
+@pytest.mark.slow  # a few seconds each: a terminal, the app, and a resume
 @pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0, reason="needs tmux")
 @pytest.mark.parametrize("when", ["after_the_run_finished", "third_signal"])
 def test_the_app_exits_on_signals_and_gives_the_terminal_back(when, uninterrupted, tmp_path):
