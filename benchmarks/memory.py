@@ -1,0 +1,208 @@
+"""Benchmark 2: the memory wall. Micro-batch 8 x accum 16 against one batch of 128.
+
+Each configuration trains the same model for the same optimizer steps through the engine
+(headless), in a fresh process so that peaks do not mix. A sink reads the peak memory at
+each step event: peak RSS on CPU (the kernel's high-water mark, reset after set-up), or
+``torch.cuda.max_memory_allocated`` on CUDA; set-up, validation and checkpoints are left
+out. Both runs see the same 128 examples per step with dropout 0, so they make the same
+update; the script checks that too. Beside the measurements it prints a back-of-envelope
+activation estimate and the bytes autograd actually saves for backward (counted with
+``torch.autograd.graph.saved_tensors_hooks``).
+
+    python benchmarks/memory.py                   # seed model, 2 steps each (~1 min on 2 cores)
+    python benchmarks/memory.py --device cuda
+    python benchmarks/memory.py --quick           # tiny model (CI smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from _common import PRESETS, machine_line, run_config, scratch_dir, table
+from tui_trainer.config import DataConfig
+from tui_trainer.control import Control
+from tui_trainer.data import WindowDataset, load_corpus
+from tui_trainer.engine import Trainer
+from tui_trainer.events import StepEvent
+from tui_trainer.model import GPT
+
+MIB = 2**20
+SPLITS = [(8, 16), (128, 1)]  # (micro_batch, accum): 128 sequences per step either way
+QUICK_SPLITS = [(2, 4), (8, 1)]
+
+
+# -- measuring in the child process ---------------------------------------------------------
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * 4096
+
+
+def peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0+)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakProbe:
+    """A sink that records the peak memory so far at every optimizer step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.steps: list[dict] = []
+
+    def emit(self, event: object) -> None:
+        if isinstance(event, StepEvent):
+            peak = (torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda"
+                    else peak_rss_bytes())
+            self.steps.append({"step": event.step, "loss": event.loss, "grad_norm": event.grad_norm, "peak": peak})
+
+
+def child(args: argparse.Namespace) -> int:
+    with scratch_dir("memory") as run_dir:
+        cfg = run_config(args.preset, run_dir, train_batches=args.steps * args.accum, val_batches=1,
+                         dropout=0.0, micro_batch=args.micro_batch, accum=args.accum, device=args.device,
+                         threads=args.threads)
+        probe = PeakProbe(torch.device(args.device))
+        trainer = Trainer(cfg, probe, Control())
+        gc.collect()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(trainer.device)
+            baseline = torch.cuda.memory_allocated(trainer.device)
+        else:
+            if not reset_peak_rss():
+                raise SystemExit("cannot reset the peak RSS here (/proc/self/clear_refs); Linux is needed")
+            baseline = rss_bytes()
+        end = trainer.run()
+        if end.reason != "completed":
+            raise SystemExit(f"run ended with {end.reason}: {end.message}")
+        torch.save({k: v.cpu() for k, v in trainer.model.state_dict().items()}, args.out + ".pt")
+        Path(args.out).write_text(json.dumps({"baseline": baseline, "steps": probe.steps}))
+    return 0
+
+
+# -- the parent: run both, compare, estimate ------------------------------------------------
+
+def saved_for_backward_bytes(model: GPT, inputs: torch.Tensor, targets: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward in one forward pass."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        return tensor
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(inputs, targets)
+    return sum(nbytes for (ptr, _), nbytes in seen.items() if ptr not in params)
+
+
+def activation_estimate_bytes(n_layer: int, n_embd: int, vocab: int, tokens: int, bytes_per_float: int = 4) -> int:
+    """Back of the envelope: per token and layer, the block keeps ~17 d floats for backward
+    (LN inputs and outputs 4d, q/k/v 3d, attention output 2d, MLP hidden before and after
+    GELU 8d); then the final LN (2d) and the log-probabilities (vocab)."""
+    per_token = n_layer * 17 * n_embd + 2 * n_embd + vocab
+    return tokens * per_token * bytes_per_float
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="seed", help="seed, small or tiny (model size; dropout 0)")
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per configuration")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny model, 1 step (smoke test)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--micro-batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--accum", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args)
+    splits = SPLITS
+    if args.quick:
+        args.preset, args.steps, splits = "tiny", 1, QUICK_SPLITS
+    model_cfg = PRESETS[args.preset][0]
+    metric = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS"
+    print(f"Benchmark 2: the memory wall ({metric}), micro-batch x accum vs one big batch")
+    print(machine_line(args.device))
+    print(f"model {args.preset}: {model_cfg.n_layer} layers, d_model {model_cfg.n_embd}, context "
+          f"{model_cfg.block_size}, dropout 0; {args.steps} optimizer steps per run, each in its own process",
+          flush=True)
+    results = {}
+    with scratch_dir("memory-out") as out_dir:
+        for micro_batch, accum in splits:
+            out = str(Path(out_dir) / f"{micro_batch}x{accum}.json")
+            command = [sys.executable, __file__, "--child", "--preset", args.preset, "--steps", str(args.steps),
+                       "--device", args.device, "--micro-batch", str(micro_batch), "--accum", str(accum),
+                       "--out", out] + (["--threads", str(args.threads)] if args.threads else [])
+            subprocess.run(command, check=True)
+            record = json.loads(Path(out).read_text())
+            record["state"] = torch.load(out + ".pt", weights_only=True)
+            results[(micro_batch, accum)] = record
+
+    corpus = load_corpus(DataConfig(), model_cfg.block_size)
+    model_cfg = replace(model_cfg, dropout=0.0, vocab_size=corpus.vocab.size)
+    torch.manual_seed(1337)
+    model = GPT(model_cfg)  # the engine's initial weights: same seed, same constructor
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    data = WindowDataset(corpus.train_tokens, model_cfg.block_size)
+
+    rows = []
+    for micro_batch, accum in splits:
+        record = results[(micro_batch, accum)]
+        peak = max(s["peak"] for s in record["steps"])
+        tokens = micro_batch * model_cfg.block_size
+        inputs, targets = data.batch(torch.arange(micro_batch))
+        saved = saved_for_backward_bytes(model, inputs, targets)
+        estimate = activation_estimate_bytes(model_cfg.n_layer, model_cfg.n_embd, model_cfg.vocab_size, tokens)
+        record["peak_minus_baseline"] = peak - record["baseline"]
+        rows.append([f"{micro_batch} x {accum}", f"{micro_batch * accum}", f"{record['baseline'] / MIB:,.0f}",
+                     f"{peak / MIB:,.0f}", f"{(peak - record['baseline']) / MIB:,.0f}",
+                     f"{estimate / MIB:,.0f}", f"{saved / MIB:,.0f}",
+                     " ".join(f"{s['loss']:.5f}" for s in record["steps"])])
+    unit = "MiB"
+    print(table(["micro x accum", "seqs/step", f"after set-up {unit}", f"peak {unit}", f"peak - set-up {unit}",
+                 f"estimate {unit}", f"saved for backward {unit}", "step losses"], rows))
+    small, big = (results[s] for s in splits)
+    ratio = small["peak_minus_baseline"] / big["peak_minus_baseline"]
+    peak_ratio = max(s["peak"] for s in small["steps"]) / max(s["peak"] for s in big["steps"])
+    print(f"peak ratio {splits[0][0]}x{splits[0][1]} / {splits[1][0]}x{splits[1][1]}: {peak_ratio:.3f} "
+          f"(training memory above set-up: {ratio:.3f})")
+    # The same update: compare each run's change of every weight from the shared initial weights.
+    worst = 0.0
+    for name, start in initial.items():
+        delta_small = small["state"][name] - start
+        delta_big = big["state"][name] - start
+        worst = max(worst, ((delta_small - delta_big).norm() / delta_big.norm().clamp_min(1e-30)).item())
+    grad_norms = [(a["grad_norm"], b["grad_norm"]) for a, b in zip(small["steps"], big["steps"])]
+    print("gradient norms per step (accumulated vs one batch): "
+          + ", ".join(f"{a:.6f} vs {b:.6f}" for a, b in grad_norms))
+    print(f"same update: max relative difference of the weight change after {args.steps} steps = {worst:.1e}")
+    print("estimate = 17 x d_model floats per token per layer + final LN and log-probs, fp32 "
+          "(the activations of ONE micro-batch); saved for backward = distinct tensors autograd keeps, counted")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
