@@ -151,7 +151,7 @@ async def test_minus_and_brackets_halve_and_double_within_bounds(small_corpus, t
 # -- pause, save, stop ---------------------------------------------------------------------------
 
 async def test_p_pauses_with_no_new_steps_and_resumes(small_corpus, tmp_path, apps):
-    app = make_app(small_corpus, tmp_path / "run", epochs=20)
+    app = make_app(small_corpus, tmp_path / "run", epochs=500)  # q ends it: long enough never to finish
     apps.append(app)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.view.step >= 3, what="a few steps")
@@ -162,7 +162,7 @@ async def test_p_pauses_with_no_new_steps_and_resumes(small_corpus, tmp_path, ap
         await pilot.pause(0.6)
         assert app.trainer.state.step == step_at_pause  # the engine holds still
         assert app.view.step == step_at_pause
-        await pilot.press("p")
+        send_key(app, "p")
         await wait_for(pilot, lambda: app.trainer.state.step > step_at_pause + 2, what="steps after resuming")
         assert app.view.state == "running"
         send_key(app, "q")

@@ -107,14 +107,23 @@ def test_lr_schedule_is_a_function_of_tokens_seen():
 
 
 def test_accumulation_change_does_not_distort_the_schedule(small_corpus, tmp_path):
-    """Runs with different accumulation give every step the LR of the tokens seen before it."""
+    """Runs with different accumulation give every step the LR of the tokens seen once it is taken."""
     trainer, sink, _ = _run(with_limits(tiny_config(small_corpus, tmp_path / "a", accum=2), 20))
     _, other, _ = _run(with_limits(tiny_config(small_corpus, tmp_path / "b", accum=5), 20))
     for event in sink.of(StepEvent) + other.of(StepEvent):
-        assert event.lr == pytest.approx(trainer.lr_for(event.tokens_seen - event.tokens))
-    by_tokens = {e.tokens_seen - e.tokens: e.lr for e in sink.of(StepEvent)}
-    shared = [e for e in other.of(StepEvent) if e.tokens_seen - e.tokens in by_tokens]
-    assert shared and all(by_tokens[e.tokens_seen - e.tokens] == pytest.approx(e.lr) for e in shared)
+        assert event.lr == pytest.approx(trainer.lr_for(event.tokens_seen))
+    by_tokens = {e.tokens_seen: e.lr for e in sink.of(StepEvent)}
+    shared = [e for e in other.of(StepEvent) if e.tokens_seen in by_tokens]
+    assert shared and all(by_tokens[e.tokens_seen] == pytest.approx(e.lr) for e in shared)
+
+
+def test_first_warm_up_step_learns(small_corpus, tmp_path):
+    """The first step's LR is its share of the warm-up, not ~0 (a wasted step)."""
+    trainer, sink, _ = _run(with_limits(tiny_config(small_corpus, tmp_path / "a", accum=2), 20))
+    first = sink.of(StepEvent)[0]
+    peak = trainer.cfg.optim.lr
+    assert first.lr == pytest.approx(peak * (first.tokens + 1) / (trainer.warmup_tokens() + 1))
+    assert first.lr > peak * first.tokens / trainer.warmup_tokens() / 2
 
 
 def test_accum_change_applies_exactly_at_the_next_epoch(small_corpus, tmp_path):

@@ -466,7 +466,8 @@ class Trainer:
                 return self._interrupted(saved, f"epoch {st.epoch}, step {st.step}")
             if step in self.inject_nan_steps:
                 loss_total = loss_total * float("nan")
-            lr = self.lr_for(st.tokens_seen)
+            # The LR of the tokens seen once this step is taken: the first step of a warm-up learns too.
+            lr = self.lr_for(st.tokens_seen + tokens)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             # Clip once per window, after accumulation; the norm is returned either way.

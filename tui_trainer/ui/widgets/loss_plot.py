@@ -54,6 +54,7 @@ class LossPlot(PlotextPlot):
         self._ema_state = (0, 0.0)  # (points folded in, raw EMA before bias correction)
         self._drawn: tuple | None = None
         self._view: RunView | None = None
+        self._rendered: tuple | None = None  # (key, the Text plotext built)
         self.points_drawn = 0  # what the last redraw put on the chart (tests and benchmarks read it)
         self.show_axis_label = True  # off on short terminals, where every row counts
 
@@ -65,6 +66,14 @@ class LossPlot(PlotextPlot):
             ema = EMA_BETA * ema + (1 - EMA_BETA) * losses[i]
             self._ema.append(ema / (1 - EMA_BETA ** (i + 1)))
         self._ema_state = (len(losses), ema)
+
+    def render(self):
+        # plotext builds the whole chart each time (~10 ms): reuse it until the data, the size
+        # or the theme changes. The parent's render also sets the size and theme.
+        key = (self._drawn, self.size, self.app.theme)
+        if self._rendered is None or self._rendered[0] != key:
+            self._rendered = (key, super().render())
+        return self._rendered[1]
 
     def on_resize(self) -> None:
         if self._view is not None:

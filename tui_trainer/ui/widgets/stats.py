@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 
+try:
+    import psutil
+except ImportError:  # a declared dependency, but the panel can live without it
+    psutil = None
+
 from rich.table import Table
 from rich.text import Text
 
@@ -21,11 +26,11 @@ def memory_in_use(device: str) -> str:
         allocated = torch.cuda.memory_allocated(index)
         peak = torch.cuda.max_memory_allocated(index)
         return f"{fmt.size(allocated)} (peak {fmt.size(peak)})"
+    if psutil is None:
+        return "—"
     try:
-        import psutil
-
         return f"{fmt.size(psutil.Process(os.getpid()).memory_info().rss)} rss"
-    except Exception:  # psutil missing or the platform refuses: not worth a crash
+    except Exception:  # the platform refuses: not worth a crash
         return "—"
 
 
