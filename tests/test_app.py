@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -271,6 +272,22 @@ def test_bad_input_raises_user_error_before_the_app_exists(small_corpus, tmp_pat
         (tmp_path / "taken").mkdir()
         (tmp_path / "taken" / "config.json").write_text("{}")
         create_app(tiny_config(small_corpus, tmp_path / "taken"))
+
+
+def test_trainer_is_built_off_the_main_thread_on_a_thread_that_ends(small_corpus, tmp_path, monkeypatch):
+    """Torch ops on the main thread (model init) leave it an OpenMP team that cost the app ~20%
+    of its throughput beside the engine thread's own (benchmarks/ui_overhead.py)."""
+    built_on = []
+    original = Trainer.__init__
+
+    def recording_init(self, *args, **kwargs):
+        built_on.append(threading.current_thread())
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "__init__", recording_init)
+    app = create_app(tiny_config(small_corpus, tmp_path / "run"))
+    assert app.trainer is not None and len(built_on) == 1
+    assert built_on[0] is not threading.main_thread() and not built_on[0].is_alive()
 
 
 # -- layout, help, palette -----------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A panel redraws only when what it shows has changed.
 
-The app calls ``show(view, now)`` on every drain tick (about 10 Hz). ``key`` is the cheap
+The app calls ``show(view, now)`` on every drain tick (4 Hz). ``key`` is the cheap
 summary of what the panel prints; only a new key costs a render. ``build`` makes the Rich
 renderable from the same view when Textual asks (after a change or a resize).
 """
