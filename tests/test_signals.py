@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import random
 import signal
 import subprocess
@@ -139,6 +140,47 @@ def test_signal_during_set_up_still_ends_cleanly(uninterrupted, tmp_path):
     end = [r for r in read_metrics(run_dir) if r["type"] == "end"]
     assert [r["reason"] for r in end] == ["interrupted"]
     assert ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))["loop"]["step"] == end[0]["steps"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to see when handlers are set")
+def test_signal_while_the_app_sets_up_saves_without_taking_the_terminal(uninterrupted, tmp_path):
+    """The app face, in a real pseudo-terminal: a SIGTERM while it builds the model (before it
+    draws) still ends with a resumable step-0 checkpoint and an `end` record."""
+    corpus, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
+    process = subprocess.Popen([sys.executable, "-m", "tui_trainer.cli", "--data", str(corpus), "--run-dir",
+                                str(run_dir), *FLAGS], stdin=slave, stdout=slave, stderr=slave, env=env,
+                               start_new_session=True)
+    os.close(slave)
+    try:
+        deadline = time.monotonic() + 60
+        while not catches(process.pid, signal.SIGTERM):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.001)
+        assert not (run_dir / "metrics.jsonl").exists()  # still setting up
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+        output = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the other side is closed: all read
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(master)
+    text = output.decode("utf-8", "replace")
+    assert "Traceback" not in text and "\x1b[?1049h" not in text  # no traceback; never took the screen
+    assert "--resume" in text
+    end = [r for r in read_metrics(run_dir) if r["type"] == "end"]
+    assert [r["reason"] for r in end] == ["interrupted"]
+    assert ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))["loop"]["step"] == end[0]["steps"] == 0
 
 
 def tmux(socket: str, *args: str) -> subprocess.CompletedProcess:

@@ -262,11 +262,22 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
 
 
 def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
+    from .control import Control
     from .ui.app import create_app
 
-    app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite)
+    control = Control()
+    built: list = []  # the app, once set-up is done (the signal handler may run before)
+    # The handlers cover set-up too (imports, model, a checkpoint load): a signal then still
+    # ends with a saved step and an `end` record, as headless does, without taking the terminal.
     # A dead terminal under the app is handled by its driver (ui/terminal.py).
-    with SignalStopper(app.control, on_stop=lambda: _close_app_once_engine_ended(app), restore_terminal=True):
+    with SignalStopper(control, on_stop=lambda: _close_app_once_engine_ended(built),
+                       restore_terminal=True):
+        app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control)
+        built.append(app)
+        if control.stop_requested:
+            end = app.trainer.run()  # stops at once: saves where it is and writes `end`
+            say(f"tui-trainer: {end.message or 'stopped'}")
+            return exit_code_for(end)
         app.run()
     end = app.finish()
     if end is None:
@@ -276,9 +287,12 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     return exit_code_for(end)
 
 
-def _close_app_once_engine_ended(app) -> None:
+def _close_app_once_engine_ended(built: list) -> None:
     """Called in the signal handler. A running engine ends the app itself after saving; one that
     already ended (the app showing a finished run) would leave the app open on a dead terminal."""
+    if not built:
+        return  # still setting up: run_app sees the stop before it draws anything
+    app = built[0]
     try:
         loop = asyncio.get_running_loop()  # the handler runs on the main thread, inside the app's loop
     except RuntimeError:
