@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 
 from _common import PRESETS, machine_line, run_config, scratch_dir, table
-from tui_trainer.config import DataConfig
+from tui_trainer.config import DataConfig, RunConfig, TrainConfig
 from tui_trainer.control import Control
 from tui_trainer.data import WindowDataset, load_corpus
 from tui_trainer.engine import Trainer
+from tui_trainer.memory import activation_estimate_bytes, training_bytes_floor
 from tui_trainer.events import StepEvent
 from tui_trainer.model import GPT
 
@@ -117,14 +118,6 @@ def saved_for_backward_bytes(model: GPT, inputs: torch.Tensor, targets: torch.Te
     return sum(nbytes for (ptr, _), nbytes in seen.items() if ptr not in params)
 
 
-def activation_estimate_bytes(n_layer: int, n_embd: int, vocab: int, tokens: int, bytes_per_float: int = 4) -> int:
-    """Back of the envelope: per token and layer, the block keeps ~17 d floats for backward
-    (LN inputs and outputs 4d, q/k/v 3d, attention output 2d, MLP hidden before and after
-    GELU 8d); then the final LN (2d) and the log-probabilities (vocab)."""
-    per_token = n_layer * 17 * n_embd + 2 * n_embd + vocab
-    return tokens * per_token * bytes_per_float
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="seed", help="seed, small or tiny (model size; dropout 0)")
@@ -168,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     data = WindowDataset(corpus.train_tokens, model_cfg.block_size)
 
-    rows = []
+    rows, floors = [], []
     for micro_batch, accum in splits:
         record = results[(micro_batch, accum)]
         peak = max(s["peak"] for s in record["steps"])
@@ -177,13 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         saved = saved_for_backward_bytes(model, inputs, targets)
         estimate = activation_estimate_bytes(model_cfg.n_layer, model_cfg.n_embd, model_cfg.vocab_size, tokens)
         record["peak_minus_baseline"] = peak - record["baseline"]
+        floor = training_bytes_floor(RunConfig(model=model_cfg, train=TrainConfig(micro_batch=micro_batch)),
+                                     args.device.split(":")[0])
+        floors.append(peak / floor)
         rows.append([f"{micro_batch} x {accum}", f"{micro_batch * accum}", f"{record['baseline'] / MIB:,.0f}",
                      f"{peak / MIB:,.0f}", f"{(peak - record['baseline']) / MIB:,.0f}",
-                     f"{estimate / MIB:,.0f}", f"{saved / MIB:,.0f}",
+                     f"{estimate / MIB:,.0f}", f"{saved / MIB:,.0f}", f"{floor / MIB:,.0f}",
                      " ".join(f"{s['loss']:.5f}" for s in record["steps"])])
     unit = "MiB"
     print(table(["micro x accum", "seqs/step", f"after set-up {unit}", f"peak {unit}", f"peak - set-up {unit}",
-                 f"estimate {unit}", f"saved for backward {unit}", "step losses"], rows))
+                 f"estimate {unit}", f"saved for backward {unit}",
+                 f"pre-flight floor {unit}", "step losses"], rows))
     small, big = (results[s] for s in splits)
     ratio = small["peak_minus_baseline"] / big["peak_minus_baseline"]
     peak_ratio = max(s["peak"] for s in small["steps"]) / max(s["peak"] for s in big["steps"])
@@ -201,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"same update: max relative difference of the weight change after {args.steps} steps = {worst:.1e}")
     print("estimate = 17 x d_model floats per token per layer + final LN and log-probs, fp32 "
           "(the activations of ONE micro-batch); saved for backward = distinct tensors autograd keeps, counted")
+    print("pre-flight floor = what tui-trainer checks against free memory before a run (tui_trainer/memory.py); "
+          f"peak / floor = {', '.join(f'{r:.2f}' for r in floors)} (>= 1: the check never refuses a run that fits)")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,7 @@ BAD_INPUTS = {
     "not a number": (lambda t: ["--lr", "fast"], "--lr"),
     "unknown flag": (lambda t: ["--acum", "4"], "--acum"),
     "resume missing dir": (lambda t: ["--resume", str(t / "none")], "--resume"),
+    "micro-batch beyond memory": (lambda t: ["--micro-batch", "10000000"], "lower --micro-batch and raise --accum"),
 }
 
 
@@ -135,6 +137,34 @@ def test_refuses_a_run_dir_that_already_holds_a_run_unless_overwrite(small_corpu
     assert (run_dir / "metrics.jsonl").read_text().count('"type": "end"') == 1
 
 
+def test_a_run_dir_whose_run_never_took_a_step_is_started_again(small_corpus, tmp_path, capsys):
+    # What a run killed while it built its model (an OOM kill, kill -9) leaves behind.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "metrics.jsonl").write_text("")
+    assert main(["--no-ui", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "has no checkpoint" in err and f"--run-dir {run_dir} --overwrite" in err
+    assert main(["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--epochs", "1", *TINY]) == 0
+    assert "never took a step: starting it again" in capsys.readouterr().out
+    assert (run_dir / "checkpoints" / "latest.pt").is_file()
+
+
+def test_a_run_dir_with_steps_but_no_checkpoint_needs_overwrite(small_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    base = ["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--epochs", "1", *TINY]
+    assert main(base) == 0
+    shutil.rmtree(run_dir / "checkpoints")  # as if killed -9 before its first save
+    capsys.readouterr()
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in err and "--overwrite" in err
+    assert main(["--no-ui", "--resume", str(run_dir)]) == 2
+    assert "has no checkpoint" in capsys.readouterr().err
+    assert main([*base, "--overwrite"]) == 0
+
+
 def test_toml_config_is_read_and_flags_override_it(small_corpus, tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text('[train]\naccum = 3\nepochs = 1\n[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\n'
@@ -149,6 +179,31 @@ def test_toml_config_is_read_and_flags_override_it(small_corpus, tmp_path, capsy
     capsys.readouterr()
     assert main(["--no-ui", "--config", str(typo), "--run-dir", str(tmp_path / "t")]) == 2
     assert "did you mean 'accum'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("table, line, words", [
+    ("model", 'n_layer = "x"', "n_layer in [model]"),
+    ("train", "epochs = 2.5", "must be a whole number"),
+    ("optim", 'lr = "fast"', "must be a number"),
+    ("train", "compile = 1", "true or false"),
+    ("data", "val_split = true", "must be a number"),
+])
+def test_toml_value_of_the_wrong_type_is_one_line_and_exit_2(table, line, words, small_corpus, tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text(f"[{table}]\n{line}\n")
+    run_dir = tmp_path / "run"
+    assert main(["--no-ui", "--config", str(config), "--data", str(small_corpus), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "e.g." in err and len(err.strip().splitlines()) == 1
+    assert not run_dir.exists()
+
+
+def test_toml_integer_for_a_float_setting_is_accepted(small_corpus, tmp_path):
+    config = tmp_path / "lr.toml"
+    config.write_text("[optim]\nlr = 1\n[train]\nepochs = 1\n")
+    run_dir = tmp_path / "run"
+    assert main(["--no-ui", "--config", str(config), "--data", str(small_corpus), "--run-dir", str(run_dir), *TINY]) == 0
+    assert json.loads((run_dir / "config.json").read_text())["config"]["optim"]["lr"] == 1.0
 
 
 def test_default_corpus_is_found_from_any_working_directory(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from .config import RunConfig
+from .config import RunConfig, checked_value
 from .errors import UserError
 
 # flag → (config section, field, type, help)
@@ -87,12 +87,14 @@ def _load_toml(path: str) -> dict[str, dict[str, Any]]:
             guess = difflib.get_close_matches(section, sections, n=1)
             raise UserError(f"unknown table [{section}] in {path}",
                             f"did you mean [{guess[0]}]?" if guess else f"use one of {', '.join(sections)}")
-        known = {f.name for f in fields(sections[section].default_factory())}
+        section_cls = sections[section].default_factory
+        known = {f.name for f in fields(section_cls)}
         for key in table:
             if key not in known:
                 guess = difflib.get_close_matches(key, known, n=1)
                 raise UserError(f"unknown key '{key}' in [{section}] of {path}",
                                 f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(sorted(known))}")
+            table[key] = checked_value(section_cls, key, table[key], f"[{section}] of {path}")
     return data
 
 

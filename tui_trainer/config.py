@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
+import typing
 from typing import Any
 
 from .errors import UserError
@@ -104,6 +105,42 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
             value = _build(sub, value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+
+
+def checked_value(section_cls: type, name: str, value: Any, where: str) -> Any:
+    """``value`` as the type of ``section_cls.name`` (an int is a fine float), or a UserError.
+
+    For values from outside the CLI's argparse (a TOML file): ``epochs = 2.5`` or
+    ``lr = "fast"`` must be refused at the edge, not crash deep in the engine.
+    """
+    hint = typing.get_type_hints(section_cls)[name]
+    options = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in options:
+        return None
+    for kind in options:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    wanted = " or ".join(_TYPE_WORDS[k] for k in options if k in _TYPE_WORDS)
+    default = next((f.default for f in fields(section_cls) if f.name == name), None)
+    example = f"e.g. {name} = {_toml_literal(default)}" if default is not None else f"give {name} {wanted}"
+    raise UserError(f"{name} in {where} must be {wanted}, got {value!r}", example)
+
+
+def _toml_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
 
 
 def _positive(name: str, value: int | float | None, flag: str, allow_none: bool = False) -> None:

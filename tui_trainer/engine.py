@@ -33,6 +33,7 @@ from .errors import UserError
 from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed, CheckpointSaved, DiagnosisEvent,
                      EpochEvent,
                      FanOut, MicroStep, Notice, Paused, Resumed, RunEnded, RunStarted, Sink, StepEvent)
+from .memory import check_fits
 from .metrics import METRICS_FILE, MetricsWriter
 from .model import GPT, make_optimizer
 from .schedule import lr_at
@@ -128,6 +129,20 @@ class LoopState:
 
 # -- the trainer --------------------------------------------------------------------------------
 
+def run_dir_holds(run_dir: Path) -> str:
+    """What a run dir holds: "checkpoint" (a resumable run), "steps" (a run that logged steps but
+    died before its first save), "set-up" (a run that never took a step, e.g. killed while it
+    built its model) or "" (nothing of a run)."""
+    if ckpt.checkpoint_path(run_dir).is_file():
+        return "checkpoint"
+    metrics = run_dir / METRICS_FILE
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        return "steps"
+    if any((run_dir / marker).exists() for marker in RUN_MARKERS):
+        return "set-up"
+    return ""
+
+
 class Trainer:
     """Set up with ``Trainer(cfg, sink, control)`` (raises UserError on bad input, writing
     nothing), then ``run()`` → the ``RunEnded`` event."""
@@ -140,6 +155,9 @@ class Trainer:
         self.notes: list[str] = []
         resume_state = None
         if resume is not None:
+            if run_dir_holds(Path(resume)) in ("steps", "set-up"):
+                raise UserError(f"run dir {resume} has no checkpoint: the run stopped before its first save",
+                                f"start it again with --run-dir {resume} --overwrite")
             resume_state = ckpt.load_checkpoint(ckpt.checkpoint_path(resume))
             cfg = self._merge_resume_config(resume_state, cfg, overrides or {}, Path(resume), self.notes)
             self._refuse_a_finished_run(resume_state, cfg)
@@ -152,6 +170,7 @@ class Trainer:
             raise UserError(f"the data file {self.corpus.path} differs from the one this run was trained on",
                             f"resume with --data {resume_state['data_path']} (same contents)")
         self.cfg = cfg = cfg.replace(model=replace(cfg.model, vocab_size=self.corpus.vocab.size))
+        check_fits(cfg, self.device)
         self.run_dir = self._prepare_run_dir(cfg, resume, overwrite)
 
         # Everything below follows validation: only now is the run dir written to.
@@ -225,17 +244,21 @@ class Trainer:
                             f"(patience {cfg.train.patience})",
                             f"pass --patience {waited + 1} or more (0 = off) to train on")
 
-    @staticmethod
-    def _prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool) -> Path:
+    def _prepare_run_dir(self, cfg: RunConfig, resume: str | Path | None, overwrite: bool) -> Path:
         run_dir = Path(resume) if resume is not None else Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
         if resume is None and run_dir.exists():
             if not run_dir.is_dir():
                 raise UserError(f"run dir {run_dir} exists and is not a directory", "pass another --run-dir")
-            holds_run = any((run_dir / marker).exists() for marker in RUN_MARKERS)
-            if holds_run and not overwrite:
+            held = run_dir_holds(run_dir)
+            if held == "checkpoint" and not overwrite:
                 raise UserError(f"run dir {run_dir} already holds a run",
                                 f"use --resume {run_dir} to continue it, --overwrite to replace it, or another --run-dir")
-            if holds_run:
+            if held == "steps" and not overwrite:
+                raise UserError(f"run dir {run_dir} holds a run that stopped before its first checkpoint",
+                                f"use --overwrite to start it again, or another --run-dir")
+            if held == "set-up":
+                self.notes.append(f"{run_dir} held a run that never took a step: starting it again")
+            if held:
                 for marker in RUN_MARKERS:
                     target = run_dir / marker
                     if target.is_dir():

@@ -1,0 +1,52 @@
+"""The pre-flight memory floor: its parts match the real model and what autograd really keeps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tui_trainer.config import ModelConfig, RunConfig, TrainConfig
+from tui_trainer.errors import UserError
+from tui_trainer.memory import attention_matrix_bytes, check_fits, parameter_count
+from tui_trainer.model import GPT
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 32, 16, 65), (3, 4, 64, 40, 100), (6, 8, 256, 128, 65)])
+def test_parameter_count_is_exact(shape):
+    n_layer, n_head, n_embd, block_size, vocab = shape
+    cfg = ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab)
+    assert parameter_count(cfg) == GPT(cfg).num_parameters()
+
+
+def _saved_for_backward_bytes(model: GPT, idx: torch.Tensor) -> int:
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx, idx)
+    return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+def test_attention_term_is_what_dropout_makes_autograd_keep_on_cpu():
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=256, vocab_size=65, dropout=0.1)
+    idx = torch.randint(0, 65, (2, 256))
+    with_dropout = GPT(cfg).train()
+    without = GPT(ModelConfig(**{**cfg.__dict__, "dropout": 0.0})).train()
+    extra = _saved_for_backward_bytes(with_dropout, idx) - _saved_for_backward_bytes(without, idx)
+    predicted = attention_matrix_bytes(cfg, micro_batch=2, device_type="cpu")
+    # The other dropout masks (embeddings, residuals, MLP) are linear in T: small beside T^2 at T=256.
+    assert 0.9 * predicted <= extra <= 1.2 * predicted
+
+
+def test_a_run_that_cannot_fit_is_refused_before_it_starts_and_a_normal_one_passes():
+    model = ModelConfig(vocab_size=65)
+    check_fits(RunConfig(model=model), torch.device("cpu"))  # the default run fits any machine that runs tests
+    huge = RunConfig(model=model, train=TrainConfig(micro_batch=10_000_000))
+    with pytest.raises(UserError, match="needs at least"):
+        check_fits(huge, torch.device("cpu"))

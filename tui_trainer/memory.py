@@ -1,0 +1,75 @@
+"""Will one micro-batch fit? A lower-bound estimate of training memory, checked before a run starts.
+
+The estimate is deliberately a floor (the measured peak is ~1.25x it on CPU, benchmarks/README.md),
+so refusing when even the floor exceeds the free memory never refuses a run that would have fit;
+it turns an OOM kill minutes in (exit 137, nothing saved) into one line that names the fix.
+"""
+
+from __future__ import annotations
+
+import psutil
+import torch
+
+from .config import ModelConfig, RunConfig
+from .errors import UserError
+
+BYTES_PER_FLOAT = 4  # the model and its activations are float32 (bf16 autocast only narrows them)
+
+
+def parameter_count(m: ModelConfig) -> int:
+    """Parameters of the GPT in model.py: per block 12 d^2 + 13 d (qkv, proj, MLP, two LayerNorms),
+    the token (tied with the head) and position embeddings, the final LayerNorm."""
+    d = m.n_embd
+    return m.n_layer * (12 * d * d + 13 * d) + (m.vocab_size + m.block_size) * d + 2 * d
+
+
+def activation_estimate_bytes(n_layer: int, n_embd: int, vocab: int, tokens: int,
+                              bytes_per_float: int = BYTES_PER_FLOAT) -> int:
+    """Back of the envelope: per token and layer, the block keeps ~17 d floats for backward
+    (LN inputs and outputs 4d, q/k/v 3d, attention output 2d, MLP hidden before and after
+    GELU 8d); then the final LN (2d) and the log-probabilities (vocab)."""
+    per_token = n_layer * 17 * n_embd + 2 * n_embd + vocab
+    return tokens * per_token * bytes_per_float
+
+
+def attention_matrix_bytes(m: ModelConfig, micro_batch: int, device_type: str) -> int:
+    """Attention with dropout off the GPU takes the math path, which keeps the (T x T) scores, the
+    softmax and the dropout mask of every head for backward (measured: 3 x B x H x T^2 floats per
+    layer on CPU); the flash kernels used otherwise keep none of them."""
+    if m.dropout == 0 or device_type == "cuda":
+        return 0
+    return m.n_layer * 3 * micro_batch * m.n_head * m.block_size ** 2 * BYTES_PER_FLOAT
+
+
+def training_bytes_floor(cfg: RunConfig, device_type: str) -> int:
+    """Weights, gradients, AdamW's two moments, and the activations of one micro-batch."""
+    m, micro_batch = cfg.model, cfg.train.micro_batch
+    state = 4 * parameter_count(m) * BYTES_PER_FLOAT
+    activations = activation_estimate_bytes(m.n_layer, m.n_embd, m.vocab_size, micro_batch * m.block_size)
+    return state + activations + attention_matrix_bytes(m, micro_batch, device_type)
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory a run may still take: free device memory on CUDA, else available RAM plus free swap."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type in ("cpu", "mps"):
+        return psutil.virtual_memory().available + psutil.swap_memory().free
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:,.1f} GiB"
+
+
+def check_fits(cfg: RunConfig, device: torch.device) -> None:
+    """UserError when even the floor of the run's memory exceeds what is free."""
+    need, free = training_bytes_floor(cfg, device.type), free_bytes(device)
+    if free is None or need <= free:
+        return
+    m, t = cfg.model, cfg.train
+    raise UserError(
+        f"a micro-batch of {t.micro_batch} x {m.block_size} tokens on this model needs at least {_gib(need)}, "
+        f"more than the {_gib(free)} free on {device.type}",
+        "lower --micro-batch and raise --accum by the same factor (same effective batch), or lower --block-size",
+    )
