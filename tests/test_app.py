@@ -21,6 +21,7 @@ import pytest
 from textual import events
 
 from conftest import tiny_config, with_limits
+from tui_trainer.cli import exit_code_for
 from tui_trainer.engine import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.metrics import read_metrics
@@ -201,6 +202,21 @@ async def test_q_stops_cleanly_saves_writes_end_record_and_exits(small_corpus, t
     assert app.summary_line().startswith("tui-trainer: stopped ")  # what the terminal keeps
 
 
+async def test_ctrl_c_in_the_app_stops_like_sigint_and_exits_130(small_corpus, tmp_path, apps):
+    # The app holds the terminal in raw mode: Ctrl-C comes as a key, not as SIGINT.
+    app = make_app(small_corpus, tmp_path / "run", epochs=20)
+    apps.append(app)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.step >= 2, what="a couple of steps")
+        send_key(app, "ctrl+c")
+        await wait_for(pilot, lambda: not app.is_running, what="the app to exit by itself")
+    end = app.finish(timeout=0)
+    assert end.reason == "interrupted" and end.exit_signal == signal.SIGINT
+    assert exit_code_for(end) == 130
+    assert read_metrics(tmp_path / "run")[-1]["exit_signal"] == signal.SIGINT
+    assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
 async def test_second_q_while_stopping_exits_at_once(small_corpus, tmp_path, apps):
     app = make_app(small_corpus, tmp_path / "run", epochs=20)
     apps.append(app)
@@ -268,9 +284,10 @@ def test_bad_input_raises_user_error_before_the_app_exists(small_corpus, tmp_pat
     cfg = tiny_config(small_corpus, tmp_path / "run")
     with pytest.raises(UserError, match="not divisible"):
         create_app(cfg.replace(model=replace(cfg.model, n_embd=33)))
-    with pytest.raises(UserError, match="already holds a run"):
+    with pytest.raises(UserError, match="holds a run that stopped before its first checkpoint"):
         (tmp_path / "taken").mkdir()
         (tmp_path / "taken" / "config.json").write_text("{}")
+        (tmp_path / "taken" / "metrics.jsonl").write_text('{"type": "step"}\n')
         create_app(tiny_config(small_corpus, tmp_path / "taken"))
 
 

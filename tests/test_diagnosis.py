@@ -122,13 +122,15 @@ def test_early_stopping_counts_epochs_without_improvement():
     results = [stopper.update(v, e) for e, v in enumerate([3.0, 2.0, 2.5, 2.4, 2.3], start=1)]
     assert [r[0] for r in results] == [True, True, False, False, False]
     assert [r[1] for r in results] == [False, False, False, False, True]
-    assert stopper.best == 2.0 and stopper.best_epoch == 2 and "3 epochs" in results[-1][2]
+    assert stopper.best == 2.0 and stopper.best_epoch == 2
+    assert results[-1][2] == "val loss has not improved for 3 epochs (best 2.0000 at epoch 2)"
 
 
 def test_min_delta_ignores_tiny_improvements_and_patience_zero_never_stops():
     stopper = EarlyStopping(patience=2, min_delta=0.01)
     assert stopper.update(2.0, 1)[0] and not stopper.update(1.995, 2)[0]
-    assert stopper.update(1.994, 3)[1]
+    stop = stopper.update(1.994, 3)
+    assert stop[1] and "not improved by more than 0.01 for 2 epochs" in stop[2]
     never = EarlyStopping(patience=0)
     assert not any(never.update(5.0, e)[1] for e in range(1, 20))
 

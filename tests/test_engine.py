@@ -14,7 +14,7 @@ from tui_trainer.config import DataConfig
 from tui_trainer.data import WindowDataset, load_corpus
 from tui_trainer.engine import Trainer
 from tui_trainer.events import (AccumChangeApplied, AccumChangeRequested, EpochEvent, ListSink, MicroStep,
-                                RunEnded, StepEvent)
+                                RunEnded, RunStarted, StepEvent)
 from tui_trainer.metrics import read_metrics
 from tui_trainer.schedule import lr_at
 
@@ -151,6 +151,8 @@ def test_accum_change_applies_exactly_at_the_next_epoch(small_corpus, tmp_path):
 
 def test_events_cover_micro_steps_steps_epochs_and_the_end(small_corpus, tmp_path):
     _, sink, end = _run(with_limits(tiny_config(small_corpus, tmp_path / "run", accum=3, epochs=2), 7))
+    started = sink.of(RunStarted)[0]
+    assert (started.train_examples, started.val_examples) == (7 * 4, 4 * 4)  # both as the limits cap them
     micro = sink.of(MicroStep)
     assert [m.micro_step for m in micro[:3]] == [1, 2, 3] and micro[0].micro_steps == 3
     steps = sink.of(StepEvent)

@@ -186,6 +186,26 @@ def test_safe_overrides_apply_and_are_logged_contradictions_are_refused(referenc
         assert words in refused.value.one_line() and "\n" not in refused.value.one_line()
 
 
+@pytest.mark.parametrize("stop_at", [("micro", 3, 2), ("step", STEPS_PER_EPOCH), ("micro", STEPS_PER_EPOCH + 1, 1)],
+                         ids=["mid_epoch_1", "after_epoch_1s_last_step", "start_of_epoch_2"])
+def test_accum_given_with_resume_applies_at_the_next_epoch_boundary(stop_at, reference, tmp_path):
+    """`--resume RUN --accum 2` = pressing `-` in epoch 1: the same losses as the run that did,
+    bit for bit; resumed right at epoch 2's start, the change applies there."""
+    corpus, get = reference
+    expected_steps, expected_epochs = get(accum_at=(2, 2))
+    run_dir = tmp_path / "run"
+    run_trainer(resume_config(corpus, run_dir), Script(stop_at=stop_at))
+    sink = Script()
+    trainer, end = run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir, overrides={"train.accum": 2})
+    assert end.reason == "completed"
+    assert "--accum 2 replaces accum 3" in " ".join(sink.of(RunStarted)[0].notes)
+    assert [(a.old, a.new, a.epoch) for a in sink.of(AccumChangeApplied)] == [(3, 2, 2)]
+    assert records(run_dir, "step", STEP_KEYS) == expected_steps
+    assert records(run_dir, "epoch", EPOCH_KEYS) == expected_epochs
+    with pytest.raises(UserError, match="--accum must be between 1 and 1024"):
+        Trainer(resume_config(corpus, tmp_path / "x"), ListSink(), resume=run_dir, overrides={"train.accum": 0})
+
+
 def test_resume_refuses_a_data_file_with_other_contents(reference, tmp_path):
     corpus, _ = reference
     run_dir = tmp_path / "run"

@@ -53,8 +53,8 @@ def recorded_epochs(epochs: int, overfit_from: int | None = None) -> list:
         val = train + 0.04 + (0.09 * (epoch - overfit_from + 1) if overfit_from and epoch >= overfit_from else 0)
         warning = None
         if vals and val > vals[-1] * 1.05:
-            warning = (f"val loss rose {val / vals[-1] - 1:.1%} over the previous epoch "
-                       f"({vals[-1]:.4f} -> {val:.4f}), more than 5%: a sign of overfitting")
+            warning = (f"val loss rose {val / vals[-1] - 1:.1%} in one epoch "
+                       f"({vals[-1]:.4f} -> {val:.4f}), more than 5%: watch for overfitting")
         vals.append(val)
         if val < best:
             best, best_epoch, since_best = val, epoch, 0
@@ -68,8 +68,7 @@ def recorded_epochs(epochs: int, overfit_from: int | None = None) -> list:
         else:
             kind, reason = "healthy", f"train and val loss both falling (val {vals[-3]:.2f} -> {val:.2f})"
         remedy = {"healthy": "keep training",
-                  "overfitting": "get more data, add regularization (dropout, weight decay), "
-                                 "rely on early stopping"}[kind]
+                  "overfitting": "more data or regularization (dropout, weight decay); early stopping"}[kind]
         events.append(EpochEvent(epoch, EPOCHS, train, val, ACCUM, MICRO_BATCH * ACCUM,
                                  epoch * STEPS_PER_EPOCH * TOKENS_PER_STEP, 48.0, kind, reason, remedy, warning,
                                  best, best_epoch, since_best, 21_400.0))

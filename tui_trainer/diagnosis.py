@@ -32,9 +32,9 @@ from .config import DiagnosisConfig
 
 REMEDIES = {
     "healthy": "keep training",
-    "underfitting": "use a larger model, train longer, or raise the learning rate",
-    "overfitting": "get more data, add regularization (dropout, weight decay), rely on early stopping",
-    "unstable": "lower the learning rate (and check gradient clipping)",
+    "underfitting": "a larger model, more epochs, or a higher learning rate",
+    "overfitting": "more data or regularization (dropout, weight decay); early stopping",
+    "unstable": "lower the learning rate; check gradient clipping",
 }
 
 MIN_STEPS_FOR_MEDIAN = 5
@@ -64,8 +64,8 @@ def val_rise_warning(val_losses: Sequence[float], threshold: float = 0.05) -> st
     # Rounded so that a rise of exactly 5% is not pushed over by float noise.
     rise = round((current - previous) / previous, 9)
     if rise > threshold:
-        return (f"val loss rose {rise:.1%} over the previous epoch ({previous:.4f} -> {current:.4f}), "
-                f"more than {threshold:.0%}: a sign of overfitting")
+        return (f"val loss rose {rise:.1%} in one epoch ({previous:.4f} -> {current:.4f}), "
+                f"more than {threshold:.0%}: watch for overfitting")
     return None
 
 

@@ -22,8 +22,9 @@ class EarlyStopping:
             return True, False, ""
         self.epochs_without_improvement += 1
         if self.patience and self.epochs_without_improvement >= self.patience:
-            return False, True, (f"val loss has not improved by more than {self.min_delta:g} for "
-                                 f"{self.epochs_without_improvement} epochs (best {self.best:.4f} at epoch {self.best_epoch})")
+            by = f" by more than {self.min_delta:g}" if self.min_delta else ""
+            return False, True, (f"val loss has not improved{by} for {self.epochs_without_improvement} epochs "
+                                 f"(best {self.best:.4f} at epoch {self.best_epoch})")
         return False, False, ""
 
     def state_dict(self) -> dict:

@@ -188,8 +188,15 @@ class Trainer:
         self.val_set = WindowDataset(self.corpus.val_tokens, cfg.model.block_size, self.device)
         self.early_stopping = EarlyStopping(cfg.train.patience, cfg.train.min_delta)
         self.state = LoopState(accum=cfg.train.accum)
+        self._resume_accum: int | None = None  # --accum given with --resume: a change at the next epoch boundary
         if resume_state is not None:
             self._load_resume_state(resume_state)
+            accum = (overrides or {}).get("train.accum")
+            if accum is not None and accum != self.state.accum:
+                self._resume_accum = accum
+                when = "now (the run resumes at an epoch boundary)" if self.state.example_cursor == 0 else \
+                    f"at the start of epoch {self.state.epoch + 1}"
+                self.notes.append(f"--accum {accum} replaces accum {self.state.accum} {when}")
         else:
             self._write_config()
         self.metrics = MetricsWriter(self.run_dir)
@@ -219,8 +226,10 @@ class Trainer:
         for key, value in overrides.items():
             section, name = key.split(".")
             old = getattr(getattr(saved, section), name)
-            if key == "data.path":
-                continue  # checked by content hash once the data is loaded
+            if key == "train.accum" and not 1 <= value <= 1024:
+                raise UserError(f"--accum must be between 1 and 1024, got {value}", "use e.g. --accum 8")
+            if key in ("data.path", "train.accum"):
+                continue  # the data is checked by content hash once loaded; --accum becomes a pending change
             if value == old:
                 continue
             if key not in safe:
@@ -318,6 +327,12 @@ class Trainer:
         limit = self.cfg.data.limit_train_batches
         return min(n, limit * self.cfg.train.micro_batch) if limit else n
 
+    def val_examples(self) -> int:
+        """Examples one validation pass reads (``--limit-val-batches`` caps it)."""
+        n = len(self.val_set)
+        limit = self.cfg.data.limit_val_batches
+        return min(n, limit * self.cfg.train.micro_batch) if limit else n
+
     def planned_tokens(self) -> int:
         return self.cfg.train.epochs * self.examples_per_epoch() * self.cfg.model.block_size
 
@@ -378,15 +393,18 @@ class Trainer:
             elif isinstance(command, SaveCheckpoint):
                 self._save_requested = True
 
-    def _request_accum(self, accum: int) -> None:
+    def _request_accum(self, accum: int, at_this_boundary: bool = False) -> None:
+        """A change of accumulation steps for the next epoch; with ``at_this_boundary`` (a resume
+        at the start of an epoch) for the epoch about to start."""
         accum = max(1, min(1024, accum))
         current = self.state.accum
         target = None if accum == current else accum
         if target == self.state.pending_accum:
             return
+        epoch = self.state.epoch if at_this_boundary else self.state.epoch + 1
         self.state.pending_accum = target
-        self.state.pending_accum_epoch = None if target is None else self.state.epoch + 1
-        self.sink.emit(AccumChangeRequested(current, accum, self.state.epoch, self.state.step, self.state.epoch + 1))
+        self.state.pending_accum_epoch = None if target is None else epoch
+        self.sink.emit(AccumChangeRequested(current, accum, self.state.epoch, self.state.step, epoch))
 
     def _between_micro_steps(self, paused_seconds: list[float]) -> bool:
         """Called after every micro-step: commands, pause, stop. False = abandon the window."""
@@ -441,8 +459,11 @@ class Trainer:
             raise UserError(f"this run already finished {cfg.train.epochs} epochs", "pass a larger --epochs to train longer")
         self.sink.emit(RunStarted(
             str(self.run_dir), str(self.device), self.threads, self.model.num_parameters(), self.corpus.vocab.size,
-            self.examples_per_epoch(), len(self.val_set), cfg.train.epochs, cfg.train.micro_batch, st.accum, 1,
+            self.examples_per_epoch(), self.val_examples(), cfg.train.epochs, cfg.train.micro_batch, st.accum, 1,
             cfg.model.block_size, self.planned_tokens(), st.step, st.epoch, st.tokens_seen, tuple(self.notes)))
+        if self._resume_accum is not None:
+            self._request_accum(self._resume_accum, at_this_boundary=st.example_cursor == 0)
+            self._resume_accum = None
         self.model.train()
         while st.epoch <= cfg.train.epochs:
             if (st.example_cursor == 0 and st.pending_accum is not None

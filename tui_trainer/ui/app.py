@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -64,7 +65,7 @@ class TrainerApp(App[None]):
         Binding("s", "save", "save"),
         Binding("m", "smoothing", "smooth", show=False),
         Binding("question_mark", "help", "help", key_display="?"),
-        Binding("ctrl+c", "stop", "stop", show=False, priority=True),
+        Binding("ctrl+c", "interrupt", "interrupt", show=False, priority=True),
     ]
 
     def __init__(self, trainer: Any | None = None, sink: AppSink | None = None, *,
@@ -113,8 +114,7 @@ class TrainerApp(App[None]):
         self.stats = main.query_one(StatsPanel)
         self.panels = [main.query_one(kind) for kind in (StatusBar, ProgressPanel, BatchPanel, DiagnosisBanner,
                                                           ErrorPanel, EpochTable)]
-        for selector, title in (("#progress", "progress"), ("#stats", "stats"), ("#plot", "loss"),
-                                ("#epochs", "epochs")):
+        for selector, title in (("#progress", "progress"), ("#stats", "stats"), ("#epochs", "epochs")):
             main.query_one(selector).border_title = title
         self._apply_size_classes(self.size.width, self.size.height)
         self.set_interval(1 / DRAIN_HZ, self.drain)
@@ -309,8 +309,8 @@ class TrainerApp(App[None]):
     def _change_accum(self, double: bool) -> None:
         wanted = self.view.request_accum(double)
         if wanted is None:
-            limit = "1024" if double else "1"
-            self.notify(f"accumulation is already {limit}" if self.view.target_accum in (1, 1024)
+            limit = "1024 is the most" if double else "1 is the least"
+            self.notify(f"accum {limit} it can be" if self.view.target_accum in (1, 1024)
                         else "the run is over", timeout=2)
             return
         self.control.set_accum(wanted)
@@ -326,6 +326,12 @@ class TrainerApp(App[None]):
         self.control.save()
         self.notify("saving a checkpoint after this step…", timeout=2)
 
+    def action_interrupt(self) -> None:
+        """Ctrl-C: the terminal is in raw mode, so it arrives as a key, not as SIGINT. It does what
+        SIGINT does (the same stop as q, then exit code 130), so `tui-trainer && next` does not go
+        on after a Ctrl-C; a second one leaves at once."""
+        self.action_stop(signal.SIGINT)
+
     def action_smoothing(self) -> None:
         self.plot.toggle_smoothing(self.view)
 
@@ -333,14 +339,14 @@ class TrainerApp(App[None]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
-    def action_stop(self) -> None:
+    def action_stop(self, signal_number: int | None = None) -> None:
         """First q: stop cleanly and leave once saved. Second q, or a finished run: leave now."""
         if self.view.ended or not self.engine_running or self.exit_when_ended:
             self.exit()
             return
         self.exit_when_ended = True
         self.view.request_stop()
-        self.control.stop("interrupted")
+        self.control.stop("interrupted", signal_number)
         self.refresh_panels()
         self.notify("stopping: finishing the micro-step and saving (q again to leave at once)", timeout=4)
 

@@ -40,11 +40,11 @@ def short(value: float | None) -> str:
 
 
 def size(n_bytes: float | None) -> str:
-    """1.2 GB, 329 MB, 12.5 MB: three significant figures at most."""
+    """1.2 GB, 329 MB, 12.5 MB: three significant figures at most (1,010 MB is 1.0 GB)."""
     if n_bytes is None:
         return "—"
     for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n_bytes) < 1024 or unit == "TB":
+        if abs(n_bytes) < 1000 or unit == "TB":
             return f"{n_bytes:.0f} {unit}" if abs(n_bytes) >= 100 or unit == "B" else f"{n_bytes:.1f} {unit}"
         n_bytes /= 1024
     return f"{n_bytes:.0f} TB"

@@ -58,7 +58,5 @@ class BatchPanel(Panel):
             text.append(f"accum {view.accum} -> {target} at next epoch", pending)
             effective = view.micro_batch * target * view.processes
             text.append(f" (= {effective:,} sequences)", dim)
-            if view.requested_accum is not None:
-                text.append(" · sent", dim)
-            elif view.epoch >= view.epochs:
+            if view.requested_accum is None and view.epoch >= view.epochs:
                 text.append(" · this is the last epoch", dim)

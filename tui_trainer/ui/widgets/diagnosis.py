@@ -9,6 +9,10 @@ from ..view import RunView
 from .base import Panel
 
 KINDS = ("healthy", "underfitting", "overfitting", "unstable")
+# The remedy line's room at 80 columns (the banner's border and padding take 4): the best-val note
+# joins it only when both fit, so the banner stays at 2-3 rows on a small terminal. (The overfitting
+# reason cites the best epoch itself.)
+LINE_BUDGET = 76
 
 
 class DiagnosisBanner(Panel):
@@ -43,13 +47,12 @@ class DiagnosisBanner(Panel):
             if view.diagnosis_reason:
                 text.append(f"  {view.diagnosis_reason}")
             text.append("\n")
+            remedy = f"remedy: {view.remedy or '—'}"
             text.append("remedy: ", dim)
             text.append(view.remedy or "—")
-            if view.best_epoch is not None:
-                text.append(f"   best val {fmt.loss(view.best_val_loss)} @ epoch {view.best_epoch}", dim)
-                if view.epochs_without_improvement:
-                    n = view.epochs_without_improvement
-                    text.append(f", {fmt.plural(n, 'epoch')} without improvement", dim)
+            best = self.best_note(view)
+            if best and len(remedy) + 3 + len(best) <= LINE_BUDGET:
+                text.append(f"   {best}", dim)
         if view.val_rise_warning:
             text.append("\n")
             text.append("▲ ", self.get_component_rich_style("diagnosis--warning"))
@@ -61,11 +64,21 @@ class DiagnosisBanner(Panel):
         return text
 
     @staticmethod
+    def best_note(view: RunView) -> str:
+        if view.best_epoch is None or view.end_reason == "early_stop":  # the ending line says it then
+            return ""
+        note = f"best val {fmt.loss(view.best_val_loss)} @ epoch {view.best_epoch}"
+        if view.epochs_without_improvement:
+            note += f", {view.epochs_without_improvement} since"
+        return note
+
+    @staticmethod
     def ending(view: RunView) -> str:
         if view.end_reason == "completed":
             return f"■ finished {'the' if view.epochs == 1 else 'all'} {fmt.plural(view.epochs, 'epoch')} — press q to quit"
         if view.end_reason == "early_stop":
-            return f"■ early stopping: {view.end_message} — best weights kept; press q to quit"
+            return (f"■ early stop: best weights (epoch {view.best_epoch}, val {fmt.loss(view.best_val_loss)}) "
+                    f"kept — press q to quit")
         if view.end_reason == "interrupted":
             return f"■ {view.end_message or 'stopped'} — checkpoint saved"
         return ""  # errors get their own panel

@@ -14,9 +14,17 @@ from textual_plotext import PlotextPlot
 from ..view import RunView
 
 EMA_BETA = 0.9  # smoothing of the step loss (bias-corrected, like TensorBoard's slider at 0.9)
-LEGEND_MIN_ROWS = 10
 WARMUP_FRACTION = 0.1  # the first 10% of steps never set the top of the y-axis
 PLOT_COLORS = {"raw": "gray", "smooth": "cyan+", "train": "blue+", "val": "orange+", "epoch": "gray"}
+# The same 16 ANSI colours in Textual markup (plotext's "orange+" is ANSI 11, bright yellow), for the
+# legend in the panel's title: inside the chart it would cover the early steps, where the loss is high.
+LEGEND_COLORS = {"smooth": "ansi_bright_cyan", "train": "ansi_bright_blue", "val": "ansi_bright_yellow"}
+
+
+def legend(smooth: bool) -> str:
+    step = "train/step EMA" if smooth else "train/step"
+    return (f"loss  [{LEGEND_COLORS['smooth']}]━[/] {step}  [{LEGEND_COLORS['train']}]●[/] train/epoch  "
+            f"[{LEGEND_COLORS['val']}]●[/] val/epoch")
 
 
 def y_range(values_after_warmup: list[float], all_values: list[float]) -> tuple[float, float] | None:
@@ -33,6 +41,26 @@ def y_range(values_after_warmup: list[float], all_values: list[float]) -> tuple[
         low, high = middle - min_span / 2, middle + min_span / 2
     pad = (high - low) * 0.08
     return low - pad, high + pad
+
+
+def nice_ticks(low: float, high: float, count: int) -> list[float]:
+    """About ``count`` round values in [low, high], 1, 2, 2.5 or 5 times a power of ten apart."""
+    if not high > low:
+        return [low]
+    raw = (high - low) / max(1, count)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    spacing = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / spacing - 1e-9)
+    return [round(k * spacing, 10) for k in range(first, math.floor(high / spacing + 1e-9) + 1)]
+
+
+def tick_labels(ticks: list[float]) -> list[str]:
+    """As few decimals as tell the ticks apart: 1.5 2 2.5 -> 1.5 2.0 2.5."""
+    for decimals in range(0, 6):
+        labels = [f"{t:.{decimals}f}" for t in ticks]
+        if len(set(labels)) == len(labels) and all(abs(float(l) - t) < 1e-9 for l, t in zip(labels, ticks)):
+            return labels
+    return [f"{t:.3g}" for t in ticks]
 
 
 def integer_ticks(low: int, high: int, count: int) -> list[int]:
@@ -89,8 +117,8 @@ class LossPlot(PlotextPlot):
         late_index = [i for i, x in enumerate(x_shown) if x >= cut]
         primary = ema_shown if self.smooth else raw_shown
         raw_late = sorted(raw_shown[i] for i in late_index)
-        late = [primary[i] for i in late_index] + [v for p in epochs if p.step >= cut
-                                                   for v in (p.train_loss, p.val_loss)]
+        # Every epoch point stays on the chart, the first one too: they are means, not noise.
+        late = [primary[i] for i in late_index] + [v for p in epochs for v in (p.train_loss, p.val_loss)]
         everything = list(primary) + [v for p in epochs for v in (p.train_loss, p.val_loss)]
         if raw_late:  # the raw cloud, less its 2% extremes on either side
             late.append(raw_late[int(0.98 * (len(raw_late) - 1))])
@@ -104,6 +132,7 @@ class LossPlot(PlotextPlot):
         if key == self._drawn:
             return False
         self._drawn = key
+        self.border_title = legend(self.smooth)
         plt = self.plt
         plt.clear_figure()
         if self.show_axis_label:
@@ -117,29 +146,29 @@ class LossPlot(PlotextPlot):
         if stride > 1 and xs:  # always end at the newest step
             x_shown, raw_shown, ema_shown = x_shown + [xs[-1]], raw_shown + [losses[-1]], ema_shown + [self._ema[-1]]
         epochs = view.epoch_points
-        legend = self.size.height >= LEGEND_MIN_ROWS  # on a short chart the legend would hide the data
         limits = self._limits(x_shown, raw_shown, ema_shown, epochs, xs)
         for p in epochs:
             plt.vline(p.step, color=PLOT_COLORS["epoch"])
         if x_shown:
             if self.smooth:
                 plt.scatter(x_shown, raw_shown, marker="braille", color=PLOT_COLORS["raw"])  # a dim cloud
-                plt.plot(x_shown, ema_shown, marker="braille", color=PLOT_COLORS["smooth"],
-                         label="train/step (EMA)" if legend else None)
+                plt.plot(x_shown, ema_shown, marker="braille", color=PLOT_COLORS["smooth"])
             else:
-                plt.plot(x_shown, raw_shown, marker="braille", color=PLOT_COLORS["smooth"], label="train/step" if legend else None)
+                plt.plot(x_shown, raw_shown, marker="braille", color=PLOT_COLORS["smooth"])
         finite_epochs = [p for p in epochs if math.isfinite(p.train_loss) and math.isfinite(p.val_loss)]
         if finite_epochs:
             ex = [p.step for p in finite_epochs]
             for name, ys in (("train", [p.train_loss for p in finite_epochs]),
                              ("val", [p.val_loss for p in finite_epochs])):
-                label = f"{name}/epoch" if legend else None
                 if len(ex) > 1:
-                    plt.plot(ex, ys, marker="braille", color=PLOT_COLORS[name], label=label)
+                    plt.plot(ex, ys, marker="braille", color=PLOT_COLORS[name])
                 # The epoch values themselves: a dot per epoch on top of the line.
-                plt.scatter(ex, ys, marker="●", color=PLOT_COLORS[name], label=None if len(ex) > 1 else label)
+                plt.scatter(ex, ys, marker="●", color=PLOT_COLORS[name])
         if limits is not None:
             plt.ylim(*limits)
+            # Round values (1.5 2.0 2.5), about one every other row, instead of plotext's 1.69 2.09 2.48.
+            ticks = nice_ticks(*limits, max(2, (self.size.height - 3) // 2))
+            plt.yticks(ticks, tick_labels(ticks))
         if xs:
             low, high = min(xs[0], 1), max(xs[-1], 2)
             plt.xlim(low, high)

@@ -1,0 +1,37 @@
+"""The loss chart's choices: which y-range, which ticks, which legend."""
+
+from __future__ import annotations
+
+import math
+
+from tui_trainer.ui.view import EpochPoint
+from tui_trainer.ui.widgets.loss_plot import LossPlot, legend, nice_ticks, tick_labels
+
+
+def falling_run(steps: int = 100) -> tuple[list[int], list[float]]:
+    xs = list(range(1, steps + 1))
+    return xs, [1.5 + 3.0 * math.exp(-x / 4) for x in xs]
+
+
+def test_the_first_steps_do_not_set_the_top_but_every_epoch_point_is_shown():
+    xs, losses = falling_run()
+    early_epoch = EpochPoint(1, 5, 3.0, 2.9)  # a short first epoch ends inside the first 10% of steps
+    late_epoch = EpochPoint(2, 100, 1.52, 1.6)
+    low, high = LossPlot()._limits(xs, losses, losses, [early_epoch, late_epoch], xs)
+    assert high >= 3.0 and low <= 1.5
+    assert high < losses[0]  # step 1's loss (3.84) is still off the top: it is not the interesting part
+    low, high = LossPlot()._limits(xs, losses, losses, [late_epoch], xs)
+    assert high < 2.0  # without an early epoch point the range follows the later steps
+
+
+def test_y_ticks_are_round_numbers_inside_the_range():
+    ticks = nice_ticks(1.31, 3.68, 5)
+    assert ticks == [1.5, 2.0, 2.5, 3.0, 3.5]
+    assert tick_labels(ticks) == ["1.5", "2.0", "2.5", "3.0", "3.5"]
+    assert tick_labels(nice_ticks(0.0123, 0.0189, 3)) == ["0.0125", "0.0150", "0.0175"]
+    assert nice_ticks(2.0, 2.0, 4) == [2.0]
+
+
+def test_legend_names_the_step_line_it_draws():
+    assert "train/step EMA" in legend(smooth=True) and "val/epoch" in legend(smooth=True)
+    assert "EMA" not in legend(smooth=False)
