@@ -85,6 +85,7 @@ class LossPlot(PlotextPlot):
         self._rendered: tuple | None = None  # (key, the Text plotext built)
         self.points_drawn = 0  # what the last redraw put on the chart (tests and benchmarks read it)
         self.show_axis_label = True  # off on short terminals, where every row counts
+        self.border_title = legend(self.smooth)
 
     def _extend_ema(self, losses: list[float]) -> None:
         n, ema = self._ema_state
@@ -132,7 +133,7 @@ class LossPlot(PlotextPlot):
         if key == self._drawn:
             return False
         self._drawn = key
-        self.border_title = legend(self.smooth)
+        self.border_title = legend(self.smooth)  # the step line's name follows the smoothing
         plt = self.plt
         plt.clear_figure()
         if self.show_axis_label:
