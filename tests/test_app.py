@@ -186,35 +186,26 @@ async def test_s_saves_a_checkpoint_now(small_corpus, tmp_path, apps):
         assert latest.exists() and app.view.last_checkpoint_step == 1  # right after the step in progress
 
 
-async def test_q_stops_cleanly_saves_writes_end_record_and_exits(small_corpus, tmp_path, apps):
+@pytest.mark.parametrize("key, exit_signal, code", [("q", None, 0), ("ctrl+c", signal.SIGINT, 130)])
+async def test_q_or_ctrl_c_stops_cleanly_saves_writes_end_record_and_exits(key, exit_signal, code, small_corpus,
+                                                                             tmp_path, apps):
+    # The app holds the terminal in raw mode: Ctrl-C comes as a key, not as SIGINT; it does what
+    # SIGINT does, exit code 130 included.
     app = make_app(small_corpus, tmp_path / "run", epochs=20)
     apps.append(app)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.view.step >= 3, what="a few steps")
-        send_key(app, "q")
+        send_key(app, key)
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit by itself")
     end = app.finish(timeout=0)
-    assert end is not None and end.reason == "interrupted"
+    assert end is not None and end.reason == "interrupted" and end.exit_signal == exit_signal
+    assert exit_code_for(end) == code
     records = read_metrics(tmp_path / "run")
     assert records[-1]["type"] == "end" and records[-1]["reason"] == "interrupted"
+    assert records[-1]["exit_signal"] == exit_signal
     assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
     assert not app.engine_running
     assert app.summary_line().startswith("tui-trainer: stopped ")  # what the terminal keeps
-
-
-async def test_ctrl_c_in_the_app_stops_like_sigint_and_exits_130(small_corpus, tmp_path, apps):
-    # The app holds the terminal in raw mode: Ctrl-C comes as a key, not as SIGINT.
-    app = make_app(small_corpus, tmp_path / "run", epochs=20)
-    apps.append(app)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.view.step >= 2, what="a couple of steps")
-        send_key(app, "ctrl+c")
-        await wait_for(pilot, lambda: not app.is_running, what="the app to exit by itself")
-    end = app.finish(timeout=0)
-    assert end.reason == "interrupted" and end.exit_signal == signal.SIGINT
-    assert exit_code_for(end) == 130
-    assert read_metrics(tmp_path / "run")[-1]["exit_signal"] == signal.SIGINT
-    assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
 
 
 async def test_second_q_while_stopping_exits_at_once(small_corpus, tmp_path, apps):
