@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import tiny_config, with_limits
 from tui_trainer.engine import Trainer
@@ -15,6 +16,7 @@ from tui_trainer.errors import UserError
 from tui_trainer.events import (AccumChangeApplied, CheckpointSaved, EpochEvent, ListSink, MicroStep, RunEnded,
                                 RunStarted, StepEvent)
 from tui_trainer.metrics import read_metrics
+from tui_trainer.ui.view import RunView
 
 # 20 micro-batches of 4 with accum 3: 6 full windows and a remainder window of 2 micro-batches.
 TRAIN_BATCHES = 20
@@ -204,6 +206,21 @@ def test_accum_given_with_resume_applies_at_the_next_epoch_boundary(stop_at, ref
     assert records(run_dir, "epoch", EPOCH_KEYS) == expected_epochs
     with pytest.raises(UserError, match="--accum must be between 1 and 1024"):
         Trainer(resume_config(corpus, tmp_path / "x"), ListSink(), resume=run_dir, overrides={"train.accum": 0})
+
+
+def test_a_resumed_run_goes_on_counting_its_elapsed_time(reference, tmp_path):
+    corpus, _ = reference
+    run_dir = tmp_path / "run"
+    first, _ = run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", 3)))
+    saved = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["loop"]["elapsed_seconds"]
+    assert 0 < saved <= first.elapsed_seconds()
+    sink = Script(stop_at=("step", 5))
+    second, _ = run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir)
+    assert sink.of(RunStarted)[0].elapsed_before == saved
+    view = RunView()
+    view.apply(sink.of(RunStarted)[0], now=100.0)
+    assert view.elapsed(now=102.5) == pytest.approx(saved + 2.5)
+    assert second.elapsed_seconds() > saved
 
 
 def test_resume_refuses_a_data_file_with_other_contents(reference, tmp_path):

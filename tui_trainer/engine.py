@@ -125,6 +125,7 @@ class LoopState:
     bad_steps_in_row: int = 0
     bad_steps_total: int = 0
     finished: str | None = None  # end reason once the run is over
+    elapsed_seconds: float = 0.0  # wall time of the run at its last save, earlier sessions included
 
 
 # -- the trainer --------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class Trainer:
         self.sink = FanOut(self.metrics, sink)
         self._paused = False
         self._save_requested = False
-        self._last_save_time = time.monotonic()
+        self._last_save_time = self._session_started = time.monotonic()
         # (epoch, cursor, step) of the `latest` checkpoint on disk, if any
         self._latest_saved = (self.state.epoch, self.state.example_cursor, self.state.step) if resume_state else None
         self._save_error = ""
@@ -357,13 +358,17 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "early_stopping": self.early_stopping.state_dict(),
-            "loop": asdict(self.state),
+            "loop": {**asdict(self.state), "elapsed_seconds": self.elapsed_seconds()},
             "rng": rng if rng is not None else capture_rng(self.device),
             "config": self.cfg.to_dict(),
             "vocab": list(self.corpus.vocab.chars),
             "data_sha256": self.corpus.sha256,
             "data_path": self.corpus.path,
         }
+
+    def elapsed_seconds(self) -> float:
+        """Wall time of the whole run so far: the earlier sessions (from the checkpoint) and this one."""
+        return self.state.elapsed_seconds + time.monotonic() - self._session_started
 
     def save(self, kind: str, rng: dict[str, Any] | None = None) -> bool:
         path = ckpt.checkpoint_path(self.run_dir, kind)
@@ -455,12 +460,14 @@ class Trainer:
 
     def _run(self) -> RunEnded:
         cfg, st = self.cfg, self.state
+        self._session_started = time.monotonic()
         if st.epoch > cfg.train.epochs:
             raise UserError(f"this run already finished {cfg.train.epochs} epochs", "pass a larger --epochs to train longer")
         self.sink.emit(RunStarted(
             str(self.run_dir), str(self.device), self.threads, self.model.num_parameters(), self.corpus.vocab.size,
             self.examples_per_epoch(), self.val_examples(), cfg.train.epochs, cfg.train.micro_batch, st.accum, 1,
-            cfg.model.block_size, self.planned_tokens(), st.step, st.epoch, st.tokens_seen, tuple(self.notes)))
+            cfg.model.block_size, self.planned_tokens(), st.step, st.epoch, st.tokens_seen, tuple(self.notes),
+            st.elapsed_seconds))
         if self._resume_accum is not None:
             self._request_accum(self._resume_accum, at_this_boundary=st.example_cursor == 0)
             self._resume_accum = None

@@ -29,6 +29,7 @@ class RunStarted:
     start_epoch: int = 1
     tokens_seen: int = 0
     notes: tuple[str, ...] = ()
+    elapsed_before: float = 0.0  # wall time of the run's earlier sessions (a resumed run goes on counting)
 
 
 @dataclass(frozen=True)

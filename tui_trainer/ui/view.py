@@ -89,6 +89,7 @@ class RunView:
     checkpoint_error: str | None = None
     # -- time (UI clock, seconds) ------------------------------------------------------------
     started_at: float | None = None
+    elapsed_before: float = 0.0  # a resumed run's earlier sessions
     ended_at: float | None = None
     paused_since: float | None = None
     paused_total: float = 0.0
@@ -110,7 +111,7 @@ class RunView:
         self.tokens_seen = self.tokens_at_start = e.tokens_seen
         self.resumed_from_step = self.step = e.resumed_from_step
         self.epoch, self.notes = e.start_epoch, tuple(e.notes)
-        self.started_at = now
+        self.started_at, self.elapsed_before = now, e.elapsed_before
 
     def _on_MicroStep(self, e, now: float) -> None:
         if e.step <= self.step:
@@ -244,14 +245,19 @@ class RunView:
         seconds = sum(s for _, s in self._throughput)
         return tokens / seconds if seconds > 0 else None
 
-    def elapsed(self, now: float) -> float:
+    def session_elapsed(self, now: float) -> float:
         if self.started_at is None:
             return 0.0
         return (self.ended_at if self.ended_at is not None else now) - self.started_at
 
+    def elapsed(self, now: float) -> float:
+        """The run's wall time, a resumed run's earlier sessions included."""
+        return self.elapsed_before + self.session_elapsed(now)
+
     def active_seconds(self, now: float) -> float:
+        """This session's time, pauses left out (the ETA's pace is this session's)."""
         paused = self.paused_total + (now - self.paused_since if self.paused_since is not None else 0.0)
-        return max(0.0, self.elapsed(now) - paused)
+        return max(0.0, self.session_elapsed(now) - paused)
 
     def eta(self, now: float) -> float | None:
         """Seconds left at the pace so far (validation and saves included, pauses not)."""
