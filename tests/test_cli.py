@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CORPUS
 from tui_trainer.cli import main
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
@@ -91,7 +92,10 @@ BAD_INPUTS = {
     "not a number": (lambda t: ["--lr", "fast"], "--lr"),
     "unknown flag": (lambda t: ["--acum", "4"], "--acum"),
     "resume missing dir": (lambda t: ["--resume", str(t / "none")], "--resume"),
-    "micro-batch beyond memory": (lambda t: ["--micro-batch", "10000000"], "lower --micro-batch and raise --accum"),
+    "micro-batch beyond memory": (lambda t: ["--data", str(CORPUS), "--micro-batch", "100000", "--block-size", "1024",
+                                             "--n-layer", "4", "--n-embd", "64", "--n-head", "8", "--dropout", "0.1"],
+                                  "lower --micro-batch and raise --accum"),
+    "model beyond memory": (lambda t: ["--n-layer", "4", "--n-embd", "16384"], "use a smaller model"),
 }
 
 
@@ -145,7 +149,7 @@ def test_a_run_dir_whose_run_never_took_a_step_is_started_again(small_corpus, tm
     (run_dir / "metrics.jsonl").write_text("")
     assert main(["--no-ui", "--resume", str(run_dir)]) == 2
     err = capsys.readouterr().err
-    assert "has no checkpoint" in err and f"--run-dir {run_dir} --overwrite" in err
+    assert "has no checkpoint" in err and err.rstrip().endswith(f"start it again with --run-dir {run_dir}")
     assert main(["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--epochs", "1", *TINY]) == 0
     assert "never took a step: starting it again" in capsys.readouterr().out
     assert (run_dir / "checkpoints" / "latest.pt").is_file()
@@ -163,6 +167,26 @@ def test_a_run_dir_with_steps_but_no_checkpoint_needs_overwrite(small_corpus, tm
     assert main(["--no-ui", "--resume", str(run_dir)]) == 2
     assert "has no checkpoint" in capsys.readouterr().err
     assert main([*base, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("leftover", ["best.pt only", "blank metrics"])
+def test_what_is_not_a_resumable_run_is_still_not_thrown_away(leftover, small_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    base = ["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--epochs", "1", *TINY]
+    assert main(base) == 0
+    if leftover == "best.pt only":  # killed between an epoch's two saves
+        (run_dir / "checkpoints" / "latest.pt").unlink()
+        (run_dir / "metrics.jsonl").write_text("")
+        kept = (run_dir / "checkpoints" / "best.pt").read_bytes()
+    else:
+        shutil.rmtree(run_dir / "checkpoints")
+        (run_dir / "metrics.jsonl").write_text("\n")
+    capsys.readouterr()
+    if leftover == "best.pt only":
+        assert main(base) == 2 and "--overwrite" in capsys.readouterr().err
+        assert (run_dir / "checkpoints" / "best.pt").read_bytes() == kept
+    else:  # a blank line is no step: the run never took one
+        assert main(base) == 0 and "never took a step" in capsys.readouterr().out
 
 
 def test_toml_config_is_read_and_flags_override_it(small_corpus, tmp_path, capsys):
@@ -187,14 +211,18 @@ def test_toml_config_is_read_and_flags_override_it(small_corpus, tmp_path, capsy
     ("optim", 'lr = "fast"', "must be a number"),
     ("train", "compile = 1", "true or false"),
     ("data", "val_split = true", "must be a number"),
+    ("optim", "beta1 = 1.5", "beta1 must be in [0, 1)"),
+    ("train", "min_delta = nan", "min_delta must be a finite number"),
+    ("diagnosis", "overfit_gap = nan", "overfit_gap must be a finite number"),
+    ("diagnosis", "overfit_gap = -1.0", "diagnosis thresholds are out of range"),
 ])
-def test_toml_value_of_the_wrong_type_is_one_line_and_exit_2(table, line, words, small_corpus, tmp_path, capsys):
+def test_toml_value_of_the_wrong_type_or_range_is_one_line_and_exit_2(table, line, words, small_corpus, tmp_path, capsys):
     config = tmp_path / "bad.toml"
     config.write_text(f"[{table}]\n{line}\n")
     run_dir = tmp_path / "run"
     assert main(["--no-ui", "--config", str(config), "--data", str(small_corpus), "--run-dir", str(run_dir)]) == 2
     err = capsys.readouterr().err
-    assert words in err and "e.g." in err and len(err.strip().splitlines()) == 1
+    assert words in err and " — " in err and len(err.strip().splitlines()) == 1
     assert not run_dir.exists()
 
 

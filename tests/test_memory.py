@@ -7,7 +7,7 @@ import torch
 
 from tui_trainer.config import ModelConfig, RunConfig, TrainConfig
 from tui_trainer.errors import UserError
-from tui_trainer.memory import attention_matrix_bytes, check_fits, parameter_count
+from tui_trainer.memory import attention_matrix_bytes, check_fits, parameter_count, training_bytes_floor
 from tui_trainer.model import GPT
 
 
@@ -50,3 +50,12 @@ def test_a_run_that_cannot_fit_is_refused_before_it_starts_and_a_normal_one_pass
     huge = RunConfig(model=model, train=TrainConfig(micro_batch=10_000_000))
     with pytest.raises(UserError, match="needs at least"):
         check_fits(huge, torch.device("cpu"))
+    # A micro-batch never holds more sequences than the training split has: this one runs as 500.
+    check_fits(huge, torch.device("cpu"), train_windows=500)
+
+
+def test_bf16_autocast_halves_the_activations_in_the_floor():
+    cfg = RunConfig(model=ModelConfig(vocab_size=65, dropout=0.0), train=TrainConfig(micro_batch=64))
+    state = 4 * parameter_count(cfg.model) * 4
+    fp32 = training_bytes_floor(cfg, "cuda") - state
+    assert training_bytes_floor(cfg, "cuda", autocast_bf16=True) - state == fp32 // 2

@@ -208,6 +208,32 @@ def test_accum_given_with_resume_applies_at_the_next_epoch_boundary(stop_at, ref
         Trainer(resume_config(corpus, tmp_path / "x"), ListSink(), resume=run_dir, overrides={"train.accum": 0})
 
 
+def test_accum_given_with_resume_equal_to_the_current_one_cancels_a_pending_change(reference, tmp_path):
+    corpus, get = reference
+    expected_steps, _ = get()  # no change at all
+    run_dir = tmp_path / "run"
+    run_trainer(resume_config(corpus, run_dir), Script(accum_at=(2, 2), stop_at=("step", 3)))  # 3 -> 2 pending
+    sink = Script()
+    run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir, overrides={"train.accum": 3})
+    assert "cancels the pending change to 2" in " ".join(sink.of(RunStarted)[0].notes)
+    assert sink.of(AccumChangeApplied) == []
+    assert records(run_dir, "step", STEP_KEYS) == expected_steps
+
+
+def test_accum_given_with_resume_at_an_epoch_start_moves_a_pending_change_to_now(reference, tmp_path):
+    """Stopped inside epoch 1's first window with 3 -> 5 pending for epoch 2: `--accum 5` makes it
+    apply at once, so the run equals one that had accum 5 from the start."""
+    corpus, get = reference
+    expected_steps, _ = get(accum=5)
+    run_dir = tmp_path / "run"
+    run_trainer(resume_config(corpus, run_dir), Script(accum_at_micro=(1, 1, 5), stop_at=("micro", 1, 2)))
+    sink = Script()
+    run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir, overrides={"train.accum": 5})
+    assert "replaces accum 3 now" in " ".join(sink.of(RunStarted)[0].notes)
+    assert [(a.old, a.new, a.epoch) for a in sink.of(AccumChangeApplied)] == [(3, 5, 1)]
+    assert records(run_dir, "step", STEP_KEYS) == expected_steps
+
+
 def test_a_resumed_run_goes_on_counting_its_elapsed_time(reference, tmp_path):
     corpus, _ = reference
     run_dir = tmp_path / "run"
@@ -221,6 +247,22 @@ def test_a_resumed_run_goes_on_counting_its_elapsed_time(reference, tmp_path):
     view.apply(sink.of(RunStarted)[0], now=100.0)
     assert view.elapsed(now=102.5) == pytest.approx(saved + 2.5)
     assert second.elapsed_seconds() > saved
+
+
+def test_a_format_1_checkpoint_still_resumes(reference, tmp_path):
+    corpus, get = reference
+    expected_steps, _ = get()
+    run_dir = tmp_path / "run"
+    run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", 3)))
+    path = run_dir / "checkpoints" / "latest.pt"
+    state = torch.load(path, weights_only=True)
+    state["format_version"] = 1
+    del state["loop"]["elapsed_seconds"]  # what version 1 did not have
+    torch.save(state, path)
+    sink = Script()
+    _, end = run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir)
+    assert end.reason == "completed" and sink.of(RunStarted)[0].elapsed_before == 0.0
+    assert records(run_dir, "step", STEP_KEYS) == expected_steps
 
 
 def test_resume_refuses_a_data_file_with_other_contents(reference, tmp_path):

@@ -24,7 +24,9 @@ import torch
 
 from .errors import UserError
 
-FORMAT_VERSION = 1
+# 1: the first format. 2: `loop.elapsed_seconds` (the run's wall time). Older versions still load
+# (a missing field takes its default); a newer one is refused with "upgrade tui-trainer".
+FORMAT_VERSION = 2
 CHECKPOINT_DIR = "checkpoints"
 # What the engine needs to resume; a checkpoint without one of these cannot be used.
 REQUIRED_KEYS = ("model", "optimizer", "early_stopping", "loop", "rng", "config", "vocab", "data_sha256")

@@ -153,6 +153,13 @@ def _positive(name: str, value: int | float | None, flag: str, allow_none: bool 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check everything that does not need the data; raise UserError with a fix."""
     m, d, o, t, g = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.diagnosis
+    for section in (m, d, o, t, g):
+        for f in fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                flag = f"--{f.name.replace('_', '-')}"
+                raise UserError(f"{f.name} must be a finite number, got {value}",
+                                f"give {flag} (or {f.name} in the config file) a real value")
     _positive("n_layer", m.n_layer, "--n-layer")
     _positive("n_head", m.n_head, "--n-head")
     _positive("n_embd", m.n_embd, "--n-embd")
@@ -175,6 +182,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UserError(f"--accum must be between 1 and 1024, got {t.accum}", "use e.g. --accum 8")
     if not (math.isfinite(o.lr) and o.lr > 0):
         raise UserError(f"--lr must be a positive number, got {o.lr}", "use e.g. --lr 1e-3")
+    for name, beta in (("beta1", o.beta1), ("beta2", o.beta2)):
+        if not 0.0 <= beta < 1.0:
+            raise UserError(f"{name} must be in [0, 1), got {beta}", f"use e.g. {name} = {0.9 if name == 'beta1' else 0.99}")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        raise UserError(f"min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}", "use e.g. min_lr_ratio = 0.1")
     if o.weight_decay < 0:
         raise UserError(f"--weight-decay must be 0 or more, got {o.weight_decay}", "use e.g. --weight-decay 0.1")
     if o.grad_clip < 0:
@@ -188,7 +200,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("threads", t.threads, "--threads", allow_none=True)
     _positive("checkpoint_every", t.checkpoint_every, "--checkpoint-every", allow_none=True)
     _positive("max_bad_steps", t.max_bad_steps, "--max-bad-steps")
-    if g.val_rise_warning < 0 or g.trend_epochs < 2 or g.spike_factor <= 1 or g.spike_window < 3:
+    if (g.val_rise_warning < 0 or g.trend_epochs < 2 or g.spike_factor <= 1 or g.spike_window < 3
+            or g.overfit_gap < 0 or g.underfit_ratio <= 0 or g.plateau_improvement < 0):
         raise UserError("diagnosis thresholds are out of range",
-                        "val_rise_warning >= 0, trend_epochs >= 2, spike_factor > 1, spike_window >= 3")
+                        "val_rise_warning >= 0, trend_epochs >= 2, spike_factor > 1, spike_window >= 3, "
+                        "overfit_gap >= 0, underfit_ratio > 0, plateau_improvement >= 0")
     return cfg

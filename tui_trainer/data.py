@@ -110,11 +110,16 @@ def load_corpus(cfg: DataConfig, block_size: int) -> Corpus:
     return Corpus(vocab, tokens[:n_train].clone(), tokens[n_train:].clone(), str(path.resolve()), digest)
 
 
+def window_count(n_tokens: int, block_size: int) -> int:
+    """Non-overlapping windows of ``block_size`` inputs (each needs one more token for its last target)."""
+    return (n_tokens - 1) // block_size
+
+
 class WindowDataset:
     """Non-overlapping windows over one token tensor, sliced without per-example Python."""
 
     def __init__(self, tokens: torch.Tensor, block_size: int, device: torch.device | str = "cpu") -> None:
-        n = (len(tokens) - 1) // block_size
+        n = window_count(len(tokens), block_size)
         if n < 1:
             raise ValueError("token tensor shorter than one window")
         tokens = tokens.to(device)

@@ -26,7 +26,8 @@ from . import checkpoint as ckpt
 from .accumulation import WindowAborted, accumulate_window
 from .config import RunConfig, validate
 from .control import Control, SaveCheckpoint, SetAccum, SetPaused, TogglePause
-from .data import Corpus, Vocabulary, WindowDataset, epoch_examples, load_corpus, plan_windows, val_batches
+from .data import (Corpus, Vocabulary, WindowDataset, epoch_examples, load_corpus, plan_windows, val_batches,
+                   window_count)
 from .diagnosis import Diagnosis, diagnose, step_verdict, val_rise_warning
 from .early_stopping import EarlyStopping
 from .errors import UserError
@@ -137,11 +138,17 @@ def run_dir_holds(run_dir: Path) -> str:
     if ckpt.checkpoint_path(run_dir).is_file():
         return "checkpoint"
     metrics = run_dir / METRICS_FILE
-    if metrics.is_file() and metrics.stat().st_size > 0:
-        return "steps"
+    saved = run_dir / ckpt.CHECKPOINT_DIR
+    if (metrics.is_file() and _has_records(metrics)) or (saved.is_dir() and any(saved.glob("*.pt"))):
+        return "steps"  # (a `best.pt` without `latest.pt`: killed between the two saves of an epoch's end)
     if any((run_dir / marker).exists() for marker in RUN_MARKERS):
         return "set-up"
     return ""
+
+
+def _has_records(metrics: Path) -> bool:
+    with metrics.open("rb") as handle:
+        return bool(handle.read(4096).strip())
 
 
 class Trainer:
@@ -156,9 +163,10 @@ class Trainer:
         self.notes: list[str] = []
         resume_state = None
         if resume is not None:
-            if run_dir_holds(Path(resume)) in ("steps", "set-up"):
+            held = run_dir_holds(Path(resume))
+            if held in ("steps", "set-up"):
                 raise UserError(f"run dir {resume} has no checkpoint: the run stopped before its first save",
-                                f"start it again with --run-dir {resume} --overwrite")
+                                f"start it again with --run-dir {resume}" + (" --overwrite" if held == "steps" else ""))
             resume_state = ckpt.load_checkpoint(ckpt.checkpoint_path(resume))
             cfg = self._merge_resume_config(resume_state, cfg, overrides or {}, Path(resume), self.notes)
             self._refuse_a_finished_run(resume_state, cfg)
@@ -171,14 +179,15 @@ class Trainer:
             raise UserError(f"the data file {self.corpus.path} differs from the one this run was trained on",
                             f"resume with --data {resume_state['data_path']} (same contents)")
         self.cfg = cfg = cfg.replace(model=replace(cfg.model, vocab_size=self.corpus.vocab.size))
-        check_fits(cfg, self.device)
+        self.autocast_dtype = (torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+                               else None)
+        check_fits(cfg, self.device, train_windows=window_count(len(self.corpus.train_tokens), cfg.model.block_size),
+                   autocast_bf16=self.autocast_dtype is not None)
         self.run_dir = self._prepare_run_dir(cfg, resume, overwrite)
 
         # Everything below follows validation: only now is the run dir written to.
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")
-        self.autocast_dtype = (torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-                               else None)
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(self.device)
@@ -192,12 +201,7 @@ class Trainer:
         self._resume_accum: int | None = None  # --accum given with --resume: a change at the next epoch boundary
         if resume_state is not None:
             self._load_resume_state(resume_state)
-            accum = (overrides or {}).get("train.accum")
-            if accum is not None and accum != self.state.accum:
-                self._resume_accum = accum
-                when = "now (the run resumes at an epoch boundary)" if self.state.example_cursor == 0 else \
-                    f"at the start of epoch {self.state.epoch + 1}"
-                self.notes.append(f"--accum {accum} replaces accum {self.state.accum} {when}")
+            self._resume_accum = self._accum_given_with_resume((overrides or {}).get("train.accum"))
         else:
             self._write_config()
         self.metrics = MetricsWriter(self.run_dir)
@@ -300,6 +304,29 @@ class Trainer:
         restore_rng(state["rng"], self.device)
         self._trim_metrics_after(self.state.step, len(self.state.val_history))
         self.notes.append(f"resumed at epoch {self.state.epoch}, step {self.state.step}")
+
+    def _accum_given_with_resume(self, accum: int | None) -> int | None:
+        """``--accum`` with ``--resume`` is a press of +/-: a change at the next epoch boundary (at
+        this one when the run stopped at the start of an epoch), or the cancelling of one pending."""
+        st = self.state
+        if accum is None:
+            return None
+        at_boundary = st.example_cursor == 0
+        epoch = st.epoch if at_boundary else st.epoch + 1
+        if accum == st.accum:
+            if st.pending_accum is None:
+                return None
+            self.notes.append(f"--accum {accum} cancels the pending change to {st.pending_accum}")
+        elif st.pending_accum == accum and (st.pending_accum_epoch or epoch) == epoch:
+            return None  # already pending, for that very boundary
+        elif at_boundary:
+            self.notes.append(f"--accum {accum} replaces accum {st.accum} now (the run resumes at an epoch boundary)")
+        elif st.epoch >= self.cfg.train.epochs:
+            self.notes.append(f"--accum {accum} would replace accum {st.accum} at the start of epoch {st.epoch + 1}, "
+                              f"but this is the last epoch (pass a larger --epochs to get there)")
+        else:
+            self.notes.append(f"--accum {accum} replaces accum {st.accum} at the start of epoch {st.epoch + 1}")
+        return accum
 
     def _trim_metrics_after(self, step: int, epochs_done: int) -> None:
         """Drop records a crash left beyond the checkpoint, so a resumed run never repeats a step."""
@@ -404,9 +431,9 @@ class Trainer:
         accum = max(1, min(1024, accum))
         current = self.state.accum
         target = None if accum == current else accum
-        if target == self.state.pending_accum:
-            return
         epoch = self.state.epoch if at_this_boundary else self.state.epoch + 1
+        if target == self.state.pending_accum and (target is None or (self.state.pending_accum_epoch or epoch) == epoch):
+            return
         self.state.pending_accum = target
         self.state.pending_accum_epoch = None if target is None else epoch
         self.sink.emit(AccumChangeRequested(current, accum, self.state.epoch, self.state.step, epoch))

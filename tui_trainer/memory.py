@@ -1,8 +1,9 @@
 """Will one micro-batch fit? A lower-bound estimate of training memory, checked before a run starts.
 
-The estimate is deliberately a floor (the measured peak is ~1.25x it on CPU, benchmarks/README.md),
-so refusing when even the floor exceeds the free memory never refuses a run that would have fit;
-it turns an OOM kill minutes in (exit 137, nothing saved) into one line that names the fix.
+The estimate is deliberately a floor (the measured peak on CPU is 1.2-3.2x it: benchmarks/memory.py
+prints the ratio), so refusing when even the floor exceeds the free memory never refuses a run that
+would have fit; it turns an OOM kill minutes in (exit 137, nothing saved) into one line that names
+the fix.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import torch
 from .config import ModelConfig, RunConfig
 from .errors import UserError
 
-BYTES_PER_FLOAT = 4  # the model and its activations are float32 (bf16 autocast only narrows them)
+BYTES_PER_FLOAT = 4  # the model, its state and (without autocast) its activations are float32
+BF16_BYTES = 2  # activations under bf16 autocast (CUDA): counted at 2 bytes so the floor stays a floor
 
 
 def parameter_count(m: ModelConfig) -> int:
@@ -32,21 +34,26 @@ def activation_estimate_bytes(n_layer: int, n_embd: int, vocab: int, tokens: int
     return tokens * per_token * bytes_per_float
 
 
-def attention_matrix_bytes(m: ModelConfig, micro_batch: int, device_type: str) -> int:
+def attention_matrix_bytes(m: ModelConfig, micro_batch: int, device_type: str,
+                           bytes_per_float: int = BYTES_PER_FLOAT) -> int:
     """Attention with dropout off the GPU takes the math path, which keeps the (T x T) scores, the
     softmax and the dropout mask of every head for backward (measured: 3 x B x H x T^2 floats per
     layer on CPU); the flash kernels used otherwise keep none of them."""
     if m.dropout == 0 or device_type == "cuda":
         return 0
-    return m.n_layer * 3 * micro_batch * m.n_head * m.block_size ** 2 * BYTES_PER_FLOAT
+    return m.n_layer * 3 * micro_batch * m.n_head * m.block_size ** 2 * bytes_per_float
 
 
-def training_bytes_floor(cfg: RunConfig, device_type: str) -> int:
-    """Weights, gradients, AdamW's two moments, and the activations of one micro-batch."""
-    m, micro_batch = cfg.model, cfg.train.micro_batch
+def training_bytes_floor(cfg: RunConfig, device_type: str, train_windows: int | None = None,
+                         autocast_bf16: bool = False) -> int:
+    """Weights, gradients, AdamW's two moments, and the activations of the largest micro-batch
+    (never more sequences than the training split holds: ``train_windows``)."""
+    m = cfg.model
+    micro_batch = min(cfg.train.micro_batch, train_windows) if train_windows else cfg.train.micro_batch
+    width = BF16_BYTES if autocast_bf16 else BYTES_PER_FLOAT
     state = 4 * parameter_count(m) * BYTES_PER_FLOAT
-    activations = activation_estimate_bytes(m.n_layer, m.n_embd, m.vocab_size, micro_batch * m.block_size)
-    return state + activations + attention_matrix_bytes(m, micro_batch, device_type)
+    activations = activation_estimate_bytes(m.n_layer, m.n_embd, m.vocab_size, micro_batch * m.block_size, width)
+    return state + activations + attention_matrix_bytes(m, micro_batch, device_type, width)
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -62,12 +69,20 @@ def _gib(n: int) -> str:
     return f"{n / 2 ** 30:,.1f} GiB"
 
 
-def check_fits(cfg: RunConfig, device: torch.device) -> None:
+def check_fits(cfg: RunConfig, device: torch.device, train_windows: int | None = None,
+               autocast_bf16: bool = False) -> None:
     """UserError when even the floor of the run's memory exceeds what is free."""
-    need, free = training_bytes_floor(cfg, device.type), free_bytes(device)
+    need, free = training_bytes_floor(cfg, device.type, train_windows, autocast_bf16), free_bytes(device)
     if free is None or need <= free:
         return
     m, t = cfg.model, cfg.train
+    state = 4 * parameter_count(m) * BYTES_PER_FLOAT
+    if state > free:
+        raise UserError(
+            f"this model ({parameter_count(m):,} parameters) needs at least {_gib(state)} for its weights, "
+            f"gradients and AdamW state, more than the {_gib(free)} free on {device.type}",
+            "use a smaller model (--n-layer, --n-embd)",
+        )
     raise UserError(
         f"a micro-batch of {t.micro_batch} x {m.block_size} tokens on this model needs at least {_gib(need)}, "
         f"more than the {_gib(free)} free on {device.type}",

@@ -44,7 +44,7 @@ def size(n_bytes: float | None) -> str:
     if n_bytes is None:
         return "—"
     for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n_bytes) < 1000 or unit == "TB":
+        if round(abs(n_bytes)) < 1000 or unit == "TB":  # 999.7 MB would print as "1000 MB"
             return f"{n_bytes:.0f} {unit}" if abs(n_bytes) >= 100 or unit == "B" else f"{n_bytes:.1f} {unit}"
         n_bytes /= 1024
     return f"{n_bytes:.0f} TB"

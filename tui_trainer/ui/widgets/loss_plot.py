@@ -44,10 +44,11 @@ def y_range(values_after_warmup: list[float], all_values: list[float]) -> tuple[
 
 
 def nice_ticks(low: float, high: float, count: int) -> list[float]:
-    """About ``count`` round values in [low, high], 1, 2, 2.5 or 5 times a power of ten apart."""
+    """About ``count`` (at least 2) round values in [low, high], 1, 2, 2.5 or 5 times a power of ten
+    apart. For finite bounds (``y_range`` gives only those)."""
     if not high > low:
         return [low]
-    raw = (high - low) / max(1, count)
+    raw = (high - low) / max(2, count)
     magnitude = 10 ** math.floor(math.log10(raw))
     spacing = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
     first = math.ceil(low / spacing - 1e-9)
