@@ -15,10 +15,10 @@ import torch
 
 from conftest import tiny_config, with_limits
 from tui_trainer import checkpoint as ckpt
-from tui_trainer.cli import main
+from tui_trainer.cli import exit_code_for, main
 from tui_trainer.engine import Trainer
 from tui_trainer.errors import UserError
-from tui_trainer.events import CheckpointFailed, CheckpointSaved, ListSink, MicroStep, RunEnded, StepEvent
+from tui_trainer.events import CheckpointFailed, CheckpointSaved, ListSink, MicroStep, Notice, RunEnded, StepEvent
 from tui_trainer.metrics import read_metrics
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
@@ -159,6 +159,37 @@ def test_stop_on_a_full_disk_says_the_save_failed_and_the_previous_checkpoint_st
     assert "could not be saved (No space left on device)" in end.message
     assert "previous checkpoint (step 2) is intact" in end.message
     assert ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))["loop"]["step"] == 2
+
+
+@pytest.mark.parametrize("face", ["headless", "app"])
+def test_a_run_whose_final_checkpoint_cannot_be_saved_does_not_end_as_a_success(face, small_corpus, mount_tmpfs):
+    """The disk fills after step 2's save and stays full to the end: headless, the run ends as an
+    error naming the step on disk (exit 1, not a quiet 0); in the app, the engine waits for `s`
+    and, once space is freed, the retry saves the final state and the run completes."""
+    disk = mount_tmpfs("4m")
+    run_dir = disk / "run"
+    filler: list[Path] = []
+
+    class DiskFiller(ListSink):
+        def emit(self, event):
+            super().emit(event)
+            if isinstance(event, CheckpointSaved) and event.step == 2 and not filler:
+                filler.append(fill(disk))
+            if isinstance(event, Notice) and "final checkpoint could not be saved" in event.message:
+                filler[0].unlink()
+                trainer.control.save()  # the app's `s`
+
+    sink = DiskFiller()
+    cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=1, checkpoint_every=2), 12)
+    trainer = Trainer(cfg, sink, for_ui=face == "app")
+    end = trainer.run()
+    on_disk = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))["loop"]
+    if face == "headless":
+        assert end.reason == "error" and exit_code_for(end) == 1
+        assert "final checkpoint could not be saved (No space left on device)" in end.message
+        assert "last checkpoint on disk is from step 2" in end.message and on_disk["step"] == 2
+    else:
+        assert end.reason == "completed" and on_disk["step"] == end.steps == 6 and on_disk["epoch"] == 2
 
 
 def test_read_only_run_dir_is_refused_at_start(small_corpus, mount_tmpfs, capsys):

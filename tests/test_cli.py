@@ -92,9 +92,10 @@ BAD_INPUTS = {
     "not a number": (lambda t: ["--lr", "fast"], "--lr"),
     "unknown flag": (lambda t: ["--acum", "4"], "--acum"),
     "resume missing dir": (lambda t: ["--resume", str(t / "none")], "--resume"),
-    "micro-batch beyond memory": (lambda t: ["--data", str(CORPUS), "--micro-batch", "100000", "--block-size", "1024",
+    "micro-batch beyond memory": (lambda t: ["--data", str(CORPUS), "--micro-batch", "900", "--block-size", "1024",
                                              "--n-layer", "4", "--n-embd", "64", "--n-head", "8", "--dropout", "0.1"],
                                   "lower --micro-batch and raise --accum"),
+    "micro-batch beyond the data": (lambda t: ["--micro-batch", "100000"], "training sequences"),
     "model beyond memory": (lambda t: ["--n-layer", "4", "--n-embd", "16384"], "use a smaller model"),
 }
 

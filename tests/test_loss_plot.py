@@ -28,8 +28,10 @@ def test_y_ticks_are_round_numbers_inside_the_range():
     ticks = nice_ticks(1.31, 3.68, 5)
     assert ticks == [1.5, 2.0, 2.5, 3.0, 3.5]
     assert tick_labels(ticks) == ["1.5", "2.0", "2.5", "3.0", "3.5"]
-    assert tick_labels(nice_ticks(0.0123, 0.0189, 3)) == ["0.0125", "0.0150", "0.0175"]
+    assert tick_labels(nice_ticks(0.0123, 0.0189, 3)) == ["0.014", "0.016", "0.018"]
     assert nice_ticks(2.0, 2.0, 4) == [2.0]
+    assert nice_ticks(1.147, 4.616, 3) == [2, 3, 4]  # as many as asked for, not fewer
+    assert tick_labels(nice_ticks(1e9, 5e10, 4)) == ["2e+10", "4e+10"]  # a diverged run's scale
 
 
 def test_legend_names_the_step_line_it_draws():

@@ -7,7 +7,7 @@ import torch
 
 from tui_trainer.config import ModelConfig, RunConfig, TrainConfig
 from tui_trainer.errors import UserError
-from tui_trainer.memory import attention_matrix_bytes, check_fits, parameter_count, training_bytes_floor
+from tui_trainer.memory import attention_matrix_bytes, cgroup_room, check_fits, parameter_count, training_bytes_floor
 from tui_trainer.model import GPT
 
 
@@ -59,3 +59,13 @@ def test_bf16_autocast_halves_the_activations_in_the_floor():
     state = 4 * parameter_count(cfg.model) * 4
     fp32 = training_bytes_floor(cfg, "cuda") - state
     assert training_bytes_floor(cfg, "cuda", autocast_bf16=True) - state == fp32 // 2
+
+
+def test_a_container_memory_limit_counts(tmp_path):
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text("4294967296\n")
+    usage.write_text("1073741824\n")
+    assert cgroup_room(((str(limit), str(usage)),)) == 3 * 2 ** 30
+    limit.write_text("max\n")
+    assert cgroup_room(((str(limit), str(usage)),)) is None
+    assert cgroup_room(((str(tmp_path / "none"), str(usage)),)) is None

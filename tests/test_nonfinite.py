@@ -119,7 +119,7 @@ def test_an_absurd_learning_rate_through_the_cli_is_stopped_with_a_hint(small_co
                  "--checkpoint-every", "1"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "diagnosis=unstable at step" in out and "lower the learning rate (--lr 100000)" in out
+    assert "diagnosis=unstable at step" in out and "lower the learning rate — start again with --lr 100000" in out
     records = read_metrics(run_dir)
     skipped = [r["step"] for r in records if r["type"] == "step" and r["skipped"]]
     assert len(skipped) == 3 and skipped == list(range(skipped[0], skipped[0] + 3))

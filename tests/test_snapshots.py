@@ -54,7 +54,7 @@ def recorded_epochs(epochs: int, overfit_from: int | None = None) -> list:
         warning = None
         if vals and val > vals[-1] * 1.05:
             warning = (f"val loss rose {val / vals[-1] - 1:.1%} in one epoch "
-                       f"({vals[-1]:.4f} -> {val:.4f}), more than 5%: watch for overfitting")
+                       f"({vals[-1]:.4f} -> {val:.4f}), more than 5%")
         vals.append(val)
         if val < best:
             best, best_epoch, since_best = val, epoch, 0

@@ -64,8 +64,8 @@ def val_rise_warning(val_losses: Sequence[float], threshold: float = 0.05) -> st
     # Rounded so that a rise of exactly 5% is not pushed over by float noise.
     rise = round((current - previous) / previous, 9)
     if rise > threshold:
-        return (f"val loss rose {rise:.1%} in one epoch ({previous:.4f} -> {current:.4f}), "
-                f"more than {threshold:.0%}: watch for overfitting")
+        # One line of the banner at 80 columns (the verdict above it says what it means).
+        return f"val loss rose {rise:.1%} in one epoch ({previous:.4f} -> {current:.4f}), more than {threshold:.0%}"
     return None
 
 

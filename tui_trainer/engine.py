@@ -159,6 +159,7 @@ class Trainer:
                  resume: str | Path | None = None, overrides: dict[str, Any] | None = None,
                  overwrite: bool = False, for_ui: bool = False, inject_nan_steps: frozenset[int] = frozenset()):
         self.control = control or Control()
+        self.for_ui = for_ui  # someone can press `s` to retry a failed final save
         self.inject_nan_steps = inject_nan_steps  # test hook: poison these steps' loss with NaN
         self.notes: list[str] = []
         resume_state = None
@@ -181,8 +182,12 @@ class Trainer:
         self.cfg = cfg = cfg.replace(model=replace(cfg.model, vocab_size=self.corpus.vocab.size))
         self.autocast_dtype = (torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
                                else None)
-        check_fits(cfg, self.device, train_windows=window_count(len(self.corpus.train_tokens), cfg.model.block_size),
-                   autocast_bf16=self.autocast_dtype is not None)
+        train_windows = window_count(len(self.corpus.train_tokens), cfg.model.block_size)
+        if cfg.train.micro_batch > train_windows:
+            raise UserError(f"--micro-batch {cfg.train.micro_batch} is more than the {train_windows:,} training "
+                            f"sequences of {cfg.model.block_size} tokens this data holds",
+                            f"use --micro-batch {train_windows} or less (and --accum for a larger effective batch)")
+        check_fits(cfg, self.device, train_windows=train_windows, autocast_bf16=self.autocast_dtype is not None)
         self.run_dir = self._prepare_run_dir(cfg, resume, overwrite)
 
         # Everything below follows validation: only now is the run dir written to.
@@ -476,6 +481,25 @@ class Trainer:
         self.sink.emit(event)
         return event
 
+    def _end_with_the_run_saved(self, reason: str, message: str = "") -> RunEnded:
+        """End a finished run, but not with its final weights only in memory: when the last save
+        failed (a full disk), the app can retry it with `s` (the engine waits for it here); a run
+        whose final checkpoint is still not on disk ends as an error, so a script notices."""
+        st = self.state
+        if self._latest_saved == (st.epoch, st.example_cursor, st.step):
+            return self._end(reason, message)
+        if self.for_ui:
+            self.sink.emit(Notice(f"the final checkpoint could not be saved ({self._save_error}): "
+                                  "free some space and press s to retry, or q to leave without it", "error"))
+            while not self.control.stop_requested:
+                if any(isinstance(c, SaveCheckpoint) for c in self.control.drain(timeout=0.25)) and self.save("latest"):
+                    return self._end(reason, message)
+        previous = (f"the last checkpoint on disk is from step {self._latest_saved[2]}" if self._latest_saved
+                    else "no checkpoint is on disk")
+        done = "finished" if reason == "completed" else "stopped early"
+        return self._end("error", f"training {done} at step {st.step}, but its final checkpoint could not be saved "
+                                  f"({self._save_error}); {previous}")
+
     def _interrupted(self, saved: bool, where: str) -> RunEnded:
         """End after a stop; the message says what a resume continues from."""
         if saved:
@@ -490,6 +514,10 @@ class Trainer:
         self._session_started = time.monotonic()
         if st.epoch > cfg.train.epochs:
             raise UserError(f"this run already finished {cfg.train.epochs} epochs", "pass a larger --epochs to train longer")
+        per_epoch, effective = self.examples_per_epoch(), cfg.train.micro_batch * st.accum
+        if effective > per_epoch:
+            self.notes.append(f"an epoch holds {per_epoch:,} sequences, fewer than the effective batch of "
+                              f"{effective:,}: each epoch is one optimizer step of {per_epoch:,}")
         self.sink.emit(RunStarted(
             str(self.run_dir), str(self.device), self.threads, self.model.num_parameters(), self.corpus.vocab.size,
             self.examples_per_epoch(), self.val_examples(), cfg.train.epochs, cfg.train.micro_batch, st.accum, 1,
@@ -510,7 +538,7 @@ class Trainer:
             outcome = self._finish_epoch()
             if outcome is not None:
                 return outcome
-        return self._end("completed")
+        return self._end_with_the_run_saved("completed")
 
     def _train_epoch(self) -> RunEnded | None:
         cfg, st = self.cfg, self.state
@@ -581,8 +609,10 @@ class Trainer:
                 if st.bad_steps_in_row >= cfg.train.max_bad_steps:
                     good = ("no checkpoint was saved before them" if self._latest_saved is None
                             else f"the last good checkpoint (step {self._latest_saved[2]}) is intact")
+                    # Not "--resume": it would replay the same steps into the same divergence.
                     return self._end("error", f"{st.bad_steps_in_row} non-finite steps in a row at step {step}: "
-                                              f"lower the learning rate (--lr {cfg.optim.lr / 10:g}); {good}")
+                                              f"lower the learning rate — start again with --lr {cfg.optim.lr / 10:g} "
+                                              f"(and --overwrite, or another --run-dir); {good}")
             # No periodic `latest` during a run of non-finite steps: it keeps pointing at the last good
             # step. An asked-for save (the app's `s`, a stop) still saves.
             if self._save_requested or (self._periodic_save_due() and st.bad_steps_in_row == 0):
@@ -661,7 +691,7 @@ class Trainer:
             self.save("latest")
             self._restore_best()
             self.sink.emit(Notice(f"early stopping: {stop_reason}", "warning"))
-            return self._end("early_stop", stop_reason)
+            return self._end_with_the_run_saved("early_stop", stop_reason)
         saved = self.save("latest")
         if self.control.stop_requested:
             return self._interrupted(saved, f"the end of epoch {epoch_done}")

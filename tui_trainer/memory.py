@@ -8,6 +8,8 @@ the fix.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psutil
 import torch
 
@@ -56,12 +58,35 @@ def training_bytes_floor(cfg: RunConfig, device_type: str, train_windows: int | 
     return state + activations + attention_matrix_bytes(m, micro_batch, device_type, width)
 
 
+# (limit, usage) files of this process's memory cgroup: v2, then v1. A container's limit is lower
+# than what the host's /proc/meminfo (psutil) reports, and going past it is an OOM kill all the same.
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def cgroup_room(files=CGROUP_FILES) -> int | None:
+    """Bytes left under this process's cgroup memory limit, or None when there is no limit."""
+    for limit_file, usage_file in files:
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2 ** 60:  # "max" or a huge number: no limit
+            return max(0, int(limit) - usage)
+        return None
+    return None
+
+
 def free_bytes(device: torch.device) -> int | None:
-    """Memory a run may still take: free device memory on CUDA, else available RAM plus free swap."""
+    """Memory a run may still take: free device memory on CUDA, else available RAM plus free swap
+    (within the cgroup's limit, in a container)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type in ("cpu", "mps"):
-        return psutil.virtual_memory().available + psutil.swap_memory().free
+        free = psutil.virtual_memory().available + psutil.swap_memory().free
+        room = cgroup_room()
+        return free if room is None else min(free, room)
     return None
 
 

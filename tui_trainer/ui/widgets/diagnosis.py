@@ -27,7 +27,7 @@ class DiagnosisBanner(Panel):
     def key(self, view: RunView, now: float):
         return (view.diagnosis, view.diagnosis_reason, view.remedy, view.val_rise_warning, view.best_val_loss,
                 view.best_epoch, view.epochs_without_improvement, view.end_reason, view.end_message,
-                view.started)
+                view.started, view.checkpoint_error)
 
     def show(self, view: RunView, now: float, **extra) -> None:
         for kind in KINDS:
@@ -53,10 +53,16 @@ class DiagnosisBanner(Panel):
             best = self.best_note(view)
             if best and len(remedy) + 3 + len(best) <= LINE_BUDGET:
                 text.append(f"   {best}", dim)
-        if view.val_rise_warning:
+        if view.val_rise_warning and not view.ended:  # once over, the plot shows it and rows go to the ending
             text.append("\n")
             text.append("▲ ", self.get_component_rich_style("diagnosis--warning"))
             text.append(view.val_rise_warning, self.get_component_rich_style("diagnosis--warning"))
+        if view.checkpoint_error and view.end_reason in (None, "completed", "early_stop"):
+            # Until a save works again: the toast goes, this stays (the final one waits for `s`).
+            why = view.checkpoint_error.rsplit(": ", 1)[-1]
+            text.append("\n")
+            text.append(f"✖ checkpoint not saved ({why}): free space, then s retries",
+                        self.get_component_rich_style("diagnosis--warning"))
         ending = self.ending(view)
         if ending:
             text.append("\n")

@@ -38,7 +38,8 @@ class ErrorPanel(Panel):
             run_dir = Path(view.run_dir)
             if (run_dir / "error.log").exists():
                 text.append(f"\ntraceback: {run_dir / 'error.log'}", dim)
+            # A diverged run would diverge again from its checkpoint: the message says to start again.
             resume = (f"; --resume {run_dir} continues from the last checkpoint"
-                      if checkpoint_path(run_dir).exists() else "")
+                      if checkpoint_path(run_dir).exists() and view.diagnosis != "unstable" else "")
             text.append(f"\nmetrics.jsonl is kept{resume}. q quits.", dim)
         return text

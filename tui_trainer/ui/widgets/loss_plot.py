@@ -48,15 +48,23 @@ def nice_ticks(low: float, high: float, count: int) -> list[float]:
     apart. For finite bounds (``y_range`` gives only those)."""
     if not high > low:
         return [low]
-    raw = (high - low) / max(2, count)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    spacing = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / spacing - 1e-9)
-    return [round(k * spacing, 10) for k in range(first, math.floor(high / spacing + 1e-9) + 1)]
+    count = max(2, count)
+    magnitude = 10 ** math.floor(math.log10((high - low) / count))
+
+    def ticks(spacing: float) -> list[float]:
+        first = math.ceil(low / spacing - 1e-9)
+        return [round(k * spacing, 10) for k in range(first, math.floor(high / spacing + 1e-9) + 1)]
+
+    # The round spacing whose tick count comes closest to ``count`` without going over it.
+    candidates = [ticks(m * magnitude * scale) for scale in (0.1, 1, 10) for m in (1, 2, 2.5, 5)]
+    fitting = [t for t in candidates if 2 <= len(t) <= count] or [min(candidates, key=len)]
+    return max(fitting, key=len)
 
 
 def tick_labels(ticks: list[float]) -> list[str]:
-    """As few decimals as tell the ticks apart: 1.5 2 2.5 -> 1.5 2.0 2.5."""
+    """As few decimals as tell the ticks apart: 1.5 2 2.5 -> 1.5 2.0 2.5; a diverged run's 5e+09."""
+    if ticks and max(abs(t) for t in ticks) >= 1e5:
+        return [f"{t:.2g}" for t in ticks]
     for decimals in range(0, 6):
         labels = [f"{t:.{decimals}f}" for t in ticks]
         if len(set(labels)) == len(labels) and all(abs(float(l) - t) < 1e-9 for l, t in zip(labels, ticks)):
@@ -137,8 +145,12 @@ class LossPlot(PlotextPlot):
         self.border_title = legend(self.smooth)  # the step line's name follows the smoothing
         plt = self.plt
         plt.clear_figure()
+        epochs = view.epoch_points
+        # One epoch marker per ~6 columns at most: a long run's markers would hide the curves.
+        every = max(1, math.ceil(len(epochs) / max(1, self.size.width // 6)))
         if self.show_axis_label:
-            plt.xlabel("optimizer step  (│ = end of epoch)")
+            plt.xlabel("optimizer step  (│ = end of epoch)" if every == 1 else
+                       f"optimizer step  (│ = every {every} epochs)")
         xs, losses = view.step_numbers, view.step_losses
         self._extend_ema(losses)
         # Thin to about two points per braille column: slicing is C-speed and keeps the shape.
@@ -147,9 +159,8 @@ class LossPlot(PlotextPlot):
         ema_shown = self._ema[::stride]
         if stride > 1 and xs:  # always end at the newest step
             x_shown, raw_shown, ema_shown = x_shown + [xs[-1]], raw_shown + [losses[-1]], ema_shown + [self._ema[-1]]
-        epochs = view.epoch_points
         limits = self._limits(x_shown, raw_shown, ema_shown, epochs, xs)
-        for p in epochs:
+        for p in epochs[every - 1::every]:
             plt.vline(p.step, color=PLOT_COLORS["epoch"])
         if x_shown:
             if self.smooth:
@@ -164,12 +175,14 @@ class LossPlot(PlotextPlot):
                              ("val", [p.val_loss for p in finite_epochs])):
                 if len(ex) > 1:
                     plt.plot(ex, ys, marker="braille", color=PLOT_COLORS[name])
-                # The epoch values themselves: a dot per epoch on top of the line.
-                plt.scatter(ex, ys, marker="●", color=PLOT_COLORS[name])
+                # The epoch values themselves: a dot per epoch on top of the line (while they fit).
+                if len(ex) == 1 or every == 1:
+                    plt.scatter(ex, ys, marker="●", color=PLOT_COLORS[name])
         if limits is not None:
             plt.ylim(*limits)
-            # Round values (1.5 2.0 2.5), about one every other row, instead of plotext's 1.69 2.09 2.48.
-            ticks = nice_ticks(*limits, max(2, (self.size.height - 3) // 2))
+            # Round values (1.5 2.0 2.5), about one every third row (closer, the rounding to rows
+            # puts some on adjacent rows), instead of plotext's 1.69 2.09 2.48.
+            ticks = nice_ticks(*limits, max(2, (self.size.height - 3) // 3))
             plt.yticks(ticks, tick_labels(ticks))
         if xs:
             low, high = min(xs[0], 1), max(xs[-1], 2)
