@@ -78,6 +78,17 @@ def test_spiky_curve_is_unstable_in_the_epoch_of_the_spike_only():
     assert find_spike(spiky[:25], 2.0, 25) is None
 
 
+def test_a_doubling_of_a_tiny_loss_is_noise_not_a_spike():
+    """Late in a memorising run: 0.26 after steps around 0.13 is 2x the median but 0.13 nats."""
+    train, val = healthy_curves()
+    low = [0.13 + 0.005 * math.sin(i) for i in range(20)]
+    blip = low[:14] + [0.27] + low[15:]
+    assert diagnose(train[:3], val[:3], VOCAB, step_losses=blip).kind == "healthy"
+    assert step_verdict(blip[:15], VOCAB, DiagnosisConfig()) is None
+    jump = low[:14] + [0.6] + low[15:]  # 0.47 nats above the median: a spike
+    assert diagnose(train[:3], val[:3], VOCAB, step_losses=jump).kind == "unstable"
+
+
 def test_non_finite_losses_are_unstable_at_once():
     assert diagnose([3.0], [float("nan")], VOCAB).kind == "unstable"
     verdict = diagnose([3.0], [3.1], VOCAB, step_losses=[3.2, float("inf")], first_step=7)

@@ -54,7 +54,8 @@ class DiagnosisConfig:
     underfit_ratio: float = 0.6  # losses above this fraction of ln(vocab) (a uniform guess) are "high"
     plateau_improvement: float = 0.02  # relative improvement per epoch below this = "barely move"
     spike_factor: float = 2.0  # a step loss above spike_factor x rolling median is a spike
-    spike_window: int = 25  # steps in the rolling median
+    spike_window: int = 25  # steps in the rolling median (of the same epoch)
+    spike_min_rise: float = 0.25  # ... and at least this far above it, in nats: 0.13 -> 0.26 is noise, not a spike
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("checkpoint_every", t.checkpoint_every, "--checkpoint-every", allow_none=True)
     _positive("max_bad_steps", t.max_bad_steps, "--max-bad-steps")
     if (g.val_rise_warning < 0 or g.trend_epochs < 2 or g.spike_factor <= 1 or g.spike_window < 3
-            or g.overfit_gap < 0 or g.underfit_ratio <= 0 or g.plateau_improvement < 0):
+            or g.overfit_gap < 0 or g.underfit_ratio <= 0 or g.plateau_improvement < 0 or g.spike_min_rise < 0):
         raise UserError("diagnosis thresholds are out of range",
                         "val_rise_warning >= 0, trend_epochs >= 2, spike_factor > 1, spike_window >= 3, "
-                        "overfit_gap >= 0, underfit_ratio > 0, plateau_improvement >= 0")
+                        "overfit_gap >= 0, underfit_ratio > 0, plateau_improvement >= 0, spike_min_rise >= 0")
     return cfg

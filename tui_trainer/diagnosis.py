@@ -4,8 +4,9 @@ The rules, in the order they are checked (thresholds live in ``DiagnosisConfig``
 
 1. **unstable** — a non-finite train/val/step loss, at once; a loss above ``spike_factor`` ×
    ln(vocab) (far worse than guessing uniformly: diverged); or, in the latest epoch, a step
-   loss above ``spike_factor`` × the median of the ``spike_window`` steps before it (at least
-   5 earlier steps are needed for a median).
+   loss above ``spike_factor`` × the median of the up to ``spike_window`` steps before it in
+   the same epoch (at least 5 are needed for a median) and at least ``spike_min_rise`` nats above
+   it (late in a run, 0.13 -> 0.26 is 2x but noise).
 2. **overfitting (trend)** — train falls while val rises: the best val loss is at least
    ``trend_epochs - 1`` epochs old, val is now above it, and train is below its value at
    that epoch (robust to a noisy val curve; "rose 3 epochs in a row" when it strictly did).
@@ -69,23 +70,25 @@ def val_rise_warning(val_losses: Sequence[float], threshold: float = 0.05) -> st
     return None
 
 
-def spike_at(step_losses: Sequence[float], i: int, factor: float, window: int, step_number: int) -> str | None:
-    """Why step ``i`` is a spike (above ``factor`` × the median of the ``window`` steps before it), or None."""
+def spike_at(step_losses: Sequence[float], i: int, factor: float, window: int, step_number: int,
+             min_rise: float = 0.0) -> str | None:
+    """Why step ``i`` is a spike (above ``factor`` × the median of the ``window`` steps before it,
+    and at least ``min_rise`` above it), or None."""
     recent = [v for v in step_losses[max(0, i - window):i] if math.isfinite(v)]
     if len(recent) < MIN_STEPS_FOR_MEDIAN:
         return None
     median = statistics.median(recent)
-    if median > 0 and step_losses[i] > factor * median:
+    if median > 0 and step_losses[i] > factor * median and step_losses[i] - median >= min_rise:
         return (f"step {step_number} loss {step_losses[i]:.2f} is {step_losses[i] / median:.1f}x "
                 f"the median {median:.2f} of the {len(recent)} steps before it")
     return None
 
 
 def find_spike(step_losses: Sequence[float], factor: float, window: int,
-               first_step: int = 1) -> str | None:
+               first_step: int = 1, min_rise: float = 0.0) -> str | None:
     """The first spike among ``step_losses`` (see ``spike_at``)."""
     for i in range(MIN_STEPS_FOR_MEDIAN, len(step_losses)):
-        reason = spike_at(step_losses, i, factor, window, first_step + i)
+        reason = spike_at(step_losses, i, factor, window, first_step + i, min_rise)
         if reason:
             return reason
     return None
@@ -103,7 +106,7 @@ def step_verdict(step_losses: Sequence[float], vocab_size: int, cfg: DiagnosisCo
     if loss > cfg.spike_factor * chance:
         return Diagnosis("unstable", f"step {step} loss {loss:.2f} is far above {chance:.2f}, the loss of "
                                      "guessing uniformly: training diverged")
-    reason = spike_at(step_losses, i, cfg.spike_factor, cfg.spike_window, step)
+    reason = spike_at(step_losses, i, cfg.spike_factor, cfg.spike_window, step, cfg.spike_min_rise)
     return Diagnosis("unstable", f"loss spike: {reason}") if reason else None
 
 
@@ -128,7 +131,7 @@ def diagnose(train_losses: Sequence[float], val_losses: Sequence[float], vocab_s
     if worst > cfg.spike_factor * chance:
         return Diagnosis("unstable", f"loss {worst:.2f} is far above {chance:.2f}, the loss of guessing "
                                      f"uniformly: training diverged (epoch {epoch}: train {train:.2f}, val {val:.2f})")
-    spike = find_spike(step_losses, cfg.spike_factor, cfg.spike_window, first_step)
+    spike = find_spike(step_losses, cfg.spike_factor, cfg.spike_window, first_step, cfg.spike_min_rise)
     if spike:
         return Diagnosis("unstable", f"loss spike: {spike}")
 
