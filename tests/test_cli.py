@@ -204,6 +204,9 @@ def test_toml_config_is_read_and_flags_override_it(small_corpus, tmp_path, capsy
     capsys.readouterr()
     assert main(["--no-ui", "--config", str(typo), "--run-dir", str(tmp_path / "t")]) == 2
     assert "did you mean 'accum'" in capsys.readouterr().err
+    typo.write_text("epochs = 3\n")
+    assert main(["--no-ui", "--config", str(typo), "--run-dir", str(tmp_path / "t")]) == 2
+    assert "outside any table — put it under [train]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("table, line, words", [
@@ -216,6 +219,8 @@ def test_toml_config_is_read_and_flags_override_it(small_corpus, tmp_path, capsy
     ("train", "min_delta = nan", "min_delta must be a finite number"),
     ("diagnosis", "overfit_gap = nan", "overfit_gap must be a finite number"),
     ("diagnosis", "overfit_gap = -1.0", "diagnosis thresholds are out of range"),
+    ("train", "epochs = true", "got true"),
+    ("train", "limit_train_batches = 5", "belongs in another table — move it to [data]"),
 ])
 def test_toml_value_of_the_wrong_type_or_range_is_one_line_and_exit_2(table, line, words, small_corpus, tmp_path, capsys):
     config = tmp_path / "bad.toml"
@@ -243,3 +248,22 @@ def test_default_corpus_is_found_from_any_working_directory(tmp_path):
     assert result.returncode == 0, result.stderr
     name, size = result.stdout.split()
     assert name == "tinyshakespeare.txt" and int(size) > 1_000_000
+
+
+def test_the_readme_lists_every_config_key_in_its_table():
+    import re
+    from dataclasses import fields
+
+    from tui_trainer.config import RunConfig
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    listed: dict[str, set[str]] = {}
+    section = ""
+    for line in block.splitlines():
+        header = re.match(r"\[(\w+)\]", line)
+        section = header.group(1) if header else section
+        listed.setdefault(section, set()).update(re.findall(r"\w+", line.split("#", 1)[1]))
+    expected = {f.name: {g.name for g in fields(f.default_factory)} - {"vocab_size"}
+                for f in fields(RunConfig) if f.name != "run_dir"}
+    assert listed == expected

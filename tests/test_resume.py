@@ -215,7 +215,8 @@ def test_accum_given_with_resume_equal_to_the_current_one_cancels_a_pending_chan
     run_trainer(resume_config(corpus, run_dir), Script(accum_at=(2, 2), stop_at=("step", 3)))  # 3 -> 2 pending
     sink = Script()
     run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir, overrides={"train.accum": 3})
-    assert "cancels the pending change to 2" in " ".join(sink.of(RunStarted)[0].notes)
+    notes = " ".join(sink.of(RunStarted)[0].notes)
+    assert "accum 3 -> 2 is pending, for epoch 2" in notes and "cancels the pending change to 2" in notes
     assert sink.of(AccumChangeApplied) == []
     assert records(run_dir, "step", STEP_KEYS) == expected_steps
 
@@ -247,6 +248,16 @@ def test_a_resumed_run_goes_on_counting_its_elapsed_time(reference, tmp_path):
     view.apply(sink.of(RunStarted)[0], now=100.0)
     assert view.elapsed(now=102.5) == pytest.approx(saved + 2.5)
     assert second.elapsed_seconds() > saved
+
+
+def test_a_resumed_run_stopped_at_once_still_ends_with_its_diagnosis(reference, tmp_path):
+    corpus, _ = reference
+    run_dir = tmp_path / "run"
+    _, first = run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", STEPS_PER_EPOCH + 2)))
+    assert first.diagnosis is not None
+    sink = Script(stop_at=("micro", STEPS_PER_EPOCH + 3, 1))
+    _, end = run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir)
+    assert end.reason == "interrupted" and end.diagnosis == first.diagnosis
 
 
 def test_a_format_1_checkpoint_still_resumes(reference, tmp_path):

@@ -82,14 +82,21 @@ def _load_toml(path: str) -> dict[str, dict[str, Any]]:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path} is not valid TOML ({exc})", "fix the syntax") from None
     sections = {f.name: f for f in fields(RunConfig) if f.name != "run_dir"}
+    # vocab_size comes from the data, never from a file.
+    home = {f.name: name for name, section in sections.items() for f in fields(section.default_factory)
+            if f.name != "vocab_size"}
     for section, table in data.items():
+        if not isinstance(table, dict) and section in home:
+            raise UserError(f"{section} in {path} is outside any table", f"put it under [{home[section]}]")
         if section not in sections or not isinstance(table, dict):
             guess = difflib.get_close_matches(section, sections, n=1)
             raise UserError(f"unknown table [{section}] in {path}",
                             f"did you mean [{guess[0]}]?" if guess else f"use one of {', '.join(sections)}")
         section_cls = sections[section].default_factory
-        known = {f.name for f in fields(section_cls)}
+        known = {f.name for f in fields(section_cls)} - {"vocab_size"}
         for key in table:
+            if key not in known and key in home:
+                raise UserError(f"'{key}' in [{section}] of {path} belongs in another table", f"move it to [{home[key]}]")
             if key not in known:
                 guess = difflib.get_close_matches(key, known, n=1)
                 raise UserError(f"unknown key '{key}' in [{section}] of {path}",

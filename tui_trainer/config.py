@@ -133,7 +133,7 @@ def checked_value(section_cls: type, name: str, value: Any, where: str) -> Any:
     wanted = " or ".join(_TYPE_WORDS[k] for k in options if k in _TYPE_WORDS)
     default = next((f.default for f in fields(section_cls) if f.name == name), None)
     example = f"e.g. {name} = {_toml_literal(default)}" if default is not None else f"give {name} {wanted}"
-    raise UserError(f"{name} in {where} must be {wanted}, got {value!r}", example)
+    raise UserError(f"{name} in {where} must be {wanted}, got {_toml_literal(value)}", example)
 
 
 def _toml_literal(value: Any) -> str:
@@ -141,6 +141,8 @@ def _toml_literal(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
+    if isinstance(value, (dict, list)):
+        return "a table" if isinstance(value, dict) else "an array"
     return repr(value)
 
 

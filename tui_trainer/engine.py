@@ -219,7 +219,10 @@ class Trainer:
         self._save_error = ""
         self._window_rng: dict[str, Any] | None = None
         self._step_alerted_epoch = 0  # one live spike/divergence alert per epoch, not one per step
-        self.last_diagnosis: Diagnosis | None = None
+        # The verdict so far (a resumed run's `end` record carries one even if it stops at once).
+        self.last_diagnosis: Diagnosis | None = (
+            diagnose(self.state.train_history, self.state.val_history, self.corpus.vocab.size, cfg.diagnosis)
+            if self.state.val_history else None)
         self.error: BaseException | None = None
 
     # -- set-up helpers -------------------------------------------------------------------------
@@ -309,6 +312,10 @@ class Trainer:
         restore_rng(state["rng"], self.device)
         self._trim_metrics_after(self.state.step, len(self.state.val_history))
         self.notes.append(f"resumed at epoch {self.state.epoch}, step {self.state.step}")
+        st = self.state
+        if st.pending_accum is not None:
+            self.notes.append(f"accum {st.accum} -> {st.pending_accum} is pending, "
+                              f"for epoch {st.pending_accum_epoch or st.epoch + 1}")
 
     def _accum_given_with_resume(self, accum: int | None) -> int | None:
         """``--accum`` with ``--resume`` is a press of +/-: a change at the next epoch boundary (at

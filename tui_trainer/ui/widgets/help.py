@@ -9,12 +9,14 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-# Three columns of (key, what it does): three short lines that fit 80 columns.
+# (key, what it does), laid out in as many columns as the terminal's width holds (3 at 80).
 KEYS = [
-    [("+ ]", "accum x2 next epoch"), ("p", "pause / resume"), ("q", "stop: save, exit")],
-    [("- [", "accum /2 next epoch"), ("s", "save checkpoint now"), ("q q", "exit at once")],
-    [("m", "smooth / raw loss"), ("^p", "command palette"), ("esc", "close this help")],
+    ("+ ]", "accum x2 next epoch"), ("p", "pause / resume"), ("q", "stop: save, exit"),
+    ("- [", "accum /2 next epoch"), ("s", "save checkpoint now"), ("q q", "close at once"),
+    ("m", "smooth / raw loss"), ("^p", "command palette"), ("^c", "stop, exit code 130"),
+    ("?", "this help"), ("esc", "close this help"),
 ]
+KEY_CELL = 24  # "+ ]" + space + a 20-column description
 
 ACCUMULATION = (
     "Each micro-batch (what fits in memory) adds its gradient to the ones before; after accum "
@@ -33,10 +35,12 @@ DIAGNOSES = [
 ]
 
 
-def _keys() -> Content:
+def _keys(width: int) -> Content:
+    columns = max(1, min(3, (width + 2) // (KEY_CELL + 2)))
     lines = []
-    for row in KEYS:
-        cells = [Content.assemble((key.ljust(3), "bold $accent"), " ", what.ljust(20)) for key, what in row]
+    for start in range(0, len(KEYS), columns):
+        cells = [Content.assemble((key.ljust(3), "bold $accent"), " ", what.ljust(20))
+                 for key, what in KEYS[start:start + columns]]
         lines.append(Content("  ").join(cells).rstrip())
     return Content("\n").join(lines)
 
@@ -57,7 +61,8 @@ class HelpScreen(ModalScreen[None]):
             box.border_title = "help"
             box.border_subtitle = "esc closes"
             yield Static(Content.from_markup("[b]Keys[/b]"), classes="help-title -first")
-            yield Static(_keys(), classes="help-body")
+            # The box's inside: the screen less its border and the body's padding (and at most 100).
+            yield Static(_keys(min(self.app.size.width, 100) - 3), classes="help-body")
             yield Static(Content.from_markup("[b]Gradient accumulation and the effective batch[/b]"),
                          classes="help-title")
             yield Static(ACCUMULATION, classes="help-body", markup=False)
