@@ -105,28 +105,44 @@ def test_a_checkpoint_dir_that_cannot_be_created_is_a_write_error_not_a_crash(tm
         ckpt.save_atomic({"format_version": ckpt.FORMAT_VERSION}, ckpt.checkpoint_path(tmp_path))
 
 
+class DiskFiller(ListSink):
+    """Fills ``disk`` once the checkpoint of ``after_step`` is saved; ``then(event, sink)`` sees
+    every event from then on (to free the space and ask for a save, as the app's `s` does)."""
+
+    def __init__(self, disk: Path, after_step: int, then) -> None:
+        super().__init__()
+        self.disk, self.after_step, self.then = disk, after_step, then
+        self.filler: Path | None = None
+        self.trainer: Trainer | None = None
+
+    def emit(self, event) -> None:
+        super().emit(event)
+        if isinstance(event, CheckpointSaved) and event.step == self.after_step and self.filler is None:
+            self.filler = fill(self.disk)
+        elif self.filler is not None:
+            self.then(event, self)
+
+    def free_space_and_press_s(self) -> None:
+        self.filler.unlink(missing_ok=True)
+        self.trainer.control.save()
+
+
 def test_disk_filling_mid_run_keeps_training_and_the_last_checkpoint_and_a_retry_saves(small_corpus,
                                                                                        mount_tmpfs):
     """The run dir's disk fills after step 3's checkpoint: saves fail loudly, training goes on,
     `latest` still holds step 3; once space is freed, asking for a save (the app's `s`) works."""
     disk = mount_tmpfs("4m")
     run_dir = disk / "run"
-    filler: list[Path] = []
 
-    class DiskFiller(ListSink):
-        def emit(self, event):
-            super().emit(event)
-            if isinstance(event, CheckpointSaved) and event.step == 3 and not filler:
-                filler.append(fill(disk))
-            if isinstance(event, StepEvent) and event.step == 7:
-                assert [e.step for e in self.of(CheckpointSaved)] == [3]  # step 6's periodic save failed
-                assert ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))["loop"]["step"] == 3
-                filler[0].unlink()
-                trainer.control.save()  # what the app's `s` does
+    def at_step_7_free_space_and_press_s(event, sink: DiskFiller) -> None:
+        if isinstance(event, StepEvent) and event.step == 7:
+            assert [e.step for e in sink.of(CheckpointSaved)] == [3]  # step 6's periodic save failed
+            assert ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))["loop"]["step"] == 3
+            sink.free_space_and_press_s()
 
-    sink = DiskFiller()
+    sink = DiskFiller(disk, after_step=3, then=at_step_7_free_space_and_press_s)
     cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=1, checkpoint_every=3), 20)
-    trainer = Trainer(cfg, sink)
+    trainer = sink.trainer = Trainer(cfg, sink)
     end = trainer.run()
     assert end.reason == "completed" and trainer.error is None
     failed = sink.of(CheckpointFailed)
@@ -168,20 +184,14 @@ def test_a_run_whose_final_checkpoint_cannot_be_saved_does_not_end_as_a_success(
     and, once space is freed, the retry saves the final state and the run completes."""
     disk = mount_tmpfs("4m")
     run_dir = disk / "run"
-    filler: list[Path] = []
 
-    class DiskFiller(ListSink):
-        def emit(self, event):
-            super().emit(event)
-            if isinstance(event, CheckpointSaved) and event.step == 2 and not filler:
-                filler.append(fill(disk))
-            if isinstance(event, Notice) and "final checkpoint could not be saved" in event.message:
-                filler[0].unlink()
-                trainer.control.save()  # the app's `s`
+    def on_the_final_save_notice_free_space_and_press_s(event, sink: DiskFiller) -> None:
+        if isinstance(event, Notice) and "final checkpoint could not be saved" in event.message:
+            sink.free_space_and_press_s()
 
-    sink = DiskFiller()
+    sink = DiskFiller(disk, after_step=2, then=on_the_final_save_notice_free_space_and_press_s)
     cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=1, checkpoint_every=2), 12)
-    trainer = Trainer(cfg, sink, for_ui=face == "app")
+    trainer = sink.trainer = Trainer(cfg, sink, for_ui=face == "app")
     end = trainer.run()
     on_disk = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))["loop"]
     if face == "headless":
