@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -177,29 +179,66 @@ def test_stop_on_a_full_disk_says_the_save_failed_and_the_previous_checkpoint_st
     assert ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))["loop"]["step"] == 2
 
 
-@pytest.mark.parametrize("face", ["headless", "app"])
+FINAL_SAVE_NOTICE = "final checkpoint could not be saved"
+
+
+@pytest.mark.parametrize("face", ["headless", "app: s once space is free", "app: q"])
 def test_a_run_whose_final_checkpoint_cannot_be_saved_does_not_end_as_a_success(face, small_corpus, mount_tmpfs):
-    """The disk fills after step 2's save and stays full to the end: headless, the run ends as an
-    error naming the step on disk (exit 1, not a quiet 0); in the app, the engine waits for `s`
-    and, once space is freed, the retry saves the final state and the run completes."""
+    """The disk fills after step 2's save and stays full to the end. Headless, the run ends as an
+    error naming the step on disk (exit 1, not a quiet 0). In the app the engine waits: `s` half a
+    second later, once space is freed, saves the final state and the run completes; `q` leaves
+    without it, as an error."""
     disk = mount_tmpfs("4m")
     run_dir = disk / "run"
+    pressed: list[float] = []
 
-    def on_the_final_save_notice_free_space_and_press_s(event, sink: DiskFiller) -> None:
-        if isinstance(event, Notice) and "final checkpoint could not be saved" in event.message:
-            sink.free_space_and_press_s()
+    def answer_the_final_save_notice(event, sink: DiskFiller) -> None:
+        if isinstance(event, Notice) and FINAL_SAVE_NOTICE in event.message:
+            if face == "app: q":
+                sink.trainer.control.stop("interrupted")
+            else:  # from another thread, later: the engine must be waiting for it
+                threading.Timer(0.5, lambda: (pressed.append(time.monotonic()), sink.free_space_and_press_s())).start()
 
-    sink = DiskFiller(disk, after_step=2, then=on_the_final_save_notice_free_space_and_press_s)
+    sink = DiskFiller(disk, after_step=2, then=answer_the_final_save_notice)
     cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=1, checkpoint_every=2), 12)
-    trainer = sink.trainer = Trainer(cfg, sink, for_ui=face == "app")
+    trainer = sink.trainer = Trainer(cfg, sink, for_ui=face != "headless")
     end = trainer.run()
+    ended = time.monotonic()
     on_disk = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))["loop"]
-    if face == "headless":
+    if face == "app: s once space is free":
+        assert pressed and ended > pressed[0]
+        assert end.reason == "completed" and on_disk["step"] == end.steps == 6 and on_disk["epoch"] == 2
+    else:
         assert end.reason == "error" and exit_code_for(end) == 1
         assert "final checkpoint could not be saved (No space left on device)" in end.message
         assert "last checkpoint on disk is from step 2" in end.message and on_disk["step"] == 2
-    else:
-        assert end.reason == "completed" and on_disk["step"] == end.steps == 6 and on_disk["epoch"] == 2
+        assert (face == "headless") == (not any(isinstance(e, Notice) and FINAL_SAVE_NOTICE in e.message
+                                                for e in sink.events))
+
+
+def test_an_early_stop_whose_save_is_retried_keeps_the_runs_own_weights_in_latest(small_corpus, mount_tmpfs):
+    """Early stop at epoch 2 (patience 1, a min-delta nothing beats) on a full disk, then `s`:
+    `latest` must hold epoch 2's weights with epoch 2's optimizer and position — the best weights
+    (epoch 1) come back into the model only after that save."""
+    disk = mount_tmpfs("4m")
+    run_dir = disk / "run"
+    steps_per_epoch = 3
+
+    def answer(event, sink: DiskFiller) -> None:
+        if isinstance(event, Notice) and FINAL_SAVE_NOTICE in event.message:
+            sink.free_space_and_press_s()
+
+    sink = DiskFiller(disk, after_step=steps_per_epoch, then=answer)  # full once epoch 1 is saved
+    cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=5, patience=1, min_delta=100.0), 2 * steps_per_epoch)
+    trainer = sink.trainer = Trainer(cfg, sink, for_ui=True)
+    end = trainer.run()
+    assert end.reason == "early_stop" and end.best_epoch == 1
+    latest = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))
+    best = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir, "best"))
+    assert latest["loop"]["epoch"] == 3 and latest["loop"]["step"] == 2 * steps_per_epoch
+    assert best["loop"]["step"] == steps_per_epoch
+    assert any(not torch.equal(latest["model"][k], best["model"][k]) for k in best["model"])
+    assert all(torch.equal(v, best["model"][k]) for k, v in trainer.model.state_dict().items())
 
 
 def test_read_only_run_dir_is_refused_at_start(small_corpus, mount_tmpfs, capsys):

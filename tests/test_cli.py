@@ -92,7 +92,7 @@ BAD_INPUTS = {
     "not a number": (lambda t: ["--lr", "fast"], "--lr"),
     "unknown flag": (lambda t: ["--acum", "4"], "--acum"),
     "resume missing dir": (lambda t: ["--resume", str(t / "none")], "--resume"),
-    "micro-batch beyond memory": (lambda t: ["--data", str(CORPUS), "--micro-batch", "900", "--block-size", "1024",
+    "micro-batch beyond memory": (lambda t: ["--data", str(CORPUS), "--micro-batch", "900", "--block-size", "1024", "--device", "cpu",
                                              "--n-layer", "4", "--n-embd", "64", "--n-head", "8", "--dropout", "0.1"],
                                   "lower --micro-batch and raise --accum"),
     "micro-batch beyond the data": (lambda t: ["--micro-batch", "100000"], "training sequences"),
@@ -207,6 +207,13 @@ def test_toml_config_is_read_and_flags_override_it(small_corpus, tmp_path, capsy
     typo.write_text("epochs = 3\n")
     assert main(["--no-ui", "--config", str(typo), "--run-dir", str(tmp_path / "t")]) == 2
     assert "outside any table — put it under [train]" in capsys.readouterr().err
+    for text, words in [("epoch = 3\n", "did you mean 'epochs' under [train]?"),
+                        ("train = 5\n", "must be a table — write [train]"),
+                        ("[model]\nvocab_size = 65\n", "it comes from the data"),
+                        ("[train]\nepochs = 2020-01-01\n", "got 2020-01-01")]:
+        typo.write_text(text)
+        assert main(["--no-ui", "--config", str(typo), "--run-dir", str(tmp_path / "t")]) == 2
+        assert words in capsys.readouterr().err, text
 
 
 @pytest.mark.parametrize("table, line, words", [

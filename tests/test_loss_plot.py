@@ -31,6 +31,10 @@ def test_y_ticks_are_round_numbers_inside_the_range():
     assert tick_labels(nice_ticks(0.0123, 0.0189, 3)) == ["0.014", "0.016", "0.018"]
     assert nice_ticks(2.0, 2.0, 4) == [2.0]
     assert nice_ticks(1.147, 4.616, 3) == [2, 3, 4]  # as many as asked for, not fewer
+    for low, high in [(1.2, 1.925), (1.24, 1.385), (0.9, 1.1), (0.0123, 0.0189)]:  # a short chart asks for 2
+        assert len(nice_ticks(low, high, 2)) >= 2 and all(low <= t <= high for t in nice_ticks(low, high, 2))
+    labels = tick_labels(nice_ticks(8.26e8, 8.77e8, 10))
+    assert len(set(labels)) == len(labels) > 2
     assert tick_labels(nice_ticks(1e9, 5e10, 4)) == ["2e+10", "4e+10"]  # a diverged run's scale
 
 

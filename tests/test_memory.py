@@ -62,10 +62,14 @@ def test_bf16_autocast_halves_the_activations_in_the_floor():
 
 
 def test_a_container_memory_limit_counts(tmp_path):
-    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit, usage, stat = tmp_path / "memory.max", tmp_path / "memory.current", tmp_path / "memory.stat"
+    files = ((str(limit), str(usage), str(stat), "inactive_file"),)
     limit.write_text("4294967296\n")
-    usage.write_text("1073741824\n")
-    assert cgroup_room(((str(limit), str(usage)),)) == 3 * 2 ** 30
+    usage.write_text("3221225472\n")  # 3 GiB used, 2 GiB of it page cache the kernel can drop
+    stat.write_text("anon 1073741824\ninactive_file 2147483648\nactive_file 0\n")
+    assert cgroup_room(files) == 3 * 2 ** 30
+    stat.unlink()  # no stat file: all of the usage counts
+    assert cgroup_room(files) == 2 ** 30
     limit.write_text("max\n")
-    assert cgroup_room(((str(limit), str(usage)),)) is None
-    assert cgroup_room(((str(tmp_path / "none"), str(usage)),)) is None
+    assert cgroup_room(files) is None
+    assert cgroup_room(((str(tmp_path / "none"), str(usage), str(stat), "inactive_file"),)) is None

@@ -253,8 +253,10 @@ def test_a_resumed_run_goes_on_counting_its_elapsed_time(reference, tmp_path):
 def test_a_resumed_run_stopped_at_once_still_ends_with_its_diagnosis(reference, tmp_path):
     corpus, _ = reference
     run_dir = tmp_path / "run"
-    _, first = run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", STEPS_PER_EPOCH + 2)))
-    assert first.diagnosis is not None
+    # A NaN step in epoch 1 makes its verdict unstable: the histories alone would say healthy.
+    _, first = run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", STEPS_PER_EPOCH + 2)),
+                           inject_nan_steps=frozenset({3}))
+    assert first.diagnosis == "unstable"
     sink = Script(stop_at=("micro", STEPS_PER_EPOCH + 3, 1))
     _, end = run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir)
     assert end.reason == "interrupted" and end.diagnosis == first.diagnosis
@@ -268,7 +270,7 @@ def test_a_format_1_checkpoint_still_resumes(reference, tmp_path):
     path = run_dir / "checkpoints" / "latest.pt"
     state = torch.load(path, weights_only=True)
     state["format_version"] = 1
-    del state["loop"]["elapsed_seconds"]  # what version 1 did not have
+    del state["loop"]["elapsed_seconds"], state["loop"]["last_verdict"]  # what version 1 did not have
     torch.save(state, path)
     sink = Script()
     _, end = run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir)

@@ -88,13 +88,22 @@ def _load_toml(path: str) -> dict[str, dict[str, Any]]:
     for section, table in data.items():
         if not isinstance(table, dict) and section in home:
             raise UserError(f"{section} in {path} is outside any table", f"put it under [{home[section]}]")
-        if section not in sections or not isinstance(table, dict):
+        if not isinstance(table, dict) and section in sections:
+            raise UserError(f"{section} in {path} must be a table", f"write [{section}] with its settings below it")
+        if not isinstance(table, dict):
+            guess = difflib.get_close_matches(section, home, n=1)
+            raise UserError(f"unknown setting '{section}' outside any table in {path}",
+                            f"did you mean '{guess[0]}' under [{home[guess[0]]}]?" if guess
+                            else f"settings go in the tables {', '.join(f'[{s}]' for s in sections)}")
+        if section not in sections:
             guess = difflib.get_close_matches(section, sections, n=1)
             raise UserError(f"unknown table [{section}] in {path}",
                             f"did you mean [{guess[0]}]?" if guess else f"use one of {', '.join(sections)}")
         section_cls = sections[section].default_factory
         known = {f.name for f in fields(section_cls)} - {"vocab_size"}
         for key in table:
+            if key == "vocab_size":
+                raise UserError(f"vocab_size in {path} cannot be set", "remove it: it comes from the data's characters")
             if key not in known and key in home:
                 raise UserError(f"'{key}' in [{section}] of {path} belongs in another table", f"move it to [{home[key]}]")
             if key not in known:

@@ -143,7 +143,9 @@ def _toml_literal(value: Any) -> str:
         return f'"{value}"'
     if isinstance(value, (dict, list)):
         return "a table" if isinstance(value, dict) else "an array"
-    return repr(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return str(value)  # a TOML date or time
 
 
 def _positive(name: str, value: int | float | None, flag: str, allow_none: bool = False) -> None:

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -127,6 +127,7 @@ class LoopState:
     bad_steps_total: int = 0
     finished: str | None = None  # end reason once the run is over
     elapsed_seconds: float = 0.0  # wall time of the run at its last save, earlier sessions included
+    last_verdict: list | None = None  # [kind, reason] of the latest diagnosis, at the last save
 
 
 # -- the trainer --------------------------------------------------------------------------------
@@ -220,9 +221,7 @@ class Trainer:
         self._window_rng: dict[str, Any] | None = None
         self._step_alerted_epoch = 0  # one live spike/divergence alert per epoch, not one per step
         # The verdict so far (a resumed run's `end` record carries one even if it stops at once).
-        self.last_diagnosis: Diagnosis | None = (
-            diagnose(self.state.train_history, self.state.val_history, self.corpus.vocab.size, cfg.diagnosis)
-            if self.state.val_history else None)
+        self.last_diagnosis: Diagnosis | None = Diagnosis(*self.state.last_verdict) if self.state.last_verdict else None
         self.error: BaseException | None = None
 
     # -- set-up helpers -------------------------------------------------------------------------
@@ -314,8 +313,8 @@ class Trainer:
         self.notes.append(f"resumed at epoch {self.state.epoch}, step {self.state.step}")
         st = self.state
         if st.pending_accum is not None:
-            self.notes.append(f"accum {st.accum} -> {st.pending_accum} is pending, "
-                              f"for epoch {st.pending_accum_epoch or st.epoch + 1}")
+            epoch = st.pending_accum_epoch or (st.epoch if st.example_cursor == 0 else st.epoch + 1)
+            self.notes.append(f"accum {st.accum} -> {st.pending_accum} is pending, for epoch {epoch}")
 
     def _accum_given_with_resume(self, accum: int | None) -> int | None:
         """``--accum`` with ``--resume`` is a press of +/-: a change at the next epoch boundary (at
@@ -397,7 +396,9 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "early_stopping": self.early_stopping.state_dict(),
-            "loop": {**asdict(self.state), "elapsed_seconds": self.elapsed_seconds()},
+            "loop": {**asdict(self.state), "elapsed_seconds": self.elapsed_seconds(),
+                     "last_verdict": [self.last_diagnosis.kind, self.last_diagnosis.reason]
+                     if self.last_diagnosis else None},
             "rng": rng if rng is not None else capture_rng(self.device),
             "config": self.cfg.to_dict(),
             "vocab": list(self.corpus.vocab.chars),
@@ -488,19 +489,23 @@ class Trainer:
         self.sink.emit(event)
         return event
 
-    def _end_with_the_run_saved(self, reason: str, message: str = "") -> RunEnded:
+    def _end_with_the_run_saved(self, reason: str, message: str = "",
+                                then: Callable[[], None] | None = None) -> RunEnded:
         """End a finished run, but not with its final weights only in memory: when the last save
         failed (a full disk), the app can retry it with `s` (the engine waits for it here); a run
         whose final checkpoint is still not on disk ends as an error, so a script notices."""
         st = self.state
-        if self._latest_saved == (st.epoch, st.example_cursor, st.step):
-            return self._end(reason, message)
-        if self.for_ui:
+        saved = self._latest_saved == (st.epoch, st.example_cursor, st.step)
+        if not saved and self.for_ui:
             self.sink.emit(Notice(f"the final checkpoint could not be saved ({self._save_error}): "
                                   "free some space and press s to retry, or q to leave without it", "error"))
-            while not self.control.stop_requested:
-                if any(isinstance(c, SaveCheckpoint) for c in self.control.drain(timeout=0.25)) and self.save("latest"):
-                    return self._end(reason, message)
+            while not saved and not self.control.stop_requested:
+                commands = self.control.drain(timeout=0.25)
+                saved = any(isinstance(c, SaveCheckpoint) for c in commands) and self.save("latest")
+        if saved:
+            if then is not None:
+                then()
+            return self._end(reason, message)
         previous = (f"the last checkpoint on disk is from step {self._latest_saved[2]}" if self._latest_saved
                     else "no checkpoint is on disk")
         done = "finished" if reason == "completed" else "stopped early"
@@ -696,9 +701,10 @@ class Trainer:
             self.save("best")
         if should_stop and st.epoch <= cfg.train.epochs:
             self.save("latest")
-            self._restore_best()
             self.sink.emit(Notice(f"early stopping: {stop_reason}", "warning"))
-            return self._end_with_the_run_saved("early_stop", stop_reason)
+            # The best weights come back only once `latest` holds the run's own (a retried save must
+            # not pair the best epoch's weights with a later epoch's optimizer and position).
+            return self._end_with_the_run_saved("early_stop", stop_reason, then=self._restore_best)
         saved = self.save("latest")
         if self.control.stop_requested:
             return self._interrupted(saved, f"the end of epoch {epoch_done}")

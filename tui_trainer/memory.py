@@ -58,22 +58,38 @@ def training_bytes_floor(cfg: RunConfig, device_type: str, train_windows: int | 
     return state + activations + attention_matrix_bytes(m, micro_batch, device_type, width)
 
 
-# (limit, usage) files of this process's memory cgroup: v2, then v1. A container's limit is lower
-# than what the host's /proc/meminfo (psutil) reports, and going past it is an OOM kill all the same.
-CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+# (limit, usage, stat, the stat's reclaimable page cache) of this process's memory cgroup: v2, then
+# v1. A container's limit is lower than what the host's /proc/meminfo (psutil) reports, and going
+# past it is an OOM kill all the same. Usage counts the page cache; its inactive part is given back
+# on demand, so it is room (the "working set" docker and the kubelet report).
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
+                 "inactive_file"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+                 "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"))
+
+
+def _stat_value(stat_file: str, key: str) -> int:
+    try:
+        for line in Path(stat_file).read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def cgroup_room(files=CGROUP_FILES) -> int | None:
     """Bytes left under this process's cgroup memory limit, or None when there is no limit."""
-    for limit_file, usage_file in files:
+    for limit_file, usage_file, stat_file, reclaimable in files:
         try:
             limit = Path(limit_file).read_text().strip()
             usage = int(Path(usage_file).read_text().strip())
         except (OSError, ValueError):
             continue
         if limit.isdigit() and int(limit) < 2 ** 60:  # "max" or a huge number: no limit
-            return max(0, int(limit) - usage)
+            working_set = max(0, usage - _stat_value(stat_file, reclaimable))
+            return max(0, int(limit) - working_set)
         return None
     return None
 

@@ -86,5 +86,6 @@ class DiagnosisBanner(Panel):
             return (f"■ early stop: best weights (epoch {view.best_epoch}, val {fmt.loss(view.best_val_loss)}) "
                     f"kept — press q to quit")
         if view.end_reason == "interrupted":
-            return f"■ {view.end_message or 'stopped'} — checkpoint saved"
+            saved = " — checkpoint saved" if view.checkpoint_error is None else ""  # the message says why not
+            return f"■ {view.end_message or 'stopped'}{saved}"
         return ""  # errors get their own panel

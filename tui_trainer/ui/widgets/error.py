@@ -38,8 +38,10 @@ class ErrorPanel(Panel):
             run_dir = Path(view.run_dir)
             if (run_dir / "error.log").exists():
                 text.append(f"\ntraceback: {run_dir / 'error.log'}", dim)
-            # A diverged run would diverge again from its checkpoint: the message says to start again.
+            # A run stopped for non-finite steps would diverge again from its checkpoint: its
+            # message says to start again instead.
+            diverged = "non-finite steps in a row" in (view.end_message or "")
             resume = (f"; --resume {run_dir} continues from the last checkpoint"
-                      if checkpoint_path(run_dir).exists() and view.diagnosis != "unstable" else "")
+                      if checkpoint_path(run_dir).exists() and not diverged else "")
             text.append(f"\nmetrics.jsonl is kept{resume}. q quits.", dim)
         return text

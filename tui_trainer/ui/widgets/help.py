@@ -16,7 +16,11 @@ KEYS = [
     ("m", "smooth / raw loss"), ("^p", "command palette"), ("^c", "stop, exit code 130"),
     ("?", "this help"), ("esc", "close this help"),
 ]
-KEY_CELL = 24  # "+ ]" + space + a 20-column description
+WHAT_WIDTH = max(len(what) for _, what in KEYS)
+KEY_CELL = 4 + WHAT_WIDTH  # "+ ]" and a space, then the description
+# Columns the help box takes from the screen around the key grid: its border (2) and padding (2),
+# the body's padding (1), and a vertical scrollbar (2) when the help is taller than the screen.
+HELP_CHROME = 7
 
 ACCUMULATION = (
     "Each micro-batch (what fits in memory) adds its gradient to the ones before; after accum "
@@ -39,7 +43,7 @@ def _keys(width: int) -> Content:
     columns = max(1, min(3, (width + 2) // (KEY_CELL + 2)))
     lines = []
     for start in range(0, len(KEYS), columns):
-        cells = [Content.assemble((key.ljust(3), "bold $accent"), " ", what.ljust(20))
+        cells = [Content.assemble((key.ljust(3), "bold $accent"), " ", what.ljust(WHAT_WIDTH))
                  for key, what in KEYS[start:start + columns]]
         lines.append(Content("  ").join(cells).rstrip())
     return Content("\n").join(lines)
@@ -61,8 +65,7 @@ class HelpScreen(ModalScreen[None]):
             box.border_title = "help"
             box.border_subtitle = "esc closes"
             yield Static(Content.from_markup("[b]Keys[/b]"), classes="help-title -first")
-            # The box's inside: the screen less its border and the body's padding (and at most 100).
-            yield Static(_keys(min(self.app.size.width, 100) - 3), classes="help-body")
+            yield Static(_keys(min(self.app.size.width, 100) - HELP_CHROME), classes="help-body")
             yield Static(Content.from_markup("[b]Gradient accumulation and the effective batch[/b]"),
                          classes="help-title")
             yield Static(ACCUMULATION, classes="help-body", markup=False)

@@ -55,16 +55,22 @@ def nice_ticks(low: float, high: float, count: int) -> list[float]:
         first = math.ceil(low / spacing - 1e-9)
         return [round(k * spacing, 10) for k in range(first, math.floor(high / spacing + 1e-9) + 1)]
 
-    # The round spacing whose tick count comes closest to ``count`` without going over it.
+    # The round spacing whose tick count comes closest to ``count`` without going over it; else
+    # the fewest above it (never none: an axis needs at least two labels to be read).
     candidates = [ticks(m * magnitude * scale) for scale in (0.1, 1, 10) for m in (1, 2, 2.5, 5)]
-    fitting = [t for t in candidates if 2 <= len(t) <= count] or [min(candidates, key=len)]
-    return max(fitting, key=len)
+    fitting = [t for t in candidates if 2 <= len(t) <= count]
+    if fitting:
+        return max(fitting, key=len)
+    return min((t for t in candidates if len(t) >= 2), key=len, default=[round((low + high) / 2, 10)])
 
 
 def tick_labels(ticks: list[float]) -> list[str]:
     """As few decimals as tell the ticks apart: 1.5 2 2.5 -> 1.5 2.0 2.5; a diverged run's 5e+09."""
     if ticks and max(abs(t) for t in ticks) >= 1e5:
-        return [f"{t:.2g}" for t in ticks]
+        for digits in range(2, 12):
+            labels = [f"{t:.{digits}g}" for t in ticks]
+            if len(set(labels)) == len(labels):
+                return labels
     for decimals in range(0, 6):
         labels = [f"{t:.{decimals}f}" for t in ticks]
         if len(set(labels)) == len(labels) and all(abs(float(l) - t) < 1e-9 for l, t in zip(labels, ticks)):
