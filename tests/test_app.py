@@ -21,11 +21,13 @@ import pytest
 from textual import events
 
 from conftest import tiny_config, with_limits
+from test_snapshots import recorded_epochs, started
 from tui_trainer.cli import exit_code_for
 from tui_trainer.engine import Trainer
 from tui_trainer.errors import UserError
+from tui_trainer.events import CheckpointFailed, CheckpointSaved
 from tui_trainer.metrics import read_metrics
-from tui_trainer.ui.app import TrainerApp, create_app
+from tui_trainer.ui.app import TrainerApp, create_app, create_replay_app
 from tui_trainer.ui.bridge import AppSink
 from tui_trainer.ui.widgets import HelpScreen, LossPlot
 
@@ -400,3 +402,18 @@ async def test_resumed_run_shows_its_history_and_pending_change(small_corpus, tm
         assert second.view.step_numbers[:end.steps] == list(range(1, end.steps + 1))  # the plot goes on
         assert len(second.view.epoch_points) == epochs_done and second.view.diagnosis is not None
         await wait_for_text(pilot, second, "accum 2 -> 4 at next epoch")
+
+
+async def test_banner_keeps_a_failed_save_in_view_until_a_save_works():
+    """A toast goes after a few seconds; the banner line stays while the last save failed (the app
+    waits on `s` for a run's final checkpoint) and goes with the next save that works."""
+    app = create_replay_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.feed([started(), *recorded_epochs(2),
+                  CheckpointFailed("latest", "could not save runs/x/checkpoints/latest.pt: No space left on device")])
+        app.tick()
+        await pilot.pause()
+        await wait_for_text(pilot, app, "checkpoint not saved (No space left on device): free space, then s retries")
+        app.feed([CheckpointSaved("latest", "runs/x/checkpoints/latest.pt", 120, 3, 0.1)])
+        app.tick()
+        await wait_for_text(pilot, app, "checkpoint not saved", present=False)
