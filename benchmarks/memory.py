@@ -31,8 +31,8 @@ from tui_trainer.config import DataConfig, RunConfig, TrainConfig
 from tui_trainer.control import Control
 from tui_trainer.data import WindowDataset, load_corpus
 from tui_trainer.engine import Trainer
-from tui_trainer.memory import activation_estimate_bytes, training_bytes_floor
 from tui_trainer.events import StepEvent
+from tui_trainer.memory import activation_estimate_bytes, saved_for_backward_bytes, training_bytes_floor
 from tui_trainer.model import GPT
 
 MIB = 2**20
@@ -102,21 +102,6 @@ def child(args: argparse.Namespace) -> int:
 
 
 # -- the parent: run both, compare, estimate ------------------------------------------------
-
-def saved_for_backward_bytes(model: GPT, inputs: torch.Tensor, targets: torch.Tensor) -> int:
-    """Bytes of the distinct tensors autograd keeps for backward in one forward pass."""
-    seen: dict[tuple[int, int], int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
-        return tensor
-
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(inputs, targets)
-    return sum(nbytes for (ptr, _), nbytes in seen.items() if ptr not in params)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

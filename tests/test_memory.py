@@ -7,7 +7,8 @@ import torch
 
 from tui_trainer.config import ModelConfig, RunConfig, TrainConfig
 from tui_trainer.errors import UserError
-from tui_trainer.memory import attention_matrix_bytes, cgroup_room, check_fits, parameter_count, training_bytes_floor
+from tui_trainer.memory import (attention_matrix_bytes, cgroup_room, check_fits, parameter_count,
+                                saved_for_backward_bytes, training_bytes_floor)
 from tui_trainer.model import GPT
 
 
@@ -18,27 +19,13 @@ def test_parameter_count_is_exact(shape):
     assert parameter_count(cfg) == GPT(cfg).num_parameters()
 
 
-def _saved_for_backward_bytes(model: GPT, idx: torch.Tensor) -> int:
-    seen: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(idx, idx)
-    return sum(n for ptr, n in seen.items() if ptr not in params)
-
-
 def test_attention_term_is_what_dropout_makes_autograd_keep_on_cpu():
     torch.manual_seed(0)
     cfg = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=256, vocab_size=65, dropout=0.1)
     idx = torch.randint(0, 65, (2, 256))
     with_dropout = GPT(cfg).train()
     without = GPT(ModelConfig(**{**cfg.__dict__, "dropout": 0.0})).train()
-    extra = _saved_for_backward_bytes(with_dropout, idx) - _saved_for_backward_bytes(without, idx)
+    extra = saved_for_backward_bytes(with_dropout, idx, idx) - saved_for_backward_bytes(without, idx, idx)
     predicted = attention_matrix_bytes(cfg, micro_batch=2, device_type="cpu")
     # The other dropout masks (embeddings, residuals, MLP) are linear in T: small beside T^2 at T=256.
     assert 0.9 * predicted <= extra <= 1.2 * predicted

@@ -24,8 +24,8 @@ import torch
 
 from .errors import UserError
 
-# 1: the first format. 2: `loop.elapsed_seconds` (the run's wall time). Older versions still load
-# (a missing field takes its default); a newer one is refused with "upgrade tui-trainer".
+# 1: the first format. 2: `loop.elapsed_seconds` (the run's wall time) and `loop.last_verdict`. Older
+# versions still load (a missing field takes its default); a newer one is refused with "upgrade tui-trainer".
 FORMAT_VERSION = 2
 CHECKPOINT_DIR = "checkpoints"
 # What the engine needs to resume; a checkpoint without one of these cannot be used.

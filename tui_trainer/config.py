@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
 import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from .errors import UserError

@@ -361,16 +361,15 @@ class Trainer:
 
     # -- derived figures ------------------------------------------------------------------------
 
+    def _capped(self, examples: int, limit_batches: int | None) -> int:
+        return min(examples, limit_batches * self.cfg.train.micro_batch) if limit_batches else examples
+
     def examples_per_epoch(self) -> int:
-        n = len(self.train_set)
-        limit = self.cfg.data.limit_train_batches
-        return min(n, limit * self.cfg.train.micro_batch) if limit else n
+        return self._capped(len(self.train_set), self.cfg.data.limit_train_batches)
 
     def val_examples(self) -> int:
         """Examples one validation pass reads (``--limit-val-batches`` caps it)."""
-        n = len(self.val_set)
-        limit = self.cfg.data.limit_val_batches
-        return min(n, limit * self.cfg.train.micro_batch) if limit else n
+        return self._capped(len(self.val_set), self.cfg.data.limit_val_batches)
 
     def planned_tokens(self) -> int:
         return self.cfg.train.epochs * self.examples_per_epoch() * self.cfg.model.block_size

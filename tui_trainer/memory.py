@@ -46,6 +46,22 @@ def attention_matrix_bytes(m: ModelConfig, micro_batch: int, device_type: str,
     return m.n_layer * 3 * micro_batch * m.n_head * m.block_size ** 2 * bytes_per_float
 
 
+def saved_for_backward_bytes(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward in one forward pass, weights left
+    out: what the estimates above are checked against (tests, benchmarks/memory.py)."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        return tensor
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(inputs, targets)
+    return sum(nbytes for (ptr, _), nbytes in seen.items() if ptr not in params)
+
+
 def training_bytes_floor(cfg: RunConfig, device_type: str, train_windows: int | None = None,
                          autocast_bf16: bool = False) -> int:
     """Weights, gradients, AdamW's two moments, and the activations of the largest micro-batch

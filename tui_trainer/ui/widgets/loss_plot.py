@@ -125,6 +125,7 @@ class LossPlot(PlotextPlot):
 
     def toggle_smoothing(self, view: RunView) -> None:
         self.smooth = not self.smooth
+        self.border_title = legend(self.smooth)  # the step line's name follows the smoothing
         self.redraw(view)
 
     def _limits(self, x_shown, raw_shown, ema_shown, epochs, xs) -> tuple[float, float] | None:
@@ -134,8 +135,9 @@ class LossPlot(PlotextPlot):
         primary = ema_shown if self.smooth else raw_shown
         raw_late = sorted(raw_shown[i] for i in late_index)
         # Every epoch point stays on the chart, the first one too: they are means, not noise.
-        late = [primary[i] for i in late_index] + [v for p in epochs for v in (p.train_loss, p.val_loss)]
-        everything = list(primary) + [v for p in epochs for v in (p.train_loss, p.val_loss)]
+        epoch_values = [v for p in epochs for v in (p.train_loss, p.val_loss)]
+        late = [primary[i] for i in late_index] + epoch_values
+        everything = list(primary) + epoch_values
         if raw_late:  # the raw cloud, less its 2% extremes on either side
             late.append(raw_late[int(0.98 * (len(raw_late) - 1))])
             everything.append(raw_late[int(0.02 * (len(raw_late) - 1))])
@@ -148,7 +150,6 @@ class LossPlot(PlotextPlot):
         if key == self._drawn:
             return False
         self._drawn = key
-        self.border_title = legend(self.smooth)  # the step line's name follows the smoothing
         plt = self.plt
         plt.clear_figure()
         epochs = view.epoch_points
