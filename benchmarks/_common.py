@@ -18,6 +18,12 @@ import torch
 
 from tui_trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 
+# Exit codes every benchmark uses: 0 measured (a performance target is a figure, reported as
+# "meets"/"misses"), 1 a check failed (the same update, gradient equivalence, a key whose effect
+# never showed), 3 nothing was measured (a tool it needs is missing, no sample could be taken).
+CHECK_FAILED = 1
+NOTHING_MEASURED = 3
+
 # Named sizes the benchmarks share: the seed's configuration and a small one (issue 7), and
 # a tiny one for --quick smoke runs.
 PRESETS: dict[str, tuple[ModelConfig, int, int]] = {

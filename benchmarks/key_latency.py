@@ -20,6 +20,9 @@ so each figure includes one send-keys and up to one poll interval: the method's 
     python benchmarks/key_latency.py                  # small model, 30 samples per key
     python benchmarks/key_latency.py --preset seed --samples 50
     python benchmarks/key_latency.py --quick          # tiny model, 8 samples (smoke)
+
+Exit code 0 when it measured (the target is reported as "meets"/"misses"), 1 when a key's
+effect never showed, 3 when nothing was measured (no tmux, no sample taken).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import PRESETS, machine_line, scratch_dir, table
+from _common import CHECK_FAILED, NOTHING_MEASURED, PRESETS, machine_line, scratch_dir, table
 from ui_overhead import REPO, app_pid, cli_args
 
 TARGET_MS = 100.0
@@ -170,7 +173,7 @@ def stop_app(pane: Pane, pid: int | None) -> None:
                     break
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
     parser.add_argument("--samples", type=int, default=30, help="presses of each key")
@@ -187,9 +190,9 @@ def main() -> None:
 
     print(machine_line())
     if shutil.which("tmux") is None:
-        print(f"note: tmux not found; key latency (target: p95 under {TARGET_MS:.0f} ms) is measured in a real "
-              "tmux pane, so nothing was measured")
-        return
+        print(f"nothing measured: tmux not found; key latency (target: p95 under {TARGET_MS:.0f} ms) is measured "
+              "in a real tmux pane — install tmux")
+        return NOTHING_MEASURED
     model, micro_batch, accum = PRESETS[opts.preset]
     server = f"tui-trainer-bench-keys-{os.getpid()}"
     pane = Pane(server)
@@ -276,15 +279,20 @@ def main() -> None:
           + (f"; {left_out} +/- pair(s) left out (an epoch boundary fell between them)" if left_out else ""))
     every = [ms for values in latencies.values() for ms in values]
     if not every:
-        print(f"all keys: p95 — no samples taken (target: p95 under {TARGET_MS:.0f} ms)")
-        return
+        print(f"nothing measured: no samples taken (target: p95 under {TARGET_MS:.0f} ms)")
+        return NOTHING_MEASURED
     overall = p95(every)
     verdict = "meets" if overall < TARGET_MS and not any(missed.values()) else "misses"
     print(f"all keys: p95 {overall:.1f} ms over {len(every)} presses — {verdict} the target "
           f"(p95 under {TARGET_MS:.0f} ms)")
     if steps_after <= steps_before:
         print("warning: no optimizer step was taken during the samples: these figures are not under training load")
+    never = sum(missed.values())
+    if never:
+        print(f"check FAILED: {never} key press(es) never showed their effect within {KEY_TIMEOUT_S:.0f} s")
+        return CHECK_FAILED
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

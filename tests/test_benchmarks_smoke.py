@@ -6,6 +6,8 @@ figures are ratios measured on a quiet machine (benchmarks/README.md).
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,27 +17,64 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def run_quick(script: str, tmp_path: Path, timeout: float) -> str:
-    path = BENCHMARKS / script
-    done = subprocess.run([sys.executable, str(path), "--quick"], capture_output=True, text=True, timeout=timeout,
+CHECK_FAILED, NOTHING_MEASURED = 1, 3  # benchmarks/_common.py
+
+
+def run_script(script: str, tmp_path: Path, timeout: float, *extra: str,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", *extra], capture_output=True,
+                          text=True, timeout=timeout, env=env,
                           cwd=tmp_path)  # anywhere: the scripts must not depend on the working directory
+
+
+def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
+    done = run_script(script, tmp_path, timeout, *extra)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done.stdout
 
 
+# Each expected text is printed only when the script measured (and, where it checks something,
+# when the check passed): a label printed whatever the result would prove nothing.
 @pytest.mark.parametrize("script, expected", [
     ("throughput.py", "engine/plain"),
-    ("memory.py", "same update"),
+    ("memory.py", "same update: max relative difference of the weight change after 1 steps"),
     ("equivalence.py", "every split is within it"),
     ("accumulation_payoff.py", "mean final val loss"),
     ("optimizer_step.py", "median vs fused"),
     ("profile_overhead.py", "us per step"),
-    ("key_latency.py", "p95"),
-    ("ui_overhead.py", "vs no-ui"),
+    ("key_latency.py", "all keys: p95 "),
+    ("ui_overhead.py", "app/no-ui throughput ratio (worst mode, medians)"),
     ("threads.py", "threads + UI load"),
 ])
 def test_benchmark_script_runs_quick_and_prints_its_figures(script, expected, tmp_path):
-    assert expected in run_quick(script, tmp_path, timeout=120)
+    if script in ("key_latency.py", "ui_overhead.py") and shutil.which("tmux") is None:
+        pytest.skip("needs tmux (the no-tmux path has its own test)")
+    out = run_quick(script, tmp_path, timeout=120)
+    assert expected in out
+    assert "nothing measured" not in out and "FAILED" not in out
+
+
+def test_memory_benchmark_exits_1_when_the_same_update_check_fails(tmp_path):
+    # A tolerance no fp32 pair of runs in another summation order meets: the check must fail loudly.
+    done = run_script("memory.py", tmp_path, 120, "--tolerance", "1e-12")
+    assert done.returncode == CHECK_FAILED, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "FAILED: above the tolerance" in done.stdout
+
+
+def _path_without_tmux(tmp_path: Path) -> dict[str, str]:
+    """PATH with only a folder holding this Python: tmux cannot be found."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    return {**os.environ, "PATH": str(bin_dir)}
+
+
+@pytest.mark.parametrize("script", ["key_latency.py", "ui_overhead.py"])
+def test_a_tmux_benchmark_without_tmux_says_it_measured_nothing_and_exits_3(script, tmp_path):
+    done = run_script(script, tmp_path, 60, env=_path_without_tmux(tmp_path))
+    assert done.returncode == NOTHING_MEASURED, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "nothing measured: tmux not found" in done.stdout
+    assert "all keys: p95 " not in done.stdout and "throughput ratio" not in done.stdout  # no figure
 
 
 @pytest.mark.slow
