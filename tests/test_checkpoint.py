@@ -72,6 +72,46 @@ def test_save_writes_via_a_temp_file_and_leaves_no_temp_behind(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["latest.pt"]
 
 
+def test_save_writes_the_temp_file_fsyncs_it_renames_it_then_fsyncs_the_directory(tmp_path, monkeypatch):
+    """The order that makes a save atomic and durable, pinned with a spy on the os calls (the real
+    calls still run): the data reaches the disk before the rename can expose it under the real name."""
+    path = ckpt.checkpoint_path(tmp_path, "latest")
+    path.parent.mkdir(parents=True)
+    tmp = path.with_name(f".latest.pt.tmp-{os.getpid()}")
+    calls: list[tuple[str, str]] = []
+    real_write, real_fsync, real_replace = os.write, os.fsync, os.replace
+
+    def target(fd: int) -> str:
+        return os.readlink(f"/proc/self/fd/{fd}")
+
+    def spy_write(fd, data):
+        calls.append(("write", target(fd)))
+        return real_write(fd, data)
+
+    def spy_fsync(fd):
+        calls.append(("fsync", target(fd)))
+        return real_fsync(fd)
+
+    def spy_replace(src, dst):
+        calls.append(("replace", f"{src} -> {dst}"))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "write", spy_write)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    ckpt.save_atomic({"format_version": ckpt.FORMAT_VERSION, "value": torch.tensor(1)}, path)
+    monkeypatch.undo()
+    kinds = [kind for kind, _ in calls]
+    writes = [i for i, kind in enumerate(kinds) if kind == "write"]
+    assert writes and all(calls[i][1] == str(tmp) for i in writes)  # the data goes to the temp file only
+    file_sync = kinds.index("fsync")
+    rename = kinds.index("replace")
+    assert calls[file_sync] == ("fsync", str(tmp)) and max(writes) < file_sync < rename
+    assert calls[rename] == ("replace", f"{tmp} -> {path}")
+    assert ("fsync", str(path.parent)) in calls[rename + 1:]  # the rename itself made durable
+    assert torch.load(path, weights_only=True)["value"].item() == 1
+
+
 def test_stale_temp_files_of_dead_processes_are_cleaned_up(tmp_path):
     path = ckpt.checkpoint_path(tmp_path, "latest")
     path.parent.mkdir(parents=True)

@@ -172,7 +172,8 @@ def tiny_text(tmp_path, shakespeare_text):
 
 def test_real_overfitting_run_is_diagnosed_and_stops_early_at_the_best_epoch(tiny_text, tmp_path):
     sink = ListSink()
-    end = Trainer(_memorising_config(tiny_text, tmp_path / "run", patience=3), sink).run()
+    trainer = Trainer(_memorising_config(tiny_text, tmp_path / "run", patience=3), sink)
+    end = trainer.run()
     epochs = sink.of(EpochEvent)
     val = [e.val_loss for e in epochs]
     assert end.reason == "early_stop" and len(epochs) < 30
@@ -188,6 +189,31 @@ def test_real_overfitting_run_is_diagnosed_and_stops_early_at_the_best_epoch(tin
     import torch
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     assert best["early_stopping"]["best_epoch"] == end.best_epoch
+    # The model in memory holds best.pt's weights (not the last epoch's, which latest.pt keeps).
+    latest = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
+    weights = trainer.model.state_dict()
+    assert all(torch.equal(weights[name], best["model"][name]) for name in weights)
+    assert not all(torch.equal(weights[name], latest["model"][name]) for name in weights)
+
+
+def test_the_engine_warns_in_the_epoch_whose_val_loss_rose_more_than_5_percent(tmp_path):
+    """Training text "abcd..." and validation text "dcba...": the better the model learns the
+    training order, the worse it predicts the validation text, so val loss rises epoch after epoch."""
+    corpus = tmp_path / "contrary.txt"
+    corpus.write_text("abcd" * 900 + "dcba" * 100, encoding="utf-8")
+    cfg = tiny_config(corpus, tmp_path / "run", micro_batch=8, accum=1, epochs=4, patience=0)
+    cfg = cfg.replace(data=replace(cfg.data, limit_train_batches=4), optim=OptimConfig(lr=1e-2, weight_decay=0.0))
+    sink = ListSink()
+    assert Trainer(cfg, sink).run().reason == "completed"
+    epochs = sink.of(EpochEvent)
+    val = [e.val_loss for e in epochs]
+    rose = [i for i in range(1, len(val)) if val[i] > val[i - 1] * 1.05]
+    assert rose, f"val loss should rise more than 5% in some epoch: {val}"
+    warned = [i for i, e in enumerate(epochs) if e.val_rise_warning]
+    assert warned == rose  # on those epochs, and only on those
+    assert all(f"({val[i - 1]:.4f} -> {val[i]:.4f})" in epochs[i].val_rise_warning for i in rose)
+    records = [r for r in read_metrics(tmp_path / "run") if r["type"] == "epoch"]
+    assert [i for i, r in enumerate(records) if r["val_rise_warning"]] == rose
 
 
 def test_same_run_with_patience_zero_keeps_going(tiny_text, tmp_path):
