@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -148,6 +149,38 @@ def _toml_literal(value: Any) -> str:
     return str(value)  # a TOML date or time
 
 
+# Upper bounds for the counts: far beyond anything this tool can train on any machine, so they never
+# refuse a real run, but a typo (an extra digit or three) gets one line instead of a segfault in a
+# C library, an hour of silence, or a figure of 10^30 GiB. Values that reach torch must also fit its
+# 64-bit integers (the data order seeds a generator with seed x 1,000,003 + epoch).
+LIMITS: dict[str, int] = {
+    "n_layer": 4096,
+    "n_embd": 65_536,
+    "block_size": 1_048_576,
+    "micro_batch": 1_048_576,
+    "epochs": 1_000_000,
+    "checkpoint_every": 10**9,
+    "limit_train_batches": 10**9,
+    "limit_val_batches": 10**9,
+    "warmup_tokens": 10**15,
+    "max_bad_steps": 1_000_000,
+}
+SEED_MAX = 2**32 - 1  # numpy's range; seed x 1,000,003 + epoch then fits a torch generator's seed
+THREADS_PER_CORE_MAX = 4  # more torch threads than this per core only slows a run down (400x at 999 on 2 cores)
+MIN_VAL_SPLIT = 1e-6  # below this no real file holds a validation window, and the hints overflow
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _at_most(name: str, value: int | None, flag: str) -> None:
+    limit = LIMITS[name]
+    if value is not None and value > limit:
+        raise UserError(f"{flag} {value} is far beyond what this tool can use (at most {limit:,})",
+                        f"pass {flag} {limit} or less")
+
+
 def _positive(name: str, value: int | float | None, flag: str, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -198,6 +231,24 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UserError(f"--grad-clip must be 0 (off) or more, got {o.grad_clip}", "use e.g. --grad-clip 1.0")
     if o.warmup_tokens is not None and o.warmup_tokens < 0:
         raise UserError(f"--warmup-tokens must be 0 or more, got {o.warmup_tokens}", "omit it for 5% of the run")
+    for name, value, flag in (("n_layer", m.n_layer, "--n-layer"), ("n_embd", m.n_embd, "--n-embd"),
+                              ("block_size", m.block_size, "--block-size"),
+                              ("micro_batch", t.micro_batch, "--micro-batch"), ("epochs", t.epochs, "--epochs"),
+                              ("checkpoint_every", t.checkpoint_every, "--checkpoint-every"),
+                              ("limit_train_batches", d.limit_train_batches, "--limit-train-batches"),
+                              ("limit_val_batches", d.limit_val_batches, "--limit-val-batches"),
+                              ("warmup_tokens", o.warmup_tokens, "--warmup-tokens"),
+                              ("max_bad_steps", t.max_bad_steps, "--max-bad-steps")):
+        _at_most(name, value, flag)
+    if d.val_split < MIN_VAL_SPLIT:
+        raise UserError(f"--val-split {d.val_split:g} is too small to hold a validation window",
+                        f"use --val-split {MIN_VAL_SPLIT:g} or more, e.g. 0.1")
+    if not 0 <= t.seed <= SEED_MAX:
+        raise UserError(f"--seed must be between 0 and {SEED_MAX}, got {t.seed}", "use e.g. --seed 1337")
+    if t.threads is not None and t.threads > THREADS_PER_CORE_MAX * usable_cores():
+        cores = usable_cores()
+        raise UserError(f"--threads {t.threads} is far more than this machine's {cores} core{'s' if cores > 1 else ''}",
+                        f"pass --threads {cores} (or leave it out: one per core)")
     if t.patience < 0:
         raise UserError(f"--patience must be 0 (off) or more, got {t.patience}", "the seed recommends 3-5")
     if t.min_delta < 0:
