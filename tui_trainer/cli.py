@@ -50,7 +50,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"error: {message} — see `tui-trainer --help`", file=sys.stderr)
+        say(f"error: {message} — see `tui-trainer --help`")
         raise SystemExit(2)
 
 
@@ -220,7 +220,7 @@ class DetachableStream:
             return False
 
     def write(self, text: str) -> None:
-        self._guard(self.stream.write, text)
+        self._guard(write_replacing, self.stream, text)
 
     def flush(self) -> None:
         self._guard(self.stream.flush)
@@ -230,9 +230,19 @@ class DetachableStream:
             return
         try:
             call(*args)
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # (a UnicodeEncodeError never gets here: write_replacing handles it)
             self.detached = True
             _point_at_devnull(self.stream)
+
+
+def write_replacing(stream, text: str) -> None:
+    """Write ``text``; what the stream's encoding cannot hold (PYTHONIOENCODING=ascii, a C locale,
+    a file name with undecodable bytes) becomes "?" instead of an error that drops the line."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:  # a ValueError, but the terminal is fine: the text is not
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        stream.write(text.encode(encoding, "replace").decode(encoding))
 
 
 def _point_at_devnull(stream) -> None:
@@ -247,7 +257,8 @@ def _point_at_devnull(stream) -> None:
 def say(text: str) -> None:
     """One line on stderr, even when the terminal is gone."""
     try:
-        print(text, file=sys.stderr, flush=True)
+        write_replacing(sys.stderr, text + "\n")
+        sys.stderr.flush()
     except (OSError, ValueError):
         _point_at_devnull(sys.stderr)
 

@@ -299,7 +299,9 @@ class Trainer:
                   "data_path": self.corpus.path, "data_sha256": self.corpus.sha256,
                   "device": str(self.device), "threads": self.threads, "torch": torch.__version__}
         tmp = self.run_dir / f".{CONFIG_FILE}.tmp"
-        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False))
+        # ASCII JSON (non-ASCII as \u escapes) in UTF-8, never the locale's encoding: a path with bytes
+        # that are not valid in the file system's encoding (a surrogate in Python) round-trips too.
+        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
         os.replace(tmp, self.run_dir / CONFIG_FILE)
 
     def _load_resume_state(self, state: dict) -> None:
@@ -469,7 +471,7 @@ class Trainer:
             self.error = exc
             message = f"{type(exc).__name__}: {exc}"
             try:
-                (self.run_dir / "error.log").write_text(traceback.format_exc())
+                (self.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8", errors="replace")
             except OSError:
                 pass  # a full disk must not hide the error itself
             end = self._end("error", message)
