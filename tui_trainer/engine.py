@@ -24,6 +24,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .accumulation import WindowAborted, accumulate_window
+from .checkpoint_contents import check_contents
 from .config import RunConfig, validate
 from .control import Control, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from .data import (Corpus, Vocabulary, WindowDataset, epoch_examples, load_corpus, plan_windows, val_batches,
@@ -170,6 +171,7 @@ class Trainer:
                 raise UserError(f"run dir {resume} has no checkpoint: the run stopped before its first save",
                                 f"start it again with --run-dir {resume}" + (" --overwrite" if held == "steps" else ""))
             resume_state = ckpt.load_checkpoint(ckpt.checkpoint_path(resume))
+            check_contents(resume_state, ckpt.checkpoint_path(resume), LoopState)
             cfg = self._merge_resume_config(resume_state, cfg, overrides or {}, Path(resume), self.notes)
             self._refuse_a_finished_run(resume_state, cfg)
         self.cfg = cfg = validate(cfg)

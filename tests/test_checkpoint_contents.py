@@ -1,0 +1,100 @@
+"""A checkpoint whose CRCs are fine but whose contents do not fit is one line and exit 2, and the run
+dir is left exactly as it was (no trimmed metrics, no error.log, no temp file)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from tui_trainer import checkpoint as ckpt
+from tui_trainer.cli import main
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
+        "--accum", "2", "--threads", "1", "--limit-train-batches", "2", "--limit-val-batches", "1"]
+
+
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory) -> tuple[Path, dict]:
+    from conftest import CORPUS
+
+    root = tmp_path_factory.mktemp("contents")
+    corpus = root / "corpus.txt"
+    corpus.write_text(CORPUS.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    run_dir = root / "run"
+    assert main(["--no-ui", "--data", str(corpus), "--run-dir", str(run_dir), "--epochs", "1", *TINY]) == 0
+    return run_dir, torch.load(ckpt.checkpoint_path(run_dir), weights_only=True)
+
+
+def _first_weight(state: dict) -> str:
+    return next(iter(state["model"]))
+
+
+MISFITS: dict[str, tuple[Callable[[dict], None], str]] = {
+    "weight of another shape": (lambda s: s["model"].__setitem__(_first_weight(s), torch.zeros(3, 3)), "shape"),
+    "weight missing": (lambda s: s["model"].pop(_first_weight(s)), "lack"),
+    "extra weight": (lambda s: s["model"].__setitem__("extra.weight", torch.zeros(2)), "extra"),
+    "config of another model": (lambda s: s["config"]["model"].__setitem__("n_layer", 2), "lack"),
+    "vocab size not the vocabulary's": (lambda s: s["config"]["model"].__setitem__("vocab_size", 7), "vocab_size"),
+    "config n_layer a string": (lambda s: s["config"]["model"].__setitem__("n_layer", "two"), "n_layer"),
+    "vocabulary not strings": (lambda s: s.__setitem__("vocab", [1, 2, 3]), "vocabulary"),
+    "extra loop key": (lambda s: s["loop"].__setitem__("surprise", 1), "surprise"),
+    "loop epoch a string": (lambda s: s["loop"].__setitem__("epoch", "two"), "epoch"),
+    "loop step a float": (lambda s: s["loop"].__setitem__("step", 1.5), "step"),
+    "loop accum zero": (lambda s: s["loop"].__setitem__("accum", 0), "accum"),
+    "loop history of strings": (lambda s: s["loop"].__setitem__("val_history", ["low"]), "val_history"),
+    "loop state not a table": (lambda s: s.__setitem__("loop", [1, 2]), "loop state"),
+    "early stopping best a string": (lambda s: s["early_stopping"].__setitem__("best", "x"), "best"),
+    "early stopping count missing": (lambda s: s["early_stopping"].pop("epochs_without_improvement"),
+                                     "epochs_without_improvement"),
+    "torch rng of the wrong type": (lambda s: s["rng"].__setitem__("torch", torch.zeros(4)), "random"),
+    "python rng cut short": (lambda s: s["rng"].__setitem__("python", [1, 2, 3]), "random"),
+    "optimizer moments of another shape": (
+        lambda s: s["optimizer"]["state"][0].__setitem__("exp_avg", torch.zeros(1)), "exp_avg"),
+    "optimizer of another model": (lambda s: s["optimizer"]["param_groups"][0]["params"].pop(), "parameters"),
+    "data hash not a hash": (lambda s: s.__setitem__("data_sha256", 12), "SHA-256"),
+}
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", sorted(MISFITS))
+def test_a_checkpoint_whose_contents_do_not_fit_is_one_line_and_changes_nothing(case, saved_state, tmp_path,
+                                                                                capsys):
+    import copy
+    import shutil
+
+    source, state = saved_state
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    state = copy.deepcopy(state)
+    mutate, expected = MISFITS[case]
+    mutate(state)
+    torch.save(state, ckpt.checkpoint_path(run_dir))  # a valid zip: the CRCs are fine
+    with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"type": "step", "step": 99}\n')  # a record a resume would trim: it must stay
+    before = snapshot(run_dir)
+    code = main(["--no-ui", "--resume", str(run_dir), "--epochs", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.count("\n") == 0 and err.startswith("error: ") and "does not fit together" in err
+    assert expected in err
+    assert snapshot(run_dir) == before
+
+
+def test_a_checkpoint_of_the_first_format_without_the_newer_loop_fields_still_resumes(saved_state, tmp_path):
+    import copy
+    import shutil
+
+    source, state = saved_state
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    state = copy.deepcopy(state)
+    state["format_version"] = 1
+    del state["loop"]["elapsed_seconds"], state["loop"]["last_verdict"]
+    torch.save(state, ckpt.checkpoint_path(run_dir))
+    assert main(["--no-ui", "--resume", str(run_dir), "--epochs", "2"]) == 0
