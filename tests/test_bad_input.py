@@ -69,3 +69,97 @@ def test_a_number_beyond_any_machine_is_refused_before_anything_is_created(case,
 def test_the_largest_seed_in_range_trains(small_corpus, tmp_path, capsys):
     assert main(["--no-ui", "--data", str(small_corpus), "--run-dir", str(tmp_path / "run"), *TINY,
                  "--seed", str(SEED_MAX)]) == 0
+
+
+# -- OS errors on the paths a user gives, and empty strings --------------------------------------
+
+LONG = "x" * 300  # longer than any file system's name limit (255 bytes)
+
+
+def _loop(t: Path) -> str:
+    (t / "loop").symlink_to(t / "loop")
+    return str(t / "loop")
+
+
+def _fifo(t: Path) -> str:
+    os.mkfifo(t / "fifo")
+    return str(t / "fifo")
+
+
+def _folder(t: Path) -> str:
+    (t / "folder").mkdir()
+    return str(t / "folder")
+
+
+def _file(t: Path) -> str:
+    (t / "afile").write_text("x", encoding="utf-8")
+    return str(t / "afile")
+
+
+def _toml(t: Path, content: bytes) -> str:
+    (t / "cfg.toml").write_bytes(content)
+    return str(t / "cfg.toml")
+
+
+PATH_CASES = {
+    # --data
+    "data is a folder": (lambda t: ["--data", _folder(t)], "is a directory"),
+    "data name too long": (lambda t: ["--data", LONG], "too long"),
+    "data in a symlink loop": (lambda t: ["--data", _loop(t)], "symbolic links"),
+    "data is a fifo": (lambda t: ["--data", _fifo(t)], "not a regular file"),
+    "data under a file": (lambda t: ["--data", _file(t) + "/corpus.txt"], "Not a directory"),
+    "data empty": (lambda t: ["--data", ""], "--data is empty"),
+    "toml data path empty": (lambda t: ["--config", _toml(t, b'[data]\npath = ""\n')], "is empty"),
+    "toml data path a folder": (lambda t: ["--config", _toml(t, f'[data]\npath = "{_folder(t)}"\n'.encode())],
+                                "[data] path"),
+    # --config
+    "config is a folder": (lambda t: ["--config", _folder(t)], "is a directory"),
+    "config name too long": (lambda t: ["--config", LONG + ".toml"], "too long"),
+    "config in a symlink loop": (lambda t: ["--config", _loop(t)], "symbolic links"),
+    "config empty": (lambda t: ["--config", ""], "--config is empty"),
+    "config not utf-8": (lambda t: ["--config", _toml(t, b"[train]\nepochs = 1\n# caf\xe9\n")], "not UTF-8"),
+    "config with a byte-order mark": (lambda t: ["--config", _toml(t, b"\xef\xbb\xbf[train]\nepochs = 1\n")],
+                                      "byte-order mark"),
+    # --run-dir
+    "run dir name too long": (lambda t: ["--run-dir", str(t / LONG)], "longer than the file system allows"),
+    "run dir too long below a new folder": (lambda t: ["--run-dir", str(t / "new" / LONG)], "longer than"),
+    "run dir under a file": (lambda t: ["--run-dir", _file(t) + "/run"], "a part of it is a file"),
+    "run dir is a file": (lambda t: ["--run-dir", _file(t)], "not a directory"),
+    "run dir in a symlink loop": (lambda t: ["--run-dir", _loop(t) + "/run"], "symbolic links"),
+    "run dir empty": (lambda t: ["--run-dir", ""], "--run-dir is empty"),
+    # --resume
+    "resume a file": (lambda t: ["--resume", _file(t)], "not a directory"),
+    "resume name too long": (lambda t: ["--resume", LONG], "too long"),
+    "resume in a symlink loop": (lambda t: ["--resume", _loop(t)], "symbolic links"),
+    "resume empty": (lambda t: ["--resume", ""], "--resume is empty"),
+    "resume with another run dir": (lambda t: ["--resume", _folder(t), "--run-dir", str(t / "elsewhere")],
+                                    "cannot be used with --resume"),
+    "resume with overwrite": (lambda t: ["--resume", _folder(t), "--overwrite"], "--overwrite cannot be used"),
+    # other empty strings
+    "device empty": (lambda t: ["--device", ""], "--device is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PATH_CASES))
+def test_an_unusable_path_or_empty_string_is_one_line_and_leaves_nothing(case, small_corpus, tmp_path, capsys):
+    extra, expected = PATH_CASES[case]
+    given = extra(tmp_path)  # the fixtures the case needs exist before the run
+    args = ["--no-ui", *TINY, *given]
+    if "--data" not in given and "--config" not in given and "--resume" not in given:
+        args += ["--data", str(small_corpus)]
+    if "--run-dir" not in given and "--resume" not in given:
+        args += ["--run-dir", str(tmp_path / "run")]
+    line = run_bad(args, capsys, tmp_path)
+    assert expected in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file: no permission error to provoke")
+@pytest.mark.parametrize("flag", ["--data", "--config"])
+def test_an_unreadable_file_is_one_line(flag, small_corpus, tmp_path, capsys):
+    path = tmp_path / "secret"
+    path.write_text("[train]\n", encoding="utf-8")
+    path.chmod(0)
+    args = ["--no-ui", *TINY, "--run-dir", str(tmp_path / "run"), flag, str(path)]
+    if flag != "--data":
+        args += ["--data", str(small_corpus)]
+    assert "cannot be read" in run_bad(args, capsys, tmp_path)

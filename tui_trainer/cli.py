@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from .config import RunConfig, checked_value
 from .errors import UserError
+from .user_paths import check_given_paths, user_os_error
 
 # flag → (config section, field, type, help)
 FLAGS: list[tuple[str, str, str, type, str]] = [
@@ -79,8 +80,15 @@ def _load_toml(path: str) -> dict[str, dict[str, Any]]:
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist", "check the path given to --config") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start})",
+                        "save it as UTF-8: TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"config file {path} is not valid TOML ({exc})", "fix the syntax") from None
+        bom = " (it starts with a byte-order mark)" if Path(path).read_bytes()[:3] == b"\xef\xbb\xbf" else ""
+        raise UserError(f"config file {path} is not valid TOML ({exc}){bom}", "fix the syntax") from None
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read: {exc.strerror or exc}", "check the path given to --config"
+                        ) from None
     sections = {f.name: f for f in fields(RunConfig) if f.name != "run_dir"}
     # vocab_size comes from the data, never from a file.
     home = {f.name: name for name, section in sections.items() for f in fields(section.default_factory)
@@ -338,10 +346,14 @@ def _close_app_once_engine_ended(built: list) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    user_paths = {"--data": args.data, "--config": args.config, "--run-dir": args.run_dir, "--resume": args.resume}
     try:
+        check_given_paths(config=args.config, resume=args.resume, run_dir=args.run_dir, overwrite=args.overwrite,
+                          data=None)
         cfg, given = config_from_args(args)
-        if args.resume and not Path(args.resume).is_dir():
-            raise UserError(f"--resume {args.resume}: no such run directory", "pass a run dir such as runs/20260101-120000")
+        user_paths["--data"] = cfg.data.path
+        check_given_paths(config=None, resume=None, run_dir=None, overwrite=False, data=cfg.data.path,
+                          data_from="--data" if args.data is not None else f"[data] path in {args.config}")
         use_app = not args.no_ui and sys.stdout.isatty() and sys.stdin.isatty()
         if not args.no_ui and not use_app:
             print("note: no terminal to draw the app on; running headless (pass --no-ui to silence this)",
@@ -350,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         say(exc.one_line())
         return exc.exit_code
+    except OSError as exc:  # the OS refused a path the user gave, after the checks above (a race, a mount)
+        error = user_os_error(exc, user_paths)
+        if error is None:
+            raise
+        say(error.one_line())
+        return error.exit_code
     except KeyboardInterrupt:
         return 130
     return code

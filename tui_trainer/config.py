@@ -198,6 +198,13 @@ def validate(cfg: RunConfig) -> RunConfig:
                 flag = f"--{f.name.replace('_', '-')}"
                 raise UserError(f"{f.name} must be a finite number, got {value}",
                                 f"give {flag} (or {f.name} in the config file) a real value")
+    # An empty string must not silently mean "the default".
+    for value, flag, fix in ((d.path, "--data (or [data] path)", "give it a UTF-8 text file, or leave it out for "
+                                                                  "the bundled corpus"),
+                             (t.device, "--device", "use auto, cpu, cuda, cuda:N or mps"),
+                             (cfg.run_dir, "--run-dir", "give it a folder, or leave it out for runs/<timestamp>")):
+        if value is not None and not value.strip():
+            raise UserError(f"{flag} is empty", fix)
     _positive("n_layer", m.n_layer, "--n-layer")
     _positive("n_head", m.n_head, "--n-head")
     _positive("n_embd", m.n_embd, "--n-embd")
