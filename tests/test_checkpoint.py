@@ -391,7 +391,7 @@ def test_resume_with_a_data_file_of_other_contents_is_refused(saved_run, tmp_pat
     other = tmp_path / "other.txt"
     other.write_text(Path(ckpt.load_checkpoint(ckpt.checkpoint_path(saved_run))["data_path"]).read_text() + "x")
     err = resume_error(saved_run, capsys, "--data", str(other))
-    assert "differs from the one this run was trained on" in err
+    assert "is not the one this run trained on" in err
 
 
 def test_resume_with_another_model_shape_is_refused(saved_run, capsys):

@@ -146,6 +146,7 @@ def test_a_run_dir_whose_run_never_took_a_step_is_started_again(small_corpus, tm
     # What a run killed while it built its model (an OOM kill, kill -9) leaves behind.
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    (run_dir / ".tui-trainer-run").write_text('{"tool": "tui-trainer"}')  # written first: the folder is ours
     (run_dir / "config.json").write_text("{}")
     (run_dir / "metrics.jsonl").write_text("")
     assert main(["--no-ui", "--resume", str(run_dir)]) == 2

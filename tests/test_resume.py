@@ -284,7 +284,7 @@ def test_resume_refuses_a_data_file_with_other_contents(reference, tmp_path):
     run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", 1)))
     other = tmp_path / "other.txt"
     other.write_text(corpus.read_text(encoding="utf-8").replace("the", "teh"), encoding="utf-8")
-    with pytest.raises(UserError, match="differs from the one this run was trained on"):
+    with pytest.raises(UserError, match="is not the one this run trained on"):
         Trainer(resume_config(other, run_dir), ListSink(), resume=run_dir, overrides={"data.path": str(other)})
     # The same contents under another name is fine.
     copy = tmp_path / "copy.txt"

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -25,6 +24,9 @@ import torch
 from . import checkpoint as ckpt
 from .accumulation import WindowAborted, accumulate_window
 from .checkpoint_contents import check_contents
+from .run_end import data_changed, refuse_or_finish
+from .run_ownership import foreign_name, has_marker, remove_our_files, write_marker
+from .user_paths import make_run_dir, probe_checkpoint_dir, remove_made_folders
 from .config import RunConfig, validate
 from .control import Control, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from .data import (Corpus, Vocabulary, WindowDataset, epoch_examples, load_corpus, plan_windows, val_batches,
@@ -84,6 +86,13 @@ def choose_threads(requested: int | None, for_ui: bool) -> int:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores - 1) if for_ui and cores >= 4 else max(1, cores)
+
+
+def _size_of(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
 
 
 def default_run_dir() -> Path:
@@ -164,6 +173,7 @@ class Trainer:
         self.for_ui = for_ui  # someone can press `s` to retry a failed final save
         self.inject_nan_steps = inject_nan_steps  # test hook: poison these steps' loss with NaN
         self.notes: list[str] = []
+        self._outstanding_end: str | None = None  # a resumed run that finished but never recorded its end
         resume_state = None
         if resume is not None:
             held = run_dir_holds(Path(resume))
@@ -173,15 +183,16 @@ class Trainer:
             resume_state = ckpt.load_checkpoint(ckpt.checkpoint_path(resume))
             check_contents(resume_state, ckpt.checkpoint_path(resume), LoopState)
             cfg = self._merge_resume_config(resume_state, cfg, overrides or {}, Path(resume), self.notes)
-            self._refuse_a_finished_run(resume_state, cfg)
+            validate(cfg)  # the flags first: `--epochs 0` is bad input, not "finished 0 epochs"
+            self._outstanding_end = refuse_or_finish(resume_state, cfg, Path(resume))
         self.cfg = cfg = validate(cfg)
         self.device = pick_device(cfg.train.device)
         self.threads = choose_threads(cfg.train.threads, for_ui)
         torch.set_num_threads(self.threads)
         self.corpus: Corpus = load_corpus(cfg.data, cfg.model.block_size)
+        self.data_bytes = _size_of(self.corpus.path)
         if resume_state is not None and resume_state["data_sha256"] != self.corpus.sha256:
-            raise UserError(f"the data file {self.corpus.path} differs from the one this run was trained on",
-                            f"resume with --data {resume_state['data_path']} (same contents)")
+            raise data_changed(self.corpus.path, self.corpus.sha256, self.data_bytes, resume_state)
         self.cfg = cfg = cfg.replace(model=replace(cfg.model, vocab_size=self.corpus.vocab.size))
         self.autocast_dtype = (torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
                                else None)
@@ -210,8 +221,8 @@ class Trainer:
         if resume_state is not None:
             self._load_resume_state(resume_state)
             self._resume_accum = self._accum_given_with_resume((overrides or {}).get("train.accum"))
-        else:
-            self._write_config()
+        # config.json is the resolved config: a resume rewrites it with what it merged (and recreates it).
+        self._write_config()
         self.metrics = MetricsWriter(self.run_dir)
         self.sink = FanOut(self.metrics, sink)
         self._paused = False
@@ -255,23 +266,15 @@ class Trainer:
             merged = merged.replace(data=replace(merged.data, path=overrides["data.path"]))
         return merged
 
-    @staticmethod
-    def _refuse_a_finished_run(state: dict, cfg: RunConfig) -> None:
-        """Resuming a run that already ended is refused before anything in its run dir changes."""
-        epoch = state["loop"]["epoch"]
-        if epoch > cfg.train.epochs:
-            raise UserError(f"this run already finished {epoch - 1} epochs", "pass a larger --epochs to train longer")
-        waited = state["early_stopping"]["epochs_without_improvement"]
-        if cfg.train.patience and waited >= cfg.train.patience:
-            raise UserError(f"this run stopped early: val loss did not improve for {waited} epochs "
-                            f"(patience {cfg.train.patience})",
-                            f"pass --patience {waited + 1} or more (0 = off) to train on")
-
     def _prepare_run_dir(self, cfg: RunConfig, resume: str | Path | None, overwrite: bool) -> Path:
         run_dir = Path(resume) if resume is not None else Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
         if resume is None and run_dir.exists():
             if not run_dir.is_dir():
                 raise UserError(f"run dir {run_dir} exists and is not a directory", "pass another --run-dir")
+            foreign = foreign_name(run_dir)
+            if foreign is not None:
+                raise UserError(f"run dir {run_dir} holds a {foreign} not written by tui-trainer",
+                                f"pass another --run-dir (nothing in {run_dir} was touched)")
             held = run_dir_holds(run_dir)
             if held == "checkpoint" and not overwrite:
                 raise UserError(f"run dir {run_dir} already holds a run",
@@ -282,18 +285,21 @@ class Trainer:
             if held == "set-up":
                 self.notes.append(f"{run_dir} held a run that never took a step: starting it again")
             if held:
-                for marker in RUN_MARKERS:
-                    target = run_dir / marker
-                    if target.is_dir():
-                        shutil.rmtree(target)
-                    elif target.exists():
-                        target.unlink()
+                remove_our_files(run_dir)  # file by file: what the user put beside them stays
+        made = make_run_dir(run_dir)
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create run dir {run_dir}: {exc.strerror}", "pass a writable --run-dir") from None
-        if not os.access(run_dir, os.W_OK):
-            raise UserError(f"run dir {run_dir} is not writable", "pass a writable --run-dir")
+            if not os.access(run_dir, os.W_OK):
+                raise UserError(f"run dir {run_dir} is not writable", "pass a writable --run-dir")
+            probe_checkpoint_dir(run_dir)  # found now, not when the first save fails after the whole run
+            if not has_marker(run_dir):
+                write_marker(run_dir)  # a new run, or an older version's run dir from now on
+        except (UserError, OSError) as exc:
+            if made:  # nothing left behind: the folders this run made go again (only if empty)
+                remove_our_files(run_dir)
+                remove_made_folders(made)
+            if isinstance(exc, UserError):
+                raise
+            raise UserError(f"run dir {run_dir} is not writable: {exc.strerror}", "pass a writable --run-dir") from None
         return run_dir
 
     def _write_config(self) -> None:
@@ -303,6 +309,8 @@ class Trainer:
         tmp = self.run_dir / f".{CONFIG_FILE}.tmp"
         # ASCII JSON (non-ASCII as \u escapes) in UTF-8, never the locale's encoding: a path with bytes
         # that are not valid in the file system's encoding (a surrogate in Python) round-trips too.
+        if self.data_bytes is not None:
+            record["data_bytes"] = self.data_bytes
         tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
         os.replace(tmp, self.run_dir / CONFIG_FILE)
 
@@ -407,6 +415,7 @@ class Trainer:
             "vocab": list(self.corpus.vocab.chars),
             "data_sha256": self.corpus.sha256,
             "data_path": self.corpus.path,
+            "data_bytes": self.data_bytes,
         }
 
     def elapsed_seconds(self) -> float:
@@ -527,8 +536,6 @@ class Trainer:
     def _run(self) -> RunEnded:
         cfg, st = self.cfg, self.state
         self._session_started = time.monotonic()
-        if st.epoch > cfg.train.epochs:
-            raise UserError(f"this run already finished {cfg.train.epochs} epochs", "pass a larger --epochs to train longer")
         per_epoch, effective = self.examples_per_epoch(), cfg.train.micro_batch * st.accum
         if effective > per_epoch:
             self.notes.append(f"an epoch holds {per_epoch:,} sequences, fewer than the effective batch of "
@@ -538,6 +545,14 @@ class Trainer:
             self.examples_per_epoch(), self.val_examples(), cfg.train.epochs, cfg.train.micro_batch, st.accum, 1,
             cfg.model.block_size, self.planned_tokens(), st.step, st.epoch, st.tokens_seen, tuple(self.notes),
             st.elapsed_seconds))
+        if self._outstanding_end is not None:
+            # Training was done; only the `end` record was missing (a stop during the final
+            # validation or save of an older version, or a kill just before the record).
+            message = (f"the run had finished (epoch {st.epoch - 1} of {cfg.train.epochs} saved) "
+                       f"but its end was never recorded: recorded now")
+            if self._outstanding_end == "early_stop":
+                return self._end_with_the_run_saved("early_stop", message, then=self._restore_best)
+            return self._end_with_the_run_saved("completed", message)
         if self._resume_accum is not None:
             self._request_accum(self._resume_accum, at_this_boundary=st.example_cursor == 0)
             self._resume_accum = None
@@ -553,7 +568,9 @@ class Trainer:
             outcome = self._finish_epoch()
             if outcome is not None:
                 return outcome
-        return self._end_with_the_run_saved("completed")
+        late_stop = ("a stop came after the last training step: the last validation and final save were "
+                     "finished, so the run is complete" if self.control.stop_requested else "")
+        return self._end_with_the_run_saved("completed", late_stop)
 
     def _train_epoch(self) -> RunEnded | None:
         cfg, st = self.cfg, self.state
@@ -709,7 +726,9 @@ class Trainer:
             # not pair the best epoch's weights with a later epoch's optimizer and position).
             return self._end_with_the_run_saved("early_stop", stop_reason, then=self._restore_best)
         saved = self.save("latest")
-        if self.control.stop_requested:
+        # A stop during the last epoch's validation or save: nothing is left to interrupt, the run
+        # completes (a stop that ended it as "interrupted" left a run no resume could finish).
+        if self.control.stop_requested and st.epoch <= cfg.train.epochs:
             return self._interrupted(saved, f"the end of epoch {epoch_done}")
         return None
 

@@ -106,8 +106,9 @@ def check_resume_dir(path: str) -> None:
         raise UserError(f"--resume {path} cannot be read: permission denied", "check its permissions")
 
 
-def make_run_dir(path: Path) -> None:
-    """``mkdir -p path``, but a failure leaves no half-made parents behind."""
+def make_run_dir(path: Path) -> list[Path]:
+    """``mkdir -p path``, but a failure leaves no half-made parents behind. Returns the folders it
+    made (outermost first), for a set-up that fails later to remove again."""
     missing = [p for p in (path, *path.parents) if not p.exists()]
     made: list[Path] = []
     try:
@@ -122,6 +123,26 @@ def make_run_dir(path: Path) -> None:
         _remove_made(made)
         reason = "a part of it is a file, not a folder" if exc.errno == errno.ENOTDIR else _reason(exc)
         raise UserError(f"cannot create run dir {path}: {reason}", "pass a writable --run-dir") from None
+    return made
+
+
+def remove_made_folders(made: list[Path]) -> None:
+    """Remove folders ``make_run_dir`` made, innermost first; one that is not empty stays."""
+    _remove_made(made)
+
+
+def probe_checkpoint_dir(run_dir: Path) -> None:
+    """Write and remove a file in ``checkpoints/``: a read-only folder (or mount) is found at start."""
+    folder = run_dir / "checkpoints"
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"checkpoints cannot be saved in {folder}: {_reason(exc)}",
+                        "make it writable, or pass another --run-dir") from None
 
 
 def _remove_made(made: list[Path]) -> None:
