@@ -62,3 +62,14 @@ def test_bad_input_naming_a_non_ascii_path_is_one_line_on_an_ascii_stderr(tmp_pa
     lines = done.stderr.decode("ascii").strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "d" in lines[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_a_data_file_whose_name_is_not_valid_utf8_trains_and_resumes(small_corpus, tmp_path):
+    name = b"corpus-\xff.txt"
+    (tmp_path / os.fsdecode(name)).write_bytes(small_corpus.read_bytes())
+    done = cli([b"--no-ui", b"--data", name, b"--run-dir", b"run", *(a.encode() for a in TINY)], tmp_path, {})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    resumed = cli([b"--no-ui", b"--resume", b"run", b"--epochs", b"2"], tmp_path, {})
+    assert resumed.returncode == 0, resumed.stderr.decode(errors="replace")
+    record = json.loads((tmp_path / "run" / "config.json").read_bytes().decode("utf-8"))
+    assert os.fsencode(record["data_path"]).endswith(name)
