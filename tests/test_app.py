@@ -23,7 +23,7 @@ from textual import events
 from conftest import tiny_config, with_limits
 from test_snapshots import recorded_epochs, started
 from tui_trainer.cli import exit_code_for
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.events import CheckpointFailed, CheckpointSaved
 from tui_trainer.metrics import read_metrics
@@ -360,7 +360,11 @@ def test_every_binding_has_a_description():
 # -- the engine/UI line --------------------------------------------------------------------------
 
 def test_engine_imports_without_textual():
-    code = ("import sys, tui_trainer.engine, tui_trainer.headless, tui_trainer.cli, tui_trainer.events; "
+    # Every module outside ui/ (the loop, run_dir, session, cli, ... and any added later).
+    code = ("import importlib, pkgutil, sys, tui_trainer; "
+            "names = [m.name for m in pkgutil.iter_modules(tui_trainer.__path__) if m.name not in ('ui', '__main__')]; "
+            "assert {'loop', 'run_dir', 'session', 'engine', 'cli', 'headless', 'events'} <= set(names), names; "
+            "[importlib.import_module('tui_trainer.' + n) for n in names]; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'textual_plotext', 'plotext') "
             "or m.startswith('tui_trainer.ui')]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

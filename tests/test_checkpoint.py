@@ -18,7 +18,7 @@ import torch
 from conftest import tiny_config, with_limits
 from tui_trainer import checkpoint as ckpt
 from tui_trainer.cli import exit_code_for, main
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.events import CheckpointFailed, CheckpointSaved, ListSink, MicroStep, Notice, RunEnded, StepEvent
 from tui_trainer.metrics import read_metrics

@@ -18,7 +18,7 @@ import pytest
 
 from tui_trainer import checkpoint as ckpt
 from tui_trainer.cli import build_parser, config_from_args
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.events import ListSink
 from tui_trainer.metrics import read_metrics
 

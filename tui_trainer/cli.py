@@ -266,7 +266,7 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
     control = Control()
     # Handlers first: a signal while torch imports or the data loads stops the run at its first micro-step.
     with SignalStopper(control):
-        from .engine import Trainer
+        from .loop import Trainer
         from .headless import HeadlessLog
 
         trainer = Trainer(cfg, HeadlessLog(DetachableStream(sys.stdout)), control, resume=args.resume,

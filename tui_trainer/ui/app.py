@@ -367,7 +367,7 @@ def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | No
     """The app the CLI runs. The Trainer is built (and validated) here, before the terminal is
     taken, so bad input is a one-line UserError, not a crash inside the app. A resumed run
     shows its history (the steps and epochs metrics.jsonl kept) from the first frame."""
-    from ..engine import Trainer
+    from ..loop import Trainer
 
     sink = AppSink()
     trainer = in_passing_thread(lambda: Trainer(cfg, sink, control or Control(), resume=resume,
