@@ -231,7 +231,7 @@ async def test_signal_stop_saves_and_the_app_exits_by_itself(small_corpus, tmp_p
     apps.append(app)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.view.step >= 2, what="a couple of steps")
-        app.control.stop("interrupted", signal.SIGTERM)  # what cli.SignalStopper does on SIGTERM/SIGHUP
+        app.control.stop("interrupted", signal.SIGTERM)  # what signals.SignalStopper does on SIGTERM/SIGHUP
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
     end = app.finish(timeout=0)
     assert end.reason == "interrupted" and end.exit_signal == signal.SIGTERM
