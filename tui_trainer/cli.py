@@ -14,7 +14,6 @@ import asyncio
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
