@@ -280,6 +280,7 @@ def test_bad_input_raises_user_error_before_the_app_exists(small_corpus, tmp_pat
         create_app(cfg.replace(model=replace(cfg.model, n_embd=33)))
     with pytest.raises(UserError, match="holds a run that stopped before its first checkpoint"):
         (tmp_path / "taken").mkdir()
+        (tmp_path / "taken" / ".tui-trainer-run").write_text('{"tool": "tui-trainer"}')  # a run of ours
         (tmp_path / "taken" / "config.json").write_text("{}")
         (tmp_path / "taken" / "metrics.jsonl").write_text('{"type": "step"}\n')
         create_app(tiny_config(small_corpus, tmp_path / "taken"))
