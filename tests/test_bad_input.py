@@ -163,3 +163,15 @@ def test_an_unreadable_file_is_one_line(flag, small_corpus, tmp_path, capsys):
     if flag != "--data":
         args += ["--data", str(small_corpus)]
     assert "cannot be read" in run_bad(args, capsys, tmp_path)
+
+
+def test_a_set_up_that_fails_after_the_run_dir_was_made_takes_back_what_it_wrote(small_corpus, tmp_path, capsys):
+    """config.json cannot be written (a folder sits where its temp file goes): one line, exit 2, and
+    the run dir holds what it held before — no marker, no checkpoints/, no metrics."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".config.json.tmp").mkdir(parents=True)
+    before = set(tmp_path.rglob("*"))
+    line = run_bad(["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), *TINY], capsys, tmp_path,
+                   keep=before)
+    assert "--run-dir" in line and "Is a directory" in line
+    assert sorted(p.name for p in run_dir.iterdir()) == [".config.json.tmp"]
