@@ -334,7 +334,7 @@ async def test_help_screen_explains_accumulation_and_diagnoses(small_corpus, tmp
         assert isinstance(app.screen, HelpScreen)
         text = " ".join(app.screen_text().replace("│", " ").split())  # undo the word wrap
         assert "effective batch = micro-batch x accum x processes" in text
-        for verdict in ("healthy", "underfitting", "overfitting", "unstable"):
+        for verdict in ("learning", "healthy", "underfitting", "overfitting", "unstable"):
             assert verdict in text
         app.control.resume()  # training goes on under the help screen; the panels keep up
         await wait_for(pilot, lambda: app.view.step >= 5, what="steps under the help screen")
