@@ -5,12 +5,17 @@ complaints, replayed epoch by epoch as the engine diagnoses them."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from conftest import tiny_config, with_limits
 from tui_trainer.config import DiagnosisConfig
 from tui_trainer.diagnosis import Diagnosis, SchedulePosition, verdicts_over
+from tui_trainer.engine import Trainer
+from tui_trainer.events import ListSink, StepEvent
+from tui_trainer.metrics import read_metrics
 
 RUNS = Path(__file__).resolve().parent / "data" / "diagnosis_runs"
 CFG = DiagnosisConfig()
@@ -80,3 +85,44 @@ def test_no_underfitting_while_train_still_falls(name):
     for e, verdict in enumerate(replay(run)[1:], start=1):
         if verdict.kind == "underfitting":
             assert (train[e - 1] - train[e]) / train[e - 1] <= CFG.plateau_improvement, (name, e + 1)
+
+
+# -- the engine: the verdict state survives a resume --------------------------------------------------
+
+def _epoch_verdicts(run_dir: Path) -> list[tuple]:
+    return [(r["epoch"], r["diagnosis"], r["diagnosis_reason"], r["remedy"]) for r in read_metrics(run_dir)
+            if r["type"] == "epoch"]
+
+
+class StopAtStep(ListSink):
+    def __init__(self, step: int):
+        super().__init__()
+        self.step, self.trainer = step, None
+
+    def emit(self, event):
+        super().emit(event)
+        if isinstance(event, StepEvent) and event.step == self.step:
+            self.trainer.control.stop("interrupted")
+
+
+@pytest.mark.parametrize("stop_step", [10, 12])  # mid-epoch 3; the end of epoch 3 (4 steps an epoch)
+def test_a_resumed_run_diagnoses_every_epoch_as_the_uninterrupted_run(small_corpus, tmp_path, stop_step):
+    def config(run_dir):
+        cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=6, micro_batch=4, accum=2), 8)
+        # Slow to change, and a constant lr (no tail to shortcut it): the verdicts after the resume
+        # hang on the state before it.
+        return cfg.replace(diagnosis=DiagnosisConfig(confirm_epochs=3),
+                           optim=replace(cfg.optim, min_lr_ratio=1.0))
+
+    straight = Trainer(config(tmp_path / "straight"), ListSink())
+    straight.run()
+    sink = StopAtStep(stop_step)
+    first = Trainer(config(tmp_path / "resumed"), sink)
+    sink.trainer = first
+    assert first.run().reason == "interrupted"
+    resumed = Trainer(config(tmp_path / "resumed"), ListSink(), resume=tmp_path / "resumed")
+    resumed.run()
+    assert _epoch_verdicts(tmp_path / "resumed") == _epoch_verdicts(tmp_path / "straight")
+    # The whole verdict state (since when, what pattern, how long it has held), not only the words.
+    assert resumed.last_diagnosis == straight.last_diagnosis and straight.last_diagnosis.epoch == 6
+    assert (straight.last_diagnosis.kind, straight.last_diagnosis.since_epoch) == ("learning", 1)

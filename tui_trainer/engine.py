@@ -28,7 +28,7 @@ from .config import RunConfig, validate
 from .control import Control, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from .data import (Corpus, Vocabulary, WindowDataset, epoch_examples, load_corpus, plan_windows, val_batches,
                    window_count)
-from .diagnosis import Diagnosis, diagnose, step_verdict, val_rise_warning
+from .diagnosis import Diagnosis, SchedulePosition, diagnose, step_verdict, val_rise_warning
 from .early_stopping import EarlyStopping
 from .errors import UserError
 from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed, CheckpointSaved, DiagnosisEvent,
@@ -127,7 +127,7 @@ class LoopState:
     bad_steps_total: int = 0
     finished: str | None = None  # end reason once the run is over
     elapsed_seconds: float = 0.0  # wall time of the run at its last save, earlier sessions included
-    last_verdict: list | None = None  # [kind, reason] of the latest diagnosis, at the last save
+    last_verdict: dict | list | None = None  # the latest Diagnosis.to_state() (hysteresis); [kind, reason] before issue 17
 
 
 # -- the trainer --------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ class Trainer:
         self._window_rng: dict[str, Any] | None = None
         self._step_alerted_epoch = 0  # one live spike/divergence alert per epoch, not one per step
         # The verdict so far (a resumed run's `end` record carries one even if it stops at once).
-        self.last_diagnosis: Diagnosis | None = Diagnosis(*self.state.last_verdict) if self.state.last_verdict else None
+        self.last_diagnosis: Diagnosis | None = Diagnosis.from_state(self.state.last_verdict)
         self.error: BaseException | None = None
 
     # -- set-up helpers -------------------------------------------------------------------------
@@ -396,8 +396,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "early_stopping": self.early_stopping.state_dict(),
             "loop": {**asdict(self.state), "elapsed_seconds": self.elapsed_seconds(),
-                     "last_verdict": [self.last_diagnosis.kind, self.last_diagnosis.reason]
-                     if self.last_diagnosis else None},
+                     "last_verdict": self.last_diagnosis.to_state() if self.last_diagnosis else None},
             "rng": rng if rng is not None else capture_rng(self.device),
             "config": self.cfg.to_dict(),
             "vocab": list(self.corpus.vocab.chars),
@@ -676,8 +675,11 @@ class Trainer:
         train_loss = st.epoch_loss_sum / st.epoch_tokens if st.epoch_tokens else float("nan")
         st.train_history.append(train_loss)
         st.val_history.append(val_loss)
+        # The previous verdict (hysteresis) and where the lr schedule stands (what remedy fits).
+        schedule = SchedulePosition.at(st.tokens_seen, cfg.optim.lr, cfg.optim.lr * cfg.optim.min_lr_ratio,
+                                       self.warmup_tokens(), self.planned_tokens())
         verdict = diagnose(st.train_history, st.val_history, self.corpus.vocab.size, cfg.diagnosis,
-                           st.epoch_step_losses, st.epoch_first_step)
+                           st.epoch_step_losses, st.epoch_first_step, self.last_diagnosis, schedule)
         self.last_diagnosis = verdict
         warning = val_rise_warning(st.val_history, cfg.diagnosis.val_rise_warning)
         improved, should_stop, stop_reason = self.early_stopping.update(val_loss, st.epoch)
