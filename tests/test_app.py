@@ -29,6 +29,7 @@ from tui_trainer.events import CheckpointFailed, CheckpointSaved
 from tui_trainer.metrics import read_metrics
 from tui_trainer.ui.app import TrainerApp, create_app, create_replay_app
 from tui_trainer.ui.bridge import AppSink
+from tui_trainer.ui.widgets.diagnosis import DiagnosisBanner
 from tui_trainer.ui.widgets import HelpScreen, LossPlot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -315,7 +316,9 @@ async def test_renders_at_80x24_60x20_and_wide_and_redraws_on_resize(small_corpu
             text = app.screen_text()
             lines = text.splitlines()
             assert len(lines) == size[1] and max(len(line) for line in lines) <= size[0]
-            for must in ("tui-trainer", "micro-step", "epoch", "tokens/s", "healthy", "q stop"):
+            assert app.view.diagnosis == "learning"  # epoch 1 of a tiny model: still near chance, falling
+            assert app.query_one(DiagnosisBanner).has_class("-learning")  # its own colour
+            for must in ("tui-trainer", "micro-step", "epoch", "tokens/s", "learning", "q stop"):
                 assert must in text, (size, must)
             assert ("micro-batch 4 x accum 2" in text) or ("batch 4 x 2" in text)
             assert app.query_one(LossPlot).size.height >= 4, size
