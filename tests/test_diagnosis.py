@@ -115,7 +115,7 @@ def test_every_diagnosis_has_a_remedy():
                  ("overfitting", overfitting_curves())]}
     assert "keep training" in remedies["healthy"]
     assert "larger model" in remedies["underfitting"] and "learning rate" in remedies["underfitting"]
-    assert "regularization" in remedies["overfitting"] and "early stopping" in remedies["overfitting"]
+    assert "regularization" in remedies["overfitting"] and "epochs past the best val" in remedies["overfitting"]
     assert "lower the learning rate" in diagnose([3.0], [math.nan], VOCAB).remedy
 
 

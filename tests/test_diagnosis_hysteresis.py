@@ -98,7 +98,7 @@ def test_plateau_in_the_schedule_tail_names_the_tail_and_not_a_higher_lr():
     found = verdicts_over(train, [t + 0.02 for t in train], VOCAB, schedules=cosine(6))
     last = found[-1]
     assert last.kind == "underfitting"
-    assert "tail" in last.remedy and "larger model" in last.remedy and "higher learning rate" not in last.remedy
+    assert "schedule in its tail" in last.remedy and "larger model" in last.remedy and "higher" not in last.remedy
     # In the tail the plateau cannot lift by itself: no second epoch needed to call it.
     assert found[-2].kind == "learning" and found[-2].pattern == "learning"
 
@@ -136,13 +136,29 @@ def test_no_underfitting_during_warm_up():
     assert last.kind == "learning" and "warming up" in last.remedy
 
 
+def test_every_remedy_fits_one_banner_line_at_80_columns():
+    from tui_trainer.ui.widgets.diagnosis import LINE_BUDGET
+    runs = [([4.05 - 0.01 * e for e in range(8)], cosine(40)),
+            ([3.8, 3.2, 2.95, 2.85, 2.83, 2.82], cosine(6)),
+            ([3.8, 3.2, 2.95, 2.82, 2.77, 2.74], cosine(6)), ([4.1, 4.09, 4.085], cosine(400, warmup=10**6))]
+    remedies = [verdicts_over(train, train, VOCAB, schedules=s)[-1].remedy for train, s in runs]
+    remedies.append(verdicts_over([3.5, 2.9, 2.5, 2.2, 2.0, 1.8, 1.6], [3.6, 3.0, 2.6, 2.4, 2.5, 2.6, 2.7] * 1,
+                                  VOCAB)[-1].remedy)
+    steps = [[4.2, 3.6, 5.3, 3.7, 3.6, 3.5]] + [[t] * 5 for t in [3.4, 3.33, 3.32, 3.315, 3.31]]
+    remedies.append(verdicts_over([4.0, 3.4, 3.33, 3.32, 3.315, 3.31], [3.5] * 6, VOCAB, step_losses=steps)[-1].remedy)
+    assert {"warming up", "tail", "higher learning rate", "regularization", "lower the learning rate"} <= {
+        word for word in ("warming up", "tail", "higher learning rate", "regularization", "lower the learning rate")
+        if any(word in r for r in remedies)}  # every kind of remedy is measured
+    assert all(len("remedy: " + r) <= LINE_BUDGET for r in remedies), remedies
+
+
 def test_overfitting_remedy_gives_the_gap_and_the_epochs_since_the_best():
     train = [3.5, 2.9, 2.5, 2.2, 2.0, 1.8, 1.6]
     val = [3.6, 3.0, 2.6, 2.4, 2.5, 2.6, 2.7]
     last = verdicts_over(train, val, VOCAB)[-1]
     assert last.kind == "overfitting"
-    assert f"val {2.7 / 1.6 - 1:.0%} above train" in last.remedy and "3 epochs ago" in last.remedy
-    assert "regularization" in last.remedy and "early stopping" in last.remedy
+    assert f"gap {2.7 / 1.6 - 1:.0%}" in last.remedy and "3 epochs past the best val" in last.remedy
+    assert "more data or regularization" in last.remedy
 
 
 @pytest.mark.parametrize("state", [

@@ -54,7 +54,7 @@ REMEDIES = {
     "learning": "keep training: the loss is still falling",
     "healthy": "keep training",
     "underfitting": "a larger model (more layers or width), or more epochs",
-    "overfitting": "more data or regularization (dropout, weight decay); early stopping keeps the best weights",
+    "overfitting": "more data or regularization (dropout, weight decay)",
     "unstable": "lower the learning rate; check gradient clipping",
 }
 
@@ -268,35 +268,30 @@ def _still_holds(previous: Diagnosis, train_losses: Sequence[float], val_losses:
 
 def _remedy(kind: str, train_losses: Sequence[float], val_losses: Sequence[float], cfg: DiagnosisConfig,
             schedule: SchedulePosition | None, unstable_epoch: int | None) -> str:
+    """The remedy for the state of the run; one banner line at 80 columns (the budget is 68)."""
     epoch = len(val_losses)
     tail = schedule is not None and schedule.in_tail(cfg.schedule_tail)
-    where = f"lr {schedule.lr:.1e}, peak {schedule.peak_lr:.1e}" if schedule else ""
     if kind == "overfitting":
         train, val = train_losses[-1], val_losses[-1]
         best = min(range(epoch), key=lambda i: val_losses[i])
-        gap = val / train - 1 if train > 0 else math.inf
-        return (f"val {gap:.0%} above train, best val {val_losses[best]:.2f} {epoch - 1 - best} epochs ago: "
-                f"more data or regularization (dropout, weight decay); early stopping keeps the best weights")
+        gap = f"{val / train - 1:.0%}" if train > 0 else "large"
+        return f"more data or regularization ({epoch - 1 - best} epochs past the best val, gap {gap})"
     if kind == "underfitting":
-        if unstable_epoch is not None:
-            return (f"the loss has been stuck since epoch {unstable_epoch} was unstable: lower the learning rate, "
-                    f"check gradient clipping")
-        if tail:
-            return (f"the schedule is in its tail ({where}), so a plateau is expected; the loss is still high: "
-                    f"a larger model, or more epochs (the peak lr lasts longer)")
+        if unstable_epoch is not None:  # a plateau after a blow-up: the lr is too high, not too low
+            return f"stuck since the instability at epoch {unstable_epoch}: lower the learning rate"
+        if tail:  # the lr only falls from here: the plateau is the schedule's, the loss is the model's
+            return f"schedule in its tail (lr {schedule.lr:.1e}): a larger model or more epochs"
         flat_from_start = (len(train_losses) >= 2 and train_losses[0] > 0 and
                            (train_losses[0] - train_losses[-1]) / train_losses[0] / (len(train_losses) - 1)
                            < cfg.plateau_improvement)
-        if flat_from_start:  # at the peak lr (or with no schedule known) and never unstable
-            at_peak = f" at the peak lr {schedule.peak_lr:.1e}" if schedule else ""
-            return f"flat since epoch 1{at_peak}: a higher learning rate, or a larger model"
+        if flat_from_start:  # at the peak lr (warm-up is never underfitting) and never unstable
+            return "flat from epoch 1: a higher learning rate (--lr) or a larger model"
         return REMEDIES["underfitting"]
     if kind == "learning":
         if schedule is not None and not schedule.peak_reached:
-            return f"keep training: the lr is still warming up ({where})"
+            return f"keep training: the lr is still warming up ({schedule.lr:.1e} of {schedule.peak_lr:.1e})"
         if tail:
-            return (f"keep training; the schedule is in its tail ({where}): for a lower loss, more epochs "
-                    f"(the peak lr lasts longer)")
+            return f"schedule in its tail (lr {schedule.lr:.1e}): more epochs would go further"
     return REMEDIES[kind]
 
 
