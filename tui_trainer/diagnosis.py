@@ -236,8 +236,9 @@ def _pattern(train_losses: Sequence[float], val_losses: Sequence[float], chance:
     high = min(train, val) >= cfg.underfit_ratio * chance
     if epoch < k:
         kind = "learning" if high else "healthy"
-        return _Pattern(kind, f"epoch {epoch}: train {_fmt(train_losses)}, val {_fmt(val_losses)}; "
-                              f"a trend needs {k} epochs", 1)
+        if epoch == 1:
+            return _Pattern(kind, f"epoch 1: train {train:.2f}, val {val:.2f}; a trend needs {k} epochs", 1)
+        return _Pattern(kind, f"train {_fmt(train_losses)}, val {_fmt(val_losses)}", 1)
     recent_train, recent_val = train_losses[-k:], val_losses[-k:]
     train_falls, val_falls = _falls(recent_train), _falls(recent_val)
     flat = max(train_falls) < cfg.plateau_improvement and max(val_falls) < cfg.plateau_improvement
