@@ -221,7 +221,7 @@ def record_all(where: Path) -> None:
         metrics = run_dir / "metrics.jsonl"
         if not (metrics.exists() and '"type": "end"' in metrics.read_text(encoding="utf-8").splitlines()[-1]):
             print(f"running {name} ...", flush=True)
-            subprocess.run([sys.executable, "-m", "tui_trainer.cli", *COMMON, *flags, "--run-dir", str(run_dir),
+            subprocess.run([sys.executable, "-m", "tui_trainer", *COMMON, *flags, "--run-dir", str(run_dir),
                             "--overwrite"], check=True, stdout=subprocess.DEVNULL)
         shown = [f if f != str(tiny) else "tiny.txt" for f in [*COMMON, *flags]]
         run = record(run_dir, name, what, shown)

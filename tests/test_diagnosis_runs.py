@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_config, with_limits
 from tui_trainer.config import DiagnosisConfig
 from tui_trainer.diagnosis import Diagnosis, SchedulePosition, verdicts_over
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.events import ListSink, StepEvent
 from tui_trainer.metrics import read_metrics
 
