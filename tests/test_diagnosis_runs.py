@@ -126,3 +126,24 @@ def test_a_resumed_run_diagnoses_every_epoch_as_the_uninterrupted_run(small_corp
     # The whole verdict state (since when, what pattern, how long it has held), not only the words.
     assert resumed.last_diagnosis == straight.last_diagnosis and straight.last_diagnosis.epoch == 6
     assert (straight.last_diagnosis.kind, straight.last_diagnosis.since_epoch) == ("learning", 1)
+
+
+
+def test_the_engine_says_live_what_the_replay_of_its_history_says(small_corpus, tmp_path):
+    """The engine passes the previous verdict and the schedule position as ``verdicts_over`` does:
+    a 6-epoch cosine run ends in the schedule's tail, so a missing schedule would show."""
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=6, micro_batch=4, accum=2), 8)
+    straight = Trainer(cfg, ListSink())
+    straight.run()
+    records = read_metrics(tmp_path / "run")
+    epochs = [r for r in records if r["type"] == "epoch"]
+    steps = [[r["loss"] for r in records if r["type"] == "step" and r["epoch"] == e["epoch"]] for e in epochs]
+    first_steps = [min(r["step"] for r in records if r["type"] == "step" and r["epoch"] == e["epoch"]) for e in epochs]
+    o = cfg.optim
+    schedules = [SchedulePosition.at(e["tokens_seen"], o.lr, o.lr * o.min_lr_ratio, straight.warmup_tokens(),
+                                     straight.planned_tokens()) for e in epochs]
+    replayed = verdicts_over([e["train_loss"] for e in epochs], [e["val_loss"] for e in epochs],
+                             straight.corpus.vocab.size, cfg.diagnosis, steps, first_steps, schedules)
+    assert [(v.kind, v.reason, v.remedy) for v in replayed] == [(e["diagnosis"], e["diagnosis_reason"], e["remedy"])
+                                                               for e in epochs]
+    assert replayed[-1] == straight.last_diagnosis and "schedule in its tail" in replayed[-1].remedy
