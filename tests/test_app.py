@@ -30,6 +30,7 @@ from tui_trainer.metrics import read_metrics
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.factory import create_app, create_replay_app
 from tui_trainer.ui.bridge import AppSink
+from tui_trainer.ui.widgets.diagnosis import DiagnosisBanner
 from tui_trainer.ui.widgets import HelpScreen, LossPlot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -317,7 +318,9 @@ async def test_renders_at_80x24_60x20_and_wide_and_redraws_on_resize(small_corpu
             text = app.screen_text()
             lines = text.splitlines()
             assert len(lines) == size[1] and max(len(line) for line in lines) <= size[0]
-            for must in ("tui-trainer", "micro-step", "epoch", "tokens/s", "healthy", "q stop"):
+            assert app.view.diagnosis == "learning"  # epoch 1 of a tiny model: still near chance, falling
+            assert app.query_one(DiagnosisBanner).has_class("-learning")  # its own colour
+            for must in ("tui-trainer", "micro-step", "epoch", "tokens/s", "learning", "q stop"):
                 assert must in text, (size, must)
             assert ("micro-batch 4 x accum 2" in text) or ("batch 4 x 2" in text)
             assert app.query_one(LossPlot).size.height >= 4, size
@@ -336,7 +339,7 @@ async def test_help_screen_explains_accumulation_and_diagnoses(small_corpus, tmp
         assert isinstance(app.screen, HelpScreen)
         text = " ".join(app.screen_text().replace("│", " ").split())  # undo the word wrap
         assert "effective batch = micro-batch x accum x processes" in text
-        for verdict in ("healthy", "underfitting", "overfitting", "unstable"):
+        for verdict in ("learning", "healthy", "underfitting", "overfitting", "unstable"):
             assert verdict in text
         app.control.resume()  # training goes on under the help screen; the panels keep up
         await wait_for(pilot, lambda: app.view.step >= 5, what="steps under the help screen")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_config
 from tui_trainer.config import DiagnosisConfig, OptimConfig
-from tui_trainer.diagnosis import diagnose, find_spike, step_verdict, val_rise_warning
+from tui_trainer.diagnosis import diagnose, find_spike, step_verdict, val_rise_warning, verdicts_over
 from tui_trainer.early_stopping import EarlyStopping
 from tui_trainer.loop import Trainer
 from tui_trainer.events import DiagnosisEvent, EpochEvent, ListSink, StepEvent
@@ -36,29 +36,37 @@ def overfitting_curves():
     return train, val
 
 
-def prefix_verdicts(train, val, **kwargs):
-    return [diagnose(train[: e + 1], val[: e + 1], VOCAB, **kwargs).kind for e in range(len(train))]
+def verdicts(train, val, **kwargs):
+    """The engine's verdicts epoch by epoch (each one knows the one before: hysteresis)."""
+    return [v.kind for v in verdicts_over(train, val, VOCAB, **kwargs)]
 
 
-def test_healthy_curves_are_healthy_at_every_epoch():
-    assert prefix_verdicts(*healthy_curves()) == ["healthy"] * EPOCHS
+def test_healthy_curves_are_learning_then_healthy_and_never_a_problem():
+    kinds = verdicts(*healthy_curves())
+    train, val = healthy_curves()
+    high = DiagnosisConfig().underfit_ratio * math.log(VOCAB)
+    below = next(e for e in range(EPOCHS) if min(train[e], val[e]) < high)  # epoch index 2: 2.49
+    assert kinds[:below + 1] == ["learning"] * (below + 1)  # crossing the line once is not yet a change
+    assert kinds[below + 1:] == ["healthy"] * (EPOCHS - below - 1)
 
 
-def test_underfitting_is_called_once_the_trend_is_established_and_not_before():
-    verdicts = prefix_verdicts(*underfitting_curves())
-    trend = DiagnosisConfig().trend_epochs
-    assert verdicts[: trend - 1] == ["healthy"] * (trend - 1)
-    assert verdicts[trend - 1:] == ["underfitting"] * (EPOCHS - trend + 1)
+def test_underfitting_is_called_once_the_trend_is_established_and_confirmed():
+    kinds = verdicts(*underfitting_curves())
+    trend, confirm = DiagnosisConfig().trend_epochs, DiagnosisConfig().confirm_epochs
+    first = trend + confirm - 1  # flat over the trend window, in `confirm` consecutive epochs
+    assert kinds[:first - 1] == ["learning"] * (first - 1)
+    assert kinds[first - 1:] == ["underfitting"] * (EPOCHS - first + 1)
 
 
 def test_overfitting_from_epoch_7_is_called_once_val_has_risen_twice():
     train, val = overfitting_curves()
     assert val[6] > val[5] and val[5] < val[4]  # val bottoms out at epoch 6, rises from epoch 7
-    verdicts = prefix_verdicts(train, val)
-    assert verdicts[:7] == ["healthy"] * 7  # epochs 1-7: one rise is not a trend yet
-    assert verdicts[7:] == ["overfitting"] * (EPOCHS - 7)  # epochs 8-12
-    reason = diagnose(train[:8], val[:8], VOCAB).reason
-    assert "val loss rose 3 epochs in a row" in reason and f"{val[7]:.2f}" in reason and "train fell" in reason
+    kinds = verdicts(train, val)
+    assert "underfitting" not in kinds[:7] and "overfitting" not in kinds[:7]  # one rise is not a trend yet
+    assert kinds[7:] == ["overfitting"] * (EPOCHS - 7)  # epochs 8-12
+    reason = verdicts_over(train[:8], val[:8], VOCAB)[-1].reason
+    assert reason.startswith("since epoch 7:") and f"val {val[5]:.2f} -> {val[7]:.2f}" in reason
+    assert f"train {train[5]:.2f} -> {train[7]:.2f}" in reason
 
 
 def test_large_gap_is_overfitting_even_without_a_rising_trend():
@@ -102,12 +110,12 @@ def test_divergence_far_above_a_uniform_guess_is_unstable():
 
 
 def test_every_diagnosis_has_a_remedy():
-    remedies = {kind: diagnose(*curves, VOCAB).remedy for kind, curves in
+    remedies = {kind: verdicts_over(*curves, VOCAB)[-1].remedy for kind, curves in
                 [("healthy", healthy_curves()), ("underfitting", underfitting_curves()),
                  ("overfitting", overfitting_curves())]}
     assert "keep training" in remedies["healthy"]
     assert "larger model" in remedies["underfitting"] and "learning rate" in remedies["underfitting"]
-    assert "regularization" in remedies["overfitting"] and "early stopping" in remedies["overfitting"]
+    assert "regularization" in remedies["overfitting"] and "epochs past the best val" in remedies["overfitting"]
     assert "lower the learning rate" in diagnose([3.0], [math.nan], VOCAB).remedy
 
 

@@ -51,12 +51,18 @@ class DiagnosisConfig:
 
     val_rise_warning: float = 0.05  # warn when val loss rises more than this fraction in one epoch
     trend_epochs: int = 3  # epochs a trend needs before it is called
+    confirm_epochs: int = 2  # consecutive epochs a new pattern must hold before the verdict changes
     overfit_gap: float = 0.25  # val/train - 1 above this is a "large gap"
+    val_margin: float = 0.01  # val more than this fraction above its best has "risen away" from it
     underfit_ratio: float = 0.6  # losses above this fraction of ln(vocab) (a uniform guess) are "high"
-    plateau_improvement: float = 0.02  # relative improvement per epoch below this = "barely move"
+    # A fall of less than this fraction in one epoch is "flat"; 2% called a memorising run's
+    # 1.5%/epoch descent (6-step epochs) a plateau (benchmarks/diagnosis.py).
+    plateau_improvement: float = 0.01
+    schedule_tail: float = 0.75  # the lr schedule is "in its tail" once the lr has come this far from peak to floor
     spike_factor: float = 2.0  # a step loss above spike_factor x rolling median is a spike
     spike_window: int = 25  # steps in the rolling median (of the same epoch)
     spike_min_rise: float = 0.25  # ... and at least this far above it, in nats: 0.13 -> 0.26 is noise, not a spike
+    spike_jump: float = 1.0  # a step loss this many nats above the rolling median is a spike whatever the ratio
 
 
 @dataclass(frozen=True)
@@ -263,9 +269,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("threads", t.threads, "--threads", allow_none=True)
     _positive("checkpoint_every", t.checkpoint_every, "--checkpoint-every", allow_none=True)
     _positive("max_bad_steps", t.max_bad_steps, "--max-bad-steps")
-    if (g.val_rise_warning < 0 or g.trend_epochs < 2 or g.spike_factor <= 1 or g.spike_window < 3
-            or g.overfit_gap < 0 or g.underfit_ratio <= 0 or g.plateau_improvement < 0 or g.spike_min_rise < 0):
+    if (g.val_rise_warning < 0 or g.trend_epochs < 2 or g.confirm_epochs < 1 or g.spike_factor <= 1
+            or g.spike_window < 3 or g.overfit_gap < 0 or g.val_margin < 0 or g.underfit_ratio <= 0
+            or g.plateau_improvement < 0 or not 0 <= g.schedule_tail <= 1 or g.spike_min_rise < 0
+            or g.spike_jump <= 0):
         raise UserError("diagnosis thresholds are out of range",
-                        "val_rise_warning >= 0, trend_epochs >= 2, spike_factor > 1, spike_window >= 3, "
-                        "overfit_gap >= 0, underfit_ratio > 0, plateau_improvement >= 0, spike_min_rise >= 0")
+                        "val_rise_warning >= 0, trend_epochs >= 2, confirm_epochs >= 1, spike_factor > 1, "
+                        "spike_window >= 3, overfit_gap >= 0, val_margin >= 0, underfit_ratio > 0, "
+                        "plateau_improvement >= 0, 0 <= schedule_tail <= 1, spike_min_rise >= 0, spike_jump > 0")
     return cfg

@@ -6,10 +6,12 @@ import sys
 import time
 from typing import TextIO
 
+from .diagnosis import REMEDIES
 from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed, CheckpointSaved, DiagnosisEvent,
                      EpochEvent,
                      Event, Notice, Paused, Resumed, RunEnded, RunStarted, StepEvent)
 
+PLAIN_REMEDIES = (REMEDIES["healthy"], REMEDIES["learning"])
 PROGRESS_INTERVAL_S = 2.0  # a progress line at most this often, and only on a terminal
 
 
@@ -52,7 +54,7 @@ class HeadlessLog:
                         f"diagnosis={event.diagnosis}: {event.diagnosis_reason}")
             if event.val_rise_warning:
                 self._print(f"warning: {event.val_rise_warning}")
-            if event.diagnosis != "healthy":
+            if event.remedy not in PLAIN_REMEDIES:  # "keep training" every epoch would be noise
                 self._print(f"remedy: {event.remedy}")
         elif isinstance(event, DiagnosisEvent):
             self._print(f"diagnosis={event.kind} at step {event.step}: {event.reason}; remedy: {event.remedy}")

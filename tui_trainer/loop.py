@@ -21,7 +21,7 @@ import torch
 
 from .accumulation import WindowAborted, accumulate_window
 from .data import epoch_examples, plan_windows, val_batches
-from .diagnosis import diagnose, step_verdict, val_rise_warning
+from .diagnosis import SchedulePosition, diagnose, step_verdict, val_rise_warning
 from .events import (AccumChangeApplied, DiagnosisEvent, EpochEvent, MicroStep, Notice, RunEnded, RunStarted,
                      StepEvent)
 from .runtime import capture_rng
@@ -245,8 +245,11 @@ class Trainer(TrainingSession):
         train_loss = st.epoch_loss_sum / st.epoch_tokens if st.epoch_tokens else float("nan")
         st.train_history.append(train_loss)
         st.val_history.append(val_loss)
+        # The previous verdict (hysteresis) and where the lr schedule stands (what remedy fits).
+        schedule = SchedulePosition.at(st.tokens_seen, cfg.optim.lr, cfg.optim.lr * cfg.optim.min_lr_ratio,
+                                       self.warmup_tokens(), self.planned_tokens())
         verdict = diagnose(st.train_history, st.val_history, self.corpus.vocab.size, cfg.diagnosis,
-                           st.epoch_step_losses, st.epoch_first_step)
+                           st.epoch_step_losses, st.epoch_first_step, self.last_diagnosis, schedule)
         self.last_diagnosis = verdict
         warning = val_rise_warning(st.val_history, cfg.diagnosis.val_rise_warning)
         improved, should_stop, stop_reason = self.early_stopping.update(val_loss, st.epoch)

@@ -25,4 +25,4 @@ class LoopState:
     bad_steps_total: int = 0
     finished: str | None = None  # end reason once the run is over
     elapsed_seconds: float = 0.0  # wall time of the run at its last save, earlier sessions included
-    last_verdict: list | None = None  # [kind, reason] of the latest diagnosis, at the last save
+    last_verdict: dict | list | None = None  # the latest Diagnosis.to_state() (hysteresis); [kind, reason] before issue 17

@@ -110,7 +110,7 @@ class TrainingSession:
         self._window_rng: dict[str, Any] | None = None
         self._step_alerted_epoch = 0  # one live spike/divergence alert per epoch, not one per step
         # The verdict so far (a resumed run's `end` record carries one even if it stops at once).
-        self.last_diagnosis: Diagnosis | None = Diagnosis(*self.state.last_verdict) if self.state.last_verdict else None
+        self.last_diagnosis: Diagnosis | None = Diagnosis.from_state(self.state.last_verdict)
         self.error: BaseException | None = None
 
     def _load_resume_state(self, state: dict) -> None:
@@ -163,8 +163,7 @@ class TrainingSession:
             "optimizer": self.optimizer.state_dict(),
             "early_stopping": self.early_stopping.state_dict(),
             "loop": {**asdict(self.state), "elapsed_seconds": self.elapsed_seconds(),
-                     "last_verdict": [self.last_diagnosis.kind, self.last_diagnosis.reason]
-                     if self.last_diagnosis else None},
+                     "last_verdict": self.last_diagnosis.to_state() if self.last_diagnosis else None},
             "rng": rng if rng is not None else capture_rng(self.device),
             "config": self.cfg.to_dict(),
             "vocab": list(self.corpus.vocab.chars),

@@ -8,7 +8,7 @@ from .. import format as fmt
 from ..view import RunView
 from .base import Panel
 
-KINDS = ("healthy", "underfitting", "overfitting", "unstable")
+KINDS = ("learning", "healthy", "underfitting", "overfitting", "unstable")
 # The remedy line's room at 80 columns (the banner's border and padding take 4): the best-val note
 # joins it only when both fit, so the banner stays at 2-3 rows on a small terminal. (The overfitting
 # reason cites the best epoch itself.)

@@ -9,7 +9,7 @@ from .. import format as fmt
 from ..view import RunView
 from .base import Panel
 
-KIND_STYLES = ("healthy", "underfitting", "overfitting", "unstable")
+KIND_STYLES = ("learning", "healthy", "underfitting", "overfitting", "unstable")
 
 
 class EpochTable(Panel):

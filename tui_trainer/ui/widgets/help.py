@@ -31,8 +31,10 @@ ACCUMULATION = (
 
 # (verdict, theme colour, lines of meaning and remedy) — the colours of the diagnosis banner.
 DIAGNOSES = [
+    ("learning", "$secondary", ["the loss still falls, however high: keep training"]),
     ("healthy", "$success", ["both losses fall: keep training"]),
-    ("underfitting", "$primary-lighten-2", ["both high and flat: bigger model, train longer, raise the lr"]),
+    ("underfitting", "$primary-lighten-2", ["high and flat for epochs: a bigger model, more epochs;",
+                                            "the lr only if flat from the start at its peak"]),
     ("overfitting", "$warning", ["val rises as train falls, or sits far above it: more data,",
                                    "dropout, weight decay; early stopping keeps the best weights"]),
     ("unstable", "$error", ["NaN/inf or loss spikes: lower the lr, check gradient clipping"]),
