@@ -32,6 +32,9 @@ from .tokens import BpeTokenizer, CharSet, CharTokenizer, Tokenizer, id_dtype, t
 MAGIC = b"TUITOK1\n"
 FORMAT = 1
 PIECE_CHARS = 1 << 16  # BPE: text per encode_batch item (the batch spreads over the cores)
+# A BPE is learnt from at most this much of the training text, taken in evenly spread chunks:
+# the pre-tokenizer of `tokenizers` reads ~1-3 MB/s, and word statistics settle long before 1 GB.
+BPE_SAMPLE_BYTES = 32 << 20
 # Where a byte-level BPE piece may end without changing any id: before a lone space or newline
 # between two non-space characters (the GPT-2 pre-tokenizer splits there in any case).
 SAFE_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")
@@ -273,7 +276,7 @@ def _trained_bpe(source, cache_dir: Path, data_fp: str, val_split: float, vocab_
     """The BPE learnt from this data's training text: from the cache when it was learnt before."""
     from tokenizers import __version__ as tokenizers_version
 
-    path = cache_dir / f"bpe-{_key(data_fp, vocab_size, val_split, tokenizers_version)}.json"
+    path = cache_dir / f"bpe-{_key(data_fp, vocab_size, val_split, BPE_SAMPLE_BYTES, tokenizers_version)}.json"
     if path.is_file():
         try:
             return BpeTokenizer.from_json(path.read_text(encoding="utf-8"), "trained")
@@ -283,10 +286,20 @@ def _trained_bpe(source, cache_dir: Path, data_fp: str, val_split: float, vocab_
     split = _split_byte(ts.stream_bytes(source), val_split)
     meter = ts.Meter("training tokenizer", split, progress, cancel)
 
+    every = max(1, -(-split // BPE_SAMPLE_BYTES))  # learn from one chunk in `every`
+
+    def sampled_chunks() -> Iterator[bytes]:
+        for index, chunk in enumerate(ts.text_chunks(source, chunk_bytes, split_at=split, meter=meter)):
+            if not chunk:
+                yield chunk  # the split point: the validation text is never seen
+                return
+            if index % every == 0:
+                yield chunk
+
     def training_text() -> Iterator[str]:
-        for pieces in bpe_texts(ts.text_chunks(source, chunk_bytes, split_at=split, meter=meter), piece_chars):
+        for pieces in bpe_texts(sampled_chunks(), piece_chars):
             if not pieces:
-                return  # the validation text is never seen
+                return
             yield from pieces
 
     tokenizer = train_bpe(training_text(), vocab_size)

@@ -16,7 +16,9 @@ byte is in the alphabet), trained offline on the training text only. Nothing is 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,10 @@ from .errors import UserError
 TOKENIZER_FILE = "tokenizer.json"  # a BPE run's tokenizer, in its run dir
 DEFAULT_BPE_VOCAB = 4096
 UNICODE_SIZE = 0x110000
+# Where byte-level BPE text may be cut without changing any id: before a lone space or newline
+# between two non-space characters (GPT-2's pre-tokenizer splits there in any case).
+WORD_CUT = re.compile(r"(?<=\S)(?=[ \n]\S)")
+MAX_REMEMBERED_WORDS = 300_000  # distinct words whose ids are kept (~80 MB at most)
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -134,6 +140,7 @@ class BpeTokenizer:
         self.json = tokenizer.to_str()
         self.fingerprint = _sha256(self.json)
         self.size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self._words: dict[str, tuple[int, ...]] | None = {} if self.words_encode_alone else None
 
     @classmethod
     def from_json(cls, text: str, source: str) -> "BpeTokenizer":
@@ -147,10 +154,37 @@ class BpeTokenizer:
     def chars(self) -> tuple[str, ...]:
         return tuple(self.tokenizer.decode([i]) for i in range(self.size))
 
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+        fast = getattr(self.tokenizer, "encode_batch_fast", None)  # no offsets: tokenizers >= 0.20
+        encoded = (fast or self.tokenizer.encode_batch)(texts, add_special_tokens=False)
+        return [e.ids for e in encoded]
+
+    @property
+    def words_encode_alone(self) -> bool:
+        """True for a plain byte-level BPE (what ``train_bpe`` makes, and GPT-2's file): a piece of
+        text between two word cuts (see WORD_CUT) then encodes the same alone as in the whole."""
+        spec = json.loads(self.json)
+        pre = spec.get("pre_tokenizer") or {}
+        return (spec.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+                and not pre.get("add_prefix_space", False) and not spec.get("added_tokens"))
+
     def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
-        """Ids of several texts at once: ``encode_batch`` spreads them over the cores."""
-        encoded = self.tokenizer.encode_batch(texts, add_special_tokens=False)
-        return [np.asarray(e.ids, dtype=np.int64) for e in encoded]
+        """Ids of several texts. A plain byte-level BPE encodes each distinct word once (the
+        pre-tokenizer of ``tokenizers`` is slow, ~1 MB/s, and text repeats its words); other
+        tokenizers encode the texts with ``encode_batch``, spread over the cores."""
+        if self._words is None:
+            return [np.asarray(ids, dtype=np.int64) for ids in self._encode_batch(texts)]
+        words = self._words
+        out = []
+        for text in texts:
+            parts = WORD_CUT.split(text)
+            missing = list(set(parts).difference(words))
+            if missing:
+                if len(words) + len(missing) > MAX_REMEMBERED_WORDS:
+                    words.clear()  # bounded memory on a corpus of endless distinct words
+                words.update(zip(missing, map(tuple, self._encode_batch(missing))))
+            out.append(np.fromiter(itertools.chain.from_iterable(map(words.__getitem__, parts)), dtype=np.int64))
+        return out
 
     def encode_bytes(self, chunk: bytes) -> np.ndarray:
         return self.encode_texts([chunk.decode("utf-8")])[0]
