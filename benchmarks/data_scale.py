@@ -8,7 +8,7 @@ made by repeating the bundled corpus (in a temp dir, deleted after), and for eac
   into the cache), and the tokenization rate in MB/s of text;
 - **cached start**: the same process run again: seconds until the data is ready (fingerprint +
   verified map of the cache);
-- **peak RSS** of each process (its own ``ru_maxrss``, training steps included).
+- **peak RSS** of each process (its own ``VmHWM``, training steps included).
 
 The BPE tokenization rate is set against ``tokenizers``' own ``encode_batch`` rate on the
 same text in this run (pieces of 64 KiB, no file reading or writing): the overhead of
@@ -66,7 +66,19 @@ def child(args: argparse.Namespace) -> None:
     end = Trainer(cfg).run()
     print(json.dumps({"prepare_s": ready - imported, "import_s": imported - started, "phases": phases,
                       "steps": end.steps, "reason": end.reason,
-                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set: VmHWM belongs to its own memory map, so unlike
+    ``ru_maxrss`` it does not start from the parent's size at fork time."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def start(data: Path, tokenizer: str, cache: Path, run_dir: Path) -> dict:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import UserError
 
 CHUNK_BYTES = 4 << 20  # 4 MiB per read: big enough for numpy to pay off, small enough to stay flat
@@ -160,7 +162,9 @@ def check_text(source: TextSource, on_chunk: Callable[[bytes], None] | None = No
                 at = offset + block.index(b"\x00")
                 raise UserError(f"{where} {file} looks binary (a NUL byte at byte {at})", f"pass UTF-8 text{also}")
             try:
-                decoder.decode(block)
+                # ASCII, with no character pending from the block before, is valid as it is.
+                if decoder.getstate()[0] or int(np.frombuffer(block, np.uint8).max()) >= 0x80:
+                    decoder.decode(block)
             except UnicodeDecodeError as exc:
                 raise UserError(f"{where} {file} is not valid UTF-8 (byte {offset + exc.start})",
                                 f"convert it with e.g. `iconv -t utf-8`{also}") from None

@@ -87,6 +87,7 @@ def read_cache(path: Path, progress: ts.ProgressFn | None = None) -> tuple[dict,
             while block := handle.read(ts.CHUNK_BYTES):
                 crc = zlib.crc32(block, crc)
                 meter.add(len(block))
+            meter.finish()
             if crc != header["crc32"]:
                 return None
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
@@ -110,9 +111,11 @@ class CacheWriter:
         self.handle.write(b"\0" * self.size)
 
     def write(self, ids: np.ndarray) -> None:
-        if ids.size and int(ids.max()) > np.iinfo(self.dtype).max:
-            raise ValueError("an id does not fit the cache's id type")
-        data = ids.astype(self.dtype.newbyteorder("<"), copy=False).tobytes()
+        if ids.dtype != self.dtype:
+            if ids.size and int(ids.max()) > np.iinfo(self.dtype).max:
+                raise ValueError("an id does not fit the cache's id type")
+            ids = ids.astype(self.dtype)
+        data = np.ascontiguousarray(ids.astype(ids.dtype.newbyteorder("<"), copy=False)).data
         self.crc = zlib.crc32(data, self.crc)
         self.length += ids.size
         self.handle.write(data)
@@ -260,7 +263,7 @@ def _prepare_char(source: ts.TextSource, cache_dir: Path, data_fp: str, progress
     writer = _open_writer(path, header)
     try:
         for chunk in ts.text_chunks(source, chunk_bytes, meter=meter):
-            writer.write(tokenizer.encode_bytes(chunk))
+            writer.write(tokenizer.encode_bytes(chunk, writer.dtype))
         writer.commit()
     except BaseException as exc:
         writer.discard()

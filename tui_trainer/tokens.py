@@ -94,27 +94,31 @@ class CharTokenizer:
     def fingerprint(self) -> str:
         return _sha256("char\0" + "".join(self.chars))
 
-    def _table(self) -> np.ndarray:
-        table = getattr(self, "_lookup", None)
-        if table is None:
+    def _table(self, dtype: np.dtype) -> np.ndarray:
+        """Code point -> id, in ``dtype``; the largest value of the type marks a character outside
+        the vocabulary (a vocabulary never uses it: its ids stop at size - 1 < the type's max + 1)."""
+        tables = self.__dict__.setdefault("_tables", {})
+        if dtype not in tables:
             points = [ord(c) for c in self.chars]
-            # -1 marks a character outside the vocabulary; at least 256 entries for the byte fast path.
-            table = np.full(max(max(points, default=0) + 1, 256), -1, dtype=np.int64)
+            # at least 256 entries: a chunk of bytes < 0x80 is looked up without decoding
+            table = np.full(max(max(points, default=0) + 1, 256), np.iinfo(dtype).max, dtype=dtype)
             table[points] = np.arange(len(points))
-            object.__setattr__(self, "_lookup", table)
-        return table
+            tables[dtype] = table
+        return tables[dtype]
 
-    def encode_bytes(self, chunk: bytes) -> np.ndarray:
-        """Ids (int64) of a chunk of valid UTF-8 that holds whole characters."""
+    def encode_bytes(self, chunk: bytes, dtype: np.dtype = np.dtype(np.int64)) -> np.ndarray:
+        """Ids of a chunk of valid UTF-8 that holds whole characters, as ``dtype``."""
+        dtype = np.dtype(np.int64 if dtype.kind == "i" else dtype)
         points = code_points(chunk)
-        table = self._table()
+        wide = np.dtype(np.uint32) if dtype == np.int64 else dtype  # room for the "unknown" mark
+        table = self._table(wide)
         if points.size and int(points.max()) >= len(table):
             raise KeyError("a character outside the vocabulary")
-        ids = table[points]
-        if ids.size and int(ids.min()) < 0:
-            missing = chr(int(points[np.argmin(ids)]))
+        ids = np.take(table, points)
+        if ids.size and self.size <= np.iinfo(wide).max and int(ids.max()) == np.iinfo(wide).max:
+            missing = chr(int(points[np.argmax(ids)]))
             raise KeyError(f"character {missing!r} is outside the vocabulary")
-        return ids
+        return ids.astype(dtype, copy=False)
 
     def encode(self, text: str) -> torch.Tensor:
         return torch.from_numpy(self.encode_bytes(text.encode("utf-8")))
