@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,32 @@ def test_an_unreadable_file_in_a_directory_is_named(tmp_path):
     locked.write_text("secret\n")
     locked.chmod(0)
     assert str(locked) in error_of(data, tmp_path)
+
+
+def test_the_progress_line_leaves_a_line_only_for_slow_phases_in_a_log():
+    import io
+
+    from tui_trainer.data_progress import DataProgressLine
+
+    out = io.StringIO()
+    line = DataProgressLine(out, live=False)
+    line(ts.Progress("fingerprint", 0, 10_000_000, 0.0))
+    line(ts.Progress("fingerprint", 10_000_000, 10_000_000, 0.2))  # quick: nothing
+    line(ts.Progress("tokenizing", 5_000_000, 10_000_000, 1.0))
+    line(ts.Progress("tokenizing", 10_000_000, 10_000_000, 2.0))
+    assert out.getvalue() == "data: tokenizing 100% of 10.0 MB (5.0 MB/s, 2.0 s)\n"
+
+
+def test_the_fingerprint_is_remembered_until_a_file_changes_even_with_its_old_mtime(small_corpus, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(tc, "SETTLED_SECONDS", 0)
+    first = prepare(small_corpus, tmp_path / "cache")
+    phases: list[str] = []
+    again = prepare(small_corpus, tmp_path / "cache", progress=lambda p: phases.append(p.phase))
+    assert "fingerprint" not in phases and again.data_fingerprint == first.data_fingerprint
+    stat = small_corpus.stat()
+    text = small_corpus.read_text(encoding="utf-8")
+    small_corpus.write_text(text.replace("the", "teh"), encoding="utf-8")  # same size
+    os.utime(small_corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the old mtime
+    changed = prepare(small_corpus, tmp_path / "cache")
+    assert changed.built and changed.data_fingerprint == hashlib.sha256(small_corpus.read_bytes()).hexdigest()

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ PIECE_CHARS = 1 << 16  # BPE: text per encode_batch item (the batch spreads over
 # A BPE is learnt from at most this much of the training text, taken in evenly spread chunks:
 # the pre-tokenizer of `tokenizers` reads ~1-3 MB/s, and word statistics settle long before 1 GB.
 BPE_SAMPLE_BYTES = 32 << 20
+SETTLED_SECONDS = 5  # a file unchanged for this long has its fingerprint remembered by its stat
 # Where a byte-level BPE piece may end without changing any id: before a lone space or newline
 # between two non-space characters (the GPT-2 pre-tokenizer splits there in any case).
 SAFE_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")
@@ -154,6 +156,43 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()[:32]
 
 
+def _stats(source: ts.TextSource) -> list:
+    stats = []
+    for file in source.files:
+        st = file.stat()
+        stats.append([str(file), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
+    return stats
+
+
+def source_fingerprint(source: ts.TextSource, cache_dir: Path, progress: ts.ProgressFn | None = None,
+                       cancel: ts.CancelFn | None = None, chunk_bytes: int = ts.CHUNK_BYTES) -> str:
+    """The content fingerprint, hashed once and then remembered by the files' size, times and
+    inode (as git's index does), so a cached start does not read a big corpus twice. A file
+    changed in the last seconds is not remembered: its next change could keep the same times."""
+    index = cache_dir / f"source-{_key(str(source.path))}.json"
+    try:
+        stats = _stats(source)
+    except OSError:
+        stats = None
+    try:
+        record = json.loads(index.read_text(encoding="utf-8"))
+        if stats is not None and record["stats"] == stats:
+            return record["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    fingerprint = ts.fingerprint(source, progress, cancel, chunk_bytes)
+    try:
+        newest = max(max(s[2], s[4]) for s in stats) if stats else time.time_ns()
+        settled = time.time_ns() - newest > SETTLED_SECONDS * 10 ** 9
+        if settled and _stats(source) == stats:
+            tmp = index.with_name(f".{index.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({"stats": stats, "fingerprint": fingerprint}), encoding="utf-8")
+            os.replace(tmp, index)
+    except OSError:
+        pass  # not remembered: hashed again next time
+    return fingerprint
+
+
 def bpe_pieces(text: str, piece_chars: int = PIECE_CHARS) -> tuple[list[str], str]:
     """``text`` cut at safe points into pieces of about ``piece_chars``, and the rest after the last cut."""
     pieces, start = [], 0
@@ -209,7 +248,7 @@ def prepare_ids(source: ts.TextSource, tokenizer: str | Tokenizer, cache_dir: Pa
         raise UserError(f"cannot use the token cache dir {cache_dir} ({exc.strerror or exc})",
                         "pass a writable --cache-dir") from None
     _remove_stale_temp_files(cache_dir)
-    data_fp = ts.fingerprint(source, progress, cancel, chunk_bytes)
+    data_fp = source_fingerprint(source, cache_dir, progress, cancel, chunk_bytes)
     if tokenizer == "char":
         return _prepare_char(source, cache_dir, data_fp, progress, cancel, chunk_bytes)
     if tokenizer == "bpe":
