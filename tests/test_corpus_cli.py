@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tui_trainer import checkpoint as ckpt
 from tui_trainer.cli import main
-from tui_trainer.tokens import TOKENIZER_FILE, load_tokenizer, train_bpe
+from tui_trainer.tokens import TOKENIZER_FILE, load_tokenizer, load_tokenizer_file, train_bpe
 
 TINY = ["--no-ui", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
         "--accum", "2", "--threads", "1", "--limit-train-batches", "3", "--limit-val-batches", "2", "--epochs", "1"]
@@ -65,8 +66,7 @@ def test_a_user_tokenizer_file_is_used(small_corpus, tmp_path):
     run_dir = tmp_path / "run"
     assert main(["--data", str(small_corpus), "--run-dir", str(run_dir), "--tokenizer", str(mine), *TINY]) == 0
     assert json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["tokenizer"]["vocab_size"] == 320
-    assert (run_dir / TOKENIZER_FILE).read_text(encoding="utf-8") == mine.read_text(encoding="utf-8") or \
-        load_tokenizer(run_dir).size == 320
+    assert load_tokenizer(run_dir).fingerprint == load_tokenizer_file(mine).fingerprint
 
 
 @pytest.fixture
@@ -124,3 +124,25 @@ def test_bad_data_folders_are_one_line_and_leave_nothing(tmp_path, capsys):
     message = one_error_line(["--data", str(folder), "--run-dir", str(run_dir), *TINY], capsys)
     assert "looks binary" in message and "b.txt" in message
     assert not run_dir.exists()
+
+
+def test_a_stop_while_the_data_is_prepared_leaves_no_run_and_no_cache(small_corpus, tmp_path):
+    from conftest import tiny_config
+
+    from tui_trainer.control import Control
+    from tui_trainer.loop import Trainer
+    from tui_trainer.text_source import PreparationCancelled
+
+    control = Control()
+    cfg = tiny_config(small_corpus, tmp_path / "run")
+    cfg = cfg.replace(data=replace(cfg.data, cache_dir=str(tmp_path / "cache")))
+
+    def progress(p) -> None:
+        if p.phase == "tokenizing":
+            control.stop("interrupted", 2)  # what Ctrl-C does (signals.SignalStopper)
+
+    with pytest.raises(PreparationCancelled) as stopped:
+        Trainer(cfg, None, control, data_progress=progress)
+    assert stopped.value.args == (2,)
+    assert not (tmp_path / "run").exists()
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("source-")] == []
