@@ -175,10 +175,10 @@ def main() -> int:
                 if kind == "bpe":
                     row["own"] = encode_batch_rate(folder, cache)
                 rows.append(row)
-                own = f", encode_batch alone {row['own']:.1f} MB/s ({rate / row['own']:.2f}x)" if "own" in row else ""
+                own = f", encode_batch alone {row['own']:.2f} MB/s ({rate / row['own']:.2f}x)" if "own" in row else ""
                 learn = f", BPE learnt in {row['learn']:.1f} s" if kind == "bpe" else ""
                 print(f"{size:>6g} MB {kind:<5} first start {row['first']:7.2f} s | cached start {row['cached']:5.2f} s "
-                      f"| peak RSS {row['rss']:6.0f} MB | tokenizing {rate:6.1f} MB/s{learn}{own}", flush=True)
+                      f"| peak RSS {row['rss']:6.0f} MB | tokenizing {rate:6.2f} MB/s{learn}{own}", flush=True)
                 shutil.rmtree(cache, ignore_errors=True)
             shutil.rmtree(folder, ignore_errors=True)
     finally:
