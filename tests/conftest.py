@@ -14,6 +14,17 @@ CORPUS = REPO / "datasets" / "tinyshakespeare.txt"
 
 
 @pytest.fixture(scope="session")
+def token_cache_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
+@pytest.fixture(autouse=True)
+def _token_cache_in_a_temp_dir(token_cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokenized corpora go to a temp dir shared by the session (subprocesses inherit it), never ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(token_cache_home))
+
+
+@pytest.fixture(scope="session")
 def shakespeare_text() -> str:
     return CORPUS.read_text(encoding="utf-8")
 

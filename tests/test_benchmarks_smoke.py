@@ -81,3 +81,10 @@ def test_a_tmux_benchmark_without_tmux_says_it_measured_nothing_and_exits_3(scri
 @pytest.mark.slow
 def test_compile_benchmark_runs_quick(tmp_path):
     assert "compiled/eager" in run_quick("compile_payoff.py", tmp_path, timeout=600)
+
+
+@pytest.mark.slow
+def test_data_scale_benchmark_runs_quick(tmp_path):
+    # Four fresh processes (two tokenizers, a first and a cached start each): a minute, more on a busy box.
+    out = run_quick("data_scale.py", tmp_path, timeout=600)
+    assert "cached start" in out and "encode_batch alone" in out

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from conftest import tiny_config, with_limits
@@ -71,7 +72,7 @@ def test_split_is_contiguous_90_10_and_training_windows_never_reach_validation(t
     corpus = load_corpus(DataConfig(path=str(path)), block_size=16)
     full = corpus.vocab.encode(head + tail)
     assert len(corpus.val_tokens) == 500 and len(corpus.train_tokens) == 4500
-    assert torch.equal(torch.cat([corpus.train_tokens, corpus.val_tokens]), full)
+    assert torch.equal(torch.from_numpy(np.concatenate([corpus.train_tokens, corpus.val_tokens]).astype(np.int64)), full)
     digits = {corpus.vocab.chars.index(d) for d in "0123456789"}
     train = WindowDataset(corpus.train_tokens, 16)
     seen = set(train.inputs.unique().tolist()) | set(train.targets.unique().tolist())

@@ -23,6 +23,7 @@ from .console import DetachableStream, say
 from .errors import UserError
 from .signals import SignalStopper
 from .user_paths import check_given_paths, user_os_error
+from .text_source import PreparationCancelled
 
 PROG = "tui-trainer"
 
@@ -39,7 +40,11 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--n-embd", MODEL, "model", "n_embd", int, "model width d_model"),
     ("--block-size", MODEL, "model", "block_size", int, "context length in tokens"),
     ("--dropout", MODEL, "model", "dropout", float, "dropout probability"),
-    ("--data", DATA, "data", "path", str, "UTF-8 text file to train on"),
+    ("--data", DATA, "data", "path", str, "UTF-8 text file, or a directory: every *.txt under it, joined"),
+    ("--tokenizer", DATA, "data", "tokenizer", str, "char, bpe (byte-level BPE learnt on the training text) "
+                                                    "or a tokenizers FILE.json"),
+    ("--vocab-size", DATA, "data", "vocab_size", int, "BPE vocabulary to learn, 256 or more (--tokenizer bpe only)"),
+    ("--cache-dir", DATA, "data", "cache_dir", str, "where tokenized corpora are kept"),
     ("--val-split", DATA, "data", "val_split", float, "fraction of the text held out for validation"),
     ("--limit-train-batches", DATA, "data", "limit_train_batches", int, "cap micro-batches per training epoch"),
     ("--limit-val-batches", DATA, "data", "limit_val_batches", int, "cap micro-batches per validation pass"),
@@ -61,6 +66,8 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
 # What a default of None means, in words (every other default is shown as its value).
 NONE_MEANS = {
     "data.path": "the bundled tiny-shakespeare",
+    "data.vocab_size": "4096",
+    "data.cache_dir": "$XDG_CACHE_HOME/tui-trainer, i.e. ~/.cache/tui-trainer",
     "data.limit_train_batches": "no cap",
     "data.limit_val_batches": "no cap",
     "optim.warmup_tokens": "5% of the run, at least 10 steps' worth",
@@ -172,13 +179,16 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
     from .control import Control
 
     control = Control()
-    # Handlers first: a signal while torch imports or the data loads stops the run at its first micro-step.
+    # Handlers first: a signal while torch imports stops the run at its first micro-step; one
+    # while the data is prepared stops that at once (PreparationCancelled, nothing kept).
     with SignalStopper(control):
+        from .data_progress import DataProgressLine
         from .loop import Trainer
         from .headless import HeadlessLog
 
-        trainer = Trainer(cfg, HeadlessLog(DetachableStream(sys.stdout)), control, resume=args.resume,
-                          overrides=given, overwrite=args.overwrite)
+        stdout = DetachableStream(sys.stdout)
+        trainer = Trainer(cfg, HeadlessLog(stdout), control, resume=args.resume, overrides=given,
+                          overwrite=args.overwrite, data_progress=DataProgressLine(stdout))
         end = trainer.run()
     if trainer.error is not None and not isinstance(trainer.error, UserError):
         say(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})")
@@ -198,7 +208,11 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     # A dead terminal under the app is handled by its driver (ui/terminal.py).
     with SignalStopper(control, on_stop=lambda: _close_app_once_engine_ended(built),
                        restore_terminal=True):
-        app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control)
+        from .data_progress import DataProgressLine
+
+        # The data is prepared before the app takes the terminal: its progress goes to stderr.
+        app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control,
+                         data_progress=DataProgressLine(sys.stderr))
         built.append(app)
         if control.stop_requested:
             end = app.trainer.run()  # stops at once: saves where it is and writes `end`
@@ -292,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         say(exc.one_line())
         return exc.exit_code
+    except PreparationCancelled as exc:
+        say("tui-trainer: stopped while preparing the data; no run was started and no partial cache was kept")
+        return 128 + (exc.args[0] if exc.args and exc.args[0] else 2)
     except KeyboardInterrupt:
         return 130
 

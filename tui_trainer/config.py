@@ -28,7 +28,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    path: str | None = None  # UTF-8 text file; None = the bundled tiny-shakespeare corpus
+    path: str | None = None  # UTF-8 text file or a directory of *.txt files; None = the bundled tiny-shakespeare
+    tokenizer: str = "char"  # "char" (one id per character), "bpe" (byte-level BPE learnt here) or a tokenizers .json file
+    vocab_size: int | None = None  # BPE vocabulary to learn (256 or more); None = 4096. Only with tokenizer = "bpe"
+    cache_dir: str | None = None  # where tokenized corpora are kept; None = $XDG_CACHE_HOME/tui-trainer (~/.cache/...)
     val_split: float = 0.1  # last fraction of the tokens held out for validation
     limit_train_batches: int | None = None  # cap on micro-batches per training epoch
     limit_val_batches: int | None = None  # cap on micro-batches per validation pass
@@ -194,6 +197,22 @@ def _positive(name: str, value: int | float | None, flag: str, allow_none: bool 
         raise UserError(f"{flag} must be a positive number, got {value}", f"pass {flag} 1 or more")
 
 
+MIN_BPE_VOCAB = 256  # the byte alphabet alone
+MAX_VOCAB = 2 ** 32  # the widest id type of the token cache is uint32
+
+
+def _check_tokenizer(d: DataConfig) -> None:
+    if not d.tokenizer or not d.tokenizer.strip():
+        raise UserError("--tokenizer is empty", "use --tokenizer char, --tokenizer bpe or --tokenizer FILE.json")
+    if d.vocab_size is not None and d.tokenizer != "bpe":
+        what = "a character vocabulary comes from the data" if d.tokenizer == "char" else "the tokenizer file sets it"
+        raise UserError(f"--vocab-size is only for --tokenizer bpe ({what})",
+                        "drop --vocab-size, or add --tokenizer bpe")
+    if d.vocab_size is not None and not MIN_BPE_VOCAB <= d.vocab_size <= MAX_VOCAB:
+        raise UserError(f"--vocab-size must be between {MIN_BPE_VOCAB} (the byte alphabet) and {MAX_VOCAB:,}, "
+                        f"got {d.vocab_size}", "use e.g. --vocab-size 4096")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check everything that does not need the data; raise UserError with a fix."""
     m, d, o, t, g = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.diagnosis
@@ -225,6 +244,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not 0.0 < d.val_split < 1.0:
         raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {d.val_split}",
                         "use e.g. --val-split 0.1 for a 90/10 split")
+    _check_tokenizer(d)
     _positive("limit_train_batches", d.limit_train_batches, "--limit-train-batches", allow_none=True)
     _positive("limit_val_batches", d.limit_val_batches, "--limit-val-batches", allow_none=True)
     _positive("epochs", t.epochs, "--epochs")

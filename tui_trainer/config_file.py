@@ -36,9 +36,10 @@ def load_toml(path: str) -> dict[str, dict[str, Any]]:
         raise UserError(f"config file {path} cannot be read: {exc.strerror or exc}",
                         "check the path given to --config") from None
     sections = {f.name: f for f in fields(RunConfig) if f.name != "run_dir"}
-    # vocab_size comes from the data, never from a file.
+    # The model's vocab_size comes from the data (or its tokenizer), never from a file; [data] has
+    # its own vocab_size (the BPE vocabulary to learn), the home of that name.
     home = {f.name: name for name, section in sections.items() for f in fields(section.default_factory)
-            if f.name != "vocab_size"}
+            if (name, f.name) != ("model", "vocab_size")}
     for section, table in data.items():
         if not isinstance(table, dict) and section in home:
             raise UserError(f"{section} in {path} is outside any table", f"put it under [{home[section]}]")
@@ -54,10 +55,11 @@ def load_toml(path: str) -> dict[str, dict[str, Any]]:
             raise UserError(f"unknown table [{section}] in {path}",
                             f"did you mean [{guess[0]}]?" if guess else f"use one of {', '.join(sections)}")
         section_cls = sections[section].default_factory
-        known = {f.name for f in fields(section_cls)} - {"vocab_size"}
+        known = {f.name for f in fields(section_cls)} - ({"vocab_size"} if section == "model" else set())
         for key in table:
-            if key == "vocab_size":
-                raise UserError(f"vocab_size in {path} cannot be set", "remove it: it comes from the data's characters")
+            if key == "vocab_size" and section == "model":
+                raise UserError(f"vocab_size in [model] of {path} cannot be set",
+                                "remove it: it comes from the data's tokenizer (for BPE, set vocab_size under [data])")
             if key not in known and key in home:
                 raise UserError(f"'{key}' in [{section}] of {path} belongs in another table", f"move it to [{home[key]}]")
             if key not in known:

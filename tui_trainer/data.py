@@ -1,4 +1,4 @@
-"""Text → character tokens → contiguous train/val split → fixed windows → micro-batches.
+"""Text → tokens (mapped from the token cache) → contiguous train/val split → windows → micro-batches.
 
 Each training example is one non-overlapping window of ``block_size`` tokens with its
 next-token targets. An epoch visits every training window once in an order shuffled
@@ -8,15 +8,18 @@ gives the same examples in every optimizer step whatever the split between the t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import DataConfig
 from .errors import UserError
+from .text_source import CancelFn, ProgressFn, find_source
+from .token_cache import default_cache_dir, prepare_ids
+from .tokens import DEFAULT_BPE_VOCAB, CharTokenizer, Tokenizer, load_tokenizer_file
 
 DEFAULT_CORPUS_NAME = "tinyshakespeare.txt"
 
@@ -36,78 +39,70 @@ def default_corpus_path() -> Path:
                     "reinstall with `pip install -e .` from the repository, or pass --data PATH")
 
 
-@dataclass(frozen=True)
-class Vocabulary:
-    """Character-level vocabulary; index = position in ``chars`` (sorted, so it is stable)."""
-
-    chars: tuple[str, ...]
-
-    @classmethod
-    def from_text(cls, text: str) -> "Vocabulary":
-        return cls(tuple(sorted(set(text))))
-
-    @property
-    def size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> torch.Tensor:
-        lookup = {c: i for i, c in enumerate(self.chars)}
-        return torch.tensor([lookup[c] for c in text], dtype=torch.long)
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
-
-
-def read_text(path: Path) -> str:
-    """Read a UTF-8 text file or raise a UserError that says what is wrong with it."""
-    if not path.exists():
-        raise UserError(f"data file {path} does not exist", "check the path given to --data")
-    if not path.is_file():
-        raise UserError(f"data path {path} is not a file", "pass a UTF-8 text file to --data")
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise UserError(f"data file {path} is empty", "pass a UTF-8 text file with some text in it")
-    if b"\x00" in raw[:65536]:
-        raise UserError(f"data file {path} looks binary (it contains NUL bytes)",
-                        "pass a UTF-8 text file to --data")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"data file {path} is not valid UTF-8 (byte {exc.start})",
-                        "convert it with e.g. `iconv -t utf-8` or pass another file") from None
+# The char tokenizer keeps its old name here: runs, tests and benchmarks know it as the vocabulary.
+Vocabulary = CharTokenizer
 
 
 @dataclass(frozen=True)
 class Corpus:
-    vocab: Vocabulary
-    train_tokens: torch.Tensor  # first (1 - val_split) of the text
-    val_tokens: torch.Tensor  # the rest: no training window ever reaches into it
+    vocab: Tokenizer  # the tokenizer (char or BPE); ``vocab.size`` ids
+    train_tokens: np.ndarray  # first (1 - val_split) of the tokens: a view of the mapped cache
+    val_tokens: np.ndarray  # the rest: no training window ever reaches into it
     path: str
-    sha256: str
+    sha256: str  # content fingerprint (of a single file: the sha256 of its bytes)
+    cache_path: str = ""  # the token cache the ids are mapped from
+    tokenized: bool = False  # True when this load tokenized; False when it reused the cache
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.vocab
 
 
-def load_corpus(cfg: DataConfig, block_size: int) -> Corpus:
+def choose_tokenizer(cfg: DataConfig) -> str | Tokenizer:
+    """``--tokenizer``: "char", "bpe", or a tokenizers file to load."""
+    name = cfg.tokenizer
+    if name in ("char", "bpe"):
+        return name
+    return load_tokenizer_file(name)
+
+
+def load_corpus(cfg: DataConfig, block_size: int, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None, tokenizer: Tokenizer | None = None) -> Corpus:
+    """The data as mapped token ids, split 90/10 (``val_split``), from the cache when it holds them.
+
+    ``tokenizer``: the one a resumed run was trained with (instead of ``cfg.tokenizer``).
+    The char split is on characters (= tokens); a BPE corpus is split on its text, so that the
+    tokenizer, learnt from the training text, never sees the validation text.
+    """
     path = Path(cfg.path) if cfg.path else default_corpus_path()
-    text = read_text(path)
-    vocab = Vocabulary.from_text(text)
-    tokens = vocab.encode(text)
-    n_val = int(round(len(tokens) * cfg.val_split))
-    n_train = len(tokens) - n_val
+    source = find_source(path)
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    chosen: str | Tokenizer = "char" if isinstance(tokenizer, CharTokenizer) else tokenizer or choose_tokenizer(cfg)
+    prepared = prepare_ids(source, chosen, cache_dir, cfg.val_split,
+                           cfg.vocab_size or DEFAULT_BPE_VOCAB, progress, cancel)
+    tokens = prepared.ids
+    if prepared.n_train is None:
+        n_val = int(round(len(tokens) * cfg.val_split))
+        n_train = len(tokens) - n_val
+    else:
+        n_train = prepared.n_train
+        n_val = len(tokens) - n_train
+    unit = "characters" if prepared.tokenizer.kind == "char" else "tokens"
     # A window needs block_size inputs plus one more token for the last target.
     need = block_size + 1
     if n_train < need or n_val < need:
         fits = max(0, min(n_train, n_val) - 1)
         if fits < 8:
             raise UserError(
-                f"data file {path} is too short ({len(tokens)} characters) for a train/validation split",
-                f"use a file of at least {int(2 * need / min(cfg.val_split, 1 - cfg.val_split)) + 1} characters",
+                f"data {path} is too short ({len(tokens)} {unit}) for a train/validation split",
+                f"use at least {int(2 * need / min(cfg.val_split, 1 - cfg.val_split)) + 1} {unit}",
             )
         raise UserError(
             f"--block-size {block_size} is larger than the validation split can hold ({n_val} tokens)",
             f"use --block-size {fits} or less, or a larger --val-split or data file",
         )
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return Corpus(vocab, tokens[:n_train].clone(), tokens[n_train:].clone(), str(path.resolve()), digest)
+    return Corpus(prepared.tokenizer, tokens[:n_train], tokens[n_train:], str(source.path),
+                  prepared.data_fingerprint, str(prepared.cache_path), prepared.built)
 
 
 def window_count(n_tokens: int, block_size: int) -> int:
@@ -116,29 +111,51 @@ def window_count(n_tokens: int, block_size: int) -> int:
 
 
 class WindowDataset:
-    """Non-overlapping windows over one token tensor, sliced without per-example Python."""
+    """Non-overlapping windows over one array of token ids (a view of the mapped cache).
 
-    def __init__(self, tokens: torch.Tensor, block_size: int, device: torch.device | str = "cpu") -> None:
+    A batch gathers its windows from the array and only then becomes an int64 tensor on the
+    device: memory follows the batch, not the corpus.
+    """
+
+    def __init__(self, tokens: np.ndarray | torch.Tensor, block_size: int,
+                 device: torch.device | str = "cpu") -> None:
+        if isinstance(tokens, torch.Tensor):
+            tokens = tokens.cpu().numpy()
         n = window_count(len(tokens), block_size)
         if n < 1:
-            raise ValueError("token tensor shorter than one window")
-        tokens = tokens.to(device)
-        # Views into the one tensor: inputs and their next-token targets.
-        self.inputs = tokens[: n * block_size].view(n, block_size)
-        self.targets = tokens[1 : n * block_size + 1].view(n, block_size)
+            raise ValueError("token array shorter than one window")
+        self.tokens = tokens
         self.block_size = block_size
+        self.device = torch.device(device)
+        self._count = n
+        self._offsets = np.arange(block_size + 1)
 
     def __len__(self) -> int:
-        return self.inputs.shape[0]
+        return self._count
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inputs.index_select(0, indices), self.targets.index_select(0, indices)
+        starts = indices.cpu().numpy().astype(np.int64) * self.block_size
+        rows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        rows = rows.to(self.device)
+        # Inputs and their next-token targets, each contiguous (as index_select made them before).
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    # Every window at once: for tests and small corpora only (it materialises the split).
+    @property
+    def inputs(self) -> torch.Tensor:
+        return self.batch(torch.arange(len(self)))[0]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.batch(torch.arange(len(self)))[1]
 
 
 def epoch_order(n_examples: int, seed: int, epoch: int) -> torch.Tensor:
     """A permutation of the examples fixed by (seed, epoch) and nothing else."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n_examples, generator=generator)
+    # int32 halves the memory of a big corpus's permutation; randperm draws the same order either way.
+    dtype = torch.int32 if n_examples < 2 ** 31 else torch.int64
+    return torch.randperm(n_examples, generator=generator, dtype=dtype)
 
 
 def epoch_examples(n_examples: int, seed: int, epoch: int, micro_batch: int,

@@ -17,11 +17,12 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import RunConfig
-from .data import Corpus, Vocabulary
+from .data import Corpus
 from .errors import UserError
 from .metrics import METRICS_FILE
 from .run_ownership import foreign_name, has_marker, remove_our_files, write_marker
 from .user_paths import make_run_dir, probe_checkpoint_dir, remove_made_folders
+from .tokens import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     from .loop_state import LoopState
@@ -32,7 +33,7 @@ RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINT_DIR)
 SAFE_RESUME_OVERRIDES = frozenset({
     "train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
     "train.checkpoint_every", "train.max_bad_steps", "train.compile",
-    "data.limit_train_batches", "data.limit_val_batches"})
+    "data.limit_train_batches", "data.limit_val_batches", "data.cache_dir"})
 
 
 def data_size(path: str) -> int | None:
@@ -285,7 +286,8 @@ def remove_new_run(run_dir: Path, made: list[Path]) -> None:
 
 def write_config(run_dir: Path, cfg: RunConfig, corpus: Corpus, device: torch.device, threads: int) -> None:
     """``config.json``: the run's config and vocabulary, written atomically before the first step."""
-    record = {"config": cfg.to_dict(), "vocab": list(corpus.vocab.chars),
+    corpus.vocab.save(run_dir)  # a BPE run's tokenizer.json (nothing for char: `vocab` holds it)
+    record = {"config": cfg.to_dict(), "vocab": vocab_record(corpus.vocab), "tokenizer": corpus.vocab.record(),
               "data_path": corpus.path, "data_sha256": corpus.sha256, "data_bytes": data_size(corpus.path),
               "device": str(device), "threads": threads, "torch": torch.__version__}
     tmp = run_dir / f".{CONFIG_FILE}.tmp"
@@ -295,6 +297,24 @@ def write_config(run_dir: Path, cfg: RunConfig, corpus: Corpus, device: torch.de
     os.replace(tmp, run_dir / CONFIG_FILE)
 
 
-def vocabulary_of(run_dir: str | Path) -> Vocabulary:
-    record = json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
-    return Vocabulary(tuple(record["vocab"]))
+def vocabulary_of(run_dir: str | Path) -> Tokenizer:
+    """The tokenizer a run was trained with (char or BPE), e.g. to decode samples."""
+    return load_tokenizer(run_dir)
+
+
+def vocab_record(tokenizer: Tokenizer) -> list[str]:
+    """``vocab`` in config.json and checkpoints: a char run's characters (a BPE run's tokenizer is
+    its tokenizer.json)."""
+    return list(tokenizer.chars) if tokenizer.kind == "char" else []
+
+
+def check_resumed_tokenizer(state: dict, tokenizer: Tokenizer) -> None:
+    """A resumed run must encode its data exactly as it was trained (checkpoints made before the
+    BPE option hold only the characters)."""
+    saved = state.get("tokenizer") or {"kind": "char", "vocab_size": len(state["vocab"])}
+    same = (tokenizer.fingerprint == saved["fingerprint"] if "fingerprint" in saved
+            else tokenizer.kind == "char" and list(tokenizer.chars) == list(state["vocab"]))
+    if not same:
+        raise UserError(f"the tokenizer ({tokenizer.kind}, {tokenizer.size} ids) differs from the one this run was "
+                        f"trained with ({saved['kind']}, {saved['vocab_size']} ids)",
+                        "resume with the run's own data and tokenizer, or start a new run")

@@ -20,6 +20,8 @@ from . import run_dir as rd
 from .config import RunConfig, validate
 from .control import Control, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from .data import Corpus, WindowDataset, load_corpus, window_count
+from .text_source import PreparationCancelled, ProgressFn
+from .tokens import tokenizer_from_record
 from .diagnosis import Diagnosis
 from .early_stopping import EarlyStopping
 from .errors import UserError
@@ -39,7 +41,8 @@ class TrainingSession:
 
     def __init__(self, cfg: RunConfig, sink: Sink | None = None, control: Control | None = None, *,
                  resume: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                 overwrite: bool = False, for_ui: bool = False, inject_nan_steps: frozenset[int] = frozenset()):
+                 overwrite: bool = False, for_ui: bool = False, inject_nan_steps: frozenset[int] = frozenset(),
+                 data_progress: ProgressFn | None = None):
         self.control = control or Control()
         self.for_ui = for_ui  # someone can press `s` to retry a failed final save
         self.inject_nan_steps = inject_nan_steps  # test hook: poison these steps' loss with NaN
@@ -56,9 +59,17 @@ class TrainingSession:
         self.device = pick_device(cfg.train.device)
         self.threads = choose_threads(cfg.train.threads, for_ui)
         torch.set_num_threads(self.threads)
-        self.corpus: Corpus = load_corpus(cfg.data, cfg.model.block_size)
+        # A resumed BPE run encodes with the tokenizer in its run dir, never a new one.
+        resumed_tokenizer = tokenizer_from_record(resume_state, resume) if resume_state is not None else None
+        try:
+            self.corpus: Corpus = load_corpus(cfg.data, cfg.model.block_size, progress=data_progress,
+                                              cancel=lambda: self.control.stop_requested, tokenizer=resumed_tokenizer)
+        except PreparationCancelled:
+            raise PreparationCancelled(self.control.stop_signal) from None
         if resume_state is not None and resume_state["data_sha256"] != self.corpus.sha256:
             raise rd.data_changed(self.corpus.path, self.corpus.sha256, rd.data_size(self.corpus.path), resume_state)
+        if resume_state is not None:
+            rd.check_resumed_tokenizer(resume_state, self.corpus.vocab)
         self.cfg = cfg = cfg.replace(model=replace(cfg.model, vocab_size=self.corpus.vocab.size))
         self.autocast_dtype = (torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
                                else None)
@@ -166,7 +177,8 @@ class TrainingSession:
                      "last_verdict": self.last_diagnosis.to_state() if self.last_diagnosis else None},
             "rng": rng if rng is not None else capture_rng(self.device),
             "config": self.cfg.to_dict(),
-            "vocab": list(self.corpus.vocab.chars),
+            "vocab": rd.vocab_record(self.corpus.vocab),
+            "tokenizer": self.corpus.vocab.record(),
             "data_sha256": self.corpus.sha256,
             "data_path": self.corpus.path,
             "data_bytes": rd.data_size(self.corpus.path),

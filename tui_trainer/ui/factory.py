@@ -17,7 +17,7 @@ from .threads import in_passing_thread
 
 
 def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | None = None,
-               overwrite: bool = False, control: Control | None = None) -> TrainerApp:
+               overwrite: bool = False, control: Control | None = None, data_progress=None) -> TrainerApp:
     """The app the CLI runs. The Trainer is built (and validated) here, before the terminal is
     taken, so bad input is a one-line UserError, not a crash inside the app. A resumed run
     shows its history (the steps and epochs metrics.jsonl kept) from the first frame."""
@@ -25,7 +25,8 @@ def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | No
 
     sink = AppSink()
     trainer = in_passing_thread(lambda: Trainer(cfg, sink, control or Control(), resume=resume,
-                                                overrides=overrides, overwrite=overwrite, for_ui=True))
+                                                overrides=overrides, overwrite=overwrite, for_ui=True,
+                                                data_progress=data_progress))
     if trainer.state.epoch > trainer.cfg.train.epochs:  # the engine would refuse at once; say it now
         raise UserError(f"this run already finished {trainer.cfg.train.epochs} epochs",
                         "pass a larger --epochs to train longer")

@@ -1,0 +1,148 @@
+"""Your own corpus from the command line: a folder, BPE, the run's tokenizer, resume checks, bad input."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tui_trainer import checkpoint as ckpt
+from tui_trainer.cli import main
+from tui_trainer.tokens import TOKENIZER_FILE, load_tokenizer, load_tokenizer_file, train_bpe
+
+TINY = ["--no-ui", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
+        "--accum", "2", "--threads", "1", "--limit-train-batches", "3", "--limit-val-batches", "2", "--epochs", "1"]
+
+
+def one_error_line(args: list[str], capsys) -> str:
+    code = main(args)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    return lines[0]
+
+
+def test_a_bpe_run_keeps_its_tokenizer_in_the_run_dir_and_it_decodes(small_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["--data", str(small_corpus), "--run-dir", str(run_dir), "--tokenizer", "bpe",
+                 "--vocab-size", "300", *TINY]) == 0
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    assert config["tokenizer"]["kind"] == "bpe" and config["tokenizer"]["vocab_size"] == 300
+    assert config["config"]["model"]["vocab_size"] == 300 and config["config"]["data"]["tokenizer"] == "bpe"
+    assert (run_dir / TOKENIZER_FILE).is_file()
+    tokenizer = load_tokenizer(run_dir)
+    assert tokenizer.fingerprint == config["tokenizer"]["fingerprint"]
+    text = small_corpus.read_text(encoding="utf-8")[:500]
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))
+    assert state["tokenizer"]["fingerprint"] == config["tokenizer"]["fingerprint"]
+
+
+def test_a_char_run_records_its_tokenizer_and_loads_it_back(small_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["--data", str(small_corpus), "--run-dir", str(run_dir), *TINY]) == 0
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    assert config["tokenizer"]["kind"] == "char" and not (run_dir / TOKENIZER_FILE).exists()
+    assert load_tokenizer(run_dir).chars == tuple(sorted(set(small_corpus.read_text(encoding="utf-8"))))
+
+
+def test_a_folder_of_text_files_trains(small_corpus, tmp_path):
+    folder = tmp_path / "texts"
+    (folder / "more").mkdir(parents=True)
+    text = small_corpus.read_text(encoding="utf-8")
+    (folder / "a.txt").write_text(text[:10_000], encoding="utf-8")
+    (folder / "more" / "b.txt").write_text(text[10_000:], encoding="utf-8")
+    run_dir = tmp_path / "run"
+    assert main(["--data", str(folder), "--run-dir", str(run_dir), *TINY]) == 0
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    assert config["data_path"] == str(folder.resolve())
+
+
+def test_a_user_tokenizer_file_is_used(small_corpus, tmp_path):
+    mine = tmp_path / "mine.json"
+    train_bpe(iter([small_corpus.read_text(encoding="utf-8")]), 320).tokenizer.save(str(mine))
+    run_dir = tmp_path / "run"
+    assert main(["--data", str(small_corpus), "--run-dir", str(run_dir), "--tokenizer", str(mine), *TINY]) == 0
+    assert json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["tokenizer"]["vocab_size"] == 320
+    assert load_tokenizer(run_dir).fingerprint == load_tokenizer_file(mine).fingerprint
+
+
+@pytest.fixture
+def bpe_run(small_corpus, tmp_path) -> Path:
+    run_dir = tmp_path / "bpe-run"
+    assert main(["--data", str(small_corpus), "--run-dir", str(run_dir), "--tokenizer", "bpe",
+                 "--vocab-size", "300", *TINY]) == 0
+    return run_dir
+
+
+def test_resume_of_a_bpe_run_uses_its_own_tokenizer(bpe_run, small_corpus, capsys):
+    capsys.readouterr()
+    assert main(["--no-ui", "--resume", str(bpe_run), "--data", str(small_corpus), "--epochs", "2"]) == 0
+    assert "end reason=completed epochs=2" in capsys.readouterr().out
+
+
+def test_resume_refuses_another_tokenizer(bpe_run, small_corpus, capsys):
+    message = one_error_line(["--no-ui", "--resume", str(bpe_run), "--data", str(small_corpus), "--epochs", "2",
+                              "--tokenizer", "char"], capsys)
+    assert "--tokenizer char contradicts the checkpoint (bpe)" in message
+
+
+def test_resume_refuses_a_replaced_tokenizer_file(bpe_run, small_corpus, capsys):
+    other = train_bpe(iter([small_corpus.read_text(encoding="utf-8")[:5000]]), 280)
+    other.save(bpe_run)
+    message = one_error_line(["--no-ui", "--resume", str(bpe_run), "--data", str(small_corpus), "--epochs", "2"],
+                             capsys)
+    assert "is not the tokenizer this run was trained with" in message
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--vocab-size", "4096"], "--vocab-size is only for --tokenizer bpe"),
+    (["--tokenizer", "bpe", "--vocab-size", "100"], "--vocab-size must be between 256"),
+    (["--tokenizer", "bpe", "--vocab-size", str(2 ** 32 + 1)], "--vocab-size must be between 256"),
+    (["--tokenizer", "missing.json"], "tokenizer file missing.json does not exist"),
+    (["--tokenizer", "BROKEN"], "does not load"),
+])
+def test_bad_tokenizer_input_is_one_line_and_exit_2(flags, expected, small_corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.json").write_text('{"version": "1.0", "model": 7}', encoding="utf-8")
+    flags = [str(tmp_path / "broken.json") if f == "BROKEN" else f for f in flags]
+    run_dir = tmp_path / "run"
+    message = one_error_line(["--data", str(small_corpus), "--run-dir", str(run_dir), *flags, *TINY], capsys)
+    assert expected in message
+    assert not run_dir.exists()
+
+
+def test_bad_data_folders_are_one_line_and_leave_nothing(tmp_path, capsys):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    run_dir = tmp_path / "run"
+    assert "holds no .txt files" in one_error_line(["--data", str(folder), "--run-dir", str(run_dir), *TINY], capsys)
+    (folder / "a.txt").write_text("some text\n" * 500, encoding="utf-8")
+    (folder / "b.txt").write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    message = one_error_line(["--data", str(folder), "--run-dir", str(run_dir), *TINY], capsys)
+    assert "looks binary" in message and "b.txt" in message
+    assert not run_dir.exists()
+
+
+def test_a_stop_while_the_data_is_prepared_leaves_no_run_and_no_cache(small_corpus, tmp_path):
+    from conftest import tiny_config
+
+    from tui_trainer.control import Control
+    from tui_trainer.loop import Trainer
+    from tui_trainer.text_source import PreparationCancelled
+
+    control = Control()
+    cfg = tiny_config(small_corpus, tmp_path / "run")
+    cfg = cfg.replace(data=replace(cfg.data, cache_dir=str(tmp_path / "cache")))
+
+    def progress(p) -> None:
+        if p.phase == "tokenizing":
+            control.stop("interrupted", 2)  # what Ctrl-C does (signals.SignalStopper)
+
+    with pytest.raises(PreparationCancelled) as stopped:
+        Trainer(cfg, None, control, data_progress=progress)
+    assert stopped.value.args == (2,)
+    assert not (tmp_path / "run").exists()
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("source-")] == []
