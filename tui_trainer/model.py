@@ -166,8 +166,9 @@ class GPT(nn.Module):
         start, time = cache.length, idx.shape[1]
         if start + time > cache.capacity:
             raise ValueError(f"{start} cached + {time} new positions exceed the context of {cache.capacity}")
-        positions = torch.arange(start, start + time, device=idx.device)
-        x = self.token_embedding(idx) + self.position_embedding(positions)
+        # A slice of the position table is the lookup of positions start..start+T-1, without
+        # building an index tensor for every token.
+        x = self.token_embedding(idx) + self.position_embedding.weight[start:start + time]
         for block, keys, values in zip(self.blocks, cache.keys, cache.values):
             x = block.forward_cached(x, keys, values, start)
         cache.length = start + time
