@@ -9,7 +9,7 @@ from tui_trainer.config import ModelConfig
 from tui_trainer.data import Vocabulary
 from tui_trainer.errors import UserError
 from tui_trainer.model import GPT
-from tui_trainer.sampling import (ContextWindow, SamplingSettings, TextStream, check_settings, generate,
+from tui_trainer.sampling import (ContextWindow, SamplingSettings, TextStream, check_settings, generate, live_sample,
                                   pick_next, sample_text, slide_keep)
 
 BLOCK = 16
@@ -167,3 +167,14 @@ def test_the_text_stream_holds_back_a_character_until_its_bytes_are_complete():
 def test_bad_settings_are_user_errors_naming_the_flag(settings, flag):
     with pytest.raises(UserError, match=flag):
         check_settings(settings)
+
+
+def test_a_live_sample_starts_from_a_newline_or_from_the_first_token_when_there_is_none():
+    with_newline = Vocabulary.from_text("ab\ncd")
+    without = Vocabulary.from_text("abcd")
+    for vocab in (with_newline, without):
+        model = tiny_model(vocab_size=vocab.size).train()
+        text = live_sample(model, vocab, 12, seed=5)
+        assert len(text) == 12 and set(text) <= set(vocab.chars)
+        assert live_sample(model, vocab, 12, seed=5) == text
+        assert model.training

@@ -168,3 +168,19 @@ def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, settings: Samplin
     if stream is not None:
         stream.flush()
     return tokenizer.decode(new_ids)
+
+
+LIVE_PROMPT = "\n"  # samples during training start from a new line, as the CLI's default does
+LIVE_TEMPERATURE = 0.8
+
+
+def live_sample(model: GPT, tokenizer: Tokenizer, max_new_tokens: int, seed: int) -> str:
+    """A short sample from the weights as they are, for the training loop (after an epoch, or
+    when asked). Its own generator seeded by ``seed``; the model goes back to its mode."""
+    try:
+        prompt_ids = [int(i) for i in tokenizer.encode(LIVE_PROMPT)]
+    except (KeyError, ValueError):  # a character vocabulary without a newline
+        prompt_ids = []
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=LIVE_TEMPERATURE, seed=seed)
+    new_ids = generate(model, prompt_ids or [0], settings)
+    return tokenizer.decode(new_ids)
