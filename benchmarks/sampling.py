@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.lengths, args.block_sizes, args.rounds = "tiny", [24, 48], [16], 1
+        args.threads = args.threads or 1  # a tiny model: a second thread only adds synchronisation
     if args.threads:
         torch.set_num_threads(args.threads)
     vocab = Vocabulary.from_text(default_corpus_path().read_text(encoding="utf-8"))
