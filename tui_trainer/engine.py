@@ -25,7 +25,7 @@ import torch
 from . import checkpoint as ckpt
 from .accumulation import WindowAborted, accumulate_window
 from .config import RunConfig, validate
-from .control import Control, SaveCheckpoint, SetAccum, SetPaused, TogglePause
+from .control import Control, SampleNow, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from .data import (Corpus, Vocabulary, WindowDataset, epoch_examples, load_corpus, plan_windows, val_batches,
                    window_count)
 from .diagnosis import Diagnosis, diagnose, step_verdict, val_rise_warning
@@ -37,6 +37,7 @@ from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed,
 from .memory import check_fits
 from .metrics import METRICS_FILE, MetricsWriter
 from .model import GPT, make_optimizer
+from .sampling import LiveSampler
 from .schedule import lr_at
 
 CONFIG_FILE = "config.json"
@@ -214,6 +215,8 @@ class Trainer:
         self.sink = FanOut(self.metrics, sink)
         self._paused = False
         self._save_requested = False
+        self._sample_requested = False  # `g`: a sample after the current step
+        self.sampler = LiveSampler(self.model, self.corpus.vocab, cfg.train.sample_tokens, cfg.train.seed)
         self._last_save_time = self._session_started = time.monotonic()
         # (epoch, cursor, step) of the `latest` checkpoint on disk, if any
         self._latest_saved = (self.state.epoch, self.state.example_cursor, self.state.step) if resume_state else None
@@ -232,7 +235,7 @@ class Trainer:
         """The checkpoint's config, with the safe overrides the user gave (each noted); contradictions refused."""
         saved = RunConfig.from_dict(state["config"])
         safe = {"train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
-                "train.checkpoint_every", "train.max_bad_steps", "train.compile",
+                "train.checkpoint_every", "train.max_bad_steps", "train.compile", "train.sample_tokens",
                 "data.limit_train_batches", "data.limit_val_batches"}
         merged = saved.replace(run_dir=str(run_dir))
         for key, value in overrides.items():
@@ -436,6 +439,8 @@ class Trainer:
                     self.sink.emit((Paused if paused else Resumed)(self.state.epoch, self.state.step))
             elif isinstance(command, SaveCheckpoint):
                 self._save_requested = True
+            elif isinstance(command, SampleNow):
+                self._sample_requested = True
 
     def _request_accum(self, accum: int, at_this_boundary: bool = False) -> None:
         """A change of accumulation steps for the next epoch; with ``at_this_boundary`` (a resume
@@ -457,6 +462,7 @@ class Trainer:
             started = time.perf_counter()
             while self._paused and not self.control.stop_requested:
                 self._handle_commands(wait=0.1)
+                self._sample_if_asked()  # paused, the weights are those of the last step
             paused_seconds[0] += time.perf_counter() - started
         return not self.control.stop_requested
 
@@ -533,7 +539,7 @@ class Trainer:
             str(self.run_dir), str(self.device), self.threads, self.model.num_parameters(), self.corpus.vocab.size,
             self.examples_per_epoch(), self.val_examples(), cfg.train.epochs, cfg.train.micro_batch, st.accum, 1,
             cfg.model.block_size, self.planned_tokens(), st.step, st.epoch, st.tokens_seen, tuple(self.notes),
-            st.elapsed_seconds))
+            st.elapsed_seconds, sample_tokens=cfg.train.sample_tokens))
         if self._resume_accum is not None:
             self._request_accum(self._resume_accum, at_this_boundary=st.example_cursor == 0)
             self._resume_accum = None
@@ -626,6 +632,7 @@ class Trainer:
                                               f"(and --overwrite, or another --run-dir); {good}")
             # No periodic `latest` during a run of non-finite steps: it keeps pointing at the last good
             # step. An asked-for save (the app's `s`, a stop) still saves.
+            self._sample_if_asked()
             if self._save_requested or (self._periodic_save_due() and st.bad_steps_in_row == 0):
                 self._save_requested = False
                 self.save("latest")
@@ -634,6 +641,11 @@ class Trainer:
                 saved = self._latest_saved == (st.epoch, st.example_cursor, st.step) or self.save("latest")
                 return self._interrupted(saved, f"epoch {st.epoch}, step {st.step}")
         return None
+
+    def _sample_if_asked(self) -> None:
+        if self._sample_requested:
+            self._sample_requested = False
+            self.sink.emit(self.sampler.asked(self.state.epoch, self.state.step))
 
     def _check_step(self, loss: float, step: int) -> None:
         """Live verdict on the newest step: a non-finite loss always, a spike once per epoch."""
@@ -673,6 +685,7 @@ class Trainer:
         cfg, st = self.cfg, self.state
         started = time.perf_counter()
         val_loss = self.evaluate()
+        sample = self.sampler.after_epoch(st.step)
         train_loss = st.epoch_loss_sum / st.epoch_tokens if st.epoch_tokens else float("nan")
         st.train_history.append(train_loss)
         st.val_history.append(val_loss)
@@ -689,7 +702,8 @@ class Trainer:
             epoch_done, cfg.train.epochs, train_loss, val_loss, st.accum, effective_batch, st.tokens_seen,
             epoch_seconds, verdict.kind, verdict.reason, verdict.remedy, warning,
             self.early_stopping.best if self.early_stopping.best_epoch else None,
-            self.early_stopping.best_epoch, self.early_stopping.epochs_without_improvement, tokens_per_s))
+            self.early_stopping.best_epoch, self.early_stopping.epochs_without_improvement, tokens_per_s,
+            sample=sample))
         # The next epoch starts clean; a checkpoint taken now resumes there.
         st.epoch += 1
         st.example_cursor = 0

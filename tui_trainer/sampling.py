@@ -14,6 +14,7 @@ same text whatever the device.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .events import SampleEvent
 from .model import GPT, KVCache
 
 
@@ -172,6 +174,7 @@ def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, settings: Samplin
 
 LIVE_PROMPT = "\n"  # samples during training start from a new line, as the CLI's default does
 LIVE_TEMPERATURE = 0.8
+ASKED_SAMPLE_TOKENS = 200  # what `g` writes when the samples after each epoch are off
 
 
 def live_sample(model: GPT, tokenizer: Tokenizer, max_new_tokens: int, seed: int) -> str:
@@ -184,3 +187,28 @@ def live_sample(model: GPT, tokenizer: Tokenizer, max_new_tokens: int, seed: int
     settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=LIVE_TEMPERATURE, seed=seed)
     new_ids = generate(model, prompt_ids or [0], settings)
     return tokenizer.decode(new_ids)
+
+
+class LiveSampler:
+    """The training loop's samples: one after each epoch's validation (``tokens`` of them,
+    0 = none) and one whenever asked. Each is seeded by (run seed, step), so a run and its
+    resumption write the same text, and none draws from the global RNG the loop uses."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, tokens: int, seed: int) -> None:
+        self.model = model  # the plain module, not a torch.compile wrapper: generation has its own forward
+        self.tokenizer = tokenizer
+        self.tokens = tokens
+        self.seed = seed
+
+    def _seed_for(self, step: int) -> int:
+        return self.seed * 1_000_003 + step
+
+    def after_epoch(self, step: int) -> str | None:
+        if not self.tokens:
+            return None
+        return live_sample(self.model, self.tokenizer, self.tokens, self._seed_for(step))
+
+    def asked(self, epoch: int, step: int) -> SampleEvent:
+        started = time.perf_counter()
+        text = live_sample(self.model, self.tokenizer, self.tokens or ASKED_SAMPLE_TOKENS, self._seed_for(step))
+        return SampleEvent(epoch=epoch, step=step, text=text, seconds=time.perf_counter() - started)
