@@ -353,7 +353,7 @@ class Trainer:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
-            if record.get("type") == "step" and record.get("step", 0) > step:
+            if record.get("type") in ("step", "sample") and record.get("step", 0) > step:
                 continue
             if record.get("type") == "epoch" and record.get("epoch", 0) > epochs_done:
                 continue
