@@ -10,6 +10,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -22,7 +23,8 @@ def sample_title(view: RunView) -> str:
     if sample is None:
         return "sample"
     when = f"asked at step {sample.step:,}" if sample.asked else f"after epoch {sample.epoch}"
-    return f"sample · epoch {sample.epoch} · {when}"
+    coming = " · a new one after this step…" if view.sample_requested else ""
+    return f"sample · epoch {sample.epoch} · {when}{coming}"
 
 
 def sample_text(view: RunView) -> Text:
@@ -73,23 +75,30 @@ class SamplesScreen(ModalScreen[None]):
         self._view = view
         self._version: object = None
 
-    def compose(self) -> ComposeResult:
-        with VerticalScroll(id="samples-box") as box:
-            box.border_subtitle = "g sample now · esc closes"
-            yield Static(id="samples-text", markup=False)
+    @staticmethod
+    def _version_of(view: RunView) -> tuple:
+        return (view.sample_version, view.sample_requested, view.sample_tokens)
 
-    def on_mount(self) -> None:
-        self.show(self._view)
+    def compose(self) -> ComposeResult:
+        view = self._view
+        self._version = self._version_of(view)
+        with VerticalScroll(id="samples-box") as box:
+            box.border_title = sample_title(view)
+            box.border_subtitle = "g sample now · esc closes"
+            yield Static(sample_text(view), id="samples-text", markup=False)
 
     def show(self, view: RunView) -> None:
         """Redraw when the sample or the waiting line has changed (the app calls it on each drain)."""
-        self._view = view
-        version = (view.sample_version, view.sample_requested, view.sample_tokens)
-        if version == self._version or not self.is_mounted:
+        version = self._version_of(view)
+        if version == self._version:
             return
-        self._version = version
-        self.query_one("#samples-box").border_title = sample_title(view)
-        self.query_one("#samples-text", Static).update(sample_text(view))
+        try:
+            box, text = self.query_one("#samples-box"), self.query_one("#samples-text", Static)
+        except NoMatches:
+            return  # pushed but not composed yet: compose reads the same view
+        self._view, self._version = view, version
+        box.border_title = sample_title(view)
+        text.update(sample_text(view))
 
     def action_again(self) -> None:
         self.app.action_sample()
