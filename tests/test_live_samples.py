@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from conftest import CORPUS, tiny_config, with_limits
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.events import EpochEvent, ListSink, SampleEvent, StepEvent
 from tui_trainer.metrics import read_metrics
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunStarted:
     run_dir: str
     device: str
@@ -33,7 +33,7 @@ class RunStarted:
     sample_tokens: int = 0  # tokens of the text sample after each epoch (0 = none)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MicroStep:
     epoch: int
     step: int  # the optimizer step this micro-step belongs to (1-based, global)
@@ -43,7 +43,7 @@ class MicroStep:
     steps_in_epoch: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StepEvent:
     epoch: int
     step: int
@@ -62,7 +62,7 @@ class StepEvent:
     skipped: bool = False  # non-finite loss or gradient: the update was not applied
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EpochEvent:
     epoch: int
     epochs: int
@@ -83,7 +83,7 @@ class EpochEvent:
     sample: str | None = None  # text generated from the weights after validation (None: --sample-tokens 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SampleEvent:
     """A text sample asked for during the run (`g`), from the weights after ``step``."""
 
@@ -93,7 +93,7 @@ class SampleEvent:
     seconds: float  # how long generating it held up training
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DiagnosisEvent:
     """A verdict between epochs (a non-finite step, a spike, divergence): shown at once."""
 
@@ -104,7 +104,7 @@ class DiagnosisEvent:
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccumChangeRequested:
     old: int
     new: int
@@ -113,7 +113,7 @@ class AccumChangeRequested:
     applies_at_epoch: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccumChangeApplied:
     old: int
     new: int
@@ -121,19 +121,19 @@ class AccumChangeApplied:
     step: int  # last optimizer step before the change
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Paused:
     epoch: int
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Resumed:
     epoch: int
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointSaved:
     kind: str  # "latest" or "best"
     path: str
@@ -142,19 +142,19 @@ class CheckpointSaved:
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointFailed:
     kind: str
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Notice:
     message: str
     level: str = "info"  # info | warning | error
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunEnded:
     reason: str  # completed | early_stop | interrupted | error
     epochs: int  # epochs completed

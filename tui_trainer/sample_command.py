@@ -11,39 +11,42 @@ import argparse
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import torch
-
-from . import checkpoint as ckpt
 from .config import RunConfig
-from .data import Vocabulary
 from .errors import UserError
-from .model import GPT
-from .sampling import SamplingSettings, Tokenizer, check_settings, sample_text
+
+if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser is built
+    from .model import GPT
+    from .sampling import SamplingSettings, Tokenizer
 
 DEFAULT_PROMPT = "\n"
+DEFAULT_TOKENS = 500
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_SEED = 1337
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     """The `sample` subcommand's arguments."""
-    defaults = SamplingSettings()
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with checkpoints/best.pt or latest.pt")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                         help="which weights: best (lowest val loss; falls back to latest) or latest (default best)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue (default: a newline)")
-    parser.add_argument("--tokens", type=int, default=defaults.max_new_tokens,
-                        help=f"new tokens to generate (default {defaults.max_new_tokens})")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature,
-                        help=f"sampling temperature; 0 = greedy (default {defaults.temperature})")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the K most likely tokens only")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help=f"seed of the sampler: same seed, same text (default {defaults.seed})")
+    parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+                        help=f"new tokens to generate (default: {DEFAULT_TOKENS})")
+    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                        help=f"sampling temperature; 0 = greedy (default: {DEFAULT_TEMPERATURE})")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="sample among the K most likely tokens only (default: all of them)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"seed of the sampler: same seed, same text (default: {DEFAULT_SEED})")
     parser.add_argument("--no-kv-cache", action="store_true",
                         help="recompute the context for every token instead of caching keys and values (slower)")
 
 
 def settings_from_args(args: argparse.Namespace) -> SamplingSettings:
+    from .sampling import SamplingSettings, check_settings
+
     settings = SamplingSettings(max_new_tokens=args.tokens, temperature=args.temperature, top_k=args.top_k,
                                 seed=args.seed, kv_cache=not args.no_kv_cache)
     check_settings(settings)
@@ -61,11 +64,15 @@ class LoadedRun:
 
 def tokenizer_from_checkpoint(state: dict) -> Tokenizer:
     """The tokenizer a checkpoint was trained with (a character vocabulary today)."""
+    from .data import Vocabulary
+
     return Vocabulary(tuple(state["vocab"]))
 
 
 def find_checkpoint(run_dir: Path, which: str) -> tuple[Path, str | None]:
     """The checkpoint file to sample from, and a note when it is not the one asked for."""
+    from . import checkpoint as ckpt
+
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory", "pass a run dir such as runs/20260101-120000")
     wanted = ckpt.checkpoint_path(run_dir, which)
@@ -81,6 +88,9 @@ def find_checkpoint(run_dir: Path, which: str) -> tuple[Path, str | None]:
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
+    from . import checkpoint as ckpt
+    from .model import GPT
+
     path, note = find_checkpoint(Path(run_dir), which)
     state = ckpt.load_checkpoint(path)
     config = RunConfig.from_dict(state["config"])
@@ -95,6 +105,8 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
 
 def check_prompt(tokenizer: Tokenizer, prompt: str) -> None:
     """A prompt must give at least one token, and a character vocabulary must know its characters."""
+    from .data import Vocabulary
+
     if not prompt:
         raise UserError("--prompt is empty", "give it at least one character, or leave it out for a newline")
     if isinstance(tokenizer, Vocabulary):
@@ -107,6 +119,10 @@ def check_prompt(tokenizer: Tokenizer, prompt: str) -> None:
 
 def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """The `sample` subcommand; bad input raises UserError (the caller prints it, exit 2)."""
+    import torch
+
+    from .sampling import sample_text
+
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     settings = settings_from_args(args)
@@ -132,18 +148,3 @@ def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
     stdout.flush()
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m tui_trainer.sample_command RUN_DIR ...` until the CLI has subcommands."""
-    parser = argparse.ArgumentParser(prog="tui-trainer sample", description=__doc__.split("\n\n")[0])
-    add_sample_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_sample(args)
-    except UserError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        return exc.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
