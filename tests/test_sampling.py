@@ -163,6 +163,8 @@ def test_the_text_stream_holds_back_a_character_until_its_bytes_are_complete():
     (SamplingSettings(temperature=-0.1), "--temperature"),
     (SamplingSettings(temperature=float("nan")), "--temperature"),
     (SamplingSettings(top_k=0), "--top-k"),
+    (SamplingSettings(seed=-1), "--seed"),
+    (SamplingSettings(seed=2**64), "--seed"),
 ])
 def test_bad_settings_are_user_errors_naming_the_flag(settings, flag):
     with pytest.raises(UserError, match=flag):

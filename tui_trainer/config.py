@@ -207,7 +207,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("checkpoint_every", t.checkpoint_every, "--checkpoint-every", allow_none=True)
     _positive("max_bad_steps", t.max_bad_steps, "--max-bad-steps")
     if t.sample_tokens < 0:
-        raise UserError(f"--sample-tokens must be 0 (off) or more, got {t.sample_tokens}", "use e.g. --sample-tokens 200")
+        raise UserError(f"--sample-tokens must be 0 (off) or more, got {t.sample_tokens}",
+                        "use e.g. --sample-tokens 200")
     if (g.val_rise_warning < 0 or g.trend_epochs < 2 or g.spike_factor <= 1 or g.spike_window < 3
             or g.overfit_gap < 0 or g.underfit_ratio <= 0 or g.plateau_improvement < 0 or g.spike_min_rise < 0):
         raise UserError("diagnosis thresholds are out of range",

@@ -30,7 +30,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     """The `sample` subcommand's arguments."""
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with checkpoints/best.pt or latest.pt")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                        help="which weights: best (lowest val loss; falls back to latest) or latest (default best)")
+                        help="which weights: best (lowest val loss; falls back to latest) or latest (default: best)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue (default: a newline)")
     parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
                         help=f"new tokens to generate (default: {DEFAULT_TOKENS})")
@@ -123,7 +123,10 @@ def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
 
     from .sampling import sample_text
 
-    stdout = stdout or sys.stdout
+    from .console import DetachableStream
+
+    # A reader that goes away (`| head`) must not turn into a traceback: writes then go nowhere.
+    stdout = stdout or DetachableStream(sys.stdout)
     stderr = stderr or sys.stderr
     settings = settings_from_args(args)
     run = load_run(args.run_dir, args.checkpoint)

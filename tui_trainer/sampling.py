@@ -53,6 +53,8 @@ def check_settings(settings: SamplingSettings) -> None:
     if not settings.temperature >= 0:  # also refuses NaN
         raise UserError(f"--temperature must be 0 or more (got {settings.temperature})",
                         "use 0 for greedy, about 0.8 for varied text")
+    if not 0 <= settings.seed < 2**63:
+        raise UserError(f"--seed must be between 0 and 2**63 - 1 (got {settings.seed})", "use e.g. --seed 1337")
     if settings.top_k is not None and settings.top_k < 1:
         raise UserError(f"--top-k must be at least 1 (got {settings.top_k})",
                         "leave it out to sample from every token, or use e.g. --top-k 40")
@@ -201,7 +203,7 @@ class LiveSampler:
         self.seed = seed
 
     def _seed_for(self, step: int) -> int:
-        return self.seed * 1_000_003 + step
+        return (self.seed * 1_000_003 + step) % 2**63  # any run seed gives a seed the generator takes
 
     def after_epoch(self, step: int) -> str | None:
         if not self.tokens:
