@@ -79,3 +79,23 @@ def test_the_epoch_record_carries_the_sample_and_an_asked_one_has_its_own_record
     assert [r["sample"] for r in epochs] == [e.sample for e in on.of(EpochEvent)]
     asked = [r for r in records if r["type"] == "sample"]
     assert len(asked) == 1 and asked[0]["step"] == 4 and asked[0]["text"] == on.of(SampleEvent)[0].text
+
+
+def test_headless_shows_each_sample_on_one_escaped_line(runs):
+    import io
+
+    from tui_trainer.headless import SAMPLE_LOG_CHARS, HeadlessLog
+
+    _, on, _ = runs
+    out = io.StringIO()
+    log = HeadlessLog(out, progress=False)
+    for event in on.events:
+        log.emit(event)
+    lines = out.getvalue().splitlines()
+    samples = [line for line in lines if line.startswith("sample ")]
+    assert [line.split(":", 1)[0] for line in samples] == ["sample at step 4", "sample after epoch 1",
+                                                           "sample after epoch 2"]
+    first = on.of(EpochEvent)[0].sample
+    shown = samples[1].split(": ", 1)[1]
+    assert len(shown) <= SAMPLE_LOG_CHARS and "\n" not in shown
+    assert shown.encode("ascii").decode("unicode_escape") == first  # 40 ASCII characters: shown whole
