@@ -63,7 +63,7 @@ def cli_args(preset: str, steps: int, run_dir: Path, threads: int | None) -> lis
             "--n-embd", str(model.n_embd), "--block-size", str(model.block_size), "--micro-batch", str(micro_batch),
             "--accum", str(accum), "--epochs", "1", "--limit-train-batches", str(steps * accum),
             "--limit-val-batches", "1", "--patience", "0", "--checkpoint-every", "1000000", "--seed", "1337",
-            "--device", "cpu"]
+            "--device", "cpu", "--sample-tokens", "0"]  # no text samples: the figures are of training
     return args + (["--threads", str(threads)] if threads else [])
 
 

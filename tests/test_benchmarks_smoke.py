@@ -46,6 +46,7 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
     ("ui_overhead.py", "app/no-ui throughput ratio (worst mode, medians)"),
     ("threads.py", "threads + UI load"),
     ("diagnosis.py", "goals met"),
+    ("sampling.py", "speed-up"),
 ])
 def test_benchmark_script_runs_quick_and_prints_its_figures(script, expected, tmp_path):
     if script in ("key_latency.py", "ui_overhead.py") and shutil.which("tmux") is None:

@@ -83,6 +83,7 @@ BAD_INPUTS = {
     "negative micro-batch": (lambda t: ["--micro-batch", "-4"], "--micro-batch"),
     "negative block size": (lambda t: ["--block-size", "-1"], "--block-size"),
     "negative layers": (lambda t: ["--n-layer", "-2"], "--n-layer"),
+    "negative sample tokens": (lambda t: ["--sample-tokens", "-1"], "--sample-tokens"),
     "val split 0": (lambda t: ["--val-split", "0"], "--val-split"),
     "val split above 1": (lambda t: ["--val-split", "1.5"], "--val-split"),
     "block size beyond val split": (lambda t: ["--block-size", "4000"], "--block-size"),

@@ -21,6 +21,7 @@ from .config import RunConfig
 from .config_file import load_toml
 from .console import DetachableStream, say
 from .errors import UserError
+from .sample_command import add_sample_arguments, run_sample
 from .signals import SignalStopper
 from .user_paths import check_given_paths, user_os_error
 from .text_source import PreparationCancelled
@@ -62,6 +63,8 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--min-delta", RUN, "train", "min_delta", float, "smallest val-loss improvement that counts"),
     ("--checkpoint-every", RUN, "train", "checkpoint_every", int, "save `latest` every N optimizer steps"),
     ("--max-bad-steps", RUN, "train", "max_bad_steps", int, "non-finite steps in a row before stopping"),
+    ("--sample-tokens", RUN, "train", "sample_tokens", int,
+     "tokens of the text sample written after each epoch's validation; 0 = off"),
 ]
 # What a default of None means, in words (every other default is shown as its value).
 NONE_MEANS = {
@@ -259,6 +262,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train": Command("train a GPT (the app, or headless with --no-ui); the default command",
                      add_train_arguments, run_train),
+    "sample": Command("print text written by a run's model (checkpoints/best.pt), streamed on a terminal",
+                      add_sample_arguments, run_sample),
 }
 DEFAULT_COMMAND = "train"
 

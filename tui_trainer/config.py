@@ -81,6 +81,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # optimizer steps between `latest` saves; None = ~5 min
     max_bad_steps: int = 3  # consecutive non-finite steps before the run stops
     compile: bool = False  # torch.compile the model
+    sample_tokens: int = 200  # a text sample of this many tokens after each epoch's validation (0 = off)
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("threads", t.threads, "--threads", allow_none=True)
     _positive("checkpoint_every", t.checkpoint_every, "--checkpoint-every", allow_none=True)
     _positive("max_bad_steps", t.max_bad_steps, "--max-bad-steps")
+    if t.sample_tokens < 0:
+        raise UserError(f"--sample-tokens must be 0 (off) or more, got {t.sample_tokens}",
+                        "use e.g. --sample-tokens 200")
     if (g.val_rise_warning < 0 or g.trend_epochs < 2 or g.confirm_epochs < 1 or g.spike_factor <= 1
             or g.spike_window < 3 or g.overfit_gap < 0 or g.val_margin < 0 or g.underfit_ratio <= 0
             or g.plateau_improvement < 0 or not 0 <= g.schedule_tail <= 1 or g.spike_min_rise < 0

@@ -1,4 +1,4 @@
-"""Thread-safe commands into the engine: set accumulation, pause/resume, save, stop.
+"""Thread-safe commands into the engine: set accumulation, pause/resume, save, sample, stop.
 
 The UI thread (or a signal handler) calls these methods; the engine drains them
 between micro-steps. A stop requested from a signal handler only assigns an attribute,
@@ -31,6 +31,11 @@ class SaveCheckpoint:
     pass
 
 
+@dataclass(frozen=True)
+class SampleNow:
+    """Write a text sample from the current weights after the current optimizer step."""
+
+
 class Control:
     def __init__(self) -> None:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -52,6 +57,9 @@ class Control:
 
     def save(self) -> None:
         self._commands.put(SaveCheckpoint())
+
+    def sample(self) -> None:
+        self._commands.put(SampleNow())
 
     def stop(self, reason: str = "interrupted", signal_number: int | None = None) -> None:
         """Ask the engine to finish the current micro-step, save, and end. Signal-safe."""

@@ -30,6 +30,7 @@ class RunStarted:
     tokens_seen: int = 0
     notes: tuple[str, ...] = ()
     elapsed_before: float = 0.0  # wall time of the run's earlier sessions (a resumed run goes on counting)
+    sample_tokens: int = 0  # tokens of the text sample after each epoch (0 = none)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +80,17 @@ class EpochEvent:
     best_epoch: int | None = None
     epochs_without_improvement: int = 0
     tokens_per_s: float = 0.0  # training tokens of this epoch over its training time
+    sample: str | None = None  # text generated from the weights after validation (None: --sample-tokens 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleEvent:
+    """A text sample asked for during the run (`g`), from the weights after ``step``."""
+
+    epoch: int
+    step: int
+    text: str
+    seconds: float  # how long generating it held up training
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,8 +168,8 @@ class RunEnded:
     diagnosis_reason: str | None = None
 
 
-Event = (RunStarted | MicroStep | StepEvent | EpochEvent | DiagnosisEvent | AccumChangeRequested | AccumChangeApplied
-         | Paused | Resumed | CheckpointSaved | CheckpointFailed | Notice | RunEnded)
+Event = (RunStarted | MicroStep | StepEvent | EpochEvent | SampleEvent | DiagnosisEvent | AccumChangeRequested
+         | AccumChangeApplied | Paused | Resumed | CheckpointSaved | CheckpointFailed | Notice | RunEnded)
 
 
 class Sink(Protocol):

@@ -9,10 +9,11 @@ from typing import TextIO
 from .diagnosis import REMEDIES
 from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed, CheckpointSaved, DiagnosisEvent,
                      EpochEvent,
-                     Event, Notice, Paused, Resumed, RunEnded, RunStarted, StepEvent)
+                     Event, Notice, Paused, Resumed, RunEnded, RunStarted, SampleEvent, StepEvent)
 
 PLAIN_REMEDIES = (REMEDIES["healthy"], REMEDIES["learning"])
 PROGRESS_INTERVAL_S = 2.0  # a progress line at most this often, and only on a terminal
+SAMPLE_LOG_CHARS = 120  # a text sample's share of its log line
 
 
 class HeadlessLog:
@@ -27,6 +28,14 @@ class HeadlessLog:
             self.out.write("\r\x1b[2K")  # clear the progress line before a log line
         self.out.write(text + "\n")
         self.out.flush()
+
+    def _print_sample(self, title: str, text: str) -> None:
+        # One line, newlines escaped and the end cut, so the log keeps a line per thing that
+        # happened; the whole text is in metrics.jsonl.
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text.replace("\\", "\\\\"))
+        if len(shown) > SAMPLE_LOG_CHARS:
+            shown = shown[:SAMPLE_LOG_CHARS - 1] + "…"
+        self._print(f"{title}: {shown}")
 
     def emit(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -56,6 +65,10 @@ class HeadlessLog:
                 self._print(f"warning: {event.val_rise_warning}")
             if event.remedy not in PLAIN_REMEDIES:  # "keep training" every epoch would be noise
                 self._print(f"remedy: {event.remedy}")
+            if event.sample is not None:
+                self._print_sample(f"sample after epoch {event.epoch}", event.sample)
+        elif isinstance(event, SampleEvent):
+            self._print_sample(f"sample at step {event.step}", event.text)
         elif isinstance(event, DiagnosisEvent):
             self._print(f"diagnosis={event.kind} at step {event.step}: {event.reason}; remedy: {event.remedy}")
         elif isinstance(event, AccumChangeRequested):

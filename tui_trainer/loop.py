@@ -64,7 +64,8 @@ class Trainer(TrainingSession):
             train_examples=self.examples_per_epoch(), val_examples=self.val_examples(), epochs=cfg.train.epochs,
             micro_batch=cfg.train.micro_batch, accum=st.accum, processes=1, block_size=cfg.model.block_size,
             planned_tokens=self.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
-            tokens_seen=st.tokens_seen, notes=tuple(self.notes), elapsed_before=st.elapsed_seconds))
+            tokens_seen=st.tokens_seen, notes=tuple(self.notes), elapsed_before=st.elapsed_seconds,
+            sample_tokens=cfg.train.sample_tokens))
         if self._outstanding_end is not None:
             # Training was done; only the `end` record was missing (a stop during the final
             # validation or save of an older version, or a kill just before the record).
@@ -157,6 +158,7 @@ class Trainer(TrainingSession):
             outcome = self._after_a_non_finite_step(loss, norm, step)
             if outcome is not None:
                 return outcome
+        self._sample_if_asked()
         # No periodic `latest` during a run of non-finite steps: it keeps pointing at the last good
         # step. An asked-for save (the app's `s`, a stop) still saves.
         if self._save_requested or (self._periodic_save_due() and st.bad_steps_in_row == 0):
@@ -242,6 +244,7 @@ class Trainer(TrainingSession):
         cfg, st = self.cfg, self.state
         started = time.perf_counter()
         val_loss = self.evaluate()
+        sample = self.sampler.after_epoch(st.step)  # its own generator: the losses stay as they were
         train_loss = st.epoch_loss_sum / st.epoch_tokens if st.epoch_tokens else float("nan")
         st.train_history.append(train_loss)
         st.val_history.append(val_loss)
@@ -262,7 +265,7 @@ class Trainer(TrainingSession):
             diagnosis_reason=verdict.reason, remedy=verdict.remedy, val_rise_warning=warning,
             best_val_loss=best.best if best.best_epoch else None, best_epoch=best.best_epoch,
             epochs_without_improvement=best.epochs_without_improvement,
-            tokens_per_s=st.epoch_tokens / st.epoch_seconds if st.epoch_seconds else 0.0))
+            tokens_per_s=st.epoch_tokens / st.epoch_seconds if st.epoch_seconds else 0.0, sample=sample))
         # The next epoch starts clean; a checkpoint taken now resumes there.
         st.epoch += 1
         st.example_cursor = 0

@@ -9,11 +9,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .events import EpochEvent, Event, RunEnded, StepEvent
+from .events import EpochEvent, Event, RunEnded, SampleEvent, StepEvent
 
 METRICS_FILE = "metrics.jsonl"
 
-RECORD_TYPES = {StepEvent: "step", EpochEvent: "epoch", RunEnded: "end"}
+RECORD_TYPES = {StepEvent: "step", EpochEvent: "epoch", SampleEvent: "sample", RunEnded: "end"}
 
 
 def _clean(value: Any) -> Any:

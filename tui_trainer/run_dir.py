@@ -32,7 +32,7 @@ RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINT_DIR)
 # Flags a resumed run may change: they steer the rest of the run, not what it has learnt so far.
 SAFE_RESUME_OVERRIDES = frozenset({
     "train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
-    "train.checkpoint_every", "train.max_bad_steps", "train.compile",
+    "train.checkpoint_every", "train.max_bad_steps", "train.compile", "train.sample_tokens",
     "data.limit_train_batches", "data.limit_val_batches", "data.cache_dir"})
 
 
@@ -191,7 +191,7 @@ def trim_metrics_after(run_dir: Path, step: int, epochs_done: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
-        if record.get("type") == "step" and record.get("step", 0) > step:
+        if record.get("type") in ("step", "sample") and record.get("step", 0) > step:
             continue
         if record.get("type") == "epoch" and record.get("epoch", 0) > epochs_done:
             continue

@@ -18,7 +18,7 @@ import torch
 from . import checkpoint as ckpt
 from . import run_dir as rd
 from .config import RunConfig, validate
-from .control import Control, SaveCheckpoint, SetAccum, SetPaused, TogglePause
+from .control import Control, SampleNow, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from .data import Corpus, WindowDataset, load_corpus, window_count
 from .text_source import PreparationCancelled, ProgressFn
 from .tokens import tokenizer_from_record
@@ -33,6 +33,7 @@ from .memory import check_fits
 from .metrics import MetricsWriter
 from .model import GPT, make_optimizer
 from .runtime import capture_rng, choose_threads, pick_device, restore_rng
+from .sampling import LiveSampler
 from .schedule import lr_at
 
 
@@ -114,6 +115,8 @@ class TrainingSession:
         self.sink = FanOut(self.metrics, sink)
         self._paused = False
         self._save_requested = False
+        self._sample_requested = False  # `g`: a sample after the current step
+        self.sampler = LiveSampler(self.model, self.corpus.vocab, cfg.train.sample_tokens, cfg.train.seed)
         self._last_save_time = self._session_started = time.monotonic()
         # (epoch, cursor, step) of the `latest` checkpoint on disk, if any
         self._latest_saved = (self.state.epoch, self.state.example_cursor, self.state.step) if resume_state else None
@@ -222,6 +225,8 @@ class TrainingSession:
                     self.sink.emit((Paused if paused else Resumed)(epoch=self.state.epoch, step=self.state.step))
             elif isinstance(command, SaveCheckpoint):
                 self._save_requested = True
+            elif isinstance(command, SampleNow):
+                self._sample_requested = True
 
     def _request_accum(self, accum: int, at_this_boundary: bool = False) -> None:
         """A change of accumulation steps for the next epoch; with ``at_this_boundary`` (a resume
@@ -244,8 +249,16 @@ class TrainingSession:
             started = time.perf_counter()
             while self._paused and not self.control.stop_requested:
                 self._handle_commands(wait=0.1)
+                self._sample_if_asked()  # paused, the weights are those of the last step
             paused_seconds[0] += time.perf_counter() - started
         return not self.control.stop_requested
+
+    def _sample_if_asked(self) -> None:
+        """A `g` seen since the last step: a sample from the weights as they are (own generator,
+        eval mode and back: the training that follows is unchanged)."""
+        if self._sample_requested:
+            self._sample_requested = False
+            self.sink.emit(self.sampler.asked(self.state.epoch, self.state.step))
 
     # -- how a run ends -------------------------------------------------------------------------
 

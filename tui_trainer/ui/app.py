@@ -35,6 +35,7 @@ from .terminal import sturdy
 from .view import RunView
 from .widgets import (BatchPanel, DiagnosisBanner, EpochTable, ErrorPanel, HelpScreen, LossPlot, ProgressPanel, StatsPanel,
                       StatusBar)
+from .widgets.samples import SamplePanel, SamplesScreen
 from .widgets.stats import memory_in_use
 
 DRAIN_HZ = 4  # progress bars and counters; 10 Hz cost the 2-core benchmark 6% of a core, 4 Hz about 3.5%
@@ -58,6 +59,8 @@ class TrainerApp(App[None]):
         Binding("plus,right_square_bracket,equals_sign", "accum_up", "accum x2", key_display="+"),
         Binding("minus,left_square_bracket", "accum_down", "accum /2", key_display="-"),
         Binding("s", "save", "save"),
+        # Not in the footer (no room at 80 columns): the help, the palette and the samples panel name it.
+        Binding("g", "sample", "sample", show=False, tooltip="write a text sample from the current weights"),
         Binding("m", "smoothing", "smooth", show=False),
         Binding("question_mark", "help", "help", key_display="?"),
         Binding("ctrl+c", "interrupt", "interrupt", show=False, priority=True),
@@ -94,6 +97,7 @@ class TrainerApp(App[None]):
                 yield StatsPanel(id="stats", classes="panel")
                 yield BatchPanel(id="batch")
                 yield EpochTable(id="epochs", classes="panel")
+                yield SamplePanel(id="samples", classes="panel")
             with Vertical(id="main"):
                 yield LossPlot(id="plot", classes="panel")
                 yield ErrorPanel(id="error")
@@ -108,8 +112,9 @@ class TrainerApp(App[None]):
         self.plot = main.query_one(LossPlot)
         self.stats = main.query_one(StatsPanel)
         self.panels = [main.query_one(kind) for kind in (StatusBar, ProgressPanel, BatchPanel, DiagnosisBanner,
-                                                          ErrorPanel, EpochTable)]
-        for selector, title in (("#progress", "progress"), ("#stats", "stats"), ("#epochs", "epochs")):
+                                                          ErrorPanel, EpochTable, SamplePanel)]
+        for selector, title in (("#progress", "progress"), ("#stats", "stats"), ("#epochs", "epochs"),
+                                ("#samples", "sample")):
             main.query_one(selector).border_title = title
         self._apply_size_classes(self.size.width, self.size.height)
         self.set_interval(1 / DRAIN_HZ, self.drain)
@@ -267,6 +272,10 @@ class TrainerApp(App[None]):
         now = self.clock()
         view = self.view
         self.main_screen.set_class(view.end_reason == "error", "-failed")
+        # The samples panel takes room only once there is (or will be) something to show.
+        self.main_screen.set_class(bool(view.sample or view.sample_requested or view.sample_tokens), "-samples")
+        if isinstance(self.screen, SamplesScreen):
+            self.screen.show(view)
         for panel in self.panels:
             panel.show(view, now)
         self.stats.show(view, now, memory=self.memory)
@@ -321,6 +330,16 @@ class TrainerApp(App[None]):
         self.control.save()
         self.notify("saving a checkpoint after this step…", timeout=2)
 
+    def action_sample(self) -> None:
+        """g: ask the engine for a sample after this step; where the panel is not shown, open the
+        screen that shows it (and the latest one meanwhile)."""
+        if self.view.request_sample():
+            self.control.sample()
+        if self.main_screen is not None and not self.main_screen.has_class("-wide"):
+            if not isinstance(self.screen, SamplesScreen):
+                self.push_screen(SamplesScreen(self.view))
+        self.refresh_panels()
+
     def action_interrupt(self) -> None:
         """Ctrl-C: the terminal is in raw mode, so it arrives as a key, not as SIGINT. It does what
         SIGINT does (the same stop as q, then exit code 130), so `tui-trainer && next` does not go
@@ -352,6 +371,8 @@ class TrainerApp(App[None]):
         yield SystemCommand("Pause / resume training", "the engine waits between micro-steps (p)",
                             self.action_pause)
         yield SystemCommand("Save checkpoint", "save `latest` after the current step (s)", self.action_save)
+        yield SystemCommand("Sample text", "write a sample from the current weights after this step (g)",
+                            self.action_sample)
         yield SystemCommand("Stop training", "finish the micro-step, save and exit (q)", self.action_stop)
         yield SystemCommand("Toggle loss smoothing", "EMA or raw step loss (m)", self.action_smoothing)
         yield SystemCommand("Help", "keys, gradient accumulation, diagnoses (?)", self.action_help)

@@ -31,6 +31,14 @@ class EpochPoint:
     val_loss: float
 
 
+@dataclass(frozen=True)
+class SampleShown:
+    epoch: int
+    step: int  # the optimizer step whose weights wrote it
+    text: str
+    asked: bool  # True: asked for with `g`; False: the one after an epoch
+
+
 @dataclass
 class RunView:
     # -- the run (RunStarted) --------------------------------------------------------------
@@ -78,6 +86,11 @@ class RunView:
     best_val_loss: float | None = None
     best_epoch: int | None = None
     epochs_without_improvement: int = 0
+    # -- text samples ------------------------------------------------------------------------
+    sample_tokens: int = 0  # tokens of the sample after each epoch (0 = none)
+    sample: SampleShown | None = None  # the latest
+    sample_version: int = 0  # bumped with each new sample
+    sample_requested: bool = False  # `g` pressed, its sample not here yet
     # -- the end -----------------------------------------------------------------------------
     end_reason: str | None = None
     end_message: str = ""
@@ -112,6 +125,7 @@ class RunView:
         self.resumed_from_step = self.step = e.resumed_from_step
         self.epoch, self.notes = e.start_epoch, tuple(e.notes)
         self.started_at, self.elapsed_before = now, e.elapsed_before
+        self.sample_tokens = e.sample_tokens
 
     def _on_MicroStep(self, e, now: float) -> None:
         if e.step <= self.step:
@@ -143,6 +157,16 @@ class RunView:
         self.best_val_loss, self.best_epoch = e.best_val_loss, e.best_epoch
         self.epochs_without_improvement = e.epochs_without_improvement
         self.tokens_seen = e.tokens_seen
+        if e.sample is not None:
+            self._show_sample(SampleShown(e.epoch, self.step, e.sample, asked=False))
+
+    def _on_SampleEvent(self, e, now: float) -> None:
+        self.sample_requested = False
+        self._show_sample(SampleShown(e.epoch, e.step, e.text, asked=True))
+
+    def _show_sample(self, sample: SampleShown) -> None:
+        self.sample = sample
+        self.sample_version += 1
 
     def _on_DiagnosisEvent(self, e, now: float) -> None:  # a verdict between epochs (engine may not send it)
         self.diagnosis, self.diagnosis_reason, self.remedy = e.kind, e.reason, e.remedy
@@ -183,6 +207,7 @@ class RunView:
         self.end_reason, self.end_message = e.reason, e.message
         self.best_val_loss, self.best_epoch = e.best_val_loss, e.best_epoch
         self.pause_requested = self.requested_accum = None
+        self.sample_requested = False
         self._end_pause(now)
         self.ended_at = now
 
@@ -218,6 +243,13 @@ class RunView:
         self.pause_requested = not paused
         if self.state not in (STOPPING, *END_STATES.values()):
             self.state = PAUSING if self.pause_requested else RESUMING
+
+    def request_sample(self) -> bool:
+        """`g`: True when the engine should be asked (once: a request in flight is not repeated)."""
+        if self.ended or self.sample_requested:
+            return False
+        self.sample_requested = True
+        return True
 
     def request_stop(self) -> None:
         if not self.ended:

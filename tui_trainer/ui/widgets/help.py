@@ -14,7 +14,7 @@ KEYS = [
     ("+ ]", "accum x2 next epoch"), ("p", "pause / resume"), ("q", "stop: save, exit"),
     ("- [", "accum /2 next epoch"), ("s", "save checkpoint now"), ("q q", "close at once"),
     ("m", "smooth / raw loss"), ("^p", "command palette"), ("^c", "stop, exit code 130"),
-    ("?", "this help"), ("esc", "close this help"),
+    ("g", "text sample now"), ("?", "this help"), ("esc", "close this help"),
 ]
 WHAT_WIDTH = max(len(what) for _, what in KEYS)
 KEY_CELL = 4 + WHAT_WIDTH  # "+ ]" and a space, then the description

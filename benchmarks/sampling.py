@@ -1,0 +1,122 @@
+"""Generation speed with and without the KV cache (tui_trainer/sampling.py).
+
+The seed's model (6 layers, d_model 256, 8 heads), **randomly initialised** — speed does not
+depend on the weights — with the bundled corpus's 65-character vocabulary, generates greedily
+from the same prompt with the cache and without it (the same sliding window recomputed for
+every token), the two alternating in one process, round by round. For each point it prints
+new tokens per second, the speed-up, the time to the first new token, and whether the two
+texts are identical (they must be: greedy, same window). Points: 256 and 1,024 new tokens at
+the default context of 128, and the same at a context of 512 (``--block-sizes``).
+
+Exits 1 if the two paths' texts differ anywhere, or if the cache is less than 5x faster at
+256 new tokens with the default context (skipped under --quick, whose tiny model is all
+per-call overhead).
+
+    python benchmarks/sampling.py
+    python benchmarks/sampling.py --lengths 256 --block-sizes 128 --rounds 5
+    python benchmarks/sampling.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+from _common import PRESETS, machine_line, table
+from tui_trainer.data import Vocabulary, default_corpus_path
+from tui_trainer.model import GPT
+from tui_trainer.sampling import SamplingSettings, generate
+
+GOAL = 5.0  # cached / uncached new tokens per second at 256 new tokens, default context
+GOAL_POINT = (128, 256)  # (block_size, new tokens)
+
+
+def timed_generation(model: GPT, prompt_ids: list[int], new_tokens: int, kv_cache: bool) -> tuple[float, float, list[int]]:
+    """(seconds in all, seconds to the first new token, the new ids) for one greedy generation."""
+    first: list[float] = []
+    started = time.perf_counter()
+
+    def on_token(_: int) -> None:
+        if not first:
+            first.append(time.perf_counter() - started)
+
+    ids = generate(model, prompt_ids, SamplingSettings(max_new_tokens=new_tokens, temperature=0, kv_cache=kv_cache),
+                   on_token=on_token)
+    return time.perf_counter() - started, first[0], ids
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    parser.add_argument("--lengths", type=parse_ints, default=[256, 1024], help="new tokens, comma-separated")
+    parser.add_argument("--block-sizes", type=parse_ints, default=[128, 512], help="contexts, comma-separated")
+    parser.add_argument("--rounds", type=int, default=2, help="cached/uncached pairs per point")
+    parser.add_argument("--prompt", default="First Citizen:\n", help="the prompt (characters of the corpus)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="a tiny model, short lengths, one round")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.preset, args.lengths, args.block_sizes, args.rounds = "tiny", [24, 48], [16], 1
+        args.threads = args.threads or 1  # a tiny model: a second thread only adds synchronisation
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vocab = Vocabulary.from_text(default_corpus_path().read_text(encoding="utf-8"))
+    prompt_ids = vocab.encode(args.prompt).tolist()
+
+    print("Generation with vs without the KV cache (greedy, same prompt, random init)")
+    print(machine_line())
+    print(f"model {args.preset} {PRESETS[args.preset][0].n_layer}x{PRESETS[args.preset][0].n_embd}, "
+          f"vocab {vocab.size}, prompt {len(prompt_ids)} tokens {args.prompt!r}, {args.rounds} interleaved rounds")
+    rows, failures, ratios = [], [], {}
+    for block_size in args.block_sizes:
+        torch.manual_seed(0)
+        model = GPT(replace(PRESETS[args.preset][0], block_size=block_size, vocab_size=vocab.size))
+        timed_generation(model, prompt_ids, 8, True)  # warm-up: first-call allocations
+        timed_generation(model, prompt_ids, 8, False)
+        for new_tokens in args.lengths:
+            runs: dict[bool, list[tuple[float, float, list[int]]]] = {True: [], False: []}
+            for _ in range(args.rounds):
+                for kv_cache in (True, False):
+                    runs[kv_cache].append(timed_generation(model, prompt_ids, new_tokens, kv_cache))
+            texts = {tuple(ids) for kind in runs.values() for _, _, ids in kind}
+            identical = len(texts) == 1
+            if not identical:
+                failures.append(f"block {block_size}, {new_tokens} tokens: the texts differ with and without the cache")
+            rate = {kind: statistics.median(new_tokens / seconds for seconds, _, _ in kind_runs)
+                    for kind, kind_runs in runs.items()}
+            first = {kind: statistics.median(t for _, t, _ in kind_runs) * 1e3 for kind, kind_runs in runs.items()}
+            ratio = rate[True] / rate[False]
+            ratios[(block_size, new_tokens)] = ratio
+            rows.append([str(block_size), f"{new_tokens:,}", f"{rate[True]:,.0f}", f"{rate[False]:,.0f}",
+                         f"{ratio:.1f}x", f"{first[True]:.1f}", f"{first[False]:.1f}", "yes" if identical else "NO"])
+    print(table(["context", "new tokens", "cached tok/s", "uncached tok/s", "speed-up",
+                 "first token ms (cached)", "(uncached)", "same text"], rows))
+    if not rows:
+        print("measured nothing: no lengths or block sizes given")
+        return 1
+    if args.quick:
+        print(f"--quick: the {GOAL:.0f}x goal is not checked on the tiny model")
+    elif GOAL_POINT in ratios:
+        verdict = "met" if ratios[GOAL_POINT] >= GOAL else "NOT met"
+        print(f"goal: >= {GOAL:.0f}x at {GOAL_POINT[1]} new tokens, context {GOAL_POINT[0]}: "
+              f"{ratios[GOAL_POINT]:.1f}x, {verdict}")
+        if ratios[GOAL_POINT] < GOAL:
+            failures.append(f"the cache is {ratios[GOAL_POINT]:.1f}x faster at {GOAL_POINT[1]} tokens, below {GOAL:.0f}x")
+    else:
+        print(f"goal not checked: the point context {GOAL_POINT[0]}, {GOAL_POINT[1]} new tokens was not measured")
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

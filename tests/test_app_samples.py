@@ -1,0 +1,86 @@
+"""The app's text samples: the panel on wide screens, the `g` screen at 80x24, real engine and replays."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from test_app import apps, make_app, paused, send_key, wait_for  # noqa: F401  (apps is a fixture)
+from test_snapshots import recorded_epochs, replay, started
+from tui_trainer.events import EpochEvent
+from tui_trainer.ui.widgets.samples import SamplePanel, SamplesScreen
+
+# What a model writes as it learns (hand-written, so the snapshots never depend on torch).
+SAMPLES = [
+    "Tho wis mer, an sth thave\nAnd tof me hor thes fo ke.",
+    "KING RICHARD:\nWhat is the sonne of thee, my lord,\nAnd stand the wored and shall be so.",
+    "ROMEO:\nWhat, shall I speak of this? I pray thee, stay;\nThe night is gone, and yet my heart is here.",
+]
+
+
+def with_samples(events: list) -> list:
+    """``events`` with a sample on each epoch event, and a run that writes them."""
+    out, epochs = [], iter(SAMPLES)
+    for event in events:
+        if isinstance(event, EpochEvent):
+            event = replace(event, sample=next(epochs))
+        out.append(event)
+    return [replace(out[0], sample_tokens=200), *out[1:]]
+
+
+def flat(app) -> str:
+    return " ".join(app.screen_text().replace("│", " ").split())
+
+
+# -- snapshots ------------------------------------------------------------------------------------
+
+def test_wide_screen_shows_the_latest_sample_beside_the_plot(snap_compare):
+    app, run_before = replay(with_samples([started(), *recorded_epochs(3)]))
+    assert snap_compare(app, terminal_size=(150, 40), run_before=run_before)
+
+
+def test_samples_screen_on_g_at_80x24(snap_compare):
+    app, run_before = replay(with_samples([started(), *recorded_epochs(3)]))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before, press=["g"])
+
+
+# -- the real engine ------------------------------------------------------------------------------
+
+async def test_g_at_80x24_opens_the_samples_screen_and_the_engine_writes_one_now(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=2, sample_tokens=0)  # no epoch samples: g's only
+    apps.append(app)
+    app.control.pause()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
+        assert not app.query_one(SamplePanel).display  # no room for the panel at 80 columns
+        send_key(app, "g")
+        await wait_for(pilot, lambda: isinstance(app.screen, SamplesScreen), what="the samples screen")
+        # Paused, the engine samples at once from the weights it has.
+        await wait_for(pilot, lambda: app.view.sample is not None, what="the asked sample")
+        sample = app.view.sample
+        assert sample.asked and len(sample.text) == 200 and sample.step == app.view.step
+        await pilot.pause(0.3)  # a drain tick
+        text = flat(app)
+        assert f"sample · epoch 1 · asked at step {sample.step}" in text
+        first_words = " ".join(sample.text.split())[:20].strip()
+        assert first_words in text
+        send_key(app, "escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, SamplesScreen), what="the screen to close")
+        app.control.resume()
+        await wait_for(pilot, lambda: app.view.step >= sample.step + 3, what="training to go on")
+
+
+async def test_wide_screen_shows_each_epoch_sample_in_its_panel(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=2, train_batches=40, sample_tokens=60)
+    apps.append(app)
+    async with app.run_test(size=(150, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view.sample is not None, what="the first epoch's sample")
+        await paused(pilot, app)
+        await pilot.pause(0.3)
+        panel = app.query_one(SamplePanel)
+        assert panel.display and panel.size.height >= 4
+        assert app.view.sample.epoch == 1 and not app.view.sample.asked and len(app.view.sample.text) == 60
+        assert "sample · epoch 1 · after epoch 1" in flat(app)
+        app.control.resume()
+        await wait_for(pilot, lambda: app.view.ended, timeout=60, what="the run to end")
+        await pilot.pause(0.3)
+        assert "after epoch 2" in flat(app)

@@ -1,0 +1,123 @@
+"""`tui-trainer sample RUN_DIR`: the text of a trained run, streamed or piped; bad input exits 2."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CORPUS
+from tui_trainer.cli import main
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
+        "--accum", "2", "--threads", "1", "--limit-train-batches", "6", "--limit-val-batches", "2"]
+
+
+def sample(*argv: str) -> int:
+    """The exit code, whether main returns it or argparse raises SystemExit with it."""
+    try:
+        return main(["sample", *argv])
+    except SystemExit as exited:
+        return exited.code
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One short real run (1 epoch of a tiny model), shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("sample")
+    corpus = root / "corpus.txt"
+    corpus.write_text(CORPUS.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    run_dir = root / "run"
+    assert main(["--no-ui", "--data", str(corpus), "--run-dir", str(run_dir), "--epochs", "1", *TINY]) == 0
+    return run_dir
+
+
+def test_sample_prints_the_prompt_then_the_new_text_and_a_seed_fixes_it(trained_run, capsys):
+    assert sample(str(trained_run), "--prompt", "ROMEO:", "--tokens", "40", "--seed", "3") == 0
+    first = capsys.readouterr()
+    assert first.out.startswith("ROMEO:") and first.err == ""
+    assert len(first.out.rstrip("\n")) >= len("ROMEO:") + 40 - first.out.count("\n")
+    assert sample(str(trained_run), "--prompt", "ROMEO:", "--tokens", "40", "--seed", "3") == 0
+    assert capsys.readouterr().out == first.out
+    assert sample(str(trained_run), "--prompt", "ROMEO:", "--tokens", "40", "--seed", "4") == 0
+    assert capsys.readouterr().out != first.out
+
+
+def test_greedy_text_is_the_same_with_and_without_the_kv_cache(trained_run, capsys):
+    # 100 tokens with a context of 32: the window slides several times.
+    assert sample(str(trained_run), "--tokens", "100", "--temperature", "0") == 0
+    cached = capsys.readouterr().out
+    assert sample(str(trained_run), "--tokens", "100", "--temperature", "0", "--no-kv-cache") == 0
+    assert capsys.readouterr().out == cached
+
+
+def test_without_best_it_samples_latest_and_says_so_on_stderr(trained_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / "checkpoints" / "best.pt").unlink()
+    assert sample(str(run_dir), "--tokens", "10") == 0
+    captured = capsys.readouterr()
+    assert "latest.pt" in captured.err and captured.err.count("\n") == 1
+    assert captured.out.startswith("\n")
+
+
+class Terminal(io.StringIO):
+    """A stdout that says it is a terminal and counts its flushes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def isatty(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def test_on_a_terminal_the_text_is_streamed_as_it_is_generated(trained_run, monkeypatch, capsys):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert sample(str(trained_run), "--tokens", "30", "--seed", "1") == 0
+    monkeypatch.undo()
+    assert terminal.flushes >= 30  # a flush per piece of text
+    assert sample(str(trained_run), "--tokens", "30", "--seed", "1") == 0
+    assert capsys.readouterr().out == terminal.getvalue()  # the same text as when piped
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--prompt", "caf\u00e9~"], ["'~'", "'\u00e9'", "vocabulary"]),
+    (["--prompt", ""], ["--prompt", "empty"]),
+    (["--temperature", "-0.5"], ["--temperature", "-0.5"]),
+    (["--top-k", "0"], ["--top-k"]),
+    (["--tokens", "0"], ["--tokens"]),
+    (["--checkpoint", "newest"], ["--checkpoint"]),
+])
+def test_bad_input_is_one_line_on_stderr_and_exit_2(args, words, trained_run, capsys):
+    assert sample(str(trained_run), *args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error:")
+    for word in words:
+        assert word in captured.err
+
+
+def test_a_run_dir_without_a_checkpoint_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for run_dir in (tmp_path / "empty", tmp_path / "missing"):
+        assert sample(str(run_dir)) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and str(run_dir) in captured.err
+
+
+def test_the_console_script_pipes_plain_text(trained_run):
+    script = Path(sys.executable).with_name("tui-trainer")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "tui_trainer"]
+    done = subprocess.run([*command, "sample", str(trained_run), "--tokens", "25", "--prompt", "A"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("A") and "\x1b" not in done.stdout and done.stderr == ""

@@ -1,0 +1,107 @@
+"""The latest text the model wrote: a panel on wide screens, a screen on `g` where room is short.
+
+The engine writes a sample after each epoch's validation (``--sample-tokens``) and on `g`;
+both reach ``RunView.sample``. The panel and the screen render the same text.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from ..view import RunView
+from .base import Panel
+
+
+def sample_title(view: RunView) -> str:
+    sample = view.sample
+    if sample is None:
+        return "sample"
+    when = f"asked at step {sample.step:,}" if sample.asked else f"after epoch {sample.epoch}"
+    coming = " · a new one after this step…" if view.sample_requested else ""
+    return f"sample · epoch {sample.epoch} · {when}{coming}"
+
+
+def sample_text(view: RunView) -> Text:
+    """The sample itself, or a line saying when one will come."""
+    if view.sample is not None:
+        return Text(view.sample.text, no_wrap=False, end="")
+    if view.sample_requested:
+        return Text("writing a sample after this step…", style="dim", end="")
+    if not view.sample_tokens:
+        return Text("sampling is off (--sample-tokens 0); g writes one now", style="dim", end="")
+    return Text("after the first epoch (g: one now)", style="dim", end="")
+
+
+class SamplePanel(Panel):
+    """The panel: shown by the layout on wide screens."""
+
+    DEFAULT_CSS = """
+    SamplePanel { height: 1fr; overflow: hidden; }
+    """
+
+    def key(self, view: RunView, now: float):
+        return (view.sample_version, view.sample_requested, view.sample_tokens)
+
+    def show(self, view: RunView, now: float, **extra) -> None:
+        self.border_title = sample_title(view)
+        super().show(view, now, **extra)
+
+    def build(self, view: RunView, now: float) -> Text:
+        return sample_text(view)
+
+
+class SamplesScreen(ModalScreen[None]):
+    """The screen `g` opens where the panel has no room (80x24). The app keeps it current."""
+
+    BINDINGS = [Binding("escape,q", "close", "close"), Binding("g", "again", "sample now")]
+
+    DEFAULT_CSS = """
+    SamplesScreen { align: center middle; }
+    #samples-box {
+        width: 100%; max-width: 100; height: 90%;
+        border: round $accent; border-title-color: $text; border-subtitle-color: $text-muted;
+        background: $surface; padding: 0 1;
+    }
+    """
+
+    def __init__(self, view: RunView) -> None:
+        super().__init__()
+        self._view = view
+        self._version: object = None
+
+    @staticmethod
+    def _version_of(view: RunView) -> tuple:
+        return (view.sample_version, view.sample_requested, view.sample_tokens)
+
+    def compose(self) -> ComposeResult:
+        view = self._view
+        self._version = self._version_of(view)
+        with VerticalScroll(id="samples-box") as box:
+            box.border_title = sample_title(view)
+            box.border_subtitle = "g sample now · esc closes"
+            yield Static(sample_text(view), id="samples-text", markup=False)
+
+    def show(self, view: RunView) -> None:
+        """Redraw when the sample or the waiting line has changed (the app calls it on each drain)."""
+        version = self._version_of(view)
+        if version == self._version:
+            return
+        try:
+            box, text = self.query_one("#samples-box"), self.query_one("#samples-text", Static)
+        except NoMatches:
+            return  # pushed but not composed yet: compose reads the same view
+        self._view, self._version = view, version
+        box.border_title = sample_title(view)
+        text.update(sample_text(view))
+
+    def action_again(self) -> None:
+        self.app.action_sample()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
