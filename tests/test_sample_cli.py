@@ -121,3 +121,18 @@ def test_the_console_script_pipes_plain_text(trained_run):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("A") and "\x1b" not in done.stdout and done.stderr == ""
+
+
+def test_a_bpe_run_resumes_and_samples_with_its_own_tokenizer(tmp_path, capsys):
+    """A byte-level BPE run's checkpoint holds no characters: resume and `sample` both use its tokenizer.json."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    run_dir = tmp_path / "bpe-run"
+    common = ["--no-ui", "--data", str(corpus), "--tokenizer", "bpe", "--vocab-size", "300", *TINY]
+    assert main([*common, "--run-dir", str(run_dir), "--epochs", "1"]) == 0
+    assert main(["--no-ui", "--resume", str(run_dir), "--epochs", "2"]) == 0
+    capsys.readouterr()
+    assert sample(str(run_dir), "--prompt", "ROMEO: ü", "--tokens", "12", "--temperature", "0") == 0
+    text = capsys.readouterr().out
+    assert text.startswith("ROMEO: ü")  # byte-level: a character the text never had still encodes
+    assert len(text) > len("ROMEO: ü")

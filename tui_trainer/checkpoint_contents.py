@@ -30,7 +30,7 @@ class _Misfit(Exception):
 def check_contents(state: dict[str, Any], path: Path, loop_state_cls: type) -> None:
     """Raise a one-line UserError naming the first part of ``state`` that does not fit."""
     try:
-        model_cfg = _model_config(state["config"], state["vocab"])
+        model_cfg = _model_config(state["config"], state["vocab"], state.get("tokenizer"))
         _check_model(state["model"], model_cfg)
         _check_optimizer(state["optimizer"], model_cfg)
         _check_loop(state["loop"], loop_state_cls)
@@ -46,10 +46,14 @@ def check_contents(state: dict[str, Any], path: Path, loop_state_cls: type) -> N
                         ) from None
 
 
-def _model_config(config: Any, vocab: Any) -> ModelConfig:
+def _model_config(config: Any, vocab: Any, tokenizer: Any) -> ModelConfig:
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise _Misfit("its config is not a table of settings")
-    if not isinstance(vocab, list) or not vocab or not all(isinstance(c, str) and c for c in vocab) \
+    if tokenizer is not None and (not isinstance(tokenizer, dict) or tokenizer.get("kind") not in ("char", "bpe")
+                                  or not isinstance(tokenizer.get("vocab_size"), int)):
+        raise _Misfit("its tokenizer record is not one this version writes")
+    bpe = tokenizer is not None and tokenizer["kind"] == "bpe"  # a BPE run's vocabulary is its tokenizer.json
+    if not isinstance(vocab, list) or (not vocab and not bpe) or not all(isinstance(c, str) and c for c in vocab) \
             or len(set(vocab)) != len(vocab):
         raise _Misfit("its vocabulary is not a list of distinct tokens")
     try:
@@ -66,8 +70,9 @@ def _model_config(config: Any, vocab: Any) -> ModelConfig:
         raise _Misfit(f"its config's n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
     if not isinstance(cfg.dropout, _NUMBER) or isinstance(cfg.dropout, bool) or not 0 <= cfg.dropout < 1:
         raise _Misfit(f"its config's dropout is {cfg.dropout!r}")
-    if cfg.vocab_size != len(vocab):
-        raise _Misfit(f"its config's vocab_size {cfg.vocab_size} is not its vocabulary's {len(vocab)} tokens")
+    tokens = tokenizer["vocab_size"] if bpe else len(vocab)
+    if cfg.vocab_size != tokens:
+        raise _Misfit(f"its config's vocab_size {cfg.vocab_size} is not its vocabulary's {tokens} tokens")
     return cfg
 
 

@@ -62,11 +62,11 @@ class LoadedRun:
     note: str | None  # what the user should know about the choice of file (a fallback), or None
 
 
-def tokenizer_from_checkpoint(state: dict) -> Tokenizer:
-    """The tokenizer a checkpoint was trained with (a character vocabulary today)."""
-    from .data import Vocabulary
+def tokenizer_from_checkpoint(state: dict, run_dir: Path) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with: its characters, or the run's tokenizer.json (BPE)."""
+    from .tokens import tokenizer_from_record
 
-    return Vocabulary(tuple(state["vocab"]))
+    return tokenizer_from_record(state, run_dir)
 
 
 def find_checkpoint(run_dir: Path, which: str) -> tuple[Path, str | None]:
@@ -100,7 +100,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     model = GPT(replace(config.model, vocab_size=vocab_size))
     model.load_state_dict(weights)
     model.eval()
-    return LoadedRun(model, tokenizer_from_checkpoint(state), config, path, note)
+    return LoadedRun(model, tokenizer_from_checkpoint(state, Path(run_dir)), config, path, note)
 
 
 def check_prompt(tokenizer: Tokenizer, prompt: str) -> None:
