@@ -175,3 +175,13 @@ def test_a_set_up_that_fails_after_the_run_dir_was_made_takes_back_what_it_wrote
                    keep=before)
     assert "--run-dir" in line and "Is a directory" in line
     assert sorted(p.name for p in run_dir.iterdir()) == [".config.json.tmp"]
+
+
+def test_making_a_run_dir_that_fails_halfway_removes_the_parents_it_made(tmp_path):
+    from tui_trainer.errors import UserError
+    from tui_trainer.user_paths import make_run_dir
+
+    # The two parents can be made, the last name cannot (too long): both parents go again.
+    with pytest.raises(UserError, match="cannot create run dir"):
+        make_run_dir(tmp_path / "fresh" / "inner" / LONG)
+    assert list(tmp_path.iterdir()) == []
