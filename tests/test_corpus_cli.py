@@ -146,3 +146,16 @@ def test_a_stop_while_the_data_is_prepared_leaves_no_run_and_no_cache(small_corp
     assert stopped.value.args == (2,)
     assert not (tmp_path / "run").exists()
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("source-")] == []
+
+
+def test_toml_takes_the_bpe_vocab_size_under_data_but_never_the_models(tmp_path):
+    from tui_trainer.config_file import load_toml
+    from tui_trainer.errors import UserError
+
+    good = tmp_path / "good.toml"
+    good.write_text('[data]\ntokenizer = "bpe"\nvocab_size = 8192\ncache_dir = "cache"\n', encoding="utf-8")
+    assert load_toml(str(good))["data"] == {"tokenizer": "bpe", "vocab_size": 8192, "cache_dir": "cache"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nvocab_size = 8192\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"vocab_size in \[model\]"):
+        load_toml(str(bad))
