@@ -159,3 +159,14 @@ def test_toml_takes_the_bpe_vocab_size_under_data_but_never_the_models(tmp_path)
     bad.write_text("[model]\nvocab_size = 8192\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"vocab_size in \[model\]"):
         load_toml(str(bad))
+
+
+def test_a_bpe_run_never_overwrites_a_tokenizer_json_that_is_not_its_own(small_corpus, tmp_path, capsys):
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    (folder / TOKENIZER_FILE).write_text('{"mine": true}', encoding="utf-8")
+    message = one_error_line(["--data", str(small_corpus), "--run-dir", str(folder), "--tokenizer", "bpe",
+                              "--vocab-size", "300", *TINY], capsys)
+    assert "not a tui-trainer run's" in message
+    assert (folder / TOKENIZER_FILE).read_text(encoding="utf-8") == '{"mine": true}'
+    assert sorted(p.name for p in folder.iterdir()) == [TOKENIZER_FILE]
