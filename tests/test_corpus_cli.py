@@ -146,3 +146,27 @@ def test_a_stop_while_the_data_is_prepared_leaves_no_run_and_no_cache(small_corp
     assert stopped.value.args == (2,)
     assert not (tmp_path / "run").exists()
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("source-")] == []
+
+
+def test_toml_takes_the_bpe_vocab_size_under_data_but_never_the_models(tmp_path):
+    from tui_trainer.config_file import load_toml
+    from tui_trainer.errors import UserError
+
+    good = tmp_path / "good.toml"
+    good.write_text('[data]\ntokenizer = "bpe"\nvocab_size = 8192\ncache_dir = "cache"\n', encoding="utf-8")
+    assert load_toml(str(good))["data"] == {"tokenizer": "bpe", "vocab_size": 8192, "cache_dir": "cache"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nvocab_size = 8192\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"vocab_size in \[model\]"):
+        load_toml(str(bad))
+
+
+def test_a_bpe_run_never_overwrites_a_tokenizer_json_that_is_not_its_own(small_corpus, tmp_path, capsys):
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    (folder / TOKENIZER_FILE).write_text('{"mine": true}', encoding="utf-8")
+    message = one_error_line(["--data", str(small_corpus), "--run-dir", str(folder), "--tokenizer", "bpe",
+                              "--vocab-size", "300", *TINY], capsys)
+    assert "not a tui-trainer run's" in message
+    assert (folder / TOKENIZER_FILE).read_text(encoding="utf-8") == '{"mine": true}'
+    assert sorted(p.name for p in folder.iterdir()) == [TOKENIZER_FILE]

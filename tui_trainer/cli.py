@@ -280,7 +280,7 @@ def version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=PROG,
-        description="Train a small character-level GPT with exact gradient accumulation and a validation split.",
+        description="Train a small GPT (characters or BPE) with exact gradient accumulation and a validation split.",
         epilog=f"Bare `{PROG} [flags]` means `{PROG} {DEFAULT_COMMAND} [flags]`; "
                f"`{PROG} COMMAND --help` lists a command's flags.",
     )

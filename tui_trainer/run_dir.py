@@ -22,7 +22,7 @@ from .errors import UserError
 from .metrics import METRICS_FILE
 from .run_ownership import foreign_name, has_marker, remove_our_files, write_marker
 from .user_paths import make_run_dir, probe_checkpoint_dir, remove_made_folders
-from .tokens import Tokenizer, load_tokenizer
+from .tokens import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     from .loop_state import LoopState
@@ -300,6 +300,14 @@ def write_config(run_dir: Path, cfg: RunConfig, corpus: Corpus, device: torch.de
 def vocabulary_of(run_dir: str | Path) -> Tokenizer:
     """The tokenizer a run was trained with (char or BPE), e.g. to decode samples."""
     return load_tokenizer(run_dir)
+
+
+def refuse_a_foreign_tokenizer_file(run_dir: Path, overwrite: bool) -> None:
+    """A BPE run writes RUN_DIR/tokenizer.json: a file of that name that is not a run's own (say,
+    a Hugging Face model folder given as --run-dir) is never overwritten."""
+    if (run_dir / TOKENIZER_FILE).exists() and not (overwrite and run_dir_holds(run_dir)):
+        raise UserError(f"run dir {run_dir} holds a {TOKENIZER_FILE} that is not a tui-trainer run's",
+                        "pass another --run-dir (a BPE run keeps its tokenizer there)")
 
 
 def vocab_record(tokenizer: Tokenizer) -> list[str]:

@@ -80,6 +80,8 @@ class TrainingSession:
                             f"sequences of {cfg.model.block_size} tokens this data holds",
                             f"use --micro-batch {train_windows} or less (and --accum for a larger effective batch)")
         check_fits(cfg, self.device, train_windows=train_windows, autocast_bf16=self.autocast_dtype is not None)
+        if resume is None and self.corpus.vocab.kind == "bpe" and cfg.run_dir:
+            rd.refuse_a_foreign_tokenizer_file(Path(cfg.run_dir), overwrite)
         made: list[Path] = []
         self.run_dir = rd.prepare_run_dir(cfg, resume, overwrite, self.notes, made)
         try:
