@@ -135,3 +135,10 @@ def test_bias_corrected_ema_starts_at_the_first_value_and_follows_a_constant():
     assert ema.value is None
     ema.update(3.0), ema.update(float("nan"))
     assert ema.value == pytest.approx(3.0)  # a NaN step is left out, not spread over later points
+
+
+def test_window_norms_from_the_engines_increments():
+    # micro-batches of 8, 8 and 4 sequences: each added (its size / 20) of its mean-loss gradient
+    norms = WindowNorms.from_increments([8, 8, 4], [0.16, 0.64, 0.04], window_sq_norm=0.5)
+    assert norms.micro_sq_norms == pytest.approx((1.0, 4.0, 1.0))
+    assert norms.window_size == 20 and norms.window_sq_norm == 0.5

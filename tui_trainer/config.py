@@ -71,6 +71,8 @@ class TrainConfig:
     checkpoint_every: int | None = None  # optimizer steps between `latest` saves; None = ~5 min
     max_bad_steps: int = 3  # consecutive non-finite steps before the run stops
     compile: bool = False  # torch.compile the model
+    noise_scale: bool = True  # estimate the gradient noise scale (one extra copy of the gradients)
+    auto_accum: bool = False  # at each epoch boundary, switch accum to the noise scale's suggestion
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("threads", t.threads, "--threads", allow_none=True)
     _positive("checkpoint_every", t.checkpoint_every, "--checkpoint-every", allow_none=True)
     _positive("max_bad_steps", t.max_bad_steps, "--max-bad-steps")
+    if t.auto_accum and not t.noise_scale:
+        raise UserError("--auto-accum follows the noise scale, which --no-noise-scale turns off",
+                        "drop one of the two (noise_scale = true in the config file)")
+    if t.auto_accum and t.accum < 2:
+        raise UserError("--auto-accum needs accum 2 or more: a window of one micro-batch cannot measure "
+                        "the noise scale", "start with e.g. --accum 8")
     if (g.val_rise_warning < 0 or g.trend_epochs < 2 or g.spike_factor <= 1 or g.spike_window < 3
             or g.overfit_gap < 0 or g.underfit_ratio <= 0 or g.plateau_improvement < 0 or g.spike_min_rise < 0):
         raise UserError("diagnosis thresholds are out of range",

@@ -59,6 +59,8 @@ class StepEvent:
     tokens_seen: int
     tokens_per_s: float
     skipped: bool = False  # non-finite loss or gradient: the update was not applied
+    noise_scale: float | None = None  # smoothed B_simple in sequences (noise_scale.py); None until settled
+    suggested_accum: int | None = None  # the accum whose effective batch is nearest the noise scale
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class EpochEvent:
     best_epoch: int | None = None
     epochs_without_improvement: int = 0
     tokens_per_s: float = 0.0  # training tokens of this epoch over its training time
+    noise_scale: float | None = None  # at the epoch's last step (None: no estimate, e.g. accum 1)
+    suggested_accum: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class AccumChangeRequested:
     epoch: int  # requested during this epoch
     step: int
     applies_at_epoch: int
+    auto: bool = False  # asked for by --auto-accum (the noise scale's suggestion), not by a key
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,16 @@ class WindowNorms:
     def window_size(self) -> int:
         return sum(self.micro_sizes)
 
+    @classmethod
+    def from_increments(cls, micro_sizes: Sequence[int], increment_sq_norms: Sequence[float],
+                        window_sq_norm: float) -> "WindowNorms":
+        """From what the engine measures: each micro-step's increment to the accumulated gradient
+        (accumulation.GradientIncrements) and the window's gradient norm, squared. Every sequence
+        has the same number of tokens, so the token shares are the sequence shares."""
+        window = sum(micro_sizes)
+        return cls(tuple(micro_sizes), tuple(micro_sq_norm(sq, window, size)
+                                             for sq, size in zip(increment_sq_norms, micro_sizes)), window_sq_norm)
+
 
 def micro_sq_norm(increment_sq_norm: float, window_tokens: int, micro_tokens: int) -> float:
     """The squared norm of a micro-batch's mean-loss gradient, from the increment it added to the
