@@ -90,7 +90,7 @@ async def test_app_starts_progress_moves_and_plot_gains_points(small_corpus, tmp
         await pilot.pause(0.15)  # a drain tick
         first = squashed(app)
         assert "micro-step 1/2" in first and "epoch 1/2" in first
-        assert "micro-batch 4 x accum 2 (x 1 process) = 8 sequences = 256 tokens per step" in first
+        assert "effective batch 8 = micro-batch 4 x accum 2 (x 1 process)" in first
         assert app.view.step == 0
 
         app.control.resume()
@@ -317,7 +317,8 @@ async def test_renders_at_80x24_60x20_and_wide_and_redraws_on_resize(small_corpu
             assert len(lines) == size[1] and max(len(line) for line in lines) <= size[0]
             for must in ("tui-trainer", "micro-step", "epoch", "tokens/s", "healthy", "q stop"):
                 assert must in text, (size, must)
-            assert ("micro-batch 4 x accum 2" in text) or ("batch 4 x 2" in text)
+            assert "effective batch 8 = " in text, size  # the words, not only the product, at any size
+            assert ("micro-batch 4 x accum 2" in text) or ("= 4 x 2" in text)
             assert app.query_one(LossPlot).size.height >= 4, size
         assert app.screen.has_class("-compact")
         await pilot.resize_terminal(140, 45)
@@ -334,6 +335,7 @@ async def test_help_screen_explains_accumulation_and_diagnoses(small_corpus, tmp
         assert isinstance(app.screen, HelpScreen)
         text = " ".join(app.screen_text().replace("│", " ").split())  # undo the word wrap
         assert "effective batch = micro-batch x accum x processes" in text
+        assert "bigger wastes compute" in text and "smaller wastes steps" in text  # why the noise scale matters
         for verdict in ("healthy", "underfitting", "overfitting", "unstable"):
             assert verdict in text
         app.control.resume()  # training goes on under the help screen; the panels keep up

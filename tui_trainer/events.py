@@ -30,6 +30,8 @@ class RunStarted:
     tokens_seen: int = 0
     notes: tuple[str, ...] = ()
     elapsed_before: float = 0.0  # wall time of the run's earlier sessions (a resumed run goes on counting)
+    noise_scale: bool = False  # the run estimates the gradient noise scale (StepEvent.noise_scale)
+    auto_accum: bool = False  # ... and follows its suggestion at each epoch boundary
 
 
 @dataclass(frozen=True)
