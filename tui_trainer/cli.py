@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE.toml", default=None,
                         help="TOML file with [model] [data] [optim] [train] [diagnosis] tables; flags override it")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    parser.add_argument("--no-noise-scale", dest="noise_scale", action="store_false", default=None,
+                        help="do not estimate the gradient noise scale (saves one copy of the gradients)")
+    parser.add_argument("--auto-accum", action="store_true", default=None,
+                        help="at each epoch boundary, switch accum to the noise scale's suggestion")
     for flag, _section, _name, kind, help_text in FLAGS:
         parser.add_argument(flag, type=kind, default=None, help=help_text)
     return parser
@@ -127,6 +131,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any
             given[f"{section}.{name}"] = value
     if args.compile:
         given["train.compile"] = True
+    if args.noise_scale is not None:
+        given["train.noise_scale"] = args.noise_scale
+    if args.auto_accum:
+        given["train.auto_accum"] = True
     cfg = RunConfig(run_dir=args.run_dir)
     for key, value in given.items():
         section, name = key.split(".")

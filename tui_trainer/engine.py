@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from . import checkpoint as ckpt
-from .accumulation import WindowAborted, accumulate_window
+from .accumulation import GradientIncrements, WindowAborted, accumulate_window
 from .config import RunConfig, validate
 from .control import Control, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from .data import (Corpus, Vocabulary, WindowDataset, epoch_examples, load_corpus, plan_windows, val_batches,
@@ -37,6 +37,7 @@ from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed,
 from .memory import check_fits
 from .metrics import METRICS_FILE, MetricsWriter
 from .model import GPT, make_optimizer
+from .noise_scale import NoiseScaleEstimator, WindowNorms
 from .schedule import lr_at
 
 CONFIG_FILE = "config.json"
@@ -128,6 +129,8 @@ class LoopState:
     finished: str | None = None  # end reason once the run is over
     elapsed_seconds: float = 0.0  # wall time of the run at its last save, earlier sessions included
     last_verdict: list | None = None  # [kind, reason] of the latest diagnosis, at the last save
+    noise_scale_state: dict | None = None  # the noise-scale EMAs (NoiseScaleEstimator.state_dict)
+    accum_decided_epoch: int = 0  # the epoch whose next accum a key or --auto-accum already chose
 
 
 # -- the trainer --------------------------------------------------------------------------------
@@ -203,10 +206,14 @@ class Trainer:
         self.train_set = WindowDataset(self.corpus.train_tokens, cfg.model.block_size, self.device)
         self.val_set = WindowDataset(self.corpus.val_tokens, cfg.model.block_size, self.device)
         self.early_stopping = EarlyStopping(cfg.train.patience, cfg.train.min_delta)
+        # The gradient noise scale: one more copy of the gradients; off = exactly the plain loop.
+        self.increments = GradientIncrements(self.model.parameters()) if cfg.train.noise_scale else None
+        self.noise = NoiseScaleEstimator()
         self.state = LoopState(accum=cfg.train.accum)
         self._resume_accum: int | None = None  # --accum given with --resume: a change at the next epoch boundary
         if resume_state is not None:
             self._load_resume_state(resume_state)
+            self.noise.load_state_dict(self.state.noise_scale_state)
             self._resume_accum = self._accum_given_with_resume((overrides or {}).get("train.accum"))
         else:
             self._write_config()
@@ -232,7 +239,7 @@ class Trainer:
         """The checkpoint's config, with the safe overrides the user gave (each noted); contradictions refused."""
         saved = RunConfig.from_dict(state["config"])
         safe = {"train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
-                "train.checkpoint_every", "train.max_bad_steps", "train.compile",
+                "train.checkpoint_every", "train.max_bad_steps", "train.compile", "train.noise_scale", "train.auto_accum",
                 "data.limit_train_batches", "data.limit_val_batches"}
         merged = saved.replace(run_dir=str(run_dir))
         for key, value in overrides.items():
@@ -429,6 +436,7 @@ class Trainer:
         for command in self.control.drain(wait):
             if isinstance(command, SetAccum):
                 self._request_accum(command.accum)
+                self.state.accum_decided_epoch = self.state.epoch  # --auto-accum leaves this epoch's choice alone
             elif isinstance(command, (TogglePause, SetPaused)):
                 paused = not self._paused if isinstance(command, TogglePause) else command.paused
                 if paused != self._paused:
@@ -437,7 +445,7 @@ class Trainer:
             elif isinstance(command, SaveCheckpoint):
                 self._save_requested = True
 
-    def _request_accum(self, accum: int, at_this_boundary: bool = False) -> None:
+    def _request_accum(self, accum: int, at_this_boundary: bool = False, auto: bool = False) -> None:
         """A change of accumulation steps for the next epoch; with ``at_this_boundary`` (a resume
         at the start of an epoch) for the epoch about to start."""
         accum = max(1, min(1024, accum))
@@ -448,7 +456,7 @@ class Trainer:
             return
         self.state.pending_accum = target
         self.state.pending_accum_epoch = None if target is None else epoch
-        self.sink.emit(AccumChangeRequested(current, accum, self.state.epoch, self.state.step, epoch))
+        self.sink.emit(AccumChangeRequested(current, accum, self.state.epoch, self.state.step, epoch, auto=auto))
 
     def _between_micro_steps(self, paused_seconds: list[float]) -> bool:
         """Called after every micro-step: commands, pause, stop. False = abandon the window."""
@@ -533,7 +541,7 @@ class Trainer:
             str(self.run_dir), str(self.device), self.threads, self.model.num_parameters(), self.corpus.vocab.size,
             self.examples_per_epoch(), self.val_examples(), cfg.train.epochs, cfg.train.micro_batch, st.accum, 1,
             cfg.model.block_size, self.planned_tokens(), st.step, st.epoch, st.tokens_seen, tuple(self.notes),
-            st.elapsed_seconds))
+            st.elapsed_seconds, noise_scale=cfg.train.noise_scale, auto_accum=cfg.train.auto_accum))
         if self._resume_accum is not None:
             self._request_accum(self._resume_accum, at_this_boundary=st.example_cursor == 0)
             self._resume_accum = None
@@ -575,7 +583,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             try:
                 loss_total, tokens = accumulate_window(self.train_model, self.train_set, order, micro_ranges,
-                                                       self.autocast_dtype, between)
+                                                       self.autocast_dtype, between, self.increments)
             except WindowAborted:
                 # Stop mid-window: drop its partial gradient; the checkpoint resumes at its start.
                 self.optimizer.zero_grad(set_to_none=True)
@@ -590,12 +598,18 @@ class Trainer:
             # Clip once per window, after accumulation; the norm is returned either way.
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-            # The one host sync of the step: loss and gradient norm together.
-            loss_sum, norm = torch.stack([loss_total.float(), grad_norm.float()]).tolist()
+            # The one host sync of the step: loss, gradient norm (and each micro-step's) together.
+            micro_sq_norms = self.increments.sq_norms if self.increments is not None else []
+            loss_sum, norm, *micro_sq = torch.stack(
+                [loss_total.float(), grad_norm.float(), *(n.float() for n in micro_sq_norms)]).tolist()
             loss = loss_sum / tokens
             finite = math.isfinite(loss) and math.isfinite(norm)
             if finite:
                 self.optimizer.step()
+                if micro_sq:  # the norms are of the window's gradient before clipping
+                    self.noise.update(WindowNorms.from_increments(
+                        [stop - start for start, stop in micro_ranges], micro_sq, norm * norm))
+                    st.noise_scale_state = self.noise.state_dict()
                 st.bad_steps_in_row = 0
                 st.epoch_loss_sum += loss_sum
                 st.epoch_tokens += tokens
@@ -610,9 +624,12 @@ class Trainer:
             seconds = max(time.perf_counter() - started - paused_seconds[0], 1e-9)
             st.epoch_seconds += seconds
             sequences = micro_ranges[-1][1] - micro_ranges[0][0]
+            noise_scale, suggestion = self.noise.noise_scale, self.noise.suggestion(micro_batch)
             self.sink.emit(StepEvent(st.epoch, step, window_index + 1, len(windows), len(micro_ranges), st.accum,
                                      micro_batch, sequences, tokens, loss, lr, norm, st.tokens_seen,
-                                     tokens / seconds, skipped=not finite))
+                                     tokens / seconds, skipped=not finite, noise_scale=noise_scale,
+                                     suggested_accum=suggestion))
+            self._auto_accum(suggestion, window_index + 1, len(windows))
             self._check_step(loss, step)
             if not finite:
                 self.sink.emit(Notice(f"step {step}: non-finite loss or gradient ({loss:.4g}, norm {norm:.4g}); "
@@ -634,6 +651,17 @@ class Trainer:
                 saved = self._latest_saved == (st.epoch, st.example_cursor, st.step) or self.save("latest")
                 return self._interrupted(saved, f"epoch {st.epoch}, step {st.step}")
         return None
+
+    def _auto_accum(self, suggestion: int | None, step_in_epoch: int, steps_in_epoch: int) -> None:
+        """--auto-accum: from the middle of an epoch, the settled suggestion becomes the pending change
+        for the next one, once per epoch, exactly as a key press (so +/- can still override it).
+        Never below 2: a window of one micro-batch measures nothing, and auto would stay stuck at 1."""
+        st = self.state
+        if (not self.cfg.train.auto_accum or suggestion is None or st.accum_decided_epoch == st.epoch
+                or st.epoch >= self.cfg.train.epochs or 2 * step_in_epoch < steps_in_epoch):
+            return
+        st.accum_decided_epoch = st.epoch
+        self._request_accum(max(2, suggestion), auto=True)
 
     def _check_step(self, loss: float, step: int) -> None:
         """Live verdict on the newest step: a non-finite loss always, a spike once per epoch."""
@@ -689,7 +717,8 @@ class Trainer:
             epoch_done, cfg.train.epochs, train_loss, val_loss, st.accum, effective_batch, st.tokens_seen,
             epoch_seconds, verdict.kind, verdict.reason, verdict.remedy, warning,
             self.early_stopping.best if self.early_stopping.best_epoch else None,
-            self.early_stopping.best_epoch, self.early_stopping.epochs_without_improvement, tokens_per_s))
+            self.early_stopping.best_epoch, self.early_stopping.epochs_without_improvement, tokens_per_s,
+            noise_scale=self.noise.noise_scale, suggested_accum=self.noise.suggestion(cfg.train.micro_batch)))
         # The next epoch starts clean; a checkpoint taken now resumes there.
         st.epoch += 1
         st.example_cursor = 0
