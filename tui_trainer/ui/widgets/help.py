@@ -77,6 +77,7 @@ class HelpScreen(ModalScreen[None]):
             yield Static(Content.from_markup("[b]Gradient accumulation and the effective batch[/b]"),
                          classes="help-title")
             yield Static(ACCUMULATION, classes="help-body", markup=False)
+            yield Static(Content.from_markup("[b]The noise scale: which accum to use[/b]"), classes="help-title")
             yield Static(NOISE_SCALE, classes="help-body", markup=False)
             yield Static(Content.from_markup("[b]Diagnosis[/b] (after each epoch's validation)"),
                          classes="help-title")
