@@ -34,7 +34,7 @@ def run_quick(script: str, tmp_path: Path, timeout: float) -> str:
     ("ui_overhead.py", "vs no-ui"),
     ("threads.py", "threads + UI load"),
     ("noise_scale.py", "time inside the hook"),
-    ("noise_scale_payoff.py", "to reach val loss"),
+    ("noise_scale_payoff.py", "to auto's final"),
 ])
 def test_benchmark_script_runs_quick_and_prints_its_figures(script, expected, tmp_path):
     assert expected in run_quick(script, tmp_path, timeout=120)
