@@ -335,9 +335,12 @@ async def test_help_screen_explains_accumulation_and_diagnoses(small_corpus, tmp
         assert isinstance(app.screen, HelpScreen)
         text = " ".join(app.screen_text().replace("│", " ").split())  # undo the word wrap
         assert "effective batch = micro-batch x accum x processes" in text
-        assert "bigger wastes compute" in text and "smaller wastes steps" in text  # why the noise scale matters
         for verdict in ("healthy", "underfitting", "overfitting", "unstable"):
             assert verdict in text
+        app.screen.query_one("#help-box").scroll_end(animate=False)  # the noise scale is last, a scroll away
+        await pilot.pause(0.1)
+        text = " ".join(app.screen_text().replace("│", " ").split())
+        assert "bigger wastes compute" in text and "smaller wastes steps" in text  # why the noise scale matters
         app.control.resume()  # training goes on under the help screen; the panels keep up
         await wait_for(pilot, lambda: app.view.step >= 5, what="steps under the help screen")
         send_key(app, "escape")

@@ -213,7 +213,8 @@ class Trainer:
         self._resume_accum: int | None = None  # --accum given with --resume: a change at the next epoch boundary
         if resume_state is not None:
             self._load_resume_state(resume_state)
-            self.noise.load_state_dict(self.state.noise_scale_state)
+            if cfg.train.noise_scale:  # (resumed with --no-noise-scale: no stale estimate is reported)
+                self.noise.load_state_dict(self.state.noise_scale_state)
             self._resume_accum = self._accum_given_with_resume((overrides or {}).get("train.accum"))
         else:
             self._write_config()

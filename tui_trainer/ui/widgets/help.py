@@ -77,11 +77,12 @@ class HelpScreen(ModalScreen[None]):
             yield Static(Content.from_markup("[b]Gradient accumulation and the effective batch[/b]"),
                          classes="help-title")
             yield Static(ACCUMULATION, classes="help-body", markup=False)
-            yield Static(Content.from_markup("[b]The noise scale: which accum to use[/b]"), classes="help-title")
-            yield Static(NOISE_SCALE, classes="help-body", markup=False)
             yield Static(Content.from_markup("[b]Diagnosis[/b] (after each epoch's validation)"),
                          classes="help-title")
             yield Static(_diagnoses(), classes="help-body")
+            # last: at 80x24 the sections above fill the box; this one is a scroll away
+            yield Static(Content.from_markup("[b]The noise scale: which accum to use[/b]"), classes="help-title")
+            yield Static(NOISE_SCALE, classes="help-body", markup=False)
 
     def action_close(self) -> None:
         self.dismiss(None)
