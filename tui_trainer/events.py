@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunStarted:
     run_dir: str
     device: str
@@ -34,7 +34,7 @@ class RunStarted:
     auto_accum: bool = False  # ... and follows its suggestion at each epoch boundary
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MicroStep:
     epoch: int
     step: int  # the optimizer step this micro-step belongs to (1-based, global)
@@ -44,7 +44,7 @@ class MicroStep:
     steps_in_epoch: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StepEvent:
     epoch: int
     step: int
@@ -65,7 +65,7 @@ class StepEvent:
     suggested_accum: int | None = None  # the accum whose effective batch is nearest the noise scale
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EpochEvent:
     epoch: int
     epochs: int
@@ -87,7 +87,7 @@ class EpochEvent:
     suggested_accum: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DiagnosisEvent:
     """A verdict between epochs (a non-finite step, a spike, divergence): shown at once."""
 
@@ -98,7 +98,7 @@ class DiagnosisEvent:
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccumChangeRequested:
     old: int
     new: int
@@ -108,7 +108,7 @@ class AccumChangeRequested:
     auto: bool = False  # asked for by --auto-accum (the noise scale's suggestion), not by a key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccumChangeApplied:
     old: int
     new: int
@@ -116,19 +116,19 @@ class AccumChangeApplied:
     step: int  # last optimizer step before the change
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Paused:
     epoch: int
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Resumed:
     epoch: int
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointSaved:
     kind: str  # "latest" or "best"
     path: str
@@ -137,19 +137,19 @@ class CheckpointSaved:
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointFailed:
     kind: str
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Notice:
     message: str
     level: str = "info"  # info | warning | error
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunEnded:
     reason: str  # completed | early_stop | interrupted | error
     epochs: int  # epochs completed
