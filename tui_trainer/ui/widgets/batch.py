@@ -29,7 +29,10 @@ class BatchPanel(Panel):
     def key(self, view: RunView, now: float):
         return (view.micro_batch, view.accum, view.processes, view.block_size, view.pending_accum,
                 view.requested_accum, view.epoch, view.epochs, view.ended, view.noise_scale_on,
-                view.noise_scale, view.suggested_accum, view.pending_auto)
+                # as shown (2 significant figures): the estimate moves every step, the text rarely,
+                # and each new key costs this panel a re-layout
+                None if view.noise_scale is None else noise_scale_words(view.noise_scale),
+                view.suggested_accum, view.pending_auto)
 
     def _room(self) -> int:
         return self.size.width - self.styles.gutter.width if self.size.width else 10_000
