@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = saved_for_backward_bytes(model, inputs, targets)
         estimate = activation_estimate_bytes(model_cfg.n_layer, model_cfg.n_embd, model_cfg.vocab_size, tokens)
         record["peak_minus_baseline"] = peak - record["baseline"]
-        floor = training_bytes_floor(RunConfig(model=model_cfg, train=TrainConfig(micro_batch=micro_batch)),
+        floor = training_bytes_floor(RunConfig(model=model_cfg, train=TrainConfig(micro_batch=micro_batch, accum=accum)),
                                      args.device.split(":")[0])
         floors.append(peak / floor)
         rows.append([f"{micro_batch} x {accum}", f"{micro_batch * accum}", f"{record['baseline'] / MIB:,.0f}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tui_trainer.accumulation import WindowAborted, accumulate_window
+from tui_trainer.accumulation import GradientIncrements, WindowAborted, accumulate_window
 from tui_trainer.config import ModelConfig
 from tui_trainer.data import WindowDataset, plan_windows
 from tui_trainer.model import GPT
@@ -103,3 +103,37 @@ def test_plan_windows_covers_every_example_once_with_a_short_last_window():
     assert flat == list(range(45))
     assert all(len(w) == 3 for w in windows[:-1])
     assert [stop - start for start, stop in windows[-1]] == [4, 4, 1]  # 45 = 3 * 12 + 9
+
+
+@pytest.mark.parametrize("micro_batch, count", [(8, 32), (8, 21)])
+def test_gradient_increments_are_each_micro_batch_own_gradient_and_change_nothing(micro_batch, count):
+    """The noise-scale hook measures what each micro-step added (including a short last one) and
+    leaves the accumulated gradient bit for bit as it was."""
+    model, data = _setup(torch.float64)
+    indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(4))[:count]
+    ranges = plan_windows(count, micro_batch=micro_batch, accum=4)[0]
+    window_tokens = count * data.block_size
+    expected = []
+    for start, stop in ranges:  # each micro-batch alone, with the window's 1/tokens scaling
+        model.zero_grad(set_to_none=True)
+        inputs, targets = data.batch(indices[start:stop])
+        (model.loss_sum(inputs, targets) / window_tokens).backward()
+        expected.append(sum(float(p.grad.square().sum()) for p in model.parameters()))
+    plain = _accumulated_grads(model, data, indices, ranges)
+    model.zero_grad(set_to_none=True)
+    increments = GradientIncrements(model.parameters())
+    accumulate_window(model, data, indices, ranges, increments=increments)
+    assert [float(n) for n in increments.sq_norms] == pytest.approx(expected, rel=1e-9)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), plain))
+    # a second window reuses the copy: still each micro-batch's own
+    model.zero_grad(set_to_none=True)
+    accumulate_window(model, data, indices, ranges, increments=increments)
+    assert [float(n) for n in increments.sq_norms] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_window_of_one_micro_batch_measures_no_increment():
+    model, data = _setup(torch.float32)
+    increments = GradientIncrements(model.parameters())
+    accumulate_window(model, data, torch.arange(8), plan_windows(8, micro_batch=8, accum=1)[0],
+                      increments=increments)
+    assert increments.sq_norms == []

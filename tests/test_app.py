@@ -92,7 +92,7 @@ async def test_app_starts_progress_moves_and_plot_gains_points(small_corpus, tmp
         await pilot.pause(0.15)  # a drain tick
         first = squashed(app)
         assert "micro-step 1/2" in first and "epoch 1/2" in first
-        assert "micro-batch 4 x accum 2 (x 1 process) = 8 sequences = 256 tokens per step" in first
+        assert "effective batch 8 = micro-batch 4 x accum 2 (x 1 process)" in first
         assert app.view.step == 0
 
         app.control.resume()
@@ -322,7 +322,8 @@ async def test_renders_at_80x24_60x20_and_wide_and_redraws_on_resize(small_corpu
             assert app.query_one(DiagnosisBanner).has_class("-learning")  # its own colour
             for must in ("tui-trainer", "micro-step", "epoch", "tokens/s", "learning", "q stop"):
                 assert must in text, (size, must)
-            assert ("micro-batch 4 x accum 2" in text) or ("batch 4 x 2" in text)
+            assert "effective batch 8 = " in text, size  # the words, not only the product, at any size
+            assert ("micro-batch 4 x accum 2" in text) or ("= 4 x 2" in text)
             assert app.query_one(LossPlot).size.height >= 4, size
         assert app.screen.has_class("-compact")
         await pilot.resize_terminal(140, 45)
@@ -341,6 +342,10 @@ async def test_help_screen_explains_accumulation_and_diagnoses(small_corpus, tmp
         assert "effective batch = micro-batch x accum x processes" in text
         for verdict in ("learning", "healthy", "underfitting", "overfitting", "unstable"):
             assert verdict in text
+        app.screen.query_one("#help-box").scroll_end(animate=False)  # the noise scale is last, a scroll away
+        await pilot.pause(0.1)
+        text = " ".join(app.screen_text().replace("│", " ").split())
+        assert "bigger wastes compute" in text and "smaller wastes steps" in text  # why the noise scale matters
         app.control.resume()  # training goes on under the help screen; the panels keep up
         await wait_for(pilot, lambda: app.view.step >= 5, what="steps under the help screen")
         send_key(app, "escape")

@@ -41,3 +41,15 @@ def test_y_ticks_are_round_numbers_inside_the_range():
 def test_legend_names_the_step_line_it_draws():
     assert "train/step EMA" in legend(smooth=True) and "val/epoch" in legend(smooth=True)
     assert "EMA" not in legend(smooth=False)
+
+
+def test_smoothed_step_line_starts_at_the_first_loss_and_survives_a_skipped_step():
+    """Bias-corrected, as Adam and TensorBoard: no drag toward 0 (or toward step 1) at the start."""
+    plot = LossPlot()
+    xs, losses = falling_run(30)
+    plot._extend_ema(losses[:10])
+    assert plot._ema[0] == losses[0]
+    assert all(low <= ema <= high for ema, low, high in zip(plot._ema, losses[:10], [losses[0]] * 10))
+    assert plot._ema[9] < losses[0] - 0.5 * (losses[0] - losses[9])  # it keeps up, not 0.65 of the way back
+    plot._extend_ema(losses[:10] + [float("nan")] + losses[11:])  # a skipped step's NaN loss
+    assert all(math.isfinite(ema) for ema in plot._ema) and len(plot._ema) == 30

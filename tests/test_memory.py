@@ -42,10 +42,19 @@ def test_a_run_that_cannot_fit_is_refused_before_it_starts_and_a_normal_one_pass
 
 
 def test_bf16_autocast_halves_the_activations_in_the_floor():
-    cfg = RunConfig(model=ModelConfig(vocab_size=65, dropout=0.0), train=TrainConfig(micro_batch=64))
+    cfg = RunConfig(model=ModelConfig(vocab_size=65, dropout=0.0), train=TrainConfig(micro_batch=64, noise_scale=False))
     state = 4 * parameter_count(cfg.model) * 4
     fp32 = training_bytes_floor(cfg, "cuda") - state
     assert training_bytes_floor(cfg, "cuda", autocast_bf16=True) - state == fp32 // 2
+
+
+def test_the_noise_scale_counts_one_more_copy_of_the_gradients():
+    without = RunConfig(model=ModelConfig(vocab_size=65), train=TrainConfig(noise_scale=False))
+    with_it = without.replace(train=TrainConfig(noise_scale=True))
+    extra = training_bytes_floor(with_it, "cpu") - training_bytes_floor(without, "cpu")
+    assert extra == parameter_count(without.model) * 4
+    one_micro_batch = without.replace(train=TrainConfig(noise_scale=True, accum=1))  # nothing to measure
+    assert training_bytes_floor(one_micro_batch, "cpu") == training_bytes_floor(without, "cpu")
 
 
 def test_a_container_memory_limit_counts(tmp_path):

@@ -22,8 +22,8 @@ from tui_trainer.ui.view import RunView
 TRAIN_BATCHES = 20
 STEPS_PER_EPOCH = 7
 STEP_KEYS = ("epoch", "step", "step_in_epoch", "micro_steps", "accum", "effective_batch", "tokens", "loss", "lr",
-             "grad_norm", "tokens_seen", "skipped")
-EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "accum", "tokens_seen", "best_val_loss", "best_epoch")
+             "grad_norm", "tokens_seen", "skipped", "noise_scale", "suggested_accum")
+EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "accum", "tokens_seen", "best_val_loss", "best_epoch", "noise_scale")
 
 
 def resume_config(corpus: Path, run_dir: Path, **train):

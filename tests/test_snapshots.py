@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 from tui_trainer.events import (AccumChangeRequested, EpochEvent, MicroStep, Paused, RunEnded, RunStarted,
                                 StepEvent)
+from tui_trainer.noise_scale import suggested_accum
 from tui_trainer.ui.factory import create_replay_app
 
 RUN_DIR = "runs/20260101-120000"
@@ -140,3 +142,23 @@ def test_error_panel_and_paused_state_at_60x20(snap_compare):
                        "the last good checkpoint is intact")]
     app, run_before = replay(events, elapsed=301.0)
     assert snap_compare(app, terminal_size=(60, 20), run_before=run_before)
+
+
+def with_noise_scale(events: list, settle_at_step: int = 40) -> list:
+    """The same run, measuring the noise scale: it settles at ``settle_at_step`` and grows as the loss falls."""
+    out = []
+    for event in events:
+        if isinstance(event, RunStarted):
+            event = replace(event, noise_scale=True)
+        elif isinstance(event, StepEvent) and event.step >= settle_at_step:
+            scale = 150 + 0.8 * event.step
+            event = replace(event, noise_scale=scale, suggested_accum=suggested_accum(scale, MICRO_BATCH))
+        out.append(event)
+    return out
+
+
+def test_batch_panel_with_a_noise_scale_suggestion_taken_up_by_auto_accum(snap_compare):
+    events = with_noise_scale([started(), *recorded_epochs(3), *mid_epoch(4, 20, 5)])
+    events.append(AccumChangeRequested(old=8, new=16, epoch=4, step=200, applies_at_epoch=5, auto=True))
+    app, run_before = replay(events)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)

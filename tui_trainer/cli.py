@@ -116,6 +116,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                      help=with_default("torch.compile the model", default_of("train", "compile")))
     for flag, group, section, name, kind, help_text in FLAGS:
         groups[group].add_argument(flag, type=kind, default=None, help=with_default(help_text, default_of(section, name)))
+    groups[OPTIM].add_argument("--no-noise-scale", dest="noise_scale", action="store_false", default=None,
+                               help=with_default("do not estimate the gradient noise scale (saves one copy of the "
+                                                 "gradients)", "estimated"))
+    groups[OPTIM].add_argument("--auto-accum", action="store_true", default=None, help=with_default(
+        "at each epoch boundary, accum becomes the noise scale's suggestion", default_of("train", "auto_accum")))
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
@@ -131,6 +136,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any
             given[f"{section}.{name}"] = value
     if args.compile:
         given["train.compile"] = True
+    if args.noise_scale is not None:
+        given["train.noise_scale"] = args.noise_scale
+    if args.auto_accum:
+        given["train.auto_accum"] = True
     cfg = RunConfig(run_dir=args.run_dir)
     for key, value in given.items():
         section, name = key.split(".")

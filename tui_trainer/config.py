@@ -82,6 +82,8 @@ class TrainConfig:
     max_bad_steps: int = 3  # consecutive non-finite steps before the run stops
     compile: bool = False  # torch.compile the model
     sample_tokens: int = 200  # a text sample of this many tokens after each epoch's validation (0 = off)
+    noise_scale: bool = True  # estimate the gradient noise scale (one extra copy of the gradients)
+    auto_accum: bool = False  # at each epoch boundary, switch accum to the noise scale's suggestion
 
 
 @dataclass(frozen=True)
@@ -293,6 +295,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     if t.sample_tokens < 0:
         raise UserError(f"--sample-tokens must be 0 (off) or more, got {t.sample_tokens}",
                         "use e.g. --sample-tokens 200")
+    if t.auto_accum and not t.noise_scale:
+        raise UserError("--auto-accum follows the noise scale, which --no-noise-scale turns off",
+                        "drop one of the two (noise_scale = true in the config file)")
+    if t.auto_accum and t.accum < 2:
+        raise UserError("--auto-accum needs accum 2 or more: a window of one micro-batch cannot measure "
+                        "the noise scale", "start with e.g. --accum 8")
     if (g.val_rise_warning < 0 or g.trend_epochs < 2 or g.confirm_epochs < 1 or g.spike_factor <= 1
             or g.spike_window < 3 or g.overfit_gap < 0 or g.val_margin < 0 or g.underfit_ratio <= 0
             or g.plateau_improvement < 0 or not 0 <= g.schedule_tail <= 1 or g.spike_min_rise < 0

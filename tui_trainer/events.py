@@ -31,6 +31,8 @@ class RunStarted:
     notes: tuple[str, ...] = ()
     elapsed_before: float = 0.0  # wall time of the run's earlier sessions (a resumed run goes on counting)
     sample_tokens: int = 0  # tokens of the text sample after each epoch (0 = none)
+    noise_scale: bool = False  # the run estimates the gradient noise scale (StepEvent.noise_scale)
+    auto_accum: bool = False  # ... and follows its suggestion at each epoch boundary
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +62,8 @@ class StepEvent:
     tokens_seen: int
     tokens_per_s: float
     skipped: bool = False  # non-finite loss or gradient: the update was not applied
+    noise_scale: float | None = None  # smoothed B_simple in sequences (noise_scale.py); None until settled
+    suggested_accum: int | None = None  # the accum whose effective batch is nearest the noise scale
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +95,8 @@ class SampleEvent:
     step: int
     text: str
     seconds: float  # how long generating it held up training
+    noise_scale: float | None = None  # at the epoch's last step (None: no estimate, e.g. accum 1)
+    suggested_accum: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +117,7 @@ class AccumChangeRequested:
     epoch: int  # requested during this epoch
     step: int
     applies_at_epoch: int
+    auto: bool = False  # asked for by --auto-accum (the noise scale's suggestion), not by a key
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -61,6 +61,8 @@ class HeadlessLog:
                         f"({event.effective_batch // event.accum}x{event.accum}) "
                         f"tokens/s={event.tokens_per_s:,.0f} "
                         f"diagnosis={event.diagnosis}: {event.diagnosis_reason}")
+            if event.noise_scale is not None:
+                self._print(f"noise scale ~{event.noise_scale:,.0f} sequences -> suggests accum {event.suggested_accum}")
             if event.val_rise_warning:
                 self._print(f"warning: {event.val_rise_warning}")
             if event.remedy not in PLAIN_REMEDIES:  # "keep training" every epoch would be noise
@@ -72,7 +74,7 @@ class HeadlessLog:
         elif isinstance(event, DiagnosisEvent):
             self._print(f"diagnosis={event.kind} at step {event.step}: {event.reason}; remedy: {event.remedy}")
         elif isinstance(event, AccumChangeRequested):
-            self._print(f"accum {event.old} -> {event.new} requested at step {event.step}; "
+            self._print(f"accum {event.old} -> {event.new} {'suggested by the noise scale' if event.auto else 'requested'} at step {event.step}; "
                         f"applies at epoch {event.applies_at_epoch}")
         elif isinstance(event, AccumChangeApplied):
             self._print(f"accum {event.old} -> {event.new} applied at the start of epoch {event.epoch}")

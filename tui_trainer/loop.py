@@ -24,6 +24,7 @@ from .data import epoch_examples, plan_windows, val_batches
 from .diagnosis import SchedulePosition, diagnose, step_verdict, val_rise_warning
 from .events import (AccumChangeApplied, DiagnosisEvent, EpochEvent, MicroStep, Notice, RunEnded, RunStarted,
                      StepEvent)
+from .noise_scale import WindowNorms
 from .runtime import capture_rng
 from .session import TrainingSession
 
@@ -65,7 +66,8 @@ class Trainer(TrainingSession):
             micro_batch=cfg.train.micro_batch, accum=st.accum, processes=1, block_size=cfg.model.block_size,
             planned_tokens=self.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
             tokens_seen=st.tokens_seen, notes=tuple(self.notes), elapsed_before=st.elapsed_seconds,
-            sample_tokens=cfg.train.sample_tokens))
+            sample_tokens=cfg.train.sample_tokens, noise_scale=cfg.train.noise_scale,
+            auto_accum=cfg.train.auto_accum))
         if self._outstanding_end is not None:
             # Training was done; only the `end` record was missing (a stop during the final
             # validation or save of an older version, or a kill just before the record).
@@ -124,7 +126,7 @@ class Trainer(TrainingSession):
         self.optimizer.zero_grad(set_to_none=True)
         try:
             loss_total, tokens = accumulate_window(self.train_model, self.train_set, order, micro_ranges,
-                                                   self.autocast_dtype, between)
+                                                   self.autocast_dtype, between, self.increments)
         except WindowAborted:
             # Stop mid-window: drop its partial gradient; the checkpoint resumes at its start.
             self.optimizer.zero_grad(set_to_none=True)
@@ -132,7 +134,7 @@ class Trainer(TrainingSession):
             return self._interrupted(saved, f"epoch {st.epoch}, step {st.step}")
         if step in self.inject_nan_steps:
             loss_total = loss_total * float("nan")
-        lr, loss_sum, norm = self._optimizer_step(loss_total, tokens)
+        lr, loss_sum, norm = self._optimizer_step(loss_total, tokens, micro_ranges)
         loss = loss_sum / tokens
         finite = math.isfinite(loss) and math.isfinite(norm)
         if finite:
@@ -152,7 +154,9 @@ class Trainer(TrainingSession):
             epoch=st.epoch, step=step, step_in_epoch=window_index + 1, steps_in_epoch=len(windows),
             micro_steps=len(micro_ranges), accum=st.accum, micro_batch=cfg.train.micro_batch,
             effective_batch=micro_ranges[-1][1] - micro_ranges[0][0], tokens=tokens, loss=loss, lr=lr,
-            grad_norm=norm, tokens_seen=st.tokens_seen, tokens_per_s=tokens / seconds, skipped=not finite))
+            grad_norm=norm, tokens_seen=st.tokens_seen, tokens_per_s=tokens / seconds, skipped=not finite,
+            noise_scale=self.noise.noise_scale, suggested_accum=self.noise.suggestion(cfg.train.micro_batch)))
+        self._auto_accum(window_index + 1, len(windows))
         self._check_step(loss, step)
         if not finite:
             outcome = self._after_a_non_finite_step(loss, norm, step)
@@ -172,9 +176,11 @@ class Trainer(TrainingSession):
 
     # -- a step: the window's gradient becomes one update ----------------------------------------
 
-    def _optimizer_step(self, loss_total: torch.Tensor, tokens: int) -> tuple[float, float, float]:
-        """LR, clip, one host sync, and the update unless the loss or norm is not finite.
-        Returns (lr, summed loss of the window, gradient norm before clipping)."""
+    def _optimizer_step(self, loss_total: torch.Tensor, tokens: int,
+                        micro_ranges: list[tuple[int, int]]) -> tuple[float, float, float]:
+        """LR, clip, one host sync, and the update unless the loss or norm is not finite (then the
+        noise-scale estimate takes in the window's norms). Returns (lr, summed loss of the window,
+        gradient norm before clipping)."""
         # The LR of the tokens seen once this step is taken: the first step of a warm-up learns too.
         lr = self.lr_for(self.state.tokens_seen + tokens)
         for group in self.optimizer.param_groups:
@@ -182,12 +188,30 @@ class Trainer(TrainingSession):
         # Clip once per window, after accumulation; the norm is returned either way.
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        # The one host sync of the step: loss and gradient norm together.
-        loss_sum, norm = torch.stack([loss_total.float(), grad_norm.float()]).tolist()
+        # The one host sync of the step: loss, gradient norm (and each micro-step's) together.
+        micro_sq_norms = self.increments.sq_norms if self.increments is not None else []
+        loss_sum, norm, *micro_sq = torch.stack(
+            [loss_total.float(), grad_norm.float(), *(n.float() for n in micro_sq_norms)]).tolist()
         if math.isfinite(loss_sum / tokens) and math.isfinite(norm):
             self.optimizer.step()
+            if micro_sq:  # the window's norm before clipping, as the micro-steps' are
+                self.noise.update(WindowNorms.from_increments([stop - start for start, stop in micro_ranges],
+                                                              micro_sq, norm * norm))
+                self.state.noise_scale_state = self.noise.state_dict()
         self.optimizer.zero_grad(set_to_none=True)
         return lr, loss_sum, norm
+
+    def _auto_accum(self, step_in_epoch: int, steps_in_epoch: int) -> None:
+        """--auto-accum: from the middle of an epoch, the settled suggestion becomes the pending change
+        for the next one, once per epoch, exactly as a key press (so +/- can still override it).
+        Never below 2: a window of one micro-batch measures nothing, and auto would stay stuck at 1."""
+        st = self.state
+        suggestion = self.noise.suggestion(self.cfg.train.micro_batch)
+        if (not self.cfg.train.auto_accum or suggestion is None or st.accum_decided_epoch == st.epoch
+                or st.epoch >= self.cfg.train.epochs or 2 * step_in_epoch < steps_in_epoch):
+            return
+        st.accum_decided_epoch = st.epoch
+        self._request_accum(max(2, suggestion), auto=True)
 
     def _after_a_non_finite_step(self, loss: float, norm: float, step: int) -> RunEnded | None:
         """A skipped update is a warning; ``max_bad_steps`` of them in a row end the run."""
@@ -265,7 +289,8 @@ class Trainer(TrainingSession):
             diagnosis_reason=verdict.reason, remedy=verdict.remedy, val_rise_warning=warning,
             best_val_loss=best.best if best.best_epoch else None, best_epoch=best.best_epoch,
             epochs_without_improvement=best.epochs_without_improvement,
-            tokens_per_s=st.epoch_tokens / st.epoch_seconds if st.epoch_seconds else 0.0, sample=sample))
+            tokens_per_s=st.epoch_tokens / st.epoch_seconds if st.epoch_seconds else 0.0, sample=sample,
+            noise_scale=self.noise.noise_scale, suggested_accum=self.noise.suggestion(cfg.train.micro_batch)))
         # The next epoch starts clean; a checkpoint taken now resumes there.
         st.epoch += 1
         st.example_cursor = 0

@@ -26,3 +26,5 @@ class LoopState:
     finished: str | None = None  # end reason once the run is over
     elapsed_seconds: float = 0.0  # wall time of the run at its last save, earlier sessions included
     last_verdict: dict | list | None = None  # the latest Diagnosis.to_state() (hysteresis); [kind, reason] before issue 17
+    noise_scale_state: dict | None = None  # the noise-scale EMAs (NoiseScaleEstimator.state_dict)
+    accum_decided_epoch: int = 0  # the epoch whose next accum a key or --auto-accum already chose

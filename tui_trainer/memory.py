@@ -64,12 +64,14 @@ def saved_for_backward_bytes(model: torch.nn.Module, inputs: torch.Tensor, targe
 
 def training_bytes_floor(cfg: RunConfig, device_type: str, train_windows: int | None = None,
                          autocast_bf16: bool = False) -> int:
-    """Weights, gradients, AdamW's two moments, and the activations of the largest micro-batch
+    """Weights, gradients, AdamW's two moments (and the noise scale's copy of the gradients), and the activations of the largest micro-batch
     (never more sequences than the training split holds: ``train_windows``)."""
     m = cfg.model
     micro_batch = min(cfg.train.micro_batch, train_windows) if train_windows else cfg.train.micro_batch
     width = BF16_BYTES if autocast_bf16 else BYTES_PER_FLOAT
-    state = 4 * parameter_count(m) * BYTES_PER_FLOAT
+    # the noise-scale estimate keeps one more copy of the gradients (accumulation.GradientIncrements)
+    copies = 5 if cfg.train.noise_scale and cfg.train.accum > 1 else 4
+    state = copies * parameter_count(m) * BYTES_PER_FLOAT
     activations = activation_estimate_bytes(m.n_layer, m.n_embd, m.vocab_size, micro_batch * m.block_size, width)
     return state + activations + attention_matrix_bytes(m, micro_batch, device_type, width)
 
@@ -133,7 +135,9 @@ def check_fits(cfg: RunConfig, device: torch.device, train_windows: int | None =
     if free is None or need <= free:
         return
     m, t = cfg.model, cfg.train
-    state = 4 * parameter_count(m) * BYTES_PER_FLOAT
+    # the noise-scale estimate keeps one more copy of the gradients (accumulation.GradientIncrements)
+    copies = 5 if cfg.train.noise_scale and cfg.train.accum > 1 else 4
+    state = copies * parameter_count(m) * BYTES_PER_FLOAT
     if state > free:
         raise UserError(
             f"this model ({parameter_count(m):,} parameters) needs at least {_gib(state)} for its weights, "

@@ -33,6 +33,7 @@ RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINT_DIR)
 SAFE_RESUME_OVERRIDES = frozenset({
     "train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
     "train.checkpoint_every", "train.max_bad_steps", "train.compile", "train.sample_tokens",
+    "train.noise_scale", "train.auto_accum",
     "data.limit_train_batches", "data.limit_val_batches", "data.cache_dir"})
 
 

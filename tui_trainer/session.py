@@ -31,7 +31,9 @@ from .checkpoint_contents import check_contents
 from .loop_state import LoopState
 from .memory import check_fits
 from .metrics import MetricsWriter
+from .accumulation import GradientIncrements
 from .model import GPT, make_optimizer
+from .noise_scale import NoiseScaleEstimator
 from .runtime import capture_rng, choose_threads, pick_device, restore_rng
 from .sampling import LiveSampler
 from .schedule import lr_at
@@ -105,10 +107,15 @@ class TrainingSession:
         self.train_set = WindowDataset(self.corpus.train_tokens, cfg.model.block_size, self.device)
         self.val_set = WindowDataset(self.corpus.val_tokens, cfg.model.block_size, self.device)
         self.early_stopping = EarlyStopping(cfg.train.patience, cfg.train.min_delta)
+        # The gradient noise scale: one more copy of the gradients; off = exactly the plain loop.
+        self.increments = GradientIncrements(self.model.parameters()) if cfg.train.noise_scale else None
+        self.noise = NoiseScaleEstimator()
         self.state = LoopState(accum=cfg.train.accum)
         self._resume_accum: int | None = None  # --accum given with --resume: a change at the next epoch boundary
         if resume_state is not None:
             self._load_resume_state(resume_state)
+            if cfg.train.noise_scale:  # (resumed with --no-noise-scale: no stale estimate is reported)
+                self.noise.load_state_dict(self.state.noise_scale_state)
             self._resume_accum = rd.accum_given_with_resume(self.state, (overrides or {}).get("train.accum"),
                                                             cfg.train.epochs, self.notes)
         # config.json is the resolved config: a resume rewrites it with what it merged (and recreates it).
@@ -220,6 +227,7 @@ class TrainingSession:
         for command in self.control.drain(wait):
             if isinstance(command, SetAccum):
                 self._request_accum(command.accum)
+                self.state.accum_decided_epoch = self.state.epoch  # --auto-accum leaves this epoch's choice alone
             elif isinstance(command, (TogglePause, SetPaused)):
                 paused = not self._paused if isinstance(command, TogglePause) else command.paused
                 if paused != self._paused:
@@ -230,7 +238,7 @@ class TrainingSession:
             elif isinstance(command, SampleNow):
                 self._sample_requested = True
 
-    def _request_accum(self, accum: int, at_this_boundary: bool = False) -> None:
+    def _request_accum(self, accum: int, at_this_boundary: bool = False, auto: bool = False) -> None:
         """A change of accumulation steps for the next epoch; with ``at_this_boundary`` (a resume
         at the start of an epoch) for the epoch about to start."""
         accum = max(1, min(1024, accum))
@@ -242,7 +250,7 @@ class TrainingSession:
         self.state.pending_accum = target
         self.state.pending_accum_epoch = None if target is None else epoch
         self.sink.emit(AccumChangeRequested(old=current, new=accum, epoch=self.state.epoch, step=self.state.step,
-                                            applies_at_epoch=epoch))
+                                            applies_at_epoch=epoch, auto=auto))
 
     def _between_micro_steps(self, paused_seconds: list[float]) -> bool:
         """Called after every micro-step: commands, pause, stop. False = abandon the window."""

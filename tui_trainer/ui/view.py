@@ -72,6 +72,11 @@ class RunView:
     pending_accum: int | None = None  # confirmed by the engine, applies at the next epoch
     requested_accum: int | None = None  # sent by a key, not yet confirmed (None = nothing in flight)
     pause_requested: bool | None = None  # sent by a key, not yet confirmed
+    pending_auto: bool = False  # the pending change came from --auto-accum, not a key
+    # -- the gradient noise scale (noise_scale.py) ---------------------------------------------
+    noise_scale_on: bool = False  # the run estimates it (not --no-noise-scale)
+    noise_scale: float | None = None  # smoothed B_simple in sequences; None until it settles
+    suggested_accum: int | None = None
     # -- losses ------------------------------------------------------------------------------
     step_numbers: list[int] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)  # finite losses only
@@ -126,6 +131,7 @@ class RunView:
         self.epoch, self.notes = e.start_epoch, tuple(e.notes)
         self.started_at, self.elapsed_before = now, e.elapsed_before
         self.sample_tokens = e.sample_tokens
+        self.noise_scale_on = e.noise_scale
 
     def _on_MicroStep(self, e, now: float) -> None:
         if e.step <= self.step:
@@ -139,6 +145,8 @@ class RunView:
         self.micro_step = self.micro_steps = e.micro_steps
         self.tokens_seen, self.lr, self.grad_norm = e.tokens_seen, e.lr, e.grad_norm
         self.accum = e.accum
+        if not e.skipped:  # a skipped step measured nothing: the last estimate stands
+            self.noise_scale, self.suggested_accum = e.noise_scale, e.suggested_accum
         if e.tokens_per_s > 0:
             self._throughput.append((e.tokens, e.tokens / e.tokens_per_s))
         if e.skipped or not math.isfinite(e.loss):
@@ -173,6 +181,7 @@ class RunView:
 
     def _on_AccumChangeRequested(self, e, now: float) -> None:
         self.pending_accum = None if e.new == self.accum else e.new
+        self.pending_auto = e.auto
         if self.requested_accum == e.new:
             self.requested_accum = None
 

@@ -1,4 +1,4 @@
-"""The effective batch, and an accumulation change waiting for the next epoch."""
+"""The effective batch, the noise scale's suggestion, and an accumulation change waiting for the next epoch."""
 
 from __future__ import annotations
 
@@ -8,9 +8,16 @@ from ..view import RunView
 from .base import Panel
 
 
+def noise_scale_words(scale: float) -> str:
+    """Two significant figures: the estimate is not better than that (310, 1,200, 45)."""
+    rounded = float(f"{scale:.2g}")
+    return f"{rounded:,.0f}" if rounded >= 10 else f"{rounded:.2g}"
+
+
 class BatchPanel(Panel):
-    """`micro-batch 16 x accum 8 (x 1 process) = 128 sequences = 16,384 tokens per step`
-    then `accum 8 -> 16 at next epoch` while a change is pending."""
+    """`effective batch 128 = micro-batch 16 x accum 8 (x 1 process) = 16,384 tokens per step`,
+    then `accum 8 -> 16 at next epoch` while a change is pending and `noise scale ~ 310 seq ->
+    suggests accum 16` once the estimate has settled (on one line when both fit)."""
 
     AUTO_HEIGHT = True
     COMPONENT_CLASSES = {"batch--value", "batch--dim", "batch--pending"}
@@ -21,7 +28,14 @@ class BatchPanel(Panel):
 
     def key(self, view: RunView, now: float):
         return (view.micro_batch, view.accum, view.processes, view.block_size, view.pending_accum,
-                view.requested_accum, view.epoch, view.epochs, view.ended)
+                view.requested_accum, view.epoch, view.epochs, view.ended, view.noise_scale_on,
+                # as shown (2 significant figures): the estimate moves every step, the text rarely,
+                # and each new key costs this panel a re-layout
+                None if view.noise_scale is None else noise_scale_words(view.noise_scale),
+                view.suggested_accum, view.pending_auto)
+
+    def _room(self) -> int:
+        return self.size.width - self.styles.gutter.width if self.size.width else 10_000
 
     def build(self, view: RunView, now: float) -> Text:
         value = self.get_component_rich_style("batch--value")
@@ -33,30 +47,74 @@ class BatchPanel(Panel):
         mb, accum, eff, tokens = (str(view.micro_batch), str(view.accum), f"{view.effective_batch:,}",
                                   f"{view.tokens_per_step:,}")
         processes = f"{view.processes} process" + ("es" if view.processes != 1 else "")
-        # (text, is a number) pieces: the long form on one line if it fits, then the same with
-        # "tokens/step", then two lines, then the short form.
-        long = [("micro-batch ", 0), (mb, 1), (" x accum ", 0), (accum, 1), (f" (x {processes})", 0),
-                (" = ", 0), (eff, 1), (" sequences = ", 0), (tokens, 1), (" tokens per step", 0)]
-        medium = long[:-1] + [(" tokens/step", 0)]
-        two_lines = long[:5] + [("\n= ", 0)] + long[6:]
-        short = [("batch ", 0), (mb, 1), (" x ", 0), (accum, 1), (f" (x{view.processes}) = ", 0), (eff, 1),
-                 (" seq = ", 0), (tokens, 1), (" tokens/step", 0)]
-        room = self.size.width - self.styles.gutter.width if self.size.width else 10_000
-        forms = (long, medium, two_lines) if self.app.size.height >= 30 else (long, medium)  # rows are dear
+        # (text, is a number) pieces: the long form if it fits, then shorter ones; "effective batch"
+        # stays in every form (it is the word the help and the seed use).
+        product = [("effective batch ", 0), (eff, 1), (" = micro-batch ", 0), (mb, 1), (" x accum ", 0),
+                   (accum, 1), (f" (x {processes})", 0)]
+        two_lines = [("effective batch ", 0), (eff, 1), (" = ", 0), (tokens, 1), (" tokens per step", 0),
+                     ("\n= micro-batch ", 0), (mb, 1), (" x accum ", 0), (accum, 1), (f" (x {processes})", 0)]
+        short = [("effective batch ", 0), (eff, 1), (" = ", 0), (mb, 1), (" x ", 0), (accum, 1),
+                 (f" (x{view.processes})", 0)]
+        forms = [product + [(" = ", 0), (tokens, 1), (" tokens per step", 0)],
+                 product + [(" = ", 0), (tokens, 1), (" tokens/step", 0)], product]
+        if self.app.size.height >= 30:  # rows are dear on a short terminal
+            forms.append(two_lines)
+        room = self._room()
         pieces = next((form for form in forms
                        if max(len(line) for line in "".join(p for p, _ in form).split("\n")) <= room), short)
         for piece, is_number in pieces:
             text.append(piece, value if is_number else dim)
-        self._pending_line(view, text, dim)
+        self._second_line(view, text, dim, value)
         return text
 
-    def _pending_line(self, view: RunView, text: Text, dim) -> None:
-        target = view.target_accum
-        if target != view.accum and not view.ended:
+    def _second_line(self, view: RunView, text: Text, dim, value) -> None:
+        """The pending change and the noise scale: on one line when they fit (rows are dear at 24),
+        shortened if need be; on two lines when even the short forms do not fit."""
+        pending_forms, noise_forms = self._pending(view) or [[]], self._noise(view) or [[]]
+        if not pending_forms[0] and not noise_forms[0]:
+            return
+        styles = {"pending": self.get_component_rich_style("batch--pending"), "dim": dim, "value": value}
+        room = self._room()
+
+        def width(pieces: list) -> int:
+            return sum(len(t) for t, _ in pieces)
+
+        combos = [(p, n) for n in noise_forms for p in pending_forms]
+        fitting = [(p, n) for p, n in combos if width(p) + width(n) + (3 if p and n else 0) <= room]
+        if fitting:
+            lines = [[part for part in fitting[0] if part]]
+        else:  # two lines, each as long as fits (cropped text would say less than a row costs)
+            lines = [[next((f for f in forms if width(f) <= room), forms[-1])]
+                     for forms in (pending_forms, noise_forms) if forms[0]]
+        for line in lines:
             text.append("\n")
-            pending = self.get_component_rich_style("batch--pending")
-            text.append(f"accum {view.accum} -> {target} at next epoch", pending)
-            effective = view.micro_batch * target * view.processes
-            text.append(f" (= {effective:,} sequences)", dim)
-            if view.requested_accum is None and view.epoch >= view.epochs:
-                text.append(" · this is the last epoch", dim)
+            for i, part in enumerate(line):
+                if i:
+                    text.append(" · ", dim)
+                for piece, style in part:
+                    text.append(piece, styles[style])
+
+    def _pending(self, view: RunView) -> list:
+        """The long form, then the short one, each a list of (text, style); [] when nothing is pending."""
+        target = view.target_accum
+        if target == view.accum or view.ended:
+            return []
+        who = " (auto)" if view.pending_auto and view.requested_accum is None else ""
+        short = [(f"accum {view.accum} -> {target} at next epoch{who}", "pending")]
+        effective = view.micro_batch * target * view.processes
+        long = short + [(f" (= {effective:,} sequences)", "dim")]
+        if view.requested_accum is None and view.epoch >= view.epochs:
+            long = long + [(" · this is the last epoch", "dim")]
+            short = short + [(" · last epoch", "dim")]
+        return [long, short]
+
+    def _noise(self, view: RunView) -> list:
+        if not view.noise_scale_on:
+            return []
+        if view.noise_scale is None or view.suggested_accum is None:
+            words = ("noise scale: needs accum 2 or more" if view.accum < 2 else "noise scale: measuring…")
+            return [[(words, "dim")], [(words.replace(" scale", ""), "dim")]]
+        scale = noise_scale_words(view.noise_scale)
+        return [[("noise scale ~ ", "dim"), (scale, "value"), (" seq -> suggests accum ", "dim"),
+                 (str(view.suggested_accum), "value")],
+                [("noise ~ ", "dim"), (scale, "value"), (" seq -> accum ", "dim"), (str(view.suggested_accum), "value")]]

@@ -29,6 +29,14 @@ ACCUMULATION = (
     "(and fewer per epoch) for the same memory. A change applies at the next epoch boundary."
 )
 
+NOISE_SCALE = (
+    "The noise scale (McCandlish et al., 2018) is the batch at which a step's gradient noise is as "
+    "big as its signal, measured from each micro-batch's gradient and the window's. A batch much "
+    "bigger wastes compute: more sequences barely improve a step. Much smaller wastes steps: each "
+    "is mostly noise, so more are needed. The suggestion is the power-of-two accum whose effective "
+    "batch is nearest; --auto-accum makes it the pending change each epoch (+/- overrides it)."
+)
+
 # (verdict, theme colour, lines of meaning and remedy) — the colours of the diagnosis banner.
 DIAGNOSES = [
     ("learning", "$secondary", ["the loss still falls, however high: keep training"]),
@@ -74,6 +82,9 @@ class HelpScreen(ModalScreen[None]):
             yield Static(Content.from_markup("[b]Diagnosis[/b] (after each epoch's validation)"),
                          classes="help-title")
             yield Static(_diagnoses(), classes="help-body")
+            # last: at 80x24 the sections above fill the box; this one is a scroll away
+            yield Static(Content.from_markup("[b]The noise scale: which accum to use[/b]"), classes="help-title")
+            yield Static(NOISE_SCALE, classes="help-body", markup=False)
 
     def action_close(self) -> None:
         self.dismiss(None)

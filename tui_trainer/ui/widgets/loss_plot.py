@@ -11,6 +11,7 @@ import math
 
 from textual_plotext import PlotextPlot
 
+from ...ema import BiasCorrectedEMA
 from ..view import RunView
 
 EMA_BETA = 0.9  # smoothing of the step loss (bias-corrected, like TensorBoard's slider at 0.9)
@@ -94,7 +95,7 @@ class LossPlot(PlotextPlot):
         super().__init__(id=id, classes=classes)
         self.smooth = True
         self._ema: list[float] = []  # grows with the view's step losses: O(1) per new step
-        self._ema_state = (0, 0.0)  # (points folded in, raw EMA before bias correction)
+        self._ema_state = (0, BiasCorrectedEMA(EMA_BETA))  # (points folded in, the EMA)
         self._drawn: tuple | None = None
         self._view: RunView | None = None
         self._rendered: tuple | None = None  # (key, the Text plotext built)
@@ -105,10 +106,10 @@ class LossPlot(PlotextPlot):
     def _extend_ema(self, losses: list[float]) -> None:
         n, ema = self._ema_state
         if n > len(losses):  # a different view: start over
-            self._ema, n, ema = [], 0, 0.0
+            self._ema, n, ema = [], 0, BiasCorrectedEMA(EMA_BETA)
         for i in range(n, len(losses)):
-            ema = EMA_BETA * ema + (1 - EMA_BETA) * losses[i]
-            self._ema.append(ema / (1 - EMA_BETA ** (i + 1)))
+            smoothed = ema.update(losses[i])  # a skipped step's NaN is left out of later points
+            self._ema.append(math.nan if smoothed is None else smoothed)
         self._ema_state = (len(losses), ema)
 
     def render(self):

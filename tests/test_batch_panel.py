@@ -1,0 +1,51 @@
+"""The batch panel in the real app (Pilot, recorded events): the effective batch in words, the
+noise scale's suggestion once it settles, and an --auto-accum change a key press overrides."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from test_snapshots import mid_epoch, recorded_epochs, replay, started, with_noise_scale
+from tui_trainer.events import AccumChangeRequested
+
+
+def squashed(app) -> str:
+    return re.sub(r" +", " ", app.screen_text())
+
+
+async def shown(events: list, size=(80, 24), press: tuple[str, ...] = ()) -> str:
+    app, run_before = replay(events)
+    async with app.run_test(size=size) as pilot:
+        await run_before(pilot)
+        for key in press:
+            await pilot.press(key)
+        app.tick()
+        await pilot.pause()
+        return squashed(app)
+
+
+async def test_the_settled_noise_scale_and_its_suggestion_are_on_the_80x24_screen():
+    text = await shown(with_noise_scale([started(), *recorded_epochs(3), *mid_epoch(4, 20, 5)]))
+    assert "effective batch 128 = micro-batch 16 x accum 8 (x 1 process)" in text
+    assert "noise scale ~ 310 seq -> suggests accum 16" in text  # 150 + 0.8 x step 200
+
+
+async def test_before_it_settles_and_without_it_the_panel_says_so():
+    measuring = await shown(with_noise_scale([started(), *recorded_epochs(1)], settle_at_step=10**6))
+    assert "noise scale: measuring" in measuring
+    one = replace(started(), accum=1, noise_scale=True)
+    assert "noise scale: needs accum 2 or more" in await shown([one])
+    off = await shown([started(), *recorded_epochs(1)])  # a run with --no-noise-scale
+    assert "effective batch 128" in off and "noise" not in off
+
+
+async def test_an_auto_accum_change_shares_the_line_and_a_key_press_overrides_it():
+    events = with_noise_scale([started(), *recorded_epochs(3), *mid_epoch(4, 20, 5)])
+    events.append(AccumChangeRequested(old=8, new=16, epoch=4, step=200, applies_at_epoch=5, auto=True))
+    text = await shown(events)
+    assert "accum 8 -> 16 at next epoch (auto) · noise ~ 310 seq -> accum 16" in text
+    overridden = await shown(events, press=("plus",))  # the user's choice: 32, not the suggestion
+    assert "accum 8 -> 32 at next epoch" in overridden and "(auto)" not in overridden
+    wide = await shown(events, size=(150, 40))  # room for the long forms, on two lines if need be
+    assert "accum 8 -> 16 at next epoch (auto)" in wide and "noise scale ~ 310 seq -> suggests accum 16" in wide
