@@ -85,6 +85,8 @@ class EpochEvent:
     epochs_without_improvement: int = 0
     tokens_per_s: float = 0.0  # training tokens of this epoch over its training time
     sample: str | None = None  # text generated from the weights after validation (None: --sample-tokens 0)
+    noise_scale: float | None = None  # at the epoch's last step (None: no estimate, e.g. accum 1)
+    suggested_accum: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,8 +97,6 @@ class SampleEvent:
     step: int
     text: str
     seconds: float  # how long generating it held up training
-    noise_scale: float | None = None  # at the epoch's last step (None: no estimate, e.g. accum 1)
-    suggested_accum: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
