@@ -12,7 +12,7 @@ import math
 import random
 
 from tui_trainer.events import (AccumChangeRequested, EpochEvent, MicroStep, Paused, RunEnded, RunStarted,
-                                StepEvent)
+                                StepEvent, ValidationProgress)
 from tui_trainer.ui.app import create_replay_app
 
 RUN_DIR = "runs/20260101-120000"
@@ -130,3 +130,11 @@ def test_error_panel_and_paused_state_at_60x20(snap_compare):
                        "the last good checkpoint is intact")]
     app, run_before = replay(events, elapsed=301.0)
     assert snap_compare(app, terminal_size=(60, 20), run_before=run_before)
+
+
+def test_validation_pass_in_progress_at_80x24(snap_compare):
+    # The epoch's last step is done (no micro-step after it); its validation pass is under way.
+    events = [started(), *recorded_epochs(3), *mid_epoch(4, 60, 8)[:-1],
+              ValidationProgress(epoch=4, batch=21, batches=54, seconds=9.5)]
+    app, run_before = replay(events)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)

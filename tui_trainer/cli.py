@@ -23,7 +23,9 @@ FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--data", "data", "path", str, "UTF-8 text file to train on (default: the bundled tiny-shakespeare)"),
     ("--val-split", "data", "val_split", float, "fraction of the text held out for validation (default 0.1)"),
     ("--limit-train-batches", "data", "limit_train_batches", int, "cap micro-batches per training epoch"),
-    ("--limit-val-batches", "data", "limit_val_batches", int, "cap micro-batches per validation pass"),
+    ("--limit-val-batches", "data", "limit_val_batches", int,
+     "cap micro-batches per validation pass (default: all; with --limit-train-batches N, "
+     "ceil(N x val_split / (1 - val_split)))"),
     ("--block-size", "model", "block_size", int, "context length in tokens (default 128)"),
     ("--n-layer", "model", "n_layer", int, "transformer blocks (default 6)"),
     ("--n-head", "model", "n_head", int, "attention heads (default 8)"),

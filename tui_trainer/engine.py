@@ -26,8 +26,8 @@ from . import checkpoint as ckpt
 from .accumulation import WindowAborted, accumulate_window
 from .config import RunConfig, validate
 from .control import Control, SaveCheckpoint, SetAccum, SetPaused, TogglePause
-from .data import (Corpus, Vocabulary, WindowDataset, epoch_examples, load_corpus, plan_windows, val_batches,
-                   window_count)
+from .data import (Corpus, Vocabulary, WindowDataset, epoch_examples, load_corpus, plan_windows, val_batch_limit,
+                   val_batches, window_count)
 from .diagnosis import Diagnosis, diagnose, step_verdict, val_rise_warning
 from .early_stopping import EarlyStopping
 from .errors import UserError
@@ -38,6 +38,7 @@ from .memory import check_fits
 from .metrics import METRICS_FILE, MetricsWriter
 from .model import GPT, make_optimizer
 from .schedule import lr_at
+from .validation_progress import ValidationProgressEmitter
 
 CONFIG_FILE = "config.json"
 DEFAULT_CHECKPOINT_SECONDS = 300.0  # `latest` every ~5 minutes when --checkpoint-every is not given
@@ -369,7 +370,7 @@ class Trainer:
 
     def val_examples(self) -> int:
         """Examples one validation pass reads (``--limit-val-batches`` caps it)."""
-        return self._capped(len(self.val_set), self.cfg.data.limit_val_batches)
+        return self._capped(len(self.val_set), val_batch_limit(self.cfg.data))
 
     def planned_tokens(self) -> int:
         return self.cfg.train.epochs * self.examples_per_epoch() * self.cfg.model.block_size
@@ -660,11 +661,13 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             tokens = 0
             indices = torch.arange(len(self.val_set), device=self.device)
-            for start, stop in val_batches(len(self.val_set), self.cfg.train.micro_batch,
-                                           self.cfg.data.limit_val_batches):
+            batches = val_batches(len(self.val_set), self.cfg.train.micro_batch, val_batch_limit(self.cfg.data))
+            progress = ValidationProgressEmitter(self.sink, self.state.epoch, len(batches))
+            for done, (start, stop) in enumerate(batches, 1):
                 inputs, targets = self.val_set.batch(indices[start:stop])
                 loss_sum += self.model.loss_sum(inputs, targets).float()
                 tokens += inputs.numel()
+                progress.batch_done(done)
             return loss_sum.item() / tokens
         finally:
             self.model.train(was_training)

@@ -62,6 +62,17 @@ class StepEvent:
 
 
 @dataclass(frozen=True)
+class ValidationProgress:
+    """The epoch's validation pass: ``batch`` of ``batches`` micro-batches done (0 = it starts).
+    Emitted at the start, at the end, and at most every ``VALIDATION_PROGRESS_S`` in between."""
+
+    epoch: int
+    batch: int
+    batches: int
+    seconds: float  # wall time of this pass so far
+
+
+@dataclass(frozen=True)
 class EpochEvent:
     epoch: int
     epochs: int
@@ -156,7 +167,7 @@ class RunEnded:
     diagnosis_reason: str | None = None
 
 
-Event = (RunStarted | MicroStep | StepEvent | EpochEvent | DiagnosisEvent | AccumChangeRequested | AccumChangeApplied
+Event = (RunStarted | MicroStep | StepEvent | ValidationProgress | EpochEvent | DiagnosisEvent | AccumChangeRequested | AccumChangeApplied
          | Paused | Resumed | CheckpointSaved | CheckpointFailed | Notice | RunEnded)
 
 
