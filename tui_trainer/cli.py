@@ -15,7 +15,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from .config import RunConfig, checked_value
+from .config import RunConfig, checked_value, parse_log_every
 from .errors import UserError
 
 # flag → (config section, field, type, help)
@@ -41,6 +41,8 @@ FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--min-delta", "train", "min_delta", float, "smallest val-loss improvement that counts (default 0)"),
     ("--checkpoint-every", "train", "checkpoint_every", int, "save `latest` every N optimizer steps (default ~5 min)"),
     ("--max-bad-steps", "train", "max_bad_steps", int, "non-finite steps in a row before stopping (default 3)"),
+    ("--log-every", "train", "log_every", str, "headless progress line every 30s (default), 2m, 50 (optimizer "
+                                               "steps) or off"),
     ("--lr", "optim", "lr", float, "peak learning rate (default 1e-3)"),
     ("--weight-decay", "optim", "weight_decay", float, "AdamW weight decay (default 0.1)"),
     ("--grad-clip", "optim", "grad_clip", float, "clip the step's gradient norm; 0 = off (default 1.0)"),
@@ -271,8 +273,9 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
         from .engine import Trainer
         from .headless import HeadlessLog
 
-        trainer = Trainer(cfg, HeadlessLog(DetachableStream(sys.stdout)), control, resume=args.resume,
-                          overrides=given, overwrite=args.overwrite)
+        log = HeadlessLog(DetachableStream(sys.stdout))
+        trainer = Trainer(cfg, log, control, resume=args.resume, overrides=given, overwrite=args.overwrite)
+        log.log_every = parse_log_every(trainer.cfg.train.log_every)  # a resumed run's own, unless given
         end = trainer.run()
     if trainer.error is not None and not isinstance(trainer.error, UserError):
         say(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})")

@@ -71,6 +71,10 @@ class TrainConfig:
     checkpoint_every: int | None = None  # optimizer steps between `latest` saves; None = ~5 min
     max_bad_steps: int = 3  # consecutive non-finite steps before the run stops
     compile: bool = False  # torch.compile the model
+    # Headless progress line: "30s" (or "2m") = every 30 seconds, a whole number = every N optimizer
+    # steps, "off" (or 0) = epoch lines only. Long enough not to flood a CI log, short enough that a
+    # job watchdog never takes a run for dead.
+    log_every: str | int = "30s"
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,32 @@ def _toml_literal(value: Any) -> str:
     return str(value)  # a TOML date or time
 
 
+@dataclass(frozen=True)
+class LogEvery:
+    """``log_every`` understood: at most one of the two is set (neither = no progress lines)."""
+
+    seconds: float | None = None
+    steps: int | None = None
+
+
+def parse_log_every(value: str | int) -> LogEvery:
+    """``"30s"``, ``"2m"``, ``"1.5m"`` -> seconds; ``50`` or ``"50"`` -> optimizer steps; ``"off"``/``0`` -> none."""
+    text = str(value).strip().lower()
+    if text in ("off", "0", "0s", "0m", "none"):
+        return LogEvery()
+    try:
+        if text.endswith(("s", "m")):
+            number = float(text[:-1].strip())
+            if math.isfinite(number) and number > 0:
+                return LogEvery(seconds=number * (60 if text.endswith("m") else 1))
+        elif not isinstance(value, bool) and int(text) > 0:
+            return LogEvery(steps=int(text))
+    except ValueError:
+        pass
+    raise UserError(f"--log-every {value} is not an interval",
+                    "use e.g. --log-every 30s (seconds), 2m (minutes), 50 (optimizer steps) or off")
+
+
 def _positive(name: str, value: int | float | None, flag: str, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -199,12 +229,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     if o.warmup_tokens is not None and o.warmup_tokens < 0:
         raise UserError(f"--warmup-tokens must be 0 or more, got {o.warmup_tokens}", "omit it for 5% of the run")
     if t.patience < 0:
-        raise UserError(f"--patience must be 0 (off) or more, got {t.patience}", "the seed recommends 3-5")
+        raise UserError(f"--patience must be 0 (off) or more, got {t.patience}",
+                        "use e.g. --patience 4 (epochs without a val-loss improvement), or 0 to train every epoch")
     if t.min_delta < 0:
         raise UserError(f"--min-delta must be 0 or more, got {t.min_delta}", "use e.g. --min-delta 0.001")
     _positive("threads", t.threads, "--threads", allow_none=True)
     _positive("checkpoint_every", t.checkpoint_every, "--checkpoint-every", allow_none=True)
     _positive("max_bad_steps", t.max_bad_steps, "--max-bad-steps")
+    parse_log_every(t.log_every)
     if (g.val_rise_warning < 0 or g.trend_epochs < 2 or g.spike_factor <= 1 or g.spike_window < 3
             or g.overfit_gap < 0 or g.underfit_ratio <= 0 or g.plateau_improvement < 0 or g.spike_min_rise < 0):
         raise UserError("diagnosis thresholds are out of range",

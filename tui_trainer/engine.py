@@ -233,7 +233,7 @@ class Trainer:
         """The checkpoint's config, with the safe overrides the user gave (each noted); contradictions refused."""
         saved = RunConfig.from_dict(state["config"])
         safe = {"train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
-                "train.checkpoint_every", "train.max_bad_steps", "train.compile",
+                "train.checkpoint_every", "train.max_bad_steps", "train.compile", "train.log_every",
                 "data.limit_train_batches", "data.limit_val_batches"}
         merged = saved.replace(run_dir=str(run_dir))
         for key, value in overrides.items():

@@ -12,6 +12,8 @@ data. Pauses are the caller's to leave out of ``wall``.
 
 from __future__ import annotations
 
+import math
+
 FORWARD_SHARE = 1 / 3  # a validation batch vs a training micro-batch of the same size, until measured
 
 
@@ -70,3 +72,15 @@ class EtaModel:
         measured = self.train_seconds + self.val_seconds + self.pass_seconds
         overhead = max(1.0, wall_seconds / measured) if measured > 0 else 1.0
         return left * overhead
+
+
+def duration(seconds: float | None) -> str:
+    """0:03:12, or 1d 02:03:04 for long runs; '--:--' when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "--:--"
+    seconds = int(round(seconds))
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    clock = f"{hours}:{minutes:02d}:{seconds:02d}"
+    return f"{days}d {clock}" if days else clock
