@@ -128,3 +128,33 @@ def test_log_every_in_a_toml_train_table(small_corpus, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert re.findall(r"\(optimizer step (\d+)\)", out) == ["3", "6"]
+
+
+def test_a_slow_optimizer_step_gets_progress_lines_from_its_micro_steps():
+    from tui_trainer.events import MicroStep
+
+    out, clock = io.StringIO(), Clock()
+    log = HeadlessLog(out, progress=False, log_every=LogEvery(seconds=30.0), clock=clock)
+    log.emit(_started())
+    for micro in range(1, 9):
+        clock.now += 10.0
+        log.emit(MicroStep(epoch=1, step=1, micro_step=micro, micro_steps=8, step_in_epoch=1, steps_in_epoch=40))
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("progress ")]
+    assert lines[0] == "progress epoch 1/2 step 0/40, micro-step 3/8 of optimizer step 1 elapsed=0:00:30 eta=--:--"
+    assert len(lines) == 2
+
+
+def test_step_lines_come_first_when_steps_are_quicker_than_the_interval():
+    from tui_trainer.events import MicroStep
+
+    out, clock = io.StringIO(), Clock()
+    log = HeadlessLog(out, progress=False, log_every=LogEvery(seconds=30.0), clock=clock)
+    log.emit(_started())
+    for step in range(1, 41):
+        for micro in (1, 2):
+            clock.now += 0.5
+            log.emit(MicroStep(epoch=1, step=step, micro_step=micro, micro_steps=2, step_in_epoch=step,
+                               steps_in_epoch=40))
+        log.emit(_step(step))
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("progress ")]
+    assert len(lines) == 1 and " loss=" in lines[0], lines

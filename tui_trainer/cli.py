@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from .config import RunConfig, checked_value, parse_log_every
 from .errors import UserError
+from .presets import QUICK, with_preset
 
 # flag → (config section, field, type, help)
 FLAGS: list[tuple[str, str, str, type, str]] = [
@@ -72,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE.toml", default=None,
                         help="TOML file with [model] [data] [optim] [train] [diagnosis] tables; flags override it")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    parser.add_argument("--quick", action="store_true",
+                        help="a first run that shows the whole story in about a minute on a laptop CPU: "
+                             "2 layers, d_model 64, context 64, 8 x 2 batches, 50 batches an epoch, 6 epochs "
+                             "(other flags and --config still override it)")
     for flag, _section, _name, kind, help_text in FLAGS:
         parser.add_argument(flag, type=kind, default=None, help=help_text)
     return parser
@@ -132,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any
     if args.compile:
         given["train.compile"] = True
     cfg = RunConfig(run_dir=args.run_dir)
+    if args.quick:
+        cfg = with_preset(cfg, QUICK)  # under the file and the flags, so they still override it
     for key, value in given.items():
         section, name = key.split(".")
         try:
@@ -334,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg, given = config_from_args(args)
+        if args.resume and args.quick:
+            raise UserError("--quick starts a new run", "drop --quick when resuming: a run keeps its own settings")
         if args.resume and not Path(args.resume).is_dir():
             raise UserError(f"--resume {args.resume}: no such run directory", "pass a run dir such as runs/20260101-120000")
         use_app = not args.no_ui and sys.stdout.isatty() and sys.stdin.isatty()

@@ -16,7 +16,8 @@ from .config import LogEvery
 from .eta import EtaModel, duration
 from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed, CheckpointSaved, DiagnosisEvent,
                      EpochEvent,
-                     Event, Notice, Paused, Resumed, RunEnded, RunStarted, StepEvent, ValidationProgress)
+                     Event, MicroStep, Notice, Paused, Resumed, RunEnded, RunStarted, StepEvent,
+                     ValidationProgress)
 
 PROGRESS_INTERVAL_S = 2.0  # the live line (a terminal only) at most this often
 DEFAULT_LOG_EVERY = LogEvery(seconds=30.0)
@@ -37,6 +38,7 @@ class HeadlessLog:
         self._paused_since: float | None = None
         self._paused_total = 0.0
         self._last_logged = self._started  # the last `progress` line (seconds mode)
+        self._last_step_at = self._started  # the last optimizer step's end
         self._window_tokens, self._window_seconds = 0, 0.0  # tokens/s since the last progress line
         self._lr: float | None = None
         self._eta: EtaModel | None = None
@@ -54,11 +56,18 @@ class HeadlessLog:
         return self._eta.eta(now - self._started - paused)
 
     def _due(self, step: int | None) -> bool:
-        """A `progress` line now? Seconds mode: the interval has passed; steps mode: every N steps."""
+        """A `progress` line now? Seconds mode: the interval has passed; steps mode: every N steps.
+
+        ``step`` None = a line between steps (a micro-step, validation): due only when no step has
+        ended for a whole interval either, so the step lines (loss, lr, tokens/s) come first."""
         if self.log_every.steps:
             return step is not None and step % self.log_every.steps == 0
-        if self.log_every.seconds and self.clock() - self._last_logged >= self.log_every.seconds:
-            self._last_logged = self.clock()
+        if not self.log_every.seconds:
+            return False
+        now = self.clock()
+        since = self._last_logged if step is not None else max(self._last_logged, self._last_step_at)
+        if now - since >= self.log_every.seconds:
+            self._last_logged = now
             return True
         return False
 
@@ -74,7 +83,7 @@ class HeadlessLog:
     def emit(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self._epochs = event.epochs
-            self._started = self._last_logged = self.clock()
+            self._started = self._last_logged = self._last_step_at = self.clock()
             self._elapsed_before = event.elapsed_before
             self._eta = EtaModel(planned_tokens=event.planned_tokens, tokens_seen=event.tokens_seen,
                                  epochs=event.epochs, epochs_done=event.start_epoch - 1,
@@ -95,6 +104,7 @@ class HeadlessLog:
                 self._window_seconds += seconds
                 if self._eta is not None:
                     self._eta.step(event.tokens, seconds, event.tokens_seen)
+            self._last_step_at = self.clock()
             if self._due(event.step):
                 tokens_per_s = self._window_tokens / self._window_seconds if self._window_seconds else 0.0
                 self._window_tokens, self._window_seconds = 0, 0.0
@@ -108,6 +118,12 @@ class HeadlessLog:
                                f"{event.steps_in_epoch} loss={event.loss:.4f} lr={event.lr:.2e} "
                                f"tokens/s={event.tokens_per_s:,.0f}")
                 self.out.flush()
+        elif isinstance(event, MicroStep):
+            # A slow optimizer step (the defaults on a small CPU: many seconds) is not silence either.
+            if 1 < event.micro_step and not self.log_every.steps and self._due(None):
+                self._print(f"progress epoch {event.epoch}/{self._epochs} step {event.step_in_epoch - 1}/"
+                            f"{event.steps_in_epoch}, micro-step {event.micro_step}/{event.micro_steps} of "
+                            f"optimizer step {event.step} {self._times()}")
         elif isinstance(event, ValidationProgress):
             if self._eta is not None:
                 self._eta.validation(event.batch, event.batches, event.seconds)
