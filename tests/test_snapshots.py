@@ -138,3 +138,9 @@ def test_validation_pass_in_progress_at_80x24(snap_compare):
               ValidationProgress(epoch=4, batch=21, batches=54, seconds=9.5)]
     app, run_before = replay(events)
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+def test_small_screen_60x20_mid_run_with_a_pending_accumulation_change(snap_compare):
+    events = [started(), *recorded_epochs(3), *mid_epoch(4, 20, 5), AccumChangeRequested(8, 16, 4, 200, 5)]
+    app, run_before = replay(events)
+    assert snap_compare(app, terminal_size=(60, 20), run_before=run_before)

@@ -48,9 +48,14 @@ TICK_HZ = 1  # elapsed, ETA, memory
 WIDE_COLUMNS = 120  # from here on the panels move to a column right of the plot
 TALL_ROWS = 40  # from here on (or when wide) the epoch table is shown
 COMPACT_ROWS = 26  # below this the progress and stats panels lose their borders
-TINY_ROWS = 22  # below this the plot loses its border and axis label
+TINY_ROWS = 22  # below this the plot keeps only its top border (the legend), the stats one line
+AXIS_LABEL_ROWS = 16  # below this the plot loses its x-axis label
 NARROW_COLUMNS = 70  # below this the panels stack in one column
 SIGNAL_EXIT_GRACE_S = 10.0  # after a signal stop has saved: how long the app may take to close
+
+
+# "+ - accum x2 /2": one footer item for the pair, so every key still fits at 60 columns.
+ACCUM_KEYS = Binding.Group("accum x2 /2", compact=True)
 
 
 class TrainerApp(App[None]):
@@ -60,8 +65,8 @@ class TrainerApp(App[None]):
     BINDINGS = [
         Binding("q", "stop", "stop", tooltip="finish the micro-step, save, exit"),
         Binding("p", "pause", "pause/resume"),
-        Binding("plus,right_square_bracket,equals_sign", "accum_up", "accum x2", key_display="+"),
-        Binding("minus,left_square_bracket", "accum_down", "accum /2", key_display="-"),
+        Binding("plus,right_square_bracket,equals_sign", "accum_up", "accum x2", key_display="+", group=ACCUM_KEYS),
+        Binding("minus,left_square_bracket", "accum_down", "accum /2", key_display="-", group=ACCUM_KEYS),
         Binding("s", "save", "save"),
         Binding("m", "smoothing", "smooth", show=False),
         Binding("question_mark", "help", "help", key_display="?"),
@@ -139,7 +144,9 @@ class TrainerApp(App[None]):
         screen.set_class(height < COMPACT_ROWS, "-compact")
         screen.set_class(height < TINY_ROWS, "-tiny")
         screen.set_class(width < NARROW_COLUMNS, "-narrow")
-        self.plot.show_axis_label = height >= TINY_ROWS
+        self.plot.show_axis_label = height >= AXIS_LABEL_ROWS
+        footer = screen.query_one(Footer)
+        footer.show_command_palette = width >= NARROW_COLUMNS  # ctrl+p still works; help lists it
 
     # -- the engine thread --------------------------------------------------------------------
 
@@ -297,7 +304,9 @@ class TrainerApp(App[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("pause", "accum_up", "accum_down", "save") and self.view.ended:
-            return None  # shown greyed out: the run is over
+            # Hidden: the run is over, these would do nothing. (While a finished run's final save
+            # waits for a retry the run has not ended yet, so `s` stays.)
+            return False
         return True
 
     def action_accum_up(self) -> None:

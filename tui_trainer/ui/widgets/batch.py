@@ -41,7 +41,15 @@ class BatchPanel(Panel):
         two_lines = long[:5] + [("\n= ", 0)] + long[6:]
         short = [("batch ", 0), (mb, 1), (" x ", 0), (accum, 1), (f" (x{view.processes}) = ", 0), (eff, 1),
                  (" seq = ", 0), (tokens, 1), (" tokens/step", 0)]
-        room = self.size.width - self.styles.gutter.width if self.size.width else 10_000
+        room = self.size.width or 10_000  # (size is the content area, padding excluded)
+        target = view.target_accum
+        if self.screen.has_class("-tiny") and target != view.accum and not view.ended:
+            # A short terminal: the pending change joins the batch on its one line, so the plot keeps its rows.
+            line = f"batch {mb} x {accum} = {eff} seq · accum {accum} -> {target} at next epoch"
+            if len(line) > room:
+                line = f"batch {mb}x{accum} = {eff} · accum -> {target} next epoch"
+            text.append(line, self.get_component_rich_style("batch--pending"))
+            return text
         forms = (long, medium, two_lines) if self.app.size.height >= 30 else (long, medium)  # rows are dear
         pieces = next((form for form in forms
                        if max(len(line) for line in "".join(p for p, _ in form).split("\n")) <= room), short)

@@ -182,14 +182,16 @@ class LossPlot(PlotextPlot):
                              ("val", [p.val_loss for p in finite_epochs])):
                 if len(ex) > 1:
                     plt.plot(ex, ys, marker="braille", color=PLOT_COLORS[name])
-                # The epoch values themselves: a dot per epoch on top of the line (while they fit).
-                if len(ex) == 1 or every == 1:
+                # The epoch values themselves: a dot per epoch on top of the line, as the legend says,
+                # while they stay apart (a ● is a whole cell; the markers thin out sooner).
+                if len(ex) <= max(1, self.size.width // 2):
                     plt.scatter(ex, ys, marker="●", color=PLOT_COLORS[name])
         if limits is not None:
             plt.ylim(*limits)
-            # Round values (1.5 2.0 2.5), about one every third row (closer, the rounding to rows
-            # puts some on adjacent rows), instead of plotext's 1.69 2.09 2.48.
-            ticks = nice_ticks(*limits, max(2, (self.size.height - 3) // 3))
+            # Round values (1.5 2.0 2.5), about one every other row, instead of plotext's 1.69 2.09
+            # 2.48: close epoch values (val 2.62 vs 2.65) fall between distinct ticks once the range
+            # is narrow enough for the rows to tell them apart.
+            ticks = nice_ticks(*limits, max(2, (self.size.height - 3) // 2))
             plt.yticks(ticks, tick_labels(ticks))
         if xs:
             low, high = min(xs[0], 1), max(xs[-1], 2)
