@@ -4,6 +4,7 @@ gets at 120x40, and how a long run's plot stays readable. Recorded events, the r
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from test_snapshots import (ACCUM, EPOCHS, MICRO_BATCH, STEPS_PER_EPOCH, TOKENS_PER_STEP, mid_epoch,
                             recorded_epochs, started)
@@ -120,3 +121,25 @@ def test_close_values_get_ticks_fine_enough_to_tell_them_apart():
     labels = tick_labels(ticks)
     assert labels == ["2.55", "2.60", "2.65", "2.70", "2.75"]
     assert any(t <= 2.62 for t in ticks) and any(2.62 < t <= 2.65 for t in ticks)  # 2.62 and 2.65 fall apart
+
+
+async def test_the_palette_offers_what_works_in_truthful_words():
+    app = create_replay_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await render(app, pilot, [started(), *recorded_epochs(2)])
+        running = {command.title: command.help for command in app.get_system_commands(app.screen)}
+        await render(app, pilot, ended_run()[-1:])
+        ended = {command.title: command.help for command in app.get_system_commands(app.screen)}
+    assert not {"Quit", "Keys", "Screenshot"} & (running.keys() | ended.keys())
+    assert {"Stop training", "Pause / resume training", "Save checkpoint", "Accumulation x2"} <= running.keys()
+    assert "Close the app" in ended and not {"Pause / resume training", "Save checkpoint"} & ended.keys()
+
+
+async def test_a_resumed_run_says_where_it_went_on_for_the_whole_session():
+    app = create_replay_app()
+    resumed = replace(started(), resumed_from_step=2 * STEPS_PER_EPOCH, start_epoch=3,
+                      tokens_seen=2 * STEPS_PER_EPOCH * TOKENS_PER_STEP)
+    async with app.run_test(size=(80, 24)) as pilot:
+        # As create_app does: the recorded history first, then the engine's own events.
+        text = await render(app, pilot, [*recorded_epochs(2), resumed, *mid_epoch(3, 30, 2)])
+    assert "resumed at epoch 3, step 120" in text, text

@@ -360,15 +360,26 @@ class TrainerApp(App[None]):
         self.notify("stopping: finishing the micro-step and saving (q again to leave at once)", timeout=4)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        yield SystemCommand("Accumulation x2", "double accum at the next epoch (+)", self.action_accum_up)
-        yield SystemCommand("Accumulation /2", "halve accum at the next epoch (-)", self.action_accum_down)
-        yield SystemCommand("Pause / resume training", "the engine waits between micro-steps (p)",
-                            self.action_pause)
-        yield SystemCommand("Save checkpoint", "save `latest` after the current step (s)", self.action_save)
-        yield SystemCommand("Stop training", "finish the micro-step, save and exit (q)", self.action_stop)
-        yield SystemCommand("Toggle loss smoothing", "EMA or raw step loss (m)", self.action_smoothing)
-        yield SystemCommand("Help", "keys, gradient accumulation, diagnoses (?)", self.action_help)
+        # Of Textual's own, the theme helps (a light terminal); its "Quit ... as soon as possible" would
+        # misdescribe what leaving does here (the engine still saves), "Keys" repeats `?`, and
+        # "Screenshot" writes files into the working directory.
+        yield from (command for command in super().get_system_commands(screen)
+                    if command.title in ("Theme", "Maximize", "Minimize"))
+        ended = self.view.ended
+        ours = [
+            ("accum_up", "Accumulation x2", "double accum at the next epoch (+)", self.action_accum_up),
+            ("accum_down", "Accumulation /2", "halve accum at the next epoch (-)", self.action_accum_down),
+            ("pause", "Pause / resume training", "the engine waits between micro-steps (p)", self.action_pause),
+            ("save", "Save checkpoint", "save `latest` after the current step (s)", self.action_save),
+            ("stop", "Close the app" if ended else "Stop training",
+             "the run is over and saved (q)" if ended else "finish the micro-step, save and exit (q)",
+             self.action_stop),
+            ("smoothing", "Toggle loss smoothing", "EMA or raw step loss (m)", self.action_smoothing),
+            ("help", "Help", "keys, gradient accumulation, diagnoses (?)", self.action_help),
+        ]
+        for action, title, help_text, callback in ours:
+            if self.check_action(action, ()):  # only what works now
+                yield SystemCommand(title, help_text, callback)
 
 
 def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | None = None,

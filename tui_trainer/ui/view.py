@@ -50,6 +50,7 @@ class RunView:
     planned_tokens: int = 0
     tokens_at_start: int = 0
     resumed_from_step: int = 0
+    resumed_at_epoch: int | None = None  # the epoch a resumed run went on in (None = a fresh run)
     notes: tuple[str, ...] = ()
     # -- where it is -------------------------------------------------------------------------
     state: str = STARTING
@@ -117,6 +118,7 @@ class RunView:
         self.tokens_seen = self.tokens_at_start = e.tokens_seen
         self.resumed_from_step = self.step = e.resumed_from_step
         self.epoch, self.notes = e.start_epoch, tuple(e.notes)
+        self.resumed_at_epoch = e.start_epoch if e.resumed_from_step else None
         self.started_at, self.elapsed_before = now, e.elapsed_before
         self.val_batches = -(-e.val_examples // max(1, e.micro_batch))
         self._eta = EtaModel(planned_tokens=e.planned_tokens, tokens_seen=e.tokens_seen, epochs=e.epochs,

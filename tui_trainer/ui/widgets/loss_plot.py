@@ -143,10 +143,22 @@ class LossPlot(PlotextPlot):
             everything.append(raw_late[int(0.02 * (len(raw_late) - 1))])
         return y_range(late, everything)
 
+    def axis_label(self, view: RunView, every: int) -> str:
+        """The x label; a resumed run says where it went on (it stays for the whole session)."""
+        markers = "│ = end of epoch" if every == 1 else f"│ = every {every} epochs"
+        if view.resumed_at_epoch is not None:
+            for resumed in (f"resumed at epoch {view.resumed_at_epoch}, step {view.resumed_from_step}",
+                            f"resumed at step {view.resumed_from_step}"):
+                label = f"optimizer step  ({markers}; {resumed})"
+                if len(label) <= self.size.width - 6:  # the y ticks take a few columns
+                    return label
+        return f"optimizer step  ({markers})"
+
     def redraw(self, view: RunView) -> bool:
         """Rebuild the figure if the data, the size or the smoothing changed. True if it did."""
         self._view = view
-        key = (view.plot_version, self.size.width, self.size.height, self.smooth, self.show_axis_label)
+        key = (view.plot_version, self.size.width, self.size.height, self.smooth, self.show_axis_label,
+               view.resumed_at_epoch)
         if key == self._drawn:
             return False
         self._drawn = key
@@ -156,8 +168,7 @@ class LossPlot(PlotextPlot):
         # One epoch marker per ~6 columns at most: a long run's markers would hide the curves.
         every = max(1, math.ceil(len(epochs) / max(1, self.size.width // 6)))
         if self.show_axis_label:
-            plt.xlabel("optimizer step  (│ = end of epoch)" if every == 1 else
-                       f"optimizer step  (│ = every {every} epochs)")
+            plt.xlabel(self.axis_label(view, every))
         xs, losses = view.step_numbers, view.step_losses
         self._extend_ema(losses)
         # Thin to about two points per braille column: slicing is C-speed and keeps the shape.
