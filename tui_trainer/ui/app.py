@@ -203,7 +203,8 @@ class TrainerApp(App[None]):
             return (f"tui-trainer: finished {plural(end.epochs, 'epoch')}, {plural(end.steps, 'step')}{best}"
                     f" — {run_dir}")
         if end.reason == "early_stop":
-            return f"tui-trainer: early stop after {plural(end.epochs, 'epoch')}: {end.message}{best} — {run_dir}"
+            # The early-stopping reason names the best epoch already ("... (best 1.6000 at epoch 4)").
+            return f"tui-trainer: early stop after {plural(end.epochs, 'epoch')}: {end.message} — {run_dir}"
         if end.reason == "error":
             log = run_dir / "error.log"
             where = f" (traceback in {log})" if log.exists() else ""
