@@ -9,7 +9,7 @@ from dataclasses import replace
 from test_snapshots import (ACCUM, EPOCHS, MICRO_BATCH, STEPS_PER_EPOCH, TOKENS_PER_STEP, mid_epoch,
                             recorded_epochs, started)
 from tui_trainer.events import AccumChangeRequested, EpochEvent, RunEnded, StepEvent
-from tui_trainer.ui.app import create_replay_app
+from tui_trainer.ui.factory import create_replay_app
 from tui_trainer.ui.widgets import DiagnosisBanner, EpochTable, LossPlot
 from tui_trainer.ui.widgets.loss_plot import nice_ticks, tick_labels
 

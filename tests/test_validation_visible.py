@@ -13,10 +13,10 @@ from test_snapshots import (ACCUM, BLOCK, MICRO_BATCH, FixedClock, TOKENS_PER_ST
                             replay, started)
 from tui_trainer.config import DataConfig
 from tui_trainer.data import val_batch_limit
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.eta import FORWARD_SHARE, EtaModel
 from tui_trainer.events import EpochEvent, ListSink, RunStarted, StepEvent, ValidationProgress
-from tui_trainer.ui.app import create_replay_app
+from tui_trainer.ui.factory import create_replay_app
 from tui_trainer.validation_progress import ValidationProgressEmitter
 
 
@@ -127,8 +127,9 @@ async def test_validation_shows_a_validating_state_and_bar_then_goes_back_to_run
         assert " validating " in text.splitlines()[0], text  # the status line
         assert "validating 12/54" in " ".join(text.split()), text
         assert app.view.eta(clock.now + 600) is not None
-        app.feed([EpochEvent(3, 10, 1.6, 1.65, ACCUM, MICRO_BATCH * ACCUM, 180 * TOKENS_PER_STEP, 48.0,
-                             "healthy", "ok", "keep training")])
+        app.feed([EpochEvent(epoch=3, epochs=10, train_loss=1.6, val_loss=1.65, accum=ACCUM,
+                             effective_batch=MICRO_BATCH * ACCUM, tokens_seen=180 * TOKENS_PER_STEP, seconds=48.0,
+                             diagnosis="healthy", diagnosis_reason="ok", remedy="keep training")])
         app.tick()
         await pilot.pause()
         text = app.screen_text()

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunStarted:
     run_dir: str
     device: str
@@ -32,7 +32,7 @@ class RunStarted:
     elapsed_before: float = 0.0  # wall time of the run's earlier sessions (a resumed run goes on counting)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MicroStep:
     epoch: int
     step: int  # the optimizer step this micro-step belongs to (1-based, global)
@@ -42,7 +42,7 @@ class MicroStep:
     steps_in_epoch: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StepEvent:
     epoch: int
     step: int
@@ -61,7 +61,7 @@ class StepEvent:
     skipped: bool = False  # non-finite loss or gradient: the update was not applied
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ValidationProgress:
     """The epoch's validation pass: ``batch`` of ``batches`` micro-batches done (0 = it starts).
     Emitted at the start, at the end, and at most every ``VALIDATION_PROGRESS_S`` in between."""
@@ -72,7 +72,7 @@ class ValidationProgress:
     seconds: float  # wall time of this pass so far
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EpochEvent:
     epoch: int
     epochs: int
@@ -92,7 +92,7 @@ class EpochEvent:
     tokens_per_s: float = 0.0  # training tokens of this epoch over its training time
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DiagnosisEvent:
     """A verdict between epochs (a non-finite step, a spike, divergence): shown at once."""
 
@@ -103,7 +103,7 @@ class DiagnosisEvent:
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccumChangeRequested:
     old: int
     new: int
@@ -112,7 +112,7 @@ class AccumChangeRequested:
     applies_at_epoch: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccumChangeApplied:
     old: int
     new: int
@@ -120,19 +120,19 @@ class AccumChangeApplied:
     step: int  # last optimizer step before the change
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Paused:
     epoch: int
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Resumed:
     epoch: int
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointSaved:
     kind: str  # "latest" or "best"
     path: str
@@ -141,19 +141,19 @@ class CheckpointSaved:
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointFailed:
     kind: str
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Notice:
     message: str
     level: str = "info"  # info | warning | error
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunEnded:
     reason: str  # completed | early_stop | interrupted | error
     epochs: int  # epochs completed
