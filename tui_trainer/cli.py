@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .config import RunConfig, parse_log_every
-from .config_file import load_toml
+from .config_file import load_toml, require_data_file
 from .console import DetachableStream, say
 from .errors import UserError
 from .presets import QUICK, with_preset
@@ -119,9 +119,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any
     """The RunConfig the flags describe, and the flags the user gave explicitly ("section.field")."""
     given: dict[str, Any] = {}
     if args.config:
-        for section, table in load_toml(args.config).items():
+        tables = load_toml(args.config)
+        for section, table in tables.items():
             for key, value in table.items():
                 given[f"{section}.{key}"] = value
+        if args.data is None and tables.get("data", {}).get("path") is not None:
+            require_data_file(tables["data"]["path"], args.config)
     for _flag, _group, section, name, _kind, _help in FLAGS:
         value = getattr(args, name if name != "path" else "data")
         if value is not None:

@@ -122,7 +122,7 @@ class Trainer(TrainingSession):
             # Stop mid-window: drop its partial gradient; the checkpoint resumes at its start.
             self.optimizer.zero_grad(set_to_none=True)
             saved = self.save("latest", rng=self._window_rng)
-            return self._interrupted(saved, f"epoch {st.epoch}, step {st.step}")
+            return self._interrupted(saved, self._stop_point())
         if step in self.inject_nan_steps:
             loss_total = loss_total * float("nan")
         lr, loss_sum, norm = self._optimizer_step(loss_total, tokens)
@@ -159,7 +159,7 @@ class Trainer(TrainingSession):
         if self.control.stop_requested:
             # No second save when this step's periodic one just wrote the same state.
             saved = self._latest_saved == (st.epoch, st.example_cursor, st.step) or self.save("latest")
-            return self._interrupted(saved, f"epoch {st.epoch}, step {st.step}")
+            return self._interrupted(saved, self._stop_point())
         return None
 
     # -- a step: the window's gradient becomes one update ----------------------------------------
@@ -272,5 +272,5 @@ class Trainer(TrainingSession):
             return self._end_with_the_run_saved("early_stop", stop_reason, then=self._restore_best)
         saved = self.save("latest")
         if self.control.stop_requested:
-            return self._interrupted(saved, f"the end of epoch {epoch_done}")
+            return self._interrupted(saved, f"at the end of epoch {epoch_done}")
         return None

@@ -83,10 +83,14 @@ def merge_resume_config(state: dict, overrides: dict[str, Any], run_dir: Path, n
         if value == old:
             continue
         if key not in SAFE_RESUME_OVERRIDES:
-            raise UserError(f"--{name.replace('_', '-')} {value} contradicts the checkpoint ({old})",
+            raise UserError(f"--{name.replace('_', '-')} {value} contradicts the checkpoint "
+                            f"({old if old is not None else 'left at its default'})",
                             f"drop --{name.replace('_', '-')} when resuming, or start a new run")
         merged = merged.replace(**{section: replace(getattr(merged, section), **{name: value})})
-        notes.append(f"--{name.replace('_', '-')} {value} overrides the checkpoint's {old}")
+        flag = f"--{name.replace('_', '-')}"
+        # A None in the checkpoint is a setting left at its default: say so, not "None".
+        notes.append(f"{flag} {value} overrides the checkpoint's {old}" if old is not None else
+                     f"{flag} {value} is set (the checkpoint left it at its default)")
     if "data.path" in overrides:
         merged = merged.replace(data=replace(merged.data, path=overrides["data.path"]))
     return merged

@@ -225,6 +225,14 @@ class TrainingSession:
 
     # -- how a run ends -------------------------------------------------------------------------
 
+    def _stop_point(self) -> str:
+        """Where a mid-epoch stop leaves the run, in the run's own count of optimizer steps (a bare
+        "epoch 2, step 14" reads as the 14th step of epoch 2)."""
+        st = self.state
+        if st.step == 0:
+            return f"before the first optimizer step (epoch {st.epoch})"
+        return f"after optimizer step {st.step} (epoch {st.epoch})"
+
     def _end(self, reason: str, message: str = "") -> RunEnded:
         self.state.finished = reason
         verdict = self.last_diagnosis
@@ -263,10 +271,11 @@ class TrainingSession:
                                   f"({self._save_error}); {previous}")
 
     def _interrupted(self, saved: bool, where: str) -> RunEnded:
-        """End after a stop; the message says what a resume continues from."""
+        """End after a stop; the message says what a resume continues from. ``where`` carries its
+        preposition ("after optimizer step 14 (epoch 2)", "at the end of epoch 2")."""
         if saved:
-            return self._end("interrupted", f"stopped at {where}; continue with --resume {self.run_dir}")
+            return self._end("interrupted", f"stopped {where}; continue with --resume {self.run_dir}")
         previous = ("no earlier checkpoint exists" if self._latest_saved is None else
                     f"the previous checkpoint (step {self._latest_saved[2]}) is intact")
-        return self._end("interrupted", f"stopped at {where}, but the checkpoint could not be saved "
+        return self._end("interrupted", f"stopped {where}, but the checkpoint could not be saved "
                                         f"({self._save_error}); {previous}")
