@@ -83,3 +83,39 @@ def test_a_config_file_data_path_is_relative_to_the_file(small_corpus, tmp_path,
     assert err.count("\n") == 1 and str(folder / "missing.txt") in err and "run.toml" in err
     assert "--data" not in err.split("—")[0], err  # the problem names the file, not a flag nobody gave
     assert not (tmp_path / "s").exists()
+
+
+def test_a_save_while_paused_resumes_to_the_same_losses(small_corpus, tmp_path):
+    """`s` while paused saves at once, mid-window: a resume from that checkpoint redoes the window
+    and gives the uninterrupted run's losses bit for bit."""
+    import shutil
+
+    from tui_trainer.events import CheckpointSaved, Paused
+
+    def config(run_dir):
+        return with_limits(tiny_config(small_corpus, run_dir, epochs=1, accum=3), 9)
+
+    straight = ListSink()
+    Trainer(config(tmp_path / "a"), straight).run()
+
+    control = Control()
+
+    class SaveWhilePaused(ListSink):
+        def emit(self, event) -> None:
+            super().emit(event)
+            if isinstance(event, StepEvent) and event.step == 1:
+                control.pause()  # takes effect after the next micro-step, inside step 2's window
+            elif isinstance(event, Paused):
+                control.save()
+            elif isinstance(event, CheckpointSaved) and event.kind == "latest":
+                shutil.copytree(tmp_path / "b", tmp_path / "copy")  # as if the process died now
+                control.stop("interrupted")
+
+    paused = SaveWhilePaused()
+    Trainer(config(tmp_path / "b"), paused, control).run()
+    saved = paused.of(CheckpointSaved)[0]
+    assert saved.step == 1  # the last step taken; step 2's window was under way
+    resumed = ListSink()
+    Trainer(config(tmp_path / "copy"), resumed, resume=tmp_path / "copy").run()
+    losses = [e.loss for e in straight.of(StepEvent)]
+    assert [e.loss for e in resumed.of(StepEvent)] == losses[1:]

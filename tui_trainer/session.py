@@ -220,6 +220,11 @@ class TrainingSession:
             started = time.perf_counter()
             while self._paused and not self.control.stop_requested:
                 self._handle_commands(wait=0.1)
+                if self._save_requested:
+                    # `s` while paused saves now, not after a step nobody is taking: the state of the
+                    # last step with this window's RNG, as a stop mid-window saves (the resume redoes it).
+                    self._save_requested = False
+                    self.save("latest", rng=self._window_rng)
             paused_seconds[0] += time.perf_counter() - started
         return not self.control.stop_requested
 

@@ -329,7 +329,9 @@ class TrainerApp(App[None]):
     def action_save(self) -> None:
         self._save_requested_by_key = True
         self.control.save()
-        self.notify("saving a checkpoint after this step…", timeout=2)
+        paused = self.view.state == "paused"
+        self.notify("saving a checkpoint now (paused)…" if paused else "saving a checkpoint after this step…",
+                    timeout=2)
 
     def action_interrupt(self) -> None:
         """Ctrl-C: the terminal is in raw mode, so it arrives as a key, not as SIGINT. It does what
