@@ -197,14 +197,15 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     # A dead terminal under the app is handled by its driver (ui/terminal.py).
     with SignalStopper(control, on_stop=lambda: _close_app_once_engine_ended(built),
                        restore_terminal=True):
-        app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control)
+        # The app shows at once ("setting up"); torch, the data and the model load behind it.
+        app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control,
+                         in_background=True)
         built.append(app)
-        if control.stop_requested:
-            end = app.trainer.run()  # stops at once: saves where it is and writes `end`
-            say(f"tui-trainer: {end.message or 'stopped'}")
-            return exit_code_for(end)
-        app.run()
-    end = app.finish()
+        if not control.stop_requested:  # a signal already: no screen to take, finish() below stops the run
+            app.run()
+    end = app.finish()  # (a stop during set-up: builds, saves step 0 and writes `end`)
+    if app.set_up_error is not None:
+        raise app.set_up_error  # bad input: the one line, exit 2, the terminal already given back
     if end is None:
         return 0
     if app.summary_line():

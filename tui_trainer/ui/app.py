@@ -29,9 +29,10 @@ from textual.widgets import Footer
 
 from ..control import Control
 from ..errors import UserError
-from .bridge import AppSink, EngineWake
+from .bridge import AppSink, EngineWake, SetUpDone
 from .format import plural
 from .terminal import sturdy
+from .threads import PassingBuild
 from .view import RunView
 from .widgets import (BatchPanel, DiagnosisBanner, EpochTable, ErrorPanel, HelpScreen, LossPlot, ProgressPanel, StatsPanel,
                       StatusBar)
@@ -70,12 +71,16 @@ class TrainerApp(App[None]):
 
     def __init__(self, trainer: Any | None = None, sink: AppSink | None = None, *,
                  replay: Iterable[Any] = (), clock: Callable[[], float] = time.monotonic,
-                 memory_probe: Callable[[str], str] = memory_in_use) -> None:
+                 memory_probe: Callable[[str], str] = memory_in_use, control: Control | None = None,
+                 set_up: PassingBuild | None = None) -> None:
         """``trainer`` must emit into ``sink`` (create_app wires them); with no trainer the
-        screen shows ``replay``, a list of recorded events, and nothing runs."""
+        screen shows ``replay``, a list of recorded events, and nothing runs. ``set_up`` builds
+        (trainer, history) on a passing thread once the app shows; the engine starts when it is done."""
         super().__init__()
         self.trainer = trainer
-        self.control: Control = trainer.control if trainer is not None else Control()
+        self.control: Control = trainer.control if trainer is not None else control or Control()
+        self.set_up = set_up
+        self.set_up_error: BaseException | None = None  # bad input found while the app was showing
         self.sink = sink if sink is not None else AppSink()
         self._replay = list(replay)
         self.view = RunView()
@@ -123,9 +128,29 @@ class TrainerApp(App[None]):
         self.tick()
         if self._replay:
             self.feed(self._replay)
-        if self.trainer is not None:
-            self._engine_thread = threading.Thread(target=self._run_engine, name="tui-trainer-engine")
-            self._engine_thread.start()
+        if self.set_up is not None:
+            self.set_up.start(done=lambda: self.post_message(SetUpDone()))  # (from the set-up thread)
+        elif self.trainer is not None:
+            self._start_engine()
+
+    def _start_engine(self) -> None:
+        self._engine_thread = threading.Thread(target=self._run_engine, name="tui-trainer-engine")
+        self._engine_thread.start()
+
+    def on_set_up_done(self, _message: SetUpDone) -> None:
+        try:
+            trainer, history = self.set_up.join()
+        except BaseException as exc:  # bad input (a UserError) or a bug: the CLI reports it once we close
+            self.set_up_error = exc
+            self.exit()
+            return
+        if self.control.stop_requested:  # a stop while it set up (q leaves at once): finish() runs it
+            self.exit()
+            return
+        self.trainer = trainer
+        self.feed(history)
+        self.view.pending_accum = trainer.state.pending_accum  # a change asked for before the interruption
+        self._start_engine()
 
     def on_resize(self, event: textual_events.Resize) -> None:
         self._apply_size_classes(event.size.width, event.size.height)
@@ -169,7 +194,7 @@ class TrainerApp(App[None]):
         when the engine has written its checkpoint and its `end` record."""
         thread = self._engine_thread
         if thread is None:
-            return None
+            return self._finish_set_up()
         if thread.is_alive():
             self.control.stop("interrupted")
             thread.join(1.0)
@@ -182,6 +207,23 @@ class TrainerApp(App[None]):
                 thread.join(timeout)
         if not thread.is_alive():
             self._finished.set()
+        return self.end_event
+
+    def _finish_set_up(self):
+        """The app closed before the engine started (q, a signal, or bad input while it set up): a
+        Trainer that got built still ends as a stop does, with a saved step-0 checkpoint and its
+        `end` record; None when nothing was built."""
+        if self.set_up is None or self.set_up_error is not None:
+            return None
+        try:
+            trainer, _history = self.set_up.join()
+        except BaseException as exc:
+            self.set_up_error = exc
+            return None
+        self.trainer = trainer
+        if not self.control.stop_requested:
+            self.control.stop("interrupted")
+        self.end_event = trainer.run()  # stops at its first micro-step: saves where it is, writes `end`
         return self.end_event
 
     def get_driver_class(self):

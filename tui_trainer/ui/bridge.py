@@ -23,6 +23,10 @@ class EngineWake(Message):
     """Something the user should see now has arrived from the engine."""
 
 
+class SetUpDone(Message):
+    """The set-up thread has built the trainer (or failed to): the app takes it from there."""
+
+
 class AppSink:
     def __init__(self) -> None:
         self._events: deque = deque()

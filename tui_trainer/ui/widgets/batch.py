@@ -28,7 +28,7 @@ class BatchPanel(Panel):
         dim = self.get_component_rich_style("batch--dim")
         text = Text(end="")
         if not view.started:
-            text.append("effective batch: waiting for the engine…", dim)
+            text.append("loading torch, reading the data, building the model…", dim)
             return text
         mb, accum, eff, tokens = (str(view.micro_batch), str(view.accum), f"{view.effective_batch:,}",
                                   f"{view.tokens_per_step:,}")

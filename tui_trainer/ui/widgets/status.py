@@ -10,7 +10,7 @@ from ..view import (EARLY_STOPPED, FAILED, FINISHED, INTERRUPTED, PAUSED, PAUSIN
 from .base import Panel
 
 STATE_LABELS = {
-    STARTING: "starting", RUNNING: "running", VALIDATING: "validating", PAUSING: "pausing…", PAUSED: "paused", RESUMING: "resuming…",
+    STARTING: "setting up…", RUNNING: "running", VALIDATING: "validating", PAUSING: "pausing…", PAUSED: "paused", RESUMING: "resuming…",
     STOPPING: "stopping…", FINISHED: "finished", EARLY_STOPPED: "early-stopped", INTERRUPTED: "stopped",
     FAILED: "error",
 }
