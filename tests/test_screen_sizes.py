@@ -143,3 +143,17 @@ async def test_a_resumed_run_says_where_it_went_on_for_the_whole_session():
         # As create_app does: the recorded history first, then the engine's own events.
         text = await render(app, pilot, [*recorded_epochs(2), resumed, *mid_epoch(3, 30, 2)])
     assert "resumed at epoch 3, step 120" in text, text
+
+
+async def test_shrinking_to_60_columns_keeps_help_in_the_footer():
+    app = create_replay_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        wide = footer(await render(app, pilot, [started(), *recorded_epochs(2)]))
+        await pilot.resize_terminal(60, 20)
+        await pilot.pause()
+        narrow = footer(await render(app, pilot, []))
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause()
+        wide_again = footer(await render(app, pilot, []))
+    assert "palette" in wide and "palette" in wide_again, (wide, wide_again)
+    assert "? help" in narrow and "s save" in narrow and "palette" not in narrow, narrow

@@ -166,7 +166,10 @@ class TrainerApp(App[None]):
         screen.set_class(width < NARROW_COLUMNS, "-narrow")
         self.plot.show_axis_label = height >= AXIS_LABEL_ROWS
         footer = screen.query_one(Footer)
-        footer.show_command_palette = width >= NARROW_COLUMNS  # ctrl+p still works; help lists it
+        palette_hint = width >= NARROW_COLUMNS  # ctrl+p still works; help lists it
+        if footer.show_command_palette != palette_hint:
+            footer.show_command_palette = palette_hint
+            footer.refresh(recompose=True)  # (the footer reads it only when it composes)
 
     # -- the engine thread --------------------------------------------------------------------
 
