@@ -155,3 +155,9 @@ def test_small_screen_60x20_mid_run_with_a_pending_accumulation_change(snap_comp
               AccumChangeRequested(old=8, new=16, epoch=4, step=200, applies_at_epoch=5)]
     app, run_before = replay(events)
     assert snap_compare(app, terminal_size=(60, 20), run_before=run_before)
+
+
+def test_120x40_mid_run_gives_the_plot_the_room(snap_compare):
+    events = [started(), *recorded_epochs(3), *mid_epoch(4, 20, 5)]
+    app, run_before = replay(events)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
