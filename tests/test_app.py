@@ -185,9 +185,13 @@ async def test_s_saves_a_checkpoint_now(small_corpus, tmp_path, apps):
         await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
         assert not latest.exists()
         await pilot.press("s")
-        app.control.resume()  # the save happens after the step in progress
+        # Paused, it saves at once: the last step taken (none yet), with the window to redo on resume.
         await wait_for(pilot, lambda: app.view.last_checkpoint_step is not None, what="the checkpoint")
-        assert latest.exists() and app.view.last_checkpoint_step == 1  # right after the step in progress
+        assert latest.exists() and app.view.last_checkpoint_step == 0 and app.view.state == "paused"
+        await pilot.press("p")
+        await wait_for(pilot, lambda: app.view.step >= 2, what="steps after the pause")
+        await pilot.press("s")  # running, it saves after the step in progress
+        await wait_for(pilot, lambda: (app.view.last_checkpoint_step or 0) >= 3, what="the second checkpoint")
 
 
 @pytest.mark.parametrize("key, exit_signal, code", [("q", None, 0), ("ctrl+c", signal.SIGINT, 130)])

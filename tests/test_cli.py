@@ -313,7 +313,10 @@ def test_train_help_groups_the_flags_and_shows_every_default(capsys):
     # The figures come from the config dataclasses.
     assert "(default: 16)" in blocks["--micro-batch"] and "(default: 8)" in blocks["--accum"]
     assert "(default: 0.001)" in blocks["--lr"] and "(default: 6)" in blocks["--n-layer"]
-    assert "(default: off)" in blocks["--compile"] and "(default: no cap)" in blocks["--limit-val-batches"]
+    assert "(default: off)" in blocks["--compile"] and "(default: no cap)" in blocks["--limit-train-batches"]
+    # Validation's default follows a training cap, and the help says how.
+    assert "(default: no cap; with --limit-train-batches N, ceil(N x val_split / (1 - val_split)))" in " ".join(
+        blocks["--limit-val-batches"].split())
     assert "(default: 5% of the run" in blocks["--warmup-tokens"]
     model_part = text[text.index("\nmodel:"):text.index("\ndata:")]
     assert "--n-embd" in model_part and "--lr" not in model_part

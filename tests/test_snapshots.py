@@ -13,7 +13,7 @@ import random
 from dataclasses import replace
 
 from tui_trainer.events import (AccumChangeRequested, EpochEvent, MicroStep, Paused, RunEnded, RunStarted,
-                                StepEvent)
+                                StepEvent, ValidationProgress)
 from tui_trainer.noise_scale import suggested_accum
 from tui_trainer.ui.factory import create_replay_app
 
@@ -162,3 +162,22 @@ def test_batch_panel_with_a_noise_scale_suggestion_taken_up_by_auto_accum(snap_c
     events.append(AccumChangeRequested(old=8, new=16, epoch=4, step=200, applies_at_epoch=5, auto=True))
     app, run_before = replay(events)
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+def test_validation_pass_in_progress_at_80x24(snap_compare):
+    # The epoch's last step is done (no micro-step after it); its validation pass is under way.
+    events = [started(), *recorded_epochs(3), *mid_epoch(4, 60, 8)[:-1],
+              ValidationProgress(epoch=4, batch=21, batches=54, seconds=9.5)]
+    app, run_before = replay(events)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+def test_small_screen_60x20_mid_run_with_a_pending_accumulation_change(snap_compare):
+    events = [started(), *recorded_epochs(3), *mid_epoch(4, 20, 5),
+              AccumChangeRequested(old=8, new=16, epoch=4, step=200, applies_at_epoch=5)]
+    app, run_before = replay(events)
+    assert snap_compare(app, terminal_size=(60, 20), run_before=run_before)
+
+
+def test_120x40_mid_run_gives_the_plot_the_room(snap_compare):
+    events = [started(), *recorded_epochs(3), *mid_epoch(4, 20, 5)]
+    app, run_before = replay(events)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)

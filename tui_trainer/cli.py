@@ -17,11 +17,12 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import RunConfig
-from .config_file import load_toml
+from .config import RunConfig, parse_log_every
+from .config_file import load_toml, require_data_file
 from .console import DetachableStream, say
 from .errors import UserError
 from .sample_command import add_sample_arguments, run_sample
+from .presets import QUICK, with_preset
 from .signals import SignalStopper
 from .user_paths import check_given_paths, user_os_error
 from .text_source import PreparationCancelled
@@ -65,6 +66,8 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--max-bad-steps", RUN, "train", "max_bad_steps", int, "non-finite steps in a row before stopping"),
     ("--sample-tokens", RUN, "train", "sample_tokens", int,
      "tokens of the text sample written after each epoch's validation; 0 = off"),
+    ("--log-every", RUN, "train", "log_every", str,
+     "headless progress line: every 30s, 2m, 50 (optimizer steps) or off"),
 ]
 # What a default of None means, in words (every other default is shown as its value).
 NONE_MEANS = {
@@ -72,7 +75,7 @@ NONE_MEANS = {
     "data.vocab_size": "4096",
     "data.cache_dir": "$XDG_CACHE_HOME/tui-trainer, i.e. ~/.cache/tui-trainer",
     "data.limit_train_batches": "no cap",
-    "data.limit_val_batches": "no cap",
+    "data.limit_val_batches": "no cap; with --limit-train-batches N, ceil(N x val_split / (1 - val_split))",
     "optim.warmup_tokens": "5% of the run, at least 10 steps' worth",
     "train.threads": "all cores; one left for the app on 4+",
     "train.checkpoint_every": "about every 5 minutes",
@@ -112,6 +115,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--overwrite", action="store_true", help=with_default("replace a run already in --run-dir", "off"))
     run.add_argument("--config", metavar="FILE.toml", default=None, help=with_default(
         "TOML file with [model] [data] [optim] [train] [diagnosis] tables; flags override it", "none"))
+    run.add_argument("--quick", action="store_true", help=with_default(
+        "a first run that shows the whole story (the loss falling, validation, a diagnosis) in about a minute "
+        "on a laptop CPU: 2 layers, d_model 64, context 64, micro-batch 8 x accum 2, 50 micro-batches an epoch, "
+        "6 epochs; flags and --config still override it", "off"))
     run.add_argument("--compile", action="store_true", default=None,
                      help=with_default("torch.compile the model", default_of("train", "compile")))
     for flag, group, section, name, kind, help_text in FLAGS:
@@ -127,9 +134,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any
     """The RunConfig the flags describe, and the flags the user gave explicitly ("section.field")."""
     given: dict[str, Any] = {}
     if args.config:
-        for section, table in load_toml(args.config).items():
+        tables = load_toml(args.config)
+        for section, table in tables.items():
             for key, value in table.items():
                 given[f"{section}.{key}"] = value
+        if args.data is None and tables.get("data", {}).get("path") is not None:
+            require_data_file(tables["data"]["path"], args.config)
     for _flag, _group, section, name, _kind, _help in FLAGS:
         value = getattr(args, name if name != "path" else "data")
         if value is not None:
@@ -141,6 +151,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any
     if args.auto_accum:
         given["train.auto_accum"] = True
     cfg = RunConfig(run_dir=args.run_dir)
+    if args.quick:
+        cfg = with_preset(cfg, QUICK)  # under the file and the flags, so they still override it
     for key, value in given.items():
         section, name = key.split(".")
         try:
@@ -167,6 +179,8 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
     check_given_paths(config=args.config, resume=args.resume, run_dir=args.run_dir, overwrite=args.overwrite,
                       data=None)
     cfg, given = config_from_args(args)
+    if args.resume and args.quick:
+        raise UserError("--quick starts a new run", "drop --quick when resuming: a run keeps its own settings")
     given_paths["--data"] = cfg.data.path
     check_given_paths(config=None, resume=None, run_dir=None, overwrite=False, data=cfg.data.path,
                       data_from="--data" if args.data is not None else f"[data] path in {args.config}")
@@ -199,8 +213,10 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
         from .headless import HeadlessLog
 
         stdout = DetachableStream(sys.stdout)
-        trainer = Trainer(cfg, HeadlessLog(stdout), control, resume=args.resume, overrides=given,
+        log = HeadlessLog(stdout)
+        trainer = Trainer(cfg, log, control, resume=args.resume, overrides=given,
                           overwrite=args.overwrite, data_progress=DataProgressLine(stdout))
+        log.log_every = parse_log_every(trainer.cfg.train.log_every)  # a resumed run's own, unless given
         end = trainer.run()
     if trainer.error is not None and not isinstance(trainer.error, UserError):
         say(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})")
@@ -220,18 +236,15 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     # A dead terminal under the app is handled by its driver (ui/terminal.py).
     with SignalStopper(control, on_stop=lambda: _close_app_once_engine_ended(built),
                        restore_terminal=True):
-        from .data_progress import DataProgressLine
-
-        # The data is prepared before the app takes the terminal: its progress goes to stderr.
+        # The app shows at once ("setting up"); torch, the data and the model load behind it.
         app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control,
-                         data_progress=DataProgressLine(sys.stderr))
+                         in_background=True)
         built.append(app)
-        if control.stop_requested:
-            end = app.trainer.run()  # stops at once: saves where it is and writes `end`
-            say(f"tui-trainer: {end.message or 'stopped'}")
-            return exit_code_for(end)
-        app.run()
-    end = app.finish()
+        if not control.stop_requested:  # a signal already: no screen to take, finish() below stops the run
+            app.run()
+    end = app.finish()  # (a stop during set-up: builds, saves step 0 and writes `end`)
+    if app.set_up_error is not None:
+        raise app.set_up_error  # bad input: the one line, exit 2, the terminal already given back
     if end is None:
         return 0
     if app.summary_line():

@@ -84,6 +84,10 @@ class TrainConfig:
     sample_tokens: int = 200  # a text sample of this many tokens after each epoch's validation (0 = off)
     noise_scale: bool = True  # estimate the gradient noise scale (one extra copy of the gradients)
     auto_accum: bool = False  # at each epoch boundary, switch accum to the noise scale's suggestion
+    # Headless progress line: "30s" (or "2m") = every 30 seconds, a whole number = every N optimizer
+    # steps, "off" (or 0) = epoch lines only. Long enough not to flood a CI log, short enough that a
+    # job watchdog never takes a run for dead.
+    log_every: str | int = "30s"
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,30 @@ def _at_most(name: str, value: int | None, flag: str) -> None:
     if value is not None and value > limit:
         raise UserError(f"{flag} {value} is far beyond what this tool can use (at most {limit:,})",
                         f"pass {flag} {limit} or less")
+@dataclass(frozen=True)
+class LogEvery:
+    """``log_every`` understood: at most one of the two is set (neither = no progress lines)."""
+
+    seconds: float | None = None
+    steps: int | None = None
+
+
+def parse_log_every(value: str | int) -> LogEvery:
+    """``"30s"``, ``"2m"``, ``"1.5m"`` -> seconds; ``50`` or ``"50"`` -> optimizer steps; ``"off"``/``0`` -> none."""
+    text = str(value).strip().lower()
+    if text in ("off", "0", "0s", "0m", "none"):
+        return LogEvery()
+    try:
+        if text.endswith(("s", "m")):
+            number = float(text[:-1].strip())
+            if math.isfinite(number) and number > 0:
+                return LogEvery(seconds=number * (60 if text.endswith("m") else 1))
+        elif not isinstance(value, bool) and int(text) > 0:
+            return LogEvery(steps=int(text))
+    except ValueError:
+        pass
+    raise UserError(f"--log-every {value} is not an interval",
+                    "use e.g. --log-every 30s (seconds), 2m (minutes), 50 (optimizer steps) or off")
 
 
 def _positive(name: str, value: int | float | None, flag: str, allow_none: bool = False) -> None:
@@ -286,7 +314,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UserError(f"--threads {t.threads} is far more than this machine's {cores} core{'s' if cores > 1 else ''}",
                         f"pass --threads {cores} (or leave it out: one per core)")
     if t.patience < 0:
-        raise UserError(f"--patience must be 0 (off) or more, got {t.patience}", "the seed recommends 3-5")
+        raise UserError(f"--patience must be 0 (off) or more, got {t.patience}",
+                        "use e.g. --patience 4 (epochs without a val-loss improvement), or 0 to train every epoch")
     if t.min_delta < 0:
         raise UserError(f"--min-delta must be 0 or more, got {t.min_delta}", "use e.g. --min-delta 0.001")
     _positive("threads", t.threads, "--threads", allow_none=True)
@@ -301,6 +330,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if t.auto_accum and t.accum < 2:
         raise UserError("--auto-accum needs accum 2 or more: a window of one micro-batch cannot measure "
                         "the noise scale", "start with e.g. --accum 8")
+    parse_log_every(t.log_every)
     if (g.val_rise_warning < 0 or g.trend_epochs < 2 or g.confirm_epochs < 1 or g.spike_factor <= 1
             or g.spike_window < 3 or g.overfit_gap < 0 or g.val_margin < 0 or g.underfit_ratio <= 0
             or g.plateau_improvement < 0 or not 0 <= g.schedule_tail <= 1 or g.spike_min_rise < 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import tomllib
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, checked_value
@@ -67,4 +68,23 @@ def load_toml(path: str) -> dict[str, dict[str, Any]]:
                 raise UserError(f"unknown key '{key}' in [{section}] of {path}",
                                 f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(sorted(known))}")
             table[key] = checked_value(section_cls, key, table[key], f"[{section}] of {path}")
+    if isinstance(data.get("data"), dict) and data["data"].get("path") is not None:
+        data["data"]["path"] = data_path_from_file(data["data"]["path"], path)
     return data
+
+
+def data_path_from_file(written: str, config_path: str) -> str:
+    """A ``[data] path`` is relative to the config file (as in every config file a project keeps
+    next to its data), not to wherever the command runs."""
+    candidate = Path(written).expanduser()
+    return str(candidate if candidate.is_absolute() else Path(config_path).resolve().parent / candidate)
+
+
+def require_data_file(resolved: str, config_path: str) -> None:
+    """A missing file named with the config file that asked for it (no --data flag was given)."""
+    target = Path(resolved)
+    if not target.is_file():
+        what = "does not exist" if not target.exists() else "is not a file"
+        raise UserError(f"the data file {target} ([data] path in {config_path}) {what}",
+                        f"paths in a config file are relative to it: fix the path in {config_path}, "
+                        "or pass --data, which overrides it")

@@ -8,6 +8,7 @@ gives the same examples in every optimizer step whatever the split between the t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -179,6 +180,18 @@ def plan_windows(n_examples: int, micro_batch: int, accum: int) -> list[list[tup
         step_stop = min(step_start + per_step, n_examples)
         windows.append([(s, min(s + micro_batch, step_stop)) for s in range(step_start, step_stop, micro_batch)])
     return windows
+
+
+def val_batch_limit(cfg: DataConfig) -> int | None:
+    """Micro-batches one validation pass may read: ``limit_val_batches`` when given; else, when
+    ``limit_train_batches`` caps training, the same share of validation as the data's split,
+    ``ceil(limit_train_batches * val_split / (1 - val_split))`` (50 train batches at a 0.1 split ->
+    6): a quick run must not spend most of its time validating. None = every validation batch."""
+    if cfg.limit_val_batches is not None:
+        return cfg.limit_val_batches
+    if cfg.limit_train_batches is None:
+        return None
+    return max(1, math.ceil(cfg.limit_train_batches * cfg.val_split / (1 - cfg.val_split) - 1e-9))
 
 
 def val_batches(n_examples: int, batch_size: int, limit_batches: int | None) -> list[tuple[int, int]]:

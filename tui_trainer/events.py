@@ -67,6 +67,17 @@ class StepEvent:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ValidationProgress:
+    """The epoch's validation pass: ``batch`` of ``batches`` micro-batches done (0 = it starts).
+    Emitted at the start, at the end, and at most every ``VALIDATION_PROGRESS_S`` in between."""
+
+    epoch: int
+    batch: int
+    batches: int
+    seconds: float  # wall time of this pass so far
+
+
+@dataclass(frozen=True, kw_only=True)
 class EpochEvent:
     epoch: int
     epochs: int
@@ -175,8 +186,9 @@ class RunEnded:
     diagnosis_reason: str | None = None
 
 
-Event = (RunStarted | MicroStep | StepEvent | EpochEvent | SampleEvent | DiagnosisEvent | AccumChangeRequested
-         | AccumChangeApplied | Paused | Resumed | CheckpointSaved | CheckpointFailed | Notice | RunEnded)
+Event = (RunStarted | MicroStep | StepEvent | ValidationProgress | EpochEvent | SampleEvent | DiagnosisEvent
+         | AccumChangeRequested | AccumChangeApplied | Paused | Resumed | CheckpointSaved | CheckpointFailed | Notice
+         | RunEnded)
 
 
 class Sink(Protocol):

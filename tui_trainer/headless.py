@@ -1,27 +1,81 @@
-"""The headless face: plain log lines on stdout (metrics.jsonl is written by the engine)."""
+"""The headless face: plain log lines on stdout (metrics.jsonl is written by the engine).
+
+Besides the run, epoch and end lines, a ``progress`` line every ``--log-every`` (30 s by
+default, or every N optimizer steps) says where the run is, so a CI job that kills silent
+jobs never mistakes a long first epoch for a hang. On a terminal a live line is redrawn in
+place between them.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
+from .config import LogEvery
 from .diagnosis import REMEDIES
+from .eta import EtaModel, duration
 from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed, CheckpointSaved, DiagnosisEvent,
                      EpochEvent,
-                     Event, Notice, Paused, Resumed, RunEnded, RunStarted, SampleEvent, StepEvent)
+                     Event, MicroStep, Notice, Paused, Resumed, RunEnded, RunStarted, SampleEvent, StepEvent,
+                     ValidationProgress)
 
 PLAIN_REMEDIES = (REMEDIES["healthy"], REMEDIES["learning"])
-PROGRESS_INTERVAL_S = 2.0  # a progress line at most this often, and only on a terminal
+PROGRESS_INTERVAL_S = 2.0  # the live line (a terminal only) at most this often
+DEFAULT_LOG_EVERY = LogEvery(seconds=30.0)
 SAMPLE_LOG_CHARS = 120  # a text sample's share of its log line
 
 
+
 class HeadlessLog:
-    def __init__(self, out: TextIO | None = None, progress: bool | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, progress: bool | None = None,
+                 log_every: LogEvery = DEFAULT_LOG_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
         self.out = out or sys.stdout
         self.progress = self.out.isatty() if progress is None else progress
+        self.log_every = log_every
+        self.clock = clock
         self._last_progress = 0.0
         self._epochs = 0
+        self._started = clock()
+        self._elapsed_before = 0.0
+        self._paused_since: float | None = None
+        self._paused_total = 0.0
+        self._last_logged = self._started  # the last `progress` line (seconds mode)
+        self._last_step_at = self._started  # the last optimizer step's end
+        self._window_tokens, self._window_seconds = 0, 0.0  # tokens/s since the last progress line
+        self._lr: float | None = None
+        self._eta: EtaModel | None = None
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self._elapsed_before + self.clock() - self._started
+
+    def eta(self) -> float | None:
+        if self._eta is None:
+            return None
+        now = self.clock()
+        paused = self._paused_total + (now - self._paused_since if self._paused_since is not None else 0.0)
+        return self._eta.eta(now - self._started - paused)
+
+    def _due(self, step: int | None) -> bool:
+        """A `progress` line now? Seconds mode: the interval has passed; steps mode: every N steps.
+
+        ``step`` None = a line between steps (a micro-step, validation): due only when no step has
+        ended for a whole interval either, so the step lines (loss, lr, tokens/s) come first."""
+        if self.log_every.steps:
+            return step is not None and step % self.log_every.steps == 0
+        if not self.log_every.seconds:
+            return False
+        now = self.clock()
+        since = self._last_logged if step is not None else max(self._last_logged, self._last_step_at)
+        if now - since >= self.log_every.seconds:
+            self._last_logged = now
+            return True
+        return False
+
+    def _times(self) -> str:
+        return f"elapsed={duration(self.elapsed())} eta={duration(self.eta())}"
 
     def _print(self, text: str) -> None:
         if self.progress:
@@ -40,6 +94,12 @@ class HeadlessLog:
     def emit(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self._epochs = event.epochs
+            self._started = self._last_logged = self._last_step_at = self.clock()
+            self._elapsed_before = event.elapsed_before
+            self._eta = EtaModel(planned_tokens=event.planned_tokens, tokens_seen=event.tokens_seen,
+                                 epochs=event.epochs, epochs_done=event.start_epoch - 1,
+                                 val_batches=-(-event.val_examples // max(1, event.micro_batch)),
+                                 micro_batch=event.micro_batch, block_size=event.block_size)
             eff = event.micro_batch * event.accum * event.processes
             self._print(f"run {event.run_dir} device={event.device} threads={event.threads} "
                         f"params={event.parameters:,} vocab={event.vocab_size} "
@@ -48,18 +108,48 @@ class HeadlessLog:
             for note in event.notes:
                 self._print(f"note: {note}")
         elif isinstance(event, StepEvent):
-            now = time.monotonic()
+            self._lr = event.lr
+            if event.tokens_per_s > 0:
+                seconds = event.tokens / event.tokens_per_s
+                self._window_tokens += event.tokens
+                self._window_seconds += seconds
+                if self._eta is not None:
+                    self._eta.step(event.tokens, seconds, event.tokens_seen)
+            self._last_step_at = self.clock()
+            if self._due(event.step):
+                tokens_per_s = self._window_tokens / self._window_seconds if self._window_seconds else 0.0
+                self._window_tokens, self._window_seconds = 0, 0.0
+                self._print(f"progress epoch {event.epoch}/{self._epochs} step {event.step_in_epoch}/"
+                            f"{event.steps_in_epoch} (optimizer step {event.step}) loss={event.loss:.4f} "
+                            f"lr={event.lr:.2e} tokens/s={tokens_per_s:,.0f} {self._times()}")
+            now = self.clock()
             if self.progress and now - self._last_progress >= PROGRESS_INTERVAL_S:
                 self._last_progress = now
                 self.out.write(f"\r\x1b[2Kepoch {event.epoch}/{self._epochs} step {event.step_in_epoch}/"
                                f"{event.steps_in_epoch} loss={event.loss:.4f} lr={event.lr:.2e} "
                                f"tokens/s={event.tokens_per_s:,.0f}")
                 self.out.flush()
+        elif isinstance(event, MicroStep):
+            # A slow optimizer step (the defaults on a small CPU: many seconds) is not silence either.
+            if 1 < event.micro_step and not self.log_every.steps and self._due(None):
+                self._print(f"progress epoch {event.epoch}/{self._epochs} step {event.step_in_epoch - 1}/"
+                            f"{event.steps_in_epoch}, micro-step {event.micro_step}/{event.micro_steps} of "
+                            f"optimizer step {event.step} {self._times()}")
+        elif isinstance(event, ValidationProgress):
+            if self._eta is not None:
+                self._eta.validation(event.batch, event.batches, event.seconds)
+            # A long validation pass is not silence either (steps mode: the steps' lines frame it).
+            if 0 < event.batch < event.batches and not self.log_every.steps and self._due(None):
+                self._print(f"progress epoch {event.epoch}/{self._epochs} validating {event.batch}/{event.batches} "
+                            f"{self._times()}")
         elif isinstance(event, EpochEvent):
+            if self._eta is not None:
+                self._eta.epoch_done(event.tokens_seen)
+            lr = f"lr={self._lr:.2e} " if self._lr is not None else ""
             self._print(f"epoch {event.epoch}/{event.epochs} train_loss={event.train_loss:.4f} "
                         f"val_loss={event.val_loss:.4f} effective_batch={event.effective_batch} "
                         f"({event.effective_batch // event.accum}x{event.accum}) "
-                        f"tokens/s={event.tokens_per_s:,.0f} "
+                        f"tokens/s={event.tokens_per_s:,.0f} {lr}epoch_s={event.seconds:.1f} {self._times()} "
                         f"diagnosis={event.diagnosis}: {event.diagnosis_reason}")
             if event.noise_scale is not None:
                 self._print(f"noise scale ~{event.noise_scale:,.0f} sequences -> suggests accum {event.suggested_accum}")
@@ -79,8 +169,12 @@ class HeadlessLog:
         elif isinstance(event, AccumChangeApplied):
             self._print(f"accum {event.old} -> {event.new} applied at the start of epoch {event.epoch}")
         elif isinstance(event, Paused):
+            self._paused_since = self.clock()
             self._print(f"paused at step {event.step}")
         elif isinstance(event, Resumed):
+            if self._paused_since is not None:
+                self._paused_total += self.clock() - self._paused_since
+                self._paused_since = None
             self._print(f"resumed at step {event.step}")
         elif isinstance(event, CheckpointSaved):
             if event.kind == "best" or event.seconds > 1.0:

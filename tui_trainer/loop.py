@@ -20,13 +20,14 @@ import traceback
 import torch
 
 from .accumulation import WindowAborted, accumulate_window
-from .data import epoch_examples, plan_windows, val_batches
+from .data import epoch_examples, plan_windows, val_batch_limit, val_batches
 from .diagnosis import SchedulePosition, diagnose, step_verdict, val_rise_warning
 from .events import (AccumChangeApplied, DiagnosisEvent, EpochEvent, MicroStep, Notice, RunEnded, RunStarted,
                      StepEvent)
 from .noise_scale import WindowNorms
 from .runtime import capture_rng
 from .session import TrainingSession
+from .validation_progress import ValidationProgressEmitter
 
 DEFAULT_CHECKPOINT_SECONDS = 300.0  # `latest` every ~5 minutes when --checkpoint-every is not given
 
@@ -131,7 +132,7 @@ class Trainer(TrainingSession):
             # Stop mid-window: drop its partial gradient; the checkpoint resumes at its start.
             self.optimizer.zero_grad(set_to_none=True)
             saved = self.save("latest", rng=self._window_rng)
-            return self._interrupted(saved, f"epoch {st.epoch}, step {st.step}")
+            return self._interrupted(saved, self._stop_point())
         if step in self.inject_nan_steps:
             loss_total = loss_total * float("nan")
         lr, loss_sum, norm = self._optimizer_step(loss_total, tokens, micro_ranges)
@@ -171,7 +172,7 @@ class Trainer(TrainingSession):
         if self.control.stop_requested:
             # No second save when this step's periodic one just wrote the same state.
             saved = self._latest_saved == (st.epoch, st.example_cursor, st.step) or self.save("latest")
-            return self._interrupted(saved, f"epoch {st.epoch}, step {st.step}")
+            return self._interrupted(saved, self._stop_point())
         return None
 
     # -- a step: the window's gradient becomes one update ----------------------------------------
@@ -255,11 +256,13 @@ class Trainer(TrainingSession):
             loss_sum = torch.zeros((), device=self.device)
             tokens = 0
             indices = torch.arange(len(self.val_set), device=self.device)
-            for start, stop in val_batches(len(self.val_set), self.cfg.train.micro_batch,
-                                           self.cfg.data.limit_val_batches):
+            batches = val_batches(len(self.val_set), self.cfg.train.micro_batch, val_batch_limit(self.cfg.data))
+            progress = ValidationProgressEmitter(self.sink, self.state.epoch, len(batches))
+            for done, (start, stop) in enumerate(batches, 1):
                 inputs, targets = self.val_set.batch(indices[start:stop])
                 loss_sum += self.model.loss_sum(inputs, targets).float()
                 tokens += inputs.numel()
+                progress.batch_done(done)
             return loss_sum.item() / tokens
         finally:
             self.model.train(was_training)
@@ -309,5 +312,5 @@ class Trainer(TrainingSession):
         # A stop during the last epoch's validation or save: nothing is left to interrupt, the run
         # completes (a stop that ended it as "interrupted" left a run no resume could finish).
         if self.control.stop_requested and st.epoch <= cfg.train.epochs:
-            return self._interrupted(saved, f"the end of epoch {epoch_done}")
+            return self._interrupted(saved, f"at the end of epoch {epoch_done}")
         return None

@@ -33,7 +33,7 @@ RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINT_DIR)
 SAFE_RESUME_OVERRIDES = frozenset({
     "train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
     "train.checkpoint_every", "train.max_bad_steps", "train.compile", "train.sample_tokens",
-    "train.noise_scale", "train.auto_accum",
+    "train.noise_scale", "train.auto_accum", "train.log_every",
     "data.limit_train_batches", "data.limit_val_batches", "data.cache_dir"})
 
 
@@ -94,10 +94,14 @@ def merge_resume_config(state: dict, overrides: dict[str, Any], run_dir: Path, n
         if value == old:
             continue
         if key not in SAFE_RESUME_OVERRIDES:
-            raise UserError(f"--{name.replace('_', '-')} {value} contradicts the checkpoint ({old})",
+            raise UserError(f"--{name.replace('_', '-')} {value} contradicts the checkpoint "
+                            f"({old if old is not None else 'left at its default'})",
                             f"drop --{name.replace('_', '-')} when resuming, or start a new run")
         merged = merged.replace(**{section: replace(getattr(merged, section), **{name: value})})
-        notes.append(f"--{name.replace('_', '-')} {value} overrides the checkpoint's {old}")
+        flag = f"--{name.replace('_', '-')}"
+        # A None in the checkpoint is a setting left at its default: say so, not "None".
+        notes.append(f"{flag} {value} overrides the checkpoint's {old}" if old is not None else
+                     f"{flag} {value} is set (the checkpoint left it at its default)")
     if "data.path" in overrides:
         merged = merged.replace(data=replace(merged.data, path=overrides["data.path"]))
     return merged

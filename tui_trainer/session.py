@@ -19,7 +19,7 @@ from . import checkpoint as ckpt
 from . import run_dir as rd
 from .config import RunConfig, validate
 from .control import Control, SampleNow, SaveCheckpoint, SetAccum, SetPaused, TogglePause
-from .data import Corpus, WindowDataset, load_corpus, window_count
+from .data import Corpus, WindowDataset, load_corpus, val_batch_limit, window_count
 from .text_source import PreparationCancelled, ProgressFn
 from .tokens import tokenizer_from_record
 from .diagnosis import Diagnosis
@@ -159,7 +159,7 @@ class TrainingSession:
 
     def val_examples(self) -> int:
         """Examples one validation pass reads (``--limit-val-batches`` caps it)."""
-        return self._capped(len(self.val_set), self.cfg.data.limit_val_batches)
+        return self._capped(len(self.val_set), val_batch_limit(self.cfg.data))
 
     def planned_tokens(self) -> int:
         return self.cfg.train.epochs * self.examples_per_epoch() * self.cfg.model.block_size
@@ -260,6 +260,11 @@ class TrainingSession:
             while self._paused and not self.control.stop_requested:
                 self._handle_commands(wait=0.1)
                 self._sample_if_asked()  # paused, the weights are those of the last step
+                if self._save_requested:
+                    # `s` while paused saves now, not after a step nobody is taking: the state of the
+                    # last step with this window's RNG, as a stop mid-window saves (the resume redoes it).
+                    self._save_requested = False
+                    self.save("latest", rng=self._window_rng)
             paused_seconds[0] += time.perf_counter() - started
         return not self.control.stop_requested
 
@@ -271,6 +276,14 @@ class TrainingSession:
             self.sink.emit(self.sampler.asked(self.state.epoch, self.state.step))
 
     # -- how a run ends -------------------------------------------------------------------------
+
+    def _stop_point(self) -> str:
+        """Where a mid-epoch stop leaves the run, in the run's own count of optimizer steps (a bare
+        "epoch 2, step 14" reads as the 14th step of epoch 2)."""
+        st = self.state
+        if st.step == 0:
+            return f"before the first optimizer step (epoch {st.epoch})"
+        return f"after optimizer step {st.step} (epoch {st.epoch})"
 
     def _end(self, reason: str, message: str = "") -> RunEnded:
         self.state.finished = reason
@@ -310,10 +323,11 @@ class TrainingSession:
                                   f"({self._save_error}); {previous}")
 
     def _interrupted(self, saved: bool, where: str) -> RunEnded:
-        """End after a stop; the message says what a resume continues from."""
+        """End after a stop; the message says what a resume continues from. ``where`` carries its
+        preposition ("after optimizer step 14 (epoch 2)", "at the end of epoch 2")."""
         if saved:
-            return self._end("interrupted", f"stopped at {where}; continue with --resume {self.run_dir}")
+            return self._end("interrupted", f"stopped {where}; continue with --resume {self.run_dir}")
         previous = ("no earlier checkpoint exists" if self._latest_saved is None else
                     f"the previous checkpoint (step {self._latest_saved[2]}) is intact")
-        return self._end("interrupted", f"stopped at {where}, but the checkpoint could not be saved "
+        return self._end("interrupted", f"stopped {where}, but the checkpoint could not be saved "
                                         f"({self._save_error}); {previous}")

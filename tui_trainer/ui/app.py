@@ -29,9 +29,10 @@ from textual.widgets import Footer
 
 from ..control import Control
 from ..errors import UserError
-from .bridge import AppSink, EngineWake
+from .bridge import AppSink, EngineWake, SetUpDone
 from .format import plural
 from .terminal import sturdy
+from .threads import PassingBuild
 from .view import RunView
 from .widgets import (BatchPanel, DiagnosisBanner, EpochTable, ErrorPanel, HelpScreen, LossPlot, ProgressPanel, StatsPanel,
                       StatusBar)
@@ -44,9 +45,14 @@ TICK_HZ = 1  # elapsed, ETA, memory
 WIDE_COLUMNS = 120  # from here on the panels move to a column right of the plot
 TALL_ROWS = 40  # from here on (or when wide) the epoch table is shown
 COMPACT_ROWS = 26  # below this the progress and stats panels lose their borders
-TINY_ROWS = 22  # below this the plot loses its border and axis label
+TINY_ROWS = 22  # below this the plot keeps only its top border (the legend), the stats one line
+AXIS_LABEL_ROWS = 16  # below this the plot loses its x-axis label
 NARROW_COLUMNS = 70  # below this the panels stack in one column
 SIGNAL_EXIT_GRACE_S = 10.0  # after a signal stop has saved: how long the app may take to close
+
+
+# "+ - accum x2 /2": one footer item for the pair, so every key still fits at 60 columns.
+ACCUM_KEYS = Binding.Group("accum x2 /2", compact=True)
 
 
 class TrainerApp(App[None]):
@@ -56,8 +62,8 @@ class TrainerApp(App[None]):
     BINDINGS = [
         Binding("q", "stop", "stop", tooltip="finish the micro-step, save, exit"),
         Binding("p", "pause", "pause/resume"),
-        Binding("plus,right_square_bracket,equals_sign", "accum_up", "accum x2", key_display="+"),
-        Binding("minus,left_square_bracket", "accum_down", "accum /2", key_display="-"),
+        Binding("plus,right_square_bracket,equals_sign", "accum_up", "accum x2", key_display="+", group=ACCUM_KEYS),
+        Binding("minus,left_square_bracket", "accum_down", "accum /2", key_display="-", group=ACCUM_KEYS),
         Binding("s", "save", "save"),
         # Not in the footer (no room at 80 columns): the help, the palette and the samples panel name it.
         Binding("g", "sample", "sample", show=False, tooltip="write a text sample from the current weights"),
@@ -68,12 +74,16 @@ class TrainerApp(App[None]):
 
     def __init__(self, trainer: Any | None = None, sink: AppSink | None = None, *,
                  replay: Iterable[Any] = (), clock: Callable[[], float] = time.monotonic,
-                 memory_probe: Callable[[str], str] = memory_in_use) -> None:
+                 memory_probe: Callable[[str], str] = memory_in_use, control: Control | None = None,
+                 set_up: PassingBuild | None = None) -> None:
         """``trainer`` must emit into ``sink`` (create_app wires them); with no trainer the
-        screen shows ``replay``, a list of recorded events, and nothing runs."""
+        screen shows ``replay``, a list of recorded events, and nothing runs. ``set_up`` builds
+        (trainer, history) on a passing thread once the app shows; the engine starts when it is done."""
         super().__init__()
         self.trainer = trainer
-        self.control: Control = trainer.control if trainer is not None else Control()
+        self.control: Control = trainer.control if trainer is not None else control or Control()
+        self.set_up = set_up
+        self.set_up_error: BaseException | None = None  # bad input found while the app was showing
         self.sink = sink if sink is not None else AppSink()
         self._replay = list(replay)
         self.view = RunView()
@@ -123,9 +133,29 @@ class TrainerApp(App[None]):
         self.tick()
         if self._replay:
             self.feed(self._replay)
-        if self.trainer is not None:
-            self._engine_thread = threading.Thread(target=self._run_engine, name="tui-trainer-engine")
-            self._engine_thread.start()
+        if self.set_up is not None:
+            self.set_up.start(done=lambda: self.post_message(SetUpDone()))  # (from the set-up thread)
+        elif self.trainer is not None:
+            self._start_engine()
+
+    def _start_engine(self) -> None:
+        self._engine_thread = threading.Thread(target=self._run_engine, name="tui-trainer-engine")
+        self._engine_thread.start()
+
+    def on_set_up_done(self, _message: SetUpDone) -> None:
+        try:
+            trainer, history = self.set_up.join()
+        except BaseException as exc:  # bad input (a UserError) or a bug: the CLI reports it once we close
+            self.set_up_error = exc
+            self.exit()
+            return
+        if self.control.stop_requested:  # a stop while it set up (q leaves at once): finish() runs it
+            self.exit()
+            return
+        self.trainer = trainer
+        self.feed(history)
+        self.view.pending_accum = trainer.state.pending_accum  # a change asked for before the interruption
+        self._start_engine()
 
     def on_resize(self, event: textual_events.Resize) -> None:
         self._apply_size_classes(event.size.width, event.size.height)
@@ -139,7 +169,12 @@ class TrainerApp(App[None]):
         screen.set_class(height < COMPACT_ROWS, "-compact")
         screen.set_class(height < TINY_ROWS, "-tiny")
         screen.set_class(width < NARROW_COLUMNS, "-narrow")
-        self.plot.show_axis_label = height >= TINY_ROWS
+        self.plot.show_axis_label = height >= AXIS_LABEL_ROWS
+        footer = screen.query_one(Footer)
+        palette_hint = width >= NARROW_COLUMNS  # ctrl+p still works; help lists it
+        if footer.show_command_palette != palette_hint:
+            footer.show_command_palette = palette_hint
+            footer.refresh(recompose=True)  # (the footer reads it only when it composes)
 
     # -- the engine thread --------------------------------------------------------------------
 
@@ -167,7 +202,7 @@ class TrainerApp(App[None]):
         when the engine has written its checkpoint and its `end` record."""
         thread = self._engine_thread
         if thread is None:
-            return None
+            return self._finish_set_up()
         if thread.is_alive():
             self.control.stop("interrupted")
             thread.join(1.0)
@@ -180,6 +215,23 @@ class TrainerApp(App[None]):
                 thread.join(timeout)
         if not thread.is_alive():
             self._finished.set()
+        return self.end_event
+
+    def _finish_set_up(self):
+        """The app closed before the engine started (q, a signal, or bad input while it set up): a
+        Trainer that got built still ends as a stop does, with a saved step-0 checkpoint and its
+        `end` record; None when nothing was built."""
+        if self.set_up is None or self.set_up_error is not None:
+            return None
+        try:
+            trainer, _history = self.set_up.join()
+        except BaseException as exc:
+            self.set_up_error = exc
+            return None
+        self.trainer = trainer
+        if not self.control.stop_requested:
+            self.control.stop("interrupted")
+        self.end_event = trainer.run()  # stops at its first micro-step: saves where it is, writes `end`
         return self.end_event
 
     def get_driver_class(self):
@@ -196,7 +248,8 @@ class TrainerApp(App[None]):
             return (f"tui-trainer: finished {plural(end.epochs, 'epoch')}, {plural(end.steps, 'step')}{best}"
                     f" — {run_dir}")
         if end.reason == "early_stop":
-            return f"tui-trainer: early stop after {plural(end.epochs, 'epoch')}: {end.message}{best} — {run_dir}"
+            # The early-stopping reason names the best epoch already ("... (best 1.6000 at epoch 4)").
+            return f"tui-trainer: early stop after {plural(end.epochs, 'epoch')}: {end.message} — {run_dir}"
         if end.reason == "error":
             log = run_dir / "error.log"
             where = f" (traceback in {log})" if log.exists() else ""
@@ -300,8 +353,10 @@ class TrainerApp(App[None]):
     # -- keys ---------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("pause", "accum_up", "accum_down", "save") and self.view.ended:
-            return None  # shown greyed out: the run is over
+        if action in ("pause", "accum_up", "accum_down", "save", "sample") and self.view.ended:
+            # Hidden: the run is over, these would do nothing. (While a finished run's final save
+            # waits for a retry the run has not ended yet, so `s` stays.)
+            return False
         return True
 
     def action_accum_up(self) -> None:
@@ -328,7 +383,9 @@ class TrainerApp(App[None]):
     def action_save(self) -> None:
         self._save_requested_by_key = True
         self.control.save()
-        self.notify("saving a checkpoint after this step…", timeout=2)
+        paused = self.view.state == "paused"
+        self.notify("saving a checkpoint now (paused)…" if paused else "saving a checkpoint after this step…",
+                    timeout=2)
 
     def action_sample(self) -> None:
         """g: ask the engine for a sample after this step; where the panel is not shown, open the
@@ -365,14 +422,25 @@ class TrainerApp(App[None]):
         self.notify("stopping: finishing the micro-step and saving (q again to leave at once)", timeout=4)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        yield SystemCommand("Accumulation x2", "double accum at the next epoch (+)", self.action_accum_up)
-        yield SystemCommand("Accumulation /2", "halve accum at the next epoch (-)", self.action_accum_down)
-        yield SystemCommand("Pause / resume training", "the engine waits between micro-steps (p)",
-                            self.action_pause)
-        yield SystemCommand("Save checkpoint", "save `latest` after the current step (s)", self.action_save)
-        yield SystemCommand("Sample text", "write a sample from the current weights after this step (g)",
-                            self.action_sample)
-        yield SystemCommand("Stop training", "finish the micro-step, save and exit (q)", self.action_stop)
-        yield SystemCommand("Toggle loss smoothing", "EMA or raw step loss (m)", self.action_smoothing)
-        yield SystemCommand("Help", "keys, gradient accumulation, diagnoses (?)", self.action_help)
+        # Of Textual's own, the theme helps (a light terminal); its "Quit ... as soon as possible" would
+        # misdescribe what leaving does here (the engine still saves), "Keys" repeats `?`, and
+        # "Screenshot" writes files into the working directory.
+        yield from (command for command in super().get_system_commands(screen)
+                    if command.title in ("Theme", "Maximize", "Minimize"))
+        ended = self.view.ended
+        ours = [
+            ("accum_up", "Accumulation x2", "double accum at the next epoch (+)", self.action_accum_up),
+            ("accum_down", "Accumulation /2", "halve accum at the next epoch (-)", self.action_accum_down),
+            ("pause", "Pause / resume training", "the engine waits between micro-steps (p)", self.action_pause),
+            ("save", "Save checkpoint", "save `latest` after the current step (s)", self.action_save),
+            ("sample", "Sample text", "write a sample from the current weights after this step (g)",
+             self.action_sample),
+            ("stop", "Close the app" if ended else "Stop training",
+             "the run is over and saved (q)" if ended else "finish the micro-step, save and exit (q)",
+             self.action_stop),
+            ("smoothing", "Toggle loss smoothing", "EMA or raw step loss (m)", self.action_smoothing),
+            ("help", "Help", "keys, gradient accumulation, diagnoses (?)", self.action_help),
+        ]
+        for action, title, help_text, callback in ours:
+            if self.check_action(action, ()):  # only what works now
+                yield SystemCommand(title, help_text, callback)

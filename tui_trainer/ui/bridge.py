@@ -16,11 +16,15 @@ from typing import Any
 from textual.message import Message
 
 # Events that arrive at training speed: the drain timer picks them up.
-QUIET_EVENTS = frozenset({"StepEvent", "CheckpointSaved"})
+QUIET_EVENTS = frozenset({"StepEvent", "CheckpointSaved", "ValidationProgress"})
 
 
 class EngineWake(Message):
     """Something the user should see now has arrived from the engine."""
+
+
+class SetUpDone(Message):
+    """The set-up thread has built the trainer (or failed to): the app takes it from there."""
 
 
 class AppSink:

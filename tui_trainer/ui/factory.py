@@ -13,24 +13,34 @@ from ..errors import UserError
 from .app import TrainerApp
 from .bridge import AppSink
 from .history import recorded_history
-from .threads import in_passing_thread
+from .threads import PassingBuild, in_passing_thread
 
 
 def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | None = None,
-               overwrite: bool = False, control: Control | None = None, data_progress=None) -> TrainerApp:
-    """The app the CLI runs. The Trainer is built (and validated) here, before the terminal is
-    taken, so bad input is a one-line UserError, not a crash inside the app. A resumed run
-    shows its history (the steps and epochs metrics.jsonl kept) from the first frame."""
-    from ..loop import Trainer
-
+               overwrite: bool = False, control: Control | None = None, in_background: bool = False,
+               data_progress=None) -> TrainerApp:
+    """The app for a run. By default the Trainer is built (and validated) here, so bad input is a
+    UserError before the app exists (tests, benchmarks). ``in_background`` (the CLI) shows the app
+    first, with a "setting up" state, while a passing thread imports torch, reads the data and
+    builds the model (seconds on a small CPU); bad input then closes the app and ``run_app``
+    prints the same one line. A resumed run shows its history (the steps and epochs
+    metrics.jsonl kept) from the engine's first frame."""
+    control = control or Control()
     sink = AppSink()
-    trainer = in_passing_thread(lambda: Trainer(cfg, sink, control or Control(), resume=resume,
-                                                overrides=overrides, overwrite=overwrite, for_ui=True,
-                                                data_progress=data_progress))
-    if trainer.state.epoch > trainer.cfg.train.epochs:  # the engine would refuse at once; say it now
-        raise UserError(f"this run already finished {trainer.cfg.train.epochs} epochs",
-                        "pass a larger --epochs to train longer")
-    history = recorded_history(trainer.run_dir) if resume is not None else []
+
+    def build() -> tuple[Any, list]:
+        from ..loop import Trainer  # imports torch: on the set-up thread too, when in the background
+
+        trainer = Trainer(cfg, sink, control, resume=resume, overrides=overrides, overwrite=overwrite, for_ui=True,
+                          data_progress=data_progress)
+        if trainer.state.epoch > trainer.cfg.train.epochs:  # the engine would refuse at once; say it now
+            raise UserError(f"this run already finished {trainer.cfg.train.epochs} epochs",
+                            "pass a larger --epochs to train longer")
+        return trainer, recorded_history(trainer.run_dir) if resume is not None else []
+
+    if in_background:
+        return TrainerApp(None, sink, control=control, set_up=PassingBuild(build))
+    trainer, history = in_passing_thread(build)
     app = TrainerApp(trainer, sink, replay=history)
     app.view.pending_accum = trainer.state.pending_accum  # a change asked for before the interruption
     return app

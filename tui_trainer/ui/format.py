@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import math
 
-
-def duration(seconds: float | None) -> str:
-    """0:03:12, or 1d 02:03:04 for long runs; '--:--' when unknown."""
-    if seconds is None or not math.isfinite(seconds):
-        return "--:--"
-    seconds = int(round(seconds))
-    days, seconds = divmod(seconds, 86400)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    clock = f"{hours}:{minutes:02d}:{seconds:02d}"
-    return f"{days}d {clock}" if days else clock
+from ..eta import duration  # noqa: F401  (shared with the headless log)
 
 
 def count(value: float | None) -> str:

@@ -13,10 +13,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..eta import EtaModel
+
 ACCUM_MIN, ACCUM_MAX = 1, 1024  # the engine clamps to the same bounds
 
 # Run states, in the words the status line uses.
 STARTING, RUNNING, PAUSING, PAUSED, RESUMING, STOPPING = "starting", "running", "pausing", "paused", "resuming", "stopping"
+VALIDATING = "validating"  # the epoch's validation pass (no micro-steps, no keys take effect until it ends)
 FINISHED, EARLY_STOPPED, INTERRUPTED, FAILED = "finished", "early-stopped", "stopped", "error"
 END_STATES = {"completed": FINISHED, "early_stop": EARLY_STOPPED, "interrupted": INTERRUPTED, "error": FAILED}
 
@@ -55,6 +58,7 @@ class RunView:
     planned_tokens: int = 0
     tokens_at_start: int = 0
     resumed_from_step: int = 0
+    resumed_at_epoch: int | None = None  # the epoch a resumed run went on in (None = a fresh run)
     notes: tuple[str, ...] = ()
     # -- where it is -------------------------------------------------------------------------
     state: str = STARTING
@@ -68,6 +72,8 @@ class RunView:
     lr: float | None = None
     grad_norm: float | None = None
     skipped_steps: int = 0
+    val_batch: int | None = None  # the validation pass in progress: batches done (None = not validating)
+    val_batches: int = 0  # micro-batches in one validation pass
     # -- accumulation changes ----------------------------------------------------------------
     pending_accum: int | None = None  # confirmed by the engine, applies at the next epoch
     requested_accum: int | None = None  # sent by a key, not yet confirmed (None = nothing in flight)
@@ -112,6 +118,7 @@ class RunView:
     paused_since: float | None = None
     paused_total: float = 0.0
     _throughput: deque = field(default_factory=lambda: deque(maxlen=THROUGHPUT_WINDOW))
+    _eta: EtaModel | None = None  # from RunStarted on
 
     # -- folding events ----------------------------------------------------------------------
 
@@ -129,13 +136,19 @@ class RunView:
         self.tokens_seen = self.tokens_at_start = e.tokens_seen
         self.resumed_from_step = self.step = e.resumed_from_step
         self.epoch, self.notes = e.start_epoch, tuple(e.notes)
+        self.resumed_at_epoch = e.start_epoch if e.resumed_from_step else None
         self.started_at, self.elapsed_before = now, e.elapsed_before
         self.sample_tokens = e.sample_tokens
         self.noise_scale_on = e.noise_scale
+        self.val_batches = -(-e.val_examples // max(1, e.micro_batch))
+        self._eta = EtaModel(planned_tokens=e.planned_tokens, tokens_seen=e.tokens_seen, epochs=e.epochs,
+                             epochs_done=e.start_epoch - 1, val_batches=self.val_batches,
+                             micro_batch=e.micro_batch, block_size=e.block_size)
 
     def _on_MicroStep(self, e, now: float) -> None:
         if e.step <= self.step:
             return  # the newest micro-step can trail a step event already shown
+        self._end_validation()
         self.epoch, self.micro_step, self.micro_steps = e.epoch, e.micro_step, e.micro_steps
         self.step_in_epoch, self.steps_in_epoch = e.step_in_epoch - 1, e.steps_in_epoch  # this step is not done yet
 
@@ -149,6 +162,8 @@ class RunView:
             self.noise_scale, self.suggested_accum = e.noise_scale, e.suggested_accum
         if e.tokens_per_s > 0:
             self._throughput.append((e.tokens, e.tokens / e.tokens_per_s))
+            if self._eta is not None:
+                self._eta.step(e.tokens, e.tokens / e.tokens_per_s, e.tokens_seen)
         if e.skipped or not math.isfinite(e.loss):
             self.skipped_steps += 1
         else:
@@ -156,7 +171,22 @@ class RunView:
             self.step_losses.append(e.loss)
             self.plot_version += 1
 
+    def _on_ValidationProgress(self, e, now: float) -> None:
+        self.val_batch, self.val_batches = e.batch, e.batches
+        if self.state == RUNNING:
+            self.state = VALIDATING
+        if self._eta is not None:
+            self._eta.validation(e.batch, e.batches, e.seconds)
+
+    def _end_validation(self) -> None:
+        self.val_batch = None
+        if self.state == VALIDATING:
+            self.state = RUNNING
+
     def _on_EpochEvent(self, e, now: float) -> None:
+        self._end_validation()
+        if self._eta is not None:
+            self._eta.epoch_done(e.tokens_seen)
         self.epoch_points.append(EpochPoint(e.epoch, self.step, e.train_loss, e.val_loss))
         self.epoch_rows.append(e)
         self.plot_version += 1
@@ -212,6 +242,7 @@ class RunView:
         self.checkpoint_error = e.message
 
     def _on_RunEnded(self, e, now: float) -> None:
+        self.val_batch = None
         self.state = END_STATES.get(e.reason, FINISHED)
         self.end_reason, self.end_message = e.reason, e.message
         self.best_val_loss, self.best_epoch = e.best_val_loss, e.best_epoch
@@ -301,11 +332,7 @@ class RunView:
         return max(0.0, self.session_elapsed(now) - paused)
 
     def eta(self, now: float) -> float | None:
-        """Seconds left at the pace so far (validation and saves included, pauses not)."""
-        if self.ended or not self.planned_tokens:
+        """Seconds left: training and validation at their measured paces, pauses left out (eta.py)."""
+        if self.ended or self._eta is None:
             return None
-        done = self.tokens_seen - self.tokens_at_start
-        active = self.active_seconds(now)
-        if done <= 0 or active <= 0:
-            return None
-        return max(0.0, (self.planned_tokens - self.tokens_seen) * active / done)
+        return self._eta.eta(self.active_seconds(now))

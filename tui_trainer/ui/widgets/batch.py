@@ -42,7 +42,7 @@ class BatchPanel(Panel):
         dim = self.get_component_rich_style("batch--dim")
         text = Text(end="")
         if not view.started:
-            text.append("effective batch: waiting for the engine…", dim)
+            text.append("loading torch, reading the data, building the model…", dim)
             return text
         mb, accum, eff, tokens = (str(view.micro_batch), str(view.accum), f"{view.effective_batch:,}",
                                   f"{view.tokens_per_step:,}")
@@ -60,6 +60,14 @@ class BatchPanel(Panel):
         if self.app.size.height >= 30:  # rows are dear on a short terminal
             forms.append(two_lines)
         room = self._room()
+        target = view.target_accum
+        if self.screen.has_class("-tiny") and target != view.accum and not view.ended:
+            # A short terminal: the pending change joins the batch on its one line, so the plot keeps its rows.
+            line = f"effective batch {eff} = {mb} x {accum} · accum {accum} -> {target} at next epoch"
+            if len(line) > room:
+                line = f"eff. batch {eff} = {mb}x{accum} · accum -> {target} next epoch"
+            text.append(line, self.get_component_rich_style("batch--pending"))
+            return text
         pieces = next((form for form in forms
                        if max(len(line) for line in "".join(p for p, _ in form).split("\n")) <= room), short)
         for piece, is_number in pieces:

@@ -10,6 +10,8 @@ from ..view import RunView
 from .base import Panel
 
 KIND_STYLES = ("learning", "healthy", "underfitting", "overfitting", "unstable")
+COLUMNS = ["epoch", "train", "val", "accum", "tok/s", "verdict"]
+COLUMN_WIDTHS = {"epoch": 5, "train": 7, "val": 7, "accum": 5, "tok/s": 6, "verdict": 12}  # widest usual values
 
 
 class EpochTable(Panel):
@@ -24,16 +26,30 @@ class EpochTable(Panel):
     def build(self, view: RunView, now: float) -> Table:
         table = Table(box=None, expand=True, padding=(0, 1), show_edge=False,
                       header_style=self.get_component_rich_style("epochs--header"))
-        for name, justify in (("epoch", "right"), ("train", "right"), ("val", "right"), ("accum", "right"),
-                              ("tok/s", "right"), ("verdict", "left")):
-            table.add_column(name, justify=justify, no_wrap=True)
         room = max(1, self.size.height - 1)  # the newest epochs that fit under the header
         best = self.get_component_rich_style("epochs--best")
+        rows = []
         for row in view.epoch_rows[-room:]:
-            val = Text(fmt.loss(row.val_loss), best if row.epoch == view.best_epoch else "")
             kind = row.diagnosis if row.diagnosis in KIND_STYLES else "unstable"
-            table.add_row(str(row.epoch), fmt.loss(row.train_loss), val, str(row.accum),
-                          fmt.count(row.tokens_per_s), Text(row.diagnosis, self.get_component_rich_style(f"epochs--{kind}")))
-        if not view.epoch_rows:
-            table.add_row("", "", "", "", "", Text("after the first epoch", style="dim"))
+            rows.append({"epoch": str(row.epoch), "train": fmt.loss(row.train_loss),
+                         "val": Text(fmt.loss(row.val_loss), best if row.epoch == view.best_epoch else ""),
+                         "accum": str(row.accum), "tok/s": fmt.count(row.tokens_per_s),
+                         "verdict": Text(row.diagnosis, self.get_component_rich_style(f"epochs--{kind}"))})
+        names = self.columns_that_fit(self.size.width or 10_000)  # (size is the content area, padding excluded)
+        for name in names:
+            table.add_column(name, justify="left" if name == "verdict" else "right", no_wrap=True)
+        for row in rows:
+            table.add_row(*(row[name] for name in names))
+        if not rows:  # a caption, not a row: nothing here should read like an epoch's figures
+            table.caption = "(a row after each epoch)"
+            table.caption_style = "dim italic"
+            table.caption_justify = "left"
         return table
+
+    @staticmethod
+    def columns_that_fit(width: int) -> list[str]:
+        """Every column when there is room; in a narrow side column tok/s goes first, then accum."""
+        for names in (COLUMNS, [c for c in COLUMNS if c != "tok/s"], [c for c in COLUMNS if c not in ("tok/s", "accum")]):
+            if sum(COLUMN_WIDTHS[c] for c in names) + 2 * (len(names) - 1) <= width:
+                return names
+        return names

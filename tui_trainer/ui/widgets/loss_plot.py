@@ -144,10 +144,22 @@ class LossPlot(PlotextPlot):
             everything.append(raw_late[int(0.02 * (len(raw_late) - 1))])
         return y_range(late, everything)
 
+    def axis_label(self, view: RunView, every: int) -> str:
+        """The x label; a resumed run says where it went on (it stays for the whole session)."""
+        markers = "│ = end of epoch" if every == 1 else f"│ = every {every} epochs"
+        if view.resumed_at_epoch is not None:
+            for resumed in (f"resumed at epoch {view.resumed_at_epoch}, step {view.resumed_from_step}",
+                            f"resumed at step {view.resumed_from_step}"):
+                label = f"optimizer step  ({markers}; {resumed})"
+                if len(label) <= self.size.width - 6:  # the y ticks take a few columns
+                    return label
+        return f"optimizer step  ({markers})"
+
     def redraw(self, view: RunView) -> bool:
         """Rebuild the figure if the data, the size or the smoothing changed. True if it did."""
         self._view = view
-        key = (view.plot_version, self.size.width, self.size.height, self.smooth, self.show_axis_label)
+        key = (view.plot_version, self.size.width, self.size.height, self.smooth, self.show_axis_label,
+               view.resumed_at_epoch)
         if key == self._drawn:
             return False
         self._drawn = key
@@ -157,8 +169,7 @@ class LossPlot(PlotextPlot):
         # One epoch marker per ~6 columns at most: a long run's markers would hide the curves.
         every = max(1, math.ceil(len(epochs) / max(1, self.size.width // 6)))
         if self.show_axis_label:
-            plt.xlabel("optimizer step  (│ = end of epoch)" if every == 1 else
-                       f"optimizer step  (│ = every {every} epochs)")
+            plt.xlabel(self.axis_label(view, every))
         xs, losses = view.step_numbers, view.step_losses
         self._extend_ema(losses)
         # Thin to about two points per braille column: slicing is C-speed and keeps the shape.
@@ -183,14 +194,16 @@ class LossPlot(PlotextPlot):
                              ("val", [p.val_loss for p in finite_epochs])):
                 if len(ex) > 1:
                     plt.plot(ex, ys, marker="braille", color=PLOT_COLORS[name])
-                # The epoch values themselves: a dot per epoch on top of the line (while they fit).
-                if len(ex) == 1 or every == 1:
+                # The epoch values themselves: a dot per epoch on top of the line, as the legend says,
+                # while they stay apart (a ● is a whole cell; the markers thin out sooner).
+                if len(ex) <= max(1, self.size.width // 2):
                     plt.scatter(ex, ys, marker="●", color=PLOT_COLORS[name])
         if limits is not None:
             plt.ylim(*limits)
-            # Round values (1.5 2.0 2.5), about one every third row (closer, the rounding to rows
-            # puts some on adjacent rows), instead of plotext's 1.69 2.09 2.48.
-            ticks = nice_ticks(*limits, max(2, (self.size.height - 3) // 3))
+            # Round values (1.5 2.0 2.5), about one every other row, instead of plotext's 1.69 2.09
+            # 2.48: close epoch values (val 2.62 vs 2.65) fall between distinct ticks once the range
+            # is narrow enough for the rows to tell them apart.
+            ticks = nice_ticks(*limits, max(2, (self.size.height - 3) // 2))
             plt.yticks(ticks, tick_labels(ticks))
         if xs:
             low, high = min(xs[0], 1), max(xs[-1], 2)

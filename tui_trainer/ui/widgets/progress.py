@@ -11,7 +11,9 @@ from .base import Panel
 
 
 class ProgressPanel(Panel):
-    """micro-step 5/8 ━━━━━╸━━━ / step 120/480 ━━╸━━━━━━ / epoch 3/10 ━━━╸━━━━━"""
+    """micro-step 5/8 ━━━━━╸━━━ / step 120/480 ━━╸━━━━━━ / epoch 3/10 ━━━╸━━━━━
+
+    While the epoch validates, the first row is ``validating 12/40`` instead."""
 
     COMPONENT_CLASSES = {"progress--label", "progress--count", "progress--bar", "progress--complete",
                          "progress--finished"}
@@ -21,7 +23,7 @@ class ProgressPanel(Panel):
     """
 
     def key(self, view: RunView, now: float):
-        return (view.micro_step, view.micro_steps, view.step_in_epoch, view.steps_in_epoch, view.epoch,
+        return (view.val_batch, view.val_batches, view.micro_step, view.micro_steps, view.step_in_epoch, view.steps_in_epoch, view.epoch,
                 view.epochs, len(view.epoch_points))
 
     def build(self, view: RunView, now: float) -> Table:
@@ -42,6 +44,9 @@ class ProgressPanel(Panel):
             f"{view.step_in_epoch}/{view.steps_in_epoch}" if view.steps_in_epoch else "-/-",
             f"{min(view.epoch, view.epochs)}/{view.epochs}" if view.epochs else "-/-",
         ]
+        if view.val_batch is not None:  # the epoch's validation pass: its bar takes the micro-steps' row
+            rows[0] = ("validating", view.val_batch, view.val_batches)
+            counters[0] = f"{view.val_batch}/{view.val_batches}"
         width = max(len(c) for c in counters)
         grid = Table.grid(expand=True, padding=(0, 1))
         grid.add_column(no_wrap=True, width=10)

@@ -60,11 +60,31 @@ class StatsPanel(Panel):
     def key(self, view: RunView, now: float):
         return tuple(self.rows(view))
 
-    def build(self, view: RunView, now: float) -> Table:
+    def on_resize(self) -> None:
+        self.refresh()  # one row or three: a different layout
+
+    def build(self, view: RunView, now: float) -> Table | Text:
         name = self.get_component_rich_style("stats--name")
         value = self.get_component_rich_style("stats--value")
         rows = self.rows(view)
+        if self.size.height == 1:  # a short terminal gives the panel one row: the figures that fit, in order
+            line = Text(no_wrap=True, overflow="ellipsis", end="")
+            for label, figure in rows:
+                piece = f"{label} {figure}"
+                if line.cell_len and line.cell_len + 2 + len(piece) > self.size.width:
+                    break
+                if line.cell_len:
+                    line.append("  ")
+                line.append(label + " ", name)
+                line.append(figure, value)
+            return line
         grid = Table.grid(expand=True, padding=(0, 1))
+        if self.size.height >= len(rows):  # a tall, narrow side column: one figure a line, none cut short
+            grid.add_column(no_wrap=True)
+            grid.add_column(no_wrap=True, ratio=1, overflow="ellipsis")
+            for label, figure in rows:
+                grid.add_row(Text(label, name), Text(figure, value))
+            return grid
         # Two name/value pairs per line: 3 lines hold all six figures.
         grid.add_column(no_wrap=True)
         grid.add_column(no_wrap=True, ratio=1, overflow="ellipsis")

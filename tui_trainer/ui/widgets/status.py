@@ -6,11 +6,11 @@ from rich.text import Text
 
 from .. import format as fmt
 from ..view import (EARLY_STOPPED, FAILED, FINISHED, INTERRUPTED, PAUSED, PAUSING, RESUMING, RUNNING, STARTING,
-                    STOPPING, RunView)
+                    STOPPING, VALIDATING, RunView)
 from .base import Panel
 
 STATE_LABELS = {
-    STARTING: "starting", RUNNING: "running", PAUSING: "pausing…", PAUSED: "paused", RESUMING: "resuming…",
+    STARTING: "setting up…", RUNNING: "running", VALIDATING: "validating", PAUSING: "pausing…", PAUSED: "paused", RESUMING: "resuming…",
     STOPPING: "stopping…", FINISHED: "finished", EARLY_STOPPED: "early-stopped", INTERRUPTED: "stopped",
     FAILED: "error",
 }

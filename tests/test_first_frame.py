@@ -1,0 +1,80 @@
+"""The app shows itself before the seconds of set-up (torch, the data, the model), which run on a
+passing thread; bad input found then closes the app and becomes the usual one line."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+from conftest import tiny_config, with_limits
+from tui_trainer.errors import UserError
+from tui_trainer.metrics import read_metrics
+from tui_trainer.ui.factory import create_app
+from tui_trainer.ui.threads import PassingBuild
+
+
+async def wait_until(pilot, predicate, what: str, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await pilot.pause(0.05)
+
+
+def gated(app, gate: threading.Event) -> None:
+    """Hold the app's set-up until ``gate`` opens (a slow machine, made deterministic)."""
+    build = app.set_up.build
+
+    def slow_build():
+        gate.wait(30)
+        return build()
+
+    app.set_up = PassingBuild(slow_build)
+
+
+async def test_the_app_shows_a_setting_up_state_then_runs(small_corpus, tmp_path):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 8)
+    app = create_app(cfg, in_background=True)
+    gate = threading.Event()
+    gated(app, gate)
+    threads_before = {t.name for t in threading.enumerate()}
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = app.screen_text()
+        assert "setting up" in text.splitlines()[0] and "loading torch" in text, text
+        assert app.trainer is None and "tui-trainer-set-up" in {t.name for t in threading.enumerate()}
+        gate.set()
+        await wait_until(pilot, lambda: app.view.ended, "the run to end")
+        assert "setting up" not in app.screen_text()
+        await pilot.press("q")
+    assert app.finish().reason == "completed"
+    # The set-up thread passed: it is gone with its OpenMP team (the reason it is a thread at all).
+    assert "tui-trainer-set-up" not in {t.name for t in threading.enumerate()} - threads_before
+
+
+async def test_bad_input_found_while_the_app_shows_closes_it_with_the_error(small_corpus, tmp_path):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 8)
+    cfg = cfg.replace(model=replace(cfg.model, n_head=3))  # 32 is not divisible by 3
+    app = create_app(cfg, in_background=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: app.set_up_error is not None, "the set-up to fail")
+    assert app.finish() is None
+    assert isinstance(app.set_up_error, UserError) and "not divisible" in str(app.set_up_error)
+    assert not (tmp_path / "run").exists()  # nothing created
+
+
+async def test_q_while_it_sets_up_ends_the_run_with_a_saved_step_zero(small_corpus, tmp_path):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 8)
+    app = create_app(cfg, in_background=True)
+    gate = threading.Event()
+    gated(app, gate)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("q")
+    gate.set()
+    end = app.finish()
+    assert end.reason == "interrupted" and end.steps == 0
+    assert [r["reason"] for r in read_metrics(tmp_path / "run") if r["type"] == "end"] == ["interrupted"]
+
+
