@@ -103,15 +103,15 @@ def _toml(t: Path, content: bytes) -> str:
 
 PATH_CASES = {
     # --data
-    "data is a folder": (lambda t: ["--data", _folder(t)], "is a directory"),
+    "data is a folder without text": (lambda t: ["--data", _folder(t)], "holds no .txt files"),
     "data name too long": (lambda t: ["--data", LONG], "too long"),
     "data in a symlink loop": (lambda t: ["--data", _loop(t)], "symbolic links"),
     "data is a fifo": (lambda t: ["--data", _fifo(t)], "not a regular file"),
     "data under a file": (lambda t: ["--data", _file(t) + "/corpus.txt"], "Not a directory"),
     "data empty": (lambda t: ["--data", ""], "--data is empty"),
     "toml data path empty": (lambda t: ["--config", _toml(t, b'[data]\npath = ""\n')], "is empty"),
-    "toml data path a folder": (lambda t: ["--config", _toml(t, f'[data]\npath = "{_folder(t)}"\n'.encode())],
-                                "[data] path"),
+    "toml data path a folder without text": (
+        lambda t: ["--config", _toml(t, f'[data]\npath = "{_folder(t)}"\n'.encode())], "holds no .txt files"),
     # --config
     "config is a folder": (lambda t: ["--config", _folder(t)], "is a directory"),
     "config name too long": (lambda t: ["--config", LONG + ".toml"], "too long"),

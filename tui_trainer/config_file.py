@@ -68,7 +68,7 @@ def load_toml(path: str) -> dict[str, dict[str, Any]]:
                 raise UserError(f"unknown key '{key}' in [{section}] of {path}",
                                 f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(sorted(known))}")
             table[key] = checked_value(section_cls, key, table[key], f"[{section}] of {path}")
-    if isinstance(data.get("data"), dict) and data["data"].get("path") is not None:
+    if isinstance(data.get("data"), dict) and data["data"].get("path"):  # ("" stays empty: refused as such)
         data["data"]["path"] = data_path_from_file(data["data"]["path"], path)
     return data
 
@@ -83,8 +83,8 @@ def data_path_from_file(written: str, config_path: str) -> str:
 def require_data_file(resolved: str, config_path: str) -> None:
     """A missing file named with the config file that asked for it (no --data flag was given)."""
     target = Path(resolved)
-    if not target.is_file():
-        what = "does not exist" if not target.exists() else "is not a file"
-        raise UserError(f"the data file {target} ([data] path in {config_path}) {what}",
+    # (An empty path, a folder or an unreadable file are the path checks' to judge, naming the file too.)
+    if resolved and not target.exists():
+        raise UserError(f"the data file {target} ([data] path in {config_path}) does not exist",
                         f"paths in a config file are relative to it: fix the path in {config_path}, "
                         "or pass --data, which overrides it")

@@ -31,8 +31,9 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def check_input_file(path: str, what: str, flag: str) -> None:
-    """``path`` is a regular file this process can open for reading."""
+def check_input_file(path: str, what: str, flag: str, folder_ok: bool = False) -> None:
+    """``path`` is a regular file this process can open for reading (or, with ``folder_ok``, a
+    folder: --data takes a folder of .txt files, which text_source.py checks file by file)."""
     refuse_empty(flag, path, f"give {flag} the path of a file")
     try:
         info = os.stat(path)
@@ -41,6 +42,8 @@ def check_input_file(path: str, what: str, flag: str) -> None:
     except OSError as exc:
         raise UserError(f"{what} {path} cannot be reached: {_reason(exc)}", f"check the path given to {flag}") from None
     if stat.S_ISDIR(info.st_mode):
+        if folder_ok:
+            return
         raise UserError(f"{what} {path} is a directory", f"pass a file to {flag}")
     if not stat.S_ISREG(info.st_mode):
         raise UserError(f"{what} {path} is not a regular file", f"pass a file to {flag}")
@@ -170,7 +173,7 @@ def check_given_paths(*, config: str | None, resume: str | None, run_dir: str | 
     elif run_dir is not None:
         check_run_dir(run_dir)
     if data is not None:
-        check_input_file(data, "data file", data_from)
+        check_input_file(data, "data file", data_from, folder_ok=True)
 
 
 def user_os_error(exc: OSError, paths: dict[str, str | None]) -> UserError | None:

@@ -65,7 +65,7 @@ class BatchPanel(Panel):
             # A short terminal: the pending change joins the batch on its one line, so the plot keeps its rows.
             line = f"effective batch {eff} = {mb} x {accum} · accum {accum} -> {target} at next epoch"
             if len(line) > room:
-                line = f"eff. batch {eff} = {mb}x{accum} · accum -> {target} next epoch"
+                line = f"batch {eff} = {mb}x{accum} · accum {accum} -> {target} at next epoch"
             text.append(line, self.get_component_rich_style("batch--pending"))
             return text
         pieces = next((form for form in forms
