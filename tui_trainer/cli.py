@@ -35,6 +35,7 @@ FLAGS: list[tuple[str, str, str, type, str]] = [
     ("--seed", "train", "seed", int, "seed for init, data order and dropout (default 1337)"),
     ("--device", "train", "device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
     ("--threads", "train", "threads", int, "torch CPU threads (default: all cores; one left for the app on 4+)"),
+    ("--precision", "train", "precision", str, "auto (bf16 where the hardware has it), fp32 or bf16 (default auto)"),
     ("--patience", "train", "patience", int, "early stopping patience in epochs; 0 = off (default 4)"),
     ("--min-delta", "train", "min_delta", float, "smallest val-loss improvement that counts (default 0)"),
     ("--checkpoint-every", "train", "checkpoint_every", int, "save `latest` every N optimizer steps (default ~5 min)"),

@@ -37,6 +37,7 @@ from .events import (AccumChangeApplied, AccumChangeRequested, CheckpointFailed,
 from .memory import check_fits
 from .metrics import METRICS_FILE, MetricsWriter
 from .model import GPT, make_optimizer
+from .precision import resume_precision
 from .schedule import lr_at
 
 CONFIG_FILE = "config.json"
@@ -181,8 +182,11 @@ class Trainer:
             raise UserError(f"the data file {self.corpus.path} differs from the one this run was trained on",
                             f"resume with --data {resume_state['data_path']} (same contents)")
         self.cfg = cfg = cfg.replace(model=replace(cfg.model, vocab_size=self.corpus.vocab.size))
-        self.autocast_dtype = (torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-                               else None)
+        # The forward's autocast dtype (None = fp32); a resume keeps the checkpoint's precision unless told.
+        self.precision, self.autocast_dtype, note = resume_precision(
+            cfg.train.precision, self.device, resume_state.get("precision") if resume_state else None,
+            resuming=resume_state is not None, explicit="train.precision" in (overrides or {}))
+        self.notes += [note] if note else []
         train_windows = window_count(len(self.corpus.train_tokens), cfg.model.block_size)
         if cfg.train.micro_batch > train_windows:
             raise UserError(f"--micro-batch {cfg.train.micro_batch} is more than the {train_windows:,} training "
@@ -232,7 +236,7 @@ class Trainer:
         """The checkpoint's config, with the safe overrides the user gave (each noted); contradictions refused."""
         saved = RunConfig.from_dict(state["config"])
         safe = {"train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
-                "train.checkpoint_every", "train.max_bad_steps", "train.compile",
+                "train.checkpoint_every", "train.max_bad_steps", "train.compile", "train.precision",
                 "data.limit_train_batches", "data.limit_val_batches"}
         merged = saved.replace(run_dir=str(run_dir))
         for key, value in overrides.items():
@@ -297,7 +301,8 @@ class Trainer:
     def _write_config(self) -> None:
         record = {"config": self.cfg.to_dict(), "vocab": list(self.corpus.vocab.chars),
                   "data_path": self.corpus.path, "data_sha256": self.corpus.sha256,
-                  "device": str(self.device), "threads": self.threads, "torch": torch.__version__}
+                  "device": str(self.device), "threads": self.threads, "precision": self.precision,
+                  "torch": torch.__version__}
         tmp = self.run_dir / f".{CONFIG_FILE}.tmp"
         tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False))
         os.replace(tmp, self.run_dir / CONFIG_FILE)
@@ -403,6 +408,7 @@ class Trainer:
             "vocab": list(self.corpus.vocab.chars),
             "data_sha256": self.corpus.sha256,
             "data_path": self.corpus.path,
+            "precision": self.precision,  # what the run trains in (a resume keeps it unless told)
         }
 
     def elapsed_seconds(self) -> float:
@@ -533,7 +539,7 @@ class Trainer:
             str(self.run_dir), str(self.device), self.threads, self.model.num_parameters(), self.corpus.vocab.size,
             self.examples_per_epoch(), self.val_examples(), cfg.train.epochs, cfg.train.micro_batch, st.accum, 1,
             cfg.model.block_size, self.planned_tokens(), st.step, st.epoch, st.tokens_seen, tuple(self.notes),
-            st.elapsed_seconds))
+            st.elapsed_seconds, precision=self.precision))
         if self._resume_accum is not None:
             self._request_accum(self._resume_accum, at_this_boundary=st.example_cursor == 0)
             self._resume_accum = None

@@ -30,6 +30,7 @@ class RunStarted:
     tokens_seen: int = 0
     notes: tuple[str, ...] = ()
     elapsed_before: float = 0.0  # wall time of the run's earlier sessions (a resumed run goes on counting)
+    precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/precision.py chose it
 
 
 @dataclass(frozen=True)

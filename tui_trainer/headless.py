@@ -31,6 +31,7 @@ class HeadlessLog:
             self._epochs = event.epochs
             eff = event.micro_batch * event.accum * event.processes
             self._print(f"run {event.run_dir} device={event.device} threads={event.threads} "
+                        f"precision={event.precision} "
                         f"params={event.parameters:,} vocab={event.vocab_size} "
                         f"train_examples={event.train_examples:,} val_examples={event.val_examples:,} "
                         f"effective_batch={eff} ({event.micro_batch}x{event.accum})")
