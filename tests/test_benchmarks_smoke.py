@@ -33,6 +33,7 @@ def run_quick(script: str, tmp_path: Path, timeout: float) -> str:
     ("key_latency.py", "p95"),
     ("ui_overhead.py", "vs no-ui"),
     ("threads.py", "threads + UI load"),
+    ("precision.py", "bf16 qualifies"),
 ])
 def test_benchmark_script_runs_quick_and_prints_its_figures(script, expected, tmp_path):
     assert expected in run_quick(script, tmp_path, timeout=120)
