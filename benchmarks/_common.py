@@ -61,15 +61,17 @@ def machine_line(device: str = "cpu") -> str:
 def run_config(preset: str, run_dir: str | Path, *, epochs: int = 1, train_batches: int | None = None,
                val_batches: int | None = 1, seed: int = 1337, threads: int | None = None, device: str = "cpu",
                dropout: float | None = None, micro_batch: int | None = None, accum: int | None = None,
-               lr: float = 1e-3, compile: bool = False, data: str | None = None) -> RunConfig:
+               lr: float = 1e-3, compile: bool = False, data: str | None = None,
+               precision: str = "fp32") -> RunConfig:
     """A RunConfig for the engine that does no early stopping, no mid-run checkpoints and no text
-    samples after an epoch (the figures are of training; benchmarks/sampling.py measures generation)."""
+    samples after an epoch (the figures are of training; benchmarks/sampling.py measures generation),
+    in fp32 unless told (the figures before --precision were fp32, and a benchmark says what it compares)."""
     model, preset_micro, preset_accum = PRESETS[preset]
     if dropout is not None:
         model = replace(model, dropout=dropout)
     train = TrainConfig(epochs=epochs, micro_batch=micro_batch or preset_micro, accum=accum or preset_accum,
                         seed=seed, device=device, threads=threads, patience=0, checkpoint_every=10**9,
-                        compile=compile, sample_tokens=0)
+                        compile=compile, sample_tokens=0, precision=precision)
     return RunConfig(model=model, data=DataConfig(path=data, limit_train_batches=train_batches,
                                                   limit_val_batches=val_batches),
                      optim=OptimConfig(lr=lr), train=train, run_dir=str(run_dir))

@@ -8,11 +8,17 @@ steps, their ratio, and how many steps it takes to earn the compile time back (i
     python benchmarks/compile_payoff.py --presets seed,small --reps 3
     python benchmarks/compile_payoff.py --device cuda
     python benchmarks/compile_payoff.py --quick           # tiny model (slow-ish: it compiles)
+    python benchmarks/compile_payoff.py --precisions fp32,bf16   # compile x precision, four runs in lockstep
+
+With ``--precisions``, eager and compiled runs in each precision go in lockstep (one optimizer
+step of each in turn, see precision.py), so every ratio in the table is measured step by step
+side by side; the first step of a compiled run holds its compilation.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -42,6 +48,31 @@ def engine_run(preset: str, args: argparse.Namespace, compiled: bool, warmup: in
     return clock.stamps[0][0] - started, steady_rate(clock.stamps, warmup)[0]
 
 
+def lockstep_table(preset: str, args: argparse.Namespace, warmup: int, steps: int) -> None:
+    """Eager and compiled, in each of ``args.precisions``, in lockstep: tokens/s and first-step time."""
+    from precision import lockstep  # the lockstep runner lives with the precision benchmark
+
+    accum = PRESETS[preset][2]
+    variants = [(precision, compiled) for precision in args.precisions.split(",") for compiled in (False, True)]
+    with scratch_dir("compile") as scratch:
+        configs = [run_config(preset, f"{scratch}/{p}-{c}", train_batches=(warmup + steps) * accum,
+                              threads=args.threads, device=args.device, dropout=args.dropout, compile=c, precision=p)
+                   for p, c in variants]
+        sinks = dict(zip(variants, lockstep(configs)))
+    rates = {v: [t / s for t, s in zip(k.step_tokens[warmup:], k.step_seconds[warmup:])] for v, k in sinks.items()}
+    base = statistics.median(rates[variants[0]])
+    rows = []
+    for (precision, compiled), sink in sinks.items():
+        mine = rates[(precision, compiled)]
+        eager = rates[(precision, False)]
+        per_pair = [c / e for c, e in zip(mine, eager)]
+        rows.append([precision, "compiled" if compiled else "eager", f"{sink.step_seconds[0]:.1f}",
+                     fmt_spread(mine), f"{statistics.median(mine) / base:.2f}x",
+                     f"{statistics.median(per_pair):.2f}x ({fmt_spread(per_pair, '.2f')})" if compiled else "—"])
+    print(table(["precision", "mode", "first step s", "steady tok/s (min / median / max)",
+                 f"vs {variants[0][0]} eager", "compiled/eager per step (min / median / max)"], rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="small", help="comma-separated: seed, small, tiny")
@@ -50,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dropout", type=float, default=None, help="override the model's dropout (default 0.1)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precisions", default=None,
+                        help="comma-separated (fp32,bf16): eager and compiled in each, in lockstep")
     parser.add_argument("--quick", action="store_true", help="tiny model, one repetition")
     args = parser.parse_args(argv)
     if args.quick:
@@ -64,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         steps, reps = args.steps or steps, args.reps or reps
         model, micro_batch, accum = PRESETS[preset]
         print(f"\n[{preset}] {model.n_layer} layers, d_model {model.n_embd}, micro-batch {micro_batch} x accum {accum}; "
-              f"{warmup} warm-up + {steps} measured steps, {reps} repetitions", flush=True)
+              f"{warmup} warm-up + {steps} measured steps, {reps if not args.precisions else 'one lockstep'} "
+              f"repetitions", flush=True)
+        if args.precisions:
+            lockstep_table(preset, args, warmup, steps)
+            continue
         rows, first, rate = [], {"eager": [], "compiled": []}, {"eager": [], "compiled": []}
         for rep in range(reps):
             for mode in (("eager", "compiled") if rep % 2 == 0 else ("compiled", "eager")):
@@ -83,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         payback = f"{extra / saving:,.0f} steps" if saving > 0 else "never (compiled steps are not faster)"
         summary.append([preset, fmt_spread(rate["eager"]), fmt_spread(rate["compiled"]), fmt_spread(ratios, ".3f"),
                         f"{extra:.0f}", payback])
+    if not summary:
+        return 0
     print("\nsummary (min / median / max)")
     print(table(["preset", "eager tok/s", "compiled tok/s", "compiled/eager", "compile s", "pays back after"],
                 summary))

@@ -12,6 +12,7 @@ activation estimate and the bytes autograd actually saves for backward (counted 
 
     python benchmarks/memory.py                   # seed model, 2 steps each (~1 min on 2 cores)
     python benchmarks/memory.py --device cuda
+    python benchmarks/memory.py --precision bf16  # the floor's 2-byte activations against bf16's peak
     python benchmarks/memory.py --quick           # tiny model (CI smoke)
 """
 
@@ -35,6 +36,7 @@ from tui_trainer.loop import Trainer
 from tui_trainer.events import StepEvent
 from tui_trainer.memory import activation_estimate_bytes, saved_for_backward_bytes, training_bytes_floor
 from tui_trainer.model import GPT
+from tui_trainer.precision import choose_precision
 
 MIB = 2**20
 SPLITS = [(8, 16), (128, 1)]  # (micro_batch, accum): 128 sequences per step either way
@@ -86,7 +88,7 @@ def child(args: argparse.Namespace) -> int:
     with scratch_dir("memory") as run_dir:
         cfg = run_config(args.preset, run_dir, train_batches=args.steps * args.accum, val_batches=1,
                          dropout=0.0, micro_batch=args.micro_batch, accum=args.accum, device=args.device,
-                         threads=args.threads)
+                         threads=args.threads, precision=args.precision)
         probe = PeakProbe(torch.device(args.device))
         trainer = Trainer(cfg, probe, Control())
         gc.collect()
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per configuration")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or auto (the engine's --precision)")
     parser.add_argument("--quick", action="store_true", help="tiny model, 1 step (smoke test)")
     parser.add_argument("--tolerance", type=float, default=SAME_UPDATE_TOLERANCE,
                         help=f"largest relative difference of the weight change that passes the same-update "
@@ -129,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.preset, args.steps, splits = "tiny", 1, QUICK_SPLITS
     model_cfg = PRESETS[args.preset][0]
+    precision, autocast_dtype = choose_precision(args.precision, torch.device(args.device))
     metric = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS"
     print(f"Benchmark 2: the memory wall ({metric}), micro-batch x accum vs one big batch")
     print(machine_line(args.device))
     print(f"model {args.preset}: {model_cfg.n_layer} layers, d_model {model_cfg.n_embd}, context "
-          f"{model_cfg.block_size}, dropout 0; {args.steps} optimizer steps per run, each in its own process",
+          f"{model_cfg.block_size}, dropout 0, {precision}; {args.steps} optimizer steps per run, each in its own process",
           flush=True)
     results = {}
     with scratch_dir("memory-out") as out_dir:
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             out = str(Path(out_dir) / f"{micro_batch}x{accum}.json")
             command = [sys.executable, __file__, "--child", "--preset", args.preset, "--steps", str(args.steps),
                        "--device", args.device, "--micro-batch", str(micro_batch), "--accum", str(accum),
-                       "--out", out] + (["--threads", str(args.threads)] if args.threads else [])
+                       "--out", out, "--precision", precision] + (["--threads", str(args.threads)] if args.threads else [])
             subprocess.run(command, check=True)
             record = json.loads(Path(out).read_text())
             record["state"] = torch.load(out + ".pt", weights_only=True)
@@ -160,11 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         peak = max(s["peak"] for s in record["steps"])
         tokens = micro_batch * model_cfg.block_size
         inputs, targets = data.batch(torch.arange(micro_batch))
-        saved = saved_for_backward_bytes(model, inputs, targets)
-        estimate = activation_estimate_bytes(model_cfg.n_layer, model_cfg.n_embd, model_cfg.vocab_size, tokens)
+        with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=autocast_dtype is not None):
+            saved = saved_for_backward_bytes(model, inputs, targets)
+        estimate = activation_estimate_bytes(model_cfg.n_layer, model_cfg.n_embd, model_cfg.vocab_size, tokens,
+                                             2 if autocast_dtype is not None else 4)
         record["peak_minus_baseline"] = peak - record["baseline"]
         floor = training_bytes_floor(RunConfig(model=model_cfg, train=TrainConfig(micro_batch=micro_batch, accum=accum)),
-                                     args.device.split(":")[0])
+                                     args.device.split(":")[0], autocast_bf16=autocast_dtype is not None)
         floors.append(peak / floor)
         rows.append([f"{micro_batch} x {accum}", f"{micro_batch * accum}", f"{record['baseline'] / MIB:,.0f}",
                      f"{peak / MIB:,.0f}", f"{(peak - record['baseline']) / MIB:,.0f}",
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     same = worst <= args.tolerance
     print(f"same update: max relative difference of the weight change after {args.steps} steps = {worst:.1e} — "
           + (f"within the tolerance {args.tolerance:.0e}" if same else f"FAILED: above the tolerance {args.tolerance:.0e}"))
-    print("estimate = 17 x d_model floats per token per layer + final LN and log-probs, fp32 "
+    print("estimate = 17 x d_model floats per token per layer + final LN and log-probs, at 4 bytes (2 under bf16) "
           "(the activations of ONE micro-batch); saved for backward = distinct tensors autograd keeps, counted")
     print("pre-flight floor = what tui-trainer checks against free memory before a run (tui_trainer/memory.py); "
           f"peak / floor = {', '.join(f'{r:.2f}' for r in floors)} (>= 1: the check never refuses a run that fits)")

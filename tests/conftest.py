@@ -38,9 +38,10 @@ def small_corpus(tmp_path: Path, shakespeare_text: str) -> Path:
 
 
 def tiny_config(data_path: Path | str, run_dir: Path | str, **train: object) -> RunConfig:
-    """A model of a few thousand parameters on a short run: seconds, not minutes."""
+    """A model of a few thousand parameters on a short run: seconds, not minutes. In fp32 unless
+    asked otherwise: the exactness tests (accumulation, trajectories, resume) are stated for fp32."""
     model = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, dropout=0.0)
-    defaults = dict(epochs=2, micro_batch=4, accum=2, threads=1, patience=0, device="cpu")
+    defaults = dict(epochs=2, micro_batch=4, accum=2, threads=1, patience=0, device="cpu", precision="fp32")
     defaults.update(train)
     return RunConfig(model=model, data=DataConfig(path=str(data_path), limit_val_batches=4),
                      optim=OptimConfig(lr=3e-3), train=TrainConfig(**defaults), run_dir=str(run_dir))

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from textual import events
 
 from conftest import tiny_config, with_limits
@@ -27,6 +28,7 @@ from tui_trainer.loop import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.events import CheckpointFailed, CheckpointSaved
 from tui_trainer.metrics import read_metrics
+from tui_trainer.precision import bf16_support
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.factory import create_app, create_replay_app
 from tui_trainer.ui.bridge import AppSink
@@ -110,6 +112,19 @@ async def test_app_starts_progress_moves_and_plot_gains_points(small_corpus, tmp
         await pilot.pause(0.5)
         assert plot.points_drawn > points_before
         assert any(ch in app.screen_text() for ch in "⠁⠂⠄⡀⢀⣀⠉⠒⠤")  # braille: the curve is drawn
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+async def test_the_header_says_which_precision_trains(precision, small_corpus, tmp_path, apps):
+    if precision == "bf16" and not bf16_support(torch.device("cpu")).works:
+        pytest.skip("this CPU has no oneDNN bf16")
+    app = make_app(small_corpus, tmp_path / "run", precision=precision)
+    apps.append(app)
+    app.control.pause()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
+        await pilot.pause(0.15)
+        assert f"cpux1 {precision}" in app.screen_text().splitlines()[0]
 
 
 # -- accumulation keys ---------------------------------------------------------------------------

@@ -49,6 +49,7 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
     ("sampling.py", "speed-up"),
     ("noise_scale.py", "time inside the hook"),
     ("noise_scale_payoff.py", "to auto's final"),
+    ("precision.py", "bf16 qualifies"),
 ])
 def test_benchmark_script_runs_quick_and_prints_its_figures(script, expected, tmp_path):
     if script in ("key_latency.py", "ui_overhead.py") and shutil.which("tmux") is None:

@@ -16,6 +16,7 @@ from tui_trainer.errors import UserError
 from tui_trainer.events import (AccumChangeApplied, CheckpointSaved, EpochEvent, ListSink, MicroStep, RunEnded,
                                 RunStarted, StepEvent)
 from tui_trainer.metrics import read_metrics
+from tui_trainer.precision import bf16_support, choose_precision
 from tui_trainer.ui.view import RunView
 
 # 20 micro-batches of 4 with accum 3: 6 full windows and a remainder window of 2 micro-batches.
@@ -342,3 +343,76 @@ def test_resuming_an_early_stopped_run_needs_more_patience(reference, tmp_path):
     assert (run_dir / "metrics.jsonl").read_bytes() == metrics_before
     _, end = run_trainer(cfg, Script(), resume=run_dir, overrides={"train.patience": 0})
     assert end.reason == "completed" and end.epochs == 6
+
+
+needs_bf16 = pytest.mark.skipif(not bf16_support(torch.device("cpu")).works, reason="this CPU has no oneDNN bf16")
+
+
+@needs_bf16
+@pytest.mark.parametrize("case", ["mid_window", "after_last_step_of_epoch"])
+def test_stop_then_resume_in_bf16_gives_the_uninterrupted_bf16_losses_bit_for_bit(case, reference, tmp_path):
+    corpus, reference_of = reference
+    want_steps, want_epochs = reference_of(precision="bf16")
+    fp32_steps, _ = reference_of()
+    assert [s[7] for s in want_steps] != [s[7] for s in fp32_steps]  # bf16 really ran: other losses than fp32
+    run_dir = tmp_path / "run"
+    first = Script(stop_at=CASES[case]["stop_at"])
+    _, end = run_trainer(resume_config(corpus, run_dir, precision="bf16"), first)
+    assert end.reason == "interrupted" and first.of(RunStarted)[0].precision == "bf16"
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["precision"] == "bf16"
+    second = Script()
+    _, end = run_trainer(resume_config(corpus, tmp_path / "ignored"), second, resume=run_dir)
+    assert end.reason == "completed" and second.of(RunStarted)[0].precision == "bf16"
+    assert records(run_dir, "step", STEP_KEYS) == want_steps
+    assert records(run_dir, "epoch", EPOCH_KEYS) == want_epochs
+
+
+def _recorded_as(run_dir: Path, precision: str | None) -> None:
+    """Rewrite the checkpoint as if its run had trained in ``precision`` (None: a checkpoint from
+    before precisions were recorded), e.g. under ``auto`` on a machine that chose differently."""
+    path = run_dir / "checkpoints" / "latest.pt"
+    state = torch.load(path, weights_only=True)
+    if precision is None:
+        del state["precision"]
+    else:
+        state["precision"] = precision
+    torch.save(state, path)
+
+
+@needs_bf16
+def test_a_resume_that_would_change_precision_is_refused_unless_precision_is_given(reference, tmp_path):
+    corpus, _ = reference
+    run_dir = tmp_path / "run"
+    run_trainer(resume_config(corpus, run_dir, precision="auto"), Script(stop_at=("step", 2)))
+    chosen_here = choose_precision("auto", torch.device("cpu"))[0]
+    other = "fp32" if chosen_here == "bf16" else "bf16"
+    _recorded_as(run_dir, other)
+    metrics_before = (run_dir / "metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match=f"trained in {other}.*would train in {chosen_here}") as refused:
+        Trainer(resume_config(corpus, run_dir), ListSink(), resume=run_dir)
+    assert f"--precision {other}" in refused.value.hint and f"--precision {chosen_here}" in refused.value.hint
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics_before  # nothing written
+    # Asked for explicitly: the switch is made, and said.
+    sink = Script(stop_at=("step", 3))
+    run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir, overrides={"train.precision": "auto"})
+    started = sink.of(RunStarted)[0]
+    assert started.precision == chosen_here
+    assert any(f"switches this run from {other}" in note for note in started.notes)
+    # ... and continuing in the checkpoint's own precision needs nothing more.
+    _recorded_as(run_dir, other)
+    trainer = Trainer(resume_config(corpus, run_dir), ListSink(), resume=run_dir,
+                      overrides={"train.precision": other})
+    assert trainer.precision == other and not any("switches" in note for note in trainer.notes)
+    trainer.metrics.close()
+
+
+def test_a_checkpoint_from_before_precisions_resumes_as_fp32_on_cpu(reference, tmp_path):
+    corpus, get = reference
+    expected_steps, _ = get()
+    run_dir = tmp_path / "run"
+    run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", 3)))  # fp32 (the fixture's)
+    _recorded_as(run_dir, None)
+    sink = Script()
+    _, end = run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir)
+    assert end.reason == "completed" and sink.of(RunStarted)[0].precision == "fp32"
+    assert records(run_dir, "step", STEP_KEYS) == expected_steps

@@ -60,6 +60,8 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--seed", RUN, "train", "seed", int, "seed for init, data order and dropout"),
     ("--device", RUN, "train", "device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
     ("--threads", RUN, "train", "threads", int, "torch CPU threads"),
+    ("--precision", RUN, "train", "precision", str, "auto (bf16 where the hardware has it and trains as well), "
+                                                     "fp32 or bf16"),
     ("--patience", RUN, "train", "patience", int, "early stopping patience in epochs; 0 = off"),
     ("--min-delta", RUN, "train", "min_delta", float, "smallest val-loss improvement that counts"),
     ("--checkpoint-every", RUN, "train", "checkpoint_every", int, "save `latest` every N optimizer steps"),

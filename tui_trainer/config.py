@@ -88,6 +88,9 @@ class TrainConfig:
     # steps, "off" (or 0) = epoch lines only. Long enough not to flood a CI log, short enough that a
     # job watchdog never takes a run for dead.
     log_every: str | int = "30s"
+    # auto = bf16 autocast where the hardware has bf16 and it trains as well as fp32 (precision.py), else fp32;
+    # fp32; or bf16 (forward under autocast; weights, gradients, optimizer state and loss sums stay fp32)
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if t.min_delta < 0:
         raise UserError(f"--min-delta must be 0 or more, got {t.min_delta}", "use e.g. --min-delta 0.001")
     _positive("threads", t.threads, "--threads", allow_none=True)
+    if t.precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--precision must be auto, fp32 or bf16, got {t.precision!r}", "use e.g. --precision auto")
     _positive("checkpoint_every", t.checkpoint_every, "--checkpoint-every", allow_none=True)
     _positive("max_bad_steps", t.max_bad_steps, "--max-bad-steps")
     if t.sample_tokens < 0:

@@ -102,6 +102,7 @@ class HeadlessLog:
                                  micro_batch=event.micro_batch, block_size=event.block_size)
             eff = event.micro_batch * event.accum * event.processes
             self._print(f"run {event.run_dir} device={event.device} threads={event.threads} "
+                        f"precision={event.precision} "
                         f"params={event.parameters:,} vocab={event.vocab_size} "
                         f"train_examples={event.train_examples:,} val_examples={event.val_examples:,} "
                         f"effective_batch={eff} ({event.micro_batch}x{event.accum})")

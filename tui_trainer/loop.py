@@ -68,7 +68,7 @@ class Trainer(TrainingSession):
             planned_tokens=self.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
             tokens_seen=st.tokens_seen, notes=tuple(self.notes), elapsed_before=st.elapsed_seconds,
             sample_tokens=cfg.train.sample_tokens, noise_scale=cfg.train.noise_scale,
-            auto_accum=cfg.train.auto_accum))
+            auto_accum=cfg.train.auto_accum, precision=self.precision))
         if self._outstanding_end is not None:
             # Training was done; only the `end` record was missing (a stop during the final
             # validation or save of an older version, or a kill just before the record).

@@ -21,6 +21,7 @@ from .config import RunConfig, validate
 from .control import Control, SampleNow, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from .data import Corpus, WindowDataset, load_corpus, val_batch_limit, window_count
 from .text_source import PreparationCancelled, ProgressFn
+from .precision import resume_precision
 from .tokens import tokenizer_from_record
 from .diagnosis import Diagnosis
 from .early_stopping import EarlyStopping
@@ -74,8 +75,11 @@ class TrainingSession:
         if resume_state is not None:
             rd.check_resumed_tokenizer(resume_state, self.corpus.vocab)
         self.cfg = cfg = cfg.replace(model=replace(cfg.model, vocab_size=self.corpus.vocab.size))
-        self.autocast_dtype = (torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-                               else None)
+        # The forward's autocast dtype (None = fp32); a resume keeps the checkpoint's precision unless told.
+        self.precision, self.autocast_dtype, note = resume_precision(
+            cfg.train.precision, self.device, resume_state.get("precision") if resume_state else None,
+            resuming=resume_state is not None, explicit="train.precision" in (overrides or {}))
+        self.notes += [note] if note else []
         train_windows = window_count(len(self.corpus.train_tokens), cfg.model.block_size)
         if cfg.train.micro_batch > train_windows:
             raise UserError(f"--micro-batch {cfg.train.micro_batch} is more than the {train_windows:,} training "
@@ -119,7 +123,7 @@ class TrainingSession:
             self._resume_accum = rd.accum_given_with_resume(self.state, (overrides or {}).get("train.accum"),
                                                             cfg.train.epochs, self.notes)
         # config.json is the resolved config: a resume rewrites it with what it merged (and recreates it).
-        rd.write_config(self.run_dir, self.cfg, self.corpus, self.device, self.threads)
+        rd.write_config(self.run_dir, self.cfg, self.corpus, self.device, self.threads, self.precision)
         self.metrics = MetricsWriter(self.run_dir)
         self.sink = FanOut(self.metrics, sink)
         self._paused = False
@@ -194,6 +198,7 @@ class TrainingSession:
             "data_sha256": self.corpus.sha256,
             "data_path": self.corpus.path,
             "data_bytes": rd.data_size(self.corpus.path),
+            "precision": self.precision,  # what the run trains in (a resume keeps it unless told)
         }
 
     def elapsed_seconds(self) -> float:

@@ -49,6 +49,7 @@ class RunView:
     run_dir: str = ""
     device: str = ""
     threads: int = 0
+    precision: str = ""  # "fp32"/"bf16" once the run started
     parameters: int = 0
     epochs: int = 0
     micro_batch: int = 0
@@ -131,6 +132,7 @@ class RunView:
         self.started = True
         self.state = RUNNING if self.state == STARTING else self.state
         self.run_dir, self.device, self.threads, self.parameters = e.run_dir, e.device, e.threads, e.parameters
+        self.precision = e.precision
         self.epochs, self.micro_batch, self.accum, self.processes = e.epochs, e.micro_batch, e.accum, e.processes
         self.block_size, self.planned_tokens = e.block_size, e.planned_tokens
         self.tokens_seen = self.tokens_at_start = e.tokens_seen

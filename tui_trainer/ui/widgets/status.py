@@ -17,7 +17,7 @@ STATE_LABELS = {
 
 
 class StatusBar(Panel):
-    """`tui-trainer │ run 20260101-120000 │ cpu x2 │ ▶ running │ 0:03:12 │ ETA 0:12:40`"""
+    """`tui-trainer │ run 20260101-120000 │ cpu x2 bf16 │ ▶ running │ 0:03:12 │ ETA 0:12:40`"""
 
     COMPONENT_CLASSES = {"status--title", "status--dim", "status--run"} | {
         f"status--{state}" for state in STATE_LABELS}
@@ -27,7 +27,7 @@ class StatusBar(Panel):
     """
 
     def key(self, view: RunView, now: float):
-        return (view.run_name, view.device, view.threads, view.state, fmt.duration(view.elapsed(now)),
+        return (view.run_name, view.device, view.threads, view.precision, view.state, fmt.duration(view.elapsed(now)),
                 fmt.duration(view.eta(now)), view.epoch, view.epochs)
 
     def build(self, view: RunView, now: float) -> Text:
@@ -41,6 +41,8 @@ class StatusBar(Panel):
             line.append(view.device, dim)
             if view.device.startswith("cpu") and view.threads:
                 line.append(f"x{view.threads}", dim)
+            if view.precision:
+                line.append(f" {view.precision}", dim)
         line.append("  ")
         line.append(f" {STATE_LABELS.get(view.state, view.state)} ",
                     self.get_component_rich_style(f"status--{view.state}"))
