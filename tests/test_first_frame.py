@@ -78,3 +78,24 @@ async def test_q_while_it_sets_up_ends_the_run_with_a_saved_step_zero(small_corp
     assert [r["reason"] for r in read_metrics(tmp_path / "run") if r["type"] == "end"] == ["interrupted"]
 
 
+
+
+async def test_while_it_sets_up_the_screen_says_how_far_the_data_preparation_is(tmp_path, shakespeare_text):
+    from tui_trainer.events import DataPreparing
+    from tui_trainer.ui.factory import create_replay_app
+
+    # Text no cache has seen: it is fingerprinted, checked and tokenized, each phase reporting.
+    corpus = tmp_path / "fresh.txt"
+    corpus.write_text(shakespeare_text[:20_000] + f"\n{tmp_path.name}\n", encoding="utf-8")
+    app = create_app(with_limits(tiny_config(corpus, tmp_path / "run", epochs=1), 4), in_background=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: app.view.ended, "the run to end")
+        assert app.view.data_progress.startswith("preparing the data: "), app.view.data_progress
+        await pilot.press("q")
+    assert app.finish().reason == "completed"
+
+    shown = create_replay_app([DataPreparing(phase="tokenizing", fraction=0.4, total_bytes=52_000_000,
+                                             mb_per_s=98.5)])
+    async with shown.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert "preparing the data: tokenizing 40% of 52.0 MB (98.5 MB/s)" in shown.screen_text()

@@ -168,6 +168,16 @@ class CheckpointFailed:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DataPreparing:
+    """Before the run starts: the data is being prepared (text_source.Progress, as plain figures)."""
+
+    phase: str  # "fingerprint", "checking", "vocabulary", "training tokenizer", "tokenizing", "verifying cache"
+    fraction: float  # of this phase, 0..1
+    total_bytes: int
+    mb_per_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class Notice:
     message: str
     level: str = "info"  # info | warning | error
@@ -189,7 +199,7 @@ class RunEnded:
 
 Event = (RunStarted | MicroStep | StepEvent | ValidationProgress | EpochEvent | SampleEvent | DiagnosisEvent
          | AccumChangeRequested | AccumChangeApplied | Paused | Resumed | CheckpointSaved | CheckpointFailed | Notice
-         | RunEnded)
+         | DataPreparing | RunEnded)
 
 
 class Sink(Protocol):

@@ -16,7 +16,7 @@ from typing import Any
 from textual.message import Message
 
 # Events that arrive at training speed: the drain timer picks them up.
-QUIET_EVENTS = frozenset({"StepEvent", "CheckpointSaved", "ValidationProgress"})
+QUIET_EVENTS = frozenset({"StepEvent", "CheckpointSaved", "ValidationProgress", "DataPreparing"})
 
 
 class EngineWake(Message):

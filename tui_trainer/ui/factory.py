@@ -6,6 +6,7 @@ demos)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from ..control import Control
@@ -27,6 +28,8 @@ def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | No
     metrics.jsonl kept) from the engine's first frame."""
     control = control or Control()
     sink = AppSink()
+    if data_progress is None:  # a big corpus takes a while: the screen shows how far it is, never frozen
+        data_progress = partial(_data_preparing, sink)
 
     def build() -> tuple[Any, list]:
         from ..loop import Trainer  # imports torch: on the set-up thread too, when in the background
@@ -44,6 +47,14 @@ def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | No
     app = TrainerApp(trainer, sink, replay=history)
     app.view.pending_accum = trainer.state.pending_accum  # a change asked for before the interruption
     return app
+
+
+def _data_preparing(sink: AppSink, progress: Any) -> None:
+    """text_source's progress, as an event the app shows while it sets up (called on the set-up thread)."""
+    from ..events import DataPreparing
+
+    sink.emit(DataPreparing(phase=progress.phase, fraction=progress.fraction, total_bytes=progress.total_bytes,
+                            mb_per_s=progress.mb_per_s))
 
 
 def create_replay_app(events: Iterable[Any] = (), **kwargs: Any) -> TrainerApp:

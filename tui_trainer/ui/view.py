@@ -46,6 +46,7 @@ class SampleShown:
 class RunView:
     # -- the run (RunStarted) --------------------------------------------------------------
     started: bool = False
+    data_progress: str = ""  # while the data is prepared, before the run starts (DataPreparing)
     run_dir: str = ""
     device: str = ""
     threads: int = 0
@@ -127,6 +128,10 @@ class RunView:
         handler = getattr(self, f"_on_{type(event).__name__}", None)
         if handler is not None:
             handler(event, now)
+
+    def _on_DataPreparing(self, e, now: float) -> None:
+        self.data_progress = (f"preparing the data: {e.phase} {min(e.fraction, 1.0):.0%} of "
+                              f"{e.total_bytes / 1e6:,.1f} MB ({e.mb_per_s:,.1f} MB/s)")
 
     def _on_RunStarted(self, e, now: float) -> None:
         self.started = True

@@ -32,7 +32,7 @@ class BatchPanel(Panel):
                 # as shown (2 significant figures): the estimate moves every step, the text rarely,
                 # and each new key costs this panel a re-layout
                 None if view.noise_scale is None else noise_scale_words(view.noise_scale),
-                view.suggested_accum, view.pending_auto)
+                view.suggested_accum, view.pending_auto, view.started, view.data_progress)
 
     def _room(self) -> int:
         return self.size.width - self.styles.gutter.width if self.size.width else 10_000
@@ -42,7 +42,7 @@ class BatchPanel(Panel):
         dim = self.get_component_rich_style("batch--dim")
         text = Text(end="")
         if not view.started:
-            text.append("loading torch, reading the data, building the model…", dim)
+            text.append(view.data_progress or "loading torch, reading the data, building the model…", dim)
             return text
         mb, accum, eff, tokens = (str(view.micro_batch), str(view.accum), f"{view.effective_batch:,}",
                                   f"{view.tokens_per_step:,}")
