@@ -12,7 +12,7 @@ import shutil
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -21,11 +21,13 @@ from .config import RunConfig
 from .data import Corpus, Vocabulary
 from .errors import UserError
 from .metrics import METRICS_FILE
+from .run_lock import RunLock, refuse_if_in_use
 
 if TYPE_CHECKING:
     from .loop_state import LoopState
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"  # flock'd by the one process training in the run dir (run_lock.py)
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINT_DIR)
 # Flags a resumed run may change: they steer the rest of the run, not what it has learnt so far.
 SAFE_RESUME_OVERRIDES = frozenset({
@@ -159,10 +161,25 @@ def accum_given_with_resume(st: LoopState, accum: int | None, epochs: int, notes
 
 # -- a new run --------------------------------------------------------------------------------------
 
-def prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool, notes: list[str]) -> Path:
+def lock_run_dir(run_dir: Path) -> RunLock:
+    """The run dir's one-writer lock, taken (UserError naming the live holder when it is held)."""
+    return RunLock(run_dir / LOCK_FILE, run_dir)
+
+
+def refuse_a_run_dir_in_use(run_dir: str | Path) -> None:
+    """UserError when a live process trains in ``run_dir``; reads only."""
+    refuse_if_in_use(Path(run_dir) / LOCK_FILE, Path(run_dir))
+
+
+def prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool, notes: list[str], *,
+                    take_lock: Callable[[Path], Any] | None = None) -> Path:
     """The run dir, created and writable: a resumed one as it is; a new one refused when it holds a
-    run (unless ``overwrite``), cleared of a run that never took a step."""
+    run (unless ``overwrite``), cleared of a run that never took a step. ``take_lock(run_dir)`` is
+    called before anything in it is written (and refuses a dir another process trains in)."""
     run_dir = Path(resume) if resume is not None else Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
+    locked = False
+    if run_dir.is_dir():
+        refuse_a_run_dir_in_use(run_dir)
     if resume is None and run_dir.exists():
         if not run_dir.is_dir():
             raise UserError(f"run dir {run_dir} exists and is not a directory", "pass another --run-dir")
@@ -175,6 +192,9 @@ def prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool, 
                             f"use --overwrite to start it again, or another --run-dir")
         if held == "set-up":
             notes.append(f"{run_dir} held a run that never took a step: starting it again")
+        if held and take_lock is not None:
+            take_lock(run_dir)
+            locked = True
         if held:
             for marker in RUN_MARKERS:
                 target = run_dir / marker
@@ -188,6 +208,8 @@ def prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool, 
         raise UserError(f"cannot create run dir {run_dir}: {exc.strerror}", "pass a writable --run-dir") from None
     if not os.access(run_dir, os.W_OK):
         raise UserError(f"run dir {run_dir} is not writable", "pass a writable --run-dir")
+    if take_lock is not None and not locked:
+        take_lock(run_dir)
     return run_dir
 
 
