@@ -217,6 +217,22 @@ def _close_app_once_engine_ended(built: list) -> None:
     loop.call_soon_threadsafe(check)  # safe from a signal handler
 
 
+# -- view: a run dir, without training --------------------------------------------------------------
+
+def add_view_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's directory (its --run-dir), finished or live")
+
+
+def run_view(args: argparse.Namespace) -> int:
+    from .ui.viewer import create_view_app
+
+    app = create_view_app(args.run_dir)  # bad input raises here, before the terminal is taken
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        raise UserError("view needs a terminal to draw on", f"run it in a terminal (or read {args.run_dir}/metrics.jsonl)")
+    app.run()
+    return 0
+
+
 # -- subcommands ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -229,6 +245,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train": Command("train a GPT (the app, or headless with --no-ui); the default command",
                      add_train_arguments, run_train),
+    "view": Command("watch a run dir, finished or live, and steer a live run (+ - p s; ctrl+x stops it)",
+                    add_view_arguments, run_view),
 }
 DEFAULT_COMMAND = "train"
 

@@ -44,7 +44,10 @@ class TrainingSession:
         self.inject_nan_steps = inject_nan_steps  # test hook: poison these steps' loss with NaN
         self.notes: list[str] = []
         resume_state = None
+        self._control_server = None  # commands from viewers, while run() runs
+        self.run_lock = None  # the run dir's one-writer lock (run_lock.py), from prepare_run_dir to the end
         if resume is not None:
+            rd.refuse_a_run_dir_in_use(resume)  # before its checkpoint is read: a live run is not resumed
             resume_state = rd.load_resumable(resume)
             cfg = rd.merge_resume_config(resume_state, overrides or {}, Path(resume), self.notes)
             rd.refuse_a_finished_run(resume_state, cfg)
@@ -65,7 +68,7 @@ class TrainingSession:
                             f"sequences of {cfg.model.block_size} tokens this data holds",
                             f"use --micro-batch {train_windows} or less (and --accum for a larger effective batch)")
         check_fits(cfg, self.device, train_windows=train_windows, autocast_bf16=self.autocast_dtype is not None)
-        self.run_dir = rd.prepare_run_dir(cfg, resume, overwrite, self.notes)
+        self.run_dir = rd.prepare_run_dir(cfg, resume, overwrite, self.notes, take_lock=self._take_lock)
 
         # Everything below follows validation: only now is the run dir written to.
         if self.device.type == "cuda":
@@ -100,6 +103,32 @@ class TrainingSession:
         # The verdict so far (a resumed run's `end` record carries one even if it stops at once).
         self.last_diagnosis: Diagnosis | None = Diagnosis(*self.state.last_verdict) if self.state.last_verdict else None
         self.error: BaseException | None = None
+
+    def _take_lock(self, run_dir: Path) -> None:
+        self.run_lock = rd.lock_run_dir(run_dir)
+
+    def release_run_dir(self) -> None:
+        """The run is over: no more steering, and another process may now train in the run dir."""
+        if self._control_server is not None:
+            self._control_server.close()
+            self._control_server = None
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def open_control_socket(self) -> None:
+        """Listen for commands from viewers (control_socket.py) while the run runs."""
+        from .control_socket import ControlServer
+
+        try:
+            self._control_server = ControlServer(self.run_dir, self.control, self.steering_status)
+        except OSError as exc:  # e.g. a run dir path longer than a Unix socket's ~107 bytes
+            self.notes.append(f"no control socket ({exc.strerror or exc}): viewers can watch this run, not steer it")
+
+    def steering_status(self) -> dict[str, Any]:
+        """The few plain fields a viewer needs (read from the socket's thread: ints and bools only)."""
+        st = self.state
+        return {"paused": self._paused, "accum": st.accum, "pending_accum": st.pending_accum,
+                "epoch": st.epoch, "step": st.step, "stopping": self.control.stop_requested}
 
     def _load_resume_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
