@@ -102,6 +102,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--overwrite", action="store_true", help=with_default("replace a run already in --run-dir", "off"))
     run.add_argument("--config", metavar="FILE.toml", default=None, help=with_default(
         "TOML file with [model] [data] [optim] [train] [diagnosis] tables; flags override it", "none"))
+    run.add_argument("--tensorboard", action="store_true", help=with_default(
+        "also write the scalars for TensorBoard under RUN_DIR/tensorboard (pip install 'tui-trainer[tensorboard]')",
+        "off"))
     run.add_argument("--compile", action="store_true", default=None,
                      help=with_default("torch.compile the model", default_of("train", "compile")))
     for flag, group, section, name, kind, help_text in FLAGS:
@@ -135,6 +138,10 @@ def run_train(args: argparse.Namespace) -> int:
     cfg, given = config_from_args(args)
     if args.resume and not Path(args.resume).is_dir():
         raise UserError(f"--resume {args.resume}: no such run directory", "pass a run dir such as runs/20260101-120000")
+    if args.tensorboard:
+        from .tensorboard_sink import require_tensorboard
+
+        require_tensorboard()
     use_app = not args.no_ui and sys.stdout.isatty() and sys.stdin.isatty()
     if not args.no_ui and not use_app:
         print("note: no terminal to draw the app on; running headless (pass --no-ui to silence this)",
@@ -161,7 +168,10 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
         from .loop import Trainer
         from .headless import HeadlessLog
 
-        trainer = Trainer(cfg, HeadlessLog(DetachableStream(sys.stdout)), control, resume=args.resume,
+        from .events import FanOut
+
+        sink = FanOut(HeadlessLog(DetachableStream(sys.stdout)), tensorboard_sink(args))
+        trainer = Trainer(cfg, sink, control, resume=args.resume,
                           overrides=given, overwrite=args.overwrite)
         end = trainer.run()
     if trainer.error is not None and not isinstance(trainer.error, UserError):
@@ -182,7 +192,8 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     # A dead terminal under the app is handled by its driver (ui/terminal.py).
     with SignalStopper(control, on_stop=lambda: _close_app_once_engine_ended(built),
                        restore_terminal=True):
-        app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control)
+        app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control,
+                         extra_sink=tensorboard_sink(args))
         built.append(app)
         if control.stop_requested:
             end = app.trainer.run()  # stops at once: saves where it is and writes `end`
@@ -195,6 +206,14 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     if app.summary_line():
         say(app.summary_line())
     return exit_code_for(end)
+
+
+def tensorboard_sink(args: argparse.Namespace):
+    if not args.tensorboard:
+        return None
+    from .tensorboard_sink import TensorBoardSink
+
+    return TensorBoardSink()
 
 
 def _close_app_once_engine_ended(built: list) -> None:
@@ -233,6 +252,24 @@ def run_view(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- export: a run's metrics in another tool's format ------------------------------------------------
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's directory")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard event files under RUN_DIR/tensorboard from metrics.jsonl")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if not args.tensorboard:
+        raise UserError("export needs a format", f"pass --tensorboard: {PROG} export {args.run_dir} --tensorboard")
+    from .tensorboard_sink import export_tensorboard
+
+    target, count = export_tensorboard(args.run_dir)
+    print(f"wrote {count} records to {target} — view with: tensorboard --logdir {target}")
+    return 0
+
+
 # -- subcommands ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -247,6 +284,7 @@ COMMANDS: dict[str, Command] = {
                      add_train_arguments, run_train),
     "view": Command("watch a run dir, finished or live, and steer a live run (+ - p s; ctrl+x stops it)",
                     add_view_arguments, run_view),
+    "export": Command("write a run's metrics for another tool (--tensorboard)", add_export_arguments, run_export),
 }
 DEFAULT_COMMAND = "train"
 

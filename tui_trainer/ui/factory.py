@@ -10,6 +10,7 @@ from typing import Any
 
 from ..control import Control
 from ..errors import UserError
+from ..events import FanOut
 from .app import TrainerApp
 from .bridge import AppSink
 from .history import recorded_history
@@ -17,14 +18,15 @@ from .threads import in_passing_thread
 
 
 def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | None = None,
-               overwrite: bool = False, control: Control | None = None) -> TrainerApp:
+               overwrite: bool = False, control: Control | None = None, extra_sink: Any = None) -> TrainerApp:
     """The app the CLI runs. The Trainer is built (and validated) here, before the terminal is
     taken, so bad input is a one-line UserError, not a crash inside the app. A resumed run
     shows its history (the steps and epochs metrics.jsonl kept) from the first frame."""
     from ..loop import Trainer
 
     sink = AppSink()
-    trainer = in_passing_thread(lambda: Trainer(cfg, sink, control or Control(), resume=resume,
+    engine_sink = FanOut(sink, extra_sink) if extra_sink is not None else sink  # e.g. --tensorboard
+    trainer = in_passing_thread(lambda: Trainer(cfg, engine_sink, control or Control(), resume=resume,
                                                 overrides=overrides, overwrite=overwrite, for_ui=True))
     if trainer.state.epoch > trainer.cfg.train.epochs:  # the engine would refuse at once; say it now
         raise UserError(f"this run already finished {trainer.cfg.train.epochs} epochs",
