@@ -102,6 +102,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--overwrite", action="store_true", help=with_default("replace a run already in --run-dir", "off"))
     run.add_argument("--config", metavar="FILE.toml", default=None, help=with_default(
         "TOML file with [model] [data] [optim] [train] [diagnosis] tables; flags override it", "none"))
+    run.add_argument("--serve", metavar="[HOST:]PORT", default=None, help=with_default(
+        "also serve a viewer of the run to a browser (textual-serve); 127.0.0.1 unless a host is given", "off"))
     run.add_argument("--tensorboard", action="store_true", help=with_default(
         "also write the scalars for TensorBoard under RUN_DIR/tensorboard (pip install 'tui-trainer[tensorboard]')",
         "off"))
@@ -138,6 +140,10 @@ def run_train(args: argparse.Namespace) -> int:
     cfg, given = config_from_args(args)
     if args.resume and not Path(args.resume).is_dir():
         raise UserError(f"--resume {args.resume}: no such run directory", "pass a run dir such as runs/20260101-120000")
+    if args.serve:
+        from .serve import parse_serve
+
+        parse_serve(args.serve)
     if args.tensorboard:
         from .tensorboard_sink import require_tensorboard
 
@@ -173,7 +179,11 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
         sink = FanOut(HeadlessLog(DetachableStream(sys.stdout)), tensorboard_sink(args))
         trainer = Trainer(cfg, sink, control, resume=args.resume,
                           overrides=given, overwrite=args.overwrite)
-        end = trainer.run()
+        server = served_viewer(trainer, args)
+        try:
+            end = trainer.run()
+        finally:
+            stop_served(server)
     if trainer.error is not None and not isinstance(trainer.error, UserError):
         say(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})")
     elif isinstance(trainer.error, UserError):
@@ -199,13 +209,33 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
             end = app.trainer.run()  # stops at once: saves where it is and writes `end`
             say(f"tui-trainer: {end.message or 'stopped'}")
             return exit_code_for(end)
-        app.run()
+        server = served_viewer(app.trainer, args)
+        try:
+            app.run()
+        finally:
+            stop_served(server)
     end = app.finish()
     if end is None:
         return 0
     if app.summary_line():
         say(app.summary_line())
     return exit_code_for(end)
+
+
+def served_viewer(trainer, args: argparse.Namespace):
+    """--serve: a textual-serve server of `view RUN_DIR` in a child process, while the run runs."""
+    if not args.serve:
+        return None
+    from .serve import start_served_viewer
+
+    return start_served_viewer(trainer.run_dir, args.serve)
+
+
+def stop_served(server) -> None:
+    if server is not None:
+        from .serve import stop_served_viewer
+
+        stop_served_viewer(server)
 
 
 def tensorboard_sink(args: argparse.Namespace):
@@ -240,13 +270,22 @@ def _close_app_once_engine_ended(built: list) -> None:
 
 def add_view_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's directory (its --run-dir), finished or live")
+    parser.add_argument("--serve", metavar="[HOST:]PORT", default=None, help=with_default(
+        "serve the viewer to a browser (textual-serve); 127.0.0.1 unless a host is given", "off"))
 
 
 def run_view(args: argparse.Namespace) -> int:
+    import os
+
     from .ui.viewer import create_view_app
 
     app = create_view_app(args.run_dir)  # bad input raises here, before the terminal is taken
-    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+    if args.serve:
+        from .serve import serve_viewer
+
+        return serve_viewer(args.run_dir, args.serve)
+    served = bool(os.environ.get("TEXTUAL_DRIVER"))  # a page textual-serve started: the browser is the terminal
+    if not served and not (sys.stdout.isatty() and sys.stdin.isatty()):
         raise UserError("view needs a terminal to draw on", f"run it in a terminal (or read {args.run_dir}/metrics.jsonl)")
     app.run()
     return 0
