@@ -191,3 +191,18 @@ def test_a_command_through_the_socket_changes_accum_at_the_next_epoch(small_corp
     assert answers[0]["ok"] and answers[1]["ok"]
     accums = {r["epoch"]: r["accum"] for r in read_metrics(tmp_path / "run") if r["type"] == "step"}
     assert accums == {1: 2, 2: 4, 3: 4}
+
+
+async def test_view_of_two_runs_overlays_their_epoch_curves_with_a_legend(tmp_path):
+    from tui_trainer.ui.compare import create_compare_app
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_dirs = [str(recorded_run_dir(tmp_path / "a", epochs=3)), str(recorded_run_dir(tmp_path / "b", epochs=5))]
+    app = create_compare_app(run_dirs)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert [len(run.epochs) for run in app.runs] == [3, 5]
+        title = str(app.query_one("#compare").border_title)
+        assert all(run_dir in title for run_dir in run_dirs) and "val" in title
+        await pilot.press("q")

@@ -270,6 +270,8 @@ def _close_app_once_engine_ended(built: list) -> None:
 
 def add_view_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's directory (its --run-dir), finished or live")
+    parser.add_argument("more_run_dirs", metavar="RUN_DIR", nargs="*",
+                        help="more runs: their epoch curves overlaid, with a legend")
     parser.add_argument("--serve", metavar="[HOST:]PORT", default=None, help=with_default(
         "serve the viewer to a browser (textual-serve); 127.0.0.1 unless a host is given", "off"))
 
@@ -279,11 +281,17 @@ def run_view(args: argparse.Namespace) -> int:
 
     from .ui.viewer import create_view_app
 
-    app = create_view_app(args.run_dir)  # bad input raises here, before the terminal is taken
+    run_dirs = [args.run_dir, *args.more_run_dirs]
+    if len(run_dirs) > 1:
+        from .ui.compare import create_compare_app
+
+        app = create_compare_app(run_dirs)
+    else:
+        app = create_view_app(args.run_dir)  # bad input raises here, before the terminal is taken
     if args.serve:
         from .serve import serve_viewer
 
-        return serve_viewer(args.run_dir, args.serve)
+        return serve_viewer(run_dirs, args.serve)
     served = bool(os.environ.get("TEXTUAL_DRIVER"))  # a page textual-serve started: the browser is the terminal
     if not served and not (sys.stdout.isatty() and sys.stdin.isatty()):
         raise UserError("view needs a terminal to draw on", f"run it in a terminal (or read {args.run_dir}/metrics.jsonl)")

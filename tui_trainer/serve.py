@@ -41,15 +41,16 @@ def warn_if_exposed(host: str, host_given: bool) -> None:
               file=sys.stderr, flush=True)
 
 
-def serve_viewer(run_dir: str | Path, spec: str) -> int:
-    """Serve ``tui-trainer view RUN_DIR`` until Ctrl+C (blocks)."""
+def serve_viewer(run_dirs: list[str | Path], spec: str) -> int:
+    """Serve ``tui-trainer view RUN_DIR...`` until Ctrl+C (blocks)."""
     from textual_serve.server import Server
 
     host, port, given = parse_serve(spec)
     warn_if_exposed(host, given)
-    command = f"{shlex.quote(sys.executable)} -m tui_trainer view {shlex.quote(str(run_dir))}"
-    print(f"serving the viewer of {run_dir} on http://{host}:{port} (Ctrl+C to stop)", flush=True)
-    Server(command, host=host, port=port, title=f"tui-trainer view {run_dir}").serve()
+    shown = " ".join(shlex.quote(str(run_dir)) for run_dir in run_dirs)
+    command = f"{shlex.quote(sys.executable)} -m tui_trainer view {shown}"
+    print(f"serving the viewer of {shown} on http://{host}:{port} (Ctrl+C to stop)", flush=True)
+    Server(command, host=host, port=port, title=f"tui-trainer view {shown}").serve()
     return 0
 
 
