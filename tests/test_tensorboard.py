@@ -62,3 +62,11 @@ def test_the_flag_without_tensorboard_installed_says_how_to_install_it(small_cor
     err = capsys.readouterr().err
     assert "pip install 'tui-trainer[tensorboard]'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_overwrite_removes_the_old_runs_event_files(small_corpus, tmp_path):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 2, 2)
+    Trainer(cfg, TensorBoardSink()).run()
+    assert (tmp_path / "run" / TENSORBOARD_DIR).is_dir()
+    Trainer(cfg, overwrite=True).run()
+    assert not (tmp_path / "run" / TENSORBOARD_DIR).exists()  # else TensorBoard would mix the two runs

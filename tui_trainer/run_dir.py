@@ -22,13 +22,14 @@ from .data import Corpus, Vocabulary
 from .errors import UserError
 from .metrics import METRICS_FILE
 from .run_lock import RunLock, refuse_if_in_use
+from .tensorboard_sink import TENSORBOARD_DIR
 
 if TYPE_CHECKING:
     from .loop_state import LoopState
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"  # flock'd by the one process training in the run dir (run_lock.py)
-RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINT_DIR)
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINT_DIR, TENSORBOARD_DIR)  # (--overwrite removes these)
 # Flags a resumed run may change: they steer the rest of the run, not what it has learnt so far.
 SAFE_RESUME_OVERRIDES = frozenset({
     "train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
