@@ -111,4 +111,7 @@ class RunLock:
             os.close(fd)  # closing the last descriptor releases the flock
 
     def __del__(self) -> None:  # a Trainer built but never run (tests, a refused --resume in the app)
-        self.release()
+        try:
+            self.release()
+        except Exception:  # at interpreter shutdown `os` may already be gone; the kernel unlocks anyway
+            pass
