@@ -121,6 +121,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "a first run that shows the whole story (the loss falling, validation, a diagnosis) in about a minute "
         "on a laptop CPU: 2 layers, d_model 64, context 64, micro-batch 8 x accum 2, 50 micro-batches an epoch, "
         "6 epochs; flags and --config still override it", "off"))
+    run.add_argument("--serve", metavar="[HOST:]PORT", default=None, help=with_default(
+        "also serve a viewer of the run to a browser (textual-serve); 127.0.0.1 unless a host is given", "off"))
+    run.add_argument("--tensorboard", action="store_true", help=with_default(
+        "also write the scalars for TensorBoard under RUN_DIR/tensorboard (pip install 'tui-trainer[tensorboard]')",
+        "off"))
     run.add_argument("--compile", action="store_true", default=None,
                      help=with_default("torch.compile the model", default_of("train", "compile")))
     for flag, group, section, name, kind, help_text in FLAGS:
@@ -186,6 +191,14 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
     given_paths["--data"] = cfg.data.path
     check_given_paths(config=None, resume=None, run_dir=None, overwrite=False, data=cfg.data.path,
                       data_from="--data" if args.data is not None else f"[data] path in {args.config}")
+    if args.serve:
+        from .serve import parse_serve
+
+        parse_serve(args.serve)
+    if args.tensorboard:
+        from .tensorboard_sink import require_tensorboard
+
+        require_tensorboard()
     use_app = not args.no_ui and sys.stdout.isatty() and sys.stdin.isatty()
     if not args.no_ui and not use_app:
         print("note: no terminal to draw the app on; running headless (pass --no-ui to silence this)",
@@ -214,12 +227,18 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
         from .loop import Trainer
         from .headless import HeadlessLog
 
+        from .events import FanOut
+
         stdout = DetachableStream(sys.stdout)
         log = HeadlessLog(stdout)
-        trainer = Trainer(cfg, log, control, resume=args.resume, overrides=given,
+        trainer = Trainer(cfg, FanOut(log, tensorboard_sink(args)), control, resume=args.resume, overrides=given,
                           overwrite=args.overwrite, data_progress=DataProgressLine(stdout))
         log.log_every = parse_log_every(trainer.cfg.train.log_every)  # a resumed run's own, unless given
-        end = trainer.run()
+        server = served_viewer(trainer, args)
+        try:
+            end = trainer.run()
+        finally:
+            stop_served(server)
     if trainer.error is not None and not isinstance(trainer.error, UserError):
         say(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})")
     elif isinstance(trainer.error, UserError):
@@ -238,12 +257,17 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     # A dead terminal under the app is handled by its driver (ui/terminal.py).
     with SignalStopper(control, on_stop=lambda: _close_app_once_engine_ended(built),
                        restore_terminal=True):
-        # The app shows at once ("setting up"); torch, the data and the model load behind it.
+        # The app shows at once ("setting up"); torch, the data and the model load behind it. With
+        # --serve the trainer is built first: the served viewer needs its run dir from the start.
         app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control,
-                         in_background=True)
+                         in_background=not args.serve, extra_sink=tensorboard_sink(args))
         built.append(app)
-        if not control.stop_requested:  # a signal already: no screen to take, finish() below stops the run
-            app.run()
+        server = served_viewer(app.trainer, args) if args.serve else None
+        try:
+            if not control.stop_requested:  # a signal already: no screen to take, finish() below stops the run
+                app.run()
+        finally:
+            stop_served(server)
     end = app.finish()  # (a stop during set-up: builds, saves step 0 and writes `end`)
     if app.set_up_error is not None:
         raise app.set_up_error  # bad input: the one line, exit 2, the terminal already given back
@@ -252,6 +276,30 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     if app.summary_line():
         say(app.summary_line())
     return exit_code_for(end)
+
+
+def served_viewer(trainer, args: argparse.Namespace):
+    """--serve: a textual-serve server of `view RUN_DIR` in a child process, while the run runs."""
+    if not args.serve:
+        return None
+    from .serve import start_served_viewer
+
+    return start_served_viewer(trainer.run_dir, args.serve)
+
+
+def stop_served(server) -> None:
+    if server is not None:
+        from .serve import stop_served_viewer
+
+        stop_served_viewer(server)
+
+
+def tensorboard_sink(args: argparse.Namespace):
+    if not args.tensorboard:
+        return None
+    from .tensorboard_sink import TensorBoardSink
+
+    return TensorBoardSink()
 
 
 def _close_app_once_engine_ended(built: list) -> None:
@@ -274,6 +322,57 @@ def _close_app_once_engine_ended(built: list) -> None:
     loop.call_soon_threadsafe(check)  # safe from a signal handler
 
 
+# -- view: a run dir, without training --------------------------------------------------------------
+
+def add_view_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's directory (its --run-dir), finished or live")
+    parser.add_argument("more_run_dirs", metavar="RUN_DIR", nargs="*",
+                        help="more runs: their epoch curves overlaid, with a legend")
+    parser.add_argument("--serve", metavar="[HOST:]PORT", default=None, help=with_default(
+        "serve the viewer to a browser (textual-serve); 127.0.0.1 unless a host is given", "off"))
+
+
+def run_view(args: argparse.Namespace) -> int:
+    import os
+
+    from .ui.viewer import create_view_app
+
+    run_dirs = [args.run_dir, *args.more_run_dirs]
+    if len(run_dirs) > 1:
+        from .ui.compare import create_compare_app
+
+        app = create_compare_app(run_dirs)
+    else:
+        app = create_view_app(args.run_dir)  # bad input raises here, before the terminal is taken
+    if args.serve:
+        from .serve import serve_viewer
+
+        return serve_viewer(run_dirs, args.serve)
+    served = bool(os.environ.get("TEXTUAL_DRIVER"))  # a page textual-serve started: the browser is the terminal
+    if not served and not (sys.stdout.isatty() and sys.stdin.isatty()):
+        raise UserError("view needs a terminal to draw on", f"run it in a terminal (or read {args.run_dir}/metrics.jsonl)")
+    app.run()
+    return 0
+
+
+# -- export: a run's metrics in another tool's format ------------------------------------------------
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's directory")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard event files under RUN_DIR/tensorboard from metrics.jsonl")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if not args.tensorboard:
+        raise UserError("export needs a format", f"pass --tensorboard: {PROG} export {args.run_dir} --tensorboard")
+    from .tensorboard_sink import export_tensorboard
+
+    target, count = export_tensorboard(args.run_dir)
+    print(f"wrote {count} records to {target} — view with: tensorboard --logdir {target}")
+    return 0
+
+
 # -- subcommands ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -288,6 +387,9 @@ COMMANDS: dict[str, Command] = {
                      add_train_arguments, run_train),
     "sample": Command("print text written by a run's model (checkpoints/best.pt), streamed on a terminal",
                       add_sample_arguments, run_sample),
+    "view": Command("watch a run dir, finished or live, and steer a live run (+ - p s; ctrl+x stops it)",
+                    add_view_arguments, run_view),
+    "export": Command("write a run's metrics for another tool (--tensorboard)", add_export_arguments, run_export),
 }
 DEFAULT_COMMAND = "train"
 

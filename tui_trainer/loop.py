@@ -38,6 +38,7 @@ class Trainer(TrainingSession):
 
     def run(self) -> RunEnded:
         try:
+            self.open_control_socket()
             end = self._run()
         except BaseException as exc:  # a bug or OOM: record it, keep what the run dir has
             self.error = exc
@@ -49,6 +50,7 @@ class Trainer(TrainingSession):
             end = self._end("error", message)
         finally:
             self.metrics.close()
+            self.release_run_dir()
         return end
 
     # -- the run: epochs ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import os
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -20,15 +20,18 @@ from .config import RunConfig
 from .data import Corpus
 from .errors import UserError
 from .metrics import METRICS_FILE
+from .run_lock import RunLock, refuse_if_in_use
 from .run_ownership import foreign_name, has_marker, remove_our_files, write_marker
-from .user_paths import make_run_dir, probe_checkpoint_dir, remove_made_folders
+from .tensorboard_sink import TENSORBOARD_DIR
 from .tokens import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from .user_paths import make_run_dir, probe_checkpoint_dir, remove_made_folders
 
 if TYPE_CHECKING:
     from .loop_state import LoopState
 
 CONFIG_FILE = "config.json"
-RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINT_DIR)
+LOCK_FILE = ".lock"  # flock'd by the one process training in the run dir (run_lock.py)
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINT_DIR, TENSORBOARD_DIR)  # (--overwrite removes these)
 # Flags a resumed run may change: they steer the rest of the run, not what it has learnt so far.
 SAFE_RESUME_OVERRIDES = frozenset({
     "train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
@@ -240,13 +243,28 @@ def accum_given_with_resume(st: LoopState, accum: int | None, epochs: int, notes
 
 # -- a new run --------------------------------------------------------------------------------------
 
+def lock_run_dir(run_dir: Path) -> RunLock:
+    """The run dir's one-writer lock, taken (UserError naming the live holder when it is held)."""
+    return RunLock(run_dir / LOCK_FILE, run_dir)
+
+
+def refuse_a_run_dir_in_use(run_dir: str | Path) -> None:
+    """UserError when a live process trains in ``run_dir``; reads only."""
+    refuse_if_in_use(Path(run_dir) / LOCK_FILE, Path(run_dir))
+
+
 def prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool, notes: list[str],
-                    made: list[Path] | None = None) -> Path:
+                    made: list[Path] | None = None, *, take_lock: Callable[[Path], Any] | None = None) -> Path:
     """The run dir, created, marked as ours and writable (its checkpoints/ too): a resumed one as it
     is; a new one refused when it holds anything of our names that is not provably ours
     (run_ownership.py), or a run (unless ``overwrite``); cleared of a run that never took a step.
-    The folders it makes are added to ``made`` (for a set-up that fails later to remove again)."""
+    ``take_lock(run_dir)`` is called before anything in it is written (and refuses a dir another
+    process trains in). The folders it makes are added to ``made`` (for a set-up that fails later
+    to remove again)."""
     run_dir = Path(resume) if resume is not None else Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
+    locked = False
+    if run_dir.is_dir():
+        refuse_a_run_dir_in_use(run_dir)
     if resume is None and run_dir.exists():
         if not run_dir.is_dir():
             raise UserError(f"run dir {run_dir} exists and is not a directory", "pass another --run-dir")
@@ -263,12 +281,17 @@ def prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool, 
                             f"use --overwrite to start it again, or another --run-dir")
         if held == "set-up":
             notes.append(f"{run_dir} held a run that never took a step: starting it again")
+        if held and take_lock is not None:
+            take_lock(run_dir)
+            locked = True
         if held:
             remove_our_files(run_dir)  # file by file: what the user put beside them stays
     new_folders = make_run_dir(run_dir)
     try:
         if not os.access(run_dir, os.W_OK):
             raise UserError(f"run dir {run_dir} is not writable", "pass a writable --run-dir")
+        if take_lock is not None and not locked:
+            take_lock(run_dir)
         probe_checkpoint_dir(run_dir)  # found now, not when the first save fails after the whole run
         if not has_marker(run_dir):
             write_marker(run_dir)  # a new run; or an older version's run dir, ours from now on
@@ -284,8 +307,12 @@ def prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool, 
 
 
 def remove_new_run(run_dir: Path, made: list[Path]) -> None:
-    """Undo a new run whose set-up failed: its files, and the folders it made (if nothing else is in them)."""
+    """Undo a new run whose set-up failed: its files (its lock file too: the run never started), and
+    the folders it made (if nothing else is in them)."""
     remove_our_files(run_dir)
+    lock = run_dir / LOCK_FILE
+    if lock.is_file():
+        lock.unlink()
     remove_made_folders(made)
 
 

@@ -90,6 +90,14 @@ def remove_our_files(run_dir: Path) -> None:
             checkpoints.rmdir()
         except OSError:
             pass  # something of the user's is in it: it stays, and so does the folder
+    events = run_dir / "tensorboard"  # --tensorboard's event files (tensorboard_sink.TENSORBOARD_DIR)
+    if events.is_dir() and not events.is_symlink():
+        for path in events.glob("events.out.tfevents.*"):
+            _unlink_file(path)
+        try:
+            events.rmdir()
+        except OSError:
+            pass
     for name in (*OUR_FILES, *OUR_TEMP_FILES):
         if name != MARKER_FILE:  # the marker goes last: a crash in between leaves the folder still ours
             _unlink_file(run_dir / name)

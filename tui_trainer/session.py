@@ -53,7 +53,10 @@ class TrainingSession:
         self.notes: list[str] = []
         self._outstanding_end: str | None = None  # a resumed run that finished but never recorded its end
         resume_state = None
+        self._control_server = None  # commands from viewers, while run() runs
+        self.run_lock = None  # the run dir's one-writer lock (run_lock.py), from prepare_run_dir to the end
         if resume is not None:
+            rd.refuse_a_run_dir_in_use(resume)  # before its checkpoint is read: a live run is not resumed
             resume_state = rd.load_resumable(resume)
             check_contents(resume_state, ckpt.checkpoint_path(resume), LoopState)
             cfg = rd.merge_resume_config(resume_state, overrides or {}, Path(resume), self.notes)
@@ -89,11 +92,12 @@ class TrainingSession:
         if resume is None and self.corpus.vocab.kind == "bpe" and cfg.run_dir:
             rd.refuse_a_foreign_tokenizer_file(Path(cfg.run_dir), overwrite)
         made: list[Path] = []
-        self.run_dir = rd.prepare_run_dir(cfg, resume, overwrite, self.notes, made)
+        self.run_dir = rd.prepare_run_dir(cfg, resume, overwrite, self.notes, made, take_lock=self._take_lock)
         try:
             self._build(sink, resume_state, overrides)
         except BaseException:
             if resume is None:  # nothing left behind: a new run whose set-up failed goes again
+                self.release_run_dir()
                 rd.remove_new_run(self.run_dir, made)
             raise
 
@@ -139,6 +143,32 @@ class TrainingSession:
         # The verdict so far (a resumed run's `end` record carries one even if it stops at once).
         self.last_diagnosis: Diagnosis | None = Diagnosis.from_state(self.state.last_verdict)
         self.error: BaseException | None = None
+
+    def _take_lock(self, run_dir: Path) -> None:
+        self.run_lock = rd.lock_run_dir(run_dir)
+
+    def release_run_dir(self) -> None:
+        """The run is over: no more steering, and another process may now train in the run dir."""
+        if self._control_server is not None:
+            self._control_server.close()
+            self._control_server = None
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def open_control_socket(self) -> None:
+        """Listen for commands from viewers (control_socket.py) while the run runs."""
+        from .control_socket import ControlServer
+
+        try:
+            self._control_server = ControlServer(self.run_dir, self.control, self.steering_status)
+        except OSError as exc:  # e.g. a run dir path longer than a Unix socket's ~107 bytes
+            self.notes.append(f"no control socket ({exc.strerror or exc}): viewers can watch this run, not steer it")
+
+    def steering_status(self) -> dict[str, Any]:
+        """The few plain fields a viewer needs (read from the socket's thread: ints and bools only)."""
+        st = self.state
+        return {"paused": self._paused, "accum": st.accum, "pending_accum": st.pending_accum,
+                "epoch": st.epoch, "step": st.step, "stopping": self.control.stop_requested}
 
     def _load_resume_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

@@ -11,6 +11,8 @@ from typing import Any
 
 from ..control import Control
 from ..errors import UserError
+from ..events import FanOut
+from ..events import FanOut
 from .app import TrainerApp
 from .bridge import AppSink
 from .history import recorded_history
@@ -19,13 +21,14 @@ from .threads import PassingBuild, in_passing_thread
 
 def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | None = None,
                overwrite: bool = False, control: Control | None = None, in_background: bool = False,
-               data_progress=None) -> TrainerApp:
+               data_progress=None, extra_sink: Any = None) -> TrainerApp:
     """The app for a run. By default the Trainer is built (and validated) here, so bad input is a
     UserError before the app exists (tests, benchmarks). ``in_background`` (the CLI) shows the app
     first, with a "setting up" state, while a passing thread imports torch, reads the data and
     builds the model (seconds on a small CPU); bad input then closes the app and ``run_app``
     prints the same one line. A resumed run shows its history (the steps and epochs
-    metrics.jsonl kept) from the engine's first frame."""
+    metrics.jsonl kept) from the engine's first frame. ``extra_sink`` also gets the engine's
+    events (e.g. --tensorboard)."""
     control = control or Control()
     sink = AppSink()
     if data_progress is None:  # a big corpus takes a while: the screen shows how far it is, never frozen
@@ -34,7 +37,8 @@ def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | No
     def build() -> tuple[Any, list]:
         from ..loop import Trainer  # imports torch: on the set-up thread too, when in the background
 
-        trainer = Trainer(cfg, sink, control, resume=resume, overrides=overrides, overwrite=overwrite, for_ui=True,
+        engine_sink = FanOut(sink, extra_sink) if extra_sink is not None else sink
+        trainer = Trainer(cfg, engine_sink, control, resume=resume, overrides=overrides, overwrite=overwrite, for_ui=True,
                           data_progress=data_progress)
         if trainer.state.epoch > trainer.cfg.train.epochs:  # the engine would refuse at once; say it now
             raise UserError(f"this run already finished {trainer.cfg.train.epochs} epochs",

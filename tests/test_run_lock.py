@@ -1,0 +1,88 @@
+"""One writer per run dir: a second training process is refused while the first lives, and a
+kill -9 of the first leaves no stale lock (the kernel drops a flock with its process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tui_trainer import run_dir as rd
+from tui_trainer.errors import UserError
+from tui_trainer.loop import Trainer
+from tui_trainer.run_lock import live_holder
+
+from conftest import tiny_config, with_limits
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
+        "--accum", "2", "--threads", "1", "--limit-train-batches", "4", "--limit-val-batches", "2", "--patience", "0"]
+
+
+def train_command(corpus: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tui_trainer", "train", "--no-ui", "--data", str(corpus), *TINY, *extra,
+            "--run-dir", str(run_dir)]
+
+
+def start_long_run(corpus: Path, run_dir: Path) -> subprocess.Popen:
+    """A headless run that goes on until killed; returned once it holds the lock and has saved."""
+    process = subprocess.Popen(train_command(corpus, run_dir, "--epochs", "100000", "--checkpoint-every", "1"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if live_holder(run_dir / rd.LOCK_FILE) and (run_dir / "checkpoints" / "latest.pt").exists():
+            return process
+        if process.poll() is not None:
+            pytest.fail(f"the run ended early: {process.stderr.read().decode()}")
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail("the run never took its lock")
+
+
+def test_a_second_trainer_is_refused_while_the_first_lives_and_accepted_after_kill_9(small_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    first = start_long_run(small_corpus, run_dir)
+    try:
+        holder = json.loads((run_dir / rd.LOCK_FILE).read_text())
+        assert holder["pid"] == first.pid
+        second = subprocess.run(train_command(small_corpus, run_dir, "--overwrite", "--epochs", "1"),
+                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"pid {first.pid}" in lines[0] and "tui-trainer view" in lines[0], lines
+        resumed = subprocess.run([sys.executable, "-m", "tui_trainer", "train", "--no-ui", "--resume", str(run_dir)],
+                                 capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert resumed.returncode == 2 and f"pid {first.pid}" in resumed.stderr, resumed.stderr
+        assert first.poll() is None  # the refusals never touched the live run
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    assert live_holder(run_dir / rd.LOCK_FILE) is None  # the file still names it, but its pid is gone
+    again = subprocess.run(train_command(small_corpus, run_dir, "--overwrite", "--epochs", "1"), capture_output=True,
+                           text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert again.returncode == 0, again.stderr
+    assert (run_dir / rd.LOCK_FILE).read_text() == ""  # released at the end of the run
+
+
+def test_a_trainer_in_this_process_holds_the_lock_until_its_run_ends(small_corpus, tmp_path):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 2, 2)
+    trainer = Trainer(cfg)
+    assert live_holder(tmp_path / "run" / rd.LOCK_FILE).pid == os.getpid()
+    with pytest.raises(UserError, match="in use by a training process"):
+        Trainer(cfg.replace(), overwrite=True)
+    trainer.run()
+    Trainer(cfg, overwrite=True).run()  # free again once the run ended
+
+
+def test_a_refused_new_run_dir_is_left_without_a_lock_file(small_corpus, tmp_path):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 2, 2)
+    Trainer(cfg).run()
+    (tmp_path / "run" / rd.LOCK_FILE).unlink()
+    with pytest.raises(UserError, match="already holds a run"):
+        Trainer(cfg)
+    assert not (tmp_path / "run" / rd.LOCK_FILE).exists()

@@ -1,0 +1,72 @@
+"""--tensorboard and `export --tensorboard`: the scalars read back with TensorBoard's own event reader."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import tiny_config, with_limits
+
+from tui_trainer.cli import main
+from tui_trainer.loop import Trainer
+from tui_trainer.metrics import read_metrics
+from tui_trainer.tensorboard_sink import TENSORBOARD_DIR, TensorBoardSink, export_tensorboard
+
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+
+def scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    accumulator = event_accumulator.EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return {tag: [(s.step, s.value) for s in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def expected(run_dir) -> dict[str, list[tuple[int, float]]]:
+    records = read_metrics(run_dir)
+    steps = [r for r in records if r["type"] == "step"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    return {"train/step_loss": [(r["step"], r["loss"]) for r in steps],
+            "train/lr": [(r["step"], r["lr"]) for r in steps],
+            "epoch/val_loss": [(r["epoch"], r["val_loss"]) for r in epochs],
+            "epoch/train_loss": [(r["epoch"], r["train_loss"]) for r in epochs]}
+
+
+def assert_same(written, wanted) -> None:
+    for tag, points in wanted.items():
+        assert [s for s, _ in written[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in written[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
+
+
+def test_a_run_with_the_tensorboard_sink_writes_its_step_and_epoch_scalars(small_corpus, tmp_path):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=2), 4, 2)
+    Trainer(cfg, TensorBoardSink()).run()
+    written = scalars(tmp_path / "run" / TENSORBOARD_DIR)
+    assert_same(written, expected(tmp_path / "run"))
+    assert {"train/grad_norm", "train/tokens_per_s", "train/accum", "epoch/accum"} <= set(written)
+
+
+def test_export_writes_the_same_scalars_from_metrics_after_the_fact(small_corpus, tmp_path, capsys):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=2), 4, 2)
+    Trainer(cfg).run()
+    assert main(["export", str(tmp_path / "run"), "--tensorboard"]) == 0
+    assert_same(scalars(tmp_path / "run" / TENSORBOARD_DIR), expected(tmp_path / "run"))
+    assert main(["export", str(tmp_path / "run"), "--tensorboard"]) == 2  # twice would double every point
+    assert "already holds" in capsys.readouterr().err
+
+
+def test_the_flag_without_tensorboard_installed_says_how_to_install_it(small_corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # what an environment without it imports
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    code = main(["train", "--no-ui", "--tensorboard", "--data", str(small_corpus), "--run-dir", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "pip install 'tui-trainer[tensorboard]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_overwrite_removes_the_old_runs_event_files(small_corpus, tmp_path):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 2, 2)
+    Trainer(cfg, TensorBoardSink()).run()
+    assert (tmp_path / "run" / TENSORBOARD_DIR).is_dir()
+    Trainer(cfg, overwrite=True).run()
+    assert not (tmp_path / "run" / TENSORBOARD_DIR).exists()  # else TensorBoard would mix the two runs

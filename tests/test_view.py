@@ -1,0 +1,213 @@
+"""`tui-trainer view RUN_DIR`: the app on a run it does not train — a finished run's whole
+history, a live headless run followed and steered through its control socket, bad input refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import tiny_config, with_limits
+from test_run_lock import start_long_run
+from test_snapshots import FixedClock, recorded_epochs
+
+from tui_trainer import control_socket as cs
+from tui_trainer.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from tui_trainer.errors import UserError
+from tui_trainer.events import RunEnded
+from tui_trainer.loop import Trainer
+from tui_trainer.metrics import METRICS_FILE, MetricsWriter, read_metrics
+from tui_trainer.run_dir import CONFIG_FILE
+from tui_trainer.ui.view import PAUSED
+from tui_trainer.ui.viewer import create_view_app
+
+
+async def wait_for(pilot, condition, seconds: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await pilot.pause(0.1)
+
+
+def steps_on_disk(run_dir) -> list[int]:
+    return [r["step"] for r in read_metrics(run_dir) if r["type"] == "step"]
+
+
+def recorded_run_dir(tmp_path, epochs: int = 7):
+    """A finished run's dir written from deterministic events (the snapshot module's formula)."""
+    run_dir = tmp_path / "20260101-120000"
+    run_dir.mkdir()
+    cfg = RunConfig(model=ModelConfig(n_layer=6, n_head=8, n_embd=256, block_size=128, vocab_size=65),
+                    data=DataConfig(path="tinyshakespeare.txt"), train=TrainConfig(epochs=10, micro_batch=16, accum=8))
+    (run_dir / CONFIG_FILE).write_text(json.dumps({"config": cfg.to_dict(), "vocab": ["x"] * 65, "device": "cpu",
+                                                   "threads": 2}))
+    writer = MetricsWriter(run_dir)
+    events = recorded_epochs(epochs)
+    for event in events:
+        writer.emit(event)
+    writer.emit(RunEnded(reason="completed", epochs=epochs, steps=events[-2].step, tokens_seen=events[-1].tokens_seen,
+                         best_val_loss=events[-1].best_val_loss, best_epoch=events[-1].best_epoch,
+                         diagnosis="healthy", diagnosis_reason=events[-1].diagnosis_reason))
+    writer.close()
+    return run_dir
+
+
+async def test_view_of_a_finished_run_shows_its_whole_history_and_writes_nothing(tmp_path):
+    run_dir = recorded_run_dir(tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    app = create_view_app(run_dir, clock=FixedClock(), memory_probe=lambda device: "—")
+    async with app.run_test(size=(150, 40)) as pilot:
+        await pilot.pause()
+        assert app.view.ended and app.view.end_reason == "completed"
+        assert len(app.view.epoch_rows) == 7 and app.view.step == 7 * 60
+        assert app.view.diagnosis == "healthy"
+        text = app.screen_text()
+        assert "finished" in text and "healthy" in text
+        await pilot.press("p", "plus")  # greyed out: nothing to steer
+        await pilot.press("q")
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+
+
+def test_view_of_a_finished_run_snapshot(tmp_path, snap_compare):
+    app = create_view_app(recorded_run_dir(tmp_path), clock=FixedClock(), memory_probe=lambda device: "412 MB rss")
+
+    async def run_before(pilot) -> None:
+        app.tick()  # the memory probe, now that the run's device is known (the timer's tick may not have come)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(150, 40), run_before=run_before)
+
+
+def test_a_torn_last_line_is_skipped_and_real_corruption_is_named_by_its_line(tmp_path):
+    run_dir = recorded_run_dir(tmp_path, epochs=2)
+    with open(run_dir / METRICS_FILE, "a") as handle:
+        handle.write('{"type": "step", "epo')  # a crash mid-line
+    app = create_view_app(run_dir)
+    assert len(app._replay) > 100
+    lines = (run_dir / METRICS_FILE).read_text().splitlines()
+    lines[5] = "not json"
+    (run_dir / METRICS_FILE).write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match="corrupt at line 6"):
+        create_view_app(run_dir)
+
+
+@pytest.mark.parametrize("kind, words", [("not a run dir", "not a run dir"), ("corrupt metrics", "corrupt at line 2"),
+                                         ("a plain file for a socket", "not a control socket"),
+                                         ("a socket open to all", "open to other users")])
+def test_bad_input_to_view_is_refused_with_one_line(kind, words, tmp_path):
+    run_dir = recorded_run_dir(tmp_path, epochs=1)
+    target = run_dir
+    if kind == "not a run dir":
+        target = tmp_path
+    elif kind == "corrupt metrics":
+        lines = (run_dir / METRICS_FILE).read_text().splitlines()
+        (run_dir / METRICS_FILE).write_text("\n".join([lines[0], "{{{", *lines[1:]]) + "\n")
+    elif kind == "a plain file for a socket":
+        (run_dir / cs.SOCKET_FILE).write_text("x")
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(run_dir / cs.SOCKET_FILE))
+        os.chmod(run_dir / cs.SOCKET_FILE, 0o666)
+        server.close()
+    with pytest.raises(UserError, match=words) as caught:
+        create_view_app(target)
+    assert "\n" not in caught.value.one_line()
+
+
+def test_view_of_a_path_that_is_not_a_run_dir_exits_2_with_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tui_trainer", "view", str(tmp_path)], capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "not a run dir" in result.stderr, result.stderr
+
+
+async def test_view_follows_and_steers_a_live_headless_run(small_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_long_run(small_corpus, run_dir)
+    try:
+        sock = run_dir / cs.SOCKET_FILE
+        assert stat.S_ISSOCK(sock.lstat().st_mode) and stat.S_IMODE(sock.lstat().st_mode) == 0o600
+        app = create_view_app(run_dir)
+        async with app.run_test(size=(100, 30)) as pilot:
+            # Records appear as the run writes them.
+            await wait_for(pilot, lambda: app.view.step > 0, what="the first steps")
+            seen = app.view.step
+            await wait_for(pilot, lambda: app.view.step > seen + 4, what="new steps")
+            assert not app.view.ended
+            # `+` doubles accum at the run's next epoch boundary.
+            await pilot.press("plus")
+            await wait_for(pilot, lambda: app.view.accum == 4, what="accum 4 in the step records")
+            assert any(r.get("accum") == 4 for r in read_metrics(run_dir) if r["type"] == "step")
+            # `p` pauses it: no steps while paused.
+            await pilot.press("p")
+            await wait_for(pilot, lambda: app.view.state == PAUSED, what="the pause")
+            paused_at = steps_on_disk(run_dir)[-1]
+            await pilot.pause(1.5)
+            assert steps_on_disk(run_dir)[-1] == paused_at
+            await pilot.press("p")
+            await wait_for(pilot, lambda: steps_on_disk(run_dir)[-1] > paused_at, what="steps after resuming")
+            await pilot.press("q")  # closes the viewer only
+        time.sleep(0.5)
+        assert process.poll() is None
+        # A second viewer stops the run, after a confirmation.
+        app = create_view_app(run_dir)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("ctrl+x", "n")
+            await pilot.pause(0.5)
+            assert process.poll() is None
+            await pilot.press("ctrl+x", "y")
+            await wait_for(pilot, lambda: app.view.ended, what="the run's end")
+            assert app.view.end_reason == "interrupted"
+        assert process.wait(30) == 0
+        assert read_metrics(run_dir)[-1]["type"] == "end"
+        assert not sock.exists()
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
+
+
+def test_a_command_through_the_socket_changes_accum_at_the_next_epoch(small_corpus, tmp_path):
+    import threading
+
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=3, accum=2), 8, 2)
+    trainer = Trainer(cfg)
+    answers = []
+
+    def steer() -> None:
+        path = cs.socket_path(trainer.run_dir)
+        while not path.exists():
+            time.sleep(0.01)
+        trainer.control.pause()  # hold the run at its first micro-step until the command is in
+        answers.append(cs.send_command(path, {"command": "accum", "value": 4}))
+        answers.append(cs.send_command(path, {"command": "resume"}))
+
+    thread = threading.Thread(target=steer)
+    thread.start()
+    trainer.run()
+    thread.join()
+    assert answers[0]["ok"] and answers[1]["ok"]
+    accums = {r["epoch"]: r["accum"] for r in read_metrics(tmp_path / "run") if r["type"] == "step"}
+    assert accums == {1: 2, 2: 4, 3: 4}
+
+
+async def test_view_of_two_runs_overlays_their_epoch_curves_with_a_legend(tmp_path):
+    from tui_trainer.ui.compare import create_compare_app
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_dirs = [str(recorded_run_dir(tmp_path / "a", epochs=3)), str(recorded_run_dir(tmp_path / "b", epochs=5))]
+    app = create_compare_app(run_dirs)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert [len(run.epochs) for run in app.runs] == [3, 5]
+        title = str(app.query_one("#compare").border_title)
+        assert all(run_dir in title for run_dir in run_dirs) and "val" in title
+        await pilot.press("q")
