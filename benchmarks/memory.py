@@ -31,7 +31,7 @@ from _common import PRESETS, machine_line, run_config, scratch_dir, table
 from tui_trainer.config import DataConfig, RunConfig, TrainConfig
 from tui_trainer.control import Control
 from tui_trainer.data import WindowDataset, load_corpus
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.events import StepEvent
 from tui_trainer.memory import activation_estimate_bytes, saved_for_backward_bytes, training_bytes_floor
 from tui_trainer.model import GPT

@@ -4,7 +4,7 @@ The app draws on the same process's main thread while the engine trains in a wor
 thread. This runs the engine headless at each thread count, alone and beside a thread
 that mimics a redraw (pure-Python work holding the GIL for --ui-ms every 1/--ui-hz s),
 alternating the configurations, and prints the median-step tokens/s of each relative to
-all cores without the UI load. It is the evidence behind ``choose_threads`` in engine.py.
+all cores without the UI load. It is the evidence behind ``choose_threads`` in runtime.py.
 
     python benchmarks/threads.py                       # small configuration
     python benchmarks/threads.py --preset seed --reps 2
@@ -24,7 +24,7 @@ import torch
 from _common import PRESETS, cores, machine_line, run_config, scratch_dir, table
 from throughput import StepClock
 from tui_trainer.control import Control
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 
 DEFAULT_RUNS = {"seed": (1, 4, 2), "small": (2, 12, 3), "tiny": (1, 5, 1)}  # warm-up, measured, reps
 

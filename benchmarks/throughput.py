@@ -44,7 +44,8 @@ from _common import PRESETS, fmt_spread, machine_line, run_config, scratch_dir, 
 from tui_trainer.config import DataConfig
 from tui_trainer.control import Control
 from tui_trainer.data import load_corpus
-from tui_trainer.engine import Trainer, choose_threads
+from tui_trainer.loop import Trainer
+from tui_trainer.runtime import choose_threads
 from tui_trainer.events import StepEvent
 from tui_trainer.model import GPT
 from tui_trainer.precision import choose_precision

@@ -42,9 +42,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 PILOT_SNIPPET = """
 import asyncio, sys, time
-from tui_trainer.cli import build_parser, config_from_args
-from tui_trainer.ui.app import create_app
-args = build_parser().parse_args(sys.argv[1:])
+from tui_trainer.cli import config_from_args, parse_args
+from tui_trainer.ui.factory import create_app
+args = parse_args(sys.argv[1:])
 cfg, given = config_from_args(args)
 app = create_app(cfg, overrides=given)
 async def main():

@@ -24,12 +24,13 @@ from textual import events
 from conftest import tiny_config, with_limits
 from test_snapshots import recorded_epochs, started
 from tui_trainer.cli import exit_code_for
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.events import CheckpointFailed, CheckpointSaved
 from tui_trainer.metrics import read_metrics
 from tui_trainer.precision import bf16_support
-from tui_trainer.ui.app import TrainerApp, create_app, create_replay_app
+from tui_trainer.ui.app import TrainerApp
+from tui_trainer.ui.factory import create_app, create_replay_app
 from tui_trainer.ui.bridge import AppSink
 from tui_trainer.ui.widgets import HelpScreen, LossPlot
 
@@ -245,7 +246,7 @@ async def test_signal_stop_saves_and_the_app_exits_by_itself(small_corpus, tmp_p
     apps.append(app)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.view.step >= 2, what="a couple of steps")
-        app.control.stop("interrupted", signal.SIGTERM)  # what cli.SignalStopper does on SIGTERM/SIGHUP
+        app.control.stop("interrupted", signal.SIGTERM)  # what signals.SignalStopper does on SIGTERM/SIGHUP
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
     end = app.finish(timeout=0)
     assert end.reason == "interrupted" and end.exit_signal == signal.SIGTERM
@@ -375,7 +376,11 @@ def test_every_binding_has_a_description():
 # -- the engine/UI line --------------------------------------------------------------------------
 
 def test_engine_imports_without_textual():
-    code = ("import sys, tui_trainer.engine, tui_trainer.headless, tui_trainer.cli, tui_trainer.events; "
+    # Every module outside ui/ (the loop, run_dir, session, cli, ... and any added later).
+    code = ("import importlib, pkgutil, sys, tui_trainer; "
+            "names = [m.name for m in pkgutil.iter_modules(tui_trainer.__path__) if m.name not in ('ui', '__main__')]; "
+            "assert {'loop', 'run_dir', 'session', 'engine', 'cli', 'headless', 'events'} <= set(names), names; "
+            "[importlib.import_module('tui_trainer.' + n) for n in names]; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'textual_plotext', 'plotext') "
             "or m.startswith('tui_trainer.ui')]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -388,11 +393,15 @@ def test_sink_coalesces_micro_steps_and_keeps_every_step():
     sink = AppSink()  # no app attached: nothing is posted, everything waits for a drain
     for step in range(1, 101):
         for micro in range(1, 9):
-            sink.emit(MicroStep(1, step, micro, 8, step, 100))
-        sink.emit(StepEvent(1, step, step, 100, 8, 8, 4, 32, 1024, 2.0, 1e-3, 1.0, step * 1024, 1e5))
+            sink.emit(MicroStep(epoch=1, step=step, micro_step=micro, micro_steps=8, step_in_epoch=step,
+                                steps_in_epoch=100))
+        sink.emit(StepEvent(epoch=1, step=step, step_in_epoch=step, steps_in_epoch=100, micro_steps=8, accum=8,
+                            micro_batch=4, effective_batch=32, tokens=1024, loss=2.0, lr=1e-3, grad_norm=1.0,
+                            tokens_seen=step * 1024, tokens_per_s=1e5))
     events_, micro = sink.drain()
     assert len(events_) == 100 and all(isinstance(e, StepEvent) for e in events_)
-    assert micro == MicroStep(1, 100, 8, 8, 100, 100)  # only the newest of 800
+    # only the newest of 800
+    assert micro == MicroStep(epoch=1, step=100, micro_step=8, micro_steps=8, step_in_epoch=100, steps_in_epoch=100)
     assert sink.drain()[0] == []
 
 
@@ -425,10 +434,11 @@ async def test_banner_keeps_a_failed_save_in_view_until_a_save_works():
     app = create_replay_app()
     async with app.run_test(size=(80, 24)) as pilot:
         app.feed([started(), *recorded_epochs(2),
-                  CheckpointFailed("latest", "could not save runs/x/checkpoints/latest.pt: No space left on device")])
+                  CheckpointFailed(kind="latest",
+                                   message="could not save runs/x/checkpoints/latest.pt: No space left on device")])
         app.tick()
         await pilot.pause()
         await wait_for_text(pilot, app, "checkpoint not saved (No space left on device): free space, then s retries")
-        app.feed([CheckpointSaved("latest", "runs/x/checkpoints/latest.pt", 120, 3, 0.1)])
+        app.feed([CheckpointSaved(kind="latest", path="runs/x/checkpoints/latest.pt", step=120, epoch=3, seconds=0.1)])
         app.tick()
         await wait_for_text(pilot, app, "checkpoint not saved", present=False)

@@ -18,7 +18,7 @@ import torch
 from conftest import tiny_config, with_limits
 from tui_trainer import checkpoint as ckpt
 from tui_trainer.cli import exit_code_for, main
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.events import CheckpointFailed, CheckpointSaved, ListSink, MicroStep, Notice, RunEnded, StepEvent
 from tui_trainer.metrics import read_metrics
@@ -375,13 +375,14 @@ def test_metrics_written_while_the_disk_is_full_are_kept_and_written_once_there_
 
     disk = mount_tmpfs("1m")
     writer = MetricsWriter(disk)
-    writer.emit(RunEnded("interrupted", 0, 0, 0, None, None))
+    writer.emit(RunEnded(reason="interrupted", epochs=0, steps=0, tokens_seen=0, best_val_loss=None, best_epoch=None))
     filler = fill(disk)
     for steps in range(1, 101):  # ~15 KB: more than the slack in the file's last page
-        writer.emit(RunEnded("interrupted", 0, steps, 0, None, None, message="x" * 100))
+        writer.emit(RunEnded(reason="interrupted", epochs=0, steps=steps, tokens_seen=0, best_val_loss=None,
+                             best_epoch=None, message="x" * 100))
     assert writer.write_error and "No space left on device" in writer.write_error
     filler.unlink()
-    writer.emit(RunEnded("completed", 0, 101, 0, None, None))
+    writer.emit(RunEnded(reason="completed", epochs=0, steps=101, tokens_seen=0, best_val_loss=None, best_epoch=None))
     writer.close()
     assert writer.write_error is None
     assert [r["steps"] for r in read_metrics(disk)] == list(range(0, 102))

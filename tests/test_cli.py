@@ -274,3 +274,83 @@ def test_the_readme_lists_every_config_key_in_its_table():
     expected = {f.name: {g.name for g in fields(f.default_factory)} - {"vocab_size"}
                 for f in fields(RunConfig) if f.name != "run_dir"}
     assert listed == expected
+
+
+# -- subcommands, help and version ----------------------------------------------------------------
+
+def option_blocks(help_text: str) -> dict[str, str]:
+    """Each option of a --help page with its (possibly wrapped) help text, by its flag."""
+    blocks: dict[str, str] = {}
+    flag = None
+    for line in help_text.splitlines():
+        stripped = line.strip()
+        if line.startswith("  -"):
+            flag = stripped.split()[0].rstrip(",")
+            blocks[flag] = stripped
+        elif flag and line.startswith("    "):
+            blocks[flag] += " " + stripped
+        else:
+            flag = None
+    return blocks
+
+
+def test_train_help_groups_the_flags_and_shows_every_default(capsys):
+    from tui_trainer.cli import FLAGS
+
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    titles = [line for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert titles == ["options:", "model:", "data:", "optimisation:", "run control:"]
+    blocks = option_blocks(text)
+    assert {flag for flag, *_ in FLAGS} | {"--no-ui", "--run-dir", "--resume", "--overwrite", "--config",
+                                          "--compile"} <= blocks.keys()
+    for flag, block in blocks.items():
+        assert flag == "-h" or "(default: " in block, block
+    # The figures come from the config dataclasses.
+    assert "(default: 16)" in blocks["--micro-batch"] and "(default: 8)" in blocks["--accum"]
+    assert "(default: 0.001)" in blocks["--lr"] and "(default: 6)" in blocks["--n-layer"]
+    assert "(default: off)" in blocks["--compile"] and "(default: no cap)" in blocks["--limit-val-batches"]
+    assert "(default: 5% of the run" in blocks["--warmup-tokens"]
+    model_part = text[text.index("\nmodel:"):text.index("\ndata:")]
+    assert "--n-embd" in model_part and "--lr" not in model_part
+
+
+def test_python_dash_m_is_the_console_script():
+    top = subprocess.run([sys.executable, "-m", "tui_trainer", "--help"], capture_output=True, text=True, timeout=60)
+    assert top.returncode == 0, top.stderr
+    assert top.stdout.startswith("usage: tui-trainer ") and "train" in top.stdout
+    train = subprocess.run([sys.executable, "-m", "tui_trainer", "train", "--help"], capture_output=True, text=True,
+                           timeout=60)
+    assert train.returncode == 0 and "usage: tui-trainer train" in train.stdout and "optimisation:" in train.stdout
+    bad = subprocess.run([sys.executable, "-m", "tui_trainer", "--accum", "0", "--no-ui"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--accum" in bad.stderr
+
+
+def test_version_is_printed_from_the_package():
+    import tui_trainer
+
+    result = subprocess.run([sys.executable, "-m", "tui_trainer", "--version"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stdout == f"tui-trainer {tui_trainer.__version__}\n"
+
+
+def test_bare_flags_and_the_train_command_are_the_same_run(small_corpus, tmp_path, capsys):
+    losses = []
+    for name, prefix in (("bare", []), ("train", ["train"])):
+        run_dir = tmp_path / name
+        assert main([*prefix, "--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--epochs", "1",
+                     *TINY]) == 0
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses.append([r["loss"] for r in records if r["type"] == "step"])
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
+
+
+def test_an_unknown_command_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["trian", "--no-ui"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "trian" in err and "tui-trainer --help" in err

@@ -11,7 +11,7 @@ from conftest import tiny_config
 from tui_trainer.config import DiagnosisConfig, OptimConfig
 from tui_trainer.diagnosis import diagnose, find_spike, step_verdict, val_rise_warning
 from tui_trainer.early_stopping import EarlyStopping
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.events import DiagnosisEvent, EpochEvent, ListSink, StepEvent
 from tui_trainer.metrics import read_metrics
 

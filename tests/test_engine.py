@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_config, with_limits
 from tui_trainer.config import DataConfig
 from tui_trainer.data import WindowDataset, load_corpus
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.events import (AccumChangeApplied, AccumChangeRequested, EpochEvent, ListSink, MicroStep,
                                 RunEnded, RunStarted, StepEvent)
 from tui_trainer.metrics import read_metrics

@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_config, with_limits
 from tui_trainer import checkpoint as ckpt
 from tui_trainer.cli import main
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.events import CheckpointSaved, DiagnosisEvent, ListSink, MicroStep, Notice, StepEvent
 from tui_trainer.metrics import read_metrics
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, with_limits
-from tui_trainer.engine import Trainer
+from tui_trainer.loop import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.events import (AccumChangeApplied, CheckpointSaved, EpochEvent, ListSink, MicroStep, RunEnded,
                                 RunStarted, StepEvent)

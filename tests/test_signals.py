@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tui_trainer import checkpoint as ckpt
-from tui_trainer.cli import build_parser, config_from_args
-from tui_trainer.engine import Trainer
+from tui_trainer.cli import config_from_args, parse_args
+from tui_trainer.loop import Trainer
 from tui_trainer.events import ListSink
 from tui_trainer.metrics import read_metrics
 
@@ -50,7 +50,7 @@ def uninterrupted(tmp_path_factory, shakespeare_text):
     base = tmp_path_factory.mktemp("signals")
     corpus = base / "corpus.txt"
     corpus.write_text(shakespeare_text[:20_000], encoding="utf-8")
-    args = build_parser().parse_args(["--no-ui", "--data", str(corpus), "--run-dir", str(base / "reference"), *FLAGS])
+    args = parse_args(["--no-ui", "--data", str(corpus), "--run-dir", str(base / "reference"), *FLAGS])
     cfg, _ = config_from_args(args)
     trainer = Trainer(cfg, ListSink())
     end = trainer.run()

@@ -13,7 +13,7 @@ import random
 
 from tui_trainer.events import (AccumChangeRequested, EpochEvent, MicroStep, Paused, RunEnded, RunStarted,
                                 StepEvent)
-from tui_trainer.ui.app import create_replay_app
+from tui_trainer.ui.factory import create_replay_app
 
 RUN_DIR = "runs/20260101-120000"
 MICRO_BATCH, ACCUM, BLOCK, EPOCHS, STEPS_PER_EPOCH = 16, 8, 128, 10, 60
@@ -29,8 +29,9 @@ class FixedClock:
 
 
 def started() -> RunStarted:
-    return RunStarted(RUN_DIR, "cpu", 2, 4_812_864, 65, 7_680, 860, EPOCHS, MICRO_BATCH, ACCUM, 1, BLOCK,
-                      EPOCHS * STEPS_PER_EPOCH * TOKENS_PER_STEP)
+    return RunStarted(run_dir=RUN_DIR, device="cpu", threads=2, parameters=4_812_864, vocab_size=65,
+                      train_examples=7_680, val_examples=860, epochs=EPOCHS, micro_batch=MICRO_BATCH, accum=ACCUM,
+                      processes=1, block_size=BLOCK, planned_tokens=EPOCHS * STEPS_PER_EPOCH * TOKENS_PER_STEP)
 
 
 def recorded_epochs(epochs: int, overfit_from: int | None = None) -> list:
@@ -46,9 +47,11 @@ def recorded_epochs(epochs: int, overfit_from: int | None = None) -> list:
             loss = 1.35 + 2.85 * math.exp(-step / 35) + 0.25 * math.exp(-step / 400) + rng.gauss(0, 0.045)
             losses.append(loss)
             lr = 1e-3 * min(1.0, step / 30) * (0.55 + 0.45 * math.cos(math.pi * step / 600))
-            events.append(StepEvent(epoch, step, k, STEPS_PER_EPOCH, ACCUM, ACCUM, MICRO_BATCH,
-                                    MICRO_BATCH * ACCUM, TOKENS_PER_STEP, loss, lr, 0.9 - 0.3 * step / 600,
-                                    step * TOKENS_PER_STEP, 21_400 + 300 * math.sin(step)))
+            events.append(StepEvent(epoch=epoch, step=step, step_in_epoch=k, steps_in_epoch=STEPS_PER_EPOCH,
+                                    micro_steps=ACCUM, accum=ACCUM, micro_batch=MICRO_BATCH,
+                                    effective_batch=MICRO_BATCH * ACCUM, tokens=TOKENS_PER_STEP, loss=loss, lr=lr,
+                                    grad_norm=0.9 - 0.3 * step / 600, tokens_seen=step * TOKENS_PER_STEP,
+                                    tokens_per_s=21_400 + 300 * math.sin(step)))
         train = sum(losses) / len(losses)
         val = train + 0.04 + (0.09 * (epoch - overfit_from + 1) if overfit_from and epoch >= overfit_from else 0)
         warning = None
@@ -69,9 +72,11 @@ def recorded_epochs(epochs: int, overfit_from: int | None = None) -> list:
             kind, reason = "healthy", f"train and val loss both falling (val {vals[-3]:.2f} -> {val:.2f})"
         remedy = {"healthy": "keep training",
                   "overfitting": "more data or regularization (dropout, weight decay); early stopping"}[kind]
-        events.append(EpochEvent(epoch, EPOCHS, train, val, ACCUM, MICRO_BATCH * ACCUM,
-                                 epoch * STEPS_PER_EPOCH * TOKENS_PER_STEP, 48.0, kind, reason, remedy, warning,
-                                 best, best_epoch, since_best, 21_400.0))
+        events.append(EpochEvent(epoch=epoch, epochs=EPOCHS, train_loss=train, val_loss=val, accum=ACCUM,
+                                 effective_batch=MICRO_BATCH * ACCUM,
+                                 tokens_seen=epoch * STEPS_PER_EPOCH * TOKENS_PER_STEP, seconds=48.0, diagnosis=kind,
+                                 diagnosis_reason=reason, remedy=remedy, val_rise_warning=warning, best_val_loss=best,
+                                 best_epoch=best_epoch, epochs_without_improvement=since_best, tokens_per_s=21_400.0))
     return events
 
 
@@ -82,9 +87,12 @@ def mid_epoch(epoch: int, steps_done: int, micro_step: int) -> list:
     for k in range(1, steps_done + 1):
         step = first + k
         loss = 1.35 + 2.85 * math.exp(-step / 35) + 0.25 * math.exp(-step / 400) + rng.gauss(0, 0.045)
-        events.append(StepEvent(epoch, step, k, STEPS_PER_EPOCH, ACCUM, ACCUM, MICRO_BATCH, MICRO_BATCH * ACCUM,
-                                TOKENS_PER_STEP, loss, 7.1e-4, 0.64, step * TOKENS_PER_STEP, 21_350.0))
-    events.append(MicroStep(epoch, first + steps_done + 1, micro_step, ACCUM, steps_done + 1, STEPS_PER_EPOCH))
+        events.append(StepEvent(epoch=epoch, step=step, step_in_epoch=k, steps_in_epoch=STEPS_PER_EPOCH,
+                                micro_steps=ACCUM, accum=ACCUM, micro_batch=MICRO_BATCH,
+                                effective_batch=MICRO_BATCH * ACCUM, tokens=TOKENS_PER_STEP, loss=loss, lr=7.1e-4,
+                                grad_norm=0.64, tokens_seen=step * TOKENS_PER_STEP, tokens_per_s=21_350.0))
+    events.append(MicroStep(epoch=epoch, step=first + steps_done + 1, micro_step=micro_step, micro_steps=ACCUM,
+                            step_in_epoch=steps_done + 1, steps_in_epoch=STEPS_PER_EPOCH))
     return events
 
 
@@ -105,7 +113,7 @@ def replay(events: list, elapsed: float = 754.0):
 
 def test_main_screen_mid_run_with_a_pending_accumulation_change(snap_compare):
     events = [started(), *recorded_epochs(3), *mid_epoch(4, 20, 5),
-              AccumChangeRequested(8, 16, 4, 200, 5)]
+              AccumChangeRequested(old=8, new=16, epoch=4, step=200, applies_at_epoch=5)]
     app, run_before = replay(events)
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
 
@@ -117,16 +125,18 @@ def test_help_screen(snap_compare):
 
 def test_wide_screen_after_early_stopping_on_overfitting(snap_compare):
     events = [started(), *recorded_epochs(7, overfit_from=5),
-              RunEnded("early_stop", 7, 7 * STEPS_PER_EPOCH, 7 * STEPS_PER_EPOCH * TOKENS_PER_STEP, 1.6, 4,
-                       "no val-loss improvement for 3 epochs (best 1.6000 at epoch 4)")]
+              RunEnded(reason="early_stop", epochs=7, steps=7 * STEPS_PER_EPOCH,
+                       tokens_seen=7 * STEPS_PER_EPOCH * TOKENS_PER_STEP, best_val_loss=1.6, best_epoch=4,
+                       message="no val-loss improvement for 3 epochs (best 1.6000 at epoch 4)")]
     app, run_before = replay(events, elapsed=2_912.0)
     assert snap_compare(app, terminal_size=(150, 40), run_before=run_before)
 
 
 def test_error_panel_and_paused_state_at_60x20(snap_compare):
-    events = [started(), *recorded_epochs(2), *mid_epoch(3, 7, 3), Paused(3, 127),
-              RunEnded("error", 2, 127, 127 * TOKENS_PER_STEP, 1.9, 2,
-                       "3 non-finite steps in a row at step 127: lower the learning rate (--lr 0.0001); "
+    events = [started(), *recorded_epochs(2), *mid_epoch(3, 7, 3), Paused(epoch=3, step=127),
+              RunEnded(reason="error", epochs=2, steps=127, tokens_seen=127 * TOKENS_PER_STEP, best_val_loss=1.9,
+                       best_epoch=2,
+                       message="3 non-finite steps in a row at step 127: lower the learning rate (--lr 0.0001); "
                        "the last good checkpoint is intact")]
     app, run_before = replay(events, elapsed=301.0)
     assert snap_compare(app, terminal_size=(60, 20), run_before=run_before)

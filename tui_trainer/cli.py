@@ -1,128 +1,122 @@
-"""Command line → RunConfig → the app or the headless run. The only place that exits."""
+"""Command line → the subcommand's run. The only place that exits.
+
+``tui-trainer train [flags]`` trains (the app, or headless with ``--no-ui``); bare
+``tui-trainer [flags]`` means ``train``. A subcommand is one entry in ``COMMANDS``: a function
+that adds its arguments to its parser and a function that runs it and returns the exit code.
+TOML files are read in config_file.py, signals handled in signals.py, the vanishing terminal in
+console.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
-import os
-import signal
 import sys
-import threading
-import tomllib
-from dataclasses import fields, replace
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import RunConfig, checked_value
+from . import __version__
+from .config import RunConfig
+from .config_file import load_toml
+from .console import DetachableStream, say
 from .errors import UserError
+from .signals import SignalStopper
 
-# flag → (config section, field, type, help)
-FLAGS: list[tuple[str, str, str, type, str]] = [
-    ("--data", "data", "path", str, "UTF-8 text file to train on (default: the bundled tiny-shakespeare)"),
-    ("--val-split", "data", "val_split", float, "fraction of the text held out for validation (default 0.1)"),
-    ("--limit-train-batches", "data", "limit_train_batches", int, "cap micro-batches per training epoch"),
-    ("--limit-val-batches", "data", "limit_val_batches", int, "cap micro-batches per validation pass"),
-    ("--block-size", "model", "block_size", int, "context length in tokens (default 128)"),
-    ("--n-layer", "model", "n_layer", int, "transformer blocks (default 6)"),
-    ("--n-head", "model", "n_head", int, "attention heads (default 8)"),
-    ("--n-embd", "model", "n_embd", int, "model width d_model (default 256)"),
-    ("--dropout", "model", "dropout", float, "dropout probability (default 0.1)"),
-    ("--micro-batch", "train", "micro_batch", int, "sequences per forward/backward (default 16)"),
-    ("--accum", "train", "accum", int, "micro-batches accumulated per optimizer step (default 8)"),
-    ("--epochs", "train", "epochs", int, "passes over the training split (default 10)"),
-    ("--seed", "train", "seed", int, "seed for init, data order and dropout (default 1337)"),
-    ("--device", "train", "device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
-    ("--threads", "train", "threads", int, "torch CPU threads (default: all cores; one left for the app on 4+)"),
-    ("--precision", "train", "precision", str, "auto (bf16 where the hardware has it), fp32 or bf16 (default auto)"),
-    ("--patience", "train", "patience", int, "early stopping patience in epochs; 0 = off (default 4)"),
-    ("--min-delta", "train", "min_delta", float, "smallest val-loss improvement that counts (default 0)"),
-    ("--checkpoint-every", "train", "checkpoint_every", int, "save `latest` every N optimizer steps (default ~5 min)"),
-    ("--max-bad-steps", "train", "max_bad_steps", int, "non-finite steps in a row before stopping (default 3)"),
-    ("--lr", "optim", "lr", float, "peak learning rate (default 1e-3)"),
-    ("--weight-decay", "optim", "weight_decay", float, "AdamW weight decay (default 0.1)"),
-    ("--grad-clip", "optim", "grad_clip", float, "clip the step's gradient norm; 0 = off (default 1.0)"),
-    ("--warmup-tokens", "optim", "warmup_tokens", int, "linear warm-up in tokens (default 5%% of the run)"),
+PROG = "tui-trainer"
+
+# -- train's flags ----------------------------------------------------------------------------------
+
+MODEL, DATA, OPTIM, RUN = "model", "data", "optimisation", "run control"
+GROUPS = {MODEL: "the GPT's shape", DATA: "what it trains on, and how much of it per epoch",
+          OPTIM: "batch, learning rate and the optimizer", RUN: "where the run goes, how it runs and when it stops"}
+
+# flag → (help group, config section, field, type, help); the default is added from the config dataclasses
+FLAGS: list[tuple[str, str, str, str, type, str]] = [
+    ("--n-layer", MODEL, "model", "n_layer", int, "transformer blocks"),
+    ("--n-head", MODEL, "model", "n_head", int, "attention heads"),
+    ("--n-embd", MODEL, "model", "n_embd", int, "model width d_model"),
+    ("--block-size", MODEL, "model", "block_size", int, "context length in tokens"),
+    ("--dropout", MODEL, "model", "dropout", float, "dropout probability"),
+    ("--data", DATA, "data", "path", str, "UTF-8 text file to train on"),
+    ("--val-split", DATA, "data", "val_split", float, "fraction of the text held out for validation"),
+    ("--limit-train-batches", DATA, "data", "limit_train_batches", int, "cap micro-batches per training epoch"),
+    ("--limit-val-batches", DATA, "data", "limit_val_batches", int, "cap micro-batches per validation pass"),
+    ("--micro-batch", OPTIM, "train", "micro_batch", int, "sequences per forward/backward"),
+    ("--accum", OPTIM, "train", "accum", int, "micro-batches accumulated per optimizer step"),
+    ("--epochs", OPTIM, "train", "epochs", int, "passes over the training split"),
+    ("--lr", OPTIM, "optim", "lr", float, "peak learning rate"),
+    ("--warmup-tokens", OPTIM, "optim", "warmup_tokens", int, "linear warm-up in tokens"),
+    ("--weight-decay", OPTIM, "optim", "weight_decay", float, "AdamW weight decay"),
+    ("--grad-clip", OPTIM, "optim", "grad_clip", float, "clip the step's gradient norm; 0 = off"),
+    ("--seed", RUN, "train", "seed", int, "seed for init, data order and dropout"),
+    ("--device", RUN, "train", "device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
+    ("--threads", RUN, "train", "threads", int, "torch CPU threads"),
+    ("--precision", RUN, "train", "precision", str, "auto (bf16 where the hardware has bf16 units), fp32 or bf16"),
+    ("--patience", RUN, "train", "patience", int, "early stopping patience in epochs; 0 = off"),
+    ("--min-delta", RUN, "train", "min_delta", float, "smallest val-loss improvement that counts"),
+    ("--checkpoint-every", RUN, "train", "checkpoint_every", int, "save `latest` every N optimizer steps"),
+    ("--max-bad-steps", RUN, "train", "max_bad_steps", int, "non-finite steps in a row before stopping"),
 ]
+# What a default of None means, in words (every other default is shown as its value).
+NONE_MEANS = {
+    "data.path": "the bundled tiny-shakespeare",
+    "data.limit_train_batches": "no cap",
+    "data.limit_val_batches": "no cap",
+    "optim.warmup_tokens": "5% of the run, at least 10 steps' worth",
+    "train.threads": "all cores; one left for the app on 4+",
+    "train.checkpoint_every": "about every 5 minutes",
+}
+
+
+def default_of(section: str, name: str) -> str:
+    """The default of a config field, as the help shows it (from the dataclasses, never retyped)."""
+    section_cls = {f.name: f.default_factory for f in fields(RunConfig) if f.name != "run_dir"}[section]
+    value = next(f.default for f in fields(section_cls) if f.name == name)
+    if value is None:
+        return NONE_MEANS[f"{section}.{name}"]
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def with_default(help_text: str, default: str) -> str:
+    return f"{help_text} (default: {default})".replace("%", "%%")  # argparse %-formats help
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"error: {message} — see `tui-trainer --help`", file=sys.stderr)
+        print(f"error: {message} — see `{self.prog} --help`", file=sys.stderr)
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="tui-trainer",
-        description="Train a small character-level GPT with exact gradient accumulation and a validation split. "
-                    "Opens the terminal app unless --no-ui is given.",
-    )
-    parser.add_argument("--no-ui", action="store_true", help="run headless: log lines on stdout, for CI and scripts")
-    parser.add_argument("--run-dir", default=None, help="where config.json, metrics.jsonl and checkpoints go "
-                                                        "(default runs/<timestamp>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
-    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
-    parser.add_argument("--config", metavar="FILE.toml", default=None,
-                        help="TOML file with [model] [data] [optim] [train] [diagnosis] tables; flags override it")
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    for flag, _section, _name, kind, help_text in FLAGS:
-        parser.add_argument(flag, type=kind, default=None, help=help_text)
-    return parser
-
-
-def _load_toml(path: str) -> dict[str, dict[str, Any]]:
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist", "check the path given to --config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"config file {path} is not valid TOML ({exc})", "fix the syntax") from None
-    sections = {f.name: f for f in fields(RunConfig) if f.name != "run_dir"}
-    # vocab_size comes from the data, never from a file.
-    home = {f.name: name for name, section in sections.items() for f in fields(section.default_factory)
-            if f.name != "vocab_size"}
-    for section, table in data.items():
-        if not isinstance(table, dict) and section in home:
-            raise UserError(f"{section} in {path} is outside any table", f"put it under [{home[section]}]")
-        if not isinstance(table, dict) and section in sections:
-            raise UserError(f"{section} in {path} must be a table", f"write [{section}] with its settings below it")
-        if not isinstance(table, dict):
-            guess = difflib.get_close_matches(section, home, n=1)
-            raise UserError(f"unknown setting '{section}' outside any table in {path}",
-                            f"did you mean '{guess[0]}' under [{home[guess[0]]}]?" if guess
-                            else f"settings go in the tables {', '.join(f'[{s}]' for s in sections)}")
-        if section not in sections:
-            guess = difflib.get_close_matches(section, sections, n=1)
-            raise UserError(f"unknown table [{section}] in {path}",
-                            f"did you mean [{guess[0]}]?" if guess else f"use one of {', '.join(sections)}")
-        section_cls = sections[section].default_factory
-        known = {f.name for f in fields(section_cls)} - {"vocab_size"}
-        for key in table:
-            if key == "vocab_size":
-                raise UserError(f"vocab_size in {path} cannot be set", "remove it: it comes from the data's characters")
-            if key not in known and key in home:
-                raise UserError(f"'{key}' in [{section}] of {path} belongs in another table", f"move it to [{home[key]}]")
-            if key not in known:
-                guess = difflib.get_close_matches(key, known, n=1)
-                raise UserError(f"unknown key '{key}' in [{section}] of {path}",
-                                f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(sorted(known))}")
-            table[key] = checked_value(section_cls, key, table[key], f"[{section}] of {path}")
-    return data
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    groups = {name: parser.add_argument_group(name, about) for name, about in GROUPS.items()}
+    run = groups[RUN]
+    run.add_argument("--no-ui", action="store_true",
+                     help=with_default("run headless: log lines on stdout, for CI and scripts", "the app"))
+    run.add_argument("--run-dir", default=None, help=with_default(
+        "where config.json, metrics.jsonl and checkpoints go", "runs/<timestamp>"))
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help=with_default("continue the run in RUN_DIR", "a new run"))
+    run.add_argument("--overwrite", action="store_true", help=with_default("replace a run already in --run-dir", "off"))
+    run.add_argument("--config", metavar="FILE.toml", default=None, help=with_default(
+        "TOML file with [model] [data] [optim] [train] [diagnosis] tables; flags override it", "none"))
+    run.add_argument("--compile", action="store_true", default=None,
+                     help=with_default("torch.compile the model", default_of("train", "compile")))
+    for flag, group, section, name, kind, help_text in FLAGS:
+        groups[group].add_argument(flag, type=kind, default=None, help=with_default(help_text, default_of(section, name)))
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
     """The RunConfig the flags describe, and the flags the user gave explicitly ("section.field")."""
     given: dict[str, Any] = {}
     if args.config:
-        for section, table in _load_toml(args.config).items():
+        for section, table in load_toml(args.config).items():
             for key, value in table.items():
                 given[f"{section}.{key}"] = value
-    for _flag, section, name, _kind, _help in FLAGS:
+    for _flag, _group, section, name, _kind, _help in FLAGS:
         value = getattr(args, name if name != "path" else "data")
         if value is not None:
             given[f"{section}.{name}"] = value
@@ -134,124 +128,22 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any
         try:
             cfg = cfg.replace(**{section: replace(getattr(cfg, section), **{name: value})})
         except TypeError:
-            raise UserError(f"bad value for {key}: {value!r}", "see `tui-trainer --help`") from None
+            raise UserError(f"bad value for {key}: {value!r}", f"see `{PROG} train --help`") from None
     return cfg, given
 
 
-class SignalStopper:
-    """SIGINT/SIGTERM/SIGHUP → ask the engine to finish its micro-step, save and end.
-
-    A second signal while the engine is stopping is ignored (the save is atomic either way);
-    a third one exits at once (putting the terminal back first when the app had it). Once a stop
-    was signalled the handlers stay in place until the process exits, so a late second Ctrl-C
-    cannot raise KeyboardInterrupt during shutdown. ``on_stop`` runs in the handler after each
-    stop request (the app uses it to close once the engine is done).
-    """
-
-    SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
-    # Leave the alternate screen, show the cursor, and switch off mouse reporting, bracketed paste
-    # and the kitty keyboard protocol: what a full-screen app turns on.
-    TERMINAL_RESET = "\x1b[<u\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1003l\x1b[?1006l\x1b[?1015l\x1b[?2004l\x1b[?1004l"
-
-    def __init__(self, control, on_stop: Callable[[], None] | None = None, restore_terminal: bool = False) -> None:
-        self.control = control
-        self.on_stop = on_stop
-        self.count = 0
-        self._previous: dict[int, Any] = {}
-        self._terminal: tuple[int, Any] | None = None  # (fd, termios attributes) to put back on a hard exit
-        if restore_terminal:
-            try:
-                import termios
-
-                fd = sys.stdin.fileno()
-                self._terminal = (fd, termios.tcgetattr(fd))
-            except Exception:  # no termios, no terminal on stdin (termios.error, OSError, ValueError)
-                pass
-
-    def __enter__(self) -> "SignalStopper":
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.count += 1
-        if self.count >= 3:
-            self._put_terminal_back()
-            os._exit(128 + signum)
-        self.control.stop("interrupted", signum)
-        if self.on_stop is not None:
-            self.on_stop()
-
-    def _put_terminal_back(self) -> None:
-        if self._terminal is None:
-            return
-        fd, attributes = self._terminal
-        try:
-            import termios
-
-            termios.tcsetattr(fd, termios.TCSANOW, attributes)
-            os.write(sys.__stderr__.fileno(), self.TERMINAL_RESET.encode())
-        except Exception:  # the terminal may be gone; exiting matters more
-            pass
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.count:
-            return
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+def run_train(args: argparse.Namespace) -> int:
+    cfg, given = config_from_args(args)
+    if args.resume and not Path(args.resume).is_dir():
+        raise UserError(f"--resume {args.resume}: no such run directory", "pass a run dir such as runs/20260101-120000")
+    use_app = not args.no_ui and sys.stdout.isatty() and sys.stdin.isatty()
+    if not args.no_ui and not use_app:
+        print("note: no terminal to draw the app on; running headless (pass --no-ui to silence this)",
+              file=sys.stderr)
+    return run_app(cfg, given, args) if use_app else run_headless(cfg, given, args)
 
 
-class DetachableStream:
-    """stdout for the headless log, made to outlive its terminal.
-
-    When the SSH link drops, writes to the dead terminal fail (EIO; EPIPE for a closed pipe);
-    the run must still save and write its `end` record. On the first failed write the file
-    descriptor is pointed at /dev/null, so later writes and the interpreter's final flush succeed.
-    """
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.detached = False
-
-    def isatty(self) -> bool:
-        try:
-            return self.stream.isatty()
-        except (OSError, ValueError):
-            return False
-
-    def write(self, text: str) -> None:
-        self._guard(self.stream.write, text)
-
-    def flush(self) -> None:
-        self._guard(self.stream.flush)
-
-    def _guard(self, call, *args: Any) -> None:
-        if self.detached:
-            return
-        try:
-            call(*args)
-        except (OSError, ValueError):
-            self.detached = True
-            _point_at_devnull(self.stream)
-
-
-def _point_at_devnull(stream) -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-
-
-def say(text: str) -> None:
-    """One line on stderr, even when the terminal is gone."""
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        _point_at_devnull(sys.stderr)
-
+# -- the two faces of train ------------------------------------------------------------------------
 
 def exit_code_for(end) -> int:
     if end.reason == "error":
@@ -267,7 +159,7 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
     control = Control()
     # Handlers first: a signal while torch imports or the data loads stops the run at its first micro-step.
     with SignalStopper(control):
-        from .engine import Trainer
+        from .loop import Trainer
         from .headless import HeadlessLog
 
         trainer = Trainer(cfg, HeadlessLog(DetachableStream(sys.stdout)), control, resume=args.resume,
@@ -282,7 +174,7 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
 
 def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
     from .control import Control
-    from .ui.app import create_app
+    from .ui.factory import create_app
 
     control = Control()
     built: list = []  # the app, once set-up is done (the signal handler may run before)
@@ -326,23 +218,67 @@ def _close_app_once_engine_ended(built: list) -> None:
     loop.call_soon_threadsafe(check)  # safe from a signal handler
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# -- subcommands ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Command:
+    about: str  # one line, shown in `tui-trainer --help`
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]  # returns the exit code; raises UserError on bad input
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("train a GPT (the app, or headless with --no-ui); the default command",
+                     add_train_arguments, run_train),
+}
+DEFAULT_COMMAND = "train"
+
+
+def version() -> str:
     try:
-        cfg, given = config_from_args(args)
-        if args.resume and not Path(args.resume).is_dir():
-            raise UserError(f"--resume {args.resume}: no such run directory", "pass a run dir such as runs/20260101-120000")
-        use_app = not args.no_ui and sys.stdout.isatty() and sys.stdin.isatty()
-        if not args.no_ui and not use_app:
-            print("note: no terminal to draw the app on; running headless (pass --no-ui to silence this)",
-                  file=sys.stderr)
-        code = run_app(cfg, given, args) if use_app else run_headless(cfg, given, args)
+        from importlib.metadata import PackageNotFoundError, version as installed_version
+
+        return installed_version(PROG)
+    except (ImportError, PackageNotFoundError):
+        return __version__  # running from a checkout that was never installed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Train a small character-level GPT with exact gradient accumulation and a validation split.",
+        epilog=f"Bare `{PROG} [flags]` means `{PROG} {DEFAULT_COMMAND} [flags]`; "
+               f"`{PROG} COMMAND --help` lists a command's flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.about, description=command.about)
+        command.add_arguments(sub)
+    return parser
+
+
+def with_command(argv: list[str]) -> list[str]:
+    """Bare ``tui-trainer [flags]`` (no command, or a first argument that is a flag of the default
+    command) means ``tui-trainer train [flags]``; the top level keeps its own --help and --version."""
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        return [DEFAULT_COMMAND, *argv]
+    return argv
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(with_command(list(sys.argv[1:] if argv is None else argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
     except UserError as exc:
         say(exc.one_line())
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    return code
 
 
 if __name__ == "__main__":

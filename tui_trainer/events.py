@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunStarted:
     run_dir: str
     device: str
@@ -33,7 +33,7 @@ class RunStarted:
     precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/precision.py chose it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MicroStep:
     epoch: int
     step: int  # the optimizer step this micro-step belongs to (1-based, global)
@@ -43,7 +43,7 @@ class MicroStep:
     steps_in_epoch: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StepEvent:
     epoch: int
     step: int
@@ -62,7 +62,7 @@ class StepEvent:
     skipped: bool = False  # non-finite loss or gradient: the update was not applied
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EpochEvent:
     epoch: int
     epochs: int
@@ -82,7 +82,7 @@ class EpochEvent:
     tokens_per_s: float = 0.0  # training tokens of this epoch over its training time
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DiagnosisEvent:
     """A verdict between epochs (a non-finite step, a spike, divergence): shown at once."""
 
@@ -93,7 +93,7 @@ class DiagnosisEvent:
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccumChangeRequested:
     old: int
     new: int
@@ -102,7 +102,7 @@ class AccumChangeRequested:
     applies_at_epoch: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccumChangeApplied:
     old: int
     new: int
@@ -110,19 +110,19 @@ class AccumChangeApplied:
     step: int  # last optimizer step before the change
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Paused:
     epoch: int
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Resumed:
     epoch: int
     step: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointSaved:
     kind: str  # "latest" or "best"
     path: str
@@ -131,19 +131,19 @@ class CheckpointSaved:
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointFailed:
     kind: str
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Notice:
     message: str
     level: str = "info"  # info | warning | error
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunEnded:
     reason: str  # completed | early_stop | interrupted | error
     epochs: int  # epochs completed

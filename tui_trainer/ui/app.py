@@ -1,9 +1,7 @@
 """The Textual app: bindings, the engine thread, and the timers that drain it into the panels.
 
-``create_app(cfg, ...)`` builds the ``Trainer`` first (so bad input raises ``UserError``
-before Textual owns the terminal), then the app. ``create_replay_app(events)`` builds the
-same screen with no engine, for snapshot tests and demos. ``app.finish()`` stops and
-joins the engine after the app has closed and returns its ``RunEnded``.
+factory.py builds it (``create_app`` for a run, ``create_replay_app`` for recorded events).
+``app.finish()`` stops and joins the engine after the app has closed and returns its ``RunEnded``.
 
 Threads: the engine runs in its own (non-daemon) thread and only ever calls
 ``AppSink.emit``; the UI thread drains the sink on a timer (``DRAIN_HZ``), redraws the
@@ -13,15 +11,12 @@ plot at ``PLOT_HZ`` when something changed, and sends commands through ``Control
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import fields as dataclass_fields
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console as RichConsole
@@ -360,79 +355,3 @@ class TrainerApp(App[None]):
         yield SystemCommand("Stop training", "finish the micro-step, save and exit (q)", self.action_stop)
         yield SystemCommand("Toggle loss smoothing", "EMA or raw step loss (m)", self.action_smoothing)
         yield SystemCommand("Help", "keys, gradient accumulation, diagnoses (?)", self.action_help)
-
-
-def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | None = None,
-               overwrite: bool = False, control: Control | None = None) -> TrainerApp:
-    """The app the CLI runs. The Trainer is built (and validated) here, before the terminal is
-    taken, so bad input is a one-line UserError, not a crash inside the app. A resumed run
-    shows its history (the steps and epochs metrics.jsonl kept) from the first frame."""
-    from ..engine import Trainer
-
-    sink = AppSink()
-    trainer = in_passing_thread(lambda: Trainer(cfg, sink, control or Control(), resume=resume,
-                                                overrides=overrides, overwrite=overwrite, for_ui=True))
-    if trainer.state.epoch > trainer.cfg.train.epochs:  # the engine would refuse at once; say it now
-        raise UserError(f"this run already finished {trainer.cfg.train.epochs} epochs",
-                        "pass a larger --epochs to train longer")
-    history = recorded_history(trainer.run_dir) if resume is not None else []
-    app = TrainerApp(trainer, sink, replay=history)
-    app.view.pending_accum = trainer.state.pending_accum  # a change asked for before the interruption
-    return app
-
-
-def in_passing_thread(build: Callable[[], Any]) -> Any:
-    """``build()`` on a thread that ends with it; its result, or its exception raised here.
-
-    Building the Trainer runs torch ops (model init, a checkpoint load). Run on the main
-    thread, they leave it an OpenMP worker team for the life of the process, and with the
-    engine's own team in its thread that cost the app ~20% of its throughput on 2 cores
-    (benchmarks/ui_overhead.py: 0.79x of --no-ui). A thread's team goes when the thread does.
-    """
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = build()
-        except BaseException as exc:  # re-raised on the calling thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="tui-trainer-set-up")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-def recorded_history(run_dir: str | Path) -> list:
-    """The step and epoch events of ``run_dir/metrics.jsonl`` (the engine trims it to the
-    checkpoint on resume), rebuilt as events; `end` records of earlier sessions are left out."""
-    from ..events import EpochEvent, StepEvent
-    from ..metrics import METRICS_FILE
-
-    kinds = {"step": StepEvent, "epoch": EpochEvent}
-    floats = {kind: {f.name for f in dataclass_fields(kind) if "float" in str(f.type)} for kind in kinds.values()}
-    names = {kind: {f.name for f in dataclass_fields(kind)} for kind in kinds.values()}
-    events = []
-    try:
-        lines = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-            kind = kinds.get(record.get("type"))
-            if kind is None:
-                continue
-            values = {k: (float(v) if k in floats[kind] and isinstance(v, str) else v)  # "nan" / "inf"
-                      for k, v in record.items() if k in names[kind]}
-            events.append(kind(**values))
-        except (ValueError, TypeError):
-            continue  # a line cut short by a crash, or written by another version
-    return events
-
-
-def create_replay_app(events: Iterable[Any] = (), **kwargs: Any) -> TrainerApp:
-    """The same screen with no engine, showing recorded events (snapshot tests, demos)."""
-    return TrainerApp(None, replay=events, **kwargs)

@@ -1,0 +1,7 @@
+"""``python -m tui_trainer ...`` (and ``torchrun -m tui_trainer ...``): the same as the ``tui-trainer`` script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""Writing to a terminal that may vanish (an SSH link that drops): the headless log and the
+one-line messages on stderr keep working, pointed at /dev/null once the terminal is gone."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+class DetachableStream:
+    """stdout for the headless log, made to outlive its terminal.
+
+    When the SSH link drops, writes to the dead terminal fail (EIO; EPIPE for a closed pipe);
+    the run must still save and write its `end` record. On the first failed write the file
+    descriptor is pointed at /dev/null, so later writes and the interpreter's final flush succeed.
+    """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.detached = False
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def write(self, text: str) -> None:
+        self._guard(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._guard(self.stream.flush)
+
+    def _guard(self, call, *args: Any) -> None:
+        if self.detached:
+            return
+        try:
+            call(*args)
+        except (OSError, ValueError):
+            self.detached = True
+            point_at_devnull(self.stream)
+
+
+def point_at_devnull(stream) -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def say(text: str) -> None:
+    """One line on stderr, even when the terminal is gone."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        point_at_devnull(sys.stderr)

@@ -1,0 +1,28 @@
+"""What the loop carries from step to step, and what a checkpoint saves to resume exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LoopState:
+    epoch: int = 1  # the epoch in progress (1-based)
+    example_cursor: int = 0  # examples of this epoch already consumed (always at a window boundary)
+    step: int = 0  # optimizer steps done in the whole run
+    tokens_seen: int = 0
+    accum: int = 8
+    pending_accum: int | None = None  # applied at the start of the next epoch
+    pending_accum_epoch: int | None = None  # that epoch (a stop in this epoch's first window must not apply it early)
+    epoch_loss_sum: float = 0.0  # token-weighted train loss of the epoch so far
+    epoch_tokens: int = 0
+    epoch_seconds: float = 0.0
+    epoch_step_losses: list = field(default_factory=list)
+    epoch_first_step: int = 1
+    train_history: list = field(default_factory=list)
+    val_history: list = field(default_factory=list)
+    bad_steps_in_row: int = 0
+    bad_steps_total: int = 0
+    finished: str | None = None  # end reason once the run is over
+    elapsed_seconds: float = 0.0  # wall time of the run at its last save, earlier sessions included
+    last_verdict: list | None = None  # [kind, reason] of the latest diagnosis, at the last save
