@@ -93,7 +93,7 @@ def test_prepare_refuses_a_file_in_place_of_the_run_dir(tmp_path):
 def test_config_json_carries_the_vocabulary_back(small_corpus, tmp_path):
     cfg = tiny_config(small_corpus, tmp_path)
     corpus = load_corpus(cfg.data, cfg.model.block_size)
-    rd.write_config(tmp_path, cfg, corpus, torch.device("cpu"), 1)
+    rd.write_config(tmp_path, cfg, corpus, torch.device("cpu"), 1, "fp32")
     assert rd.vocabulary_of(tmp_path) == corpus.vocab
     record = json.loads((tmp_path / rd.CONFIG_FILE).read_text(encoding="utf-8"))
     assert record["data_sha256"] == corpus.sha256 and record["config"] == cfg.to_dict()
