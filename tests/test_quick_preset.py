@@ -12,12 +12,12 @@ from tui_trainer.data import val_batch_limit
 
 def test_quick_is_a_small_short_run_that_flags_still_override():
     cfg, given = config_from_args(parse_args(["--quick"]))
-    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size) == (2, 64, 64)
-    assert (cfg.train.micro_batch, cfg.train.accum, cfg.train.epochs) == (8, 2, 6)
-    assert cfg.data.limit_train_batches == 50 and val_batch_limit(cfg.data) == 6
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size) == (4, 128, 64)
+    assert (cfg.train.micro_batch, cfg.train.accum, cfg.train.epochs) == (16, 4, 6)
+    assert cfg.data.limit_train_batches == 150 and val_batch_limit(cfg.data) == 17
     assert given == {}  # a preset is no explicit flag (a resume would read it as one)
     cfg, given = config_from_args(parse_args(["--quick", "--epochs", "2", "--n-layer", "3"]))
-    assert cfg.train.epochs == 2 and cfg.model.n_layer == 3 and cfg.model.n_embd == 64
+    assert cfg.train.epochs == 2 and cfg.model.n_layer == 3 and cfg.model.n_embd == 128
 
 
 def test_quick_with_resume_is_refused_in_one_line(tmp_path, capsys):

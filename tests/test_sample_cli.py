@@ -136,3 +136,9 @@ def test_a_bpe_run_resumes_and_samples_with_its_own_tokenizer(tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.startswith("ROMEO: ü")  # byte-level: a character the text never had still encodes
     assert len(text) > len("ROMEO: ü")
+
+
+def test_on_a_terminal_control_characters_a_model_writes_are_shown_escaped():
+    from tui_trainer.sample_command import for_a_terminal
+
+    assert for_a_terminal("ab\x1b[2Jc\x00d\n\té") == "ab\\x1b[2Jc\\x00d\n\té"

@@ -59,7 +59,7 @@ def _in_use(lock_path: Path, run_dir: Path) -> UserError:
     holder = read_holder(lock_path)
     who = holder.describe() if holder else "another process"
     return UserError(f"run dir {run_dir} is in use by a training process ({who})",
-                     f"watch or steer it with `tui-trainer view {run_dir}`, or pass another --run-dir")
+                     f"watch or steer it with `tui-trainer view {run_dir}`; a new run can go in another --run-dir")
 
 
 def refuse_if_in_use(lock_path: Path, run_dir: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -117,6 +118,14 @@ def check_prompt(tokenizer: Tokenizer, prompt: str) -> None:
                             "use only characters of the training text")
 
 
+def for_a_terminal(text: str) -> str:
+    """Control characters a model wrote (a byte-level BPE can write ESC or NUL) shown escaped, as
+    the headless log does, so they cannot drive the terminal; newlines and tabs stay. A pipe gets
+    the text as it is."""
+    return "".join(c if c in "\n\t" or not unicodedata.category(c).startswith("C") or c == "\ufffd"
+                   else repr(c)[1:-1] for c in text)
+
+
 def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """The `sample` subcommand; bad input raises UserError (the caller prints it, exit 2)."""
     import torch
@@ -139,7 +148,7 @@ def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
         stdout.flush()
 
     def show(piece: str) -> None:
-        stdout.write(piece)
+        stdout.write(for_a_terminal(piece))
         stdout.flush()
 
     with torch.no_grad():

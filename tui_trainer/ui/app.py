@@ -432,7 +432,7 @@ class TrainerApp(App[None]):
             ("accum_up", "Accumulation x2", "double accum at the next epoch (+)", self.action_accum_up),
             ("accum_down", "Accumulation /2", "halve accum at the next epoch (-)", self.action_accum_down),
             ("pause", "Pause / resume training", "the engine waits between micro-steps (p)", self.action_pause),
-            ("save", "Save checkpoint", "save `latest` after the current step (s)", self.action_save),
+            ("save", "Save checkpoint", "save latest.pt after the current step (s)", self.action_save),
             ("sample", "Sample text", "write a sample from the current weights after this step (g)",
              self.action_sample),
             ("stop", "Close the app" if ended else "Stop training",

@@ -44,7 +44,7 @@ class ConfirmStop(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(f"Stop the run in {self.run_dir}?\n\nIt finishes its micro-step, saves `latest` and "
+            yield Static(f"Stop the run in {self.run_dir}?\n\nIt finishes its micro-step, saves latest.pt and "
                          "ends (it can be resumed). y = stop it, n = keep it running.")
 
     def action_answer(self, stop: bool) -> None:
@@ -123,7 +123,7 @@ class ViewerApp(TrainerApp):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("pause", "accum_up", "accum_down", "save", "stop_run") and not self.steerable:
-            return None  # greyed out: a finished run, or one that cannot be steered from here
+            return False  # hidden: a finished run, or one that cannot be steered from here
         return super().check_action(action, parameters)
 
     def action_stop(self, signal_number: int | None = None) -> None:

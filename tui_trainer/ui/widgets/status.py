@@ -31,12 +31,22 @@ class StatusBar(Panel):
                 fmt.duration(view.eta(now)), view.epoch, view.epochs)
 
     def build(self, view: RunView, now: float) -> Text:
+        # Narrow terminals drop the run's name first, then the device, never the time and the ETA.
+        room = self.size.width or 10_000
+        for parts in ((True, True), (False, True), (False, False)):
+            line = self._line(view, now, *parts)
+            if len(line.plain) <= room:
+                break
+        return line
+
+    def _line(self, view: RunView, now: float, with_name: bool, with_device: bool) -> Text:
         dim = self.get_component_rich_style("status--dim")
         line = Text(no_wrap=True, overflow="ellipsis", end="")
         line.append(" tui-trainer ", self.get_component_rich_style("status--title"))
-        line.append(" ")
-        line.append(view.run_name, self.get_component_rich_style("status--run"))
-        if view.device:
+        if with_name:
+            line.append(" ")
+            line.append(view.run_name, self.get_component_rich_style("status--run"))
+        if view.device and with_device:
             line.append("  ")
             line.append(view.device, dim)
             if view.device.startswith("cpu") and view.threads:
