@@ -10,20 +10,19 @@ console.py.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import RunConfig, parse_log_every
+from .config import RunConfig
 from .config_file import load_toml, require_data_file
-from .console import DetachableStream, say
+from .console import DetachableStream, say  # noqa: F401  (DetachableStream: its old home, for imports)
 from .errors import UserError
+from .faces import exit_code_for, run_app, run_headless  # noqa: F401  (exit_code_for: used by tests too)
 from .sample_command import add_sample_arguments, run_sample
 from .presets import QUICK, with_preset
-from .signals import SignalStopper
 from .user_paths import check_given_paths, user_os_error
 from .text_source import PreparationCancelled
 
@@ -204,122 +203,6 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
         print("note: no terminal to draw the app on; running headless (pass --no-ui to silence this)",
               file=sys.stderr)
     return run_app(cfg, given, args) if use_app else run_headless(cfg, given, args)
-
-
-# -- the two faces of train ------------------------------------------------------------------------
-
-def exit_code_for(end) -> int:
-    if end.reason == "error":
-        return 1
-    if end.reason == "interrupted" and end.exit_signal:
-        return 128 + end.exit_signal
-    return 0
-
-
-def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
-    from .control import Control
-
-    control = Control()
-    # Handlers first: a signal while torch imports stops the run at its first micro-step; one
-    # while the data is prepared stops that at once (PreparationCancelled, nothing kept).
-    with SignalStopper(control):
-        from .data_progress import DataProgressLine
-        from .loop import Trainer
-        from .headless import HeadlessLog
-
-        from .events import FanOut
-
-        stdout = DetachableStream(sys.stdout)
-        log = HeadlessLog(stdout)
-        trainer = Trainer(cfg, FanOut(log, tensorboard_sink(args)), control, resume=args.resume, overrides=given,
-                          overwrite=args.overwrite, data_progress=DataProgressLine(stdout))
-        log.log_every = parse_log_every(trainer.cfg.train.log_every)  # a resumed run's own, unless given
-        server = served_viewer(trainer, args)
-        try:
-            end = trainer.run()
-        finally:
-            stop_served(server)
-    if trainer.error is not None and not isinstance(trainer.error, UserError):
-        say(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})")
-    elif isinstance(trainer.error, UserError):
-        raise trainer.error
-    return exit_code_for(end)
-
-
-def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
-    from .control import Control
-    from .ui.factory import create_app
-
-    control = Control()
-    built: list = []  # the app, once set-up is done (the signal handler may run before)
-    # The handlers cover set-up too (imports, model, a checkpoint load): a signal then still
-    # ends with a saved step and an `end` record, as headless does, without taking the terminal.
-    # A dead terminal under the app is handled by its driver (ui/terminal.py).
-    with SignalStopper(control, on_stop=lambda: _close_app_once_engine_ended(built),
-                       restore_terminal=True):
-        # The app shows at once ("setting up"); torch, the data and the model load behind it. With
-        # --serve the trainer is built first: the served viewer needs its run dir from the start.
-        app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control,
-                         in_background=not args.serve, extra_sink=tensorboard_sink(args))
-        built.append(app)
-        server = served_viewer(app.trainer, args) if args.serve else None
-        try:
-            if not control.stop_requested:  # a signal already: no screen to take, finish() below stops the run
-                app.run()
-        finally:
-            stop_served(server)
-    end = app.finish()  # (a stop during set-up: builds, saves step 0 and writes `end`)
-    if app.set_up_error is not None:
-        raise app.set_up_error  # bad input: the one line, exit 2, the terminal already given back
-    if end is None:
-        return 0
-    if app.summary_line():
-        say(app.summary_line())
-    return exit_code_for(end)
-
-
-def served_viewer(trainer, args: argparse.Namespace):
-    """--serve: a textual-serve server of `view RUN_DIR` in a child process, while the run runs."""
-    if not args.serve:
-        return None
-    from .serve import start_served_viewer
-
-    return start_served_viewer(trainer.run_dir, args.serve)
-
-
-def stop_served(server) -> None:
-    if server is not None:
-        from .serve import stop_served_viewer
-
-        stop_served_viewer(server)
-
-
-def tensorboard_sink(args: argparse.Namespace):
-    if not args.tensorboard:
-        return None
-    from .tensorboard_sink import TensorBoardSink
-
-    return TensorBoardSink()
-
-
-def _close_app_once_engine_ended(built: list) -> None:
-    """Called in the signal handler. A running engine ends the app itself after saving; one that
-    already ended (the app showing a finished run) would leave the app open on a dead terminal."""
-    if not built:
-        return  # still setting up: run_app sees the stop before it draws anything
-    app = built[0]
-    try:
-        loop = asyncio.get_running_loop()  # the handler runs on the main thread, inside the app's loop
-    except RuntimeError:
-        return
-
-    def check() -> None:
-        if getattr(app, "engine_running", False):
-            loop.call_later(0.2, check)
-        else:
-            app.exit()
-
-    loop.call_soon_threadsafe(check)  # safe from a signal handler
 
 
 # -- view: a run dir, without training --------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass

@@ -12,7 +12,6 @@ from typing import Any
 from ..control import Control
 from ..errors import UserError
 from ..events import FanOut
-from ..events import FanOut
 from .app import TrainerApp
 from .bridge import AppSink
 from .history import recorded_history
