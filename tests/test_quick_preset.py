@@ -33,5 +33,6 @@ def test_quick_run_completes_with_falling_loss_and_a_diagnosis(tmp_path, capsys)
     out = capsys.readouterr().out
     epochs = re.findall(r"^epoch (\d)/6 train_loss=([\d.]+) val_loss=([\d.]+) .* diagnosis=(\w+)", out, re.M)
     assert len(epochs) == 6
-    assert float(epochs[-1][2]) < float(epochs[0][2]) - 0.3  # the loss fell
-    assert all(kind in ("healthy", "underfitting", "overfitting", "unstable") for *_, kind in epochs)
+    assert float(epochs[-1][1]) < float(epochs[0][1]) - 0.3  # the training loss fell
+    assert float(epochs[-1][2]) < float(epochs[0][2])  # and so did the validation loss
+    assert all(kind in ("learning", "healthy", "underfitting", "overfitting", "unstable") for *_, kind in epochs)
