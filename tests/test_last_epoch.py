@@ -41,7 +41,7 @@ class StopWhen(ListSink):
 
 
 def run(cfg, when, real_signal: bool = False, resume=None, overrides=None):
-    from tui_trainer.cli import SignalStopper
+    from tui_trainer.signals import SignalStopper
 
     control = Control()
     sink = StopWhen(control, when, real_signal)
