@@ -264,8 +264,8 @@ def prepare_ids(source: ts.TextSource, tokenizer: str | Tokenizer, cache_dir: Pa
               "tokenizer": tokenizer.record()}
     split = _split_byte(ts.stream_bytes(source), val_split)
     meter = ts.Meter("tokenizing", source.total_bytes, progress, cancel)
-    writer = _open_writer(path, header)
-    try:
+
+    def fill(writer: CacheWriter) -> None:
         n_train = None
         chunks = ts.text_chunks(source, chunk_bytes, split_at=split, meter=meter)
         for pieces in bpe_texts(chunks, piece_chars):
@@ -275,12 +275,8 @@ def prepare_ids(source: ts.TextSource, tokenizer: str | Tokenizer, cache_dir: Pa
             for ids in tokenizer.encode_texts(pieces):
                 writer.write(ids)
         writer.commit(n_train=n_train)
-    except BaseException as exc:
-        writer.discard()
-        _raise_for_disk(exc, cache_dir)
-        raise
-    meter.finish()
-    header, ids = read_cache(path)
+
+    header, ids = _build_cache(path, header, cache_dir, meter, fill)
     return TokenIds(ids, header["n_train"], tokenizer, data_fp, path, built=True)
 
 
@@ -299,17 +295,13 @@ def _prepare_char(source: ts.TextSource, cache_dir: Path, data_fp: str, progress
     header = {"format": FORMAT, "dtype": id_dtype(tokenizer.size).name, "data": data_fp,
               "tokenizer": tokenizer.record(), "chars": list(tokenizer.chars), "n_train": None}
     meter = ts.Meter("tokenizing", source.total_bytes, progress, cancel)
-    writer = _open_writer(path, header)
-    try:
+
+    def fill(writer: CacheWriter) -> None:
         for chunk in ts.text_chunks(source, chunk_bytes, meter=meter):
             writer.write(tokenizer.encode_bytes(chunk, writer.dtype))
         writer.commit()
-    except BaseException as exc:
-        writer.discard()
-        _raise_for_disk(exc, cache_dir)
-        raise
-    meter.finish()
-    header, ids = read_cache(path)
+
+    _, ids = _build_cache(path, header, cache_dir, meter, fill)
     return TokenIds(ids, None, tokenizer, data_fp, path, built=True)
 
 
@@ -353,6 +345,20 @@ def _trained_bpe(source, cache_dir: Path, data_fp: str, val_split: float, vocab_
     except OSError:
         tmp.unlink(missing_ok=True)  # no room to keep it: it is learnt again next time
     return tokenizer
+
+
+def _build_cache(path: Path, header: dict, cache_dir: Path, meter, fill) -> tuple[dict, np.ndarray]:
+    """Write a cache file with ``fill(writer)`` (which commits it), or leave none behind (a stop, a
+    full disk); then map what was written, exactly as a later start will."""
+    writer = _open_writer(path, header)
+    try:
+        fill(writer)
+    except BaseException as exc:
+        writer.discard()
+        _raise_for_disk(exc, cache_dir)
+        raise
+    meter.finish()
+    return read_cache(path)
 
 
 def _open_writer(path: Path, header: dict) -> CacheWriter:
