@@ -70,6 +70,10 @@ def accumulate_window(
     autocast_dtype: torch.dtype | None = None,
     between_micro_steps: Callable[[int], bool] | None = None,
     increments: GradientIncrements | None = None,
+    *,
+    total_tokens: int | None = None,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    empty_share: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Forward/backward every micro-batch of a window into ``param.grad``.
 
@@ -77,23 +81,34 @@ def accumulate_window(
     its token count. ``between_micro_steps(i)`` is called after micro-step ``i`` (0-based);
     returning False aborts the window with ``WindowAborted``. ``increments``, if given, records
     each micro-step's gradient norm (``increments.sq_norms``).
+
+    Several processes (distributed.py): ``micro_ranges`` are this rank's share of the window,
+    ``total_tokens`` the *global* window's tokens (every rank divides by it, so the summed gradient
+    is one big batch's), ``no_sync`` DDP's context that keeps every backward but the last local
+    (one all-reduce per step). A rank whose share of a short window is empty still joins that
+    all-reduce: one pass over ``empty_share`` with its loss weighted 0 (``micro_ranges`` empty).
     """
-    total_tokens = window_tokens(micro_ranges, dataset.block_size)
+    total_tokens = total_tokens if total_tokens is not None else window_tokens(micro_ranges, dataset.block_size)
     loss_total = torch.zeros((), device=indices.device, dtype=torch.float32)
     if increments is not None:
         increments.start_window()
         if len(micro_ranges) < 2:
             increments = None  # one micro-batch: no second batch size, nothing to measure
-    for i, (start, stop) in enumerate(micro_ranges):
-        inputs, targets = dataset.batch(indices[start:stop])
-        with (torch.autocast(indices.device.type, dtype=autocast_dtype) if autocast_dtype is not None
-              else contextlib.nullcontext()):
-            loss_sum = model(inputs, targets)  # a compiled model compiles this call
-        # This micro-batch's share of the window's mean loss: sum / all tokens of the window.
-        (loss_sum / total_tokens).backward()
+    passes = list(micro_ranges) if micro_ranges else [empty_share] if empty_share is not None else []
+    for i, (start, stop) in enumerate(passes):
+        last = i + 1 == len(passes)
+        with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+            inputs, targets = dataset.batch(indices[start:stop])
+            with (torch.autocast(indices.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                  else contextlib.nullcontext()):
+                loss_sum = model(inputs, targets)  # a compiled model compiles this call
+            # This micro-batch's share of the window's mean loss: sum / all tokens of the window.
+            # (An empty share's pass adds nothing: weight 0.)
+            (loss_sum / total_tokens if micro_ranges else loss_sum * 0.0).backward()
         if increments is not None:
-            increments.after_backward(first=i == 0, last=i + 1 == len(micro_ranges))
-        loss_total += loss_sum.detach().float()
+            increments.after_backward(first=i == 0, last=last)
+        if micro_ranges:
+            loss_total += loss_sum.detach().float()
         if between_micro_steps is not None and not between_micro_steps(i):
             raise WindowAborted
     return loss_total, total_tokens

@@ -19,6 +19,7 @@ from . import __version__
 from .config import RunConfig
 from .config_file import load_toml, require_data_file
 from .console import DetachableStream, say  # noqa: F401  (DetachableStream: its old home, for imports)
+from .distributed import PeerLost
 from .errors import UserError
 from .faces import exit_code_for, run_app, run_headless  # noqa: F401  (exit_code_for: used by tests too)
 from .sample_command import add_sample_arguments, run_sample
@@ -61,6 +62,10 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--threads", RUN, "train", "threads", int, "torch CPU threads"),
     ("--precision", RUN, "train", "precision", str, "auto (bf16 where the hardware has it and trains as well), "
                                                      "fp32 or bf16"),
+    ("--backend", RUN, "train", "backend", str, "several processes (torchrun): auto (nccl on CUDA, gloo on the "
+                                                 "CPU), gloo or nccl"),
+    ("--dist-timeout", RUN, "train", "dist_timeout", float,
+     "several processes: seconds a process waits for the others before the run ends with an error"),
     ("--patience", RUN, "train", "patience", int, "early stopping patience in epochs; 0 = off"),
     ("--min-delta", RUN, "train", "min_delta", float, "smallest val-loss improvement that counts"),
     ("--checkpoint-every", RUN, "train", "checkpoint_every", int, "save `latest` every N optimizer steps"),
@@ -125,6 +130,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--tensorboard", action="store_true", help=with_default(
         "also write the scalars for TensorBoard under RUN_DIR/tensorboard (pip install 'tui-trainer[tensorboard]')",
         "off"))
+    run.add_argument("--nproc", type=int, default=None, metavar="N", help=with_default(
+        "train on N processes of this machine (one per GPU, or sharing the CPU's cores) through torchrun; "
+        "several machines: see the README", "1"))
     run.add_argument("--compile", action="store_true", default=None,
                      help=with_default("torch.compile the model", default_of("train", "compile")))
     for flag, group, section, name, kind, help_text in FLAGS:
@@ -198,6 +206,16 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
         from .tensorboard_sink import require_tensorboard
 
         require_tensorboard()
+    if args.nproc is not None:
+        from .distributed import placement_from_environment
+        from .launch import is_launched_worker, launch
+
+        if not is_launched_worker():
+            if placement_from_environment().distributed:
+                raise UserError("--nproc inside torchrun: torchrun already started the processes",
+                                "drop --nproc (torchrun's --nproc-per-node says how many)")
+            if args.nproc != 1:  # (launch refuses 0 and below)
+                return launch(args.nproc, cfg, args.argv)
     use_app = not args.no_ui and sys.stdout.isatty() and sys.stdin.isatty()
     if not args.no_ui and not use_app:
         print("note: no terminal to draw the app on; running headless (pass --no-ui to silence this)",
@@ -310,7 +328,10 @@ def with_command(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(with_command(list(sys.argv[1:] if argv is None else argv)))
+    argv = with_command(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # (what --nproc hands on to each process)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,13 +339,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except UserError as exc:
-        say(exc.one_line())
+        if _is_main_rank():  # several processes: rank 0 says it (the others met the same problem)
+            say(exc.one_line())
         return exc.exit_code
     except PreparationCancelled as exc:
-        say("tui-trainer: stopped while preparing the data; no run was started and no partial cache was kept")
+        if _is_main_rank():
+            say("tui-trainer: stopped while preparing the data; no run was started and no partial cache was kept")
         return 128 + (exc.args[0] if exc.args and exc.args[0] else 2)
+    except PeerLost as exc:  # several processes: one died or hung during set-up
+        say(f"error: {exc}")
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _is_main_rank() -> bool:
+    from .distributed import placement_from_environment
+
+    try:
+        return placement_from_environment().is_main
+    except UserError:
+        return True
 
 
 if __name__ == "__main__":

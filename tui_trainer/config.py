@@ -91,6 +91,10 @@ class TrainConfig:
     # auto = bf16 autocast where the hardware has bf16 and it trains as well as fp32 (precision.py), else fp32;
     # fp32; or bf16 (forward under autocast; weights, gradients, optimizer state and loss sums stay fp32)
     precision: str = "auto"
+    # Several processes (torchrun): the torch.distributed backend, auto = nccl on CUDA, gloo on the CPU;
+    # and how long a collective waits for a rank before the run ends with an error (a rank died or hangs).
+    backend: str = "auto"
+    dist_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -324,6 +328,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("threads", t.threads, "--threads", allow_none=True)
     if t.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"--precision must be auto, fp32 or bf16, got {t.precision!r}", "use e.g. --precision auto")
+    if t.backend not in ("auto", "gloo", "nccl"):
+        raise UserError(f"--backend must be auto, gloo or nccl, got {t.backend!r}", "use --backend auto")
+    if not (isinstance(t.dist_timeout, (int, float)) and math.isfinite(t.dist_timeout)
+            and 1 <= t.dist_timeout <= 86_400):
+        raise UserError(f"--dist-timeout must be 1 to 86400 seconds, got {t.dist_timeout}",
+                        "use e.g. --dist-timeout 600")
     _positive("checkpoint_every", t.checkpoint_every, "--checkpoint-every", allow_none=True)
     _positive("max_bad_steps", t.max_bad_steps, "--max-bad-steps")
     if t.sample_tokens < 0:

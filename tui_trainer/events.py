@@ -65,6 +65,7 @@ class StepEvent:
     skipped: bool = False  # non-finite loss or gradient: the update was not applied
     noise_scale: float | None = None  # smoothed B_simple in sequences (noise_scale.py); None until settled
     suggested_accum: int | None = None  # the accum whose effective batch is nearest the noise scale
+    world_size: int = 1  # processes that took this step together (torchrun); tokens and tokens/s are all of theirs
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,6 +27,10 @@ def exit_code_for(end) -> int:
 
 def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
     from .control import Control
+    from .distributed import placement_from_environment
+
+    if not placement_from_environment().is_main:
+        return run_worker(cfg, given, args)
 
     control = Control()
     # Handlers first: a signal while torch imports stops the run at its first micro-step; one
@@ -55,9 +59,30 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
     return exit_code_for(end)
 
 
+def run_worker(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
+    """A rank other than 0 (torchrun): the same training, silent; rank 0 owns the screen, the log
+    and the run dir. It speaks only when it ends in an error (rank 0 may be the one that died)."""
+    from .control import Control
+    from .distributed import placement_from_environment
+
+    control = Control()
+    with SignalStopper(control):
+        from .loop import Trainer
+
+        trainer = Trainer(cfg, None, control, resume=args.resume, overrides=given, overwrite=args.overwrite)
+        end = trainer.run()
+    if end.reason == "error":
+        say(f"error: rank {placement_from_environment().rank}: {end.message}")
+    return exit_code_for(end)
+
+
 def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
     from .control import Control
+    from .distributed import placement_from_environment
     from .ui.factory import create_app
+
+    if not placement_from_environment().is_main:
+        return run_worker(cfg, given, args)  # rank 0 alone runs the app
 
     control = Control()
     built: list = []  # the app, once set-up is done (the signal handler may run before)

@@ -36,6 +36,7 @@ class HeadlessLog:
         self.clock = clock
         self._last_progress = 0.0
         self._epochs = 0
+        self._processes = 1  # (RunStarted says how many)
         self._started = clock()
         self._elapsed_before = 0.0
         self._paused_since: float | None = None
@@ -105,7 +106,8 @@ class HeadlessLog:
                         f"precision={event.precision} "
                         f"params={event.parameters:,} vocab={event.vocab_size} "
                         f"train_examples={event.train_examples:,} val_examples={event.val_examples:,} "
-                        f"effective_batch={eff} ({event.micro_batch}x{event.accum})")
+                        f"effective_batch={eff} ({batch_product(event.micro_batch, event.accum, event.processes)})")
+            self._processes = event.processes
             for note in event.notes:
                 self._print(f"note: {note}")
         elif isinstance(event, StepEvent):
@@ -149,7 +151,7 @@ class HeadlessLog:
             lr = f"lr={self._lr:.2e} " if self._lr is not None else ""
             self._print(f"epoch {event.epoch}/{event.epochs} train_loss={event.train_loss:.4f} "
                         f"val_loss={event.val_loss:.4f} effective_batch={event.effective_batch} "
-                        f"({event.effective_batch // event.accum}x{event.accum}) "
+                        f"({batch_product(event.effective_batch // (event.accum * self._processes), event.accum, self._processes)}) "
                         f"tokens/s={event.tokens_per_s:,.0f} {lr}epoch_s={event.seconds:.1f} {self._times()} "
                         f"diagnosis={event.diagnosis}: {event.diagnosis_reason}")
             if event.noise_scale is not None:
@@ -189,3 +191,9 @@ class HeadlessLog:
             self._print(f"end reason={event.reason} epochs={event.epochs} steps={event.steps}{best}"
                         + (f": {event.message}" if event.message else ""))
 
+
+def batch_product(micro_batch: int, accum: int, processes: int) -> str:
+    """``16x8`` for one process (as it always read), ``micro-batch 8 x accum 4 x 2 processes`` for several."""
+    if processes == 1:
+        return f"{micro_batch}x{accum}"
+    return f"micro-batch {micro_batch} x accum {accum} x {processes} processes"

@@ -19,8 +19,9 @@ import traceback
 
 import torch
 
-from .accumulation import WindowAborted, accumulate_window
+from .accumulation import WindowAborted, accumulate_window, window_tokens
 from .data import epoch_examples, plan_windows, val_batch_limit, val_batches
+from .distributed import PeerLost, rank_share
 from .diagnosis import SchedulePosition, diagnose, step_verdict, val_rise_warning
 from .events import (AccumChangeApplied, DiagnosisEvent, EpochEvent, MicroStep, Notice, RunEnded, RunStarted,
                      StepEvent)
@@ -38,19 +39,25 @@ class Trainer(TrainingSession):
 
     def run(self) -> RunEnded:
         try:
-            self.open_control_socket()
+            if self.ranks.is_main:
+                self.open_control_socket()
             end = self._run()
         except BaseException as exc:  # a bug or OOM: record it, keep what the run dir has
             self.error = exc
             message = f"{type(exc).__name__}: {exc}"
-            try:
-                (self.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8", errors="replace")
-            except OSError:
-                pass  # a full disk must not hide the error itself
+            if isinstance(exc, PeerLost):
+                message = str(exc)
+            elif self.ranks.is_main:  # (rank 0 alone writes in the run dir)
+                try:
+                    (self.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8",
+                                                            errors="replace")
+                except OSError:
+                    pass  # a full disk must not hide the error itself
             end = self._end("error", message)
         finally:
             self.metrics.close()
             self.release_run_dir()
+            self.ranks.close()
         return end
 
     # -- the run: epochs ------------------------------------------------------------------------
@@ -58,7 +65,8 @@ class Trainer(TrainingSession):
     def _run(self) -> RunEnded:
         cfg, st = self.cfg, self.state
         self._session_started = time.monotonic()
-        per_epoch, effective = self.examples_per_epoch(), cfg.train.micro_batch * st.accum
+        world = self.ranks.world_size
+        per_epoch, effective = self.examples_per_epoch(), cfg.train.micro_batch * st.accum * world
         if effective > per_epoch:
             self.notes.append(f"an epoch holds {per_epoch:,} sequences, fewer than the effective batch of "
                               f"{effective:,}: each epoch is one optimizer step of {per_epoch:,}")
@@ -66,7 +74,7 @@ class Trainer(TrainingSession):
             run_dir=str(self.run_dir), device=str(self.device), threads=self.threads,
             parameters=self.model.num_parameters(), vocab_size=self.corpus.vocab.size,
             train_examples=self.examples_per_epoch(), val_examples=self.val_examples(), epochs=cfg.train.epochs,
-            micro_batch=cfg.train.micro_batch, accum=st.accum, processes=1, block_size=cfg.model.block_size,
+            micro_batch=cfg.train.micro_batch, accum=st.accum, processes=world, block_size=cfg.model.block_size,
             planned_tokens=self.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
             tokens_seen=st.tokens_seen, notes=tuple(self.notes), elapsed_before=st.elapsed_seconds,
             sample_tokens=cfg.train.sample_tokens, noise_scale=cfg.train.noise_scale,
@@ -101,7 +109,14 @@ class Trainer(TrainingSession):
         cfg, st = self.cfg, self.state
         order = epoch_examples(len(self.train_set), cfg.train.seed, st.epoch, cfg.train.micro_batch,
                                cfg.data.limit_train_batches).to(self.device)
-        windows = plan_windows(len(order), cfg.train.micro_batch, st.accum)
+        # The global windows: the same as one process accumulating accum x world micro-batches.
+        per_step = st.accum * self.ranks.world_size
+        windows = plan_windows(len(order), cfg.train.micro_batch, per_step)
+        starts = [w[0][0] for w in windows]
+        if 0 < st.example_cursor < len(order) and st.example_cursor not in starts:
+            # A resume with another world size: the windows go on from where the run stopped.
+            windows = ([w for w in windows if w[0][0] < st.example_cursor]
+                       + plan_windows(len(order), cfg.train.micro_batch, per_step, start=st.example_cursor))
         # The window that starts at the cursor (an epoch's last window may be short, so no division).
         first_window = next((i for i, w in enumerate(windows) if w[0][0] >= st.example_cursor), len(windows))
         for window_index in range(first_window, len(windows)):
@@ -112,8 +127,9 @@ class Trainer(TrainingSession):
 
     def _train_window(self, order: torch.Tensor, windows: list, window_index: int) -> RunEnded | None:
         """One window: accumulate its micro-batches, take the step, then save or stop if asked."""
-        cfg, st = self.cfg, self.state
-        micro_ranges = windows[window_index]
+        cfg, st, ranks = self.cfg, self.state, self.ranks
+        window = windows[window_index]  # every rank's micro-batches; this rank takes its share
+        micro_ranges = rank_share(window, ranks.rank, ranks.world_size)
         self._window_rng = capture_rng(self.device)
         step = st.step + 1
         started = time.perf_counter()
@@ -122,14 +138,21 @@ class Trainer(TrainingSession):
         def between(i: int) -> bool:
             self.sink.emit(MicroStep(epoch=st.epoch, step=step, micro_step=i + 1, micro_steps=len(micro_ranges),
                                      step_in_epoch=window_index + 1, steps_in_epoch=len(windows)))
+            if ranks.distributed:  # the ranks pause and stop together, at the step's end (_agree)
+                self._handle_commands()
+                return True
             keep_going = self._between_micro_steps(paused_seconds)
             # A stop after the window's last micro-step still takes the step (checked below).
             return keep_going or i + 1 == len(micro_ranges)
 
         self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_sync is not None:
+            self.grad_sync.start_window()
         try:
-            loss_total, tokens = accumulate_window(self.train_model, self.train_set, order, micro_ranges,
-                                                   self.autocast_dtype, between, self.increments)
+            loss_total, tokens = accumulate_window(
+                self.train_model, self.train_set, order, micro_ranges, self.autocast_dtype, between, self.increments,
+                total_tokens=window_tokens(window, cfg.model.block_size), empty_share=window[0],
+                no_sync=self.train_model.no_sync if ranks.distributed else None)
         except WindowAborted:
             # Stop mid-window: drop its partial gradient; the checkpoint resumes at its start.
             self.optimizer.zero_grad(set_to_none=True)
@@ -137,7 +160,7 @@ class Trainer(TrainingSession):
             return self._interrupted(saved, self._stop_point())
         if step in self.inject_nan_steps:
             loss_total = loss_total * float("nan")
-        lr, loss_sum, norm = self._optimizer_step(loss_total, tokens, micro_ranges)
+        lr, loss_sum, norm = self._optimizer_step(loss_total, tokens, window, micro_ranges)
         loss = loss_sum / tokens
         finite = math.isfinite(loss) and math.isfinite(norm)
         if finite:
@@ -149,16 +172,22 @@ class Trainer(TrainingSession):
             st.bad_steps_total += 1
         st.step = step
         st.tokens_seen += tokens
-        st.example_cursor = micro_ranges[-1][1]
+        st.example_cursor = window[-1][1]
         st.epoch_step_losses.append(loss)
         seconds = max(time.perf_counter() - started - paused_seconds[0], 1e-9)
         st.epoch_seconds += seconds
+        processes = ranks.world_size
         self.sink.emit(StepEvent(
             epoch=st.epoch, step=step, step_in_epoch=window_index + 1, steps_in_epoch=len(windows),
             micro_steps=len(micro_ranges), accum=st.accum, micro_batch=cfg.train.micro_batch,
-            effective_batch=micro_ranges[-1][1] - micro_ranges[0][0], tokens=tokens, loss=loss, lr=lr,
+            effective_batch=window[-1][1] - window[0][0], tokens=tokens, loss=loss, lr=lr,
             grad_norm=norm, tokens_seen=st.tokens_seen, tokens_per_s=tokens / seconds, skipped=not finite,
-            noise_scale=self.noise.noise_scale, suggested_accum=self.noise.suggestion(cfg.train.micro_batch)))
+            noise_scale=self.noise.noise_scale,
+            suggested_accum=self.noise.suggestion(cfg.train.micro_batch, processes), world_size=processes))
+        # Rank 0's decisions (a periodic save is one: its clock is rank 0's) reach every rank here.
+        if self._periodic_save_due() and st.bad_steps_in_row == 0:
+            self._save_requested = True
+        self._agree()
         self._auto_accum(window_index + 1, len(windows))
         self._check_step(loss, step)
         if not finite:
@@ -168,9 +197,11 @@ class Trainer(TrainingSession):
         self._sample_if_asked()
         # No periodic `latest` during a run of non-finite steps: it keeps pointing at the last good
         # step. An asked-for save (the app's `s`, a stop) still saves.
-        if self._save_requested or (self._periodic_save_due() and st.bad_steps_in_row == 0):
+        if self._save_requested:
             self._save_requested = False
             self.save("latest")
+        if ranks.distributed and self._paused:
+            self._wait_while_paused()
         if self.control.stop_requested:
             # No second save when this step's periodic one just wrote the same state.
             saved = self._latest_saved == (st.epoch, st.example_cursor, st.step) or self.save("latest")
@@ -179,37 +210,58 @@ class Trainer(TrainingSession):
 
     # -- a step: the window's gradient becomes one update ----------------------------------------
 
-    def _optimizer_step(self, loss_total: torch.Tensor, tokens: int,
+    def _optimizer_step(self, loss_total: torch.Tensor, tokens: int, window: list[tuple[int, int]],
                         micro_ranges: list[tuple[int, int]]) -> tuple[float, float, float]:
         """LR, clip, one host sync, and the update unless the loss or norm is not finite (then the
         noise-scale estimate takes in the window's norms). Returns (lr, summed loss of the window,
-        gradient norm before clipping)."""
+        gradient norm before clipping). ``window``: every rank's micro-batches; ``micro_ranges``:
+        this rank's (the same, for one process)."""
         # The LR of the tokens seen once this step is taken: the first step of a warm-up learns too.
         lr = self.lr_for(self.state.tokens_seen + tokens)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # Clip once per window, after accumulation; the norm is returned either way.
+        # Clip once per window, after accumulation (and the ranks' all-reduce: the same norm on each).
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        # The one host sync of the step: loss, gradient norm (and each micro-step's) together.
-        micro_sq_norms = self.increments.sq_norms if self.increments is not None else []
-        loss_sum, norm, *micro_sq = torch.stack(
-            [loss_total.float(), grad_norm.float(), *(n.float() for n in micro_sq_norms)]).tolist()
+        if self.ranks.distributed:
+            loss_total, part_sizes, part_sq_norms = self._sum_over_ranks(loss_total, window, micro_ranges)
+        else:  # the noise scale's small batches: the micro-batches
+            part_sizes = [stop - start for start, stop in micro_ranges]
+            part_sq_norms = self.increments.sq_norms if self.increments is not None else []
+        # The one host sync of the step: loss, gradient norm (and each part's norm) together.
+        loss_sum, norm, *part_sq = torch.stack(
+            [loss_total.float(), grad_norm.float(), *(n.float() for n in part_sq_norms)]).tolist()
         if math.isfinite(loss_sum / tokens) and math.isfinite(norm):
             self.optimizer.step()
-            if micro_sq:  # the window's norm before clipping, as the micro-steps' are
-                self.noise.update(WindowNorms.from_increments([stop - start for start, stop in micro_ranges],
-                                                              micro_sq, norm * norm))
+            if part_sq:  # the window's norm before clipping, as the parts' are
+                self.noise.update(WindowNorms.from_increments(part_sizes, part_sq, norm * norm))
                 self.state.noise_scale_state = self.noise.state_dict()
         self.optimizer.zero_grad(set_to_none=True)
         return lr, loss_sum, norm
+
+    def _sum_over_ranks(self, loss_total: torch.Tensor, window: list[tuple[int, int]],
+                        micro_ranges: list[tuple[int, int]]) -> tuple[torch.Tensor, list[int], list[torch.Tensor]]:
+        """Several processes: the window's summed loss over every rank (one small all-reduce), and
+        for the noise scale each rank's own gradient (its share of the window) as a small batch."""
+        ranks = self.ranks
+        world = ranks.world_size
+        sq_norms = torch.zeros(world, device=self.device)
+        measured = self.cfg.train.noise_scale and self.grad_sync.local_sq_norm is not None and micro_ranges
+        if measured:
+            sq_norms[ranks.rank] = self.grad_sync.local_sq_norm
+        summed = ranks.sum_(torch.cat([loss_total.float().reshape(1), sq_norms]))
+        sizes = [sum(stop - start for start, stop in rank_share(window, r, world)) for r in range(world)]
+        parts = [(size, summed[1 + r]) for r, size in enumerate(sizes) if size]
+        if not self.cfg.train.noise_scale or len(parts) < 2:
+            return summed[0], [], []  # one rank held the whole window: no second batch size
+        return summed[0], [size for size, _ in parts], [sq for _, sq in parts]
 
     def _auto_accum(self, step_in_epoch: int, steps_in_epoch: int) -> None:
         """--auto-accum: from the middle of an epoch, the settled suggestion becomes the pending change
         for the next one, once per epoch, exactly as a key press (so +/- can still override it).
         Never below 2: a window of one micro-batch measures nothing, and auto would stay stuck at 1."""
         st = self.state
-        suggestion = self.noise.suggestion(self.cfg.train.micro_batch)
+        suggestion = self.noise.suggestion(self.cfg.train.micro_batch, self.ranks.world_size)
         if (not self.cfg.train.auto_accum or suggestion is None or st.accum_decided_epoch == st.epoch
                 or st.epoch >= self.cfg.train.epochs or 2 * step_in_epoch < steps_in_epoch):
             return
@@ -251,7 +303,8 @@ class Trainer(TrainingSession):
 
     @torch.inference_mode()
     def evaluate(self) -> float:
-        """Token-weighted mean validation loss, in eval mode; back to train mode after."""
+        """Token-weighted mean validation loss, in eval mode; back to train mode after. Several
+        processes: each evaluates every world_size-th batch, and the sums are added up."""
         was_training = self.model.training
         self.model.eval()
         try:
@@ -259,12 +312,17 @@ class Trainer(TrainingSession):
             tokens = 0
             indices = torch.arange(len(self.val_set), device=self.device)
             batches = val_batches(len(self.val_set), self.cfg.train.micro_batch, val_batch_limit(self.cfg.data))
-            progress = ValidationProgressEmitter(self.sink, self.state.epoch, len(batches))
-            for done, (start, stop) in enumerate(batches, 1):
+            mine = rank_share(batches, self.ranks.rank, self.ranks.world_size)
+            progress = ValidationProgressEmitter(self.sink, self.state.epoch, len(mine))
+            for done, (start, stop) in enumerate(mine, 1):
                 inputs, targets = self.val_set.batch(indices[start:stop])
                 loss_sum += self.model.loss_sum(inputs, targets).float()
                 tokens += inputs.numel()
                 progress.batch_done(done)
+            if self.ranks.distributed:
+                summed = self.ranks.sum_(torch.stack([loss_sum.double(), torch.tensor(float(tokens), dtype=torch.float64,
+                                                                                      device=self.device)]))
+                return (summed[0] / summed[1]).item()
             return loss_sum.item() / tokens
         finally:
             self.model.train(was_training)
@@ -273,7 +331,8 @@ class Trainer(TrainingSession):
         cfg, st = self.cfg, self.state
         started = time.perf_counter()
         val_loss = self.evaluate()
-        sample = self.sampler.after_epoch(st.step)  # its own generator: the losses stay as they were
+        # Its own generator: the losses stay as they were. Rank 0's alone (it alone shows it).
+        sample = self.sampler.after_epoch(st.step) if self.ranks.is_main else None
         train_loss = st.epoch_loss_sum / st.epoch_tokens if st.epoch_tokens else float("nan")
         st.train_history.append(train_loss)
         st.val_history.append(val_loss)
@@ -289,13 +348,13 @@ class Trainer(TrainingSession):
         best = self.early_stopping
         self.sink.emit(EpochEvent(
             epoch=epoch_done, epochs=cfg.train.epochs, train_loss=train_loss, val_loss=val_loss, accum=st.accum,
-            effective_batch=cfg.train.micro_batch * st.accum, tokens_seen=st.tokens_seen,
+            effective_batch=cfg.train.micro_batch * st.accum * self.ranks.world_size, tokens_seen=st.tokens_seen,
             seconds=st.epoch_seconds + (time.perf_counter() - started), diagnosis=verdict.kind,
             diagnosis_reason=verdict.reason, remedy=verdict.remedy, val_rise_warning=warning,
             best_val_loss=best.best if best.best_epoch else None, best_epoch=best.best_epoch,
             epochs_without_improvement=best.epochs_without_improvement,
             tokens_per_s=st.epoch_tokens / st.epoch_seconds if st.epoch_seconds else 0.0, sample=sample,
-            noise_scale=self.noise.noise_scale, suggested_accum=self.noise.suggestion(cfg.train.micro_batch)))
+            noise_scale=self.noise.noise_scale, suggested_accum=self.noise.suggestion(cfg.train.micro_batch, self.ranks.world_size)))
         # The next epoch starts clean; a checkpoint taken now resumes there.
         st.epoch += 1
         st.example_cursor = 0
@@ -311,6 +370,7 @@ class Trainer(TrainingSession):
             # not pair the best epoch's weights with a later epoch's optimizer and position).
             return self._end_with_the_run_saved("early_stop", stop_reason, then=self._restore_best)
         saved = self.save("latest")
+        self._agree()  # (a stop, or an accum change, during validation or the save: every rank sees it)
         # A stop during the last epoch's validation or save: nothing is left to interrupt, the run
         # completes (a stop that ended it as "interrupted" left a run no resume could finish).
         if self.control.stop_requested and st.epoch <= cfg.train.epochs:

@@ -44,12 +44,14 @@ def pick_device(name: str) -> torch.device:
     raise UserError(f"unsupported device '{name}'", "use --device auto, cpu, cuda, cuda:N or mps")
 
 
-def choose_threads(requested: int | None, for_ui: bool) -> int:
+def choose_threads(requested: int | None, for_ui: bool, processes_here: int = 1) -> int:
     """CPU threads for torch: all cores headless; with the app on a machine of 4+ cores,
-    one core is left for the UI (on 2 cores the UI's share is too small to pay for a core)."""
+    one core is left for the UI (on 2 cores the UI's share is too small to pay for a core).
+    ``processes_here`` ranks on this machine share its cores evenly."""
     if requested:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = max(1, cores // max(1, processes_here))
     return max(1, cores - 1) if for_ui and cores >= 4 else max(1, cores)
 
 

@@ -8,6 +8,7 @@ ends. No Textual import, ever.
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from .metrics import MetricsWriter
 from .accumulation import GradientIncrements
 from .model import GPT, make_optimizer
 from .noise_scale import NoiseScaleEstimator
+from .distributed import PeerLost, Ranks, choose_backend, placement_from_environment, rank_device, wrap_model
 from .runtime import capture_rng, choose_threads, pick_device, restore_rng
 from .sampling import LiveSampler
 from .schedule import lr_at
@@ -51,21 +53,67 @@ class TrainingSession:
         self.for_ui = for_ui  # someone can press `s` to retry a failed final save
         self.inject_nan_steps = inject_nan_steps  # test hook: poison these steps' loss with NaN
         self.notes: list[str] = []
+        self._overwrite = overwrite
+        placement = placement_from_environment()  # torchrun's RANK/WORLD_SIZE; none = one process
+        made: list[Path] = []  # the folders a new run made (removed again if its set-up fails)
         self._outstanding_end: str | None = None  # a resumed run that finished but never recorded its end
         resume_state = None
         self._control_server = None  # commands from viewers, while run() runs
         self.run_lock = None  # the run dir's one-writer lock (run_lock.py), from prepare_run_dir to the end
         if resume is not None:
-            rd.refuse_a_run_dir_in_use(resume)  # before its checkpoint is read: a live run is not resumed
+            if placement.is_main:  # (the others: rank 0 holds the lock by the time they look)
+                rd.refuse_a_run_dir_in_use(resume)  # before its checkpoint is read: a live run is not resumed
             resume_state = rd.load_resumable(resume)
             check_contents(resume_state, ckpt.checkpoint_path(resume), LoopState)
             cfg = rd.merge_resume_config(resume_state, overrides or {}, Path(resume), self.notes)
             validate(cfg)  # the flags first: `--epochs 0` is bad input, not "finished 0 epochs"
             self._outstanding_end = rd.refuse_or_finish(resume_state, cfg, Path(resume))
         self.cfg = cfg = validate(cfg)
-        self.device = pick_device(cfg.train.device)
-        self.threads = choose_threads(cfg.train.threads, for_ui)
+        device = pick_device(cfg.train.device)
+        self.ranks = Ranks(placement, choose_backend(cfg.train.backend, device) if placement.distributed else "",
+                           rank_device(device, placement), cfg.train.dist_timeout)
+        self.device = self.ranks.device
+        self.threads = choose_threads(cfg.train.threads, for_ui, placement.local_world_size)
         torch.set_num_threads(self.threads)
+        self.ranks.start()  # (one process: nothing)
+        try:
+            # Rank 0 prepares the data (a first run tokenizes and caches it) and the run dir; the
+            # others wait for its verdict, then map the cache it made and touch no file.
+            if placement.is_main:
+                try:
+                    self._prepare(cfg, resume_state, resume, overrides, data_progress)
+                    self.cfg = cfg = self.cfg
+                    self.run_dir = rd.prepare_run_dir(self.cfg, resume, overwrite, self.notes, made,
+                                                      take_lock=self._take_lock)
+                except BaseException as exc:
+                    self.ranks.broadcast(("failed", *_user_error_parts(exc)))
+                    raise
+                self.ranks.broadcast(("ready", str(self.run_dir)))
+            else:
+                verdict = self.ranks.broadcast(None)
+                if verdict[0] == "failed":
+                    raise UserError(*verdict[1:]) if verdict[1] else PeerLost("rank 0 could not set up the run")
+                self.run_dir = Path(verdict[1])
+                self._prepare(cfg, resume_state, resume, overrides, None)
+            try:
+                self._build(sink, resume_state, overrides)
+            finally:
+                failed = sum(self.ranks.agree([1.0 if sys.exc_info()[0] is not None else 0.0]))
+            if failed:
+                raise PeerLost(f"{failed:g} of the {self.ranks.world_size} processes could not set up the run")
+            self.train_model, self.grad_sync = wrap_model(self.model, self.ranks)
+            self.train_model = torch.compile(self.train_model) if cfg.train.compile else self.train_model
+        except BaseException:
+            if placement.is_main and resume is None and getattr(self, "run_dir", None) is not None:
+                self.release_run_dir()  # nothing left behind: a new run whose set-up failed goes again
+                rd.remove_new_run(self.run_dir, made)
+            self.ranks.close()
+            raise
+
+    def _prepare(self, cfg: RunConfig, resume_state: dict | None, resume: str | Path | None,
+                 overrides: dict[str, Any] | None, data_progress: ProgressFn | None) -> None:
+        """The data (tokenized, or mapped from the token cache), the precision, and the checks that
+        need them: every rank does this; rank 0 first (it may build the cache)."""
         # A resumed BPE run encodes with the tokenizer in its run dir, never a new one.
         resumed_tokenizer = tokenizer_from_record(resume_state, resume) if resume_state is not None else None
         try:
@@ -88,18 +136,17 @@ class TrainingSession:
             raise UserError(f"--micro-batch {cfg.train.micro_batch} is more than the {train_windows:,} training "
                             f"sequences of {cfg.model.block_size} tokens this data holds",
                             f"use --micro-batch {train_windows} or less (and --accum for a larger effective batch)")
+        world = self.ranks.world_size
+        per_epoch = min(train_windows, (cfg.data.limit_train_batches or train_windows) * cfg.train.micro_batch)
+        micro_batches = -(-per_epoch // cfg.train.micro_batch)
+        if micro_batches < world:
+            raise UserError(f"an epoch holds {micro_batches} micro-batch{'es' if micro_batches != 1 else ''} of "
+                            f"{cfg.train.micro_batch}, fewer than the {world} processes: each needs at least one",
+                            f"use {micro_batches} process{'es' if micro_batches != 1 else ''} or fewer, "
+                            f"or a smaller --micro-batch")
         check_fits(cfg, self.device, train_windows=train_windows, autocast_bf16=self.autocast_dtype is not None)
-        if resume is None and self.corpus.vocab.kind == "bpe" and cfg.run_dir:
-            rd.refuse_a_foreign_tokenizer_file(Path(cfg.run_dir), overwrite)
-        made: list[Path] = []
-        self.run_dir = rd.prepare_run_dir(cfg, resume, overwrite, self.notes, made, take_lock=self._take_lock)
-        try:
-            self._build(sink, resume_state, overrides)
-        except BaseException:
-            if resume is None:  # nothing left behind: a new run whose set-up failed goes again
-                self.release_run_dir()
-                rd.remove_new_run(self.run_dir, made)
-            raise
+        if resume is None and self.corpus.vocab.kind == "bpe" and cfg.run_dir and self.ranks.is_main:
+            rd.refuse_a_foreign_tokenizer_file(Path(cfg.run_dir), self._overwrite)
 
     def _build(self, sink: Sink | None, resume_state: dict | None, overrides: dict[str, Any] | None) -> None:
         """Model, optimizer, data sets, loop state, config.json and metrics: the set-up that writes."""
@@ -108,15 +155,19 @@ class TrainingSession:
             torch.set_float32_matmul_precision("high")
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
-        self.model = GPT(cfg.model).to(self.device)
-        self.train_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.model = GPT(cfg.model).to(self.device)  # the same weights on every rank (DDP checks)
+        if self.ranks.rank:  # each rank its own dropout masks (rank 0 draws what one process draws)
+            torch.manual_seed(cfg.train.seed + 7919 * self.ranks.rank)
+            random.seed(cfg.train.seed + 7919 * self.ranks.rank)
         self.optimizer = make_optimizer(self.model, cfg.optim.lr, cfg.optim.weight_decay,
                                         (cfg.optim.beta1, cfg.optim.beta2), self.device.type)
         self.train_set = WindowDataset(self.corpus.train_tokens, cfg.model.block_size, self.device)
         self.val_set = WindowDataset(self.corpus.val_tokens, cfg.model.block_size, self.device)
         self.early_stopping = EarlyStopping(cfg.train.patience, cfg.train.min_delta)
         # The gradient noise scale: one more copy of the gradients; off = exactly the plain loop.
-        self.increments = GradientIncrements(self.model.parameters()) if cfg.train.noise_scale else None
+        # (Several processes measure each rank's gradient instead: distributed.SummedGradients.)
+        self.increments = (GradientIncrements(self.model.parameters())
+                           if cfg.train.noise_scale and not self.ranks.distributed else None)
         self.noise = NoiseScaleEstimator()
         self.state = LoopState(accum=cfg.train.accum)
         self._resume_accum: int | None = None  # --accum given with --resume: a change at the next epoch boundary
@@ -127,8 +178,11 @@ class TrainingSession:
             self._resume_accum = rd.accum_given_with_resume(self.state, (overrides or {}).get("train.accum"),
                                                             cfg.train.epochs, self.notes)
         # config.json is the resolved config: a resume rewrites it with what it merged (and recreates it).
-        rd.write_config(self.run_dir, self.cfg, self.corpus, self.device, self.threads, self.precision)
-        self.metrics = MetricsWriter(self.run_dir)
+        # Rank 0 alone writes; the other ranks' events go nowhere.
+        if self.ranks.is_main:
+            rd.write_config(self.run_dir, self.cfg, self.corpus, self.device, self.threads, self.precision,
+                            self.ranks.world_size)
+        self.metrics = MetricsWriter(self.run_dir) if self.ranks.is_main else NoMetrics()
         self.sink = FanOut(self.metrics, sink)
         self._paused = False
         self._save_requested = False
@@ -176,12 +230,27 @@ class TrainingSession:
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.state = LoopState(**state["loop"])
         self.state.finished = None
-        restore_rng(state["rng"], self.device)
-        rd.trim_metrics_after(self.run_dir, self.state.step, len(self.state.val_history))
+        self._restore_rank_rng(state)
+        if self.ranks.is_main:  # (rank 0 alone writes in the run dir)
+            rd.trim_metrics_after(self.run_dir, self.state.step, len(self.state.val_history))
         self.notes.append(f"resumed at epoch {self.state.epoch}, step {self.state.step}")
         pending = rd.pending_accum_note(self.state)
         if pending:
             self.notes.append(pending)
+
+    def _restore_rank_rng(self, state: dict) -> None:
+        """Each rank's own RNG state when the world size is the one the checkpoint was saved with
+        (bit-exact); otherwise rank 0 takes the saved one and the others their fresh seeds."""
+        saved_world = int(state.get("world_size", 1))
+        world = self.ranks.world_size
+        if saved_world == world:
+            restore_rng(state["rng_ranks"][self.ranks.rank] if world > 1 else state["rng"], self.device)
+            return
+        if self.ranks.is_main:
+            restore_rng(state["rng"], self.device)
+        self.notes.append(f"saved with {_processes(saved_world)}, resumed with {_processes(world)}: the same "
+                          f"position and data order, the effective batch now micro-batch x accum x {world}; "
+                          f"no longer bit-exact with an unbroken run")
 
     # -- derived figures ------------------------------------------------------------------------
 
@@ -204,7 +273,8 @@ class TrainingSession:
         if explicit is not None:
             return explicit
         planned = self.planned_tokens()
-        ten_steps = 10 * self.cfg.train.micro_batch * self.cfg.train.accum * self.cfg.model.block_size
+        ten_steps = (10 * self.cfg.train.micro_batch * self.cfg.train.accum * self.ranks.world_size
+                     * self.cfg.model.block_size)
         return int(min(max(0.05 * planned, ten_steps), 0.2 * planned))
 
     def lr_for(self, tokens_seen: int) -> float:
@@ -213,7 +283,11 @@ class TrainingSession:
 
     # -- checkpoints ----------------------------------------------------------------------------
 
-    def checkpoint_state(self, rng: dict[str, Any] | None = None) -> dict[str, Any]:
+    def checkpoint_state(self, rng: dict[str, Any] | None = None,
+                         rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything a resume needs. ``rank_rngs``: every rank's RNG state (several processes)."""
+        rng = rng if rng is not None else capture_rng(self.device)
+        extra = {"rng_ranks": rank_rngs} if rank_rngs is not None and len(rank_rngs) > 1 else {}
         return {
             "format_version": ckpt.FORMAT_VERSION,
             "model": self.model.state_dict(),
@@ -221,7 +295,9 @@ class TrainingSession:
             "early_stopping": self.early_stopping.state_dict(),
             "loop": {**asdict(self.state), "elapsed_seconds": self.elapsed_seconds(),
                      "last_verdict": self.last_diagnosis.to_state() if self.last_diagnosis else None},
-            "rng": rng if rng is not None else capture_rng(self.device),
+            "rng": rank_rngs[0] if extra else rng,
+            **extra,
+            "world_size": self.ranks.world_size,
             "config": self.cfg.to_dict(),
             "vocab": rd.vocab_record(self.corpus.vocab),
             "tokenizer": self.corpus.vocab.record(),
@@ -236,23 +312,36 @@ class TrainingSession:
         return self.state.elapsed_seconds + time.monotonic() - self._session_started
 
     def save(self, kind: str, rng: dict[str, Any] | None = None) -> bool:
+        """Write a checkpoint (rank 0; with several processes every rank calls this at the same
+        point, sends its RNG state, and gets rank 0's outcome)."""
+        rank_rngs = self.ranks.gather(capture_rng(self.device)) if self.ranks.distributed else None
+        if self.ranks.is_main:
+            saved = self._write_checkpoint(kind, rng, rank_rngs)
+        else:
+            saved = False
+        saved = bool(self.ranks.broadcast(saved)) if self.ranks.distributed else saved
+        if saved:
+            self._last_save_time = time.monotonic()
+            if kind == "latest":
+                self._latest_saved = (self.state.epoch, self.state.example_cursor, self.state.step)
+        return saved
+
+    def _write_checkpoint(self, kind: str, rng: dict[str, Any] | None,
+                          rank_rngs: list[dict[str, Any]] | None) -> bool:
         path = ckpt.checkpoint_path(self.run_dir, kind)
         try:
-            seconds = ckpt.save_atomic(self.checkpoint_state(rng), path)
+            seconds = ckpt.save_atomic(self.checkpoint_state(rng, rank_rngs), path)
         except ckpt.CheckpointWriteError as exc:
             self._save_error = str(exc.__cause__.strerror if isinstance(exc.__cause__, OSError) else exc)
             self.sink.emit(CheckpointFailed(kind=kind, message=str(exc)))
             return False
-        self._last_save_time = time.monotonic()
-        if kind == "latest":
-            self._latest_saved = (self.state.epoch, self.state.example_cursor, self.state.step)
         self.sink.emit(CheckpointSaved(kind=kind, path=str(path), step=self.state.step, epoch=self.state.epoch,
                                        seconds=seconds))
         return True
 
     def _restore_best(self) -> None:
         path = ckpt.checkpoint_path(self.run_dir, "best")
-        if path.exists():
+        if self.ranks.is_main and path.exists():  # (the weights rank 0 keeps: the others end now)
             state = torch.load(path, map_location=self.device, weights_only=True)
             self.model.load_state_dict(state["model"])
 
@@ -303,6 +392,43 @@ class TrainingSession:
             paused_seconds[0] += time.perf_counter() - started
         return not self.control.stop_requested
 
+    def _agree(self) -> None:
+        """Several processes, at a step boundary: every rank takes rank 0's decisions (pause, save, a
+        pending accumulation change, --auto-accum's epoch) and a stop any rank was asked for (a
+        signal reaches each rank on its own), with one exit signal for all. One process: nothing."""
+        if not self.ranks.distributed:
+            return
+        st, world, rank, main = self.state, self.ranks.world_size, self.ranks.rank, self.ranks.is_main
+        signals = [0.0] * world
+        signals[rank] = float(self.control.stop_signal or 0) if self.control.stop_requested else 0.0
+        mine = [float(self._paused), float(self._save_requested), float(st.pending_accum or 0),
+                float(st.pending_accum_epoch or 0), float(st.accum_decided_epoch or 0)]
+        agreed = self.ranks.agree([float(self.control.stop_requested), *signals, *(mine if main else [0.0] * 5)])
+        stop, signals, decided = agreed[0], agreed[1:world + 1], agreed[world + 1:]
+        if stop:
+            self.control.stop_reason = self.control.stop_reason or "interrupted"
+            self.control.stop_signal = next((int(s) for s in signals if s), None)
+        if not main:
+            self._paused, self._save_requested = bool(decided[0]), bool(decided[1])
+            st.pending_accum = int(decided[2]) or None
+            st.pending_accum_epoch = int(decided[3]) or None
+            st.accum_decided_epoch = int(decided[4])
+
+    def _wait_while_paused(self) -> float:
+        """Several processes: a pause (decided on rank 0) holds every rank at the step boundary,
+        agreeing every 0.2 s so that no collective waits long; `s` saves, `g` samples, meanwhile.
+        Returns the seconds paused."""
+        started = time.perf_counter()
+        while self._paused and not self.control.stop_requested:
+            if self.ranks.is_main:
+                self._handle_commands(wait=0.2)
+                self._sample_if_asked()
+            self._agree()
+            if self._save_requested:
+                self._save_requested = False
+                self.save("latest")
+        return time.perf_counter() - started
+
     def _sample_if_asked(self) -> None:
         """A `g` seen since the last step: a sample from the weights as they are (own generator,
         eval mode and back: the training that follows is unchanged)."""
@@ -340,7 +466,7 @@ class TrainingSession:
         whose final checkpoint is still not on disk ends as an error, so a script notices."""
         st = self.state
         saved = self._latest_saved == (st.epoch, st.example_cursor, st.step)
-        if not saved and self.for_ui:
+        if not saved and self.for_ui and not self.ranks.distributed:  # (the other ranks have ended)
             self.sink.emit(Notice(message=f"the final checkpoint could not be saved ({self._save_error}): "
                                           "free some space and press s to retry, or q to leave without it",
                                   level="error"))
@@ -366,3 +492,26 @@ class TrainingSession:
                     f"the previous checkpoint (step {self._latest_saved[2]}) is intact")
         return self._end("interrupted", f"stopped {where}, but the checkpoint could not be saved "
                                         f"({self._save_error}); {previous}")
+
+
+class NoMetrics:
+    """The metrics sink of a rank other than 0: rank 0 alone writes the run's records."""
+
+    write_error = None
+
+    def emit(self, event: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" + ("es" if n != 1 else "")
+
+
+def _user_error_parts(exc: BaseException) -> tuple[str, str]:
+    """(message, hint) of a UserError for the other ranks to raise too; ("", "") for anything else."""
+    if isinstance(exc, UserError):
+        return exc.message, exc.hint
+    return "", ""

@@ -46,15 +46,16 @@ class BatchPanel(Panel):
             return text
         mb, accum, eff, tokens = (str(view.micro_batch), str(view.accum), f"{view.effective_batch:,}",
                                   f"{view.tokens_per_step:,}")
-        processes = f"{view.processes} process" + ("es" if view.processes != 1 else "")
+        # One process keeps its old aside, "(x 1 process)"; several are a factor like the others.
+        processes = (" (x 1 process)" if view.processes == 1 else f" x {view.processes} processes")
         # (text, is a number) pieces: the long form if it fits, then shorter ones; "effective batch"
         # stays in every form (it is the word the help and the seed use).
         product = [("effective batch ", 0), (eff, 1), (" = micro-batch ", 0), (mb, 1), (" x accum ", 0),
-                   (accum, 1), (f" (x {processes})", 0)]
+                   (accum, 1), (processes, 0)]
         two_lines = [("effective batch ", 0), (eff, 1), (" = ", 0), (tokens, 1), (" tokens per step", 0),
-                     ("\n= micro-batch ", 0), (mb, 1), (" x accum ", 0), (accum, 1), (f" (x {processes})", 0)]
+                     ("\n= micro-batch ", 0), (mb, 1), (" x accum ", 0), (accum, 1), (processes, 0)]
         short = [("effective batch ", 0), (eff, 1), (" = ", 0), (mb, 1), (" x ", 0), (accum, 1),
-                 (f" (x{view.processes})", 0)]
+                 (" (x1)" if view.processes == 1 else f" x {view.processes}", 0)]
         forms = [product + [(" = ", 0), (tokens, 1), (" tokens per step", 0)],
                  product + [(" = ", 0), (tokens, 1), (" tokens/step", 0)], product]
         if self.app.size.height >= 30:  # rows are dear on a short terminal

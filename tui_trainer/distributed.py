@@ -1,0 +1,260 @@
+"""Several processes, one run: torch.distributed + DistributedDataParallel, launched by torchrun.
+
+``Ranks.from_environment()`` reads what torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE); one process without torchrun is ``world_size == 1`` and every collective here
+is a no-op, so the one-process loop is the plain loop it always was.
+
+What the ranks share, and how:
+
+- gradients: DDP, with a *sum* all-reduce hook (``SummedGradients``): every rank already divides
+  its micro-batches' losses by the token count of the *global* window (accumulation.py), so the
+  sum over ranks is one big batch's gradient; DDP's default hook would divide by the world size
+  again. The hook also measures the rank's own accumulated gradient before the sum (for the
+  gradient-noise-scale estimate) and counts the all-reduces (benchmarks/scaling.py).
+- numbers every rank needs (the window's loss, validation sums): ``sum_`` of a small tensor.
+- decisions (stop, pause, save, an accumulation change): taken on rank 0, ``agree``d once per step
+  over a gloo group on the CPU (the same group as the gradients on CPU; its own with NCCL).
+- checkpoints: rank 0 writes; every rank's RNG state travels to it with ``gather``.
+
+A collective that fails (a rank died: gloo sees the closed connection at once) or times out
+(``--dist-timeout``: a rank that hangs) raises ``PeerLost``: one clear line, never a hang.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .errors import UserError
+
+DEFAULT_TIMEOUT_S = 600.0  # a collective waits this long for a rank before the run ends with an error
+
+
+class PeerLost(RuntimeError):
+    """A collective failed or timed out: another process of the run died or stopped answering."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this process sits among the run's processes (torchrun's environment)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def placement_from_environment(environ: dict[str, str] | None = None) -> Placement:
+    """RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE as torchrun sets them; none of them = one process."""
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in env and "RANK" not in env:
+        return Placement()
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local_rank = int(env.get("LOCAL_RANK", str(rank)))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+    except ValueError:
+        raise UserError("RANK/WORLD_SIZE/LOCAL_RANK in the environment are not whole numbers",
+                        "launch with torchrun (or unset them for one process)") from None
+    if world < 1 or not 0 <= rank < world or not 0 <= local_rank < local_world:
+        raise UserError(f"the environment says rank {rank} of {world} processes (local rank {local_rank} of "
+                        f"{local_world}), which cannot be", "launch with torchrun (or unset them for one process)")
+    return Placement(rank, world, local_rank, local_world)
+
+
+def choose_backend(requested: str, device: torch.device) -> str:
+    """``auto`` = nccl on CUDA, gloo on the CPU; nccl needs CUDA."""
+    requested = (requested or "auto").strip().lower()
+    if requested not in ("auto", "gloo", "nccl"):
+        raise UserError(f"unknown --backend '{requested}'", "use --backend auto, gloo or nccl")
+    if requested == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if requested == "nccl" and device.type != "cuda":
+        raise UserError("--backend nccl needs CUDA devices, and this run trains on the "
+                        f"{device.type.upper()}", "use --backend gloo (or auto) on the CPU")
+    return requested
+
+
+def rank_device(device: torch.device, placement: Placement) -> torch.device:
+    """One GPU per local rank; the CPU is shared."""
+    if device.type == "cuda" and placement.distributed:
+        count = torch.cuda.device_count()
+        if placement.local_world_size > count:  # (checked on every rank: rank 0 says it)
+            raise UserError(f"{placement.local_world_size} processes on this machine, one GPU each, but it has "
+                            f"{count} GPU{'s' if count != 1 else ''}", f"use --nproc-per-node {count} or fewer")
+        return torch.device("cuda", placement.local_rank)
+    return device
+
+
+class Ranks:
+    """The run's processes, as the loop talks to them. ``Ranks()`` is one process (no-ops)."""
+
+    def __init__(self, placement: Placement | None = None, backend: str = "gloo",
+                 device: torch.device | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.placement = placement or Placement()
+        self.backend = backend
+        self.device = device or torch.device("cpu")
+        self.timeout_s = timeout_s
+        self._control_group = None  # gloo, for the CPU-side agreements (the default group on CPU)
+        self._started = False
+
+    @property
+    def rank(self) -> int:
+        return self.placement.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.placement.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.placement.is_main
+
+    @property
+    def distributed(self) -> bool:
+        return self.placement.distributed
+
+    # -- the process group's life ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Join the others (torchrun's env:// rendezvous). No-op for one process."""
+        if not self.distributed or self._started:
+            return
+        import torch.distributed as dist
+
+        timeout = datetime.timedelta(seconds=self.timeout_s)
+        kwargs: dict[str, Any] = {}
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            kwargs["device_id"] = self.device
+        try:
+            dist.init_process_group(self.backend, timeout=timeout, **kwargs)
+            self._control_group = dist.new_group(backend="gloo", timeout=timeout) if self.backend != "gloo" else None
+        except Exception as exc:  # (DistNetworkError, RuntimeError, ValueError: a bad rendezvous)
+            raise PeerLost(f"could not join the other processes: {_first_line(exc)}") from None
+        self._started = True
+
+    def close(self) -> None:
+        if self._started:
+            import torch.distributed as dist
+
+            try:
+                dist.destroy_process_group()
+            except Exception:  # a group whose peers are gone: nothing left to tidy
+                pass
+            self._started = False
+
+    # -- collectives (each a no-op for one process) ---------------------------------------------
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All-reduce ``tensor`` in place (sum) on the training device; returns it."""
+        if self._started:
+            import torch.distributed as dist
+
+            self._call(dist.all_reduce, tensor)
+        return tensor
+
+    def agree(self, values: Sequence[float]) -> list[float]:
+        """The element-wise sum of every rank's ``values`` (float64, on the CPU): rank 0 fills the
+        slots it decides, the others leave them 0, so every rank reads rank 0's decision; a slot
+        every rank fills (a stop) reads as "any rank"."""
+        if not self._started:
+            return [float(v) for v in values]
+        import torch.distributed as dist
+
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        self._call(dist.all_reduce, tensor, group=self._control_group)
+        return tensor.tolist()
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0 (a list by rank); None elsewhere."""
+        if not self._started:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size if self.is_main else None
+        self._call(dist.gather_object, obj, out, dst=0, group=self._control_group)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self._started:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj if self.is_main else None]
+        self._call(dist.broadcast_object_list, box, src=0, group=self._control_group)
+        return box[0]
+
+    def _call(self, collective, *args, **kwargs) -> None:
+        try:
+            collective(*args, **kwargs)
+        except Exception as exc:  # gloo: "Connection closed by peer", a timeout; NCCL: DistBackendError
+            raise PeerLost(f"rank {self.rank} lost the other processes ({_first_line(exc)}): "
+                           f"another process of the run died or stopped answering") from None
+
+
+class SummedGradients:
+    """DDP's gradient all-reduce as a *sum* (the losses are already weighted by the global window's
+    tokens), measuring on the way the squared norm of this rank's own accumulated gradient (before
+    the sum) and counting the all-reduces, for the noise scale and the scaling benchmark."""
+
+    def __init__(self) -> None:
+        self.local_sq_norm: torch.Tensor | None = None  # this window's, summed over the buckets
+        self.allreduces = 0  # every bucket's all-reduce since the count was last reset
+        self.buckets = 0
+
+    def start_window(self) -> None:
+        self.local_sq_norm = None
+
+    def measure(self, bucket) -> None:
+        sq = bucket.buffer().float().square().sum()
+        self.local_sq_norm = sq if self.local_sq_norm is None else self.local_sq_norm + sq
+        self.allreduces += 1
+        self.buckets = max(self.buckets, bucket.index() + 1)
+
+
+def summed_allreduce_hook(state: SummedGradients, bucket):  # (DDP's comm-hook signature) -> Future[Tensor]
+    """DDP's default hook without its division by the world size."""
+    import torch.distributed as dist
+
+    state.measure(bucket)
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
+def wrap_model(model: torch.nn.Module, ranks: Ranks) -> tuple[torch.nn.Module, SummedGradients | None]:
+    """The model the training steps call: itself for one process, else DDP with the sum hook."""
+    if not ranks.distributed:
+        return model, None
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
+    # (The GPT has no buffers to keep in step; its weights are broadcast from rank 0 here.)
+    ddp = DistributedDataParallel(model, device_ids=device_ids)
+    measured = SummedGradients()
+    ddp.register_comm_hook(measured, summed_allreduce_hook)
+    return ddp, measured
+
+
+def rank_share(micro_ranges: Sequence[tuple[int, int]], rank: int, world_size: int) -> list[tuple[int, int]]:
+    """This rank's micro-batches of a global window: every ``world_size``-th, from the ``rank``-th,
+    so that a short window at an epoch's end is spread as evenly as it can be."""
+    return list(micro_ranges[rank::world_size])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
