@@ -19,8 +19,7 @@ from . import __version__
 from .config import RunConfig
 from .config_file import load_toml, require_data_file
 from .console import DetachableStream, say  # noqa: F401  (DetachableStream: its old home, for imports)
-from .distributed import PeerLost
-from .errors import UserError
+from .errors import PeerLost, UserError
 from .faces import exit_code_for, run_app, run_headless  # noqa: F401  (exit_code_for: used by tests too)
 from .sample_command import add_sample_arguments, run_sample
 from .presets import QUICK, with_preset
@@ -348,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + (exc.args[0] if exc.args and exc.args[0] else 2)
     except PeerLost as exc:  # several processes: one died or hung during set-up
         say(f"error: {exc}")
+        from .faces import exit_now
+
+        exit_now(1)  # (the process group is abandoned: no tearing it down)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -25,17 +25,14 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
+from .errors import PeerLost, UserError
 
-from .errors import UserError
+if TYPE_CHECKING:  # (torch is imported where it is used: the CLI starts without it)
+    import torch
 
 DEFAULT_TIMEOUT_S = 600.0  # a collective waits this long for a rank before the run ends with an error
-
-
-class PeerLost(RuntimeError):
-    """A collective failed or timed out: another process of the run died or stopped answering."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +87,8 @@ def choose_backend(requested: str, device: torch.device) -> str:
 
 def rank_device(device: torch.device, placement: Placement) -> torch.device:
     """One GPU per local rank; the CPU is shared."""
+    import torch
+
     if device.type == "cuda" and placement.distributed:
         count = torch.cuda.device_count()
         if placement.local_world_size > count:  # (checked on every rank: rank 0 says it)
@@ -104,12 +103,15 @@ class Ranks:
 
     def __init__(self, placement: Placement | None = None, backend: str = "gloo",
                  device: torch.device | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        import torch
+
         self.placement = placement or Placement()
         self.backend = backend
         self.device = device or torch.device("cpu")
         self.timeout_s = timeout_s
         self._control_group = None  # gloo, for the CPU-side agreements (the default group on CPU)
         self._started = False
+        self.abandoned = False  # left without tearing the group down (see close)
 
     @property
     def rank(self) -> int:
@@ -133,6 +135,7 @@ class Ranks:
         """Join the others (torchrun's env:// rendezvous). No-op for one process."""
         if not self.distributed or self._started:
             return
+        import torch
         import torch.distributed as dist
 
         timeout = datetime.timedelta(seconds=self.timeout_s)
@@ -147,15 +150,26 @@ class Ranks:
             raise PeerLost(f"could not join the other processes: {_first_line(exc)}") from None
         self._started = True
 
-    def close(self) -> None:
-        if self._started:
-            import torch.distributed as dist
+    def close(self, clean: bool = True) -> None:
+        """Leave the group (the DDP model freed first: loop.py). ``clean``: every rank ended at the
+        same point (an agreed end): a barrier first lets gloo's thread finish with the last
+        collective (its clean-up needs the GIL, which tearing the group down holds), then the group
+        goes. Not clean (a
+        peer lost, an exception): the group is left as it is (``abandoned``) and the process should
+        end with ``os._exit`` once its files are closed (faces.py), never waiting on a dead peer."""
+        if not self._started:
+            return
+        self._started = False
+        if not clean:
+            self.abandoned = True
+            return
+        import torch.distributed as dist
 
-            try:
-                dist.destroy_process_group()
-            except Exception:  # a group whose peers are gone: nothing left to tidy
-                pass
-            self._started = False
+        try:
+            dist.barrier()
+            dist.destroy_process_group()
+        except Exception:  # a peer gone after all: nothing left to tidy
+            self.abandoned = True
 
     # -- collectives (each a no-op for one process) ---------------------------------------------
 
@@ -173,6 +187,7 @@ class Ranks:
         every rank fills (a stop) reads as "any rank"."""
         if not self._started:
             return [float(v) for v in values]
+        import torch
         import torch.distributed as dist
 
         tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
@@ -253,6 +268,21 @@ def rank_share(micro_ranges: Sequence[tuple[int, int]], rank: int, world_size: i
     """This rank's micro-batches of a global window: every ``world_size``-th, from the ``rank``-th,
     so that a short window at an epoch's end is spread as evenly as it can be."""
     return list(micro_ranges[rank::world_size])
+
+
+_COMMUNICATION_WORDS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "broken pipe")
+
+
+def as_peer_lost(exc: BaseException, rank: int) -> PeerLost | None:
+    """A failure of DDP's all-reduce inside a backward (it surfaces as a RuntimeError from the comm
+    hook's future), as a PeerLost; None for anything else (a bug stays a bug)."""
+    import torch.distributed as dist
+
+    text = str(exc).lower()
+    if isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(w in text for w in _COMMUNICATION_WORDS)):
+        return PeerLost(f"rank {rank} lost the other processes during the gradient all-reduce "
+                        f"({_first_line(exc)}): another process of the run died or stopped answering")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -22,3 +22,8 @@ class UserError(Exception):
         if self.hint:
             text += f" — {self.hint}"
         return " ".join(text.split())  # never more than one line
+
+
+class PeerLost(RuntimeError):
+    """Several processes: a collective failed or timed out — another process of the run died or
+    stopped answering (distributed.py). One line and exit 1, never a hang."""

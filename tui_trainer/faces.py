@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from typing import Any
 
 from .config import RunConfig, parse_log_every
 from .console import DetachableStream, say
-from .errors import UserError
+from .errors import PeerLost, UserError
 from .signals import SignalStopper
 
 
@@ -53,10 +54,13 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
         finally:
             stop_served(server)
     if trainer.error is not None and not isinstance(trainer.error, UserError):
-        say(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})")
+        if isinstance(trainer.error, PeerLost):
+            say(f"error: {end.message}")
+        else:
+            say(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})")
     elif isinstance(trainer.error, UserError):
         raise trainer.error
-    return exit_code_for(end)
+    return leave(trainer, exit_code_for(end))
 
 
 def run_worker(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
@@ -73,7 +77,24 @@ def run_worker(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) 
         end = trainer.run()
     if end.reason == "error":
         say(f"error: rank {placement_from_environment().rank}: {end.message}")
-    return exit_code_for(end)
+    return leave(trainer, exit_code_for(end))
+
+
+def leave(trainer, code: int) -> int:
+    """The exit code; a process whose process group was abandoned (a peer lost) exits here and now,
+    its files closed: tearing down a group with a dead or stuck peer can wait forever."""
+    if getattr(trainer, "ranks", None) is not None and trainer.ranks.abandoned:
+        exit_now(code)
+    return code
+
+
+def exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ ending a run) live in session.py; the run directory's life in run_dir.py. The lo
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 import traceback
@@ -21,7 +22,7 @@ import torch
 
 from .accumulation import WindowAborted, accumulate_window, window_tokens
 from .data import epoch_examples, plan_windows, val_batch_limit, val_batches
-from .distributed import PeerLost, rank_share
+from .distributed import PeerLost, as_peer_lost, rank_share
 from .diagnosis import SchedulePosition, diagnose, step_verdict, val_rise_warning
 from .events import (AccumChangeApplied, DiagnosisEvent, EpochEvent, MicroStep, Notice, RunEnded, RunStarted,
                      StepEvent)
@@ -57,7 +58,12 @@ class Trainer(TrainingSession):
         finally:
             self.metrics.close()
             self.release_run_dir()
-            self.ranks.close()
+            if self.ranks.distributed:
+                # DDP's reducer goes first, while the process group lives: freed with the group
+                # it would tear it down holding the GIL that gloo's thread still needs (a hang).
+                self.train_model = self.model
+                gc.collect()
+            self.ranks.close(clean=self.error is None)
         return end
 
     # -- the run: epochs ------------------------------------------------------------------------
@@ -100,7 +106,7 @@ class Trainer(TrainingSession):
             if outcome is not None:
                 return outcome
         late_stop = ("a stop came after the last training step: the last validation and final save were "
-                     "finished, so the run is complete" if self.control.stop_requested else "")
+                     "finished, so the run is complete" if self.stopping() else "")
         return self._end_with_the_run_saved("completed", late_stop)
 
     # -- an epoch: windows of micro-batches ------------------------------------------------------
@@ -153,6 +159,11 @@ class Trainer(TrainingSession):
                 self.train_model, self.train_set, order, micro_ranges, self.autocast_dtype, between, self.increments,
                 total_tokens=window_tokens(window, cfg.model.block_size), empty_share=window[0],
                 no_sync=self.train_model.no_sync if ranks.distributed else None)
+        except RuntimeError as exc:
+            lost = as_peer_lost(exc, ranks.rank) if ranks.distributed else None
+            if lost is None:
+                raise
+            raise lost from None
         except WindowAborted:
             # Stop mid-window: drop its partial gradient; the checkpoint resumes at its start.
             self.optimizer.zero_grad(set_to_none=True)
@@ -202,7 +213,7 @@ class Trainer(TrainingSession):
             self.save("latest")
         if ranks.distributed and self._paused:
             self._wait_while_paused()
-        if self.control.stop_requested:
+        if self.stopping():
             # No second save when this step's periodic one just wrote the same state.
             saved = self._latest_saved == (st.epoch, st.example_cursor, st.step) or self.save("latest")
             return self._interrupted(saved, self._stop_point())
@@ -373,6 +384,6 @@ class Trainer(TrainingSession):
         self._agree()  # (a stop, or an accum change, during validation or the save: every rank sees it)
         # A stop during the last epoch's validation or save: nothing is left to interrupt, the run
         # completes (a stop that ended it as "interrupted" left a run no resume could finish).
-        if self.control.stop_requested and st.epoch <= cfg.train.epochs:
+        if self.stopping() and st.epoch <= cfg.train.epochs:
             return self._interrupted(saved, f"at the end of epoch {epoch_done}")
         return None

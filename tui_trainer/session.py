@@ -107,7 +107,7 @@ class TrainingSession:
             if placement.is_main and resume is None and getattr(self, "run_dir", None) is not None:
                 self.release_run_dir()  # nothing left behind: a new run whose set-up failed goes again
                 rd.remove_new_run(self.run_dir, made)
-            self.ranks.close()
+            self.ranks.close(clean=not isinstance(sys.exc_info()[1], PeerLost))
             raise
 
     def _prepare(self, cfg: RunConfig, resume_state: dict | None, resume: str | Path | None,
@@ -185,6 +185,7 @@ class TrainingSession:
         self.metrics = MetricsWriter(self.run_dir) if self.ranks.is_main else NoMetrics()
         self.sink = FanOut(self.metrics, sink)
         self._paused = False
+        self._stop_agreed = False  # several processes: the stop they last agreed on (_agree)
         self._save_requested = False
         self._sample_requested = False  # `g`: a sample after the current step
         self.sampler = LiveSampler(self.model, self.corpus.vocab, cfg.train.sample_tokens, cfg.train.seed)
@@ -399,12 +400,16 @@ class TrainingSession:
         if not self.ranks.distributed:
             return
         st, world, rank, main = self.state, self.ranks.world_size, self.ranks.rank, self.ranks.is_main
+        asked, signal_number = self.control.stop_requested, self.control.stop_signal  # (a handler may set them now)
         signals = [0.0] * world
-        signals[rank] = float(self.control.stop_signal or 0) if self.control.stop_requested else 0.0
+        signals[rank] = float(signal_number or 0) if asked else 0.0
         mine = [float(self._paused), float(self._save_requested), float(st.pending_accum or 0),
                 float(st.pending_accum_epoch or 0), float(st.accum_decided_epoch or 0)]
-        agreed = self.ranks.agree([float(self.control.stop_requested), *signals, *(mine if main else [0.0] * 5)])
+        agreed = self.ranks.agree([float(asked), *signals, *(mine if main else [0.0] * 5)])
         stop, signals, decided = agreed[0], agreed[1:world + 1], agreed[world + 1:]
+        # Until the next agreement every rank acts on this one: a signal that reaches one rank
+        # after it would otherwise send that rank alone into the stop's save.
+        self._stop_agreed = bool(stop)
         if stop:
             self.control.stop_reason = self.control.stop_reason or "interrupted"
             self.control.stop_signal = next((int(s) for s in signals if s), None)
@@ -414,12 +419,17 @@ class TrainingSession:
             st.pending_accum_epoch = int(decided[3]) or None
             st.accum_decided_epoch = int(decided[4])
 
+    def stopping(self) -> bool:
+        """Whether the run stops now: one process asks its Control; several act on what they last
+        agreed (``_agree``), so that they stop at the same step."""
+        return self._stop_agreed if self.ranks.distributed else self.control.stop_requested
+
     def _wait_while_paused(self) -> float:
         """Several processes: a pause (decided on rank 0) holds every rank at the step boundary,
         agreeing every 0.2 s so that no collective waits long; `s` saves, `g` samples, meanwhile.
         Returns the seconds paused."""
         started = time.perf_counter()
-        while self._paused and not self.control.stop_requested:
+        while self._paused and not self.stopping():
             if self.ranks.is_main:
                 self._handle_commands(wait=0.2)
                 self._sample_if_asked()

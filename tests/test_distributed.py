@@ -1,0 +1,257 @@
+"""Several processes (issue 13): torchrun + DDP on 2 CPU processes with gloo, against one process.
+
+The maths: 2 processes of micro_batch x accum give the per-step losses of 1 process of
+micro_batch x (2 accum) within 1e-4, remainder windows included (a short last micro-batch, and a
+window of one micro-batch where rank 1's share is empty). The rest: rank 0 owns the run dir, a
+SIGTERM/SIGHUP to the process group stops every rank at the same step and resumes bit-exact with the
+same world size, a resume with another world size goes on from the same position, a rank that dies
+ends the other with one clear line, and bad input is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from tui_trainer.accumulation import accumulate_window
+from tui_trainer.config import validate
+from tui_trainer.data import WindowDataset, plan_windows
+from tui_trainer.distributed import Placement, choose_backend, placement_from_environment, rank_share
+from tui_trainer.errors import UserError
+from tui_trainer.launch import _exit_code, check_nproc, without_nproc
+from tui_trainer.metrics import read_metrics
+from tui_trainer.model import GPT
+from tui_trainer.config import ModelConfig
+
+# 562 training sequences of 32 tokens in the small corpus; micro-batch 5 gives 113 micro-batches an
+# epoch, the last one short (2 sequences); 4 micro-batches a step leave a last window of just that one.
+MODEL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--threads", "1",
+         "--patience", "0", "--device", "cpu", "--precision", "fp32", "--limit-val-batches", "4", "--lr", "3e-3",
+         "--log-every", "off", "--sample-tokens", "0"]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tui_trainer", "train", "--no-ui", *args]
+
+
+def steps(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if r["type"] == "step"]
+
+
+def epochs(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if r["type"] == "epoch"]
+
+
+def ended(run_dir: Path) -> dict:
+    return [r for r in read_metrics(run_dir) if r["type"] == "end"][-1]
+
+
+def run(args: list[str], timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+# -- the parts, one process ---------------------------------------------------------------------------
+
+def test_no_torchrun_environment_is_one_process():
+    assert placement_from_environment({}) == Placement()
+    placed = placement_from_environment({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert (placed.rank, placed.world_size, placed.is_main, placed.distributed) == (1, 2, False, True)
+
+
+@pytest.mark.parametrize("env", [{"RANK": "2", "WORLD_SIZE": "2"}, {"RANK": "x", "WORLD_SIZE": "2"},
+                                 {"RANK": "0", "WORLD_SIZE": "0"}])
+def test_a_torchrun_environment_that_cannot_be_is_bad_input(env):
+    with pytest.raises(UserError):
+        placement_from_environment(env)
+
+
+def test_the_backend_is_gloo_on_the_cpu_and_nccl_needs_cuda():
+    assert choose_backend("auto", torch.device("cpu")) == "gloo"
+    assert choose_backend("auto", torch.device("cuda", 0)) == "nccl"
+    with pytest.raises(UserError, match="nccl needs CUDA"):
+        choose_backend("nccl", torch.device("cpu"))
+
+
+def test_each_rank_takes_every_world_size_th_micro_batch_of_the_global_window():
+    windows = plan_windows(103, 5, 4)  # 21 micro-batches: 5 windows of 4, then one of 1 (3 sequences)
+    for window in windows:
+        shares = [rank_share(window, rank, 2) for rank in range(2)]
+        assert sorted(shares[0] + shares[1]) == window
+        assert abs(len(shares[0]) - len(shares[1])) <= 1
+    assert rank_share(windows[-1], 1, 2) == [] and rank_share(windows[-1], 0, 2) == [(100, 103)]
+
+
+def test_an_empty_share_joins_with_a_pass_that_adds_nothing(small_corpus):
+    """The rank whose share of a short window is empty still runs one backward (DDP's all-reduce
+    needs it from every rank): its gradient and loss must be exactly zero."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, dropout=0.0))
+    data = WindowDataset(torch.randint(0, 64, (400,)).numpy(), 16)
+    loss, tokens = accumulate_window(model, data, torch.arange(len(data)), [], total_tokens=5 * 16,
+                                     empty_share=(0, 2))
+    assert loss.item() == 0.0 and tokens == 80
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_nproc_is_taken_out_of_what_each_worker_gets():
+    assert without_nproc(["train", "--nproc", "2", "--accum", "4", "--nproc=3"]) == ["train", "--accum", "4"]
+
+
+def test_the_exit_code_is_rank_0s_not_the_sigterm_torchrun_tidied_up_with():
+    failed = lambda **codes: SimpleNamespace(failures={int(k[1:]): SimpleNamespace(exitcode=v) for k, v in codes.items()})
+    assert _exit_code(failed(r0=-15, r1=2)) == 2  # rank 1 exited first; torchrun then killed rank 0
+    assert _exit_code(failed(r0=2, r1=2)) == 2
+    assert _exit_code(failed(r0=-15, r1=-15)) == 143
+
+
+@pytest.mark.parametrize("nproc, message", [(0, "--nproc must be 1 or more"),
+                                            (os.cpu_count() * 4 + 1, "more than this machine's")])
+def test_nproc_out_of_range_is_bad_input(small_corpus, tmp_path, nproc, message):
+    with pytest.raises(UserError, match=message):
+        check_nproc(nproc, tiny_config(small_corpus, tmp_path / "run"))
+
+
+def test_backend_and_timeout_are_checked(small_corpus, tmp_path):
+    cfg = tiny_config(small_corpus, tmp_path / "run")
+    with pytest.raises(UserError, match="--backend"):
+        validate(cfg.replace(train=cfg.train.__class__(**{**cfg.train.__dict__, "backend": "mpi"})))
+    with pytest.raises(UserError, match="--dist-timeout"):
+        validate(cfg.replace(train=cfg.train.__class__(**{**cfg.train.__dict__, "dist_timeout": 0})))
+
+
+# -- two processes ----------------------------------------------------------------------------------
+
+def test_two_processes_give_the_losses_of_one_process_with_twice_the_accumulation(small_corpus, tmp_path):
+    common = ["--data", str(small_corpus), *MODEL, "--dropout", "0", "--epochs", "2", "--micro-batch", "5"]
+    one = run(cli(*common, "--accum", "4", "--run-dir", str(tmp_path / "one")))
+    assert one.returncode == 0, one.stderr
+    two = run(cli(*common, "--accum", "2", "--run-dir", str(tmp_path / "two"), "--nproc", "2"))
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
+    a, b = steps(tmp_path / "one"), steps(tmp_path / "two")
+    assert len(a) == len(b) >= 20
+    # The remainder windows are in it: a short last micro-batch and a window of one micro-batch.
+    assert [(s["effective_batch"], s["micro_steps"]) for s in b if s["effective_batch"] != 20] == [(2, 1)] * 2
+    assert {s["world_size"] for s in b} == {2} and {s["world_size"] for s in a} == {1}
+    for x, y in zip(a, b):
+        assert (x["step"], x["tokens"], x["effective_batch"]) == (y["step"], y["tokens"], y["effective_batch"])
+        assert abs(x["loss"] - y["loss"]) < 1e-4 and abs(x["grad_norm"] - y["grad_norm"]) < 1e-4
+    for x, y in zip(epochs(tmp_path / "one"), epochs(tmp_path / "two")):
+        assert abs(x["train_loss"] - y["train_loss"]) < 1e-4 and abs(x["val_loss"] - y["val_loss"]) < 1e-4
+        assert x["effective_batch"] == y["effective_batch"] == 20
+    # Rank 0 alone wrote the run dir, and says how many processes took each step.
+    assert "micro-batch 5 x accum 2 x 2 processes" in two.stdout
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def start_in_own_group(args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_steps(run_dir: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count('"type": "step"') >= count:
+            return
+        assert process.poll() is None, "the run ended before it could be stopped"
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} steps within {timeout} s")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)])
+def test_a_signal_to_the_process_group_stops_every_rank_at_one_step_and_resumes_bit_exact(
+        small_corpus, tmp_path, stop_signal):
+    common = ["--data", str(small_corpus), *MODEL, "--dropout", "0.1", "--epochs", "3", "--micro-batch", "2",
+              "--accum", "2", "--nproc", "2"]
+    full = run(cli(*common, "--run-dir", str(tmp_path / "full")))
+    assert full.returncode == 0, full.stderr
+    stopped = tmp_path / "stopped"
+    process = start_in_own_group(cli(*common, "--run-dir", str(stopped)), tmp_path / "log.txt")
+    wait_for_steps(stopped, 20, process)
+    os.killpg(process.pid, stop_signal)  # (torchrun and both ranks, as a closing terminal or `kill -- -PGID` does)
+    assert process.wait(timeout=120) == 128 + stop_signal
+    end = ended(stopped)
+    assert end["reason"] == "interrupted" and end["exit_signal"] == stop_signal
+    assert "continue with --resume" in (tmp_path / "log.txt").read_text()
+    other_world = tmp_path / "other-world"
+    shutil.copytree(stopped, other_world)
+
+    resumed = run(cli("--resume", str(stopped), "--nproc", "2", "--log-every", "off"))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = steps(tmp_path / "full"), steps(stopped)
+    assert [(s["step"], s["loss"], s["grad_norm"]) for s in a] == [(s["step"], s["loss"], s["grad_norm"]) for s in b]
+    assert ([(e["train_loss"], e["val_loss"]) for e in epochs(tmp_path / "full")]
+            == [(e["train_loss"], e["val_loss"]) for e in epochs(stopped)])
+
+    # Another world size: the same position and data order, said to be no longer bit-exact.
+    one = run(cli("--resume", str(other_world), "--log-every", "off"))
+    assert one.returncode == 0, one.stderr
+    assert "resumed with 1 process" in one.stdout and "no longer bit-exact" in one.stdout
+    after = steps(other_world)
+    assert [s["step"] for s in after] == list(range(1, len(after) + 1))
+    assert after[-1]["tokens_seen"] == a[-1]["tokens_seen"]  # every example of every epoch, once
+    assert {s["world_size"] for s in after[end["steps"]:]} == {1}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, port: int) -> dict[str, str]:
+    return {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+            "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+
+
+def test_a_rank_that_dies_ends_the_other_with_one_clear_line_not_a_hang(small_corpus, tmp_path):
+    """Without torchrun (which would tear the group down itself): rank 1 is killed with SIGKILL and
+    rank 0, waiting in the step's all-reduce, must end at once with an error naming the cause."""
+    args = cli("--data", str(small_corpus), *MODEL, "--dropout", "0", "--epochs", "50", "--micro-batch", "2",
+               "--accum", "2", "--run-dir", str(tmp_path / "run"), "--dist-timeout", "60")
+    port = free_port()
+    rank0 = subprocess.Popen(args, env=rank_env(0, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rank1 = subprocess.Popen(args, env=rank_env(1, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_steps(tmp_path / "run", 5, rank0)
+        rank1.kill()
+        started = time.monotonic()
+        out, err = rank0.communicate(timeout=90)
+        waited = time.monotonic() - started
+    finally:
+        for process in (rank0, rank1):
+            if process.poll() is None:
+                process.kill()
+    assert rank0.returncode == 1, err
+    assert waited < 45  # gloo sees the closed connection: no waiting for the 60 s timeout
+    assert "lost the other processes" in out + err and "Traceback" not in err
+    assert ended(tmp_path / "run")["reason"] == "error"
+
+
+def test_more_processes_than_an_epoch_has_micro_batches_is_one_line_and_nothing_made(small_corpus, tmp_path):
+    done = run(cli("--data", str(small_corpus), *MODEL, "--micro-batch", "16", "--limit-train-batches", "1",
+                   "--run-dir", str(tmp_path / "run"), "--nproc", "2"))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fewer than the 2 processes" in lines[0], done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_nproc_inside_torchrun_is_bad_input(small_corpus, tmp_path):
+    done = run(cli("--data", str(small_corpus), *MODEL, "--run-dir", str(tmp_path / "run"), "--nproc", "2"),
+               env=rank_env(0, free_port()))
+    assert done.returncode == 2 and "--nproc inside torchrun" in done.stderr
