@@ -39,7 +39,7 @@ async def test_after_the_run_ends_the_footer_offers_only_keys_that_work():
         running = footer(await render(app, pilot, [started(), *recorded_epochs(2)]))
         assert all(key in running for key in ("q stop", "p pause", "accum", "s save", "? help")), running
         ended = footer(await render(app, pilot, ended_run()[-1:]))
-    assert "q stop" in ended and "? help" in ended, ended
+    assert "q quit" in ended and "q stop" not in ended and "? help" in ended, ended
     assert "pause" not in ended and "accum" not in ended and "s save" not in ended, ended
 
 

@@ -151,6 +151,12 @@ async def test_view_follows_and_steers_a_live_headless_run(small_corpus, tmp_pat
             paused_at = steps_on_disk(run_dir)[-1]
             await pilot.pause(1.5)
             assert steps_on_disk(run_dir)[-1] == paused_at
+            # `g` asks the run for a sample (paused: at once, and no epoch's sample comes after it);
+            # the run writes it to metrics.jsonl, the viewer shows it.
+            await pilot.press("g")
+            await wait_for(pilot, lambda: app.view.sample is not None and app.view.sample.asked, what="the sample")
+            assert [r["type"] for r in read_metrics(run_dir)].count("sample") == 1
+            await pilot.press("escape")  # (the samples screen, at 100 columns)
             await pilot.press("p")
             await wait_for(pilot, lambda: steps_on_disk(run_dir)[-1] > paused_at, what="steps after resuming")
             await pilot.press("q")  # closes the viewer only

@@ -7,7 +7,7 @@ or ``{"ok": false, "error": "..."}``::
 
     {"command": "accum", "value": 16}      {"command": "accum_up"}     {"command": "accum_down"}
     {"command": "pause"}   {"command": "resume"}   {"command": "toggle_pause"}
-    {"command": "save"}    {"command": "stop"}     {"command": "status"}
+    {"command": "save"}    {"command": "sample"}   {"command": "stop"}     {"command": "status"}
 
 The server's thread only puts commands into ``Control`` (thread-safe) and reads a few plain
 fields for the status; everything else stays the engine's. ``RemoteControl`` is the client: the
@@ -111,7 +111,7 @@ class ControlServer:
             self.control.set_accum(value)
         elif command in ("accum_up", "accum_down"):
             self.control.set_accum(min(ACCUM_MAX, target * 2) if command == "accum_up" else max(ACCUM_MIN, target // 2))
-        elif command in ("pause", "resume", "toggle_pause", "save"):
+        elif command in ("pause", "resume", "toggle_pause", "save", "sample"):
             getattr(self.control, command)()
         elif command == "stop":
             self.control.stop("interrupted")
@@ -214,6 +214,9 @@ class RemoteControl:
 
     def save(self) -> None:
         self.send({"command": "save"})
+
+    def sample(self) -> None:
+        self.send({"command": "sample"})
 
     def stop(self, reason: str = "interrupted", signal_number: int | None = None) -> None:
         if self.send({"command": "stop"}) is not None:

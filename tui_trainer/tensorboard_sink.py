@@ -97,7 +97,7 @@ def export_tensorboard(run_dir: str | Path) -> tuple[Path, int]:
                 break  # a torn last line
             raise UserError(f"{path / METRICS_FILE} is corrupt at line {number}: not a metrics record",
                             "move the file aside") from None
-        if event is not None and type(event).__name__ != "RunEnded":
+        if type(event).__name__ in ("StepEvent", "EpochEvent"):  # (what becomes scalars)
             events.append(event)
     sink = TensorBoardSink(path)
     try:

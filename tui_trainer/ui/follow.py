@@ -21,12 +21,12 @@ from typing import Any
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..events import EpochEvent, RunEnded, RunStarted, StepEvent
+from ..events import EpochEvent, RunEnded, RunStarted, SampleEvent, StepEvent
 from ..metrics import METRICS_FILE
 from ..run_dir import CONFIG_FILE, LOCK_FILE
 from ..run_lock import Holder, live_holder
 
-RECORD_EVENTS = {"step": StepEvent, "epoch": EpochEvent, "end": RunEnded}
+RECORD_EVENTS = {"step": StepEvent, "epoch": EpochEvent, "sample": SampleEvent, "end": RunEnded}
 
 
 def _float_fields(kind: type) -> set[str]:

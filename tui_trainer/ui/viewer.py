@@ -24,6 +24,7 @@ from ..control_socket import RemoteControl, check_socket_is_ours, socket_path
 from ..errors import UserError
 from ..events import AccumChangeApplied, AccumChangeRequested, Notice, Paused, Resumed
 from .app import TrainerApp
+from .commands import VIEWER
 from .follow import MetricsFollower
 
 POLL_S = 0.25  # metrics and status: new records are on screen well within a second
@@ -52,10 +53,8 @@ class ConfirmStop(ModalScreen[bool]):
 
 
 class ViewerApp(TrainerApp):
-    BINDINGS = [
-        Binding("q", "stop", "close viewer", tooltip="close this viewer; the run goes on"),
-        Binding("ctrl+x", "stop_run", "stop run", tooltip="stop the run itself (asks first)"),
-    ]
+    COMMANDS_TABLE = VIEWER
+    BINDINGS = list(VIEWER.bindings)
 
     def __init__(self, follower: MetricsFollower, first_events: list, remote: RemoteControl | None,
                  **kwargs: Any) -> None:
@@ -121,14 +120,15 @@ class ViewerApp(TrainerApp):
     def _remote_failed(self, text: str) -> None:
         self.notify(text, title="steering", severity="error", timeout=6)
 
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("pause", "accum_up", "accum_down", "save", "stop_run") and not self.steerable:
-            return False  # hidden: a finished run, or one that cannot be steered from here
-        return super().check_action(action, parameters)
-
     def action_stop(self, signal_number: int | None = None) -> None:
-        """q (and ctrl+c) close the viewer; the run is not touched."""
+        """ctrl+c closes the viewer, as q does; the run is not touched."""
         self.exit()
+
+    def why_no_sample(self) -> str:
+        run_dir = self.follower.run_dir
+        if self.view.ended:
+            return f"the run has ended: samples come from a running run; use `tui-trainer sample {run_dir}`"
+        return f"this viewer cannot reach the run (no control socket); use `tui-trainer sample {run_dir}`"
 
     def action_stop_run(self) -> None:
         if not self.steerable:

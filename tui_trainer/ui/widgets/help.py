@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.content import Content
+from textual.geometry import Size
 from textual.screen import ModalScreen
+from textual.widget import Widget
 from textual.widgets import Static
 
-# (key, what it does), laid out in as many columns as the terminal's width holds (3 at 80).
-KEYS = [
-    ("+ ]", "accum x2 next epoch"), ("p", "pause / resume"), ("q", "stop: save, exit"),
-    ("- [", "accum /2 next epoch"), ("s", "save checkpoint now"), ("q q", "close at once"),
-    ("m", "smooth / raw loss"), ("^p", "command palette"), ("^c", "stop, exit code 130"),
-    ("g", "text sample now"), ("?", "this help"), ("esc", "close this help"),
-]
-WHAT_WIDTH = max(len(what) for _, what in KEYS)
-KEY_CELL = 4 + WHAT_WIDTH  # "+ ]" and a space, then the description
-# Columns the help box takes from the screen around the key grid: its border (2) and padding (2),
-# the body's padding (1), and a vertical scrollbar (2) when the help is taller than the screen.
-HELP_CHROME = 7
+from ..commands import HelpKey
+
+VERDICT_WIDTH = 12  # "underfitting"
+MIN_TEXT_WIDTH = 8  # narrower than this, the words go under their label instead of beside it
 
 ACCUMULATION = (
     "Each micro-batch (what fits in memory) adds its gradient to the ones before; after accum "
@@ -49,39 +45,86 @@ DIAGNOSES = [
 ]
 
 
-def _keys(width: int) -> Content:
-    columns = max(1, min(3, (width + 2) // (KEY_CELL + 2)))
-    lines = []
-    for start in range(0, len(KEYS), columns):
-        cells = [Content.assemble((key.ljust(3), "bold $accent"), " ", what.ljust(WHAT_WIDTH))
-                 for key, what in KEYS[start:start + columns]]
-        lines.append(Content("  ").join(cells).rstrip())
-    return Content("\n").join(lines)
+class HangingRows(Widget):
+    """Labelled rows laid out for the width they get: a label, then its words, which wrap under
+    themselves (a hanging indent), never back under the label; up to ``max_columns`` rows side by
+    side where cells of ``cell_text`` columns fit (the keys: 3 at 80 columns)."""
+
+    DEFAULT_CSS = "HangingRows { height: auto; }"
+
+    def __init__(self, rows: Sequence[tuple[str, str, Sequence[str]]], *, label_width: int,
+                 cell_text: int = 0, max_columns: int = 1, classes: str | None = None) -> None:
+        """``rows``: (label, the label's style, lines of words); ``label_width`` counts the space after it."""
+        super().__init__(classes=classes)
+        self.rows, self.label_width = rows, label_width
+        self.cell_text, self.max_columns = cell_text, max_columns
+
+    def _lines(self, width: int) -> list[Content]:
+        cell = self.label_width + self.cell_text
+        columns = max(1, min(self.max_columns, (width + 2) // (cell + 2)))
+        text_width = self.cell_text if columns > 1 else width - self.label_width
+        cell_width = self.label_width + text_width
+        lines: list[Content] = []
+        for start in range(0, len(self.rows), columns):
+            cells = [self._cell(row, text_width) for row in self.rows[start:start + columns]]
+            height = max(map(len, cells))
+            for i in range(height):  # side by side, each cell padded to its width
+                parts = [cell[i] if i < len(cell) else Content("") for cell in cells]
+                lines.append(Content("  ").join(part.pad_right(max(0, cell_width - part.cell_length))
+                                                for part in parts).rstrip())
+        return lines
+
+    def _cell(self, row: tuple[str, str, Sequence[str]], text_width: int) -> list[Content]:
+        label, style, texts = row
+        if text_width < MIN_TEXT_WIDTH:  # (a terminal a few dozen columns wide)
+            indent = Content("  ")
+            width = max(1, text_width + self.label_width - len(indent))
+            return [Content.styled(label, style),
+                    *(indent + part for text in texts for part in Content(text).wrap(width))]
+        wrapped = [part for text in texts for part in Content(text).wrap(text_width)]
+        hang = Content(" " * self.label_width)
+        return [Content.assemble((label.ljust(self.label_width - 1), style), " ", wrapped[0]),
+                *(hang + part for part in wrapped[1:])]
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self._lines(width))
+
+    def render(self) -> Content:
+        return Content("\n").join(self._lines(self.size.width))
 
 
-def _diagnoses() -> Content:
-    lines = []
-    for name, colour, meaning in DIAGNOSES:
-        for i, line in enumerate(meaning):
-            lines.append(Content.assemble(((name if i == 0 else "").ljust(13), f"bold {colour}"), line))
-    return Content("\n").join(lines)
+def key_rows(keys: Sequence[HelpKey]) -> HangingRows:
+    return HangingRows([(key.key, "bold $accent", [key.words]) for key in keys],
+                       label_width=1 + max(len(key.key) for key in keys),  # "+ ]" and a space
+                       cell_text=max(len(key.words) for key in keys), max_columns=3, classes="help-body")
+
+
+def diagnosis_rows() -> HangingRows:
+    return HangingRows([(name, f"bold {colour}", meaning) for name, colour, meaning in DIAGNOSES],
+                       label_width=VERDICT_WIDTH + 1, classes="help-body")
 
 
 class HelpScreen(ModalScreen[None]):
+    """``keys``: what the app's keys do now (``CommandTable.help_keys``)."""
+
     BINDINGS = [Binding("escape,question_mark,q", "close", "close help")]
+
+    def __init__(self, keys: Sequence[HelpKey]) -> None:
+        super().__init__()
+        self.keys = keys
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box") as box:
             box.border_title = "help"
             box.border_subtitle = "esc closes"
             yield Static(Content.from_markup("[b]Keys[/b]"), classes="help-title -first")
-            yield Static(_keys(min(self.app.size.width, 100) - HELP_CHROME), classes="help-body")
+            yield key_rows(self.keys)
             yield Static(Content.from_markup("[b]Gradient accumulation and the effective batch[/b]"),
                          classes="help-title")
             yield Static(ACCUMULATION, classes="help-body", markup=False)
             yield Static(Content.from_markup("[b]Diagnosis[/b] (after each epoch's validation)"),
                          classes="help-title")
-            yield Static(_diagnoses(), classes="help-body")
+            yield diagnosis_rows()
             # last: at 80x24 the sections above fill the box; this one is a scroll away
             yield Static(Content.from_markup("[b]The noise scale: which accum to use[/b]"), classes="help-title")
             yield Static(NOISE_SCALE, classes="help-body", markup=False)

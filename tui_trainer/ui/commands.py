@@ -1,0 +1,141 @@
+"""The keys and commands of the two apps, and when each is available — written once.
+
+``TrainerApp`` (app.py) and ``ViewerApp`` (viewer.py) each take a ``CommandTable``: its key
+bindings (the footer), the help screen's key list, the command palette's entries, and the rule
+for each action (``available``). Their ``check_action`` asks the rule, so the footer, the help
+and the palette always agree with what a key does at that moment: a key that would do nothing
+is not offered. One exception: a key in ``explained`` still runs to say why it does nothing
+(``g`` after the run: a silent key reads as broken).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+# When an action is available.
+ALWAYS = "always"
+LIVE = "while the run lives"  # not ended yet (this app's q stops it)
+ENDED = "once the run has ended"
+STEERABLE = "while this app can steer a live run"  # the trainer's own engine, or a viewer's control socket
+
+# "+ - accum x2 /2": one footer item for the pair, so every key still fits at 60 columns.
+ACCUM_KEYS = Binding.Group("accum x2 /2", compact=True)
+
+STEERING_RULES = {"accum_up": STEERABLE, "accum_down": STEERABLE, "pause": STEERABLE, "save": STEERABLE,
+                  "sample": STEERABLE}
+
+
+@dataclass(frozen=True)
+class PaletteCommand:
+    action: str
+    title: str
+    help: str  # the palette's second line; the key follows it in brackets
+    key: str
+
+
+@dataclass(frozen=True)
+class HelpKey:
+    key: str  # as the help shows it ("+ ]", "^c")
+    words: str
+    action: str | None = None  # listed while this action is available (None: always)
+
+
+@dataclass(frozen=True)
+class CommandTable:
+    bindings: tuple[Binding, ...]
+    keys: tuple[HelpKey, ...]  # laid out row by row in as many columns as fit (3 at 80)
+    palette: tuple[PaletteCommand, ...]
+    rules: dict[str, str]  # action -> when it is available; an action not named here: always
+    explained: frozenset[str] = frozenset()
+
+    def available(self, action: str, *, ended: bool, steerable: bool) -> bool:
+        when = self.rules.get(action, ALWAYS)
+        return {ALWAYS: True, LIVE: not ended, ENDED: ended, STEERABLE: steerable}[when]
+
+    def key_runs(self, action: str, *, ended: bool, steerable: bool) -> bool:
+        """check_action's answer: False hides the binding and ignores its key."""
+        return action in self.explained or self.available(action, ended=ended, steerable=steerable)
+
+    def help_keys(self, *, ended: bool, steerable: bool) -> list[HelpKey]:
+        return [key for key in self.keys
+                if key.action is None or self.available(key.action, ended=ended, steerable=steerable)]
+
+    def palette_now(self, *, ended: bool, steerable: bool) -> list[PaletteCommand]:
+        return [command for command in self.palette
+                if self.available(command.action, ended=ended, steerable=steerable)]
+
+
+_SHARED_BINDINGS = (
+    Binding("p", "pause", "pause/resume"),
+    Binding("plus,right_square_bracket,equals_sign", "accum_up", "accum x2", key_display="+", group=ACCUM_KEYS),
+    Binding("minus,left_square_bracket", "accum_down", "accum /2", key_display="-", group=ACCUM_KEYS),
+    Binding("s", "save", "save"),
+    # Not in the footer (no room at 80 columns): the help, the palette and the samples panel name it.
+    Binding("g", "sample", "sample", show=False, tooltip="write a text sample from the current weights"),
+    Binding("m", "smoothing", "smooth", show=False),
+    Binding("question_mark", "help", "help", key_display="?"),
+    Binding("ctrl+c", "interrupt", "interrupt", show=False, priority=True),
+)
+
+_SHARED_PALETTE = (
+    PaletteCommand("accum_up", "Accumulation x2", "double accum at the next epoch", "+"),
+    PaletteCommand("accum_down", "Accumulation /2", "halve accum at the next epoch", "-"),
+    PaletteCommand("pause", "Pause / resume training", "the engine waits between micro-steps", "p"),
+    PaletteCommand("save", "Save checkpoint", "save latest.pt after the current step", "s"),
+    PaletteCommand("sample", "Sample text", "write a sample from the current weights after this step", "g"),
+)
+
+TRAINER = CommandTable(
+    bindings=(
+        # Two bindings on q, one shown at a time (see `rules`): while the run lives q stops it
+        # (it saves first); once it has ended there is nothing to stop and q just quits.
+        Binding("q", "stop", "stop", tooltip="finish the micro-step, save, exit"),
+        Binding("q", "close_app", "quit", tooltip="the run is over and saved"),
+        *_SHARED_BINDINGS,
+    ),
+    keys=(
+        HelpKey("+ ]", "accum x2 next epoch", "accum_up"), HelpKey("p", "pause / resume", "pause"),
+        HelpKey("q", "stop: save, exit", "stop"), HelpKey("q", "quit", "close_app"),
+        HelpKey("- [", "accum /2 next epoch", "accum_down"), HelpKey("s", "save checkpoint now", "save"),
+        HelpKey("q q", "close at once", "stop"),
+        HelpKey("m", "smooth / raw loss"), HelpKey("^p", "command palette"),
+        HelpKey("^c", "stop, exit code 130", "stop"), HelpKey("^c", "quit", "close_app"),
+        HelpKey("g", "text sample now", "sample"), HelpKey("?", "this help"), HelpKey("esc", "close this help"),
+    ),
+    palette=(
+        *_SHARED_PALETTE,
+        PaletteCommand("stop", "Stop training", "finish the micro-step, save and exit", "q"),
+        PaletteCommand("close_app", "Close the app", "the run is over and saved", "q"),
+        PaletteCommand("smoothing", "Toggle loss smoothing", "EMA or raw step loss", "m"),
+        PaletteCommand("help", "Help", "keys, gradient accumulation, diagnoses", "?"),
+    ),
+    rules={**STEERING_RULES, "stop": LIVE, "close_app": ENDED},
+    explained=frozenset({"sample"}),
+)
+
+VIEWER = CommandTable(
+    bindings=(
+        Binding("q", "close_app", "close viewer", tooltip="close this viewer; the run goes on"),
+        Binding("ctrl+x", "stop_run", "stop run", tooltip="stop the run itself (asks first)"),
+        *_SHARED_BINDINGS,
+    ),
+    keys=(
+        HelpKey("+ ]", "accum x2 next epoch", "accum_up"), HelpKey("p", "pause / resume", "pause"),
+        HelpKey("q", "close viewer"),
+        HelpKey("- [", "accum /2 next epoch", "accum_down"), HelpKey("s", "save checkpoint now", "save"),
+        HelpKey("^x", "stop the run (asks)", "stop_run"),
+        HelpKey("m", "smooth / raw loss"), HelpKey("^p", "command palette"), HelpKey("^c", "close viewer"),
+        HelpKey("g", "text sample now", "sample"), HelpKey("?", "this help"), HelpKey("esc", "close this help"),
+    ),
+    palette=(
+        *_SHARED_PALETTE,
+        PaletteCommand("stop_run", "Stop the run", "it finishes its micro-step and saves; asks first", "ctrl+x"),
+        PaletteCommand("close_app", "Close the viewer", "the run goes on", "q"),
+        PaletteCommand("smoothing", "Toggle loss smoothing", "EMA or raw step loss", "m"),
+        PaletteCommand("help", "Help", "keys, gradient accumulation, diagnoses", "?"),
+    ),
+    rules={**STEERING_RULES, "stop_run": STEERABLE},
+    explained=frozenset({"sample"}),
+)
