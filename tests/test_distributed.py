@@ -255,3 +255,43 @@ def test_nproc_inside_torchrun_is_bad_input(small_corpus, tmp_path):
     done = run(cli("--data", str(small_corpus), *MODEL, "--run-dir", str(tmp_path / "run"), "--nproc", "2"),
                env=rank_env(0, free_port()))
     assert done.returncode == 2 and "--nproc inside torchrun" in done.stderr
+
+
+async def test_the_app_runs_on_rank_0_shows_the_processes_pauses_them_and_q_stops_both(
+        small_corpus, tmp_path, monkeypatch):
+    """The real app as rank 0 of 2 (this process) with rank 1 a silent worker: the batch panel says
+    "x 2 processes"; a pause longer than --dist-timeout holds both ranks without a timeout (they
+    agree every 0.2 s); `q` stops both after the same step, rank 1 exiting 0 like rank 0."""
+    from test_app import send_key, wait_for
+    from tui_trainer.cli import config_from_args, parse_args
+    from tui_trainer.ui.factory import create_app
+
+    flags = ["--data", str(small_corpus), *MODEL, "--dropout", "0", "--epochs", "20", "--micro-batch", "2",
+             "--accum", "2", "--run-dir", str(tmp_path / "run"), "--dist-timeout", "2"]
+    port = free_port()
+    rank1 = subprocess.Popen(cli(*flags), env=rank_env(1, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+            monkeypatch.setenv(key, rank_env(0, port)[key])
+        cfg, given = config_from_args(parse_args(["train", *flags]))
+        app = create_app(cfg, overrides=given)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.view.step >= 3, timeout=60, what="three steps")
+            assert "micro-batch 2 x accum 2 x 2 processes" in " ".join(app.screen_text().split())
+            send_key(app, "p")
+            await wait_for(pilot, lambda: app.view.state == "paused", what="the pause")
+            paused_at = app.view.step
+            await pilot.pause(3.0)  # longer than --dist-timeout 2: no collective may wait that long
+            assert app.view.step == paused_at and rank1.poll() is None
+            send_key(app, "p")
+            await wait_for(pilot, lambda: app.view.step > paused_at + 2, timeout=60, what="steps after the pause")
+            send_key(app, "q")
+            await wait_for(pilot, lambda: not app.engine_running, timeout=60, what="the engine to end")
+        assert rank1.wait(timeout=60) == 0, rank1.stderr.read()
+    finally:
+        if rank1.poll() is None:
+            rank1.kill()
+    end = ended(tmp_path / "run")
+    assert end["reason"] == "interrupted" and end["steps"] == steps(tmp_path / "run")[-1]["step"]
+    assert "error" not in rank1.stdout.read() + rank1.stderr.read()
