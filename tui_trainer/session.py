@@ -357,7 +357,8 @@ class TrainingSession:
                 paused = not self._paused if isinstance(command, TogglePause) else command.paused
                 if paused != self._paused:
                     self._paused = paused
-                    self.sink.emit((Paused if paused else Resumed)(epoch=self.state.epoch, step=self.state.step))
+                    if not self.ranks.distributed:  # (several: said when the ranks hold, _wait_while_paused)
+                        self.sink.emit((Paused if paused else Resumed)(epoch=self.state.epoch, step=self.state.step))
             elif isinstance(command, SaveCheckpoint):
                 self._save_requested = True
             elif isinstance(command, SampleNow):
@@ -429,6 +430,7 @@ class TrainingSession:
         agreeing every 0.2 s so that no collective waits long; `s` saves, `g` samples, meanwhile.
         Returns the seconds paused."""
         started = time.perf_counter()
+        self.sink.emit(Paused(epoch=self.state.epoch, step=self.state.step))  # (rank 0's sink: the screen)
         while self._paused and not self.stopping():
             if self.ranks.is_main:
                 self._handle_commands(wait=0.2)
@@ -437,6 +439,8 @@ class TrainingSession:
             if self._save_requested:
                 self._save_requested = False
                 self.save("latest")
+        if not self._paused:
+            self.sink.emit(Resumed(epoch=self.state.epoch, step=self.state.step))
         return time.perf_counter() - started
 
     def _sample_if_asked(self) -> None:
