@@ -82,7 +82,6 @@ class TrainingSession:
             if placement.is_main:
                 try:
                     self._prepare(cfg, resume_state, resume, overrides, data_progress)
-                    self.cfg = cfg = self.cfg
                     self.run_dir = rd.prepare_run_dir(self.cfg, resume, overwrite, self.notes, made,
                                                       take_lock=self._take_lock)
                 except BaseException as exc:
@@ -91,8 +90,11 @@ class TrainingSession:
                 self.ranks.broadcast(("ready", str(self.run_dir)))
             else:
                 verdict = self.ranks.broadcast(None)
-                if verdict[0] == "failed":
-                    raise UserError(*verdict[1:]) if verdict[1] else PeerLost("rank 0 could not set up the run")
+                if verdict[0] == "failed":  # rank 0 says why; this rank ends the same way, quietly
+                    _, message, hint, cancelled_by = verdict
+                    if cancelled_by is not None:
+                        raise PreparationCancelled(cancelled_by)
+                    raise UserError(message, hint) if message else PeerLost("rank 0 could not set up the run")
                 self.run_dir = Path(verdict[1])
                 self._prepare(cfg, resume_state, resume, overrides, None)
             try:
@@ -524,8 +526,11 @@ def _processes(n: int) -> str:
     return f"{n} process" + ("es" if n != 1 else "")
 
 
-def _user_error_parts(exc: BaseException) -> tuple[str, str]:
-    """(message, hint) of a UserError for the other ranks to raise too; ("", "") for anything else."""
+def _user_error_parts(exc: BaseException) -> tuple[str, str, int | None]:
+    """What the other ranks raise when rank 0's set-up failed: (message, hint) of a UserError, and
+    the signal of a stopped data preparation (0 = none known); ("", "", None) for anything else."""
     if isinstance(exc, UserError):
-        return exc.message, exc.hint
-    return "", ""
+        return exc.message, exc.hint, None
+    if isinstance(exc, PreparationCancelled):
+        return "", "", exc.args[0] if exc.args and exc.args[0] else 0
+    return "", "", None
