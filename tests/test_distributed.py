@@ -277,18 +277,18 @@ async def test_the_app_runs_on_rank_0_shows_the_processes_pauses_them_and_q_stop
         cfg, given = config_from_args(parse_args(["train", *flags]))
         app = create_app(cfg, overrides=given)
         async with app.run_test(size=(80, 24)) as pilot:
-            await wait_for(pilot, lambda: app.view.step >= 3, timeout=60, what="three steps")
+            await wait_for(pilot, lambda: app.view.step >= 3, timeout=180, what="three steps")
             assert "micro-batch 2 x accum 2 x 2 processes" in " ".join(app.screen_text().split())
             send_key(app, "p")
-            await wait_for(pilot, lambda: app.view.state == "paused", what="the pause")
+            await wait_for(pilot, lambda: app.view.state == "paused", timeout=120, what="the pause")
             paused_at = app.view.step
             await pilot.pause(3.0)  # longer than --dist-timeout 2: no collective may wait that long
             assert app.view.step == paused_at and rank1.poll() is None
             send_key(app, "p")
-            await wait_for(pilot, lambda: app.view.step > paused_at + 2, timeout=60, what="steps after the pause")
+            await wait_for(pilot, lambda: app.view.step > paused_at + 2, timeout=120, what="steps after the pause")
             send_key(app, "q")
-            await wait_for(pilot, lambda: not app.engine_running, timeout=60, what="the engine to end")
-        assert rank1.wait(timeout=60) == 0, rank1.stderr.read()
+            await wait_for(pilot, lambda: not app.engine_running, timeout=120, what="the engine to end")
+        assert rank1.wait(timeout=120) == 0, rank1.stderr.read()
     finally:
         if rank1.poll() is None:
             rank1.kill()
