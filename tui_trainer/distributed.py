@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # (torch is imported where it is used: the CLI starts without
     import torch
 
 DEFAULT_TIMEOUT_S = 600.0  # a collective waits this long for a rank before the run ends with an error
+SETUP_TIMEOUT_S = 3600.0  # joining, and waiting while rank 0 prepares the data (a first BPE run learns it)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ class Ranks:
         self.backend = backend
         self.device = device or torch.device("cpu")
         self.timeout_s = timeout_s
-        self._control_group = None  # gloo, for the CPU-side agreements (the default group on CPU)
+        self._control_group = None  # gloo, for the CPU-side agreements: the set-up's, then the training's
+        self.group = None  # the training collectives' (the gradients, the sums), with --dist-timeout
         self._started = False
         self.abandoned = False  # left without tearing the group down (see close)
 
@@ -132,23 +134,38 @@ class Ranks:
     # -- the process group's life ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Join the others (torchrun's env:// rendezvous). No-op for one process."""
+        """Join the others (torchrun's env:// rendezvous). No-op for one process.
+
+        Two timeouts: joining and the set-up (rank 0 may tokenize a large corpus while the others
+        wait) allow ``SETUP_TIMEOUT_S``; once ``set_up_done()``, the training collectives allow
+        ``--dist-timeout`` (groups of their own: the gradients' on the backend, the agreements' on gloo).
+        """
         if not self.distributed or self._started:
             return
         import torch
         import torch.distributed as dist
 
-        timeout = datetime.timedelta(seconds=self.timeout_s)
         kwargs: dict[str, Any] = {}
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             kwargs["device_id"] = self.device
+        setup, training = (datetime.timedelta(seconds=max(SETUP_TIMEOUT_S, self.timeout_s)),
+                           datetime.timedelta(seconds=self.timeout_s))
         try:
-            dist.init_process_group(self.backend, timeout=timeout, **kwargs)
-            self._control_group = dist.new_group(backend="gloo", timeout=timeout) if self.backend != "gloo" else None
+            dist.init_process_group(self.backend, timeout=setup, **kwargs)
+            gloo = self.backend == "gloo"
+            self._setup_group = None if gloo else dist.new_group(backend="gloo", timeout=setup)
+            self.group = dist.new_group(backend=self.backend, timeout=training)
+            self._training_control_group = self.group if gloo else dist.new_group(backend="gloo", timeout=training)
         except Exception as exc:  # (DistNetworkError, RuntimeError, ValueError: a bad rendezvous)
             raise PeerLost(f"could not join the other processes: {_first_line(exc)}") from None
+        self._control_group = self._setup_group
         self._started = True
+
+    def set_up_done(self) -> None:
+        """From now on a collective waits ``--dist-timeout`` at most."""
+        if self._started:
+            self._control_group = self._training_control_group
 
     def close(self, clean: bool = True) -> None:
         """Leave the group (the DDP model freed first: loop.py). ``clean``: every rank ended at the
@@ -178,7 +195,7 @@ class Ranks:
         if self._started:
             import torch.distributed as dist
 
-            self._call(dist.all_reduce, tensor)
+            self._call(dist.all_reduce, tensor, group=self.group)
         return tensor
 
     def agree(self, values: Sequence[float]) -> list[float]:
@@ -227,7 +244,8 @@ class SummedGradients:
     tokens), measuring on the way the squared norm of this rank's own accumulated gradient (before
     the sum) and counting the all-reduces, for the noise scale and the scaling benchmark."""
 
-    def __init__(self) -> None:
+    def __init__(self, group=None) -> None:
+        self.group = group  # the training group (its --dist-timeout)
         self.local_sq_norm: torch.Tensor | None = None  # this window's, summed over the buckets
         self.allreduces = 0  # every bucket's all-reduce since the count was last reset
         self.buckets = 0
@@ -247,7 +265,8 @@ def summed_allreduce_hook(state: SummedGradients, bucket):  # (DDP's comm-hook s
     import torch.distributed as dist
 
     state.measure(bucket)
-    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+    return dist.all_reduce(bucket.buffer(), group=state.group, async_op=True).get_future().then(
+        lambda fut: fut.value()[0])
 
 
 def wrap_model(model: torch.nn.Module, ranks: Ranks) -> tuple[torch.nn.Module, SummedGradients | None]:
@@ -258,8 +277,8 @@ def wrap_model(model: torch.nn.Module, ranks: Ranks) -> tuple[torch.nn.Module, S
 
     device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
     # (The GPT has no buffers to keep in step; its weights are broadcast from rank 0 here.)
-    ddp = DistributedDataParallel(model, device_ids=device_ids)
-    measured = SummedGradients()
+    ddp = DistributedDataParallel(model, device_ids=device_ids, process_group=ranks.group)
+    measured = SummedGradients(ranks.group)
     ddp.register_comm_hook(measured, summed_allreduce_hook)
     return ddp, measured
 

@@ -103,6 +103,7 @@ class TrainingSession:
                 failed = sum(self.ranks.agree([1.0 if sys.exc_info()[0] is not None else 0.0]))
             if failed:
                 raise PeerLost(f"{failed:g} of the {self.ranks.world_size} processes could not set up the run")
+            self.ranks.set_up_done()  # (from here on a collective waits --dist-timeout at most)
             self.train_model, self.grad_sync = wrap_model(self.model, self.ranks)
             self.train_model = torch.compile(self.train_model) if cfg.train.compile else self.train_model
         except BaseException:
