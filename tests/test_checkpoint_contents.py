@@ -55,6 +55,10 @@ MISFITS: dict[str, tuple[Callable[[dict], None], str]] = {
         lambda s: s["optimizer"]["state"][0].__setitem__("exp_avg", torch.zeros(1)), "exp_avg"),
     "optimizer of another model": (lambda s: s["optimizer"]["param_groups"][0]["params"].pop(), "parameters"),
     "data hash not a hash": (lambda s: s.__setitem__("data_sha256", 12), "SHA-256"),
+    "saved by 2 processes without their rng": (lambda s: s.__setitem__("world_size", 2), "one random-number state"),
+    "a rank's rng cut short": (lambda s: s.update(world_size=2, rng_ranks=[s["rng"], {"torch": s["rng"]["torch"],
+                                                                                     "python": [1]}]), "random"),
+    "world size a string": (lambda s: s.__setitem__("world_size", "2"), "world size"),
 }
 
 
