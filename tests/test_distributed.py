@@ -218,16 +218,18 @@ def rank_env(rank: int, port: int) -> dict[str, str]:
             "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
 
 
-def test_a_rank_that_dies_ends_the_other_with_one_clear_line_not_a_hang(small_corpus, tmp_path):
+def test_a_rank_that_dies_ends_the_other_with_one_clear_line_and_the_run_saved(small_corpus, tmp_path):
     """Without torchrun (which would tear the group down itself): rank 1 is killed with SIGKILL and
-    rank 0, waiting in the step's all-reduce, must end at once with an error naming the cause."""
-    args = cli("--data", str(small_corpus), *MODEL, "--dropout", "0", "--epochs", "50", "--micro-batch", "2",
-               "--accum", "2", "--run-dir", str(tmp_path / "run"), "--dist-timeout", "60")
+    rank 0, waiting in a collective, must end at once with an error naming the cause, having saved
+    the last step it took; a resume goes on from there."""
+    run_dir = tmp_path / "run"
+    args = cli("--data", str(small_corpus), *MODEL, "--dropout", "0", "--epochs", "3", "--micro-batch", "2",
+               "--accum", "2", "--run-dir", str(run_dir), "--dist-timeout", "60", "--checkpoint-every", "1000")
     port = free_port()
     rank0 = subprocess.Popen(args, env=rank_env(0, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rank1 = subprocess.Popen(args, env=rank_env(1, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_steps(tmp_path / "run", 5, rank0)
+        wait_for_steps(run_dir, 5, rank0)
         rank1.kill()
         started = time.monotonic()
         out, err = rank0.communicate(timeout=90)
@@ -239,7 +241,13 @@ def test_a_rank_that_dies_ends_the_other_with_one_clear_line_not_a_hang(small_co
     assert rank0.returncode == 1, err
     assert waited < 45  # gloo sees the closed connection: no waiting for the 60 s timeout
     assert "lost the other processes" in out + err and "Traceback" not in err
-    assert ended(tmp_path / "run")["reason"] == "error"
+    end = ended(run_dir)
+    assert end["reason"] == "error" and "is saved: continue with --resume" in end["message"]
+    resumed = run(cli("--resume", str(run_dir), "--log-every", "off"))
+    assert resumed.returncode == 0, resumed.stderr
+    after = steps(run_dir)
+    assert [s["step"] for s in after] == list(range(1, len(after) + 1))  # nothing lost, nothing twice
+    assert ended(run_dir)["reason"] == "completed"
 
 
 def test_more_processes_than_an_epoch_has_micro_batches_is_one_line_and_nothing_made(small_corpus, tmp_path):

@@ -36,7 +36,7 @@ def check_contents(state: dict[str, Any], path: Path, loop_state_cls: type) -> N
         _check_loop(state["loop"], loop_state_cls)
         _check_early_stopping(state["early_stopping"])
         _check_rng(state["rng"])
-        _check_ranks(state.get("world_size", 1), state.get("rng_ranks"))
+        _check_ranks(state.get("world_size", 1), state.get("rng_ranks"), state.get("rng_ranks_lost") is True)
         if not isinstance(state["data_sha256"], str) or len(state["data_sha256"]) != 64:
             raise _Misfit("its data hash is not a SHA-256")
         if not isinstance(state.get("data_path", ""), str):
@@ -175,11 +175,12 @@ def _check_early_stopping(early: Any) -> None:
         raise _Misfit(f"its early-stopping epochs_without_improvement is {waited!r}")
 
 
-def _check_ranks(world_size: Any, rank_rngs: Any) -> None:
-    """Several processes: one RNG state per rank (a resume with as many restores each one's)."""
+def _check_ranks(world_size: Any, rank_rngs: Any, lost: bool) -> None:
+    """Several processes: one RNG state per rank (a resume with as many restores each one's), unless
+    rank 0 saved it alone after losing the others (``rng_ranks_lost``)."""
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise _Misfit(f"its world size is {world_size!r}")
-    if world_size == 1:
+    if world_size == 1 or (lost and rank_rngs is None):
         return
     if not isinstance(rank_rngs, list) or len(rank_rngs) != world_size:
         raise _Misfit(f"it was saved by {world_size} processes but does not hold one random-number state for each")

@@ -47,7 +47,7 @@ class Trainer(TrainingSession):
             self.error = exc
             message = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, PeerLost):
-                message = str(exc)
+                message = str(exc) + self.rescue_save()
             elif self.ranks.is_main:  # (rank 0 alone writes in the run dir)
                 try:
                     (self.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8",

@@ -247,11 +247,15 @@ class TrainingSession:
         (bit-exact); otherwise rank 0 takes the saved one and the others their fresh seeds."""
         saved_world = int(state.get("world_size", 1))
         world = self.ranks.world_size
-        if saved_world == world:
+        if saved_world == world and not state.get("rng_ranks_lost"):
             restore_rng(state["rng_ranks"][self.ranks.rank] if world > 1 else state["rng"], self.device)
             return
         if self.ranks.is_main:
             restore_rng(state["rng"], self.device)
+        if saved_world == world:
+            self.notes.append("saved after a process was lost (only rank 0's random state was kept): "
+                              "the same position and data order, no longer bit-exact with an unbroken run")
+            return
         self.notes.append(f"saved with {_processes(saved_world)}, resumed with {_processes(world)}: the same "
                           f"position and data order, the effective batch now micro-batch x accum x {world}; "
                           f"no longer bit-exact with an unbroken run")
@@ -291,7 +295,11 @@ class TrainingSession:
                          rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Everything a resume needs. ``rank_rngs``: every rank's RNG state (several processes)."""
         rng = rng if rng is not None else capture_rng(self.device)
-        extra = {"rng_ranks": rank_rngs} if rank_rngs is not None and len(rank_rngs) > 1 else {}
+        extra: dict[str, Any] = {}
+        if rank_rngs is not None and len(rank_rngs) > 1:
+            extra["rng_ranks"] = rank_rngs
+        elif self.ranks.distributed:  # a rescue after a process was lost: only rank 0's state is here
+            extra["rng_ranks_lost"] = True
         return {
             "format_version": ckpt.FORMAT_VERSION,
             "model": self.model.state_dict(),
@@ -299,7 +307,7 @@ class TrainingSession:
             "early_stopping": self.early_stopping.state_dict(),
             "loop": {**asdict(self.state), "elapsed_seconds": self.elapsed_seconds(),
                      "last_verdict": self.last_diagnosis.to_state() if self.last_diagnosis else None},
-            "rng": rank_rngs[0] if extra else rng,
+            "rng": rank_rngs[0] if "rng_ranks" in extra else rng,
             **extra,
             "world_size": self.ranks.world_size,
             "config": self.cfg.to_dict(),
@@ -329,6 +337,22 @@ class TrainingSession:
             if kind == "latest":
                 self._latest_saved = (self.state.epoch, self.state.example_cursor, self.state.step)
         return saved
+
+    def rescue_save(self) -> str:
+        """Several processes, another one lost: rank 0 saves where the run stands (the last step
+        taken; a partial window's gradient is dropped) unless `latest` holds it already. Returns what
+        a resume can do, for the end message ("" on the other ranks)."""
+        st = self.state
+        if not self.ranks.is_main or not hasattr(self, "optimizer"):
+            return ""
+        if self._latest_saved != (st.epoch, st.example_cursor, st.step):
+            self.optimizer.zero_grad(set_to_none=True)
+            if not self._write_checkpoint("latest", None, None):
+                return "; " + (f"the previous checkpoint (step {self._latest_saved[2]}) is intact"
+                               if self._latest_saved else "no checkpoint could be saved")
+            self._latest_saved = (st.epoch, st.example_cursor, st.step)
+        return (f"; step {st.step} is saved: continue with --resume {self.run_dir} (the other ranks' random "
+                f"state was lost with them: not bit-exact)")
 
     def _write_checkpoint(self, kind: str, rng: dict[str, Any] | None,
                           rank_rngs: list[dict[str, Any]] | None) -> bool:
