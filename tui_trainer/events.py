@@ -22,7 +22,7 @@ class RunStarted:
     epochs: int
     micro_batch: int
     accum: int
-    processes: int
+    processes: int  # the ranks that train together (torchrun's world size; 1 without it)
     block_size: int
     planned_tokens: int  # tokens the whole run will train on (drives the LR schedule and ETA)
     resumed_from_step: int = 0  # 0 = fresh run
@@ -34,6 +34,11 @@ class RunStarted:
     noise_scale: bool = False  # the run estimates the gradient noise scale (StepEvent.noise_scale)
     auto_accum: bool = False  # ... and follows its suggestion at each epoch boundary
     precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/precision.py chose it
+
+    @property
+    def world_size(self) -> int:
+        """torchrun's word for ``processes``: the ranks that train this run together."""
+        return self.processes
 
 
 @dataclass(frozen=True, kw_only=True)
