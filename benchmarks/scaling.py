@@ -150,7 +150,7 @@ def worker(spec_path: str) -> int:
         "message": getattr(end, "message", ""), "stamps": recorder.stamps, "step_tokens": recorder.step_tokens,
         "allreduces_per_step": recorder.allreduces_per_step, "buckets": grad_sync.buckets if grad_sync else 0,
         "ddp_buckets": recorder.ddp_buckets,
-        "allreduce_seconds": recorder.allreduce_seconds, "gradient_floats": trainer.model.num_parameters(),
+        "allreduce_seconds": recorder.allreduce_seconds,
         "peak_rss_mib": peak_rss_mib(), "rss_at_start_mib": rss_at_start,
         "peak_gpu_mib": (torch.cuda.max_memory_allocated(trainer.device) / 2**20
                          if trainer.device.type == "cuda" else None),
@@ -168,31 +168,35 @@ class Configuration:
     device: str
     processes: int
     threads: int
+    widest: int  # the most processes of its device's comparison: every run of it takes the same global step
+
+    def accum_per_rank(self, accum: int) -> int:
+        """``accum`` micro-batches a rank at the widest; one process accumulates ``widest`` times as many."""
+        return accum * self.widest // self.processes
 
 
 def configurations(devices: list[str], nproc: int, keys: set[str] | None) -> list[Configuration]:
     found = []
     if "cpu" in devices:
-        found += [Configuration("a", f"1 process x {nproc} threads", "cpu", 1, nproc),
-                  Configuration("b", f"{nproc} processes x 1 thread", "cpu", nproc, 1),
-                  Configuration("c", "1 process x 1 thread", "cpu", 1, 1)]
+        found += [Configuration("a", f"1 process x {nproc} threads", "cpu", 1, nproc, nproc),
+                  Configuration("b", f"{nproc} processes x 1 thread", "cpu", nproc, 1, nproc),
+                  Configuration("c", "1 process x 1 thread", "cpu", 1, 1, nproc)]
     if "cuda" in devices:
         gpus = torch.cuda.device_count()
-        found.append(Configuration("g1", "1 GPU", "cuda", 1, 1))
-        if gpus >= 2:
-            found.append(Configuration("gN", f"{gpus} GPUs", "cuda", gpus, 1))
+        found.append(Configuration("g1", "1 GPU", "cuda", 1, 1, max(1, gpus)))
+        if gpus >= 2:  # (one process per GPU; its CPU threads hardly matter)
+            found.append(Configuration("gN", f"{gpus} GPUs", "cuda", gpus, 1, gpus))
         else:
-            print(f"(one GPU here: the 1 vs N GPU comparison needs 2 or more; measuring 1 GPU only)")
+            print("(one GPU here: the 1 vs N GPU comparison needs 2 or more; measuring 1 GPU only)")
     return [c for c in found if keys is None or c.key in keys]
 
 
-def run_configuration(config: Configuration, args: argparse.Namespace, global_accum: int, scratch: Path,
-                      rep: int) -> list[dict]:
+def run_configuration(config: Configuration, args: argparse.Namespace, scratch: Path, rep: int) -> list[dict]:
     """One run of ``config`` in fresh process(es); every rank's result, rank 0 first."""
     out_dir = scratch / f"{config.key}-rep{rep}"
     out_dir.mkdir()
     spec = {"preset": args.preset, "device": config.device, "threads": config.threads,
-            "processes": config.processes, "accum": global_accum // config.processes, "warmup": args.warmup,
+            "processes": config.processes, "accum": config.accum_per_rank(args.accum), "warmup": args.warmup,
             "steps": args.steps, "run_dir": str(out_dir / "run"), "out_dir": str(out_dir),
             "break_no_sync": args.break_no_sync}
     spec_path = out_dir / "spec.json"
@@ -230,6 +234,7 @@ class Measured:
     peak_gpu_mib: list[float | None]
     allreduce_ms: float | None  # rank 0's median
     allreduces_per_step: list[int]  # rank 0's, every step (warm-up included)
+    allreduces_agree: bool  # every rank counted the same all-reduces in every step
     buckets_per_step: list[int]  # the buckets DDP had in each step (one all-reduce each makes one round)
     bucket_bytes: str  # DDP's layouts, for the record
 
@@ -247,7 +252,8 @@ def measure(results: list[dict], warmup: int) -> Measured:
                     rss_at_start_mib=[r["rss_at_start_mib"] for r in results],
                     peak_gpu_mib=[r["peak_gpu_mib"] for r in results],
                     allreduce_ms=1000 * statistics.median(main["allreduce_seconds"]) if main["allreduce_seconds"] else None,
-                    allreduces_per_step=rounds, **expected_buckets(main, len(rounds)))
+                    allreduces_per_step=rounds,
+                    allreduces_agree=all(r["allreduces_per_step"] == rounds for r in results), **expected_buckets(main, len(rounds)))
 
 
 def expected_buckets(result: dict, steps: int) -> dict:
@@ -266,7 +272,8 @@ def expected_buckets(result: dict, steps: int) -> dict:
 
 def one_round_per_step(runs: list[Measured]) -> tuple[bool, str]:
     """Every step of every multi-process run made exactly one all-reduce of each bucket."""
-    bad = [m for m in runs if min(m.buckets_per_step) < 1 or m.allreduces_per_step != m.buckets_per_step]
+    bad = [m for m in runs if min(m.buckets_per_step) < 1 or m.allreduces_per_step != m.buckets_per_step
+           or not m.allreduces_agree]
     steps = sum(len(m.allreduces_per_step) for m in runs)
     total = sum(sum(m.allreduces_per_step) for m in runs)
     rounds = sum(sum(m.buckets_per_step) for m in runs)
@@ -275,7 +282,8 @@ def one_round_per_step(runs: list[Measured]) -> tuple[bool, str]:
                f"buckets (DDP's buckets: {'; '.join(layouts)})")
     if bad:
         return False, (f"{summary}; a run made {bad[0].allreduces_per_step} all-reduces in its steps where "
-                       f"DDP had {bad[0].buckets_per_step} buckets")
+                       f"DDP had {bad[0].buckets_per_step} buckets"
+                       f"{'' if bad[0].allreduces_agree else ', and its ranks counted different all-reduces'}")
     return True, summary
 
 
@@ -307,22 +315,31 @@ def main(argv: list[str] | None = None) -> int:
     nproc = args.nproc or min(2, cores())
     devices = ([d.strip() for d in args.devices.split(",")] if args.devices
                else ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    if "cpu" in devices and not 2 <= nproc <= cores():
+        if args.nproc:
+            parser.error(f"--nproc {nproc}: the CPU comparison needs 2 to {cores()} processes on this machine")
+        print("(one CPU core: no CPU comparison)")
+        devices.remove("cpu")
     if "cuda" in devices and not torch.cuda.is_available():
         print("nothing measured: --devices cuda, but CUDA is not available here")
         return NOTHING_MEASURED
     configs = configurations(devices, nproc, set(args.configs.split(",")) if args.configs else None)
     model_cfg, micro_batch, preset_accum = PRESETS[args.preset]
-    accum = args.accum or preset_accum
-    widest = max([c.processes for c in configs] + [1])
-    global_accum = accum * widest
-    tokens_per_step = micro_batch * global_accum * model_cfg.block_size
+    args.accum = args.accum or preset_accum
+    if not configs:
+        print("nothing measured: no configuration to run (--configs names a, b, c, g1 or gN)")
+        return NOTHING_MEASURED
     print("Scaling: tokens/s, peak memory per rank and the gradient all-reduce, 1 vs N processes")
     print(machine_line("cuda" if "cuda" in devices else "cpu"))
     print(f"preset {args.preset} ({model_cfg.n_layer} layers, d_model {model_cfg.n_embd}, context "
-          f"{model_cfg.block_size}); every run: micro-batch {micro_batch} x {global_accum} micro-batches a step "
-          f"(N processes: {global_accum} / N each) = {tokens_per_step:,} tokens/step; {args.reps} repetitions of "
-          f"{args.warmup} warm-up + {args.steps} measured steps, configurations alternating; each run in fresh "
-          f"processes (torchrun for N > 1)", flush=True)
+          f"{model_cfg.block_size}), micro-batch {micro_batch}; {args.reps} repetitions of {args.warmup} warm-up + "
+          f"{args.steps} measured steps, configurations alternating, each run in fresh processes (torchrun for "
+          f"N > 1); the same global step in every run of a device:")
+    for c in configs:
+        global_accum = c.accum_per_rank(args.accum) * c.processes
+        print(f"  ({c.key}) {c.label} on {c.device}: {c.processes} x accum {c.accum_per_rank(args.accum)} = "
+              f"{global_accum} micro-batches = {micro_batch * global_accum * model_cfg.block_size:,} tokens a step",
+              flush=True)
     loads = [os.getloadavg()[0]]
     runs: dict[str, list[Measured]] = {c.key: [] for c in configs}
     started = time.perf_counter()
@@ -330,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.reps):
             for config in (configs if rep % 2 == 0 else configs[::-1]):
                 try:
-                    measured = measure(run_configuration(config, args, global_accum, Path(scratch), rep), args.warmup)
+                    measured = measure(run_configuration(config, args, Path(scratch), rep), args.warmup)
                 except (WorkerFailed, subprocess.TimeoutExpired) as exc:
                     print(f"nothing measured: a run failed: {exc}")
                     return NOTHING_MEASURED
