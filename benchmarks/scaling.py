@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{compact(measured.allreduces_per_step)} (DDP's buckets {compact(measured.buckets_per_step)})"
                         if config.processes > 1 else "")
                 print(f"  rep {rep + 1}: {config.label}: {measured.tokens_per_s:,.0f} tok/s, peak RSS "
-                      f"{' / '.join(f'{m:,.0f}' for m in measured.peak_rss_mib)} MiB{comm}", flush=True)
+                      f"{' / '.join(f'{m:,.0f}' for m in measured.peak_rss_mib)} MiB{comm}; load {loads[-1]:.1f}",
+                      flush=True)
     print(f"\n{time.perf_counter() - started:.0f} s for {args.reps} x {len(configs)} runs; load average (1 min) "
           f"{min(loads):.1f}-{max(loads):.1f} while measuring")
     print_table(configs, runs)
