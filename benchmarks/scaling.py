@@ -14,7 +14,7 @@ On the CPU (the fair comparison on N cores: the same cores, shared out different
 With CUDA available, also 1 GPU vs every GPU (one process each, nccl); with one GPU, only 1 GPU.
 
 What each run measures: tokens/s (the global rate: tokens per step over rank 0's median step time,
-warm-up steps skipped); each rank's peak RSS (``ru_maxrss``) and, on CUDA, peak allocated GPU
+warm-up steps skipped); each rank's peak RSS (``VmHWM``) and, on CUDA, peak allocated GPU
 memory; in a multi-process run, the all-reduce of one flat float32 buffer the size of the model's
 gradients (median of ``ALLREDUCE_SAMPLES``, timed on every rank after the last step) and the
 gradient all-reduces DDP made in each step (``SummedGradients.allreduces``, read at each step).
@@ -128,13 +128,21 @@ def time_flat_allreduce(trainer: Trainer) -> list[float]:
     return seconds
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def rss_mib(field: str = "VmHWM") -> float:
+    """This process's peak (VmHWM) or current (VmRSS) resident set. Not ``ru_maxrss``: that starts
+    from the launching process's size (it survives the fork and exec), and the launcher imported torch too."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (no /proc: the best there is)
 
 
 def worker(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
-    rss_at_start = peak_rss_mib()  # torch imported, nothing built: what every process pays
+    rss_at_start = rss_mib("VmRSS")  # torch imported, nothing built: what every process pays
     total_steps = spec["warmup"] + spec["steps"]
     cfg = run_config(spec["preset"], spec["run_dir"], train_batches=total_steps * spec["accum"] * spec["processes"],
                      threads=spec["threads"], device=spec["device"], accum=spec["accum"])
@@ -151,7 +159,7 @@ def worker(spec_path: str) -> int:
         "allreduces_per_step": recorder.allreduces_per_step, "buckets": grad_sync.buckets if grad_sync else 0,
         "ddp_buckets": recorder.ddp_buckets,
         "allreduce_seconds": recorder.allreduce_seconds,
-        "peak_rss_mib": peak_rss_mib(), "rss_at_start_mib": rss_at_start,
+        "peak_rss_mib": rss_mib(), "rss_at_start_mib": rss_at_start,
         "peak_gpu_mib": (torch.cuda.max_memory_allocated(trainer.device) / 2**20
                          if trainer.device.type == "cuda" else None),
     }
