@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -55,6 +56,7 @@ from tui_trainer.loop import Trainer
 
 ALLREDUCE_SAMPLES = 20
 ALLREDUCE_WARMUP = 3
+RETRIES = 1  # a run that fails is run once more (and the summary says so); a second failure ends the benchmark
 WORKER_TIMEOUT_S = 900  # one configuration's run, start-up included (a busy box is slow, not stuck)
 # (warm-up steps, measured steps, repetitions) per preset: the full small run takes ~4 minutes on 2 cores.
 DEFAULT_RUNS = {"seed": (1, 4, 2), "small": (2, 10, 3), "tiny": (1, 4, 1)}
@@ -164,6 +166,11 @@ def worker(spec_path: str) -> int:
                          if trainer.device.type == "cuda" else None),
     }
     Path(spec["out_dir"], f"rank{rank}.json").write_text(json.dumps(result))
+    # DDP's reducer still holds the gloo group (destroy_process_group only drops torch's own references):
+    # let it go while the interpreter is whole, not at its teardown, where a gloo rank was seen to
+    # abort once ("terminate called without an active exception", load ~3.7).
+    del trainer, recorder.trainer, grad_sync
+    gc.collect()
     return 0 if end.reason == "completed" else 1
 
 
@@ -199,9 +206,10 @@ def configurations(devices: list[str], nproc: int, keys: set[str] | None) -> lis
     return [c for c in found if keys is None or c.key in keys]
 
 
-def run_configuration(config: Configuration, args: argparse.Namespace, scratch: Path, rep: int) -> list[dict]:
+def run_configuration(config: Configuration, args: argparse.Namespace, scratch: Path, rep: int,
+                      attempt: int = 0) -> list[dict]:
     """One run of ``config`` in fresh process(es); every rank's result, rank 0 first."""
-    out_dir = scratch / f"{config.key}-rep{rep}"
+    out_dir = scratch / f"{config.key}-rep{rep}-{attempt}"
     out_dir.mkdir()
     spec = {"preset": args.preset, "device": config.device, "threads": config.threads,
             "processes": config.processes, "accum": config.accum_per_rank(args.accum), "warmup": args.warmup,
@@ -222,8 +230,9 @@ def run_configuration(config: Configuration, args: argparse.Namespace, scratch: 
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S)
     results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
     if done.returncode != 0 or len(results) != config.processes or any(r["end"] != "completed" for r in results):
-        raise WorkerFailed(f"{config.label}: exit code {done.returncode}, {len(results)} of {config.processes} "
-                           f"ranks reported\n{done.stdout[-1500:]}\n{done.stderr[-3000:]}")
+        reported = ", ".join(f"rank {r['rank']} ({r['end']})" for r in results) or "none"
+        raise WorkerFailed(f"{config.label}: exit code {done.returncode}; ranks that reported: {reported}"
+                           f"\n{done.stdout[-1500:]}\n{done.stderr[-3000:]}")
     return sorted(results, key=lambda r: r["rank"])
 
 
@@ -350,15 +359,21 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     loads = [os.getloadavg()[0]]
     runs: dict[str, list[Measured]] = {c.key: [] for c in configs}
+    failures: list[str] = []  # runs that failed and were run again (said in the summary)
     started = time.perf_counter()
     with scratch_dir("scaling") as scratch:
         for rep in range(args.reps):
             for config in (configs if rep % 2 == 0 else configs[::-1]):
-                try:
-                    measured = measure(run_configuration(config, args, Path(scratch), rep), args.warmup)
-                except (WorkerFailed, subprocess.TimeoutExpired) as exc:
-                    print(f"nothing measured: a run failed: {exc}")
-                    return NOTHING_MEASURED
+                for attempt in range(1 + RETRIES):
+                    try:
+                        measured = measure(run_configuration(config, args, Path(scratch), rep, attempt), args.warmup)
+                        break
+                    except (WorkerFailed, subprocess.TimeoutExpired) as exc:
+                        if attempt == RETRIES:
+                            print(f"nothing measured: a run failed: {exc}")
+                            return NOTHING_MEASURED
+                        failures.append(str(exc).splitlines()[0])
+                        print(f"  rep {rep + 1}: {config.label}: the run failed ({failures[-1]}): once more", flush=True)
                 runs[config.key].append(measured)
                 loads.append(os.getloadavg()[0])
                 comm = (f", flat all-reduce {measured.allreduce_ms:.2f} ms, all-reduces by step "
@@ -369,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
     print(f"\n{time.perf_counter() - started:.0f} s for {args.reps} x {len(configs)} runs; load average (1 min) "
           f"{min(loads):.1f}-{max(loads):.1f} while measuring")
+    if failures:
+        print(f"{len(failures)} run{'s' if len(failures) != 1 else ''} failed and ran again: {'; '.join(failures)}")
     print_table(configs, runs)
     return verdicts(configs, runs, nproc)
 
