@@ -4,7 +4,7 @@ Every configuration trains the same model on the same global windows (the same e
 one process accumulates ``N x accum`` micro-batches where N processes accumulate ``accum`` each)
 for a fixed number of optimizer steps, each run in a fresh process so that its peak memory is its
 own. The multi-process runs are launched by torchrun itself
-(``python -m torch.distributed.run --standalone --nproc-per-node N benchmarks/scaling.py --worker
+(``python -m torch.distributed.run --standalone --nproc-per-node N benchmarks/_scaling_worker.py
 SPEC``); every worker builds ``Trainer`` from tui_trainer.loop and writes its figures to a JSON
 file. The configurations alternate, repetition after repetition, so a neighbour's burst on a
 shared machine hits them alike; each figure is a median.
@@ -16,7 +16,7 @@ With CUDA available, also 1 GPU vs every GPU (one process each, nccl); with one 
 What each run measures: tokens/s (the global rate: tokens per step over rank 0's median step time,
 warm-up steps skipped); each rank's peak RSS (``VmHWM``) and, on CUDA, peak allocated GPU
 memory; in a multi-process run, the all-reduce of one flat float32 buffer the size of the model's
-gradients (median of ``ALLREDUCE_SAMPLES``, timed on every rank after the last step) and the
+gradients (median of 20, timed on every rank after the last step) and the
 gradient all-reduces DDP made in each step (``SummedGradients.allreduces``, read at each step).
 The check: exactly one all-reduce round per optimizer step, i.e. ``no_sync`` on every micro-step but
 the last: the all-reduces of each step equal the number of buckets DDP had in that step (its own
@@ -33,11 +33,8 @@ the script exits 1 if any step made more or fewer.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,130 +45,13 @@ from pathlib import Path
 import torch
 
 import tui_trainer
-from _common import CHECK_FAILED, NOTHING_MEASURED, PRESETS, cores, fmt_spread, machine_line, run_config, \
-    scratch_dir, table
-from tui_trainer.control import Control
-from tui_trainer.events import StepEvent
-from tui_trainer.loop import Trainer
+from _common import CHECK_FAILED, NOTHING_MEASURED, PRESETS, cores, fmt_spread, machine_line, scratch_dir, table
 
-ALLREDUCE_SAMPLES = 20
-ALLREDUCE_WARMUP = 3
+WORKER = Path(__file__).resolve().with_name("_scaling_worker.py")  # one rank of one configuration
 RETRIES = 1  # a run that fails is run once more (and the summary says so); a second failure ends the benchmark
 WORKER_TIMEOUT_S = 900  # one configuration's run, start-up included (a busy box is slow, not stuck)
 # (warm-up steps, measured steps, repetitions) per preset: the full small run takes ~4 minutes on 2 cores.
 DEFAULT_RUNS = {"seed": (1, 4, 2), "small": (2, 10, 3), "tiny": (1, 4, 1)}
-
-
-# -- the worker: one rank of one configuration -------------------------------------------------------
-
-class StepRecorder:
-    """The worker's sink: stamps each optimizer step and reads how many gradient all-reduces DDP made
-    in it; after the last step, times the flat all-reduce (every rank reaches that step together)."""
-
-    def __init__(self, total_steps: int) -> None:
-        self.total_steps = total_steps
-        self.trainer: Trainer | None = None  # set once built (no step is reported before run())
-        self.stamps: list[float] = []
-        self.step_tokens: list[int] = []
-        self.allreduces_per_step: list[int] = []
-        self.allreduce_seconds: list[float] = []
-        self.ddp_buckets: dict[str, list[int] | None] = {}
-        self._allreduces_before = 0
-
-    def emit(self, event: object) -> None:
-        if not isinstance(event, StepEvent):
-            return
-        self.stamps.append(time.perf_counter())
-        self.step_tokens.append(event.tokens)
-        grad_sync = self.trainer.grad_sync
-        if grad_sync is not None:
-            self.allreduces_per_step.append(grad_sync.allreduces - self._allreduces_before)
-            self._allreduces_before = grad_sync.allreduces
-        if event.step == self.total_steps and self.trainer.ranks.distributed:
-            self.ddp_buckets = ddp_bucket_bytes(self.trainer.train_model)
-            # After the stamp: the last step's time is already taken.
-            self.allreduce_seconds = time_flat_allreduce(self.trainer)
-
-
-def ddp_bucket_bytes(ddp: torch.nn.Module) -> dict[str, list[int] | None]:
-    """DDP's own record of its gradient buckets (bytes each): the first layout and the one it rebuilt
-    after the first synchronised backward (None if it did not rebuild). A private torch API: a torch
-    without it gives {} and the check falls back on the buckets the sum hook saw."""
-    try:
-        data = ddp._get_ddp_logging_data()
-    except Exception:  # (not a DDP model, or the API moved)
-        return {}
-
-    def sizes(key: str) -> list[int] | None:
-        text = str(data.get(key, "")).strip()
-        return [int(size) for size in text.split(",")] if text else None
-
-    return {"first": sizes("bucket_sizes"), "rebuilt": sizes("rebuilt_bucket_sizes") if data.get("has_rebuilt_buckets")
-            else None}
-
-
-def time_flat_allreduce(trainer: Trainer) -> list[float]:
-    """Seconds of ``dist.all_reduce`` of one flat float32 buffer as large as the model's gradients."""
-    import torch.distributed as dist
-
-    device = trainer.device
-    size = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    buffer = torch.ones(size, dtype=torch.float32, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    dist.barrier()
-    seconds = []
-    for i in range(ALLREDUCE_WARMUP + ALLREDUCE_SAMPLES):
-        sync()
-        started = time.perf_counter()
-        dist.all_reduce(buffer)
-        sync()
-        if i >= ALLREDUCE_WARMUP:
-            seconds.append(time.perf_counter() - started)
-    return seconds
-
-
-def rss_mib(field: str = "VmHWM") -> float:
-    """This process's peak (VmHWM) or current (VmRSS) resident set. Not ``ru_maxrss``: that starts
-    from the launching process's size (it survives the fork and exec), and the launcher imported torch too."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (no /proc: the best there is)
-
-
-def worker(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    rss_at_start = rss_mib("VmRSS")  # torch imported, nothing built: what every process pays
-    total_steps = spec["warmup"] + spec["steps"]
-    cfg = run_config(spec["preset"], spec["run_dir"], train_batches=total_steps * spec["accum"] * spec["processes"],
-                     threads=spec["threads"], device=spec["device"], accum=spec["accum"])
-    recorder = StepRecorder(total_steps)
-    trainer = recorder.trainer = Trainer(cfg, recorder, Control())
-    if spec.get("break_no_sync") and trainer.ranks.distributed:
-        # What the check exists for: a loop that lost no_sync all-reduces after every micro-step.
-        trainer.train_model.no_sync = contextlib.nullcontext
-    rank, grad_sync = trainer.ranks.rank, trainer.grad_sync
-    end = trainer.run()
-    result = {
-        "rank": rank, "world_size": trainer.ranks.world_size, "threads": trainer.threads, "end": end.reason,
-        "message": getattr(end, "message", ""), "stamps": recorder.stamps, "step_tokens": recorder.step_tokens,
-        "allreduces_per_step": recorder.allreduces_per_step, "buckets": grad_sync.buckets if grad_sync else 0,
-        "ddp_buckets": recorder.ddp_buckets,
-        "allreduce_seconds": recorder.allreduce_seconds,
-        "peak_rss_mib": rss_mib(), "rss_at_start_mib": rss_at_start,
-        "peak_gpu_mib": (torch.cuda.max_memory_allocated(trainer.device) / 2**20
-                         if trainer.device.type == "cuda" else None),
-    }
-    Path(spec["out_dir"], f"rank{rank}.json").write_text(json.dumps(result))
-    # DDP's reducer still holds the gloo group (destroy_process_group only drops torch's own references):
-    # let it go while the interpreter is whole, not at its teardown, where a gloo rank was seen to
-    # abort once ("terminate called without an active exception", load ~3.7).
-    del trainer, recorder.trainer, grad_sync
-    gc.collect()
-    return 0 if end.reason == "completed" else 1
 
 
 # -- the parent: configurations, repetitions, the table -----------------------------------------------
@@ -217,16 +97,15 @@ def run_configuration(config: Configuration, args: argparse.Namespace, scratch: 
             "break_no_sync": args.break_no_sync}
     spec_path = out_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    script = str(Path(__file__).resolve())
     # The workers import the same tui_trainer as this process, from wherever it is run.
     source_root = str(Path(tui_trainer.__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": str(config.threads)}
     if config.processes == 1:  # one process, no launcher: what `tui-trainer train` runs
-        command = [sys.executable, script, "--worker", str(spec_path)]
+        command = [sys.executable, str(WORKER), str(spec_path)]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc-per-node={config.processes}", script, "--worker", str(spec_path)]
+                   f"--nproc-per-node={config.processes}", str(WORKER), str(spec_path)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S)
     results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
     if done.returncode != 0 or len(results) != config.processes or any(r["end"] != "completed" for r in results):
@@ -306,7 +185,6 @@ def one_round_per_step(runs: list[Measured]) -> tuple[bool, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)  # one rank (torchrun starts it)
     parser.add_argument("--preset", default="small", help="seed, small or tiny (default small)")
     parser.add_argument("--nproc", type=int, default=None, help="processes on the CPU (default: min(2, cores))")
     parser.add_argument("--accum", type=int, default=None,
@@ -322,8 +200,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="all-reduce on every micro-step, as a loop that lost no_sync would (the check must fail)")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps, 1 repetition (smoke test)")
     args = parser.parse_args(argv)
-    if args.worker:
-        return worker(args.worker)
     if args.quick:
         args.preset = "tiny"
     warmup, steps, reps = DEFAULT_RUNS[args.preset]
