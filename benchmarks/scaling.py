@@ -24,7 +24,7 @@ record, ``_get_ddp_logging_data()``: one bucket layout for the first step, then 
 in the order the gradients came, e.g. 1 bucket then 2 — so the total is not ``buckets x steps``);
 the script exits 1 if any step made more or fewer.
 
-    python benchmarks/scaling.py                        # small model, 3 repetitions (~4 min on 2 cores)
+    python benchmarks/scaling.py                        # small model, 3 repetitions (4.5 min on 2 cores at load ~2)
     python benchmarks/scaling.py --preset seed --steps 4 --reps 2
     python benchmarks/scaling.py --devices cuda         # on a CUDA machine: 1 GPU vs all of them
     python benchmarks/scaling.py --quick                # tiny model, 1 repetition (smoke test)
@@ -50,7 +50,7 @@ from _common import CHECK_FAILED, NOTHING_MEASURED, PRESETS, cores, fmt_spread, 
 WORKER = Path(__file__).resolve().with_name("_scaling_worker.py")  # one rank of one configuration
 RETRIES = 1  # a run that fails is run once more (and the summary says so); a second failure ends the benchmark
 WORKER_TIMEOUT_S = 900  # one configuration's run, start-up included (a busy box is slow, not stuck)
-# (warm-up steps, measured steps, repetitions) per preset: the full small run takes ~4 minutes on 2 cores.
+# (warm-up steps, measured steps, repetitions) per preset: the small run took 4.5 minutes on 2 cores at load ~2.
 DEFAULT_RUNS = {"seed": (1, 4, 2), "small": (2, 10, 3), "tiny": (1, 4, 1)}
 
 
