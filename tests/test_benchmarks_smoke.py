@@ -51,6 +51,7 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
     ("noise_scale.py", "time inside the hook"),
     ("noise_scale_payoff.py", "to auto's final"),
     ("precision.py", "bf16 qualifies"),
+    ("scaling.py", "one all-reduce round per step"),
 ])
 def test_benchmark_script_runs_quick_and_prints_its_figures(script, expected, tmp_path):
     if script in ("key_latency.py", "ui_overhead.py") and shutil.which("tmux") is None:
@@ -65,6 +66,14 @@ def test_memory_benchmark_exits_1_when_the_same_update_check_fails(tmp_path):
     done = run_script("memory.py", tmp_path, 120, "--tolerance", "1e-12")
     assert done.returncode == CHECK_FAILED, done.stdout[-2000:] + done.stderr[-2000:]
     assert "FAILED: above the tolerance" in done.stdout
+
+
+def test_scaling_benchmark_exits_1_when_a_step_all_reduces_more_than_once(tmp_path):
+    # Its workers all-reduce after every micro-step, as a loop that lost no_sync would: the check must fail.
+    done = run_script("scaling.py", tmp_path, 240, "--configs", "b", "--break-no-sync")
+    assert done.returncode == CHECK_FAILED, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "FAILED: not one all-reduce round per optimizer step" in done.stdout
+    assert "one all-reduce round per step:" not in done.stdout
 
 
 def _path_without_tmux(tmp_path: Path) -> dict[str, str]:

@@ -1,0 +1,143 @@
+"""One rank of one ``scaling.py`` configuration: ``python benchmarks/_scaling_worker.py SPEC``, or under
+``python -m torch.distributed.run --standalone --nproc-per-node N benchmarks/_scaling_worker.py SPEC``.
+
+SPEC is the JSON file scaling.py writes (preset, device, threads, processes, accum per rank, steps,
+run dir, out dir). The worker builds ``Trainer`` from tui_trainer.loop (it joins the other ranks
+itself, from torchrun's environment), trains, and writes its figures to ``OUT_DIR/rank{R}.json``:
+the wall clock at each optimizer step, the gradient all-reduces DDP made in each step and DDP's
+own record of its buckets, the flat all-reduce's seconds, its peak RSS (and peak GPU memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from _common import run_config
+from tui_trainer.control import Control
+from tui_trainer.events import StepEvent
+from tui_trainer.loop import Trainer
+
+ALLREDUCE_SAMPLES = 20
+ALLREDUCE_WARMUP = 3
+
+
+class StepRecorder:
+    """The worker's sink: stamps each optimizer step and reads how many gradient all-reduces DDP made
+    in it; after the last step, times the flat all-reduce (every rank reaches that step together)."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+        self.trainer: Trainer | None = None  # set once built (no step is reported before run())
+        self.stamps: list[float] = []
+        self.step_tokens: list[int] = []
+        self.allreduces_per_step: list[int] = []
+        self.allreduce_seconds: list[float] = []
+        self.ddp_buckets: dict[str, list[int] | None] = {}
+        self._allreduces_before = 0
+
+    def emit(self, event: object) -> None:
+        if not isinstance(event, StepEvent):
+            return
+        self.stamps.append(time.perf_counter())
+        self.step_tokens.append(event.tokens)
+        grad_sync = self.trainer.grad_sync
+        if grad_sync is not None:
+            self.allreduces_per_step.append(grad_sync.allreduces - self._allreduces_before)
+            self._allreduces_before = grad_sync.allreduces
+        if event.step == self.total_steps and self.trainer.ranks.distributed:
+            self.ddp_buckets = ddp_bucket_bytes(self.trainer.train_model)
+            # After the stamp: the last step's time is already taken.
+            self.allreduce_seconds = time_flat_allreduce(self.trainer)
+
+
+def ddp_bucket_bytes(ddp: torch.nn.Module) -> dict[str, list[int] | None]:
+    """DDP's own record of its gradient buckets (bytes each): the first layout and the one it rebuilt
+    after the first synchronised backward (None if it did not rebuild). A private torch API: a torch
+    without it gives {} and the check falls back on the buckets the sum hook saw."""
+    try:
+        data = ddp._get_ddp_logging_data()
+    except Exception:  # (not a DDP model, or the API moved)
+        return {}
+
+    def sizes(key: str) -> list[int] | None:
+        text = str(data.get(key, "")).strip()
+        return [int(size) for size in text.split(",")] if text else None
+
+    return {"first": sizes("bucket_sizes"), "rebuilt": sizes("rebuilt_bucket_sizes") if data.get("has_rebuilt_buckets")
+            else None}
+
+
+def time_flat_allreduce(trainer: Trainer) -> list[float]:
+    """Seconds of ``dist.all_reduce`` of one flat float32 buffer as large as the model's gradients."""
+    import torch.distributed as dist
+
+    device = trainer.device
+    size = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    buffer = torch.ones(size, dtype=torch.float32, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    dist.barrier()
+    seconds = []
+    for i in range(ALLREDUCE_WARMUP + ALLREDUCE_SAMPLES):
+        sync()
+        started = time.perf_counter()
+        dist.all_reduce(buffer)
+        sync()
+        if i >= ALLREDUCE_WARMUP:
+            seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def rss_mib(field: str = "VmHWM") -> float:
+    """This process's peak (VmHWM) or current (VmRSS) resident set. Not ``ru_maxrss``: that starts
+    from the launching process's size (it survives the fork and exec), and the launcher imported torch too."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (no /proc: the best there is)
+
+
+def worker(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    rss_at_start = rss_mib("VmRSS")  # torch imported, nothing built: what every process pays
+    total_steps = spec["warmup"] + spec["steps"]
+    cfg = run_config(spec["preset"], spec["run_dir"], train_batches=total_steps * spec["accum"] * spec["processes"],
+                     threads=spec["threads"], device=spec["device"], accum=spec["accum"])
+    recorder = StepRecorder(total_steps)
+    trainer = recorder.trainer = Trainer(cfg, recorder, Control())
+    if spec.get("break_no_sync") and trainer.ranks.distributed:
+        # What the check exists for: a loop that lost no_sync all-reduces after every micro-step.
+        trainer.train_model.no_sync = contextlib.nullcontext
+    rank, grad_sync = trainer.ranks.rank, trainer.grad_sync
+    end = trainer.run()
+    result = {
+        "rank": rank, "world_size": trainer.ranks.world_size, "threads": trainer.threads, "end": end.reason,
+        "message": getattr(end, "message", ""), "stamps": recorder.stamps, "step_tokens": recorder.step_tokens,
+        "allreduces_per_step": recorder.allreduces_per_step, "buckets": grad_sync.buckets if grad_sync else 0,
+        "ddp_buckets": recorder.ddp_buckets,
+        "allreduce_seconds": recorder.allreduce_seconds,
+        "peak_rss_mib": rss_mib(), "rss_at_start_mib": rss_at_start,
+        "peak_gpu_mib": (torch.cuda.max_memory_allocated(trainer.device) / 2**20
+                         if trainer.device.type == "cuda" else None),
+    }
+    Path(spec["out_dir"], f"rank{rank}.json").write_text(json.dumps(result))
+    # DDP's reducer still holds the gloo group (destroy_process_group only drops torch's own references):
+    # let it go while the interpreter is whole, not at its teardown, where a gloo rank was seen to
+    # abort once ("terminate called without an active exception", load ~3.7).
+    del trainer, recorder.trainer, grad_sync
+    gc.collect()
+    return 0 if end.reason == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(worker(sys.argv[1]))
