@@ -112,6 +112,7 @@ class Ranks:
         self.timeout_s = timeout_s
         self._control_group = None  # gloo, for the CPU-side agreements: the set-up's, then the training's
         self.group = None  # the training collectives' (the gradients, the sums), with --dist-timeout
+        self._setup_group = self._training_control_group = None  # (see start)
         self._started = False
         self.abandoned = False  # left without tearing the group down (see close)
 
@@ -187,6 +188,8 @@ class Ranks:
             dist.destroy_process_group()
         except Exception:  # a peer gone after all: nothing left to tidy
             self.abandoned = True
+        # No reference to a group may outlive this: one freed while Python shuts down can abort.
+        self.group = self._control_group = self._setup_group = self._training_control_group = None
 
     # -- collectives (each a no-op for one process) ---------------------------------------------
 
@@ -242,22 +245,37 @@ class Ranks:
 class SummedGradients:
     """DDP's gradient all-reduce as a *sum* (the losses are already weighted by the global window's
     tokens), measuring on the way the squared norm of this rank's own accumulated gradient (before
-    the sum) and counting the all-reduces, for the noise scale and the scaling benchmark."""
+    the sum) and counting the all-reduces, for the noise scale and the scaling benchmark.
+
+    A *round* is one synchronised backward: each of DDP's buckets all-reduced once (DDP may rebuild
+    its buckets after the first step, so the count of buckets can change; a bucket index seen twice
+    in a window is a second round). With ``no_sync`` working, every window has exactly one round."""
 
     def __init__(self, group=None) -> None:
         self.group = group  # the training group (its --dist-timeout)
         self.local_sq_norm: torch.Tensor | None = None  # this window's, summed over the buckets
-        self.allreduces = 0  # every bucket's all-reduce since the count was last reset
-        self.buckets = 0
+        self.allreduces = 0  # every bucket's all-reduce so far
+        self.buckets = 0  # the most buckets seen in one round
+        self._bucket_counts: dict[int, int] = {}  # this window's all-reduces per bucket index
+        self._most_rounds = 0  # in any earlier window
 
     def start_window(self) -> None:
+        self._most_rounds = self.most_rounds_in_a_window
+        self._bucket_counts = {}
         self.local_sq_norm = None
+
+    @property
+    def most_rounds_in_a_window(self) -> int:
+        """The most synchronised backwards any window took so far (1 when all is well)."""
+        return max(self._most_rounds, max(self._bucket_counts.values(), default=0))
 
     def measure(self, bucket) -> None:
         sq = bucket.buffer().float().square().sum()
         self.local_sq_norm = sq if self.local_sq_norm is None else self.local_sq_norm + sq
         self.allreduces += 1
-        self.buckets = max(self.buckets, bucket.index() + 1)
+        index = bucket.index()
+        self._bucket_counts[index] = self._bucket_counts.get(index, 0) + 1
+        self.buckets = max(self.buckets, index + 1)
 
 
 def summed_allreduce_hook(state: SummedGradients, bucket):  # (DDP's comm-hook signature) -> Future[Tensor]

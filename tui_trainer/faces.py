@@ -81,9 +81,10 @@ def run_worker(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) 
 
 
 def leave(trainer, code: int) -> int:
-    """The exit code; a process whose process group was abandoned (a peer lost) exits here and now,
-    its files closed: tearing down a group with a dead or stuck peer can wait forever."""
-    if getattr(trainer, "ranks", None) is not None and trainer.ranks.abandoned:
+    """The exit code. A rank of several processes exits here and now, its files closed and its
+    output flushed: a process group torn down while Python shuts down can abort the process, and
+    one whose peer is dead or stuck (``abandoned``) can wait forever."""
+    if getattr(trainer, "ranks", None) is not None and trainer.ranks.distributed:
         exit_now(code)
     return code
 
@@ -130,7 +131,7 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
         return 0
     if app.summary_line():
         say(app.summary_line())
-    return exit_code_for(end)
+    return leave(app.trainer, exit_code_for(end))
 
 
 def served_viewer(trainer, args: argparse.Namespace):

@@ -62,6 +62,8 @@ class Trainer(TrainingSession):
                 # DDP's reducer goes first, while the process group lives: freed with the group
                 # it would tear it down holding the GIL that gloo's thread still needs (a hang).
                 self.train_model = self.model
+                if self.grad_sync is not None:
+                    self.grad_sync.group = None
                 gc.collect()
             self.ranks.close(clean=self.error is None)
         return end
