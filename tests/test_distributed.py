@@ -306,3 +306,34 @@ async def test_the_app_runs_on_rank_0_shows_the_processes_pauses_them_and_q_stop
     sync = app.trainer.grad_sync
     assert sync.most_rounds_in_a_window == 1 and sync.allreduces >= end["steps"]
     assert "error" not in rank1.stdout.read() + rank1.stderr.read()
+
+
+def test_a_one_process_run_resumed_on_two_goes_on_from_its_odd_position(small_corpus, tmp_path):
+    """A 1-process checkpoint at a cursor that is no window boundary of 2 processes (4 sequences into
+    windows of 8): the windows go on from the cursor, every sequence of each epoch trained once."""
+    from tui_trainer.cli import config_from_args, parse_args
+    from tui_trainer.control import Control
+    from tui_trainer.events import StepEvent
+    from tui_trainer.loop import Trainer
+
+    run_dir = tmp_path / "run"
+    flags = ["--data", str(small_corpus), *MODEL, "--dropout", "0", "--micro-batch", "2", "--accum", "2",
+             "--epochs", "2", "--limit-train-batches", "6", "--run-dir", str(run_dir)]  # 12 sequences an epoch
+    cfg, _ = config_from_args(parse_args(["train", *flags]))
+    control = Control()
+
+    class StopAfterTheFirstStep:
+        def emit(self, event):
+            if isinstance(event, StepEvent) and event.step == 1:
+                control.stop()
+
+    assert Trainer(cfg, StopAfterTheFirstStep(), control).run().reason == "interrupted"
+    assert steps(run_dir)[-1]["tokens_seen"] == 4 * 32  # cursor 4: inside a 2-process window of 8
+    resumed = run(cli("--resume", str(run_dir), "--nproc", "2", "--log-every", "off"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "saved with 1 process, resumed with 2 processes" in resumed.stdout
+    after = steps(run_dir)
+    assert [s["step"] for s in after] == list(range(1, len(after) + 1))
+    assert [s["effective_batch"] for s in after] == [4, 8, 8, 4]  # epoch 1: 4 then the 8 left; epoch 2: 8 + 4
+    assert after[-1]["tokens_seen"] == 2 * 12 * 32
+    assert ended(run_dir)["reason"] == "completed"

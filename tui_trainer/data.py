@@ -168,15 +168,16 @@ def epoch_examples(n_examples: int, seed: int, epoch: int, micro_batch: int,
     return order
 
 
-def plan_windows(n_examples: int, micro_batch: int, accum: int) -> list[list[tuple[int, int]]]:
-    """Split an epoch's examples into optimizer-step windows of micro-batch (start, stop) ranges.
+def plan_windows(n_examples: int, micro_batch: int, accum: int, start: int = 0) -> list[list[tuple[int, int]]]:
+    """Split an epoch's examples (from ``start``) into optimizer-step windows of micro-batch
+    (start, stop) ranges.
 
     Every window but the last holds ``accum`` micro-batches of ``micro_batch`` examples;
     the last one may hold fewer micro-batches, and its last micro-batch may be short.
     """
     per_step = micro_batch * accum
     windows = []
-    for step_start in range(0, n_examples, per_step):
+    for step_start in range(start, n_examples, per_step):
         step_stop = min(step_start + per_step, n_examples)
         windows.append([(s, min(s + micro_batch, step_stop)) for s in range(step_start, step_stop, micro_batch)])
     return windows
