@@ -30,7 +30,7 @@ from tui_trainer.config import validate
 from tui_trainer.data import WindowDataset, plan_windows
 from tui_trainer.distributed import Placement, choose_backend, placement_from_environment, rank_share
 from tui_trainer.errors import UserError
-from tui_trainer.launch import _exit_code, check_nproc, without_nproc
+from tui_trainer.launch import _died, _exit_code, check_nproc, without_nproc
 from tui_trainer.metrics import read_metrics
 from tui_trainer.model import GPT
 from tui_trainer.config import ModelConfig
@@ -115,6 +115,7 @@ def test_the_exit_code_is_rank_0s_not_the_sigterm_torchrun_tidied_up_with():
     assert _exit_code(failed(r0=-15, r1=2)) == 2  # rank 1 exited first; torchrun then killed rank 0
     assert _exit_code(failed(r0=2, r1=2)) == 2
     assert _exit_code(failed(r0=-15, r1=-15)) == 143
+    assert _died(failed(r0=143, r1=-9)) == (1, "SIGKILL") and _died(failed(r0=-15, r1=2)) is None
 
 
 @pytest.mark.parametrize("nproc, message", [(0, "--nproc must be 1 or more"),
@@ -155,6 +156,11 @@ def test_two_processes_give_the_losses_of_one_process_with_twice_the_accumulatio
     assert "micro-batch 5 x accum 2 x 2 processes" in two.stdout
     assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    # `tui-trainer view` of it says so too (its RunStarted comes from config.json and the records).
+    from tui_trainer.events import RunStarted
+    from tui_trainer.ui.follow import MetricsFollower
+    started = next(e for e in MetricsFollower(tmp_path / "two").poll() if isinstance(e, RunStarted))
+    assert started.processes == 2 and started.micro_batch * started.accum * started.processes == 20
 
 
 def start_in_own_group(args: list[str], log: Path) -> subprocess.Popen:

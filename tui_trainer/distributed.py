@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+import signal
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -146,6 +149,7 @@ class Ranks:
         import torch
         import torch.distributed as dist
 
+        stop_with_the_launcher()
         kwargs: dict[str, Any] = {}
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -238,7 +242,7 @@ class Ranks:
         try:
             collective(*args, **kwargs)
         except Exception as exc:  # gloo: "Connection closed by peer", a timeout; NCCL: DistBackendError
-            raise PeerLost(f"rank {self.rank} lost the other processes ({_first_line(exc)}): "
+            raise PeerLost(f"rank {self.rank} lost the other processes ({_reason(exc)}): "
                            f"another process of the run died or stopped answering") from None
 
 
@@ -307,6 +311,23 @@ def rank_share(micro_ranges: Sequence[tuple[int, int]], rank: int, world_size: i
     return list(micro_ranges[rank::world_size])
 
 
+def stop_with_the_launcher() -> None:
+    """A rank started by torchrun asks Linux for a SIGTERM when torchrun dies (``kill -9`` of the
+    launcher): it then stops cleanly like on any SIGTERM, instead of training on unowned, holding the
+    run lock and the terminal. Elsewhere (not Linux, not torchrun) nothing happens."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 _COMMUNICATION_WORDS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "broken pipe")
 
 
@@ -318,8 +339,20 @@ def as_peer_lost(exc: BaseException, rank: int) -> PeerLost | None:
     text = str(exc).lower()
     if isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(w in text for w in _COMMUNICATION_WORDS)):
         return PeerLost(f"rank {rank} lost the other processes during the gradient all-reduce "
-                        f"({_first_line(exc)}): another process of the run died or stopped answering")
+                        f"({_reason(exc)}): another process of the run died or stopped answering")
     return None
+
+
+def _reason(exc: BaseException) -> str:
+    """A collective's failure in a few words (gloo's own text carries source paths and a joke)."""
+    text = str(exc).lower()
+    for words, reason in (("connection closed", "connection closed by a peer"),
+                          ("connection reset", "connection reset by a peer"), ("broken pipe", "broken pipe"),
+                          ("timed out", "no answer within --dist-timeout"), ("timeout", "no answer within --dist-timeout")):
+        if words in text:
+            return reason
+    line = re.sub(r"\[[^\]]*\]\s*", "", _first_line(exc))  # no "[/path/to/gloo/...:123]"
+    return line if len(line) <= 120 else line[:120].rsplit(" ", 1)[0] + "…"
 
 
 def _first_line(exc: BaseException) -> str:

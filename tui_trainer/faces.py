@@ -76,7 +76,8 @@ def run_worker(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) 
         trainer = Trainer(cfg, None, control, resume=args.resume, overrides=given, overwrite=args.overwrite)
         end = trainer.run()
     if end.reason == "error":
-        say(f"error: rank {placement_from_environment().rank}: {end.message}")
+        rank = placement_from_environment().rank
+        say(f"error: {end.message}" if end.message.startswith("rank ") else f"error: rank {rank}: {end.message}")
     return leave(trainer, exit_code_for(end))
 
 

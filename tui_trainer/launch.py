@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import torch
 
 from .config import RunConfig, usable_cores, validate
+from .console import say
 from .distributed import choose_backend
 from .errors import UserError
 from .runtime import pick_device
@@ -69,15 +71,53 @@ def launch(nproc: int, cfg: RunConfig, argv: list[str]) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
                        "--module", "tui_trainer", *without_nproc(argv)])
+    forward_resizes()
     try:
         run(args)
     except ChildFailedError as exc:
+        died = _died(exc)
+        if died:  # killed (SIGKILL, out of memory, a crash): it could not say so itself
+            rank, name = died
+            say(f"error: rank {rank} died ({name}) and the other processes were stopped; the run dir keeps "
+                f"its last checkpoint: continue with --resume RUN_DIR")
+            return 1
         return _exit_code(exc)
     except SignalException as exc:  # the workers had it forwarded, stopped together, and saved
         return 128 + int(exc.sigval)
     finally:
         sys.stdout.flush()
     return 0
+
+
+def forward_resizes() -> None:
+    """torchrun starts each rank in a session of its own, so a terminal resize (SIGWINCH, sent to the
+    terminal's foreground group: this launcher) would never reach the app on rank 0: pass it on to
+    the children (the other ranks ignore it)."""
+    if not hasattr(signal, "SIGWINCH") or not os.path.isdir("/proc"):
+        return
+
+    def on_resize(_signum, _frame) -> None:
+        for pid in _children():
+            try:
+                os.kill(pid, signal.SIGWINCH)
+            except OSError:
+                pass
+
+    signal.signal(signal.SIGWINCH, on_resize)
+
+
+def _children() -> list[int]:
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    # "pid (comm) state ppid ...": the name may hold spaces, so split after its ")".
+                    if int(stat.read().rsplit(b")", 1)[1].split()[1]) == me:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
 
 
 def without_nproc(argv: list[str]) -> list[str]:
@@ -91,6 +131,19 @@ def without_nproc(argv: list[str]) -> list[str]:
         elif not token.startswith("--nproc="):
             out.append(token)
     return out
+
+
+def _died(failed) -> tuple[int, str] | None:
+    """(rank, signal name) of the first rank killed by a signal that is not a stop (SIGKILL, SIGSEGV,
+    SIGABRT…): torchrun then SIGTERMs the others, which end as if stopped."""
+    stops = {signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", signal.SIGTERM)}
+    for rank, failure in sorted(failed.failures.items()):
+        if failure.exitcode < 0 and -failure.exitcode not in stops:
+            try:
+                return rank, signal.Signals(-failure.exitcode).name
+            except ValueError:
+                return rank, f"signal {-failure.exitcode}"
+    return None
 
 
 def _exit_code(failed) -> int:

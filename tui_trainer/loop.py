@@ -99,6 +99,10 @@ class Trainer(TrainingSession):
             self._request_accum(self._resume_accum, at_this_boundary=st.example_cursor == 0)
             self._resume_accum = None
         self.model.train()
+        if self.ranks.distributed:  # a stop during the set-up (one process sees it at its first micro-step)
+            self._agree()
+            if self.stopping():
+                return self._interrupted(self.save("latest"), self._stop_point())
         while st.epoch <= cfg.train.epochs:
             if (st.example_cursor == 0 and st.pending_accum is not None
                     and st.epoch >= (st.pending_accum_epoch or st.epoch)):

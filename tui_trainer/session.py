@@ -18,7 +18,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import run_dir as rd
-from .config import RunConfig, validate
+from .config import RunConfig, usable_cores, validate
 from .control import Control, SampleNow, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from .data import Corpus, WindowDataset, load_corpus, val_batch_limit, window_count
 from .text_source import PreparationCancelled, ProgressFn
@@ -74,6 +74,10 @@ class TrainingSession:
                            rank_device(device, placement), cfg.train.dist_timeout)
         self.device = self.ranks.device
         self.threads = choose_threads(cfg.train.threads, for_ui, placement.local_world_size)
+        cores, here = usable_cores(), placement.local_world_size
+        if here > 1 and self.threads * here > cores:
+            self.notes.append(f"{here} processes x {self.threads} threads on {cores} cores: more threads than cores "
+                              f"slow every rank down; leave out --threads (each rank then takes {max(1, cores // here)})")
         torch.set_num_threads(self.threads)
         self.ranks.start()  # (one process: nothing)
         try:
@@ -145,8 +149,8 @@ class TrainingSession:
         if micro_batches < world:
             raise UserError(f"an epoch holds {micro_batches} micro-batch{'es' if micro_batches != 1 else ''} of "
                             f"{cfg.train.micro_batch}, fewer than the {world} processes: each needs at least one",
-                            f"use {micro_batches} process{'es' if micro_batches != 1 else ''} or fewer, "
-                            f"or a smaller --micro-batch")
+                            f"use --nproc {micro_batches} or fewer, a smaller --micro-batch or a larger "
+                            f"--limit-train-batches")
         check_fits(cfg, self.device, train_windows=train_windows, autocast_bf16=self.autocast_dtype is not None)
         if resume is None and self.corpus.vocab.kind == "bpe" and cfg.run_dir and self.ranks.is_main:
             rd.refuse_a_foreign_tokenizer_file(Path(cfg.run_dir), self._overwrite)

@@ -70,6 +70,8 @@ class MetricsFollower:
         self.cfg = RunConfig.from_dict(record["config"])
         self.device = str(record.get("device", "?"))
         self.threads = int(record.get("threads", 0))
+        world = record.get("world_size", 1)  # several processes (torchrun); older runs: one
+        self.processes = world if isinstance(world, int) and not isinstance(world, bool) and world >= 1 else 1
         self.vocab_size = len(record.get("vocab", ())) or self.cfg.model.vocab_size
         self._offset = 0
         self._partial = b""
@@ -140,7 +142,7 @@ class MetricsFollower:
         if epochs:  # exact: the first epoch's tokens
             examples = epochs[0].tokens_seen // block
         elif steps:  # at most this many (an epoch's last window can be short)
-            examples = steps[0].steps_in_epoch * steps[0].micro_batch * steps[0].accum
+            examples = steps[0].steps_in_epoch * steps[0].micro_batch * steps[0].accum * self.processes
         else:
             examples = (cfg.data.limit_train_batches or 0) * cfg.train.micro_batch
         try:
@@ -151,5 +153,5 @@ class MetricsFollower:
         return RunStarted(run_dir=str(self.run_dir), device=self.device, threads=self.threads, parameters=parameters,
                           vocab_size=self.vocab_size, train_examples=examples, val_examples=0,
                           epochs=cfg.train.epochs, micro_batch=cfg.train.micro_batch, accum=cfg.train.accum,
-                          processes=1, block_size=block, planned_tokens=cfg.train.epochs * examples * block,
+                          processes=self.processes, block_size=block, planned_tokens=cfg.train.epochs * examples * block,
                           elapsed_before=seconds)
