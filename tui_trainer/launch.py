@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -25,6 +28,7 @@ from .errors import UserError
 from .runtime import pick_device
 
 LAUNCHED_BY = "TUI_TRAINER_LAUNCHED"  # set in the workers' environment by this launcher
+EXIT_CODE_FILE = "TUI_TRAINER_EXIT_CODE_FILE"  # where rank 0 writes its exit code for the launcher
 SHUTDOWN_TIMEOUT_S = 600  # a stop finishes the step in progress (torchrun's default is 30 s, then SIGKILL)
 
 
@@ -69,6 +73,8 @@ def launch(nproc: int, cfg: RunConfig, argv: list[str]) -> int:
     os.environ[LAUNCHED_BY] = "1"
     # Each rank's share of the cores (torchrun would set 1 and print a banner about it).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))
+    exit_file = Path(tempfile.mkdtemp(prefix="tui-trainer-")) / "exit-code"
+    os.environ[EXIT_CODE_FILE] = str(exit_file)  # rank 0 writes its exit code there as it leaves
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
                        "--module", "tui_trainer", *without_nproc(argv)])
     forward_resizes()
@@ -81,12 +87,23 @@ def launch(nproc: int, cfg: RunConfig, argv: list[str]) -> int:
             say(f"error: rank {rank} died ({name}) and the other processes were stopped; the run dir keeps "
                 f"its last checkpoint: continue with --resume RUN_DIR")
             return 1
-        return _exit_code(exc)
+        return _rank0_code(exit_file, _exit_code(exc))
     except SignalException as exc:  # the workers had it forwarded, stopped together, and saved
-        return 128 + int(exc.sigval)
+        # (a run that had already completed when the signal came says 0)
+        return _rank0_code(exit_file, 128 + int(exc.sigval))
     finally:
         sys.stdout.flush()
     return 0
+
+
+def _rank0_code(path: Path, otherwise: int) -> int:
+    """The exit code rank 0 wrote as it left, else ``otherwise`` (it died before it could)."""
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return otherwise
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def forward_resizes() -> None:
