@@ -6,8 +6,9 @@
     step       one optimizer step: LR for the tokens seen, clip once, one host sync, step
     validate   token-weighted val loss in eval mode, diagnosis, early stopping, checkpoints
 
-Set-up (data, model, optimizer, run dir) and the services the loop calls (save, commands,
-ending a run) live in session.py; the run directory's life in run_dir.py. The loop emits events
+Set-up (data, model, optimizer, run dir) and the services the loop calls (save, figures) live in
+session.py, the commands in steering.py, the ways a run ends in endings.py; the run directory's
+life in run_dir.py; several processes' collectives in distributed.py. The loop emits events
 (events.py) to a sink and reads commands (control.py) between micro-steps. No Textual import.
 """
 

@@ -65,3 +65,15 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+class NoMetrics:
+    """The metrics sink of a rank other than 0: rank 0 alone writes the run's records."""
+
+    write_error = None
+
+    def emit(self, event: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

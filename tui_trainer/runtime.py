@@ -3,12 +3,12 @@ checkpoint carries so a resumed run draws the same random numbers as an unbroken
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Any
 
 import torch
 
+from .config import usable_cores
 from .errors import UserError
 
 
@@ -50,8 +50,7 @@ def choose_threads(requested: int | None, for_ui: bool, processes_here: int = 1)
     ``processes_here`` ranks on this machine share its cores evenly."""
     if requested:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cores = max(1, cores // max(1, processes_here))
+    cores = max(1, usable_cores() // max(1, processes_here))
     return max(1, cores - 1) if for_ui and cores >= 4 else max(1, cores)
 
 

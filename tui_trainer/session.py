@@ -1,8 +1,8 @@
 """A training run's set-up and its services to the loop: ``TrainingSession(cfg, sink, control)``
 validates everything (raising UserError, writing nothing), builds data, model and optimizer,
 prepares the run dir (run_dir.py), and then offers the loop (loop.py) its figures (the LR
-schedule, examples per epoch), checkpoint saves, the commands from the app, and the ways a run
-ends. No Textual import, ever.
+schedule, examples per epoch) and checkpoint saves; the commands from the app are steering.py's,
+the ways a run ends endings.py's. No Textual import, ever.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from . import checkpoint as ckpt
 from . import run_dir as rd
 from .config import RunConfig, usable_cores, validate
-from .control import Control, SampleNow, SaveCheckpoint, SetAccum, SetPaused, TogglePause
+from .control import Control
 from .data import Corpus, WindowDataset, load_corpus, val_batch_limit, window_count
 from .text_source import PreparationCancelled, ProgressFn
 from .precision import resume_precision
@@ -27,12 +27,11 @@ from .tokens import tokenizer_from_record
 from .diagnosis import Diagnosis
 from .early_stopping import EarlyStopping
 from .errors import UserError
-from .events import (AccumChangeRequested, CheckpointFailed, CheckpointSaved, FanOut, Notice, Paused, Resumed,
-                     RunEnded, Sink)
+from .events import CheckpointFailed, CheckpointSaved, FanOut, Sink
 from .checkpoint_contents import check_contents
 from .loop_state import LoopState
 from .memory import check_fits
-from .metrics import MetricsWriter
+from .metrics import MetricsWriter, NoMetrics
 from .accumulation import GradientIncrements
 from .model import GPT, make_optimizer
 from .noise_scale import NoiseScaleEstimator
@@ -40,10 +39,14 @@ from .distributed import PeerLost, Ranks, choose_backend, placement_from_environ
 from .runtime import capture_rng, choose_threads, pick_device, restore_rng
 from .sampling import LiveSampler
 from .schedule import lr_at
+from .endings import Endings
+from .steering import Steering
 
 
-class TrainingSession:
-    """Set up with ``(cfg, sink, control)``; the loop (``loop.Trainer``) runs on top of it."""
+class TrainingSession(Steering, Endings):
+    """Set up with ``(cfg, sink, control)``; the loop (``loop.Trainer``) runs on top of it. The
+    commands from the app and viewers (and, with several processes, the ranks' agreement on them)
+    are steering.py's; how a run ends, endings.py's."""
 
     def __init__(self, cfg: RunConfig, sink: Sink | None = None, control: Control | None = None, *,
                  resume: str | Path | None = None, overrides: dict[str, Any] | None = None,
@@ -226,12 +229,6 @@ class TrainingSession:
         except OSError as exc:  # e.g. a run dir path longer than a Unix socket's ~107 bytes
             self.notes.append(f"no control socket ({exc.strerror or exc}): viewers can watch this run, not steer it")
 
-    def steering_status(self) -> dict[str, Any]:
-        """The few plain fields a viewer needs (read from the socket's thread: ints and bools only)."""
-        st = self.state
-        return {"paused": self._paused, "accum": st.accum, "pending_accum": st.pending_accum,
-                "epoch": st.epoch, "step": st.step, "stopping": self.control.stop_requested}
-
     def _load_resume_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -376,179 +373,6 @@ class TrainingSession:
         if self.ranks.is_main and path.exists():  # (the weights rank 0 keeps: the others end now)
             state = torch.load(path, map_location=self.device, weights_only=True)
             self.model.load_state_dict(state["model"])
-
-    # -- commands -------------------------------------------------------------------------------
-
-    def _handle_commands(self, wait: float | None = None) -> None:
-        for command in self.control.drain(wait):
-            if isinstance(command, SetAccum):
-                self._request_accum(command.accum)
-                self.state.accum_decided_epoch = self.state.epoch  # --auto-accum leaves this epoch's choice alone
-            elif isinstance(command, (TogglePause, SetPaused)):
-                paused = not self._paused if isinstance(command, TogglePause) else command.paused
-                if paused != self._paused:
-                    self._paused = paused
-                    if not self.ranks.distributed:  # (several: said when the ranks hold, _wait_while_paused)
-                        self.sink.emit((Paused if paused else Resumed)(epoch=self.state.epoch, step=self.state.step))
-            elif isinstance(command, SaveCheckpoint):
-                self._save_requested = True
-            elif isinstance(command, SampleNow):
-                self._sample_requested = True
-
-    def _request_accum(self, accum: int, at_this_boundary: bool = False, auto: bool = False) -> None:
-        """A change of accumulation steps for the next epoch; with ``at_this_boundary`` (a resume
-        at the start of an epoch) for the epoch about to start."""
-        accum = max(1, min(1024, accum))
-        current = self.state.accum
-        target = None if accum == current else accum
-        epoch = self.state.epoch if at_this_boundary else self.state.epoch + 1
-        if target == self.state.pending_accum and (target is None or (self.state.pending_accum_epoch or epoch) == epoch):
-            return
-        self.state.pending_accum = target
-        self.state.pending_accum_epoch = None if target is None else epoch
-        self.sink.emit(AccumChangeRequested(old=current, new=accum, epoch=self.state.epoch, step=self.state.step,
-                                            applies_at_epoch=epoch, auto=auto))
-
-    def _between_micro_steps(self, paused_seconds: list[float]) -> bool:
-        """Called after every micro-step: commands, pause, stop. False = abandon the window."""
-        self._handle_commands()
-        if self._paused:
-            started = time.perf_counter()
-            while self._paused and not self.control.stop_requested:
-                self._handle_commands(wait=0.1)
-                self._sample_if_asked()  # paused, the weights are those of the last step
-                if self._save_requested:
-                    # `s` while paused saves now, not after a step nobody is taking: the state of the
-                    # last step with this window's RNG, as a stop mid-window saves (the resume redoes it).
-                    self._save_requested = False
-                    self.save("latest", rng=self._window_rng)
-            paused_seconds[0] += time.perf_counter() - started
-        return not self.control.stop_requested
-
-    def _agree(self) -> None:
-        """Several processes, at a step boundary: every rank takes rank 0's decisions (pause, save, a
-        pending accumulation change, --auto-accum's epoch) and a stop any rank was asked for (a
-        signal reaches each rank on its own), with one exit signal for all. One process: nothing."""
-        if not self.ranks.distributed:
-            return
-        st, world, rank, main = self.state, self.ranks.world_size, self.ranks.rank, self.ranks.is_main
-        asked, signal_number = self.control.stop_requested, self.control.stop_signal  # (a handler may set them now)
-        signals = [0.0] * world
-        signals[rank] = float(signal_number or 0) if asked else 0.0
-        mine = [float(self._paused), float(self._save_requested), float(st.pending_accum or 0),
-                float(st.pending_accum_epoch or 0), float(st.accum_decided_epoch or 0)]
-        agreed = self.ranks.agree([float(asked), *signals, *(mine if main else [0.0] * 5)])
-        stop, signals, decided = agreed[0], agreed[1:world + 1], agreed[world + 1:]
-        # Until the next agreement every rank acts on this one: a signal that reaches one rank
-        # after it would otherwise send that rank alone into the stop's save.
-        self._stop_agreed = bool(stop)
-        if stop:
-            self.control.stop_reason = self.control.stop_reason or "interrupted"
-            self.control.stop_signal = next((int(s) for s in signals if s), None)
-        if not main:
-            self._paused, self._save_requested = bool(decided[0]), bool(decided[1])
-            st.pending_accum = int(decided[2]) or None
-            st.pending_accum_epoch = int(decided[3]) or None
-            st.accum_decided_epoch = int(decided[4])
-
-    def stopping(self) -> bool:
-        """Whether the run stops now: one process asks its Control; several act on what they last
-        agreed (``_agree``), so that they stop at the same step."""
-        return self._stop_agreed if self.ranks.distributed else self.control.stop_requested
-
-    def _wait_while_paused(self) -> float:
-        """Several processes: a pause (decided on rank 0) holds every rank at the step boundary,
-        agreeing every 0.2 s so that no collective waits long; `s` saves, `g` samples, meanwhile.
-        Returns the seconds paused."""
-        started = time.perf_counter()
-        self.sink.emit(Paused(epoch=self.state.epoch, step=self.state.step))  # (rank 0's sink: the screen)
-        while self._paused and not self.stopping():
-            if self.ranks.is_main:
-                self._handle_commands(wait=0.2)
-                self._sample_if_asked()
-            self._agree()
-            if self._save_requested:
-                self._save_requested = False
-                self.save("latest")
-        if not self._paused:
-            self.sink.emit(Resumed(epoch=self.state.epoch, step=self.state.step))
-        return time.perf_counter() - started
-
-    def _sample_if_asked(self) -> None:
-        """A `g` seen since the last step: a sample from the weights as they are (own generator,
-        eval mode and back: the training that follows is unchanged)."""
-        if self._sample_requested:
-            self._sample_requested = False
-            self.sink.emit(self.sampler.asked(self.state.epoch, self.state.step))
-
-    # -- how a run ends -------------------------------------------------------------------------
-
-    def _stop_point(self) -> str:
-        """Where a mid-epoch stop leaves the run, in the run's own count of optimizer steps (a bare
-        "epoch 2, step 14" reads as the 14th step of epoch 2)."""
-        st = self.state
-        if st.step == 0:
-            return f"before the first optimizer step (epoch {st.epoch})"
-        return f"after optimizer step {st.step} (epoch {st.epoch})"
-
-    def _end(self, reason: str, message: str = "") -> RunEnded:
-        self.state.finished = reason
-        verdict = self.last_diagnosis
-        event = RunEnded(reason=reason, epochs=len(self.state.val_history), steps=self.state.step,
-                         tokens_seen=self.state.tokens_seen,
-                         best_val_loss=self.early_stopping.best if self.early_stopping.best_epoch else None,
-                         best_epoch=self.early_stopping.best_epoch, message=message,
-                         exit_signal=self.control.stop_signal if reason == "interrupted" else None,
-                         diagnosis=verdict.kind if verdict else None,
-                         diagnosis_reason=verdict.reason if verdict else None)
-        self.sink.emit(event)
-        return event
-
-    def _end_with_the_run_saved(self, reason: str, message: str = "",
-                                then: Callable[[], None] | None = None) -> RunEnded:
-        """End a finished run, but not with its final weights only in memory: when the last save
-        failed (a full disk), the app can retry it with `s` (the engine waits for it here); a run
-        whose final checkpoint is still not on disk ends as an error, so a script notices."""
-        st = self.state
-        saved = self._latest_saved == (st.epoch, st.example_cursor, st.step)
-        if not saved and self.for_ui and not self.ranks.distributed:  # (the other ranks have ended)
-            self.sink.emit(Notice(message=f"the final checkpoint could not be saved ({self._save_error}): "
-                                          "free some space and press s to retry, or q to leave without it",
-                                  level="error"))
-            while not saved and not self.control.stop_requested:
-                commands = self.control.drain(timeout=0.25)
-                saved = any(isinstance(c, SaveCheckpoint) for c in commands) and self.save("latest")
-        if saved:
-            if then is not None:
-                then()
-            return self._end(reason, message)
-        previous = (f"the last checkpoint on disk is from step {self._latest_saved[2]}" if self._latest_saved
-                    else "no checkpoint is on disk")
-        done = "finished" if reason == "completed" else "stopped early"
-        return self._end("error", f"training {done} at step {st.step}, but its final checkpoint could not be saved "
-                                  f"({self._save_error}); {previous}")
-
-    def _interrupted(self, saved: bool, where: str) -> RunEnded:
-        """End after a stop; the message says what a resume continues from. ``where`` carries its
-        preposition ("after optimizer step 14 (epoch 2)", "at the end of epoch 2")."""
-        if saved:
-            return self._end("interrupted", f"stopped {where}; continue with --resume {self.run_dir}")
-        previous = ("no earlier checkpoint exists" if self._latest_saved is None else
-                    f"the previous checkpoint (step {self._latest_saved[2]}) is intact")
-        return self._end("interrupted", f"stopped {where}, but the checkpoint could not be saved "
-                                        f"({self._save_error}); {previous}")
-
-
-class NoMetrics:
-    """The metrics sink of a rank other than 0: rank 0 alone writes the run's records."""
-
-    write_error = None
-
-    def emit(self, event: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _processes(n: int) -> str:
