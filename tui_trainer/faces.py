@@ -86,12 +86,10 @@ def leave(trainer, code: int) -> int:
     output flushed: a process group torn down while Python shuts down can abort the process, and
     one whose peer is dead or stuck (``abandoned``) can wait forever."""
     if getattr(trainer, "ranks", None) is not None and trainer.ranks.distributed:
-        if trainer.ranks.is_main and os.environ.get("TUI_TRAINER_EXIT_CODE_FILE"):  # (launch.py reads it)
-            try:
-                with open(os.environ["TUI_TRAINER_EXIT_CODE_FILE"], "w", encoding="ascii") as out:
-                    out.write(str(code))
-            except OSError:
-                pass
+        if trainer.ranks.is_main:
+            from .launch import report_exit_code
+
+            report_exit_code(code)
         exit_now(code)
     return code
 

@@ -96,6 +96,16 @@ def launch(nproc: int, cfg: RunConfig, argv: list[str]) -> int:
     return 0
 
 
+def report_exit_code(code: int) -> None:
+    """Rank 0, as it leaves: its exit code for the launcher (when this launcher started it)."""
+    path = os.environ.get(EXIT_CODE_FILE)
+    if path:
+        try:
+            Path(path).write_text(str(code), encoding="ascii")
+        except OSError:
+            pass  # the launcher then goes by torchrun's record
+
+
 def _rank0_code(path: Path, otherwise: int) -> int:
     """The exit code rank 0 wrote as it left, else ``otherwise`` (it died before it could)."""
     try:
