@@ -2,7 +2,7 @@
 ``python -m torch.distributed.run --standalone --nproc-per-node N benchmarks/_scaling_worker.py SPEC``.
 
 SPEC is the JSON file scaling.py writes (preset, device, threads, processes, accum per rank, steps,
-run dir, out dir). The worker builds ``Trainer`` from tui_trainer.loop (it joins the other ranks
+run dir, out dir). The worker builds ``Trainer`` from tui_trainer.engine.loop (it joins the other ranks
 itself, from torchrun's environment), trains, and writes its figures to ``OUT_DIR/rank{R}.json``:
 the wall clock at each optimizer step, the gradient all-reduces DDP made in each step and DDP's
 own record of its buckets, the flat all-reduce's seconds, its peak RSS (and peak GPU memory).
@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import run_config
+
 from tui_trainer.control import Control
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import StepEvent
-from tui_trainer.loop import Trainer
 
 ALLREDUCE_SAMPLES = 20
 ALLREDUCE_WARMUP = 3

@@ -24,10 +24,10 @@ import sys
 import time
 
 import torch
-
 from _common import PRESETS, machine_line, run_config, scratch_dir, table
+
 from tui_trainer.control import Control
-from tui_trainer.loop import Trainer
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import EpochEvent, ListSink, StepEvent
 
 MICRO_BATCH = 8

@@ -23,12 +23,12 @@ import sys
 import time
 
 import torch
-
 from _common import PRESETS, fmt_spread, machine_line, run_config, scratch_dir, spread, table
 from throughput import StepClock, steady_rate
+
 from tui_trainer.control import Control
-from tui_trainer.loop import Trainer
-from tui_trainer.runtime import choose_threads
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.engine.runtime import choose_threads
 
 DEFAULT_RUNS = {"seed": (2, 3, 1), "small": (3, 12, 2), "tiny": (2, 3, 1)}  # warm-up, measured, reps
 

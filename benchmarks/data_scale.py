@@ -45,11 +45,12 @@ FILE_MB = 10  # the corpus directory holds files of this size
 def child(args: argparse.Namespace) -> None:
     """One start: prepare the data (timed, with its phases), then a few steps of a tiny model."""
     started = time.perf_counter()
+    from dataclasses import replace
+
     from _common import run_config
 
-    from tui_trainer.data import load_corpus
-    from tui_trainer.engine import Trainer
-    from dataclasses import replace
+    from tui_trainer.data.dataset import load_corpus
+    from tui_trainer.engine.loop import Trainer
 
     phases: dict[str, float] = {}
 
@@ -112,8 +113,8 @@ def make_corpus(folder: Path, size_mb: float, text: bytes) -> int:
 
 def encode_batch_rate(folder: Path, cache: Path) -> float:
     """MB/s of ``tokenizers``' own encode_batch on the first file, with the BPE the run learnt."""
-    from tui_trainer.token_cache import PIECE_CHARS, bpe_pieces
-    from tui_trainer.tokens import BpeTokenizer
+    from tui_trainer.data.token_cache import PIECE_CHARS, bpe_pieces
+    from tui_trainer.data.tokenizer import BpeTokenizer
 
     learnt = next(cache.glob("bpe-*.json"))
     tokenizer = BpeTokenizer.from_json(learnt.read_text(encoding="utf-8"), "trained")
@@ -142,8 +143,8 @@ def main() -> int:
 
     from _common import machine_line
 
-    from tui_trainer.data import default_corpus_path
-    from tui_trainer.token_cache import SETTLED_SECONDS
+    from tui_trainer.data.dataset import default_corpus_path
+    from tui_trainer.data.token_cache import SETTLED_SECONDS
 
     sizes = [1] if args.quick else [10, 100] + ([1000] if args.big else [])
     kinds = [k.strip() for k in args.tokenizers.split(",") if k.strip()]

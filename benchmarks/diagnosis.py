@@ -8,7 +8,7 @@ per run, the per-epoch accuracy and the number of verdict changes, for
 
 - BEFORE: the diagnosis as of commit 3d475a7 (a verbatim copy in ``before_diagnose`` below,
   with its defaults), replayed epoch by epoch as the engine called it;
-- AFTER: ``tui_trainer.diagnosis.verdicts_over`` with today's defaults, the previous verdict
+- AFTER: ``tui_trainer.analysis.diagnosis.verdicts_over`` with today's defaults, the previous verdict
   and the schedule position, as the engine calls it now.
 
 "accuracy" counts exact kinds (BEFORE has no `learning`, so it also gets "ok/problem", where
@@ -33,8 +33,9 @@ import sys
 from pathlib import Path
 
 from _common import machine_line, table
+
+from tui_trainer.analysis.diagnosis import SchedulePosition, verdicts_over
 from tui_trainer.config import DiagnosisConfig
-from tui_trainer.diagnosis import SchedulePosition, verdicts_over
 
 RUNS_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "diagnosis_runs"
 CORPUS = Path(__file__).resolve().parent.parent / "datasets" / "tinyshakespeare.txt"
@@ -73,7 +74,7 @@ REAL_RUNS = {
 def before_diagnose(train_losses, val_losses, vocab_size, step_losses=(), *, trend_epochs=3, overfit_gap=0.25,
                     underfit_ratio=0.6, plateau_improvement=0.02, spike_factor=2.0, spike_window=25,
                     spike_min_rise=0.25) -> str:
-    """OLD ALGORITHM (3d475a7:tui_trainer/diagnosis.py, ``diagnose``), returning the kind only."""
+    """OLD ALGORITHM (3d475a7:tui_trainer/analysis/diagnosis.py, ``diagnose``), returning the kind only."""
     train, val = train_losses[-1], val_losses[-1]
     if any(not math.isfinite(v) for v in step_losses) or not (math.isfinite(train) and math.isfinite(val)):
         return "unstable"

@@ -18,12 +18,12 @@ import sys
 from dataclasses import replace
 
 import torch
-
 from _common import PRESETS, machine_line, table
-from tui_trainer.accumulation import accumulate_window
+
 from tui_trainer.config import DataConfig
-from tui_trainer.data import WindowDataset, load_corpus, plan_windows
-from tui_trainer.model import GPT
+from tui_trainer.data.dataset import WindowDataset, load_corpus, plan_windows
+from tui_trainer.engine.accumulation import accumulate_window
+from tui_trainer.model.gpt import GPT
 
 # (micro_batch, accum) splits of 48 examples; the first ones divide evenly, the rest leave a remainder.
 SPLITS = [(24, 2), (16, 3), (12, 4), (8, 6), (4, 12), (1, 48), (20, 3), (10, 5), (7, 7), (32, 2)]

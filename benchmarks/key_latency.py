@@ -1,7 +1,7 @@
 """Key latency under training load: time from a key press to the screen showing its effect;
 target under 100 ms at p95.
 
-Measured as a user over SSH would feel it: the real app (``python -m tui_trainer.cli``, not
+Measured as a user over SSH would feel it: the real app (``python -m tui_trainer.cli.main``, not
 --no-ui) runs in a detached 80x24 tmux pane (its own tmux server, TERM=xterm-256color) while
 it trains. Each sample sends a key with ``tmux send-keys`` and polls ``tmux capture-pane``
 every few milliseconds until the screen shows the key's effect:
@@ -208,7 +208,7 @@ def main() -> int:
         run_dir = Path(scratch) / "run"
         args = cli_args(opts.preset, 10**6, run_dir, opts.threads or None)  # 10**6 steps: whole-corpus epochs
         args[args.index("--epochs") + 1] = str(EPOCHS)
-        pane.start(" ".join([f"TERM=xterm-256color {sys.executable} -m tui_trainer.cli", *args]))
+        pane.start(" ".join([f"TERM=xterm-256color {sys.executable} -m tui_trainer.cli.main", *args]))
         try:
             deadline = time.monotonic() + START_TIMEOUT_S
             while step_records(run_dir) == 0:

@@ -27,16 +27,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
 from _common import PRESETS, machine_line, run_config, scratch_dir, table
+
 from tui_trainer.config import DataConfig, RunConfig, TrainConfig
 from tui_trainer.control import Control
-from tui_trainer.data import WindowDataset, load_corpus
-from tui_trainer.loop import Trainer
+from tui_trainer.data.dataset import WindowDataset, load_corpus
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.engine.memory import activation_estimate_bytes, saved_for_backward_bytes, training_bytes_floor
+from tui_trainer.engine.precision import choose_precision
 from tui_trainer.events import StepEvent
-from tui_trainer.memory import activation_estimate_bytes, saved_for_backward_bytes, training_bytes_floor
-from tui_trainer.model import GPT
-from tui_trainer.precision import choose_precision
+from tui_trainer.model.gpt import GPT
 
 MIB = 2**20
 SPLITS = [(8, 16), (128, 1)]  # (micro_batch, accum): 128 sequences per step either way
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f"within the tolerance {args.tolerance:.0e}" if same else f"FAILED: above the tolerance {args.tolerance:.0e}"))
     print("estimate = 17 x d_model floats per token per layer + final LN and log-probs, at 4 bytes (2 under bf16) "
           "(the activations of ONE micro-batch); saved for backward = distinct tensors autograd keeps, counted")
-    print("pre-flight floor = what tui-trainer checks against free memory before a run (tui_trainer/memory.py); "
+    print("pre-flight floor = what tui-trainer checks against free memory before a run (tui_trainer/engine/memory.py); "
           f"peak / floor = {', '.join(f'{r:.2f}' for r in floors)} (>= 1: the check never refuses a run that fits)")
     return 0 if same else 1
 

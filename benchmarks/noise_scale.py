@@ -24,13 +24,13 @@ import time
 from dataclasses import replace
 
 import torch
-
 from _common import PRESETS, machine_line, table
-from tui_trainer.accumulation import GradientIncrements, accumulate_window
+
+from tui_trainer.analysis.noise_scale import NoiseScaleEstimator, WindowNorms
 from tui_trainer.config import DataConfig
-from tui_trainer.data import WindowDataset, epoch_examples, load_corpus, plan_windows
-from tui_trainer.model import GPT, make_optimizer
-from tui_trainer.noise_scale import NoiseScaleEstimator, WindowNorms
+from tui_trainer.data.dataset import WindowDataset, epoch_examples, load_corpus, plan_windows
+from tui_trainer.engine.accumulation import GradientIncrements, accumulate_window
+from tui_trainer.model.gpt import GPT, make_optimizer
 
 TARGET = 1.03
 SEED = 1337

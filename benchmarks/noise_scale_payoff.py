@@ -25,9 +25,10 @@ import time
 from dataclasses import replace
 
 from _common import PRESETS, machine_line, run_config, scratch_dir, table
+
 from tui_trainer.config import ModelConfig
 from tui_trainer.control import Control
-from tui_trainer.engine import Trainer
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import AccumChangeApplied, EpochEvent, ListSink, StepEvent
 
 MICRO_BATCH = 8

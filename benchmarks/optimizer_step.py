@@ -16,9 +16,9 @@ import time
 from dataclasses import replace
 
 import torch
-
 from _common import PRESETS, fmt_spread, machine_line, spread, table
-from tui_trainer.model import GPT
+
+from tui_trainer.model.gpt import GPT
 
 KINDS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 

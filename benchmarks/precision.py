@@ -7,7 +7,7 @@ of each in turn (A B C D A B C D ...), each on its own thread but only one compu
 so a neighbour's burst on a shared machine hits every variant alike; each run keeps its own RNG
 state across the turns, so its losses are those of a run on its own (``--quick`` checks that).
 
-The verdict for ``auto`` (tui_trainer/precision.py): bf16 qualifies if its val loss is within
+The verdict for ``auto`` (tui_trainer/engine/precision.py): bf16 qualifies if its val loss is within
 1% of fp32's at the same seed, or within fp32's seed-to-seed spread (max - min of 3 seeds).
 The script exits 1 when bf16 does not qualify on a size, or when the lockstep check fails.
 
@@ -26,12 +26,13 @@ import threading
 import time
 
 import torch
-
 from _common import PRESETS, fmt_spread, machine_line, run_config, scratch_dir, spread, table
+
 from tui_trainer.control import Control
-from tui_trainer.engine import Trainer, choose_threads
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.engine.precision import bf16_support
+from tui_trainer.engine.runtime import choose_threads
 from tui_trainer.events import EpochEvent, RunEnded, StepEvent
-from tui_trainer.precision import bf16_support
 
 QUALITY_TOLERANCE = 0.01  # bf16's val loss within 1% of fp32's (or within the fp32 seed spread)
 SEEDS = (1337, 1338, 1339)

@@ -24,11 +24,11 @@ import sys
 import time
 
 import torch
-
 from _common import PRESETS, machine_line, run_config, scratch_dir, table
+
 from tui_trainer.control import Control
-from tui_trainer.loop import Trainer
-from tui_trainer.runtime import choose_threads
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.engine.runtime import choose_threads
 from tui_trainer.events import ListSink, StepEvent
 
 # Standard-library modules the engine's bookkeeping calls into (not torch, not the model).

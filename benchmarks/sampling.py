@@ -1,4 +1,4 @@
-"""Generation speed with and without the KV cache (tui_trainer/sampling.py).
+"""Generation speed with and without the KV cache (tui_trainer/model/sampling.py).
 
 The seed's model (6 layers, d_model 256, 8 heads), **randomly initialised** — speed does not
 depend on the weights — with the bundled corpus's 65-character vocabulary, generates greedily
@@ -26,11 +26,11 @@ import time
 from dataclasses import replace
 
 import torch
-
 from _common import PRESETS, machine_line, table
-from tui_trainer.data import Vocabulary, default_corpus_path
-from tui_trainer.model import GPT
-from tui_trainer.sampling import SamplingSettings, generate
+
+from tui_trainer.data.dataset import Vocabulary, default_corpus_path
+from tui_trainer.model.gpt import GPT
+from tui_trainer.model.sampling import SamplingSettings, generate
 
 GOAL = 5.0  # cached / uncached new tokens per second at 256 new tokens, default context
 GOAL_POINT = (128, 256)  # (block_size, new tokens)

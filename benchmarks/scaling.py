@@ -5,7 +5,7 @@ one process accumulates ``N x accum`` micro-batches where N processes accumulate
 for a fixed number of optimizer steps, each run in a fresh process so that its peak memory is its
 own. The multi-process runs are launched by torchrun itself
 (``python -m torch.distributed.run --standalone --nproc-per-node N benchmarks/_scaling_worker.py
-SPEC``); every worker builds ``Trainer`` from tui_trainer.loop and writes its figures to a JSON
+SPEC``); every worker builds ``Trainer`` from tui_trainer.engine.loop and writes its figures to a JSON
 file. The configurations alternate, repetition after repetition, so a neighbour's burst on a
 shared machine hits them alike; each figure is a median.
 
@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _common import CHECK_FAILED, NOTHING_MEASURED, PRESETS, cores, fmt_spread, machine_line, scratch_dir, table
 
 import tui_trainer
-from _common import CHECK_FAILED, NOTHING_MEASURED, PRESETS, cores, fmt_spread, machine_line, scratch_dir, table
 
 WORKER = Path(__file__).resolve().with_name("_scaling_worker.py")  # one rank of one configuration
 RETRIES = 1  # a run that fails is run once more (and the summary says so); a second failure ends the benchmark

@@ -20,11 +20,11 @@ import threading
 import time
 
 import torch
-
 from _common import PRESETS, cores, machine_line, run_config, scratch_dir, table
 from throughput import StepClock
+
 from tui_trainer.control import Control
-from tui_trainer.loop import Trainer
+from tui_trainer.engine.loop import Trainer
 
 DEFAULT_RUNS = {"seed": (1, 4, 2), "small": (2, 12, 3), "tiny": (1, 5, 1)}  # warm-up, measured, reps
 

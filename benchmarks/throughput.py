@@ -40,16 +40,16 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _common import PRESETS, fmt_spread, machine_line, run_config, scratch_dir, spread, table
+
 from tui_trainer.config import DataConfig
 from tui_trainer.control import Control
-from tui_trainer.data import load_corpus
-from tui_trainer.loop import Trainer
-from tui_trainer.runtime import choose_threads
+from tui_trainer.data.dataset import load_corpus
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.engine.precision import choose_precision
+from tui_trainer.engine.runtime import choose_threads
 from tui_trainer.events import StepEvent
-from tui_trainer.model import GPT
-from tui_trainer.precision import choose_precision
+from tui_trainer.model.gpt import GPT
 
 TARGET_RATIO = 0.97  # engine vs plain loop in the same precision: the engine's own overhead
 PRECISION_TARGET = 1.2  # engine at --precision auto vs the plain loop in fp32 (issue 20)

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 PILOT_SNIPPET = """
 import asyncio, sys, time
-from tui_trainer.cli import config_from_args, parse_args
+from tui_trainer.cli.main import config_from_args, parse_args
 from tui_trainer.ui.factory import create_app
 args = parse_args(sys.argv[1:])
 cfg, given = config_from_args(args)
@@ -79,7 +79,7 @@ def ended(run_dir: Path) -> bool:
 
 
 def run_no_ui(args: list[str], timeout: float) -> dict[str, float]:
-    subprocess.run([sys.executable, "-m", "tui_trainer.cli", "--no-ui", *args], cwd=REPO, check=True,
+    subprocess.run([sys.executable, "-m", "tui_trainer.cli.main", "--no-ui", *args], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL, timeout=timeout)
     return {}
 
@@ -103,14 +103,14 @@ def app_pid(server: str) -> int | None:
                           capture_output=True, text=True).stdout.strip()
     if not pane:
         return None
-    found = subprocess.run(["pgrep", "-f", "tui_trainer.cli"], capture_output=True, text=True).stdout.split()
+    found = subprocess.run(["pgrep", "-f", "tui_trainer.cli.main"], capture_output=True, text=True).stdout.split()
     for pid in [pane, *found]:  # the pane's shell may have exec'd python, or started it as a child
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_text()
             ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
         except OSError:
             continue
-        if "tui_trainer.cli" in cmdline and (pid == pane or ppid == pane):
+        if "tui_trainer.cli.main" in cmdline and (pid == pane or ppid == pane):
             return int(pid)
     return None
 
@@ -136,7 +136,7 @@ def start_tmux(command: str, attempts: int = 3) -> str:
 def run_tmux(args: list[str], run_dir: Path, timeout: float) -> dict[str, float]:
     """The app in a real 80x24 tmux pane. Returns the CPU shares, while training, of the app's
     main thread (the UI: the engine has its own thread) and of the tmux server."""
-    command = " ".join([f"TERM=xterm-256color {sys.executable} -m tui_trainer.cli", *args])
+    command = " ".join([f"TERM=xterm-256color {sys.executable} -m tui_trainer.cli.main", *args])
     server = start_tmux(command)
     shares: dict[str, float] = {}
     try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tui_trainer.accumulation import GradientIncrements, WindowAborted, accumulate_window
 from tui_trainer.config import ModelConfig
-from tui_trainer.data import WindowDataset, plan_windows
-from tui_trainer.model import GPT
+from tui_trainer.data.dataset import WindowDataset, plan_windows
+from tui_trainer.engine.accumulation import GradientIncrements, WindowAborted, accumulate_window
+from tui_trainer.model.gpt import GPT
 
 
 def _setup(dtype: torch.dtype, dropout: float = 0.0):

@@ -19,21 +19,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from textual import events
-
 from conftest import tiny_config, with_limits
 from test_snapshots import recorded_epochs, started
-from tui_trainer.cli import exit_code_for
-from tui_trainer.loop import Trainer
+from textual import events
+
+from tui_trainer.cli.main import exit_code_for
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.engine.precision import bf16_support
 from tui_trainer.errors import UserError
 from tui_trainer.events import CheckpointFailed, CheckpointSaved
-from tui_trainer.metrics import read_metrics
-from tui_trainer.precision import bf16_support
+from tui_trainer.rundir.metrics import read_metrics
 from tui_trainer.ui.app import TrainerApp
-from tui_trainer.ui.factory import create_app, create_replay_app
 from tui_trainer.ui.bridge import AppSink
-from tui_trainer.ui.widgets.diagnosis import DiagnosisBanner
+from tui_trainer.ui.factory import create_app, create_replay_app
 from tui_trainer.ui.widgets import HelpScreen, LossPlot
+from tui_trainer.ui.widgets.diagnosis import DiagnosisBanner
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -390,10 +390,13 @@ def test_every_binding_has_a_description():
 
 def test_engine_imports_without_textual():
     # Every module outside ui/ (the loop, run_dir, session, cli, ... and any added later).
-    code = ("import importlib, pkgutil, sys, tui_trainer; "
-            "names = [m.name for m in pkgutil.iter_modules(tui_trainer.__path__) if m.name not in ('ui', '__main__')]; "
-            "assert {'loop', 'run_dir', 'session', 'engine', 'cli', 'headless', 'events'} <= set(names), names; "
-            "[importlib.import_module('tui_trainer.' + n) for n in names]; "
+    code = ("import importlib, pathlib, sys, tui_trainer; "
+            "root = pathlib.Path(tui_trainer.__file__).parent; "
+            "names = ['tui_trainer.' + '.'.join(p.relative_to(root).with_suffix('').parts).removesuffix('.__init__') "
+            "for p in root.rglob('*.py') if p.relative_to(root).parts[0] != 'ui' and p.name != '__main__.py']; "
+            "assert {'tui_trainer.engine.loop', 'tui_trainer.rundir.lifecycle', 'tui_trainer.cli.main', "
+            "'tui_trainer.cli.headless', 'tui_trainer.events'} <= set(names), names; "
+            "[importlib.import_module(n) for n in names]; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'textual_plotext', 'plotext') "
             "or m.startswith('tui_trainer.ui')]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from test_app import apps, make_app, paused, send_key, wait_for  # noqa: F401  (apps is a fixture)
 from test_snapshots import recorded_epochs, replay, started
+
 from tui_trainer.events import EpochEvent
 from tui_trainer.ui.widgets.samples import SamplePanel, SamplesScreen
 

@@ -52,7 +52,7 @@ def test_terminal_gone_then_sighup_saves_and_exits(small_corpus, tmp_path):
     master, slave = pty.openpty()
     os.set_blocking(master, False)
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
-    proc = subprocess.Popen([sys.executable, "-m", "tui_trainer.cli", "--data", str(small_corpus),
+    proc = subprocess.Popen([sys.executable, "-m", "tui_trainer.cli.main", "--data", str(small_corpus),
                              "--run-dir", str(run_dir), *TINY],
                             stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
     os.close(slave)

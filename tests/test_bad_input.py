@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tui_trainer.cli import main
+from tui_trainer.cli.main import main
 from tui_trainer.config import LIMITS, SEED_MAX, THREADS_PER_CORE_MAX, usable_cores
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
@@ -179,7 +179,7 @@ def test_a_set_up_that_fails_after_the_run_dir_was_made_takes_back_what_it_wrote
 
 def test_making_a_run_dir_that_fails_halfway_removes_the_parents_it_made(tmp_path):
     from tui_trainer.errors import UserError
-    from tui_trainer.user_paths import make_run_dir
+    from tui_trainer.rundir.paths import make_run_dir
 
     # The two parents can be made, the last name cannot (too long): both parents go again.
     with pytest.raises(UserError, match="cannot create run dir"):

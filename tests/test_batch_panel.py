@@ -7,6 +7,7 @@ import re
 from dataclasses import replace
 
 from test_snapshots import mid_epoch, recorded_epochs, replay, started, with_noise_scale
+
 from tui_trainer.events import AccumChangeRequested
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_config, with_limits
-from tui_trainer import checkpoint as ckpt
-from tui_trainer.cli import exit_code_for, main
-from tui_trainer.loop import Trainer
+
+from tui_trainer.cli.main import exit_code_for, main
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.events import CheckpointFailed, CheckpointSaved, ListSink, MicroStep, Notice, RunEnded, StepEvent
-from tui_trainer.metrics import read_metrics
+from tui_trainer.rundir import checkpoints as ckpt
+from tui_trainer.rundir.metrics import read_metrics
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
         "--accum", "2", "--threads", "1", "--limit-train-batches", "6", "--limit-val-batches", "2"]
@@ -401,7 +401,7 @@ def test_resume_with_another_model_shape_is_refused(saved_run, capsys):
 
 def test_corrupt_checkpoint_through_the_real_process_has_no_traceback(saved_run):
     damage_truncate(ckpt.checkpoint_path(saved_run))
-    result = subprocess.run([sys.executable, "-m", "tui_trainer.cli", "--no-ui", "--resume", str(saved_run)],
+    result = subprocess.run([sys.executable, "-m", "tui_trainer.cli.main", "--no-ui", "--resume", str(saved_run)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
@@ -411,7 +411,7 @@ def test_corrupt_checkpoint_through_the_real_process_has_no_traceback(saved_run)
 def test_metrics_written_while_the_disk_is_full_are_kept_and_written_once_there_is_room(mount_tmpfs):
     """A full disk must not end the run through its metrics file: lines wait in memory."""
     from tui_trainer.events import RunEnded
-    from tui_trainer.metrics import MetricsWriter
+    from tui_trainer.rundir.metrics import MetricsWriter
 
     disk = mount_tmpfs("1m")
     writer = MetricsWriter(disk)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from tui_trainer import checkpoint as ckpt
 from tui_trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from tui_trainer.loop import Trainer
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import ListSink
+from tui_trainer.rundir import checkpoints as ckpt
 
 KILLS = 30  # about a quarter land mid-write: all 30 missing it is a 1-in-5000 event
 
@@ -39,7 +39,7 @@ def test_kill_9_at_random_moments_always_leaves_a_loadable_checkpoint(small_corp
     # forkserver: children fork from a clean process that has imported torch (fast) but never ran an
     # OpenMP region (a plain fork of this test process could deadlock in the child).
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "torch._dynamo", "tui_trainer.loop"])  # the optimizer imports dynamo: 1.5 s
+    context.set_forkserver_preload(["torch", "torch._dynamo", "tui_trainer.engine.loop"])  # the optimizer imports dynamo: 1.5 s
     run_dir = tmp_path / "run"
     latest = ckpt.checkpoint_path(run_dir)
     rng = random.Random(20260101)

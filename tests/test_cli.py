@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import CORPUS
-from tui_trainer.cli import main
+
+from tui_trainer.cli.main import main
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
         "--accum", "2", "--threads", "1", "--limit-train-batches", "6", "--limit-val-batches", "2"]
@@ -50,7 +50,7 @@ def test_headless_run_writes_config_metrics_and_checkpoints(small_corpus, tmp_pa
 
 def test_console_script_runs_headless_and_exits_zero(small_corpus, tmp_path):
     script = Path(sys.executable).with_name("tui-trainer")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "tui_trainer.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "tui_trainer.cli.main"]
     result = subprocess.run([*command, "--no-ui", "--data", str(small_corpus), "--run-dir", str(tmp_path / "r"),
                              "--epochs", "1", *TINY], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -59,7 +59,7 @@ def test_console_script_runs_headless_and_exits_zero(small_corpus, tmp_path):
 
 
 def test_bare_command_without_a_terminal_falls_back_to_headless_with_a_note(small_corpus, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tui_trainer.cli", "--data", str(small_corpus), "--run-dir",
+    result = subprocess.run([sys.executable, "-m", "tui_trainer.cli.main", "--data", str(small_corpus), "--run-dir",
                              str(tmp_path / "r"), "--epochs", "1", *TINY], capture_output=True, text=True,
                             timeout=120, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
@@ -122,7 +122,7 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(case, small_corpus, tmp_path
 
 
 def test_bad_input_through_the_real_process_has_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tui_trainer.cli", "--no-ui", "--accum", "0", "--run-dir",
+    result = subprocess.run([sys.executable, "-m", "tui_trainer.cli.main", "--no-ui", "--accum", "0", "--run-dir",
                              str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--accum" in result.stderr
@@ -250,7 +250,7 @@ def test_toml_integer_for_a_float_setting_is_accepted(small_corpus, tmp_path):
 
 
 def test_default_corpus_is_found_from_any_working_directory(tmp_path):
-    code = ("from tui_trainer.data import default_corpus_path; p = default_corpus_path(); "
+    code = ("from tui_trainer.data.dataset import default_corpus_path; p = default_corpus_path(); "
             "print(p.name, p.stat().st_size)")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60, env={**os.environ, "PYTHONPATH": ""})
@@ -297,7 +297,7 @@ def option_blocks(help_text: str) -> dict[str, str]:
 
 
 def test_train_help_groups_the_flags_and_shows_every_default(capsys):
-    from tui_trainer.cli import FLAGS
+    from tui_trainer.cli.main import FLAGS
 
     with pytest.raises(SystemExit) as exited:
         main(["train", "--help"])

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import re
 
-from textual.widgets._toast import Toast
-
 from test_screen_sizes import ended_run, footer, render
 from test_snapshots import recorded_epochs, started
 from test_view import recorded_run_dir
+from textual.widgets._toast import Toast
+
 from tui_trainer.ui import commands
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.factory import create_replay_app

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tui_trainer import checkpoint as ckpt
-from tui_trainer.cli import main
-from tui_trainer.tokens import TOKENIZER_FILE, load_tokenizer, load_tokenizer_file, train_bpe
+from tui_trainer.cli.main import main
+from tui_trainer.data.tokenizer import TOKENIZER_FILE, load_tokenizer, load_tokenizer_file, train_bpe
+from tui_trainer.rundir import checkpoints as ckpt
 
 TINY = ["--no-ui", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
         "--accum", "2", "--threads", "1", "--limit-train-batches", "3", "--limit-val-batches", "2", "--epochs", "1"]
@@ -130,8 +130,8 @@ def test_a_stop_while_the_data_is_prepared_leaves_no_run_and_no_cache(small_corp
     from conftest import tiny_config
 
     from tui_trainer.control import Control
-    from tui_trainer.loop import Trainer
-    from tui_trainer.text_source import PreparationCancelled
+    from tui_trainer.data.text_source import PreparationCancelled
+    from tui_trainer.engine.loop import Trainer
 
     control = Control()
     cfg = tiny_config(small_corpus, tmp_path / "run")
@@ -149,7 +149,7 @@ def test_a_stop_while_the_data_is_prepared_leaves_no_run_and_no_cache(small_corp
 
 
 def test_toml_takes_the_bpe_vocab_size_under_data_but_never_the_models(tmp_path):
-    from tui_trainer.config_file import load_toml
+    from tui_trainer.cli.config_file import load_toml
     from tui_trainer.errors import UserError
 
     good = tmp_path / "good.toml"

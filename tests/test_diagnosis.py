@@ -6,14 +6,14 @@ import math
 from dataclasses import replace
 
 import pytest
-
 from conftest import tiny_config
+
+from tui_trainer.analysis.diagnosis import diagnose, find_spike, step_verdict, val_rise_warning, verdicts_over
+from tui_trainer.analysis.early_stopping import EarlyStopping
 from tui_trainer.config import DiagnosisConfig, OptimConfig
-from tui_trainer.diagnosis import diagnose, find_spike, step_verdict, val_rise_warning, verdicts_over
-from tui_trainer.early_stopping import EarlyStopping
-from tui_trainer.loop import Trainer
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import DiagnosisEvent, EpochEvent, ListSink, StepEvent
-from tui_trainer.metrics import read_metrics
+from tui_trainer.rundir.metrics import read_metrics
 
 VOCAB = 65  # ln(65) = 4.17: the loss of a uniform guess over tiny-shakespeare's characters
 EPOCHS = 12

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from tui_trainer.analysis.diagnosis import Diagnosis, SchedulePosition, diagnose, verdicts_over
 from tui_trainer.config import DiagnosisConfig
-from tui_trainer.diagnosis import Diagnosis, SchedulePosition, diagnose, verdicts_over
 
 VOCAB = 65  # chance = ln(65) = 4.17; "high" = 0.6 x 4.17 = 2.50
 CFG = DiagnosisConfig()

@@ -9,13 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_config, with_limits
+
+from tui_trainer.analysis.diagnosis import Diagnosis, SchedulePosition, verdicts_over
 from tui_trainer.config import DiagnosisConfig
-from tui_trainer.diagnosis import Diagnosis, SchedulePosition, verdicts_over
-from tui_trainer.loop import Trainer
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import ListSink, StepEvent
-from tui_trainer.metrics import read_metrics
+from tui_trainer.rundir.metrics import read_metrics
 
 RUNS = Path(__file__).resolve().parent / "data" / "diagnosis_runs"
 CFG = DiagnosisConfig()

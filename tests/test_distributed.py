@@ -23,17 +23,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import tiny_config
-from tui_trainer.accumulation import accumulate_window
-from tui_trainer.config import validate
-from tui_trainer.data import WindowDataset, plan_windows
-from tui_trainer.distributed import Placement, choose_backend, placement_from_environment, rank_share
+
+from tui_trainer.cli.launch import _died, _exit_code, check_nproc, without_nproc
+from tui_trainer.config import ModelConfig, validate
+from tui_trainer.data.dataset import WindowDataset, plan_windows
+from tui_trainer.engine.accumulation import accumulate_window
+from tui_trainer.engine.distributed import Placement, choose_backend, placement_from_environment, rank_share
 from tui_trainer.errors import UserError
-from tui_trainer.launch import _died, _exit_code, check_nproc, without_nproc
-from tui_trainer.metrics import read_metrics
-from tui_trainer.model import GPT
-from tui_trainer.config import ModelConfig
+from tui_trainer.model.gpt import GPT
+from tui_trainer.rundir.metrics import read_metrics
 
 # 562 training sequences of 32 tokens in the small corpus; micro-batch 5 gives 113 micro-batches an
 # epoch, the last one short (2 sequences); 4 micro-batches a step leave a last window of just that one.
@@ -277,7 +276,8 @@ async def test_the_app_runs_on_rank_0_shows_the_processes_pauses_them_and_q_stop
     "x 2 processes"; a pause longer than --dist-timeout holds both ranks without a timeout (they
     agree every 0.2 s); `q` stops both after the same step, rank 1 exiting 0 like rank 0."""
     from test_app import send_key, wait_for
-    from tui_trainer.cli import config_from_args, parse_args
+
+    from tui_trainer.cli.main import config_from_args, parse_args
     from tui_trainer.ui.factory import create_app
 
     flags = ["--data", str(small_corpus), *MODEL, "--dropout", "0", "--epochs", "20", "--micro-batch", "2",
@@ -317,10 +317,10 @@ async def test_the_app_runs_on_rank_0_shows_the_processes_pauses_them_and_q_stop
 def test_a_one_process_run_resumed_on_two_goes_on_from_its_odd_position(small_corpus, tmp_path):
     """A 1-process checkpoint at a cursor that is no window boundary of 2 processes (4 sequences into
     windows of 8): the windows go on from the cursor, every sequence of each epoch trained once."""
-    from tui_trainer.cli import config_from_args, parse_args
+    from tui_trainer.cli.main import config_from_args, parse_args
     from tui_trainer.control import Control
+    from tui_trainer.engine.loop import Trainer
     from tui_trainer.events import StepEvent
-    from tui_trainer.loop import Trainer
 
     run_dir = tmp_path / "run"
     flags = ["--data", str(small_corpus), *MODEL, "--dropout", "0", "--micro-batch", "2", "--accum", "2",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tui_trainer.cli import DetachableStream
+from tui_trainer.cli.main import DetachableStream
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
@@ -36,7 +36,7 @@ def test_a_character_the_stream_cannot_encode_is_replaced_not_taken_for_a_dead_t
 
 
 def cli(args: list, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tui_trainer.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tui_trainer.cli.main", *args], cwd=cwd, capture_output=True,
                           timeout=180, env={**os.environ, "PYTHONPATH": str(REPO), **env})
 
 

@@ -6,18 +6,26 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
-
 from conftest import tiny_config, with_limits
+
+from tui_trainer.analysis.schedule import lr_at
 from tui_trainer.config import DataConfig
-from tui_trainer.data import WindowDataset, load_corpus
-from tui_trainer.loop import Trainer
-from tui_trainer.events import (AccumChangeApplied, AccumChangeRequested, EpochEvent, ListSink, MicroStep,
-                                RunEnded, RunStarted, StepEvent)
-from tui_trainer.metrics import read_metrics
-from tui_trainer.schedule import lr_at
+from tui_trainer.data.dataset import WindowDataset, load_corpus
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.events import (
+    AccumChangeApplied,
+    AccumChangeRequested,
+    EpochEvent,
+    ListSink,
+    MicroStep,
+    RunEnded,
+    RunStarted,
+    StepEvent,
+)
+from tui_trainer.rundir.metrics import read_metrics
 
 
 def _run(cfg, sink=None, **kwargs):

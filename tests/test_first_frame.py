@@ -7,8 +7,9 @@ import threading
 from dataclasses import replace
 
 from conftest import tiny_config, with_limits
+
 from tui_trainer.errors import UserError
-from tui_trainer.metrics import read_metrics
+from tui_trainer.rundir.metrics import read_metrics
 from tui_trainer.ui.factory import create_app
 from tui_trainer.ui.threads import PassingBuild
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tui_trainer.cli import main
-from tui_trainer.run_ownership import MARKER_FILE
+from tui_trainer.cli.main import main
+from tui_trainer.rundir.ownership import MARKER_FILE
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
         "--accum", "2", "--threads", "1", "--limit-train-batches", "2", "--limit-val-batches", "1", "--epochs", "1"]

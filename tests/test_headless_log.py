@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from tui_trainer.cli import main
+from tui_trainer.cli.headless import HeadlessLog
+from tui_trainer.cli.main import main
 from tui_trainer.config import LogEvery, parse_log_every
 from tui_trainer.errors import UserError
 from tui_trainer.events import EpochEvent, RunStarted, StepEvent, ValidationProgress
-from tui_trainer.headless import HeadlessLog
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
         "--accum", "2", "--threads", "1", "--limit-train-batches", "12", "--limit-val-batches", "2"]

@@ -10,14 +10,14 @@ import signal
 
 import pytest
 import torch
-
 from conftest import tiny_config, with_limits
-from tui_trainer import checkpoint as ckpt
-from tui_trainer.cli import exit_code_for, main
+
+from tui_trainer.cli.main import exit_code_for, main
 from tui_trainer.control import Control
-from tui_trainer.engine import Trainer
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import CheckpointSaved, EpochEvent, ListSink, StepEvent
-from tui_trainer.metrics import read_metrics
+from tui_trainer.rundir import checkpoints as ckpt
+from tui_trainer.rundir.metrics import read_metrics
 
 STEPS_PER_EPOCH = 2  # 4 micro-batches of 4, accum 2
 
@@ -41,7 +41,7 @@ class StopWhen(ListSink):
 
 
 def run(cfg, when, real_signal: bool = False, resume=None, overrides=None):
-    from tui_trainer.signals import SignalStopper
+    from tui_trainer.cli.signals import SignalStopper
 
     control = Control()
     sink = StopWhen(control, when, real_signal)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
 from conftest import CORPUS, tiny_config, with_limits
-from tui_trainer.loop import Trainer
+
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import EpochEvent, ListSink, SampleEvent, StepEvent
-from tui_trainer.metrics import read_metrics
+from tui_trainer.rundir.metrics import read_metrics
 
 
 class AskAtStep(ListSink):
@@ -84,7 +84,7 @@ def test_the_epoch_record_carries_the_sample_and_an_asked_one_has_its_own_record
 def test_headless_shows_each_sample_on_one_escaped_line(runs):
     import io
 
-    from tui_trainer.headless import SAMPLE_LOG_CHARS, HeadlessLog
+    from tui_trainer.cli.headless import SAMPLE_LOG_CHARS, HeadlessLog
 
     _, on, _ = runs
     out = io.StringIO()

@@ -6,10 +6,16 @@ import pytest
 import torch
 
 from tui_trainer.config import ModelConfig, RunConfig, TrainConfig
+from tui_trainer.engine.memory import (
+    attention_matrix_bytes,
+    cgroup_room,
+    check_fits,
+    parameter_count,
+    saved_for_backward_bytes,
+    training_bytes_floor,
+)
 from tui_trainer.errors import UserError
-from tui_trainer.memory import (attention_matrix_bytes, cgroup_room, check_fits, parameter_count,
-                                saved_for_backward_bytes, training_bytes_floor)
-from tui_trainer.model import GPT
+from tui_trainer.model.gpt import GPT
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 32, 16, 65), (3, 4, 64, 40, 100), (6, 8, 256, 128, 65)])

@@ -13,9 +13,15 @@ import math
 import pytest
 import torch
 
-from tui_trainer.ema import BiasCorrectedEMA, smoothed
-from tui_trainer.noise_scale import (NoiseScaleEstimator, WindowNorms, micro_sq_norm, small_batch_size,
-                                     suggested_accum, window_estimates)
+from tui_trainer.analysis.ema import BiasCorrectedEMA, smoothed
+from tui_trainer.analysis.noise_scale import (
+    NoiseScaleEstimator,
+    WindowNorms,
+    micro_sq_norm,
+    small_batch_size,
+    suggested_accum,
+    window_estimates,
+)
 
 DIM, NOISE_STD = 16, 1.0
 

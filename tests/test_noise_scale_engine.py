@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import tiny_config, with_limits
-from tui_trainer.cli import main
-from tui_trainer.engine import Trainer
+
+from tui_trainer.analysis.noise_scale import SETTLE_ESTIMATES, suggested_accum
+from tui_trainer.cli.main import main
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import AccumChangeApplied, AccumChangeRequested, EpochEvent, ListSink, RunStarted, StepEvent
-from tui_trainer.metrics import read_metrics
-from tui_trainer.noise_scale import SETTLE_ESTIMATES, suggested_accum
+from tui_trainer.rundir.metrics import read_metrics
 
 
 def _run(cfg, sink=None):

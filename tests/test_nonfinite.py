@@ -9,13 +9,13 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_config, with_limits
-from tui_trainer import checkpoint as ckpt
-from tui_trainer.cli import main
-from tui_trainer.loop import Trainer
+
+from tui_trainer.cli.main import main
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import CheckpointSaved, DiagnosisEvent, ListSink, MicroStep, Notice, StepEvent
-from tui_trainer.metrics import read_metrics
+from tui_trainer.rundir import checkpoints as ckpt
+from tui_trainer.rundir.metrics import read_metrics
 
 
 class Snapshots(ListSink):

@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_config
-from tui_trainer.accumulation import accumulate_window
-from tui_trainer.cli import main
-from tui_trainer.data import WindowDataset, load_corpus
+
+from tui_trainer.cli.main import main
+from tui_trainer.data.dataset import WindowDataset, load_corpus
+from tui_trainer.engine.accumulation import accumulate_window
+from tui_trainer.engine.precision import Bf16Support, bf16_support, choose_precision, resume_precision
 from tui_trainer.errors import UserError
-from tui_trainer.model import GPT
-from tui_trainer.precision import Bf16Support, bf16_support, choose_precision, resume_precision
+from tui_trainer.model.gpt import GPT
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 NATIVE = Bf16Support(works=True, native=True, why="bf16 units")

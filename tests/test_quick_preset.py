@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from tui_trainer.cli import config_from_args, main, parse_args
-from tui_trainer.data import val_batch_limit
+from tui_trainer.cli.main import config_from_args, main, parse_args
+from tui_trainer.data.dataset import val_batch_limit
 
 
 def test_quick_is_a_small_short_run_that_flags_still_override():

@@ -9,14 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_config, with_limits
-from tui_trainer.loop import Trainer
+
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.engine.precision import bf16_support, choose_precision
 from tui_trainer.errors import UserError
-from tui_trainer.events import (AccumChangeApplied, CheckpointSaved, EpochEvent, ListSink, MicroStep, RunEnded,
-                                RunStarted, StepEvent)
-from tui_trainer.metrics import read_metrics
-from tui_trainer.precision import bf16_support, choose_precision
+from tui_trainer.events import (
+    AccumChangeApplied,
+    CheckpointSaved,
+    EpochEvent,
+    ListSink,
+    MicroStep,
+    RunEnded,
+    RunStarted,
+    StepEvent,
+)
+from tui_trainer.rundir.metrics import read_metrics
 from tui_trainer.ui.view import RunView
 
 # 20 micro-batches of 4 with accum 3: 6 full windows and a remainder window of 2 micro-batches.
@@ -314,7 +322,7 @@ def test_checkpoint_holds_everything_resume_needs(reference, tmp_path):
 
 
 def test_resuming_a_finished_run_is_refused_before_anything_is_written(reference, tmp_path, capsys):
-    from tui_trainer.cli import main
+    from tui_trainer.cli.main import main
 
     corpus, _ = reference
     run_dir = tmp_path / "run"

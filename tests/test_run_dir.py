@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_config
-from tui_trainer import checkpoint as ckpt
-from tui_trainer import run_dir as rd
-from tui_trainer.data import load_corpus
+
+from tui_trainer.data.dataset import load_corpus
+from tui_trainer.engine.loop_state import LoopState
 from tui_trainer.errors import UserError
-from tui_trainer.loop_state import LoopState
-from tui_trainer.metrics import METRICS_FILE
-from tui_trainer.run_ownership import MARKER_FILE, write_marker
+from tui_trainer.rundir import checkpoints as ckpt
+from tui_trainer.rundir import lifecycle as rd
+from tui_trainer.rundir.metrics import METRICS_FILE
+from tui_trainer.rundir.ownership import MARKER_FILE, write_marker
 
 
 def a_checkpoint_state(cfg, epoch: int = 2, waited: int = 0) -> dict:

@@ -6,8 +6,16 @@ import json
 
 import pytest
 
-from tui_trainer.run_ownership import (MARKER_FILE, OUR_NAMES, config_is_ours, foreign_name, has_marker, is_ours,
-                                       remove_our_files, write_marker)
+from tui_trainer.rundir.ownership import (
+    MARKER_FILE,
+    OUR_NAMES,
+    config_is_ours,
+    foreign_name,
+    has_marker,
+    is_ours,
+    remove_our_files,
+    write_marker,
+)
 
 OUR_CONFIG = {"config": {"model": {}, "data": {}, "train": {}}, "vocab": ["a"], "data_sha256": "0" * 64}
 

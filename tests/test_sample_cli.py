@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import CORPUS
-from tui_trainer.cli import main
+
+from tui_trainer.cli.main import main
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
         "--accum", "2", "--threads", "1", "--limit-train-batches", "6", "--limit-val-batches", "2"]
@@ -139,6 +139,6 @@ def test_a_bpe_run_resumes_and_samples_with_its_own_tokenizer(tmp_path, capsys):
 
 
 def test_on_a_terminal_control_characters_a_model_writes_are_shown_escaped():
-    from tui_trainer.sample_command import for_a_terminal
+    from tui_trainer.cli.sample import for_a_terminal
 
     assert for_a_terminal("ab\x1b[2Jc\x00d\n\té") == "ab\\x1b[2Jc\\x00d\n\té"

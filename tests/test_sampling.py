@@ -6,11 +6,20 @@ import pytest
 import torch
 
 from tui_trainer.config import ModelConfig
-from tui_trainer.data import Vocabulary
+from tui_trainer.data.dataset import Vocabulary
 from tui_trainer.errors import UserError
-from tui_trainer.model import GPT
-from tui_trainer.sampling import (ContextWindow, SamplingSettings, TextStream, check_settings, generate, live_sample,
-                                  pick_next, sample_text, slide_keep)
+from tui_trainer.model.gpt import GPT
+from tui_trainer.model.sampling import (
+    ContextWindow,
+    SamplingSettings,
+    TextStream,
+    check_settings,
+    generate,
+    live_sample,
+    pick_next,
+    sample_text,
+    slide_keep,
+)
 
 BLOCK = 16
 

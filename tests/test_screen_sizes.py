@@ -6,8 +6,17 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from test_snapshots import (ACCUM, EPOCHS, MICRO_BATCH, STEPS_PER_EPOCH, TOKENS_PER_STEP, mid_epoch,
-                            recorded_epochs, started)
+from test_snapshots import (
+    ACCUM,
+    EPOCHS,
+    MICRO_BATCH,
+    STEPS_PER_EPOCH,
+    TOKENS_PER_STEP,
+    mid_epoch,
+    recorded_epochs,
+    started,
+)
+
 from tui_trainer.events import AccumChangeRequested, EpochEvent, RunEnded, StepEvent
 from tui_trainer.ui.factory import create_replay_app
 from tui_trainer.ui.widgets import DiagnosisBanner, EpochTable, LossPlot

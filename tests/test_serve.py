@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 from test_view import recorded_run_dir
 
+from tui_trainer.cli.serve import parse_serve
 from tui_trainer.errors import UserError
-from tui_trainer.serve import parse_serve
 
 pytest.importorskip("textual_serve")
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tui_trainer import checkpoint as ckpt
-from tui_trainer.cli import config_from_args, parse_args
-from tui_trainer.loop import Trainer
+from tui_trainer.cli.main import config_from_args, parse_args
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import ListSink
-from tui_trainer.metrics import read_metrics
+from tui_trainer.rundir import checkpoints as ckpt
+from tui_trainer.rundir.metrics import read_metrics
 
 # 20 micro-batches, accum 3: 7 steps an epoch (the last a remainder window), dropout on.
 FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
@@ -30,7 +30,7 @@ STEP_KEYS = ("epoch", "step", "accum", "tokens", "loss", "lr", "grad_norm", "tok
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tui_trainer.cli", "--no-ui", *args]
+    return [sys.executable, "-m", "tui_trainer.cli.main", "--no-ui", *args]
 
 
 def step_records(run_dir: Path) -> list[tuple]:
@@ -150,7 +150,7 @@ def test_signal_while_the_app_sets_up_saves_without_taking_the_terminal(uninterr
     run_dir = tmp_path / "run"
     master, slave = pty.openpty()
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
-    process = subprocess.Popen([sys.executable, "-m", "tui_trainer.cli", "--data", str(corpus), "--run-dir",
+    process = subprocess.Popen([sys.executable, "-m", "tui_trainer.cli.main", "--data", str(corpus), "--run-dir",
                                 str(run_dir), *FLAGS], stdin=slave, stdout=slave, stderr=slave, env=env,
                                start_new_session=True)
     os.close(slave)

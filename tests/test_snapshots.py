@@ -12,9 +12,17 @@ import math
 import random
 from dataclasses import replace
 
-from tui_trainer.events import (AccumChangeRequested, EpochEvent, MicroStep, Paused, RunEnded, RunStarted,
-                                StepEvent, ValidationProgress)
-from tui_trainer.noise_scale import suggested_accum
+from tui_trainer.analysis.noise_scale import suggested_accum
+from tui_trainer.events import (
+    AccumChangeRequested,
+    EpochEvent,
+    MicroStep,
+    Paused,
+    RunEnded,
+    RunStarted,
+    StepEvent,
+    ValidationProgress,
+)
 from tui_trainer.ui.factory import create_replay_app
 
 RUN_DIR = "runs/20260101-120000"

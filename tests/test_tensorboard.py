@@ -7,10 +7,10 @@ import sys
 import pytest
 from conftest import tiny_config, with_limits
 
-from tui_trainer.cli import main
-from tui_trainer.loop import Trainer
-from tui_trainer.metrics import read_metrics
-from tui_trainer.tensorboard_sink import TENSORBOARD_DIR, TensorBoardSink, export_tensorboard
+from tui_trainer.cli.main import main
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.rundir.metrics import read_metrics
+from tui_trainer.rundir.tensorboard import TENSORBOARD_DIR, TensorBoardSink, export_tensorboard
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 

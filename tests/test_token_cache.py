@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tui_trainer import text_source as ts
-from tui_trainer import token_cache as tc
 from tui_trainer.config import DataConfig
-from tui_trainer.data import load_corpus
+from tui_trainer.data import text_source as ts
+from tui_trainer.data import token_cache as tc
+from tui_trainer.data.dataset import load_corpus
+from tui_trainer.data.tokenizer import CharTokenizer, train_bpe
 from tui_trainer.errors import UserError
-from tui_trainer.tokens import CharTokenizer, train_bpe
 
 MIXED = "naïve café — 東京 😀 Ünïcödé\n"  # 1-, 2-, 3- and 4-byte characters
 
@@ -235,7 +235,7 @@ def test_an_unreadable_file_in_a_directory_is_named(tmp_path):
 def test_the_progress_line_leaves_a_line_only_for_slow_phases_in_a_log():
     import io
 
-    from tui_trainer.data_progress import DataProgressLine
+    from tui_trainer.data.progress import DataProgressLine
 
     out = io.StringIO()
     line = DataProgressLine(out, live=False)

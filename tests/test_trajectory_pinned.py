@@ -9,7 +9,8 @@ numerics ever moves these, record the new figures from a run of the old code fir
 from __future__ import annotations
 
 from conftest import tiny_config, with_limits
-from tui_trainer.loop import Trainer
+
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import EpochEvent, ListSink, StepEvent
 
 STEP_LOSSES = [4.062983512878418, 3.995417594909668, 3.8893311818440757, 3.840831995010376,

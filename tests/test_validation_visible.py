@@ -7,17 +7,16 @@ import math
 from dataclasses import replace
 
 import pytest
-
 from conftest import tiny_config, with_limits
 from test_snapshots import ACCUM, MICRO_BATCH, TOKENS_PER_STEP, FixedClock, mid_epoch, recorded_epochs, started
+
+from tui_trainer.analysis.eta import FORWARD_SHARE, EtaModel
 from tui_trainer.config import DataConfig
-from tui_trainer.data import val_batch_limit
-from tui_trainer.loop import Trainer
-from tui_trainer.eta import FORWARD_SHARE, EtaModel
+from tui_trainer.data.dataset import val_batch_limit
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.engine.validation_progress import ValidationProgressEmitter
 from tui_trainer.events import EpochEvent, ListSink, RunStarted, ValidationProgress
 from tui_trainer.ui.factory import create_replay_app
-from tui_trainer.validation_progress import ValidationProgressEmitter
-
 
 # -- how much validation a capped run does -------------------------------------------------------
 

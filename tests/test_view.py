@@ -17,13 +17,13 @@ from conftest import tiny_config, with_limits
 from test_run_lock import start_long_run
 from test_snapshots import FixedClock, recorded_epochs
 
-from tui_trainer import control_socket as cs
 from tui_trainer.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.events import RunEnded
-from tui_trainer.loop import Trainer
-from tui_trainer.metrics import METRICS_FILE, MetricsWriter, read_metrics
-from tui_trainer.run_dir import CONFIG_FILE
+from tui_trainer.rundir import control_socket as cs
+from tui_trainer.rundir.lifecycle import CONFIG_FILE
+from tui_trainer.rundir.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from tui_trainer.ui.view import PAUSED
 from tui_trainer.ui.viewer import create_view_app
 

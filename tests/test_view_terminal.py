@@ -15,7 +15,7 @@ import pytest
 from test_run_lock import start_long_run
 from test_view import steps_on_disk
 
-from tui_trainer.metrics import read_metrics
+from tui_trainer.rundir.metrics import read_metrics
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0,

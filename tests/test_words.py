@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import tiny_config, with_limits
-from tui_trainer.cli import main
+
+from tui_trainer.cli.main import main
 from tui_trainer.config import validate
 from tui_trainer.control import Control
+from tui_trainer.engine.loop import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.events import ListSink, RunEnded, RunStarted, StepEvent
-from tui_trainer.loop import Trainer
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.bridge import AppSink
 

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from .errors import UserError
+from tui_trainer.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DiagnosisConfig:
-    """Thresholds of the loss-curve diagnosis (see tui_trainer/diagnosis.py)."""
+    """Thresholds of the loss-curve diagnosis (see tui_trainer/analysis/diagnosis.py)."""
 
     val_rise_warning: float = 0.05  # warn when val loss rises more than this fraction in one epoch
     trend_epochs: int = 3  # epochs a trend needs before it is called

@@ -33,7 +33,7 @@ class RunStarted:
     sample_tokens: int = 0  # tokens of the text sample after each epoch (0 = none)
     noise_scale: bool = False  # the run estimates the gradient noise scale (StepEvent.noise_scale)
     auto_accum: bool = False  # ... and follows its suggestion at each epoch boundary
-    precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/precision.py chose it
+    precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/engine/precision.py chose it
 
     @property
     def world_size(self) -> int:

@@ -13,8 +13,8 @@ from textual.binding import Binding
 from textual.widgets import Footer
 from textual_plotext import PlotextPlot
 
-from ..events import EpochEvent
-from .follow import MetricsFollower
+from tui_trainer.events import EpochEvent
+from tui_trainer.ui.follow import MetricsFollower
 
 # plotext colour, and the same ANSI colour in Textual markup for the legend
 RUN_COLORS = (("orange+", "ansi_bright_yellow"), ("cyan+", "ansi_bright_cyan"), ("magenta+", "ansi_bright_magenta"),

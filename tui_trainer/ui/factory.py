@@ -9,13 +9,13 @@ from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
-from ..control import Control
-from ..errors import UserError
-from ..events import FanOut
-from .app import TrainerApp
-from .bridge import AppSink
-from .history import recorded_history
-from .threads import PassingBuild, in_passing_thread
+from tui_trainer.control import Control
+from tui_trainer.errors import UserError
+from tui_trainer.events import FanOut
+from tui_trainer.ui.app import TrainerApp
+from tui_trainer.ui.bridge import AppSink
+from tui_trainer.ui.history import recorded_history
+from tui_trainer.ui.threads import PassingBuild, in_passing_thread
 
 
 def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | None = None,
@@ -34,7 +34,7 @@ def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | No
         data_progress = partial(_data_preparing, sink)
 
     def build() -> tuple[Any, list]:
-        from ..loop import Trainer  # imports torch: on the set-up thread too, when in the background
+        from tui_trainer.engine.loop import Trainer  # imports torch: on the set-up thread too, when in the background
 
         engine_sink = FanOut(sink, extra_sink) if extra_sink is not None else sink
         trainer = Trainer(cfg, engine_sink, control, resume=resume, overrides=overrides, overwrite=overwrite, for_ui=True,
@@ -54,7 +54,7 @@ def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | No
 
 def _data_preparing(sink: AppSink, progress: Any) -> None:
     """text_source's progress, as an event the app shows while it sets up (called on the set-up thread)."""
-    from ..events import DataPreparing
+    from tui_trainer.events import DataPreparing
 
     sink.emit(DataPreparing(phase=progress.phase, fraction=progress.fraction, total_bytes=progress.total_bytes,
                             mb_per_s=progress.mb_per_s))

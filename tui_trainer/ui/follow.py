@@ -19,12 +19,12 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
-from ..errors import UserError
-from ..events import EpochEvent, RunEnded, RunStarted, SampleEvent, StepEvent
-from ..metrics import METRICS_FILE
-from ..run_dir import CONFIG_FILE, LOCK_FILE
-from ..run_lock import Holder, live_holder
+from tui_trainer.config import RunConfig
+from tui_trainer.errors import UserError
+from tui_trainer.events import EpochEvent, RunEnded, RunStarted, SampleEvent, StepEvent
+from tui_trainer.rundir.lifecycle import CONFIG_FILE, LOCK_FILE
+from tui_trainer.rundir.lock import Holder, live_holder
+from tui_trainer.rundir.metrics import METRICS_FILE
 
 RECORD_EVENTS = {"step": StepEvent, "epoch": EpochEvent, "sample": SampleEvent, "end": RunEnded}
 
@@ -134,7 +134,7 @@ class MetricsFollower:
 
     def _run_started(self, events: list) -> RunStarted:
         """What the engine's RunStarted would have said, from config.json and the records so far."""
-        from ..memory import parameter_count
+        from tui_trainer.engine.memory import parameter_count
 
         cfg, block = self.cfg, self.cfg.model.block_size
         steps = [e for e in events if isinstance(e, StepEvent)]

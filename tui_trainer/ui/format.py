@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..eta import duration  # noqa: F401  (shared with the headless log)
+from tui_trainer.analysis.eta import duration  # noqa: F401  (shared with the headless log)
 
 
 def count(value: float | None) -> str:

@@ -7,8 +7,8 @@ import json
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
-from ..events import EpochEvent, StepEvent
-from ..metrics import METRICS_FILE
+from tui_trainer.events import EpochEvent, StepEvent
+from tui_trainer.rundir.metrics import METRICS_FILE
 
 
 def recorded_history(run_dir: str | Path) -> list:

@@ -12,8 +12,17 @@ from textual.containers import Container, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from .widgets import BatchPanel, DiagnosisBanner, EpochTable, ErrorPanel, LossPlot, ProgressPanel, StatsPanel, StatusBar
-from .widgets.samples import SamplePanel
+from tui_trainer.ui.widgets import (
+    BatchPanel,
+    DiagnosisBanner,
+    EpochTable,
+    ErrorPanel,
+    LossPlot,
+    ProgressPanel,
+    StatsPanel,
+    StatusBar,
+)
+from tui_trainer.ui.widgets.samples import SamplePanel
 
 WIDE_COLUMNS = 120  # from here on the panels move to a column right of the plot
 TALL_ROWS = 40  # from here on (or when wide) the epoch table is shown

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import IO
 
 
-
 class TerminalOutput:
     """A text stream that stops writing, quietly, once its terminal is gone."""
 

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..eta import EtaModel
+from tui_trainer.analysis.eta import EtaModel
 
 ACCUM_MIN, ACCUM_MAX = 1, 1024  # the engine clamps to the same bounds
 

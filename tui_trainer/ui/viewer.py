@@ -20,12 +20,12 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from ..control_socket import RemoteControl, check_socket_is_ours, socket_path
-from ..errors import UserError
-from ..events import AccumChangeApplied, AccumChangeRequested, Notice, Paused, Resumed
-from .app import TrainerApp
-from .commands import VIEWER
-from .follow import MetricsFollower
+from tui_trainer.errors import UserError
+from tui_trainer.events import AccumChangeApplied, AccumChangeRequested, Notice, Paused, Resumed
+from tui_trainer.rundir.control_socket import RemoteControl, check_socket_is_ours, socket_path
+from tui_trainer.ui.app import TrainerApp
+from tui_trainer.ui.commands import VIEWER
+from tui_trainer.ui.follow import MetricsFollower
 
 POLL_S = 0.25  # metrics and status: new records are on screen well within a second
 

@@ -12,7 +12,7 @@ from typing import Any, Hashable
 from rich.console import RenderableType
 from textual.widget import Widget
 
-from ..view import RunView
+from tui_trainer.ui.view import RunView
 
 
 class Panel(Widget):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from ..view import RunView
-from .base import Panel
+from tui_trainer.ui.view import RunView
+from tui_trainer.ui.widgets.base import Panel
 
 
 def noise_scale_words(scale: float) -> str:

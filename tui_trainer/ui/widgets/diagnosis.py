@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from .. import format as fmt
-from ..view import RunView
-from .base import Panel
+from tui_trainer.ui import format as fmt
+from tui_trainer.ui.view import RunView
+from tui_trainer.ui.widgets.base import Panel
 
 KINDS = ("learning", "healthy", "underfitting", "overfitting", "unstable")
 # The remedy line's room at 80 columns (the banner's border and padding take 4): the best-val note

@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from .. import format as fmt
-from ..view import RunView
-from .base import Panel
+from tui_trainer.ui import format as fmt
+from tui_trainer.ui.view import RunView
+from tui_trainer.ui.widgets.base import Panel
 
 KIND_STYLES = ("learning", "healthy", "underfitting", "overfitting", "unstable")
 COLUMNS = ["epoch", "train", "val", "accum", "tok/s", "verdict"]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from rich.text import Text
 
-from ...checkpoint import checkpoint_path
-from ..view import RunView
-from .base import Panel
+from tui_trainer.rundir.checkpoints import checkpoint_path
+from tui_trainer.ui.view import RunView
+from tui_trainer.ui.widgets.base import Panel
 
 
 class ErrorPanel(Panel):

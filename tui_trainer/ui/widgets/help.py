@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Static
 
-from ..commands import HelpKey
+from tui_trainer.ui.commands import HelpKey
 
 VERDICT_WIDTH = 12  # "underfitting"
 MIN_TEXT_WIDTH = 8  # narrower than this, the words go under their label instead of beside it

@@ -11,8 +11,8 @@ import math
 
 from textual_plotext import PlotextPlot
 
-from ...ema import BiasCorrectedEMA
-from ..view import RunView
+from tui_trainer.analysis.ema import BiasCorrectedEMA
+from tui_trainer.ui.view import RunView
 
 EMA_BETA = 0.9  # smoothing of the step loss (bias-corrected, like TensorBoard's slider at 0.9)
 WARMUP_FRACTION = 0.1  # the first 10% of steps never set the top of the y-axis

@@ -6,8 +6,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ..view import RunView
-from .base import Panel
+from tui_trainer.ui.view import RunView
+from tui_trainer.ui.widgets.base import Panel
 
 
 class ProgressPanel(Panel):

@@ -14,8 +14,8 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from ..view import RunView
-from .base import Panel
+from tui_trainer.ui.view import RunView
+from tui_trainer.ui.widgets.base import Panel
 
 
 def sample_title(view: RunView) -> str:

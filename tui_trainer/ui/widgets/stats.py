@@ -12,9 +12,9 @@ except ImportError:  # a declared dependency, but the panel can live without it
 from rich.table import Table
 from rich.text import Text
 
-from .. import format as fmt
-from ..view import RunView
-from .base import Panel
+from tui_trainer.ui import format as fmt
+from tui_trainer.ui.view import RunView
+from tui_trainer.ui.widgets.base import Panel
 
 
 def memory_in_use(device: str) -> str:

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from .. import format as fmt
-from ..view import (EARLY_STOPPED, FAILED, FINISHED, INTERRUPTED, PAUSED, PAUSING, RESUMING, RUNNING, STARTING,
-                    STOPPING, VALIDATING, RunView)
-from .base import Panel
+from tui_trainer.ui import format as fmt
+from tui_trainer.ui.view import (
+    EARLY_STOPPED,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    PAUSED,
+    PAUSING,
+    RESUMING,
+    RUNNING,
+    STARTING,
+    STOPPING,
+    VALIDATING,
+    RunView,
+)
+from tui_trainer.ui.widgets.base import Panel
 
 STATE_LABELS = {
     STARTING: "setting up…", RUNNING: "running", VALIDATING: "validating", PAUSING: "pausing…", PAUSED: "paused", RESUMING: "resuming…",

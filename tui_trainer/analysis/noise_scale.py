@@ -1,0 +1,157 @@
+"""The gradient noise scale: how big a batch is worth its cost, estimated from gradient norms.
+
+McCandlish, Kaplan, Amodei et al., "An Empirical Model of Large-Batch Training" (2018): the simple
+noise scale B_simple = tr(Σ) / |G|² (Σ: the per-example gradient covariance, G: the true gradient)
+predicts the critical batch size. Far below it each step is mostly noise (more steps than needed);
+far above it extra examples barely improve a step (compute wasted).
+
+Their Appendix A estimates both terms without bias from the squared norms of gradients at two
+batch sizes, and accumulation gives both for free: each micro-batch's own gradient (B_small) and
+the window's (B_big). E|G_B|² = |G|² + tr(Σ)/B, so
+
+    |G|²  ≈ (B_big |G_big|² - B_small |G_small|²) / (B_big - B_small)
+    tr(Σ) ≈ (|G_small|² - |G_big|²) / (1/B_small - 1/B_big)
+
+Each window's estimates are noisy (|G|² may even come out negative), so both are smoothed over
+steps (a bias-corrected EMA) and B_simple is the ratio of the smoothed values, not a mean of
+per-step ratios (a ratio of noisy values is biased and heavy-tailed).
+
+Units: an example is one *sequence* of block_size tokens (the data's unit; tokens within a sequence
+are correlated, sequences are drawn independently), so B_simple is in sequences and the suggestion
+is in accumulation steps: accum = B_simple / (micro_batch x processes), to a power of two.
+A window of one micro-batch has no second batch size: it gives no estimate.
+
+Pure functions over norms; the engine measures the norms (accumulation.py, GradientIncrements).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from tui_trainer.analysis.ema import BiasCorrectedEMA
+
+# Smoothing of the per-window estimates: a memory of ~50 optimizer steps (about an epoch of the
+# default run). At 0.95 the smoothed ratio was off by more than 30% in a third of the regression
+# runs whose effective batch was a fifth of the noise scale (tests/test_noise_scale.py); at 0.98,
+# in a fifteenth.
+EMA_BETA = 0.98
+SETTLE_ESTIMATES = 20  # windows folded in before the estimate is shown (the first ones are noisy)
+MAX_ACCUM = 1024  # the suggestion's range is the app's: 1..1024
+
+
+@dataclass(frozen=True)
+class WindowNorms:
+    """What one optimizer window measured: every micro-batch's gradient and the window's."""
+
+    micro_sizes: tuple[int, ...]  # sequences in each micro-batch (the last may be short)
+    micro_sq_norms: tuple[float, ...]  # |g_i|² of each micro-batch's mean-loss gradient
+    window_sq_norm: float  # |G|² of the window's mean-loss gradient, before clipping
+
+    @property
+    def window_size(self) -> int:
+        return sum(self.micro_sizes)
+
+    @classmethod
+    def from_increments(cls, micro_sizes: Sequence[int], increment_sq_norms: Sequence[float],
+                        window_sq_norm: float) -> "WindowNorms":
+        """From what the engine measures: each micro-step's increment to the accumulated gradient
+        (accumulation.GradientIncrements) and the window's gradient norm, squared. Every sequence
+        has the same number of tokens, so the token shares are the sequence shares."""
+        window = sum(micro_sizes)
+        return cls(tuple(micro_sizes), tuple(micro_sq_norm(sq, window, size)
+                                             for sq, size in zip(increment_sq_norms, micro_sizes)), window_sq_norm)
+
+
+def micro_sq_norm(increment_sq_norm: float, window_tokens: int, micro_tokens: int) -> float:
+    """The squared norm of a micro-batch's mean-loss gradient, from the increment it added to the
+    accumulated gradient: that increment is its summed loss over the *window's* tokens
+    (accumulation.py), i.e. its mean-loss gradient x micro_tokens / window_tokens."""
+    return increment_sq_norm * (window_tokens / micro_tokens) ** 2
+
+
+def small_batch_size(micro_sizes: Sequence[int]) -> float:
+    """The B_small that makes the mean of the micro-batches' squared norms unbiased when they
+    differ in size (a short last micro-batch): E mean_i |g_i|² = |G|² + tr(Σ) mean_i(1/b_i),
+    so B_small is the harmonic mean. Equal sizes give the micro-batch itself."""
+    return len(micro_sizes) / sum(1.0 / b for b in micro_sizes)
+
+
+def unbiased_estimates(b_small: float, b_big: float, small_sq_norm: float,
+                       big_sq_norm: float) -> tuple[float, float]:
+    """(|G|², tr(Σ)) from the mean squared norm at B_small and the squared norm at B_big
+    (Appendix A of McCandlish et al.). Needs b_big > b_small."""
+    grad_sq = (b_big * big_sq_norm - b_small * small_sq_norm) / (b_big - b_small)
+    trace = (small_sq_norm - big_sq_norm) / (1.0 / b_small - 1.0 / b_big)
+    return grad_sq, trace
+
+
+def window_estimates(norms: WindowNorms) -> tuple[float, float] | None:
+    """One window's (|G|², tr(Σ)), or None: a window of one micro-batch has no second batch size,
+    and non-finite norms (a skipped step) say nothing."""
+    if len(norms.micro_sizes) < 2:
+        return None
+    values = (*norms.micro_sq_norms, norms.window_sq_norm)
+    if not all(math.isfinite(v) for v in values):
+        return None
+    b_small = small_batch_size(norms.micro_sizes)
+    small = sum(norms.micro_sq_norms) / len(norms.micro_sq_norms)
+    return unbiased_estimates(b_small, float(norms.window_size), small, norms.window_sq_norm)
+
+
+def suggested_accum(noise_scale: float, micro_batch: int, processes: int = 1) -> int:
+    """The power of two nearest (in ratio) to the accumulation whose effective batch is the noise
+    scale, in 1..1024."""
+    wanted = noise_scale / (micro_batch * processes)
+    if not wanted > 1.0:  # also NaN
+        return 1
+    return int(min(MAX_ACCUM, 2 ** round(math.log2(wanted))))
+
+
+class NoiseScaleEstimator:
+    """Feeds on ``WindowNorms``, one per optimizer step; smooths |G|² and tr(Σ) separately."""
+
+    def __init__(self, beta: float = EMA_BETA, settle: int = SETTLE_ESTIMATES) -> None:
+        self.settle = settle
+        self.grad_sq = BiasCorrectedEMA(beta)
+        self.trace = BiasCorrectedEMA(beta)
+
+    @property
+    def estimates(self) -> int:
+        """Windows folded in so far."""
+        return self.grad_sq.count
+
+    def update(self, norms: WindowNorms) -> bool:
+        """Fold in one window; False when it gave no estimate (one micro-batch, non-finite)."""
+        estimate = window_estimates(norms)
+        if estimate is None:
+            return False
+        self.grad_sq.update(estimate[0])
+        self.trace.update(estimate[1])
+        return True
+
+    def raw_noise_scale(self) -> float | None:
+        """tr(Σ)/|G|² of the smoothed values, settled or not; None while there is none or while
+        the smoothed |G|² is not positive (the noise hides the gradient: no finite scale)."""
+        grad_sq, trace = self.grad_sq.value, self.trace.value
+        if grad_sq is None or trace is None or grad_sq <= 0 or trace < 0:
+            return None
+        return trace / grad_sq
+
+    @property
+    def noise_scale(self) -> float | None:
+        """B_simple in sequences, once ``settle`` windows are in; None before (or none at all)."""
+        return self.raw_noise_scale() if self.estimates >= self.settle else None
+
+    def suggestion(self, micro_batch: int, processes: int = 1) -> int | None:
+        scale = self.noise_scale
+        return None if scale is None else suggested_accum(scale, micro_batch, processes)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"grad_sq": [self.grad_sq.raw, self.grad_sq.count], "trace": [self.trace.raw, self.trace.count]}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.grad_sq.raw, self.grad_sq.count = state["grad_sq"]
+            self.trace.raw, self.trace.count = state["trace"]

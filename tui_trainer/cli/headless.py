@@ -1,0 +1,213 @@
+"""The headless face: plain log lines on stdout (metrics.jsonl is written by the engine).
+
+Besides the run, epoch and end lines, a ``progress`` line every ``--log-every`` (30 s by
+default, or every N optimizer steps) says where the run is, so a CI job that kills silent
+jobs never mistakes a long first epoch for a hang. On a terminal a live line is redrawn in
+place between them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, TextIO
+
+from tui_trainer.analysis.diagnosis import REMEDIES
+from tui_trainer.analysis.eta import EtaModel, duration
+from tui_trainer.config import LogEvery
+from tui_trainer.events import (
+    AccumChangeApplied,
+    AccumChangeRequested,
+    CheckpointFailed,
+    CheckpointSaved,
+    DiagnosisEvent,
+    EpochEvent,
+    Event,
+    MicroStep,
+    Notice,
+    Paused,
+    Resumed,
+    RunEnded,
+    RunStarted,
+    SampleEvent,
+    StepEvent,
+    ValidationProgress,
+)
+
+PLAIN_REMEDIES = (REMEDIES["healthy"], REMEDIES["learning"])
+PROGRESS_INTERVAL_S = 2.0  # the live line (a terminal only) at most this often
+DEFAULT_LOG_EVERY = LogEvery(seconds=30.0)
+SAMPLE_LOG_CHARS = 120  # a text sample's share of its log line
+
+
+
+class HeadlessLog:
+    def __init__(self, out: TextIO | None = None, progress: bool | None = None,
+                 log_every: LogEvery = DEFAULT_LOG_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.out = out or sys.stdout
+        self.progress = self.out.isatty() if progress is None else progress
+        self.log_every = log_every
+        self.clock = clock
+        self._last_progress = 0.0
+        self._epochs = 0
+        self._processes = 1  # (RunStarted says how many)
+        self._started = clock()
+        self._elapsed_before = 0.0
+        self._paused_since: float | None = None
+        self._paused_total = 0.0
+        self._last_logged = self._started  # the last `progress` line (seconds mode)
+        self._last_step_at = self._started  # the last optimizer step's end
+        self._window_tokens, self._window_seconds = 0, 0.0  # tokens/s since the last progress line
+        self._lr: float | None = None
+        self._eta: EtaModel | None = None
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self._elapsed_before + self.clock() - self._started
+
+    def eta(self) -> float | None:
+        if self._eta is None:
+            return None
+        now = self.clock()
+        paused = self._paused_total + (now - self._paused_since if self._paused_since is not None else 0.0)
+        return self._eta.eta(now - self._started - paused)
+
+    def _due(self, step: int | None) -> bool:
+        """A `progress` line now? Seconds mode: the interval has passed; steps mode: every N steps.
+
+        ``step`` None = a line between steps (a micro-step, validation): due only when no step has
+        ended for a whole interval either, so the step lines (loss, lr, tokens/s) come first."""
+        if self.log_every.steps:
+            return step is not None and step % self.log_every.steps == 0
+        if not self.log_every.seconds:
+            return False
+        now = self.clock()
+        since = self._last_logged if step is not None else max(self._last_logged, self._last_step_at)
+        if now - since >= self.log_every.seconds:
+            self._last_logged = now
+            return True
+        return False
+
+    def _times(self) -> str:
+        return f"elapsed={duration(self.elapsed())} eta={duration(self.eta())}"
+
+    def _print(self, text: str) -> None:
+        if self.progress:
+            self.out.write("\r\x1b[2K")  # clear the progress line before a log line
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def _print_sample(self, title: str, text: str) -> None:
+        # One line, newlines escaped and the end cut, so the log keeps a line per thing that
+        # happened; the whole text is in metrics.jsonl.
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text.replace("\\", "\\\\"))
+        if len(shown) > SAMPLE_LOG_CHARS:
+            shown = shown[:SAMPLE_LOG_CHARS - 1] + "…"
+        self._print(f"{title}: {shown}")
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self._epochs = event.epochs
+            self._started = self._last_logged = self._last_step_at = self.clock()
+            self._elapsed_before = event.elapsed_before
+            self._eta = EtaModel(planned_tokens=event.planned_tokens, tokens_seen=event.tokens_seen,
+                                 epochs=event.epochs, epochs_done=event.start_epoch - 1,
+                                 val_batches=-(-event.val_examples // max(1, event.micro_batch)),
+                                 micro_batch=event.micro_batch, block_size=event.block_size)
+            eff = event.micro_batch * event.accum * event.processes
+            self._print(f"run {event.run_dir} device={event.device} threads={event.threads} "
+                        f"precision={event.precision} "
+                        f"params={event.parameters:,} vocab={event.vocab_size} "
+                        f"train_examples={event.train_examples:,} val_examples={event.val_examples:,} "
+                        f"effective_batch={eff} ({batch_product(event.micro_batch, event.accum, event.processes)})")
+            self._processes = event.processes
+            for note in event.notes:
+                self._print(f"note: {note}")
+        elif isinstance(event, StepEvent):
+            self._lr = event.lr
+            if event.tokens_per_s > 0:
+                seconds = event.tokens / event.tokens_per_s
+                self._window_tokens += event.tokens
+                self._window_seconds += seconds
+                if self._eta is not None:
+                    self._eta.step(event.tokens, seconds, event.tokens_seen)
+            self._last_step_at = self.clock()
+            if self._due(event.step):
+                tokens_per_s = self._window_tokens / self._window_seconds if self._window_seconds else 0.0
+                self._window_tokens, self._window_seconds = 0, 0.0
+                self._print(f"progress epoch {event.epoch}/{self._epochs} step {event.step_in_epoch}/"
+                            f"{event.steps_in_epoch} (optimizer step {event.step}) loss={event.loss:.4f} "
+                            f"lr={event.lr:.2e} tokens/s={tokens_per_s:,.0f} {self._times()}")
+            now = self.clock()
+            if self.progress and now - self._last_progress >= PROGRESS_INTERVAL_S:
+                self._last_progress = now
+                self.out.write(f"\r\x1b[2Kepoch {event.epoch}/{self._epochs} step {event.step_in_epoch}/"
+                               f"{event.steps_in_epoch} loss={event.loss:.4f} lr={event.lr:.2e} "
+                               f"tokens/s={event.tokens_per_s:,.0f}")
+                self.out.flush()
+        elif isinstance(event, MicroStep):
+            # A slow optimizer step (the defaults on a small CPU: many seconds) is not silence either.
+            if 1 < event.micro_step and not self.log_every.steps and self._due(None):
+                self._print(f"progress epoch {event.epoch}/{self._epochs} step {event.step_in_epoch - 1}/"
+                            f"{event.steps_in_epoch}, micro-step {event.micro_step}/{event.micro_steps} of "
+                            f"optimizer step {event.step} {self._times()}")
+        elif isinstance(event, ValidationProgress):
+            if self._eta is not None:
+                self._eta.validation(event.batch, event.batches, event.seconds)
+            # A long validation pass is not silence either (steps mode: the steps' lines frame it).
+            if 0 < event.batch < event.batches and not self.log_every.steps and self._due(None):
+                self._print(f"progress epoch {event.epoch}/{self._epochs} validating {event.batch}/{event.batches} "
+                            f"{self._times()}")
+        elif isinstance(event, EpochEvent):
+            if self._eta is not None:
+                self._eta.epoch_done(event.tokens_seen)
+            lr = f"lr={self._lr:.2e} " if self._lr is not None else ""
+            self._print(f"epoch {event.epoch}/{event.epochs} train_loss={event.train_loss:.4f} "
+                        f"val_loss={event.val_loss:.4f} effective_batch={event.effective_batch} "
+                        f"({batch_product(event.effective_batch // (event.accum * self._processes), event.accum, self._processes)}) "
+                        f"tokens/s={event.tokens_per_s:,.0f} {lr}epoch_s={event.seconds:.1f} {self._times()} "
+                        f"diagnosis={event.diagnosis}: {event.diagnosis_reason}")
+            if event.noise_scale is not None:
+                self._print(f"noise scale ~{event.noise_scale:,.0f} sequences -> suggests accum {event.suggested_accum}")
+            if event.val_rise_warning:
+                self._print(f"warning: {event.val_rise_warning}")
+            if event.remedy not in PLAIN_REMEDIES:  # "keep training" every epoch would be noise
+                self._print(f"remedy: {event.remedy}")
+            if event.sample is not None:
+                self._print_sample(f"sample after epoch {event.epoch}", event.sample)
+        elif isinstance(event, SampleEvent):
+            self._print_sample(f"sample at step {event.step}", event.text)
+        elif isinstance(event, DiagnosisEvent):
+            self._print(f"diagnosis={event.kind} at step {event.step}: {event.reason}; remedy: {event.remedy}")
+        elif isinstance(event, AccumChangeRequested):
+            self._print(f"accum {event.old} -> {event.new} {'suggested by the noise scale' if event.auto else 'requested'} at step {event.step}; "
+                        f"applies at epoch {event.applies_at_epoch}")
+        elif isinstance(event, AccumChangeApplied):
+            self._print(f"accum {event.old} -> {event.new} applied at the start of epoch {event.epoch}")
+        elif isinstance(event, Paused):
+            self._paused_since = self.clock()
+            self._print(f"paused at step {event.step}")
+        elif isinstance(event, Resumed):
+            if self._paused_since is not None:
+                self._paused_total += self.clock() - self._paused_since
+                self._paused_since = None
+            self._print(f"resumed at step {event.step}")
+        elif isinstance(event, CheckpointSaved):
+            if event.kind == "best" or event.seconds > 1.0:
+                self._print(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.2f}s)")
+        elif isinstance(event, CheckpointFailed):
+            self._print(f"error: {event.message}; training continues, the previous checkpoint is intact")
+        elif isinstance(event, Notice):
+            self._print(f"{event.level}: {event.message}" if event.level != "info" else event.message)
+        elif isinstance(event, RunEnded):
+            best = f" best_val_loss={event.best_val_loss:.4f} (epoch {event.best_epoch})" if event.best_epoch else ""
+            self._print(f"end reason={event.reason} epochs={event.epochs} steps={event.steps}{best}"
+                        + (f": {event.message}" if event.message else ""))
+
+
+def batch_product(micro_batch: int, accum: int, processes: int) -> str:
+    """``16x8`` for one process (as it always read), ``micro-batch 8 x accum 4 x 2 processes`` for several."""
+    if processes == 1:
+        return f"{micro_batch}x{accum}"
+    return f"micro-batch {micro_batch} x accum {accum} x {processes} processes"

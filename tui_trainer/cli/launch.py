@@ -1,0 +1,185 @@
+"""``tui-trainer train --nproc N ...``: the same run on N processes of this machine, launched through
+``torch.distributed.run`` (torchrun's own code, run in this process) for users who do not want to
+type ``torchrun --standalone --nproc-per-node N -m tui_trainer train ...``.
+
+The workers get this command line without ``--nproc`` (``LAUNCHED_BY`` in their environment says
+this launcher started them). torchrun forwards SIGINT,
+SIGTERM and SIGHUP to them and waits ``SHUTDOWN_TIMEOUT_S`` for the step they are in, the save and
+the `end` record; its own failure report is kept quiet: the ranks have said what went wrong, and
+the exit code is rank 0's (the same on every rank: they stop together).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tui_trainer.cli.console import say
+from tui_trainer.config import RunConfig, usable_cores, validate
+from tui_trainer.engine.distributed import choose_backend
+from tui_trainer.engine.runtime import pick_device
+from tui_trainer.errors import UserError
+
+LAUNCHED_BY = "TUI_TRAINER_LAUNCHED"  # set in the workers' environment by this launcher
+EXIT_CODE_FILE = "TUI_TRAINER_EXIT_CODE_FILE"  # where rank 0 writes its exit code for the launcher
+SHUTDOWN_TIMEOUT_S = 600  # a stop finishes the step in progress (torchrun's default is 30 s, then SIGKILL)
+
+
+def check_nproc(nproc: int, cfg: RunConfig) -> None:
+    """One line, exit 2: fewer than 1, more than the CPU's cores (CPU) or the GPUs (CUDA), nccl without CUDA."""
+    device = pick_device(cfg.train.device)
+    if nproc < 1:
+        raise UserError(f"--nproc must be 1 or more, got {nproc}", "use --nproc 2 for two processes")
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if nproc > gpus:
+            raise UserError(f"--nproc {nproc} is more than this machine's {gpus} GPU{'s' if gpus != 1 else ''} "
+                            f"(one process per GPU)", f"use --nproc {gpus} or fewer")
+    elif device.type == "mps":
+        raise UserError("--nproc needs CUDA GPUs or the CPU: MPS has no multi-process backend",
+                        "use --device cpu, or leave out --nproc")
+    else:
+        cores = usable_cores()
+        if nproc > cores:
+            raise UserError(f"--nproc {nproc} is more than this machine's {cores} CPU core{'s' if cores != 1 else ''}",
+                            f"use --nproc {cores} or fewer")
+    choose_backend(cfg.train.backend, device)
+
+
+def is_launched_worker() -> bool:
+    return os.environ.get(LAUNCHED_BY) == "1"
+
+
+def launch(nproc: int, cfg: RunConfig, argv: list[str]) -> int:
+    """Run ``tui_trainer`` with ``argv`` on ``nproc`` local processes; the exit code is rank 0's."""
+    validate(cfg)  # bad flags are said once, here, not once per rank
+    check_nproc(nproc, cfg)
+    # torchrun's INFO/WARNING/ERROR lines and its failure report would bury the run's own one line
+    # (its loggers take their level from LOGLEVEL when they are made, at import).
+    os.environ.setdefault("LOGLEVEL", "CRITICAL")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    for name in ("torch.distributed.elastic", "torch.distributed.run"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ[LAUNCHED_BY] = "1"
+    # Each rank's share of the cores (torchrun would set 1 and print a banner about it).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))
+    exit_file = Path(tempfile.mkdtemp(prefix="tui-trainer-")) / "exit-code"
+    os.environ[EXIT_CODE_FILE] = str(exit_file)  # rank 0 writes its exit code there as it leaves
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
+                       "--module", "tui_trainer", *without_nproc(argv)])
+    forward_resizes()
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        died = _died(exc)
+        if died:  # killed (SIGKILL, out of memory, a crash): it could not say so itself
+            rank, name = died
+            say(f"error: rank {rank} died ({name}) and the other processes were stopped; the run dir keeps "
+                f"its last checkpoint: continue with --resume RUN_DIR")
+            return 1
+        return _rank0_code(exit_file, _exit_code(exc))
+    except SignalException as exc:  # the workers had it forwarded, stopped together, and saved
+        # (a run that had already completed when the signal came says 0)
+        return _rank0_code(exit_file, 128 + int(exc.sigval))
+    finally:
+        sys.stdout.flush()
+    return 0
+
+
+def report_exit_code(code: int) -> None:
+    """Rank 0, as it leaves: its exit code for the launcher (when this launcher started it)."""
+    path = os.environ.get(EXIT_CODE_FILE)
+    if path:
+        try:
+            Path(path).write_text(str(code), encoding="ascii")
+        except OSError:
+            pass  # the launcher then goes by torchrun's record
+
+
+def _rank0_code(path: Path, otherwise: int) -> int:
+    """The exit code rank 0 wrote as it left, else ``otherwise`` (it died before it could)."""
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return otherwise
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def forward_resizes() -> None:
+    """torchrun starts each rank in a session of its own, so a terminal resize (SIGWINCH, sent to the
+    terminal's foreground group: this launcher) would never reach the app on rank 0: pass it on to
+    the children (the other ranks ignore it)."""
+    if not hasattr(signal, "SIGWINCH") or not os.path.isdir("/proc"):
+        return
+
+    def on_resize(_signum, _frame) -> None:
+        for pid in _children():
+            try:
+                os.kill(pid, signal.SIGWINCH)
+            except OSError:
+                pass
+
+    signal.signal(signal.SIGWINCH, on_resize)
+
+
+def _children() -> list[int]:
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    # "pid (comm) state ppid ...": the name may hold spaces, so split after its ")".
+                    if int(stat.read().rsplit(b")", 1)[1].split()[1]) == me:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line each worker gets: ``--nproc N`` / ``--nproc=N`` taken out."""
+    out, skip = [], False
+    for i, token in enumerate(argv):
+        if skip:
+            skip = False
+        elif token == "--nproc":
+            skip = True
+        elif not token.startswith("--nproc="):
+            out.append(token)
+    return out
+
+
+def _died(failed) -> tuple[int, str] | None:
+    """(rank, signal name) of the first rank killed by a signal that is not a stop (SIGKILL, SIGSEGV,
+    SIGABRT…): torchrun then SIGTERMs the others, which end as if stopped."""
+    stops = {signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", signal.SIGTERM)}
+    for rank, failure in sorted(failed.failures.items()):
+        if failure.exitcode < 0 and -failure.exitcode not in stops:
+            try:
+                return rank, signal.Signals(-failure.exitcode).name
+            except ValueError:
+                return rank, f"signal {-failure.exitcode}"
+    return None
+
+
+def _exit_code(failed) -> int:
+    """The run's exit code from torchrun's record of the ranks that failed: rank 0's own code, else
+    another rank's (when one rank exits first, torchrun SIGTERMs the rest: those signals are its
+    tidying up, not the cause); a signal only when every failed rank died of one (128 + its number)."""
+    by_rank = sorted(failed.failures.items())
+    codes = [failure.exitcode for _, failure in by_rank]
+    own = [code for code in codes if code > 0]
+    if own:
+        return own[0]
+    return 128 - codes[0]

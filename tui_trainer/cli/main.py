@@ -1,0 +1,369 @@
+"""Command line → the subcommand's run. The only place that exits.
+
+``tui-trainer train [flags]`` trains (the app, or headless with ``--no-ui``); bare
+``tui-trainer [flags]`` means ``train``. A subcommand is one entry in ``COMMANDS``: a function
+that adds its arguments to its parser and a function that runs it and returns the exit code.
+TOML files are read in config_file.py, signals handled in signals.py, the vanishing terminal in
+console.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, NoReturn
+
+from tui_trainer import __version__
+from tui_trainer.cli.config_file import load_toml, require_data_file
+from tui_trainer.cli.console import DetachableStream, say  # noqa: F401  (DetachableStream: its old home, for imports)
+from tui_trainer.cli.faces import exit_code_for, run_app, run_headless  # noqa: F401  (exit_code_for: used by tests too)
+from tui_trainer.cli.presets import QUICK, with_preset
+from tui_trainer.cli.sample import add_sample_arguments, run_sample
+from tui_trainer.config import RunConfig
+from tui_trainer.data.text_source import PreparationCancelled
+from tui_trainer.errors import PeerLost, UserError
+from tui_trainer.rundir.paths import check_given_paths, user_os_error
+
+PROG = "tui-trainer"
+
+# -- train's flags ----------------------------------------------------------------------------------
+
+MODEL, DATA, OPTIM, RUN = "model", "data", "optimisation", "run control"
+GROUPS = {MODEL: "the GPT's shape", DATA: "what it trains on, and how much of it per epoch",
+          OPTIM: "batch, learning rate and the optimizer", RUN: "where the run goes, how it runs and when it stops"}
+
+# flag → (help group, config section, field, type, help); the default is added from the config dataclasses
+FLAGS: list[tuple[str, str, str, str, type, str]] = [
+    ("--n-layer", MODEL, "model", "n_layer", int, "transformer blocks"),
+    ("--n-head", MODEL, "model", "n_head", int, "attention heads"),
+    ("--n-embd", MODEL, "model", "n_embd", int, "model width d_model"),
+    ("--block-size", MODEL, "model", "block_size", int, "context length in tokens"),
+    ("--dropout", MODEL, "model", "dropout", float, "dropout probability"),
+    ("--data", DATA, "data", "path", str, "UTF-8 text file, or a directory: every *.txt under it, joined"),
+    ("--tokenizer", DATA, "data", "tokenizer", str, "char, bpe (byte-level BPE learnt on the training text) "
+                                                    "or a tokenizers FILE.json"),
+    ("--vocab-size", DATA, "data", "vocab_size", int, "BPE vocabulary to learn, 256 or more (--tokenizer bpe only)"),
+    ("--cache-dir", DATA, "data", "cache_dir", str, "where tokenized corpora are kept"),
+    ("--val-split", DATA, "data", "val_split", float, "fraction of the text held out for validation"),
+    ("--limit-train-batches", DATA, "data", "limit_train_batches", int, "cap micro-batches per training epoch"),
+    ("--limit-val-batches", DATA, "data", "limit_val_batches", int, "cap micro-batches per validation pass"),
+    ("--micro-batch", OPTIM, "train", "micro_batch", int, "sequences per forward/backward"),
+    ("--accum", OPTIM, "train", "accum", int, "micro-batches accumulated per optimizer step"),
+    ("--epochs", OPTIM, "train", "epochs", int, "passes over the training split"),
+    ("--lr", OPTIM, "optim", "lr", float, "peak learning rate"),
+    ("--warmup-tokens", OPTIM, "optim", "warmup_tokens", int, "linear warm-up in tokens"),
+    ("--weight-decay", OPTIM, "optim", "weight_decay", float, "AdamW weight decay"),
+    ("--grad-clip", OPTIM, "optim", "grad_clip", float, "clip the step's gradient norm; 0 = off"),
+    ("--seed", RUN, "train", "seed", int, "seed for init, data order and dropout"),
+    ("--device", RUN, "train", "device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
+    ("--threads", RUN, "train", "threads", int, "torch CPU threads"),
+    ("--precision", RUN, "train", "precision", str, "auto (bf16 where the hardware has it and trains as well), "
+                                                     "fp32 or bf16"),
+    ("--backend", RUN, "train", "backend", str, "several processes (torchrun): auto (nccl on CUDA, gloo on the "
+                                                 "CPU), gloo or nccl"),
+    ("--dist-timeout", RUN, "train", "dist_timeout", float,
+     "several processes: seconds a process waits for the others before the run ends with an error"),
+    ("--patience", RUN, "train", "patience", int, "early stopping patience in epochs; 0 = off"),
+    ("--min-delta", RUN, "train", "min_delta", float, "smallest val-loss improvement that counts"),
+    ("--checkpoint-every", RUN, "train", "checkpoint_every", int, "save `latest` every N optimizer steps"),
+    ("--max-bad-steps", RUN, "train", "max_bad_steps", int, "non-finite steps in a row before stopping"),
+    ("--sample-tokens", RUN, "train", "sample_tokens", int,
+     "tokens of the text sample written after each epoch's validation; 0 = off"),
+    ("--log-every", RUN, "train", "log_every", str,
+     "headless progress line: every 30s, 2m, 50 (optimizer steps) or off"),
+]
+# What a default of None means, in words (every other default is shown as its value).
+NONE_MEANS = {
+    "data.path": "the bundled tiny-shakespeare",
+    "data.vocab_size": "4096",
+    "data.cache_dir": "$XDG_CACHE_HOME/tui-trainer, i.e. ~/.cache/tui-trainer",
+    "data.limit_train_batches": "no cap",
+    "data.limit_val_batches": "no cap; with --limit-train-batches N, ceil(N x val_split / (1 - val_split))",
+    "optim.warmup_tokens": "5% of the run, at least 10 steps' worth",
+    "train.threads": "all cores; one left for the app on 4+",
+    "train.checkpoint_every": "about every 5 minutes",
+}
+
+
+def default_of(section: str, name: str) -> str:
+    """The default of a config field, as the help shows it (from the dataclasses, never retyped)."""
+    section_cls = {f.name: f.default_factory for f in fields(RunConfig) if f.name != "run_dir"}[section]
+    value = next(f.default for f in fields(section_cls) if f.name == name)
+    if value is None:
+        return NONE_MEANS[f"{section}.{name}"]
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def with_default(help_text: str, default: str) -> str:
+    return f"{help_text} (default: {default})".replace("%", "%%")  # argparse %-formats help
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        say(f"error: {message} — see `{self.prog} --help`")
+        raise SystemExit(2)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    groups = {name: parser.add_argument_group(name, about) for name, about in GROUPS.items()}
+    run = groups[RUN]
+    run.add_argument("--no-ui", action="store_true",
+                     help=with_default("run headless: log lines on stdout, for CI and scripts", "the app"))
+    run.add_argument("--run-dir", default=None, help=with_default(
+        "where config.json, metrics.jsonl and checkpoints go", "runs/<timestamp>"))
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help=with_default("continue the run in RUN_DIR", "a new run"))
+    run.add_argument("--overwrite", action="store_true", help=with_default("replace a run already in --run-dir", "off"))
+    run.add_argument("--config", metavar="FILE.toml", default=None, help=with_default(
+        "TOML file with [model] [data] [optim] [train] [diagnosis] tables; flags override it", "none"))
+    run.add_argument("--quick", action="store_true", help=with_default(
+        "a first run that shows the whole story (the loss falling, validation, a diagnosis) in about a minute "
+        "on a laptop CPU: 4 layers, d_model 128, context 64, micro-batch 16 x accum 4, 150 micro-batches an epoch, "
+        "6 epochs; flags and --config still override it", "off"))
+    run.add_argument("--serve", metavar="[HOST:]PORT", default=None, help=with_default(
+        "also serve a viewer of the run to a browser (textual-serve); 127.0.0.1 unless a host is given", "off"))
+    run.add_argument("--tensorboard", action="store_true", help=with_default(
+        "also write the scalars for TensorBoard under RUN_DIR/tensorboard (pip install 'tui-trainer[tensorboard]')",
+        "off"))
+    run.add_argument("--nproc", type=int, default=None, metavar="N", help=with_default(
+        "train on N processes of this machine (one per GPU, or sharing the CPU's cores) through torchrun; "
+        "several machines: see the README", "1"))
+    run.add_argument("--compile", action="store_true", default=None,
+                     help=with_default("torch.compile the model", default_of("train", "compile")))
+    for flag, group, section, name, kind, help_text in FLAGS:
+        groups[group].add_argument(flag, type=kind, default=None, help=with_default(help_text, default_of(section, name)))
+    groups[OPTIM].add_argument("--no-noise-scale", dest="noise_scale", action="store_false", default=None,
+                               help=with_default("do not estimate the gradient noise scale (saves one copy of the "
+                                                 "gradients)", "estimated"))
+    groups[OPTIM].add_argument("--auto-accum", action="store_true", default=None, help=with_default(
+        "at each epoch boundary, accum becomes the noise scale's suggestion", default_of("train", "auto_accum")))
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
+    """The RunConfig the flags describe, and the flags the user gave explicitly ("section.field")."""
+    given: dict[str, Any] = {}
+    if args.config:
+        tables = load_toml(args.config)
+        for section, table in tables.items():
+            for key, value in table.items():
+                given[f"{section}.{key}"] = value
+        if args.data is None and tables.get("data", {}).get("path") is not None:
+            require_data_file(tables["data"]["path"], args.config)
+    for _flag, _group, section, name, _kind, _help in FLAGS:
+        value = getattr(args, name if name != "path" else "data")
+        if value is not None:
+            given[f"{section}.{name}"] = value
+    if args.compile:
+        given["train.compile"] = True
+    if args.noise_scale is not None:
+        given["train.noise_scale"] = args.noise_scale
+    if args.auto_accum:
+        given["train.auto_accum"] = True
+    cfg = RunConfig(run_dir=args.run_dir)
+    if args.quick:
+        cfg = with_preset(cfg, QUICK)  # under the file and the flags, so they still override it
+    for key, value in given.items():
+        section, name = key.split(".")
+        try:
+            cfg = cfg.replace(**{section: replace(getattr(cfg, section), **{name: value})})
+        except TypeError:
+            raise UserError(f"bad value for {key}: {value!r}", f"see `{PROG} train --help`") from None
+    return cfg, given
+
+
+def run_train(args: argparse.Namespace) -> int:
+    # Every path given is checked before anything is made (user_paths.py); an OSError on one of
+    # them that still slips through (a race, a mount going away) is one line too.
+    given_paths = {"--data": args.data, "--config": args.config, "--run-dir": args.run_dir, "--resume": args.resume}
+    try:
+        return _train(args, given_paths)
+    except OSError as exc:
+        error = user_os_error(exc, given_paths)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
+    check_given_paths(config=args.config, resume=args.resume, run_dir=args.run_dir, overwrite=args.overwrite,
+                      data=None)
+    cfg, given = config_from_args(args)
+    if args.resume and args.quick:
+        raise UserError("--quick starts a new run", "drop --quick when resuming: a run keeps its own settings")
+    given_paths["--data"] = cfg.data.path
+    check_given_paths(config=None, resume=None, run_dir=None, overwrite=False, data=cfg.data.path,
+                      data_from="--data" if args.data is not None else f"[data] path in {args.config}")
+    if args.serve:
+        from tui_trainer.cli.serve import parse_serve
+
+        parse_serve(args.serve)
+    if args.tensorboard:
+        from tui_trainer.rundir.tensorboard import require_tensorboard
+
+        require_tensorboard()
+    if args.nproc is not None:
+        from tui_trainer.cli.launch import is_launched_worker, launch
+        from tui_trainer.engine.distributed import placement_from_environment
+
+        if not is_launched_worker():
+            if placement_from_environment().distributed:
+                raise UserError("--nproc inside torchrun: torchrun already started the processes",
+                                "drop --nproc (torchrun's --nproc-per-node says how many)")
+            if args.nproc != 1:  # (launch refuses 0 and below)
+                return launch(args.nproc, cfg, args.argv)
+    use_app = not args.no_ui and sys.stdout.isatty() and sys.stdin.isatty()
+    if not args.no_ui and not use_app:
+        print("note: no terminal to draw the app on; running headless (pass --no-ui to silence this)",
+              file=sys.stderr)
+    return run_app(cfg, given, args) if use_app else run_headless(cfg, given, args)
+
+
+# -- view: a run dir, without training --------------------------------------------------------------
+
+def add_view_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's directory (its --run-dir), finished or live")
+    parser.add_argument("more_run_dirs", metavar="RUN_DIR", nargs="*",
+                        help="more runs: their epoch curves overlaid, with a legend")
+    parser.add_argument("--serve", metavar="[HOST:]PORT", default=None, help=with_default(
+        "serve the viewer to a browser (textual-serve); 127.0.0.1 unless a host is given", "off"))
+
+
+def run_view(args: argparse.Namespace) -> int:
+    import os
+
+    from tui_trainer.ui.viewer import create_view_app
+
+    run_dirs = [args.run_dir, *args.more_run_dirs]
+    if len(run_dirs) > 1:
+        from tui_trainer.ui.compare import create_compare_app
+
+        app = create_compare_app(run_dirs)
+    else:
+        app = create_view_app(args.run_dir)  # bad input raises here, before the terminal is taken
+    if args.serve:
+        from tui_trainer.cli.serve import serve_viewer
+
+        return serve_viewer(run_dirs, args.serve)
+    served = bool(os.environ.get("TEXTUAL_DRIVER"))  # a page textual-serve started: the browser is the terminal
+    if not served and not (sys.stdout.isatty() and sys.stdin.isatty()):
+        raise UserError("view needs a terminal to draw on", f"run it in a terminal (or read {args.run_dir}/metrics.jsonl)")
+    app.run()
+    return 0
+
+
+# -- export: a run's metrics in another tool's format ------------------------------------------------
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's directory")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard event files under RUN_DIR/tensorboard from metrics.jsonl")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if not args.tensorboard:
+        raise UserError("export needs a format", f"pass --tensorboard: {PROG} export {args.run_dir} --tensorboard")
+    from tui_trainer.rundir.tensorboard import export_tensorboard
+
+    target, count = export_tensorboard(args.run_dir)
+    print(f"wrote {count} records to {target} — view with: tensorboard --logdir {target}")
+    return 0
+
+
+# -- subcommands ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Command:
+    about: str  # one line, shown in `tui-trainer --help`
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]  # returns the exit code; raises UserError on bad input
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("train a GPT (the app, or headless with --no-ui); the default command",
+                     add_train_arguments, run_train),
+    "sample": Command("print text written by a run's model (checkpoints/best.pt), streamed on a terminal",
+                      add_sample_arguments, run_sample),
+    "view": Command("watch a run dir, finished or live, and steer a live run (+ - p s; ctrl+x stops it)",
+                    add_view_arguments, run_view),
+    "export": Command("write a run's metrics for another tool (--tensorboard)", add_export_arguments, run_export),
+}
+DEFAULT_COMMAND = "train"
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed_version
+
+        return installed_version(PROG)
+    except (ImportError, PackageNotFoundError):
+        return __version__  # running from a checkout that was never installed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Train a small GPT (characters or BPE) with exact gradient accumulation and a validation split.",
+        epilog=f"Bare `{PROG} [flags]` means `{PROG} {DEFAULT_COMMAND} [flags]`; "
+               f"`{PROG} COMMAND --help` lists a command's flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.about, description=command.about)
+        command.add_arguments(sub)
+    return parser
+
+
+def with_command(argv: list[str]) -> list[str]:
+    """Bare ``tui-trainer [flags]`` (no command, or a first argument that is a flag of the default
+    command) means ``tui-trainer train [flags]``; the top level keeps its own --help and --version."""
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        return [DEFAULT_COMMAND, *argv]
+    return argv
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = with_command(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # (what --nproc hands on to each process)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except UserError as exc:
+        if _is_main_rank():  # several processes: rank 0 says it (the others met the same problem)
+            say(exc.one_line())
+        return exc.exit_code
+    except PreparationCancelled as exc:
+        if _is_main_rank():
+            say("tui-trainer: stopped while preparing the data; no run was started and no partial cache was kept")
+        return 128 + (exc.args[0] if exc.args and exc.args[0] else 2)
+    except PeerLost as exc:  # several processes: one died or hung during set-up
+        say(f"error: {exc}")
+        from tui_trainer.cli.faces import exit_now
+
+        exit_now(1)  # (the process group is abandoned: no tearing it down)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _is_main_rank() -> bool:
+    from tui_trainer.engine.distributed import placement_from_environment
+
+    try:
+        return placement_from_environment().is_main
+    except UserError:
+        return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""`tui-trainer sample RUN_DIR`: load a run's model and tokenizer and print what it writes.
+
+The prompt and then the generated text go to stdout: streamed as they are generated when
+stdout is a terminal, written once at the end when it is a pipe or a file. Notes (a fallback
+from `best` to `latest`) go to stderr, so a pipe gets only the text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import unicodedata
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from tui_trainer.config import RunConfig
+from tui_trainer.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser is built
+    from tui_trainer.model.gpt import GPT
+    from tui_trainer.model.sampling import SamplingSettings, Tokenizer
+
+DEFAULT_PROMPT = "\n"
+DEFAULT_TOKENS = 500
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_SEED = 1337
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `sample` subcommand's arguments."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with checkpoints/best.pt or latest.pt")
+    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                        help="which weights: best (lowest val loss; falls back to latest) or latest (default: best)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue (default: a newline)")
+    parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+                        help=f"new tokens to generate (default: {DEFAULT_TOKENS})")
+    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                        help=f"sampling temperature; 0 = greedy (default: {DEFAULT_TEMPERATURE})")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="sample among the K most likely tokens only (default: all of them)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"seed of the sampler: same seed, same text (default: {DEFAULT_SEED})")
+    parser.add_argument("--no-kv-cache", action="store_true",
+                        help="recompute the context for every token instead of caching keys and values (slower)")
+
+
+def settings_from_args(args: argparse.Namespace) -> SamplingSettings:
+    from tui_trainer.model.sampling import SamplingSettings, check_settings
+
+    settings = SamplingSettings(max_new_tokens=args.tokens, temperature=args.temperature, top_k=args.top_k,
+                                seed=args.seed, kv_cache=not args.no_kv_cache)
+    check_settings(settings)
+    return settings
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    model: GPT  # in eval mode, on the CPU
+    tokenizer: Tokenizer
+    config: RunConfig
+    checkpoint: Path  # the file the weights came from
+    note: str | None  # what the user should know about the choice of file (a fallback), or None
+
+
+def tokenizer_from_checkpoint(state: dict, run_dir: Path) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with: its characters, or the run's tokenizer.json (BPE)."""
+    from tui_trainer.data.tokenizer import tokenizer_from_record
+
+    return tokenizer_from_record(state, run_dir)
+
+
+def find_checkpoint(run_dir: Path, which: str) -> tuple[Path, str | None]:
+    """The checkpoint file to sample from, and a note when it is not the one asked for."""
+    from tui_trainer.rundir import checkpoints as ckpt
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory", "pass a run dir such as runs/20260101-120000")
+    wanted = ckpt.checkpoint_path(run_dir, which)
+    if wanted.is_file():
+        return wanted, None
+    latest = ckpt.checkpoint_path(run_dir, "latest")
+    if which == "best" and latest.is_file():
+        return latest, f"note: {run_dir} has no best.pt yet; sampling from latest.pt"
+    if which == "latest" and ckpt.checkpoint_path(run_dir, "best").is_file():
+        raise UserError(f"{run_dir} has no checkpoints/latest.pt", "use --checkpoint best")
+    raise UserError(f"{run_dir} has no checkpoint (checkpoints/{which}.pt)",
+                    "sample from a run that has finished at least one epoch or saved with `s`")
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
+    from tui_trainer.model.gpt import GPT
+    from tui_trainer.rundir import checkpoints as ckpt
+
+    path, note = find_checkpoint(Path(run_dir), which)
+    state = ckpt.load_checkpoint(path)
+    config = RunConfig.from_dict(state["config"])
+    weights = state["model"]
+    # The weights say how many tokens the model knows; the config's own count agrees in any run we wrote.
+    vocab_size = weights["token_embedding.weight"].shape[0]
+    model = GPT(replace(config.model, vocab_size=vocab_size))
+    model.load_state_dict(weights)
+    model.eval()
+    return LoadedRun(model, tokenizer_from_checkpoint(state, Path(run_dir)), config, path, note)
+
+
+def check_prompt(tokenizer: Tokenizer, prompt: str) -> None:
+    """A prompt must give at least one token, and a character vocabulary must know its characters."""
+    from tui_trainer.data.dataset import Vocabulary
+
+    if not prompt:
+        raise UserError("--prompt is empty", "give it at least one character, or leave it out for a newline")
+    if isinstance(tokenizer, Vocabulary):
+        unknown = sorted(set(prompt) - set(tokenizer.chars))
+        if unknown:
+            names = ", ".join(repr(c) for c in unknown)
+            raise UserError(f"the prompt has characters the run's vocabulary does not: {names}",
+                            "use only characters of the training text")
+
+
+def for_a_terminal(text: str) -> str:
+    """Control characters a model wrote (a byte-level BPE can write ESC or NUL) shown escaped, as
+    the headless log does, so they cannot drive the terminal; newlines and tabs stay. A pipe gets
+    the text as it is."""
+    return "".join(c if c in "\n\t" or not unicodedata.category(c).startswith("C") or c == "\ufffd"
+                   else repr(c)[1:-1] for c in text)
+
+
+def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """The `sample` subcommand; bad input raises UserError (the caller prints it, exit 2)."""
+    import torch
+
+    from tui_trainer.cli.console import DetachableStream
+    from tui_trainer.model.sampling import sample_text
+
+    # A reader that goes away (`| head`) must not turn into a traceback: writes then go nowhere.
+    stdout = stdout or DetachableStream(sys.stdout)
+    stderr = stderr or sys.stderr
+    settings = settings_from_args(args)
+    run = load_run(args.run_dir, args.checkpoint)
+    check_prompt(run.tokenizer, args.prompt)
+    if run.note:
+        print(run.note, file=stderr, flush=True)
+    streaming = stdout.isatty()
+    stdout.write(args.prompt)
+    if streaming:
+        stdout.flush()
+
+    def show(piece: str) -> None:
+        stdout.write(for_a_terminal(piece))
+        stdout.flush()
+
+    with torch.no_grad():
+        text = sample_text(run.model, run.tokenizer, args.prompt, settings, on_text=show if streaming else None)
+    if not streaming:
+        stdout.write(text)
+    if not (args.prompt + text).endswith("\n"):
+        stdout.write("\n")  # leave the shell prompt on a line of its own
+    stdout.flush()
+    return 0
+

@@ -1,0 +1,69 @@
+"""Where and how the run executes: the device, torch's CPU threads, and the RNG state a
+checkpoint carries so a resumed run draws the same random numbers as an unbroken one."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from tui_trainer.config import usable_cores
+from tui_trainer.errors import UserError
+
+# -- devices and threads --------------------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` = cuda, then mps, then cpu; an explicit name must exist on this machine."""
+    name = (name or "auto").strip().lower()
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_ok else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device '{name}'", "use --device auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but CUDA is not available here",
+                            "use --device auto or --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices",
+                            "use --device cuda:0")
+        return device
+    if device.type == "mps":
+        if not mps_ok:
+            raise UserError("--device mps was asked for but MPS is not available here", "use --device auto or cpu")
+        return device
+    raise UserError(f"unsupported device '{name}'", "use --device auto, cpu, cuda, cuda:N or mps")
+
+
+def choose_threads(requested: int | None, for_ui: bool, processes_here: int = 1) -> int:
+    """CPU threads for torch: all cores headless; with the app on a machine of 4+ cores,
+    one core is left for the UI (on 2 cores the UI's share is too small to pay for a core).
+    ``processes_here`` ranks on this machine share its cores evenly."""
+    if requested:
+        return requested
+    cores = max(1, usable_cores() // max(1, processes_here))
+    return max(1, cores - 1) if for_ui and cores >= 4 else max(1, cores)
+
+
+# -- RNG state ----------------------------------------------------------------------------------
+
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

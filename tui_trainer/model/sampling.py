@@ -1,0 +1,216 @@
+"""Generate text from a model: temperature / top-k sampling, with or without the KV cache.
+
+The context window is the one policy both paths share, so greedy output is the same with
+and without the cache. The model has learned absolute positions and a context of
+``block_size``: the window grows from the prompt until it is full, then *slides* — it
+restarts from the last ``block_size // 2`` tokens (one prefill forward) and grows again.
+Without the cache every token recomputes the whole current window; with it, a token costs
+one position's forward plus, once per half window, a prefill.
+
+Sampling draws from its own ``torch.Generator`` seeded by ``seed``, on the CPU: the global
+RNG (and so training's dropout and data order) is never touched, and the same seed gives the
+same text whatever the device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from tui_trainer.errors import UserError
+from tui_trainer.events import SampleEvent
+from tui_trainer.model.gpt import GPT, KVCache
+
+
+class Tokenizer(Protocol):
+    """What sampling needs of a tokenizer: the char ``Vocabulary`` in data.py has this shape,
+    and so can a BPE tokenizer."""
+
+    def encode(self, text: str) -> torch.Tensor | Sequence[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 500  # tokens to generate after the prompt
+    temperature: float = 0.8  # logits are divided by it; 0 = greedy (always the most likely token)
+    top_k: int | None = None  # sample only among the k most likely tokens; None = all of them
+    seed: int = 1337  # seeds sampling's own generator: same seed, same text
+    kv_cache: bool = True  # reuse each layer's keys and values (False: recompute the window per token)
+
+
+def check_settings(settings: SamplingSettings) -> None:
+    """Raise a UserError naming the flag for a setting a user could get wrong."""
+    if settings.max_new_tokens < 1:
+        raise UserError(f"--tokens must be at least 1 (got {settings.max_new_tokens})",
+                        "ask for one or more new tokens, e.g. --tokens 500")
+    if not settings.temperature >= 0:  # also refuses NaN
+        raise UserError(f"--temperature must be 0 or more (got {settings.temperature})",
+                        "use 0 for greedy, about 0.8 for varied text")
+    if not 0 <= settings.seed < 2**63:
+        raise UserError(f"--seed must be between 0 and 2**63 - 1 (got {settings.seed})", "use e.g. --seed 1337")
+    if settings.top_k is not None and settings.top_k < 1:
+        raise UserError(f"--top-k must be at least 1 (got {settings.top_k})",
+                        "leave it out to sample from every token, or use e.g. --top-k 40")
+
+
+def pick_next(logits: torch.Tensor, temperature: float, top_k: int | None,
+              generator: torch.Generator) -> int:
+    """One token id from next-token ``logits`` (vocab,): greedy at temperature 0, else sampled."""
+    logits = logits.float().cpu()  # the generator lives on the CPU
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth_largest = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    return int(torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator))
+
+
+def slide_keep(block_size: int) -> int:
+    """Tokens kept when a full window slides: half the context (at least one)."""
+    return max(1, block_size // 2)
+
+
+class ContextWindow:
+    """Where the model's window starts in the growing token list, and the next-token logits
+    for it — from a KV cache or by recomputing the window."""
+
+    def __init__(self, model: GPT, use_cache: bool) -> None:
+        self.model = model
+        self.block_size = model.cfg.block_size
+        self.use_cache = use_cache
+        self.start = 0
+        self.started = False
+        self.cache: KVCache | None = None
+        self.device = model.token_embedding.weight.device
+
+    def next_logits(self, tokens: list[int]) -> torch.Tensor:
+        """Next-token logits (vocab,) after ``tokens`` (the whole sequence so far)."""
+        if not self.started:  # a prompt longer than the context keeps its last full window
+            self.start = max(0, len(tokens) - self.block_size)
+            self.started = True
+        elif len(tokens) - self.start > self.block_size:
+            # Full: restart the window from its last half. Absolute positions forbid dropping
+            # just the oldest token and going on with the cache.
+            self.start = len(tokens) - slide_keep(self.block_size)
+            self.cache = None
+        if not self.use_cache:
+            window = torch.tensor([tokens[self.start:]], dtype=torch.long, device=self.device)
+            return self.model(window)[0, -1]
+        if self.cache is None:  # prefill the whole window in one forward
+            self.cache = self.model.new_kv_cache(batch=1)
+            new = tokens[self.start:]
+        else:  # the cache holds all but the last token
+            new = tokens[-1:]
+        ids = torch.tensor([new], dtype=torch.long, device=self.device)
+        return self.model.forward_cached(ids, self.cache)[0]
+
+
+def generate(model: GPT, prompt_ids: Sequence[int], settings: SamplingSettings,
+             on_token: Callable[[int], None] | None = None) -> list[int]:
+    """The ``settings.max_new_tokens`` new token ids after ``prompt_ids``; ``on_token`` sees
+    each one as it is chosen. The model is put in eval mode for it and back as it was."""
+    tokens = [int(i) for i in prompt_ids]
+    if not tokens:
+        raise ValueError("generation needs a prompt of at least one token")
+    generator = torch.Generator().manual_seed(settings.seed)
+    window = ContextWindow(model, settings.kv_cache)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for _ in range(settings.max_new_tokens):
+                next_id = pick_next(window.next_logits(tokens), settings.temperature, settings.top_k, generator)
+                tokens.append(next_id)
+                if on_token is not None:
+                    on_token(next_id)
+    finally:
+        model.train(was_training)
+    return tokens[len(prompt_ids):]
+
+
+class TextStream:
+    """Turns token ids, one at a time, into the text they add. Decoding the ids so far and
+    emitting the new suffix works for any tokenizer (a BPE token can end mid-character:
+    text that ends in U+FFFD is held back until the next token completes it)."""
+
+    def __init__(self, tokenizer: Tokenizer, on_text: Callable[[str], None]) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.ids: list[int] = []
+        self.emitted = ""
+
+    def __call__(self, token_id: int) -> None:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd") or not text.startswith(self.emitted):
+            return
+        self.on_text(text[len(self.emitted):])
+        self.emitted = text
+
+    def flush(self) -> None:
+        text = self.tokenizer.decode(self.ids)
+        if text != self.emitted and text.startswith(self.emitted):
+            self.on_text(text[len(self.emitted):])
+        self.emitted = text
+
+
+def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, settings: SamplingSettings,
+                on_text: Callable[[str], None] | None = None) -> str:
+    """The text generated after ``prompt`` (the prompt itself not included); ``on_text`` gets
+    it piece by piece as it is generated."""
+    prompt_ids = [int(i) for i in tokenizer.encode(prompt)]
+    stream = TextStream(tokenizer, on_text) if on_text is not None else None
+    new_ids = generate(model, prompt_ids, settings, on_token=stream)
+    if stream is not None:
+        stream.flush()
+    return tokenizer.decode(new_ids)
+
+
+LIVE_PROMPT = "\n"  # samples during training start from a new line, as the CLI's default does
+LIVE_TEMPERATURE = 0.8
+ASKED_SAMPLE_TOKENS = 200  # what `g` writes when the samples after each epoch are off
+
+
+def live_sample(model: GPT, tokenizer: Tokenizer, max_new_tokens: int, seed: int) -> str:
+    """A short sample from the weights as they are, for the training loop (after an epoch, or
+    when asked). Its own generator seeded by ``seed``; the model goes back to its mode."""
+    try:
+        prompt_ids = [int(i) for i in tokenizer.encode(LIVE_PROMPT)]
+    except (KeyError, ValueError):  # a character vocabulary without a newline
+        prompt_ids = []
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=LIVE_TEMPERATURE, seed=seed)
+    new_ids = generate(model, prompt_ids or [0], settings)
+    return tokenizer.decode(new_ids)
+
+
+class LiveSampler:
+    """The training loop's samples: one after each epoch's validation (``tokens`` of them,
+    0 = none) and one whenever asked. Each is seeded by (run seed, step), so a run and its
+    resumption write the same text, and none draws from the global RNG the loop uses."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, tokens: int, seed: int) -> None:
+        self.model = model  # the plain module, not a torch.compile wrapper: generation has its own forward
+        self.tokenizer = tokenizer
+        self.tokens = tokens
+        self.seed = seed
+
+    def _seed_for(self, step: int) -> int:
+        return (self.seed * 1_000_003 + step) % 2**63  # any run seed gives a seed the generator takes
+
+    def after_epoch(self, step: int) -> str | None:
+        if not self.tokens:
+            return None
+        return live_sample(self.model, self.tokenizer, self.tokens, self._seed_for(step))
+
+    def asked(self, epoch: int, step: int) -> SampleEvent:
+        started = time.perf_counter()
+        text = live_sample(self.model, self.tokenizer, self.tokens or ASKED_SAMPLE_TOKENS, self._seed_for(step))
+        return SampleEvent(epoch=epoch, step=step, text=text, seconds=time.perf_counter() - started)
