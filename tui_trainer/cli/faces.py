@@ -44,10 +44,11 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
 
         stdout = DetachableStream(sys.stdout)
         log = HeadlessLog(stdout)
+        listener = serve_listener(args)  # a bad host or busy port refused here, before the run dir exists
         trainer = Trainer(cfg, FanOut(log, tensorboard_sink(args)), control, resume=args.resume, overrides=given,
                           overwrite=args.overwrite, data_progress=DataProgressLine(stdout))
         log.log_every = parse_log_every(trainer.cfg.train.log_every)  # a resumed run's own, unless given
-        server = served_viewer(trainer, args)
+        server = served_viewer(trainer, listener)
         try:
             end = trainer.run()
         finally:
@@ -119,10 +120,11 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
                        restore_terminal=True):
         # The app shows at once ("setting up"); torch, the data and the model load behind it. With
         # --serve the trainer is built first: the served viewer needs its run dir from the start.
+        listener = serve_listener(args)  # a bad host or busy port refused here, before the run dir exists
         app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control,
                          in_background=not args.serve, extra_sink=tensorboard_sink(args))
         built.append(app)
-        server = served_viewer(app.trainer, args) if args.serve else None
+        server = served_viewer(app.trainer, listener)
         try:
             if not control.stop_requested:  # a signal already: no screen to take, finish() below stops the run
                 app.run()
@@ -138,13 +140,22 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
     return leave(app.trainer, exit_code_for(end))
 
 
-def served_viewer(trainer, args: argparse.Namespace):
-    """--serve: a textual-serve server of `view RUN_DIR` in a child process, while the run runs."""
+def serve_listener(args: argparse.Namespace):
+    """--serve: the address bound (and the token drawn) before the run starts; None without it."""
     if not args.serve:
+        return None
+    from tui_trainer.cli.serve import open_listener
+
+    return open_listener(args.serve)
+
+
+def served_viewer(trainer, listener):
+    """--serve: a guarded textual-serve server of `view RUN_DIR` in a child process, while the run runs."""
+    if listener is None:
         return None
     from tui_trainer.cli.serve import start_served_viewer
 
-    return start_served_viewer(trainer.run_dir, args.serve)
+    return start_served_viewer(trainer.run_dir, listener)
 
 
 def stop_served(server) -> None:

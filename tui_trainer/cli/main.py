@@ -125,7 +125,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "on a laptop CPU: 4 layers, d_model 128, context 64, micro-batch 16 x accum 4, 150 micro-batches an epoch, "
         "6 epochs; flags and --config still override it", "off"))
     run.add_argument("--serve", metavar="[HOST:]PORT", default=None, help=with_default(
-        "also serve a viewer of the run to a browser (textual-serve); 127.0.0.1 unless a host is given", "off"))
+        "also serve a viewer of the run to a browser (textual-serve) at the printed URL, which carries a token; "
+        "127.0.0.1 unless a host is given", "off"))
     run.add_argument("--tensorboard", action="store_true", help=with_default(
         "also write the scalars for TensorBoard under RUN_DIR/tensorboard (pip install 'tui-trainer[tensorboard]')",
         "off"))
@@ -214,6 +215,10 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
                 raise UserError("--nproc inside torchrun: torchrun already started the processes",
                                 "drop --nproc (torchrun's --nproc-per-node says how many)")
             if args.nproc != 1:  # (launch refuses 0 and below)
+                if args.serve:  # rank 0 binds it; a bad host or busy port is said here, before any rank starts
+                    from tui_trainer.cli.serve import open_listener
+
+                    open_listener(args.serve).close()
                 return launch(args.nproc, cfg, args.argv)
     use_app = not args.no_ui and sys.stdout.isatty() and sys.stdin.isatty()
     if not args.no_ui and not use_app:
@@ -229,12 +234,17 @@ def add_view_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("more_run_dirs", metavar="RUN_DIR", nargs="*",
                         help="more runs: their epoch curves overlaid, with a legend")
     parser.add_argument("--serve", metavar="[HOST:]PORT", default=None, help=with_default(
-        "serve the viewer to a browser (textual-serve); 127.0.0.1 unless a host is given", "off"))
+        "serve the viewer to a browser (textual-serve) at the printed URL, which carries a token; "
+        "127.0.0.1 unless a host is given", "off"))
 
 
 def run_view(args: argparse.Namespace) -> int:
     import os
 
+    from tui_trainer.cli.serve import PARENT_PID_ENV, die_with_parent
+
+    if os.environ.get("TEXTUAL_DRIVER") and os.environ.get(PARENT_PID_ENV, "").isdigit():
+        die_with_parent(int(os.environ[PARENT_PID_ENV]))  # a served viewer never outlives its server
     from tui_trainer.ui.viewer import create_view_app
 
     run_dirs = [args.run_dir, *args.more_run_dirs]

@@ -1,0 +1,285 @@
+"""The guard in front of textual-serve, as a hostile page would try it: a real server on 127.0.0.1
+and a raw WebSocket client (aiohttp's). The viewer here is a stand-in process that speaks
+textual-serve's prelude and sleeps, so that four of them cost nothing; test_serve.py serves the
+real viewer.
+
+Classes of hostile input covered: no token, a wrong or truncated token, a token in a cookie for
+another port; a Host header that is a foreign name (DNS rebinding), another port, malformed,
+with userinfo, missing; an Origin of another site, of another port, ``null``, ``file://``; a fifth
+concurrent connection; a malformed WebSocket message; a server shut down or killed with viewers open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+pytest.importorskip("textual_serve")
+
+import aiohttp  # noqa: E402  (installed with textual-serve)
+from aiohttp import web  # noqa: E402
+
+from tui_trainer.cli.serve import die_with_parent, open_listener  # noqa: E402
+from tui_trainer.cli.serve_guard import Gate, GuardedServer  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live (not zombie) processes whose command line holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if marker.encode() not in cmdline.read():
+                    continue
+            with open(f"/proc/{entry}/stat") as stat:
+                if stat.read().rpartition(")")[2].split()[0] == "Z":
+                    continue
+        except OSError:
+            continue
+        found.append(int(entry))
+    return found
+
+
+class Served:
+    """A GuardedServer on a free loopback port, its stand-in viewers marked by a unique string."""
+
+    def __init__(self, max_viewers: int = 4) -> None:
+        self.marker = f"stand-in-viewer-{uuid.uuid4().hex}"
+        stand_in = ("import sys, time; sys.stdout.write('__GANGLION__\\n'); sys.stdout.flush(); "
+                    f"time.sleep(120)  # {self.marker}")
+        self.listener = open_listener(f"127.0.0.1:{free_port()}")
+        self.port, self.token = self.listener.port, self.listener.token
+        self.server = GuardedServer([sys.executable, "-c", stand_in], self.listener.sock, self.listener.gate(),
+                                    title="tui-trainer view test", max_viewers=max_viewers)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+
+    async def __aenter__(self) -> Served:
+        self.runner, self.down = web.AppRunner(await self.server._make_app(), shutdown_timeout=5), False
+        await self.runner.setup()
+        await web.SockSite(self.runner, self.listener.sock).start()
+        self.client = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))  # (unsafe: IP hosts)
+        return self
+
+    async def shut_down(self) -> None:
+        """What SIGTERM or Ctrl+C does to serve(): the runner's cleanup (its on_shutdown included)."""
+        if not self.down:
+            self.down = True
+            await self.runner.cleanup()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+        await self.shut_down()
+        for pid in processes_with(self.marker):  # (only if a test failed: leave nothing behind)
+            os.kill(pid, 9)
+
+    def viewers(self) -> list[int]:
+        return processes_with(self.marker)
+
+    async def wait_for_viewers(self, count: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.viewers()) != count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(self.viewers()) == count
+
+
+async def status_of(session: aiohttp.ClientSession, url: str, **headers: str) -> int:
+    async with session.get(url, headers=headers, allow_redirects=False) as response:
+        return response.status
+
+
+async def handshake_status(session: aiohttp.ClientSession, url: str, **headers: str) -> int:
+    try:
+        async with session.ws_connect(url, headers=headers, timeout=aiohttp.ClientWSTimeout(ws_close=5)):
+            return 101
+    except aiohttp.WSServerHandshakeError as error:
+        return error.status
+
+
+# -- the gate, header by header (no I/O) ----------------------------------------------------------
+
+def test_gate_refuses_hosts_a_rebound_name_or_a_malformed_header_would_send():
+    gate = Gate.for_bind("127.0.0.1", 8140, "t", also="127.0.0.1")
+    for good in ("127.0.0.1:8140", "localhost:8140", "LOCALHOST:8140", "[::1]:8140"):
+        assert gate.host_refusal(good) is None, good
+    for bad in ("attacker.example.com:8140", "127.0.0.1.nip.io:8140", "localhost.attacker.com:8140",
+                "127.0.0.1:8141", "127.0.0.1", "127.0.0.1:8140@evil.com", "evil.com#@127.0.0.1:8140",
+                "127.0.0.1:80a", "", None, "[::1", "127.0.0.1:8140/x", "lоcalhost:8140"):  # (a Cyrillic о)
+        assert gate.host_refusal(bad) is not None, bad
+
+
+def test_gate_on_a_wildcard_bind_takes_this_machines_ip_literals_not_foreign_names():
+    gate = Gate.for_bind("0.0.0.0", 8140, "t", also="0.0.0.0")
+    assert gate.host_refusal("192.168.1.77:8140") is None
+    assert gate.host_refusal("localhost:8140") is None
+    assert gate.host_refusal("rebound.attacker.example:8140") is not None
+    assert gate.host_refusal("192.168.1.77:9999") is not None
+
+
+def test_gate_takes_only_the_pages_own_origin():
+    gate = Gate.for_bind("127.0.0.1", 8140, "t", also="127.0.0.1")
+    assert gate.origin_refusal(None, "127.0.0.1:8140") is None  # (a non-browser client: the token still applies)
+    assert gate.origin_refusal("http://127.0.0.1:8140", "127.0.0.1:8140") is None
+    for bad in ("http://evil.example.com", "http://127.0.0.1:8141", "http://localhost:8140", "null",
+                "file://", "http://127.0.0.1:8140/path", "javascript:alert(1)"):
+        assert gate.origin_refusal(bad, "127.0.0.1:8140") is not None, bad
+
+
+def test_gate_token_must_match_whole():
+    gate = Gate.for_bind("127.0.0.1", 8140, "secret-token")
+    assert gate.token_ok("secret-token")
+    for bad in (None, "", "secret-toke", "secret-token ", "SECRET-TOKEN", "secret-tokenx"):
+        assert not gate.token_ok(bad)
+
+
+# -- a real server on 127.0.0.1 ------------------------------------------------------------------
+
+async def test_requests_without_the_token_get_403_and_start_no_viewer():
+    async with Served() as served:
+        client = served.client
+        assert await status_of(client, f"{served.base}/") == 403
+        assert await status_of(client, f"{served.base}/?token={served.token[:-1]}") == 403
+        assert await status_of(client, f"{served.base}/static/js/textual.js") == 403
+        assert await status_of(client, f"{served.base}/download/x") == 403
+        assert await handshake_status(client, served.ws_url) == 403
+        assert await handshake_status(client, f"{served.ws_url}?token=wrong") == 403
+        other_port_cookie = {"Cookie": f"tui-trainer-token-{served.port + 1}={served.token}"}
+        assert await handshake_status(client, served.ws_url, **other_port_cookie) == 403
+        await asyncio.sleep(0.3)
+        assert served.viewers() == []
+
+
+async def test_a_foreign_origin_or_host_is_refused_even_with_the_token():
+    async with Served() as served:
+        url = f"{served.ws_url}?token={served.token}"
+        assert await handshake_status(served.client, url, Origin="http://evil.example.com") == 403
+        assert await handshake_status(served.client, url, Origin="null") == 403
+        assert await handshake_status(served.client, url, Host=f"attacker.example.com:{served.port}") == 403
+        assert await status_of(served.client, f"{served.base}/?token={served.token}",
+                               Host=f"attacker.example.com:{served.port}") == 403
+        await asyncio.sleep(0.3)
+        assert served.viewers() == []
+
+
+async def test_the_first_page_load_sets_a_strict_cookie_that_opens_the_websocket():
+    async with Served() as served:
+        async with served.client.get(f"{served.base}/?token={served.token}") as page:
+            assert page.status == 200
+            cookie = page.headers["Set-Cookie"]
+            body = await page.text()
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and served.token in cookie
+        assert f'data-session-websocket-url="ws://127.0.0.1:{served.port}/ws"' in body
+        assert page.headers["Referrer-Policy"] == "no-referrer"
+        # the WebSocket as textual.js opens it: no token in its URL, the cookie and the page's Origin
+        async with served.client.ws_connect(f"{served.ws_url}?width=80&height=24",
+                                            headers={"Origin": served.base}) as websocket:
+            await served.wait_for_viewers(1)
+            await websocket.send_json(["ping", "x"])
+            reply = await websocket.receive_json(timeout=10)
+            assert reply == ["pong", "x"]
+        await served.wait_for_viewers(0)  # the tab closed: its viewer ended
+
+
+async def test_the_fifth_concurrent_viewer_is_refused_with_a_reason_and_no_process():
+    async with Served(max_viewers=4) as served:
+        url = f"{served.ws_url}?token={served.token}"
+        open_ones = [await served.client.ws_connect(url) for _ in range(4)]
+        await served.wait_for_viewers(4)
+        async with served.client.ws_connect(url) as fifth:
+            message = await fifth.receive(timeout=10)
+            assert message.type == aiohttp.WSMsgType.CLOSE
+            assert message.data == aiohttp.WSCloseCode.TRY_AGAIN_LATER and "4 viewers" in message.extra
+        async with served.client.get(f"{served.base}/?token={served.token}") as page:
+            assert page.status == 503 and "close one" in await page.text()
+        assert len(served.viewers()) == 4
+        await open_ones[0].close()
+        await served.wait_for_viewers(3)
+        async with served.client.ws_connect(url):  # a freed place is a place again
+            await served.wait_for_viewers(4)
+        for websocket in open_ones[1:]:
+            await websocket.close()
+
+
+async def test_a_malformed_message_ends_that_viewer_and_the_server_goes_on():
+    async with Served() as served:
+        url = f"{served.ws_url}?token={served.token}"
+        async with served.client.ws_connect(url) as websocket:
+            await served.wait_for_viewers(1)
+            await websocket.send_str("[[[[not json")
+            assert (await websocket.receive(timeout=10)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        await served.wait_for_viewers(0)
+        assert await status_of(served.client, f"{served.base}/?token={served.token}") == 200
+
+
+async def test_every_viewer_ends_when_the_server_shuts_down():
+    async with Served() as served:
+        url = f"{served.ws_url}?token={served.token}"
+        websockets = [await served.client.ws_connect(url) for _ in range(2)]
+        await served.wait_for_viewers(2)
+        started = time.monotonic()
+        await served.shut_down()
+        assert time.monotonic() - started < 10
+        assert served.viewers() == []
+        for websocket in websockets:
+            message = await websocket.receive(timeout=5)
+            assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_process_that_asked_to_die_with_its_parent_dies_when_the_parent_is_killed(tmp_path):
+    """PR_SET_PDEATHSIG, as a served viewer sets it: its server killed with SIGKILL, it goes too."""
+    pid_file, ready = tmp_path / "child.pid", tmp_path / "ready"
+    child = ("import os, sys, time\n"
+             "from tui_trainer.cli.serve import die_with_parent\n"
+             "die_with_parent(int(sys.argv[1]))\n"
+             f"open({str(ready)!r}, 'w').close()\n"
+             "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import os, subprocess, sys, time\n"
+                               f"child = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())])\n"
+                               f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+                               "time.sleep(120)\n"])
+    child_pid = None
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child_pid = int(pid_file.read_text())
+        assert ready.exists() and alive(child_pid)
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while alive(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(child_pid)
+    finally:
+        parent.kill()
+        if child_pid is not None and alive(child_pid):
+            os.kill(child_pid, 9)
+
+
+def test_die_with_parent_leaves_at_once_when_the_parent_is_already_gone():
+    with pytest.raises(SystemExit):
+        die_with_parent(os.getppid() + 1 if os.getppid() != 1 else 2)
