@@ -18,16 +18,17 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Self
 
 import pytest
 
 pytest.importorskip("textual_serve")
 
-import aiohttp  # noqa: E402  (installed with textual-serve)
-from aiohttp import web  # noqa: E402
+import aiohttp
+from aiohttp import web
 
-from tui_trainer.cli.serve import die_with_parent, open_listener  # noqa: E402
-from tui_trainer.cli.serve_guard import Gate, GuardedServer  # noqa: E402
+from tui_trainer.cli.serve import die_with_parent, open_listener
+from tui_trainer.cli.serve_guard import Gate, GuardedServer
 
 
 def free_port() -> int:
@@ -69,7 +70,7 @@ class Served:
         self.base = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
 
-    async def __aenter__(self) -> Served:
+    async def __aenter__(self) -> Self:
         self.runner, self.down = web.AppRunner(await self.server._make_app(), shutdown_timeout=5), False
         await self.runner.setup()
         await web.SockSite(self.runner, self.listener.sock).start()
@@ -256,11 +257,11 @@ def test_a_process_that_asked_to_die_with_its_parent_dies_when_the_parent_is_kil
              "die_with_parent(int(sys.argv[1]))\n"
              f"open({str(ready)!r}, 'w').close()\n"
              "time.sleep(120)\n")
-    parent = subprocess.Popen([sys.executable, "-c",
-                               "import os, subprocess, sys, time\n"
-                               f"child = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())])\n"
-                               f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
-                               "time.sleep(120)\n"])
+    parent_code = ("import os, subprocess, sys, time\n"
+                   f"child = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())])\n"
+                   f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+                   "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code])
     child_pid = None
     try:
         deadline = time.monotonic() + 30

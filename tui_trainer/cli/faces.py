@@ -125,6 +125,8 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
                          in_background=not args.serve, extra_sink=tensorboard_sink(args))
         built.append(app)
         server = served_viewer(app.trainer, listener)
+        if listener is not None:  # (its URL, printed above, is hidden under the app's screen: said there too)
+            app.notify(listener.urls()[0], title="a viewer is served at", timeout=300)
         try:
             if not control.stop_requested:  # a signal already: no screen to take, finish() below stops the run
                 app.run()
