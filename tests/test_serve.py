@@ -192,9 +192,10 @@ def test_train_serve_refuses_a_busy_port_or_a_bad_host_before_the_run(small_corp
 
 
 @pytest.mark.slow
-def test_a_run_that_ends_with_a_browser_open_leaves_no_viewer_behind(small_corpus, tmp_path):
-    """``train --serve``, a raw WebSocket client connected to a real viewer, the run stopped: the
-    server and its viewer end with the run (today's 540 MB orphan under pid 1)."""
+@pytest.mark.parametrize("ending", [signal.SIGINT, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_run_that_ends_with_a_browser_open_leaves_no_viewer_behind(small_corpus, tmp_path, ending):
+    """``train --serve``, a raw WebSocket client connected to a real viewer, the run stopped (or the
+    trainer killed -9): the server and its viewer end with it (before: a viewer orphaned under pid 1)."""
     run_dir, port = tmp_path / "run", free_port()
     trainer = subprocess.Popen([sys.executable, "-m", "tui_trainer", "train", "--no-ui", "--data", str(small_corpus),
                                 *TINY, "--epochs", "100000", "--run-dir", str(run_dir), "--serve", str(port)],
@@ -214,7 +215,7 @@ def test_a_run_that_ends_with_a_browser_open_leaves_no_viewer_behind(small_corpu
                     assert message.type == aiohttp.WSMsgType.BINARY, message
                     received += len(message.data)
                 seen.update(descendants(trainer.pid))  # the server and its viewer
-                trainer.send_signal(signal.SIGINT)  # the run ends (saved, `end` written) with the tab open
+                trainer.send_signal(ending)  # the run ends with the tab open
                 while (await websocket.receive(timeout=60)).type == aiohttp.WSMsgType.BINARY:
                     pass  # (the viewer's last screens) until the server closes the socket
 

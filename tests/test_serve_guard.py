@@ -59,11 +59,11 @@ def processes_with(marker: str) -> list[int]:
 class Served:
     """A GuardedServer on a free loopback port, its stand-in viewers marked by a unique string."""
 
-    def __init__(self, max_viewers: int = 4) -> None:
+    def __init__(self, max_viewers: int = 4, host: str = "127.0.0.1") -> None:
         self.marker = f"stand-in-viewer-{uuid.uuid4().hex}"
         stand_in = ("import sys, time; sys.stdout.write('__GANGLION__\\n'); sys.stdout.flush(); "
                     f"time.sleep(120)  # {self.marker}")
-        self.listener = open_listener(f"127.0.0.1:{free_port()}")
+        self.listener = open_listener(f"{host}:{free_port()}")
         self.port, self.token = self.listener.port, self.listener.token
         self.server = GuardedServer([sys.executable, "-c", stand_in], self.listener.sock, self.listener.gate(),
                                     title="tui-trainer view test", max_viewers=max_viewers)
@@ -194,6 +194,17 @@ async def test_the_first_page_load_sets_a_strict_cookie_that_opens_the_websocket
             reply = await websocket.receive_json(timeout=10)
             assert reply == ["pong", "x"]
         await served.wait_for_viewers(0)  # the tab closed: its viewer ended
+
+
+async def test_a_wildcard_server_builds_the_pages_websocket_url_from_the_host_the_browser_used():
+    async with Served(host="0.0.0.0") as served:
+        for host in (f"127.0.0.1:{served.port}", f"localhost:{served.port}"):
+            async with served.client.get(f"{served.base}/?token={served.token}", headers={"Host": host}) as page:
+                assert page.status == 200
+                body = await page.text()
+            assert f'data-session-websocket-url="ws://{host}/ws"' in body and "0.0.0.0" not in body
+        assert await status_of(served.client, f"{served.base}/?token={served.token}",
+                               Host=f"rebound.attacker.example:{served.port}") == 403
 
 
 async def test_the_fifth_concurrent_viewer_is_refused_with_a_reason_and_no_process():
