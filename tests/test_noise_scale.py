@@ -148,3 +148,41 @@ def test_window_norms_from_the_engines_increments():
     norms = WindowNorms.from_increments([8, 8, 4], [0.16, 0.64, 0.04], window_sq_norm=0.5)
     assert norms.micro_sq_norms == pytest.approx((1.0, 4.0, 1.0))
     assert norms.window_size == 20 and norms.window_sq_norm == 0.5
+
+
+def test_the_stated_error_matches_the_spread_of_the_estimate():
+    """Many independent runs of the same regression: the noise scales they end at spread as much as
+    each one's own stated relative error says (the confidence behind 'suggests accum N')."""
+    delta = delta_of(0.3)
+    finals, stated = [], []
+    for seed in range(40):
+        estimator = NoiseScaleEstimator(settle=1)
+        for norms in regression_windows(delta, [8] * 4, 60, seed=100 + seed):
+            estimator.update(norms)
+        finals.append(estimator.noise_scale)
+        stated.append(estimator.relative_error())
+    values = torch.tensor(finals)
+    observed = float(values.std() / values.mean())
+    claimed = sum(stated) / len(stated)
+    assert 0.5 * observed < claimed < 2.0 * observed, (observed, claimed)
+
+
+def test_the_error_shrinks_as_windows_come_in_and_gates_the_suggestion():
+    delta = delta_of(0.3)
+    estimator = NoiseScaleEstimator(settle=5)
+    windows = regression_windows(delta, [8] * 4, 400, seed=7)
+    errors = []
+    for i, norms in enumerate(windows):
+        estimator.update(norms)
+        if i in (9, 99, 399):
+            errors.append(estimator.relative_error())
+    assert errors[0] > errors[1] > errors[2]
+    assert estimator.actionable() == (errors[2] <= 0.33)
+    copy = NoiseScaleEstimator(settle=5)
+    copy.load_state_dict(estimator.state_dict())
+    assert copy.relative_error() == estimator.relative_error()
+    old = estimator.state_dict()
+    del old["grad_sq_squared"], old["trace_squared"]  # a checkpoint from before the spread was kept
+    older = NoiseScaleEstimator(settle=5)
+    older.load_state_dict(old)
+    assert older.relative_error() is None and not older.actionable()

@@ -74,6 +74,39 @@ class EtaModel:
         return left * overhead
 
 
+MEASURE_SECONDS = 5.0  # this session's training time before its pace is trusted for an ETA
+MEASURE_STEPS = 2  # and optimizer steps: the first step of a session pays for warm-up (allocations, caches)
+SETTLE = 0.15  # an estimate within 15% of the running countdown leaves the countdown alone
+FOLLOW_SECONDS = 20.0  # how quickly the shown ETA follows a pace that truly changed (time constant)
+
+
+class SmoothedEta:
+    """The ETA a person reads: nothing ("measuring…") until this session has measured its own
+    pace, then a clock that counts down second by second and follows the raw estimate only when
+    it moves away by more than ``SETTLE`` (a real change of pace: another process, a new accum),
+    and then smoothly, over ``FOLLOW_SECONDS``. The raw estimate jumps with every noisy step
+    (0:26:42 -> 0:05:14 -> 0:06:15 within seconds of a resume, before this); the shown one does not.
+
+    ``now`` is the session's active time (pauses left out), so the clock stands still in a pause."""
+
+    def __init__(self) -> None:
+        self.shown: float | None = None
+        self.at = 0.0
+
+    def update(self, raw: float | None, now: float, measured_seconds: float, measured_steps: int) -> float | None:
+        if raw is None or measured_seconds < MEASURE_SECONDS or measured_steps < MEASURE_STEPS:
+            return None
+        if self.shown is None:
+            self.shown, self.at = raw, now
+            return raw
+        elapsed = max(0.0, now - self.at)
+        countdown = max(0.0, self.shown - elapsed)
+        if abs(raw - countdown) > SETTLE * max(countdown, 1.0):
+            countdown += (raw - countdown) * (1.0 - math.exp(-elapsed / FOLLOW_SECONDS))
+        self.shown, self.at = countdown, now
+        return countdown
+
+
 def duration(seconds: float | None) -> str:
     """0:03:12, or 1d 02:03:04 for long runs; '--:--' when unknown."""
     if seconds is None or not math.isfinite(seconds):

@@ -38,6 +38,9 @@ from tui_trainer.analysis.ema import BiasCorrectedEMA
 # in a fifteenth.
 EMA_BETA = 0.98
 SETTLE_ESTIMATES = 20  # windows folded in before the estimate is shown (the first ones are noisy)
+# A suggestion is shown only once the estimate's own standard error is within this share of it:
+# with a third either way, the nearest power of two of the suggested accumulation is at most one off.
+ACTIONABLE_ERROR = 0.33
 MAX_ACCUM = 1024  # the suggestion's range is the app's: 1..1024
 
 
@@ -116,6 +119,9 @@ class NoiseScaleEstimator:
         self.settle = settle
         self.grad_sq = BiasCorrectedEMA(beta)
         self.trace = BiasCorrectedEMA(beta)
+        # second moments of the per-window estimates: the spread behind the smoothed values
+        self.grad_sq_squared = BiasCorrectedEMA(beta)
+        self.trace_squared = BiasCorrectedEMA(beta)
 
     @property
     def estimates(self) -> int:
@@ -129,7 +135,33 @@ class NoiseScaleEstimator:
             return False
         self.grad_sq.update(estimate[0])
         self.trace.update(estimate[1])
+        self.grad_sq_squared.update(estimate[0] ** 2)
+        self.trace_squared.update(estimate[1] ** 2)
         return True
+
+    def relative_error(self) -> float | None:
+        """The standard error of the noise scale as a share of it (0.25: ±25%), from the spread of
+        the per-window estimates behind each smoothed term (the delta method on the ratio:
+        relative errors add in quadrature). None before two windows or without a scale."""
+        n = self.grad_sq_squared.count
+        if n < 2 or self.raw_noise_scale() is None:
+            return None
+        beta = self.grad_sq_squared.beta
+        # windows the EMA's weights are worth: (sum w)^2 / sum w^2 of w_i = beta^(n-i)
+        effective = (1 - beta ** n) ** 2 * (1 + beta) / ((1 - beta) * (1 - beta ** (2 * n)))
+        squared_error = 0.0
+        for mean, second in ((self.grad_sq, self.grad_sq_squared), (self.trace, self.trace_squared)):
+            value, spread = mean.value, second.value
+            if value is None or spread is None or value == 0:
+                return None
+            variance = max(0.0, spread - value * value)
+            squared_error += variance / effective / (value * value)
+        return math.sqrt(squared_error)
+
+    def actionable(self) -> bool:
+        """Settled, and known well enough to act on (``ACTIONABLE_ERROR``)."""
+        error = self.relative_error()
+        return self.noise_scale is not None and error is not None and error <= ACTIONABLE_ERROR
 
     def raw_noise_scale(self) -> float | None:
         """tr(Σ)/|G|² of the smoothed values, settled or not; None while there is none or while
@@ -149,9 +181,14 @@ class NoiseScaleEstimator:
         return None if scale is None else suggested_accum(scale, micro_batch, processes)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"grad_sq": [self.grad_sq.raw, self.grad_sq.count], "trace": [self.trace.raw, self.trace.count]}
+        return {"grad_sq": [self.grad_sq.raw, self.grad_sq.count], "trace": [self.trace.raw, self.trace.count],
+                "grad_sq_squared": [self.grad_sq_squared.raw, self.grad_sq_squared.count],
+                "trace_squared": [self.trace_squared.raw, self.trace_squared.count]}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state:
             self.grad_sq.raw, self.grad_sq.count = state["grad_sq"]
             self.trace.raw, self.trace.count = state["trace"]
+            # (checkpoints from before the spread was kept: it is measured afresh from here)
+            self.grad_sq_squared.raw, self.grad_sq_squared.count = state.get("grad_sq_squared", [0.0, 0])
+            self.trace_squared.raw, self.trace_squared.count = state.get("trace_squared", [0.0, 0])

@@ -10,6 +10,7 @@ console.py.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -101,7 +102,16 @@ def with_default(help_text: str, default: str) -> str:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
+    """argparse, but a usage error is one line on stderr and exit code 2, and a flag is spelt in
+    full: a prefix (``--epoch`` for ``--epochs``) is an error with a suggestion, never silently
+    taken for the longer flag."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def option_strings(self) -> list[str]:
+        return [option for action in self._actions for option in action.option_strings]
 
     def error(self, message: str) -> NoReturn:
         say(f"error: {message} — see `{self.prog} --help`")
@@ -337,9 +347,32 @@ def with_command(argv: list[str]) -> list[str]:
     return argv
 
 
+def nearest_flag(given: str, known: list[str]) -> str | None:
+    """The flag a user most likely meant: the one flag that ``given`` begins (``--epoch`` →
+    ``--epochs``), else the closest spelling (``--quik`` → ``--quick``), else None."""
+    name = given.split("=", 1)[0]
+    longer = [flag for flag in known if flag.startswith(name) and flag != name]
+    if len(longer) == 1:
+        return longer[0]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def refuse_unknown(parser: OneLineParser, extras: list[str]) -> NoReturn:
+    """Unrecognized arguments: name them, and suggest the flag meant where one is close."""
+    for given in extras:
+        if given.startswith("-") and (guess := nearest_flag(given, parser.option_strings())):
+            parser.error(f"unrecognized argument {given}: did you mean {guess}?")
+    parser.error(f"unrecognized arguments: {' '.join(extras)}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = with_command(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        refuse_unknown(subparsers.choices[args.command], extras)
     args.argv = argv  # (what --nproc hands on to each process)
     return args
 

@@ -3,7 +3,9 @@ checkpoint carries so a resumed run draws the same random numbers as an unbroken
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from typing import Any
 
 import torch
@@ -51,6 +53,41 @@ def choose_threads(requested: int | None, for_ui: bool, processes_here: int = 1)
         return requested
     cores = max(1, usable_cores() // max(1, processes_here))
     return max(1, cores - 1) if for_ui and cores >= 4 else max(1, cores)
+
+
+def cores_busy_elsewhere(window_seconds: float = 0.25) -> float | None:
+    """Cores kept busy by other processes right now: the machine's busy time over a short window
+    (/proc/stat) less this process's own. None where /proc/stat is not there (not Linux)."""
+    def machine() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = [int(x) for x in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+    before, own_before = machine(), os.times()
+    time.sleep(window_seconds)
+    after, own_after = machine(), os.times()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    wall_ticks = (after[1] - before[1]) / (os.cpu_count() or 1)  # the window, in ticks of one core
+    own = (own_after.user + own_after.system - own_before.user - own_before.system) * ticks
+    return max(0.0, (after[0] - before[0] - own) / wall_ticks)
+
+
+def busy_machine_note(threads: int, cores: int, busy_elsewhere: float | None) -> str | None:
+    """A line for the run when other processes already use cores this run's threads count on.
+    The thread count is not changed for them: it changes the order of float sums, and the same
+    command must give the same losses bit for bit whatever else the machine is doing."""
+    if busy_elsewhere is None or busy_elsewhere < 0.5 or threads + busy_elsewhere <= cores + 0.25:
+        return None
+    free = max(1, round(cores - busy_elsewhere))
+    advice = (f"--threads {free} leaves them their cores (several times faster when cores are shared)"
+              if free < threads else "it will run slower until they finish")
+    return (f"the machine is busy: other processes use ~{busy_elsewhere:.1f} of its {cores} cores while this run "
+            f"starts {threads} threads; {advice}")
 
 
 # -- RNG state ----------------------------------------------------------------------------------

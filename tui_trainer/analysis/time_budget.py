@@ -1,0 +1,116 @@
+"""The best model in the time you have: a run's length planned from its measured pace.
+
+``--time-budget 10m`` fixes the wall time, not the epochs: after a short measuring phase (inside the
+warm-up) the run fixes its total training tokens so that training, the validation passes and the
+final save end within the budget, and the token-based learning-rate schedule decays to its floor
+exactly there. The epochs follow from the tokens (the last one may be partial: a shorter epoch,
+handled exactly like any other). When the pace later drifts by more than ``REPLAN_DRIFT`` (another
+process took the cores, a new accumulation), the remaining tokens are planned again and the run
+says so. Pauses are not counted: ``elapsed`` is active time.
+
+Pure functions and a small state object; the engine measures and calls them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from tui_trainer.errors import UserError
+
+MEASURE_SECONDS = 5.0  # of training, before the first plan (the first steps pay one-time costs)
+REPLAN_DRIFT = 0.20  # the measured pace may drift this much from the planned one before a re-plan
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``10m``, ``2h``, ``1h30m``, ``1.5h``, or plain seconds ``600`` → seconds (> 0)."""
+    given = str(text).strip().lower().replace(" ", "")
+    hint = "use e.g. --time-budget 90s, 10m, 2h or 1h30m"
+    if re.fullmatch(r"\d+(\.\d+)?", given):
+        seconds = float(given)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", given)
+        if not parts or "".join(n + u for n, u in parts) != given:
+            raise UserError(f"--time-budget '{text}' is not a duration", hint)
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UserError(f"--time-budget {text} is not a positive duration", hint)
+    if seconds > 366 * 86400:
+        raise UserError(f"--time-budget {text} is more than a year", hint)
+    return seconds
+
+
+@dataclass(frozen=True)
+class Pace:
+    """What the run measured: training tokens per second, and what the rest costs."""
+
+    tokens_per_s: float  # training, this session
+    seconds_per_val_pass: float  # one validation pass (measured, or estimated before the first one)
+    seconds_per_save: float  # one checkpoint save
+
+
+def plan_tokens(*, budget_seconds: float, elapsed_seconds: float, tokens_seen: int, tokens_per_epoch: int,
+                pace: Pace, tokens_per_step: int) -> int:
+    """The run's total training tokens (earlier ones included) that end within the budget.
+
+    The time left pays for the tokens still to train, one validation pass at the end of every
+    epoch those tokens reach (a partial last epoch has its own), and the final save. Rounded down
+    to whole optimizer steps; never below the tokens already seen."""
+    left = budget_seconds - elapsed_seconds - pace.seconds_per_save
+    if left <= 0 or pace.tokens_per_s <= 0:
+        return tokens_seen
+    total = tokens_seen
+    for _ in range(64):  # the passes depend on the tokens and the tokens on the passes: settle both
+        passes = math.ceil(total / tokens_per_epoch) - tokens_seen // tokens_per_epoch if total > tokens_seen else 1
+        train_seconds = left - max(1, passes) * pace.seconds_per_val_pass
+        new_total = tokens_seen + max(0, int(train_seconds * pace.tokens_per_s))
+        new_total -= (new_total - tokens_seen) % tokens_per_step
+        if new_total == total:
+            break
+        total = new_total
+    return max(tokens_seen, total)
+
+
+@dataclass
+class BudgetPlanner:
+    """The plan's state across a run (and a resume: ``state_dict``)."""
+
+    budget_seconds: float
+    planned_tokens: int | None = None  # None while measuring
+    planned_pace: float | None = None  # tokens/s the plan was made with
+
+    def update(self, *, elapsed_seconds: float, training_seconds: float, tokens_seen: int, tokens_per_epoch: int,
+               pace: Pace, tokens_per_step: int) -> str | None:
+        """Plan once the pace is measured; plan again if it drifted. Returns a line to show when
+        the plan was made or changed, else None."""
+        if training_seconds < MEASURE_SECONDS:
+            return None
+        if self.planned_tokens is not None and self.planned_pace:
+            drift = abs(pace.tokens_per_s - self.planned_pace) / self.planned_pace
+            if drift <= REPLAN_DRIFT:
+                return None
+        before = self.planned_tokens
+        self.planned_tokens = plan_tokens(budget_seconds=self.budget_seconds, elapsed_seconds=elapsed_seconds,
+                                          tokens_seen=tokens_seen, tokens_per_epoch=tokens_per_epoch, pace=pace,
+                                          tokens_per_step=tokens_per_step)
+        self.planned_pace = pace.tokens_per_s
+        epochs = self.planned_tokens / tokens_per_epoch
+        if before is None:
+            return (f"time budget: {self.planned_tokens:,} training tokens (~{epochs:.2f} epochs) at "
+                    f"{pace.tokens_per_s:,.0f} tokens/s")
+        return (f"time budget: the pace moved to {pace.tokens_per_s:,.0f} tokens/s; re-planned {before:,} -> "
+                f"{self.planned_tokens:,} training tokens (~{epochs:.2f} epochs)")
+
+    def seconds_left(self, elapsed_seconds: float) -> float:
+        return max(0.0, self.budget_seconds - elapsed_seconds)
+
+    def state_dict(self) -> dict:
+        return {"budget_seconds": self.budget_seconds, "planned_tokens": self.planned_tokens,
+                "planned_pace": self.planned_pace}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.budget_seconds = float(state["budget_seconds"])
+        self.planned_tokens = None if state.get("planned_tokens") is None else int(state["planned_tokens"])
+        self.planned_pace = None if state.get("planned_pace") is None else float(state["planned_pace"])
