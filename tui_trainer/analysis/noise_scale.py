@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from tui_trainer.analysis.ema import BiasCorrectedEMA
+from tui_trainer.config import ACCUM_MAX
 
 # Smoothing of the per-window estimates: a memory of ~50 optimizer steps (about an epoch of the
 # default run). At 0.95 the smoothed ratio was off by more than 30% in a third of the regression
@@ -38,7 +39,6 @@ from tui_trainer.analysis.ema import BiasCorrectedEMA
 # in a fifteenth.
 EMA_BETA = 0.98
 SETTLE_ESTIMATES = 20  # windows folded in before the estimate is shown (the first ones are noisy)
-MAX_ACCUM = 1024  # the suggestion's range is the app's: 1..1024
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,11 @@ def window_estimates(norms: WindowNorms) -> tuple[float, float] | None:
 
 def suggested_accum(noise_scale: float, micro_batch: int, processes: int = 1) -> int:
     """The power of two nearest (in ratio) to the accumulation whose effective batch is the noise
-    scale, in 1..1024."""
+    scale, in 1..ACCUM_MAX (the accumulation a run may use)."""
     wanted = noise_scale / (micro_batch * processes)
     if not wanted > 1.0:  # also NaN
         return 1
-    return int(min(MAX_ACCUM, 2 ** round(math.log2(wanted))))
+    return int(min(ACCUM_MAX, 2 ** round(math.log2(wanted))))
 
 
 class NoiseScaleEstimator:

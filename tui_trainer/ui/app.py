@@ -24,6 +24,7 @@ from textual import events as textual_events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.screen import Screen
 
+from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.control import Control
 from tui_trainer.errors import UserError
 from tui_trainer.ui.bridge import AppSink, EngineWake, SetUpDone
@@ -333,8 +334,8 @@ class TrainerApp(App[None]):
     def _change_accum(self, double: bool) -> None:
         wanted = self.view.request_accum(double)
         if wanted is None:
-            limit = "1024 is the most" if double else "1 is the least"
-            self.notify(f"accum {limit} it can be" if self.view.target_accum in (1, 1024)
+            limit = f"{ACCUM_MAX} is the most" if double else f"{ACCUM_MIN} is the least"
+            self.notify(f"accum {limit} it can be" if self.view.target_accum in (ACCUM_MIN, ACCUM_MAX)
                         else "the run is over", timeout=2)
             return
         self.control.set_accum(wanted)

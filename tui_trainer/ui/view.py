@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tui_trainer.analysis.eta import EtaModel
-
-ACCUM_MIN, ACCUM_MAX = 1, 1024  # the engine clamps to the same bounds
+from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 
 # Run states, in the words the status line uses.
 STARTING, RUNNING, PAUSING, PAUSED, RESUMING, STOPPING = "starting", "running", "pausing", "paused", "resuming", "stopping"
