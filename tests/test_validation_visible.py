@@ -41,6 +41,7 @@ def test_a_capped_run_validates_the_proportional_share_and_reports_its_progress(
     started_event = sink.of(RunStarted)[0]
     expected = math.ceil(18 * 0.1 / 0.9)  # 2 batches of 4 sequences
     assert started_event.val_examples == expected * cfg.train.micro_batch
+    assert started_event.val_batches == expected  # carried, so no consumer derives it
     progress = sink.of(ValidationProgress)
     assert progress[0].batch == 0 and progress[-1].batch == progress[-1].batches == expected
     assert all(p.epoch == 1 for p in progress)
