@@ -23,7 +23,7 @@ from conftest import tiny_config, with_limits
 from test_snapshots import recorded_epochs, started
 from textual import events
 
-from tui_trainer.cli.main import exit_code_for
+from tui_trainer.cli.faces import exit_code_for
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.engine.precision import bf16_support
 from tui_trainer.errors import UserError
