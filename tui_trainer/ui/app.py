@@ -10,7 +10,6 @@ plot at ``PLOT_HZ`` when something changed, and sends commands through ``Control
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import sys
@@ -19,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from rich.console import Console as RichConsole
 from textual import events as textual_events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.screen import Screen
@@ -306,13 +304,6 @@ class TrainerApp(App[None]):
         if self.view.device:
             self.memory = self.memory_probe(self.view.device)
         self.refresh_panels()
-
-    def screen_text(self) -> str:
-        """What the terminal shows now, as plain text (tests, benchmarks)."""
-        console = RichConsole(width=self.size.width, height=self.size.height, file=io.StringIO(),
-                              force_terminal=True, color_system="truecolor", record=True, legacy_windows=False)
-        console.print(self.screen._compositor.render_update(full=True, screen_stack=self._background_screens))
-        return console.export_text()
 
     # -- keys ---------------------------------------------------------------------------------
 
