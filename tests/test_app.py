@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -35,9 +33,6 @@ from tui_trainer.ui.bridge import AppSink
 from tui_trainer.ui.factory import create_app, create_replay_app
 from tui_trainer.ui.widgets import HelpScreen, LossPlot
 from tui_trainer.ui.widgets.diagnosis import DiagnosisBanner
-
-REPO = Path(__file__).resolve().parent.parent
-
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -388,21 +383,6 @@ def test_every_binding_has_a_description():
 
 
 # -- the engine/UI line --------------------------------------------------------------------------
-
-def test_engine_imports_without_textual():
-    # Every module outside ui/ (the loop, run_dir, session, cli, ... and any added later).
-    code = ("import importlib, pathlib, sys, tui_trainer; "
-            "root = pathlib.Path(tui_trainer.__file__).parent; "
-            "names = ['tui_trainer.' + '.'.join(p.relative_to(root).with_suffix('').parts).removesuffix('.__init__') "
-            "for p in root.rglob('*.py') if p.relative_to(root).parts[0] != 'ui' and p.name != '__main__.py']; "
-            "assert {'tui_trainer.engine.loop', 'tui_trainer.rundir.lifecycle', 'tui_trainer.cli.main', "
-            "'tui_trainer.cli.headless', 'tui_trainer.events'} <= set(names), names; "
-            "[importlib.import_module(n) for n in names]; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'textual_plotext', 'plotext') "
-            "or m.startswith('tui_trainer.ui')]; print(bad); sys.exit(1 if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-
 
 def test_sink_coalesces_micro_steps_and_keeps_every_step():
     from tui_trainer.events import MicroStep, StepEvent
