@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -20,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_config, with_limits
+from screen import screen_text
 from test_snapshots import recorded_epochs, started
 from textual import events
 
-from tui_trainer.cli.main import exit_code_for
+from tui_trainer.cli.faces import exit_code_for
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.engine.precision import bf16_support
 from tui_trainer.errors import UserError
@@ -34,9 +33,6 @@ from tui_trainer.ui.bridge import AppSink
 from tui_trainer.ui.factory import create_app, create_replay_app
 from tui_trainer.ui.widgets import HelpScreen, LossPlot
 from tui_trainer.ui.widgets.diagnosis import DiagnosisBanner
-
-REPO = Path(__file__).resolve().parent.parent
-
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -60,13 +56,13 @@ def send_key(app: TrainerApp, key: str) -> None:
 
 async def wait_for_text(pilot, app: TrainerApp, text: str, present: bool = True) -> None:
     """The screen shows ``text`` (or no longer does) within a few seconds."""
-    await wait_for(pilot, lambda: (text in app.screen_text()) == present, timeout=5.0,
+    await wait_for(pilot, lambda: (text in screen_text(app)) == present, timeout=5.0,
                    what=f"{text!r} {'on' if present else 'off'} screen")
 
 
 def squashed(app: TrainerApp) -> str:
     """The screen with runs of spaces squeezed to one (columns move with the terminal width)."""
-    return re.sub(r" +", " ", app.screen_text())
+    return re.sub(r" +", " ", screen_text(app))
 
 
 async def paused(pilot, app: TrainerApp) -> None:
@@ -105,13 +101,13 @@ async def test_app_starts_progress_moves_and_plot_gains_points(small_corpus, tmp
         points_before = plot.points_drawn
         assert points_before >= 10
         steps_before = app.view.step
-        assert f"{app.view.step_in_epoch}/20" in app.screen_text()
+        assert f"{app.view.step_in_epoch}/20" in screen_text(app)
 
         app.control.resume()
         await wait_for(pilot, lambda: app.view.step >= steps_before + 5, what="more steps")
         await pilot.pause(0.5)
         assert plot.points_drawn > points_before
-        assert any(ch in app.screen_text() for ch in "⠁⠂⠄⡀⢀⣀⠉⠒⠤")  # braille: the curve is drawn
+        assert any(ch in screen_text(app) for ch in "⠁⠂⠄⡀⢀⣀⠉⠒⠤")  # braille: the curve is drawn
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -124,7 +120,7 @@ async def test_the_header_says_which_precision_trains(precision, small_corpus, t
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
         await pilot.pause(0.15)
-        assert f"cpux1 {precision}" in app.screen_text().splitlines()[0]
+        assert f"cpux1 {precision}" in screen_text(app).splitlines()[0]
 
 
 # -- accumulation keys ---------------------------------------------------------------------------
@@ -136,7 +132,7 @@ async def test_plus_twice_shows_pending_change_applied_exactly_at_next_epoch(sma
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
         await pilot.press("plus", "plus")
-        assert "accum 2 -> 8 at next epoch" in app.screen_text()  # at once, before the engine answers
+        assert "accum 2 -> 8 at next epoch" in screen_text(app)  # at once, before the engine answers
         await wait_for(pilot, lambda: app.view.pending_accum == 8, what="the engine to confirm")
         await wait_for_text(pilot, app, "accum 2 -> 8 at next epoch (= 32 sequences)")  # confirmed
         app.control.resume()
@@ -161,7 +157,7 @@ async def test_minus_and_brackets_halve_and_double_within_bounds(small_corpus, t
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
         await pilot.press("minus")
-        assert app.view.target_accum == 1 and "accum 2 -> 1 at next epoch" in app.screen_text()
+        assert app.view.target_accum == 1 and "accum 2 -> 1 at next epoch" in screen_text(app)
         await pilot.press("left_square_bracket")  # already at 1: nothing to send
         assert app.view.target_accum == 1
         await pilot.press("right_square_bracket", "right_square_bracket")
@@ -265,7 +261,7 @@ async def test_finished_run_stays_open_until_q(small_corpus, tmp_path, apps):
         await wait_for(pilot, lambda: app.view.ended, what="the end of the run")
         await wait_for_text(pilot, app, "finished the 1 epoch")
         await pilot.pause(0.3)
-        assert app.is_running and " finished " in app.screen_text()
+        assert app.is_running and " finished " in screen_text(app)
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
     assert app.finish().reason == "completed"
@@ -285,7 +281,7 @@ async def test_engine_failure_becomes_an_error_panel_and_run_dir_keeps_the_steps
         await wait_for_text(pilot, app, "training stopped with an error")
         await pilot.pause(0.3)
         assert app.is_running  # stays open showing the reason
-        text = app.screen_text()
+        text = screen_text(app)
         assert "training stopped with an error" in text and " error " in text
         assert "non-finite" in text
     end = app.finish()
@@ -334,7 +330,7 @@ async def test_renders_at_80x24_60x20_and_wide_and_redraws_on_resize(small_corpu
         for size in [(80, 24), (60, 20), (140, 45), (80, 24)]:
             await pilot.resize_terminal(*size)
             await pilot.pause(0.5)
-            text = app.screen_text()
+            text = screen_text(app)
             lines = text.splitlines()
             assert len(lines) == size[1] and max(len(line) for line in lines) <= size[0]
             assert app.view.diagnosis == "learning"  # epoch 1 of a tiny model: still near chance, falling
@@ -346,7 +342,7 @@ async def test_renders_at_80x24_60x20_and_wide_and_redraws_on_resize(small_corpu
             assert app.query_one(LossPlot).size.height >= 4, size
         assert app.screen.has_class("-compact")
         await pilot.resize_terminal(140, 45)
-        assert app.screen.has_class("-wide") and "verdict" in app.screen_text()  # the epoch table
+        assert app.screen.has_class("-wide") and "verdict" in screen_text(app)  # the epoch table
 
 
 async def test_help_screen_explains_accumulation_and_diagnoses(small_corpus, tmp_path, apps):
@@ -357,19 +353,19 @@ async def test_help_screen_explains_accumulation_and_diagnoses(small_corpus, tmp
         await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
-        text = " ".join(app.screen_text().replace("│", " ").split())  # undo the word wrap
+        text = " ".join(screen_text(app).replace("│", " ").split())  # undo the word wrap
         assert "effective batch = micro-batch x accum x processes" in text
         for verdict in ("learning", "healthy", "underfitting", "overfitting", "unstable"):
             assert verdict in text
         app.screen.query_one("#help-box").scroll_end(animate=False)  # the noise scale is last, a scroll away
         await pilot.pause(0.1)
-        text = " ".join(app.screen_text().replace("│", " ").split())
+        text = " ".join(screen_text(app).replace("│", " ").split())
         assert "bigger wastes compute" in text and "smaller wastes steps" in text  # why the noise scale matters
         app.control.resume()  # training goes on under the help screen; the panels keep up
         await wait_for(pilot, lambda: app.view.step >= 5, what="steps under the help screen")
         send_key(app, "escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen), what="the help to close")
-        await wait_for(pilot, lambda: f"{app.view.step_in_epoch}/" in app.screen_text(), what="the main screen")
+        await wait_for(pilot, lambda: f"{app.view.step_in_epoch}/" in screen_text(app), what="the main screen")
 
 
 async def test_command_palette_offers_every_action():
@@ -387,21 +383,6 @@ def test_every_binding_has_a_description():
 
 
 # -- the engine/UI line --------------------------------------------------------------------------
-
-def test_engine_imports_without_textual():
-    # Every module outside ui/ (the loop, run_dir, session, cli, ... and any added later).
-    code = ("import importlib, pathlib, sys, tui_trainer; "
-            "root = pathlib.Path(tui_trainer.__file__).parent; "
-            "names = ['tui_trainer.' + '.'.join(p.relative_to(root).with_suffix('').parts).removesuffix('.__init__') "
-            "for p in root.rglob('*.py') if p.relative_to(root).parts[0] != 'ui' and p.name != '__main__.py']; "
-            "assert {'tui_trainer.engine.loop', 'tui_trainer.rundir.lifecycle', 'tui_trainer.cli.main', "
-            "'tui_trainer.cli.headless', 'tui_trainer.events'} <= set(names), names; "
-            "[importlib.import_module(n) for n in names]; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'textual_plotext', 'plotext') "
-            "or m.startswith('tui_trainer.ui')]; print(bad); sys.exit(1 if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-
 
 def test_sink_coalesces_micro_steps_and_keeps_every_step():
     from tui_trainer.events import MicroStep, StepEvent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from screen import screen_text
 from test_app import apps, make_app, paused, send_key, wait_for  # noqa: F401  (apps is a fixture)
 from test_snapshots import recorded_epochs, replay, started
 
@@ -29,7 +30,7 @@ def with_samples(events: list) -> list:
 
 
 def flat(app) -> str:
-    return " ".join(app.screen_text().replace("│", " ").split())
+    return " ".join(screen_text(app).replace("│", " ").split())
 
 
 # -- snapshots ------------------------------------------------------------------------------------

@@ -6,13 +6,14 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from screen import screen_text
 from test_snapshots import mid_epoch, recorded_epochs, replay, started, with_noise_scale
 
 from tui_trainer.events import AccumChangeRequested
 
 
 def squashed(app) -> str:
-    return re.sub(r" +", " ", app.screen_text())
+    return re.sub(r" +", " ", screen_text(app))
 
 
 async def shown(events: list, size=(80, 24), press: tuple[str, ...] = ()) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+from screen import screen_text
 from test_screen_sizes import ended_run, footer, render
 from test_snapshots import recorded_epochs, started
 from test_view import recorded_run_dir
@@ -27,7 +28,7 @@ def notices(app) -> list[str]:
 def help_lines(app, first: str, last: str, skip: int = 1) -> list[str]:
     """The help box's lines from the one that starts with ``first`` (and ``skip`` more) to the
     title ``last``, without the border and the box's padding (the body's padding stays: one space)."""
-    lines = [re.sub("[▁-█]+$", "", line.strip("│")[1:]).rstrip() for line in app.screen_text().splitlines()]
+    lines = [re.sub("[▁-█]+$", "", line.strip("│")[1:]).rstrip() for line in screen_text(app).splitlines()]
     start = next(i for i, line in enumerate(lines) if line.startswith(first))
     end = next(i for i, line in enumerate(lines) if i > start and line.startswith(last))
     return [line for line in lines[start + skip:end] if line.strip()]
@@ -77,12 +78,12 @@ async def test_after_the_run_q_reads_quit_in_the_footer_and_the_help_and_quits()
     async with app.run_test(size=(80, 24)) as pilot:
         running = footer(await render(app, pilot, [started(), *recorded_epochs(2)]))
         await pilot.press("question_mark")
-        running_help = " ".join(app.screen_text().split())
+        running_help = " ".join(screen_text(app).split())
         await pilot.press("escape")
         ended = footer(await render(app, pilot, ended_run()[-1:]))
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
-        ended_help = " ".join(app.screen_text().split())
+        ended_help = " ".join(screen_text(app).split())
         await pilot.press("escape")
         await pilot.press("q")
         await pilot.pause()
@@ -132,7 +133,7 @@ async def test_toasts_never_cover_the_diagnosis_banner_or_the_status_line():
             for toast in toasts:
                 assert not toast.overlaps(banner), (size, toast, banner)
                 assert toast.y >= 1, (size, toast)  # the status line stays
-            assert app.view.diagnosis in app.screen_text() and "remedy" in app.screen_text()
+            assert app.view.diagnosis in screen_text(app) and "remedy" in screen_text(app)
 
 
 # -- d: g after the run says why -----------------------------------------------------------------

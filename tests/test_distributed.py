@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import tiny_config
+from screen import screen_text
 
 from tui_trainer.cli.launch import _died, _exit_code, check_nproc, without_nproc
 from tui_trainer.config import ModelConfig, validate
@@ -292,7 +293,7 @@ async def test_the_app_runs_on_rank_0_shows_the_processes_pauses_them_and_q_stop
         app = create_app(cfg, overrides=given)
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.view.step >= 3, timeout=180, what="three steps")
-            assert "micro-batch 2 x accum 2 x 2 processes" in " ".join(app.screen_text().split())
+            assert "micro-batch 2 x accum 2 x 2 processes" in " ".join(screen_text(app).split())
             send_key(app, "p")
             await wait_for(pilot, lambda: app.view.state == "paused", timeout=120, what="the pause")
             paused_at = app.view.step

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tui_trainer.cli.main import DetachableStream
+from tui_trainer.cli.console import DetachableStream
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",

@@ -162,6 +162,8 @@ def test_events_cover_micro_steps_steps_epochs_and_the_end(small_corpus, tmp_pat
     _, sink, end = _run(with_limits(tiny_config(small_corpus, tmp_path / "run", accum=3, epochs=2), 7))
     started = sink.of(RunStarted)[0]
     assert (started.train_examples, started.val_examples) == (7 * 4, 4 * 4)  # both as the limits cap them
+    assert (started.val_batches, started.effective_batch) == (4, 4 * 3)
+    assert [(e.micro_batch, e.effective_batch) for e in sink.of(EpochEvent)] == [(4, 4 * 3)] * 2
     micro = sink.of(MicroStep)
     assert [m.micro_step for m in micro[:3]] == [1, 2, 3] and micro[0].micro_steps == 3
     steps = sink.of(StepEvent)

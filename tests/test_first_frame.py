@@ -7,6 +7,7 @@ import threading
 from dataclasses import replace
 
 from conftest import tiny_config, with_limits
+from screen import screen_text
 
 from tui_trainer.errors import UserError
 from tui_trainer.rundir.metrics import read_metrics
@@ -42,12 +43,12 @@ async def test_the_app_shows_a_setting_up_state_then_runs(small_corpus, tmp_path
     threads_before = {t.name for t in threading.enumerate()}
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        text = app.screen_text()
+        text = screen_text(app)
         assert "setting up" in text.splitlines()[0] and "loading torch" in text, text
         assert app.trainer is None and "tui-trainer-set-up" in {t.name for t in threading.enumerate()}
         gate.set()
         await wait_until(pilot, lambda: app.view.ended, "the run to end")
-        assert "setting up" not in app.screen_text()
+        assert "setting up" not in screen_text(app)
         await pilot.press("q")
     assert app.finish().reason == "completed"
     # The set-up thread passed: it is gone with its OpenMP team (the reason it is a thread at all).
@@ -99,4 +100,4 @@ async def test_while_it_sets_up_the_screen_says_how_far_the_data_preparation_is(
                                              mb_per_s=98.5)])
     async with shown.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        assert "preparing the data: tokenizing 40% of 52.0 MB (98.5 MB/s)" in shown.screen_text()
+        assert "preparing the data: tokenizing 40% of 52.0 MB (98.5 MB/s)" in screen_text(shown)

@@ -43,7 +43,7 @@ class Clock:
 def _started(**overrides) -> RunStarted:
     settings = dict(run_dir="runs/x", device="cpu", threads=2, parameters=1000, vocab_size=65,
                     train_examples=320, val_examples=40, epochs=2, micro_batch=4, accum=2, processes=1,
-                    block_size=32, planned_tokens=2 * 320 * 32)
+                    block_size=32, planned_tokens=2 * 320 * 32, val_batches=10)
     settings.update(overrides)
     return RunStarted(**settings)
 

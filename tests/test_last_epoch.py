@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import tiny_config, with_limits
 
-from tui_trainer.cli.main import exit_code_for, main
+from tui_trainer.cli.faces import exit_code_for
+from tui_trainer.cli.main import main
 from tui_trainer.control import Control
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.events import CheckpointSaved, EpochEvent, ListSink, StepEvent

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from screen import screen_text
 from test_snapshots import (
     ACCUM,
     EPOCHS,
@@ -29,7 +30,7 @@ async def render(app, pilot, events) -> str:
     await pilot.pause()
     app.redraw_plot()
     await pilot.pause()
-    return app.screen_text()
+    return screen_text(app)
 
 
 def footer(text: str) -> str:

@@ -41,7 +41,8 @@ class FixedClock:
 def started() -> RunStarted:
     return RunStarted(run_dir=RUN_DIR, device="cpu", threads=2, parameters=4_812_864, vocab_size=65,
                       train_examples=7_680, val_examples=860, epochs=EPOCHS, micro_batch=MICRO_BATCH, accum=ACCUM,
-                      processes=1, block_size=BLOCK, planned_tokens=EPOCHS * STEPS_PER_EPOCH * TOKENS_PER_STEP)
+                      processes=1, block_size=BLOCK, planned_tokens=EPOCHS * STEPS_PER_EPOCH * TOKENS_PER_STEP,
+                      val_batches=-(-860 // MICRO_BATCH))
 
 
 def recorded_epochs(epochs: int, overfit_from: int | None = None) -> list:

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 from conftest import tiny_config, with_limits
+from screen import screen_text
 from test_snapshots import ACCUM, MICRO_BATCH, TOKENS_PER_STEP, FixedClock, mid_epoch, recorded_epochs, started
 
 from tui_trainer.analysis.eta import FORWARD_SHARE, EtaModel
@@ -41,6 +42,7 @@ def test_a_capped_run_validates_the_proportional_share_and_reports_its_progress(
     started_event = sink.of(RunStarted)[0]
     expected = math.ceil(18 * 0.1 / 0.9)  # 2 batches of 4 sequences
     assert started_event.val_examples == expected * cfg.train.micro_batch
+    assert started_event.val_batches == expected  # carried, so no consumer derives it
     progress = sink.of(ValidationProgress)
     assert progress[0].batch == 0 and progress[-1].batch == progress[-1].batches == expected
     assert all(p.epoch == 1 for p in progress)
@@ -121,7 +123,7 @@ async def test_validation_shows_a_validating_state_and_bar_then_goes_back_to_run
         app.feed([ValidationProgress(epoch=3, batch=12, batches=54, seconds=3.0)])
         app.tick()
         await pilot.pause()
-        text = app.screen_text()
+        text = screen_text(app)
         assert " validating " in text.splitlines()[0], text  # the status line
         assert "validating 12/54" in " ".join(text.split()), text
         assert app.view.eta(clock.now + 600) is not None
@@ -130,7 +132,7 @@ async def test_validation_shows_a_validating_state_and_bar_then_goes_back_to_run
                              diagnosis="healthy", diagnosis_reason="ok", remedy="keep training")])
         app.tick()
         await pilot.pause()
-        text = app.screen_text()
+        text = screen_text(app)
         assert " running " in text.splitlines()[0] and "validating" not in text, text
     assert eta_training is not None
 

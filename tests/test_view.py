@@ -14,6 +14,7 @@ import time
 
 import pytest
 from conftest import tiny_config, with_limits
+from screen import screen_text
 from test_run_lock import start_long_run
 from test_snapshots import FixedClock, recorded_epochs
 
@@ -68,7 +69,7 @@ async def test_view_of_a_finished_run_shows_its_whole_history_and_writes_nothing
         assert app.view.ended and app.view.end_reason == "completed"
         assert len(app.view.epoch_rows) == 7 and app.view.step == 7 * 60
         assert app.view.diagnosis == "healthy"
-        text = app.screen_text()
+        text = screen_text(app)
         assert "finished" in text and "healthy" in text
         await pilot.press("p", "plus")  # greyed out: nothing to steer
         await pilot.press("q")

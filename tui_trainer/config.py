@@ -119,6 +119,9 @@ class RunConfig:
         return dataclasses.replace(self, **sections)
 
 
+ACCUM_MIN, ACCUM_MAX = 1, 1024  # the accumulation steps a run may use (flags, keys, socket, resume)
+
+
 def _build(cls: type, data: dict[str, Any]) -> Any:
     kwargs = {}
     for f in fields(cls):
@@ -287,8 +290,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("limit_val_batches", d.limit_val_batches, "--limit-val-batches", allow_none=True)
     _positive("epochs", t.epochs, "--epochs")
     _positive("micro_batch", t.micro_batch, "--micro-batch")
-    if t.accum is None or t.accum < 1 or t.accum > 1024:
-        raise UserError(f"--accum must be between 1 and 1024, got {t.accum}", "use e.g. --accum 8")
+    if t.accum is None or not ACCUM_MIN <= t.accum <= ACCUM_MAX:
+        raise UserError(f"--accum must be between {ACCUM_MIN} and {ACCUM_MAX}, got {t.accum}", "use e.g. --accum 8")
     if not (math.isfinite(o.lr) and o.lr > 0):
         raise UserError(f"--lr must be a positive number, got {o.lr}", "use e.g. --lr 1e-3")
     for name, beta in (("beta1", o.beta1), ("beta2", o.beta2)):

@@ -10,6 +10,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 
+def effective_batch(micro_batch: int, accum: int, processes: int) -> int:
+    """Sequences in one optimizer step: micro-batch x accum x processes (an epoch's last step may
+    hold fewer). The one spelling of it; the events carry its value, consumers read it there."""
+    return micro_batch * accum * processes
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunStarted:
     run_dir: str
@@ -34,6 +40,12 @@ class RunStarted:
     noise_scale: bool = False  # the run estimates the gradient noise scale (StepEvent.noise_scale)
     auto_accum: bool = False  # ... and follows its suggestion at each epoch boundary
     precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/engine/precision.py chose it
+    val_batches: int = 0  # micro-batches in one validation pass, this process's share (0 = not known)
+
+    @property
+    def effective_batch(self) -> int:
+        """Sequences in each full optimizer step at the run's start (micro_batch x accum x processes)."""
+        return effective_batch(self.micro_batch, self.accum, self.processes)
 
     @property
     def world_size(self) -> int:
@@ -91,7 +103,8 @@ class EpochEvent:
     train_loss: float
     val_loss: float
     accum: int
-    effective_batch: int
+    effective_batch: int  # sequences in each full step of this epoch (micro_batch x accum x processes)
+    micro_batch: int = 0  # sequences per forward/backward (0 in records written before it was carried)
     tokens_seen: int
     seconds: float
     diagnosis: str = "healthy"

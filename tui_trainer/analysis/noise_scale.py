@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from tui_trainer.analysis.ema import BiasCorrectedEMA
+from tui_trainer.config import ACCUM_MAX
 
 # Smoothing of the per-window estimates: a memory of ~50 optimizer steps (about an epoch of the
 # default run). At 0.95 the smoothed ratio was off by more than 30% in a third of the regression
@@ -41,7 +42,6 @@ SETTLE_ESTIMATES = 20  # windows folded in before the estimate is shown (the fir
 # A suggestion is shown only once the estimate's own standard error is within this share of it:
 # with a third either way, the nearest power of two of the suggested accumulation is at most one off.
 ACTIONABLE_ERROR = 0.33
-MAX_ACCUM = 1024  # the suggestion's range is the app's: 1..1024
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,11 @@ def window_estimates(norms: WindowNorms) -> tuple[float, float] | None:
 
 def suggested_accum(noise_scale: float, micro_batch: int, processes: int = 1) -> int:
     """The power of two nearest (in ratio) to the accumulation whose effective batch is the noise
-    scale, in 1..1024."""
+    scale, in 1..ACCUM_MAX (the accumulation a run may use)."""
     wanted = noise_scale / (micro_batch * processes)
     if not wanted > 1.0:  # also NaN
         return 1
-    return int(min(MAX_ACCUM, 2 ** round(math.log2(wanted))))
+    return int(min(ACCUM_MAX, 2 ** round(math.log2(wanted))))
 
 
 class NoiseScaleEstimator:

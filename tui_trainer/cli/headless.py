@@ -107,104 +107,114 @@ class HeadlessLog:
         self._print(f"{title}: {shown}")
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self._epochs = event.epochs
-            self._started = self._last_logged = self._last_step_at = self.clock()
-            self._elapsed_before = event.elapsed_before
-            self._eta = EtaModel(planned_tokens=event.planned_tokens, tokens_seen=event.tokens_seen,
-                                 epochs=event.epochs, epochs_done=event.start_epoch - 1,
-                                 val_batches=-(-event.val_examples // max(1, event.micro_batch)),
-                                 micro_batch=event.micro_batch, block_size=event.block_size)
-            eff = event.micro_batch * event.accum * event.processes
-            self._print(f"run {event.run_dir} device={event.device} threads={event.threads} "
-                        f"precision={event.precision} "
-                        f"params={event.parameters:,} vocab={event.vocab_size} "
-                        f"train_examples={event.train_examples:,} val_examples={event.val_examples:,} "
-                        f"effective_batch={eff} ({batch_product(event.micro_batch, event.accum, event.processes)})")
-            self._processes = event.processes
-            for note in event.notes:
-                self._print(f"note: {note}")
-        elif isinstance(event, StepEvent):
-            self._lr = event.lr
-            if event.tokens_per_s > 0:
-                seconds = event.tokens / event.tokens_per_s
-                self._window_tokens += event.tokens
-                self._window_seconds += seconds
+        match event:
+            case RunStarted():
+                self._run_started(event)
+            case StepEvent():
+                self._step(event)
+            case MicroStep():
+                # A slow optimizer step (the defaults on a small CPU: many seconds) is not silence either.
+                if 1 < event.micro_step and not self.log_every.steps and self._due(None):
+                    self._print(f"progress epoch {event.epoch}/{self._epochs} step {event.step_in_epoch - 1}/"
+                                f"{event.steps_in_epoch}, micro-step {event.micro_step}/{event.micro_steps} of "
+                                f"optimizer step {event.step} {self._times()}")
+            case ValidationProgress():
                 if self._eta is not None:
-                    self._eta.step(event.tokens, seconds, event.tokens_seen)
-            self._last_step_at = self.clock()
-            if self._due(event.step):
-                tokens_per_s = self._window_tokens / self._window_seconds if self._window_seconds else 0.0
-                self._window_tokens, self._window_seconds = 0, 0.0
-                self._print(f"progress epoch {event.epoch}/{self._epochs} step {event.step_in_epoch}/"
-                            f"{event.steps_in_epoch} (optimizer step {event.step}) loss={event.loss:.4f} "
-                            f"lr={event.lr:.2e} tokens/s={tokens_per_s:,.0f} {self._times()}")
-            now = self.clock()
-            if self.progress and now - self._last_progress >= PROGRESS_INTERVAL_S:
-                self._last_progress = now
-                self.out.write(f"\r\x1b[2Kepoch {event.epoch}/{self._epochs} step {event.step_in_epoch}/"
-                               f"{event.steps_in_epoch} loss={event.loss:.4f} lr={event.lr:.2e} "
-                               f"tokens/s={event.tokens_per_s:,.0f}")
-                self.out.flush()
-        elif isinstance(event, MicroStep):
-            # A slow optimizer step (the defaults on a small CPU: many seconds) is not silence either.
-            if 1 < event.micro_step and not self.log_every.steps and self._due(None):
-                self._print(f"progress epoch {event.epoch}/{self._epochs} step {event.step_in_epoch - 1}/"
-                            f"{event.steps_in_epoch}, micro-step {event.micro_step}/{event.micro_steps} of "
-                            f"optimizer step {event.step} {self._times()}")
-        elif isinstance(event, ValidationProgress):
-            if self._eta is not None:
-                self._eta.validation(event.batch, event.batches, event.seconds)
-            # A long validation pass is not silence either (steps mode: the steps' lines frame it).
-            if 0 < event.batch < event.batches and not self.log_every.steps and self._due(None):
-                self._print(f"progress epoch {event.epoch}/{self._epochs} validating {event.batch}/{event.batches} "
-                            f"{self._times()}")
-        elif isinstance(event, EpochEvent):
-            if self._eta is not None:
-                self._eta.epoch_done(event.tokens_seen)
-            lr = f"lr={self._lr:.2e} " if self._lr is not None else ""
-            self._print(f"epoch {event.epoch}/{event.epochs} train_loss={event.train_loss:.4f} "
-                        f"val_loss={event.val_loss:.4f} effective_batch={event.effective_batch} "
-                        f"({batch_product(event.effective_batch // (event.accum * self._processes), event.accum, self._processes)}) "
-                        f"tokens/s={event.tokens_per_s:,.0f} {lr}epoch_s={event.seconds:.1f} {self._times()} "
-                        f"diagnosis={event.diagnosis}: {event.diagnosis_reason}")
-            if event.noise_scale is not None:
-                self._print(f"noise scale ~{event.noise_scale:,.0f} sequences -> suggests accum {event.suggested_accum}")
-            if event.val_rise_warning:
-                self._print(f"warning: {event.val_rise_warning}")
-            if event.remedy not in PLAIN_REMEDIES:  # "keep training" every epoch would be noise
-                self._print(f"remedy: {event.remedy}")
-            if event.sample is not None:
-                self._print_sample(f"sample after epoch {event.epoch}", event.sample)
-        elif isinstance(event, SampleEvent):
-            self._print_sample(f"sample at step {event.step}", event.text)
-        elif isinstance(event, DiagnosisEvent):
-            self._print(f"diagnosis={event.kind} at step {event.step}: {event.reason}; remedy: {event.remedy}")
-        elif isinstance(event, AccumChangeRequested):
-            self._print(f"accum {event.old} -> {event.new} {'suggested by the noise scale' if event.auto else 'requested'} at step {event.step}; "
-                        f"applies at epoch {event.applies_at_epoch}")
-        elif isinstance(event, AccumChangeApplied):
-            self._print(f"accum {event.old} -> {event.new} applied at the start of epoch {event.epoch}")
-        elif isinstance(event, Paused):
-            self._paused_since = self.clock()
-            self._print(f"paused at step {event.step}")
-        elif isinstance(event, Resumed):
-            if self._paused_since is not None:
-                self._paused_total += self.clock() - self._paused_since
-                self._paused_since = None
-            self._print(f"resumed at step {event.step}")
-        elif isinstance(event, CheckpointSaved):
-            if event.kind == "best" or event.seconds > 1.0:
-                self._print(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.2f}s)")
-        elif isinstance(event, CheckpointFailed):
-            self._print(f"error: {event.message}; training continues, the previous checkpoint is intact")
-        elif isinstance(event, Notice):
-            self._print(f"{event.level}: {event.message}" if event.level != "info" else event.message)
-        elif isinstance(event, RunEnded):
-            best = f" best_val_loss={event.best_val_loss:.4f} (epoch {event.best_epoch})" if event.best_epoch else ""
-            self._print(f"end reason={event.reason} epochs={event.epochs} steps={event.steps}{best}"
-                        + (f": {event.message}" if event.message else ""))
+                    self._eta.validation(event.batch, event.batches, event.seconds)
+                # A long validation pass is not silence either (steps mode: the steps' lines frame it).
+                if 0 < event.batch < event.batches and not self.log_every.steps and self._due(None):
+                    self._print(f"progress epoch {event.epoch}/{self._epochs} validating {event.batch}/"
+                                f"{event.batches} {self._times()}")
+            case EpochEvent():
+                self._epoch(event)
+            case SampleEvent():
+                self._print_sample(f"sample at step {event.step}", event.text)
+            case DiagnosisEvent():
+                self._print(f"diagnosis={event.kind} at step {event.step}: {event.reason}; remedy: {event.remedy}")
+            case AccumChangeRequested():
+                who = "suggested by the noise scale" if event.auto else "requested"
+                self._print(f"accum {event.old} -> {event.new} {who} at step {event.step}; "
+                            f"applies at epoch {event.applies_at_epoch}")
+            case AccumChangeApplied():
+                self._print(f"accum {event.old} -> {event.new} applied at the start of epoch {event.epoch}")
+            case Paused():
+                self._paused_since = self.clock()
+                self._print(f"paused at step {event.step}")
+            case Resumed():
+                if self._paused_since is not None:
+                    self._paused_total += self.clock() - self._paused_since
+                    self._paused_since = None
+                self._print(f"resumed at step {event.step}")
+            case CheckpointSaved():
+                if event.kind == "best" or event.seconds > 1.0:
+                    self._print(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.2f}s)")
+            case CheckpointFailed():
+                self._print(f"error: {event.message}; training continues, the previous checkpoint is intact")
+            case Notice():
+                self._print(f"{event.level}: {event.message}" if event.level != "info" else event.message)
+            case RunEnded():
+                best = (f" best_val_loss={event.best_val_loss:.4f} (epoch {event.best_epoch})"
+                        if event.best_epoch else "")
+                self._print(f"end reason={event.reason} epochs={event.epochs} steps={event.steps}{best}"
+                            + (f": {event.message}" if event.message else ""))
 
+    def _run_started(self, event: RunStarted) -> None:
+        self._epochs = event.epochs
+        self._started = self._last_logged = self._last_step_at = self.clock()
+        self._elapsed_before = event.elapsed_before
+        self._eta = EtaModel(planned_tokens=event.planned_tokens, tokens_seen=event.tokens_seen,
+                             epochs=event.epochs, epochs_done=event.start_epoch - 1, val_batches=event.val_batches,
+                             micro_batch=event.micro_batch, block_size=event.block_size)
+        self._print(f"run {event.run_dir} device={event.device} threads={event.threads} "
+                    f"precision={event.precision} "
+                    f"params={event.parameters:,} vocab={event.vocab_size} "
+                    f"train_examples={event.train_examples:,} val_examples={event.val_examples:,} "
+                    f"effective_batch={event.effective_batch} "
+                    f"({batch_product(event.micro_batch, event.accum, event.processes)})")
+        self._processes = event.processes
+        for note in event.notes:
+            self._print(f"note: {note}")
+
+    def _step(self, event: StepEvent) -> None:
+        self._lr = event.lr
+        if event.tokens_per_s > 0:
+            seconds = event.tokens / event.tokens_per_s
+            self._window_tokens += event.tokens
+            self._window_seconds += seconds
+            if self._eta is not None:
+                self._eta.step(event.tokens, seconds, event.tokens_seen)
+        self._last_step_at = self.clock()
+        if self._due(event.step):
+            tokens_per_s = self._window_tokens / self._window_seconds if self._window_seconds else 0.0
+            self._window_tokens, self._window_seconds = 0, 0.0
+            self._print(f"progress epoch {event.epoch}/{self._epochs} step {event.step_in_epoch}/"
+                        f"{event.steps_in_epoch} (optimizer step {event.step}) loss={event.loss:.4f} "
+                        f"lr={event.lr:.2e} tokens/s={tokens_per_s:,.0f} {self._times()}")
+        now = self.clock()
+        if self.progress and now - self._last_progress >= PROGRESS_INTERVAL_S:
+            self._last_progress = now
+            self.out.write(f"\r\x1b[2Kepoch {event.epoch}/{self._epochs} step {event.step_in_epoch}/"
+                           f"{event.steps_in_epoch} loss={event.loss:.4f} lr={event.lr:.2e} "
+                           f"tokens/s={event.tokens_per_s:,.0f}")
+            self.out.flush()
+
+    def _epoch(self, event: EpochEvent) -> None:
+        if self._eta is not None:
+            self._eta.epoch_done(event.tokens_seen)
+        lr = f"lr={self._lr:.2e} " if self._lr is not None else ""
+        self._print(f"epoch {event.epoch}/{event.epochs} train_loss={event.train_loss:.4f} "
+                    f"val_loss={event.val_loss:.4f} effective_batch={event.effective_batch} "
+                    f"({batch_product(event.micro_batch, event.accum, self._processes)}) "
+                    f"tokens/s={event.tokens_per_s:,.0f} {lr}epoch_s={event.seconds:.1f} {self._times()} "
+                    f"diagnosis={event.diagnosis}: {event.diagnosis_reason}")
+        if event.noise_scale is not None:
+            self._print(f"noise scale ~{event.noise_scale:,.0f} sequences -> suggests accum {event.suggested_accum}")
+        if event.val_rise_warning:
+            self._print(f"warning: {event.val_rise_warning}")
+        if event.remedy not in PLAIN_REMEDIES:  # "keep training" every epoch would be noise
+            self._print(f"remedy: {event.remedy}")
+        if event.sample is not None:
+            self._print_sample(f"sample after epoch {event.epoch}", event.sample)
 
 def batch_product(micro_batch: int, accum: int, processes: int) -> str:
     """``16x8`` for one process (as it always read), ``micro-batch 8 x accum 4 x 2 processes`` for several."""

@@ -18,8 +18,8 @@ from typing import Any, NoReturn
 
 from tui_trainer import __version__
 from tui_trainer.cli.config_file import load_toml, require_data_file
-from tui_trainer.cli.console import DetachableStream, say  # noqa: F401  (DetachableStream: its old home, for imports)
-from tui_trainer.cli.faces import exit_code_for, run_app, run_headless  # noqa: F401  (exit_code_for: used by tests too)
+from tui_trainer.cli.console import say
+from tui_trainer.cli.faces import run_app, run_headless
 from tui_trainer.cli.presets import QUICK, with_preset
 from tui_trainer.cli.sample import add_sample_arguments, run_sample
 from tui_trainer.config import RunConfig

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tui_trainer.config import MAX_VOCAB, MIN_BPE_VOCAB  # noqa: F401 (re-exported)
 from tui_trainer.errors import UserError
 
 TOKENIZER_FILE = "tokenizer.json"  # a BPE run's tokenizer, in its run dir

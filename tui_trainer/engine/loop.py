@@ -95,7 +95,9 @@ class Trainer(TrainingSession):
             planned_tokens=self.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
             tokens_seen=st.tokens_seen, notes=tuple(self.notes), elapsed_before=st.elapsed_seconds,
             sample_tokens=cfg.train.sample_tokens, noise_scale=cfg.train.noise_scale,
-            auto_accum=cfg.train.auto_accum, precision=self.precision))
+            auto_accum=cfg.train.auto_accum, precision=self.precision,
+            val_batches=len(rank_share(val_batches(len(self.val_set), cfg.train.micro_batch, val_batch_limit(cfg.data)),
+                                       self.ranks.rank, world))))
         if self._outstanding_end is not None:
             # Training was done; only the `end` record was missing (a stop during the final
             # validation or save of an older version, or a kill just before the record).
@@ -375,6 +377,7 @@ class Trainer(TrainingSession):
         self.sink.emit(EpochEvent(
             epoch=epoch_done, epochs=cfg.train.epochs, train_loss=train_loss, val_loss=val_loss, accum=st.accum,
             effective_batch=cfg.train.micro_batch * st.accum * self.ranks.world_size, tokens_seen=st.tokens_seen,
+            micro_batch=cfg.train.micro_batch,
             seconds=st.epoch_seconds + (time.perf_counter() - started), diagnosis=verdict.kind,
             diagnosis_reason=verdict.reason, remedy=verdict.remedy, val_rise_warning=warning,
             best_val_loss=best.best if best.best_epoch else None, best_epoch=best.best_epoch,

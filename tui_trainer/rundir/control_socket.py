@@ -29,7 +29,7 @@ from tui_trainer.control import Control
 from tui_trainer.errors import UserError
 
 SOCKET_FILE = "control.sock"
-ACCUM_MIN, ACCUM_MAX = 1, 1024
+from tui_trainer.config import ACCUM_MAX, ACCUM_MIN  # the bounds: one definition, in config.py
 MAX_LINE = 4096  # a command is a few dozen bytes; anything longer is not one of ours
 CLIENT_TIMEOUT_S = 2.0
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from tui_trainer.config import RunConfig
+from tui_trainer.config import ACCUM_MAX, ACCUM_MIN, RunConfig
 from tui_trainer.data.dataset import Corpus
 from tui_trainer.data.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from tui_trainer.errors import UserError
@@ -90,8 +90,8 @@ def merge_resume_config(state: dict, overrides: dict[str, Any], run_dir: Path, n
     for key, value in overrides.items():
         section, name = key.split(".")
         old = getattr(getattr(saved, section), name)
-        if key == "train.accum" and not 1 <= value <= 1024:
-            raise UserError(f"--accum must be between 1 and 1024, got {value}", "use e.g. --accum 8")
+        if key == "train.accum" and not ACCUM_MIN <= value <= ACCUM_MAX:
+            raise UserError(f"--accum must be between {ACCUM_MIN} and {ACCUM_MAX}, got {value}", "use e.g. --accum 8")
         if key in ("data.path", "train.accum"):
             continue  # the data is checked by content hash once loaded; --accum becomes a pending change
         if value == old:

@@ -10,7 +10,6 @@ plot at ``PLOT_HZ`` when something changed, and sends commands through ``Control
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import sys
@@ -19,11 +18,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from rich.console import Console as RichConsole
 from textual import events as textual_events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.screen import Screen
 
+from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.control import Control
 from tui_trainer.errors import UserError
 from tui_trainer.ui.bridge import AppSink, EngineWake, SetUpDone
@@ -306,13 +305,6 @@ class TrainerApp(App[None]):
             self.memory = self.memory_probe(self.view.device)
         self.refresh_panels()
 
-    def screen_text(self) -> str:
-        """What the terminal shows now, as plain text (tests, benchmarks)."""
-        console = RichConsole(width=self.size.width, height=self.size.height, file=io.StringIO(),
-                              force_terminal=True, color_system="truecolor", record=True, legacy_windows=False)
-        console.print(self.screen._compositor.render_update(full=True, screen_stack=self._background_screens))
-        return console.export_text()
-
     # -- keys ---------------------------------------------------------------------------------
 
     @property
@@ -333,8 +325,8 @@ class TrainerApp(App[None]):
     def _change_accum(self, double: bool) -> None:
         wanted = self.view.request_accum(double)
         if wanted is None:
-            limit = "1024 is the most" if double else "1 is the least"
-            self.notify(f"accum {limit} it can be" if self.view.target_accum in (1, 1024)
+            limit = f"{ACCUM_MAX} is the most" if double else f"{ACCUM_MIN} is the least"
+            self.notify(f"accum {limit} it can be" if self.view.target_accum in (ACCUM_MIN, ACCUM_MAX)
                         else "the run is over", timeout=2)
             return
         self.control.set_accum(wanted)

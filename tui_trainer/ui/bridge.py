@@ -15,8 +15,7 @@ from typing import Any
 
 from textual.message import Message
 
-# Events that arrive at training speed: the drain timer picks them up.
-QUIET_EVENTS = frozenset({"StepEvent", "CheckpointSaved", "ValidationProgress", "DataPreparing"})
+from tui_trainer.events import CheckpointSaved, DataPreparing, Event, MicroStep, StepEvent, ValidationProgress
 
 
 class EngineWake(Message):
@@ -39,13 +38,18 @@ class AppSink:
 
     # -- engine thread --------------------------------------------------------------------------
 
-    def emit(self, event: Any) -> None:
-        name = type(event).__name__
-        if name == "MicroStep":
-            self._latest_micro_step = event  # newest only: the UI never needs the ones in between
-            return
-        self._events.append(event)
-        if name not in QUIET_EVENTS and not self._wake_pending and self._app is not None:
+    def emit(self, event: Event) -> None:
+        match event:
+            case MicroStep():
+                self._latest_micro_step = event  # newest only: the UI never needs the ones in between
+            case StepEvent() | CheckpointSaved() | ValidationProgress() | DataPreparing():
+                self._events.append(event)  # at training speed: the drain timer picks them up
+            case _:
+                self._events.append(event)
+                self._wake()
+
+    def _wake(self) -> None:
+        if not self._wake_pending and self._app is not None:
             self._wake_pending = True
             self._app.post_message(EngineWake())  # thread-safe; returns False once the app has closed
 

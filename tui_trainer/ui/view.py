@@ -14,8 +14,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tui_trainer.analysis.eta import EtaModel
-
-ACCUM_MIN, ACCUM_MAX = 1, 1024  # the engine clamps to the same bounds
+from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
+from tui_trainer.events import (
+    AccumChangeApplied,
+    AccumChangeRequested,
+    CheckpointFailed,
+    CheckpointSaved,
+    DataPreparing,
+    DiagnosisEvent,
+    EpochEvent,
+    MicroStep,
+    Paused,
+    Resumed,
+    RunEnded,
+    RunStarted,
+    SampleEvent,
+    StepEvent,
+    ValidationProgress,
+    effective_batch,
+)
 
 # Run states, in the words the status line uses.
 STARTING, RUNNING, PAUSING, PAUSED, RESUMING, STOPPING = "starting", "running", "pausing", "paused", "resuming", "stopping"
@@ -125,15 +142,43 @@ class RunView:
     # -- folding events ----------------------------------------------------------------------
 
     def apply(self, event: object, now: float) -> None:
-        handler = getattr(self, f"_on_{type(event).__name__}", None)
-        if handler is not None:
-            handler(event, now)
+        match event:
+            case DataPreparing():
+                self._data_preparing(event, now)
+            case RunStarted():
+                self._run_started(event, now)
+            case MicroStep():
+                self._micro_step(event, now)
+            case StepEvent():
+                self._step(event, now)
+            case ValidationProgress():
+                self._validation_progress(event, now)
+            case EpochEvent():
+                self._epoch(event, now)
+            case SampleEvent():
+                self._sample(event, now)
+            case DiagnosisEvent():
+                self._diagnosis(event, now)
+            case AccumChangeRequested():
+                self._accum_change_requested(event, now)
+            case AccumChangeApplied():
+                self._accum_change_applied(event, now)
+            case Paused():
+                self._paused(event, now)
+            case Resumed():
+                self._resumed(event, now)
+            case CheckpointSaved():
+                self._checkpoint_saved(event, now)
+            case CheckpointFailed():
+                self._checkpoint_failed(event, now)
+            case RunEnded():
+                self._run_ended(event, now)
 
-    def _on_DataPreparing(self, e, now: float) -> None:
+    def _data_preparing(self, e: DataPreparing, now: float) -> None:
         self.data_progress = (f"preparing the data: {e.phase} {min(e.fraction, 1.0):.0%} of "
                               f"{e.total_bytes / 1e6:,.1f} MB ({e.mb_per_s:,.1f} MB/s)")
 
-    def _on_RunStarted(self, e, now: float) -> None:
+    def _run_started(self, e: RunStarted, now: float) -> None:
         self.started = True
         self.state = RUNNING if self.state == STARTING else self.state
         self.run_dir, self.device, self.threads, self.parameters = e.run_dir, e.device, e.threads, e.parameters
@@ -147,19 +192,19 @@ class RunView:
         self.started_at, self.elapsed_before = now, e.elapsed_before
         self.sample_tokens = e.sample_tokens
         self.noise_scale_on = e.noise_scale
-        self.val_batches = -(-e.val_examples // max(1, e.micro_batch))
+        self.val_batches = e.val_batches
         self._eta = EtaModel(planned_tokens=e.planned_tokens, tokens_seen=e.tokens_seen, epochs=e.epochs,
                              epochs_done=e.start_epoch - 1, val_batches=self.val_batches,
                              micro_batch=e.micro_batch, block_size=e.block_size)
 
-    def _on_MicroStep(self, e, now: float) -> None:
+    def _micro_step(self, e: MicroStep, now: float) -> None:
         if e.step <= self.step:
             return  # the newest micro-step can trail a step event already shown
         self._end_validation()
         self.epoch, self.micro_step, self.micro_steps = e.epoch, e.micro_step, e.micro_steps
         self.step_in_epoch, self.steps_in_epoch = e.step_in_epoch - 1, e.steps_in_epoch  # this step is not done yet
 
-    def _on_StepEvent(self, e, now: float) -> None:
+    def _step(self, e: StepEvent, now: float) -> None:
         self.epoch, self.step = e.epoch, e.step
         self.step_in_epoch, self.steps_in_epoch = e.step_in_epoch, e.steps_in_epoch
         self.micro_step = self.micro_steps = e.micro_steps
@@ -178,7 +223,7 @@ class RunView:
             self.step_losses.append(e.loss)
             self.plot_version += 1
 
-    def _on_ValidationProgress(self, e, now: float) -> None:
+    def _validation_progress(self, e: ValidationProgress, now: float) -> None:
         self.val_batch, self.val_batches = e.batch, e.batches
         if self.state == RUNNING:
             self.state = VALIDATING
@@ -190,7 +235,7 @@ class RunView:
         if self.state == VALIDATING:
             self.state = RUNNING
 
-    def _on_EpochEvent(self, e, now: float) -> None:
+    def _epoch(self, e: EpochEvent, now: float) -> None:
         self._end_validation()
         if self._eta is not None:
             self._eta.epoch_done(e.tokens_seen)
@@ -205,7 +250,7 @@ class RunView:
         if e.sample is not None:
             self._show_sample(SampleShown(e.epoch, self.step, e.sample, asked=False))
 
-    def _on_SampleEvent(self, e, now: float) -> None:
+    def _sample(self, e: SampleEvent, now: float) -> None:
         self.sample_requested = False
         self._show_sample(SampleShown(e.epoch, e.step, e.text, asked=True))
 
@@ -213,42 +258,42 @@ class RunView:
         self.sample = sample
         self.sample_version += 1
 
-    def _on_DiagnosisEvent(self, e, now: float) -> None:  # a verdict between epochs (engine may not send it)
+    def _diagnosis(self, e: DiagnosisEvent, now: float) -> None:  # a verdict between epochs (engine may not send it)
         self.diagnosis, self.diagnosis_reason, self.remedy = e.kind, e.reason, e.remedy
 
-    def _on_AccumChangeRequested(self, e, now: float) -> None:
+    def _accum_change_requested(self, e: AccumChangeRequested, now: float) -> None:
         self.pending_accum = None if e.new == self.accum else e.new
         self.pending_auto = e.auto
         if self.requested_accum == e.new:
             self.requested_accum = None
 
-    def _on_AccumChangeApplied(self, e, now: float) -> None:
+    def _accum_change_applied(self, e: AccumChangeApplied, now: float) -> None:
         self.accum, self.pending_accum = e.new, None
         if self.requested_accum == e.new:
             self.requested_accum = None
         self.epoch = e.epoch
         self.step_in_epoch = self.micro_step = 0
 
-    def _on_Paused(self, e, now: float) -> None:
+    def _paused(self, e: Paused, now: float) -> None:
         if self.state not in (STOPPING, *END_STATES.values()):
             self.state = PAUSED
         self.pause_requested = None
         self.paused_since = now
 
-    def _on_Resumed(self, e, now: float) -> None:
+    def _resumed(self, e: Resumed, now: float) -> None:
         if self.state not in (STOPPING, *END_STATES.values()):
             self.state = RUNNING
         self.pause_requested = None
         self._end_pause(now)
 
-    def _on_CheckpointSaved(self, e, now: float) -> None:
+    def _checkpoint_saved(self, e: CheckpointSaved, now: float) -> None:
         self.last_checkpoint_step, self.last_checkpoint_kind, self.last_checkpoint_at = e.step, e.kind, now
         self.checkpoint_error = None
 
-    def _on_CheckpointFailed(self, e, now: float) -> None:
+    def _checkpoint_failed(self, e: CheckpointFailed, now: float) -> None:
         self.checkpoint_error = e.message
 
-    def _on_RunEnded(self, e, now: float) -> None:
+    def _run_ended(self, e: RunEnded, now: float) -> None:
         self.val_batch = None
         self.state = END_STATES.get(e.reason, FINISHED)
         self.end_reason, self.end_message = e.reason, e.message
@@ -310,7 +355,8 @@ class RunView:
 
     @property
     def effective_batch(self) -> int:
-        return self.micro_batch * self.accum * self.processes
+        """At the accumulation in use now (an accum change since the run's start included)."""
+        return effective_batch(self.micro_batch, self.accum, self.processes)
 
     @property
     def tokens_per_step(self) -> int:

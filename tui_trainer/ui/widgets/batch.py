@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from tui_trainer.events import effective_batch
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.base import Panel
 
@@ -110,7 +111,7 @@ class BatchPanel(Panel):
             return []
         who = " (auto)" if view.pending_auto and view.requested_accum is None else ""
         short = [(f"accum {view.accum} -> {target} at next epoch{who}", "pending")]
-        effective = view.micro_batch * target * view.processes
+        effective = effective_batch(view.micro_batch, target, view.processes)
         long = short + [(f" (= {effective:,} sequences)", "dim")]
         if view.requested_accum is None and view.epoch >= view.epochs:
             long = long + [(" · this is the last epoch", "dim")]
