@@ -42,3 +42,7 @@ def test_the_clock_stands_still_while_active_time_does():
     eta = SmoothedEta()
     eta.update(300.0, now=20.0, measured_seconds=20.0, measured_steps=10)
     assert eta.update(300.0, now=20.0, measured_seconds=20.0, measured_steps=10) == 300.0  # a pause: no time passes
+
+
+def test_nothing_left_is_shown_at_once():
+    assert SmoothedEta().update(0.0, now=0.5, measured_seconds=0.5, measured_steps=1) == 0.0

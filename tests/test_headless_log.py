@@ -140,7 +140,7 @@ def test_a_slow_optimizer_step_gets_progress_lines_from_its_micro_steps():
         clock.now += 10.0
         log.emit(MicroStep(epoch=1, step=1, micro_step=micro, micro_steps=8, step_in_epoch=1, steps_in_epoch=40))
     lines = [line for line in out.getvalue().splitlines() if line.startswith("progress ")]
-    assert lines[0] == "progress epoch 1/2 step 0/40, micro-step 3/8 of optimizer step 1 elapsed=0:00:30 eta=--:--"
+    assert lines[0] == "progress epoch 1/2 step 0/40, micro-step 3/8 of optimizer step 1 elapsed=0:00:30 eta=measuring"
     assert len(lines) == 2
 
 

@@ -28,6 +28,7 @@ class EtaModel:
         self.batch_tokens = micro_batch * block_size
         self.train_seconds = 0.0  # this session's measured training time and tokens
         self.train_tokens = 0
+        self.train_steps = 0  # this session's optimizer steps (their pace is trusted after a few)
         self.val_seconds = 0.0  # finished passes of this session
         self.val_batches_timed = 0
         self.pass_batch = 0  # the pass in progress: batches done, its seconds so far
@@ -36,6 +37,7 @@ class EtaModel:
     def step(self, tokens: int, seconds: float, tokens_seen: int) -> None:
         self.train_seconds += max(0.0, seconds)
         self.train_tokens += tokens
+        self.train_steps += 1
         self.tokens_seen = tokens_seen
 
     def validation(self, batch: int, batches: int, seconds: float) -> None:
@@ -73,6 +75,10 @@ class EtaModel:
         overhead = max(1.0, wall_seconds / measured) if measured > 0 else 1.0
         return left * overhead
 
+    def shown(self, smoothing: "SmoothedEta", wall_seconds: float) -> float | None:
+        """The ETA to show a person: this session's measured estimate through ``smoothing``."""
+        return smoothing.update(self.eta(wall_seconds), wall_seconds, self.train_seconds, self.train_steps)
+
 
 MEASURE_SECONDS = 5.0  # this session's training time before its pace is trusted for an ETA
 MEASURE_STEPS = 2  # and optimizer steps: the first step of a session pays for warm-up (allocations, caches)
@@ -94,6 +100,8 @@ class SmoothedEta:
         self.at = 0.0
 
     def update(self, raw: float | None, now: float, measured_seconds: float, measured_steps: int) -> float | None:
+        if raw == 0:
+            return 0.0  # nothing left: exact, measured or not
         if raw is None or measured_seconds < MEASURE_SECONDS or measured_steps < MEASURE_STEPS:
             return None
         if self.shown is None:

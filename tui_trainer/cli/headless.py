@@ -13,7 +13,7 @@ import time
 from typing import Callable, TextIO
 
 from tui_trainer.analysis.diagnosis import REMEDIES
-from tui_trainer.analysis.eta import EtaModel, duration
+from tui_trainer.analysis.eta import EtaModel, SmoothedEta, duration
 from tui_trainer.config import LogEvery
 from tui_trainer.events import (
     AccumChangeApplied,
@@ -60,6 +60,7 @@ class HeadlessLog:
         self._window_tokens, self._window_seconds = 0, 0.0  # tokens/s since the last progress line
         self._lr: float | None = None
         self._eta: EtaModel | None = None
+        self._shown_eta = SmoothedEta()
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -71,7 +72,7 @@ class HeadlessLog:
             return None
         now = self.clock()
         paused = self._paused_total + (now - self._paused_since if self._paused_since is not None else 0.0)
-        return self._eta.eta(now - self._started - paused)
+        return self._eta.shown(self._shown_eta, now - self._started - paused)
 
     def _due(self, step: int | None) -> bool:
         """A `progress` line now? Seconds mode: the interval has passed; steps mode: every N steps.
@@ -90,7 +91,8 @@ class HeadlessLog:
         return False
 
     def _times(self) -> str:
-        return f"elapsed={duration(self.elapsed())} eta={duration(self.eta())}"
+        eta = self.eta()
+        return f"elapsed={duration(self.elapsed())} eta={'measuring' if eta is None else duration(eta)}"
 
     def _print(self, text: str) -> None:
         if self.progress:

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tui_trainer.analysis.eta import EtaModel
+from tui_trainer.analysis.eta import EtaModel, SmoothedEta
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.events import (
     AccumChangeApplied,
@@ -138,6 +138,7 @@ class RunView:
     paused_total: float = 0.0
     _throughput: deque = field(default_factory=lambda: deque(maxlen=THROUGHPUT_WINDOW))
     _eta: EtaModel | None = None  # from RunStarted on
+    _shown_eta: SmoothedEta = field(default_factory=SmoothedEta)  # what the status line shows
 
     # -- folding events ----------------------------------------------------------------------
 
@@ -196,6 +197,10 @@ class RunView:
         self._eta = EtaModel(planned_tokens=e.planned_tokens, tokens_seen=e.tokens_seen, epochs=e.epochs,
                              epochs_done=e.start_epoch - 1, val_batches=self.val_batches,
                              micro_batch=e.micro_batch, block_size=e.block_size)
+        # This session's pace only: an earlier session's tokens/s (replayed history) says nothing
+        # about this machine now.
+        self._throughput.clear()
+        self._shown_eta = SmoothedEta()
 
     def _micro_step(self, e: MicroStep, now: float) -> None:
         if e.step <= self.step:
@@ -385,7 +390,13 @@ class RunView:
         return max(0.0, self.session_elapsed(now) - paused)
 
     def eta(self, now: float) -> float | None:
-        """Seconds left: training and validation at their measured paces, pauses left out (eta.py)."""
+        """Seconds left: training and validation at this session's measured paces, pauses left out,
+        smoothed into a steady countdown; None while the pace is still being measured (eta.py)."""
         if self.ended or self._eta is None:
             return None
-        return self._eta.eta(self.active_seconds(now))
+        return self._eta.shown(self._shown_eta, self.active_seconds(now))
+
+    @property
+    def eta_measuring(self) -> bool:
+        """Running, but this session's pace is not measured yet: the screen says "ETA measuring…"."""
+        return self.started and not self.ended and self._shown_eta.shown is None

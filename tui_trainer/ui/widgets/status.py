@@ -40,21 +40,23 @@ class StatusBar(Panel):
 
     def key(self, view: RunView, now: float):
         return (view.run_name, view.device, view.threads, view.precision, view.state, fmt.duration(view.elapsed(now)),
-                fmt.duration(view.eta(now)), view.epoch, view.epochs)
+                fmt.duration(view.eta(now)), view.eta_measuring, view.epoch, view.epochs)
 
     def build(self, view: RunView, now: float) -> Text:
-        # Narrow terminals drop the run's name first, then the device, never the time and the ETA.
+        # Narrow terminals drop the device first, then the title, then the run's name (which run
+        # this is matters more than the tool's name), never the time and the ETA.
         room = self.size.width or 10_000
-        for parts in ((True, True), (False, True), (False, False)):
+        for parts in ((True, True, True), (True, True, False), (False, True, False), (False, False, False)):
             line = self._line(view, now, *parts)
             if len(line.plain) <= room:
                 break
         return line
 
-    def _line(self, view: RunView, now: float, with_name: bool, with_device: bool) -> Text:
+    def _line(self, view: RunView, now: float, with_title: bool, with_name: bool, with_device: bool) -> Text:
         dim = self.get_component_rich_style("status--dim")
         line = Text(no_wrap=True, overflow="ellipsis", end="")
-        line.append(" tui-trainer ", self.get_component_rich_style("status--title"))
+        if with_title:
+            line.append(" tui-trainer ", self.get_component_rich_style("status--title"))
         if with_name:
             line.append(" ")
             line.append(view.run_name, self.get_component_rich_style("status--run"))
@@ -72,5 +74,7 @@ class StatusBar(Panel):
         line.append(fmt.duration(view.elapsed(now)))
         if not view.ended:
             line.append("  ETA ", dim)
-            line.append(fmt.duration(view.eta(now)))
+            eta = view.eta(now)
+            line.append("measuring…" if eta is None and view.eta_measuring else fmt.duration(eta),
+                        dim if eta is None else "")
         return line
