@@ -158,3 +158,10 @@ def test_step_lines_come_first_when_steps_are_quicker_than_the_interval():
         log.emit(_step(step))
     lines = [line for line in out.getvalue().splitlines() if line.startswith("progress ")]
     assert len(lines) == 1 and " loss=" in lines[0], lines
+
+
+def test_the_end_of_a_run_with_a_model_says_how_to_sample_it(small_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--epochs", "1", *TINY]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"write text with its best model: tui-trainer sample {run_dir}"

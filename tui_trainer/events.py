@@ -215,6 +215,12 @@ class RunEnded:
     diagnosis: str | None = None  # the last verdict of the run
     diagnosis_reason: str | None = None
 
+    def next_step(self, run_dir: str) -> str | None:
+        """What to do with the model a run leaves (said by both faces at its end), or None."""
+        if self.best_epoch is None or self.reason == "error":
+            return None
+        return f"write text with its best model: tui-trainer sample {run_dir}"
+
 
 Event = (RunStarted | MicroStep | StepEvent | ValidationProgress | EpochEvent | SampleEvent | DiagnosisEvent
          | AccumChangeRequested | AccumChangeApplied | Paused | Resumed | CheckpointSaved | CheckpointFailed | Notice

@@ -61,6 +61,7 @@ class HeadlessLog:
         self._lr: float | None = None
         self._eta: EtaModel | None = None
         self._shown_eta = SmoothedEta()
+        self._run_dir = ""
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -159,9 +160,12 @@ class HeadlessLog:
                         if event.best_epoch else "")
                 self._print(f"end reason={event.reason} epochs={event.epochs} steps={event.steps}{best}"
                             + (f": {event.message}" if event.message else ""))
+                if self._run_dir and (next_step := event.next_step(self._run_dir)):
+                    self._print(next_step)
 
     def _run_started(self, event: RunStarted) -> None:
         self._epochs = event.epochs
+        self._run_dir = event.run_dir
         self._started = self._last_logged = self._last_step_at = self.clock()
         self._elapsed_before = event.elapsed_before
         self._eta = EtaModel(planned_tokens=event.planned_tokens, tokens_seen=event.tokens_seen,

@@ -206,17 +206,19 @@ class TrainerApp(App[None]):
             return None
         run_dir = self.trainer.run_dir
         best = f", best val {end.best_val_loss:.4f} at epoch {end.best_epoch}" if end.best_epoch else ""
+        next_step = end.next_step(str(run_dir))
+        then = f"\n{next_step}" if next_step else ""
         if end.reason == "completed":
             return (f"tui-trainer: finished {plural(end.epochs, 'epoch')}, {plural(end.steps, 'step')}{best}"
-                    f" — {run_dir}")
+                    f" — {run_dir}{then}")
         if end.reason == "early_stop":
             # The early-stopping reason names the best epoch already ("... (best 1.6000 at epoch 4)").
-            return f"tui-trainer: early stop after {plural(end.epochs, 'epoch')}: {end.message} — {run_dir}"
+            return f"tui-trainer: early stop after {plural(end.epochs, 'epoch')}: {end.message} — {run_dir}{then}"
         if end.reason == "error":
             log = run_dir / "error.log"
             where = f" (traceback in {log})" if log.exists() else ""
             return f"tui-trainer: error: {self.view.error_text or end.message}{where} — {run_dir}"
-        return f"tui-trainer: {end.message or 'stopped'}"
+        return f"tui-trainer: {end.message or 'stopped'}{then}"
 
     def run(self, *args: Any, **kwargs: Any):
         try:
