@@ -9,10 +9,8 @@ from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.base import Panel
 
 KINDS = ("learning", "healthy", "underfitting", "overfitting", "unstable")
-# The remedy line's room at 80 columns (the banner's border and padding take 4): the best-val note
-# joins it only when both fit, so the banner stays at 2-3 rows on a small terminal. (The overfitting
-# reason cites the best epoch itself.)
-LINE_BUDGET = 76
+FRAME = 4  # the banner's border and padding: a line's room is the width less this
+NARROW = 70  # below this many columns the verdict's reason is cut to its line (two rows, not three)
 
 
 class DiagnosisBanner(Panel):
@@ -43,15 +41,22 @@ class DiagnosisBanner(Panel):
             text.append("appears after the first epoch's validation", dim)
         else:
             kind = view.diagnosis if view.diagnosis in KINDS else "unstable"
-            text.append(f"● {view.diagnosis}", self.get_component_rich_style(f"diagnosis--{kind}"))
+            room = (self.size.width or 80) - FRAME
+            verdict = f"● {view.diagnosis}"
+            text.append(verdict, self.get_component_rich_style(f"diagnosis--{kind}"))
             if view.diagnosis_reason:
-                text.append(f"  {view.diagnosis_reason}")
+                reason = f"  {view.diagnosis_reason}"
+                if room + FRAME < NARROW and len(verdict) + len(reason) > room:
+                    reason = reason[:max(0, room - len(verdict) - 1)].rstrip() + "…"
+                text.append(reason)
             text.append("\n")
             remedy = f"remedy: {view.remedy or '—'}"
             text.append("remedy: ", dim)
             text.append(view.remedy or "—")
             best = self.best_note(view)
-            if best and len(remedy) + 3 + len(best) <= LINE_BUDGET:
+            # the best-val note joins the remedy only when both fit on one line (the overfitting
+            # reason cites the best epoch itself)
+            if best and len(remedy) + 3 + len(best) <= room:
                 text.append(f"   {best}", dim)
         if view.val_rise_warning and not view.ended:  # once over, the plot shows it and rows go to the ending
             text.append("\n")
