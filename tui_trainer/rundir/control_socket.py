@@ -20,6 +20,7 @@ viewer app calls it exactly where the training app calls ``Control``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -160,11 +161,10 @@ class ControlServer:
                 pass
 
     def _client(self, connection: socket.socket) -> None:
+        # A client's fault (or ours) ends its connection, never the server.
         try:
-            with connection:
+            with connection, contextlib.suppress(Exception):
                 self._converse(connection)
-        except Exception:  # noqa: BLE001 — a client's fault (or ours) ends its connection, never the server
-            pass
         finally:
             self._clients.release()
 
