@@ -15,7 +15,7 @@ from typing import Any
 from tui_trainer.cli.console import DetachableStream, say
 from tui_trainer.cli.signals import SignalStopper
 from tui_trainer.config import RunConfig, parse_log_every
-from tui_trainer.errors import PeerLost, UserError
+from tui_trainer.errors import DataChanged, PeerLost, UserError
 
 
 def exit_code_for(end) -> int:
@@ -53,7 +53,7 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
         finally:
             stop_served(server)
     if trainer.error is not None and not isinstance(trainer.error, UserError):
-        if isinstance(trainer.error, PeerLost):
+        if isinstance(trainer.error, (PeerLost, DataChanged)):
             say(f"error: {end.message}")
         else:
             say(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})")
