@@ -138,7 +138,11 @@ class WindowDataset:
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         starts = indices.cpu().numpy().astype(np.int64) * self.block_size
-        rows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        if isinstance(self.tokens, TokenFile):  # the cache file: one read per window, no memory map
+            picked = self.tokens.windows(starts, self.block_size + 1)
+        else:
+            picked = self.tokens[starts[:, None] + self._offsets]
+        rows = torch.from_numpy(picked.astype(np.int64))
         rows = rows.to(self.device)
         # Inputs and their next-token targets, each contiguous (as index_select made them before).
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()

@@ -201,8 +201,8 @@ class _Descriptor:
 
 class TokenFile:
     """A read-only 1-D array of ids in a file, read with ``os.pread``: ``len``, slices (views,
-    nothing read), integer and integer-array indexing (windows read one contiguous span per row),
-    and ``np.asarray`` (reads it all: for tests and small corpora). A short read is the file cut
+    nothing read), ``windows`` (a batch: one read per window), integer and integer-array indexing
+    (one contiguous span per row), and ``np.asarray`` (reads it all: for tests and small corpora). A short read is the file cut
     under us: ``DataChanged``."""
 
     ndim = 1
@@ -231,6 +231,21 @@ class TokenFile:
             raise DataChanged(f"the token cache {self._file.path} was cut short while the run read it "
                               f"(ids {self._start + start:,} to {self._start + stop:,} are gone)")
         return np.frombuffer(data, dtype=self.dtype)
+
+    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """``ids[s : s + length]`` for each start, as rows: one read each (a training batch's windows)."""
+        itemsize, fd = self.dtype.itemsize, self._file.fd
+        nbytes = length * itemsize
+        base = self._offset + self._start * itemsize
+        starts = starts.tolist()
+        if starts and (min(starts) < 0 or max(starts) + length > self._length):
+            raise IndexError(f"a window is out of bounds for {self._length} ids")
+        data = b"".join([os.pread(fd, nbytes, base + start * itemsize) for start in starts])
+        if len(data) != nbytes * len(starts):
+            raise DataChanged(f"the token cache {self._file.path} was cut short while the run read it "
+                              f"(a window of ids {self._start + min(starts):,} to "
+                              f"{self._start + max(starts) + length:,} is gone)")
+        return np.frombuffer(data, dtype=self.dtype).reshape(len(starts), length)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         ids = self.read(0, self._length)
@@ -261,7 +276,9 @@ class TokenFile:
             raise IndexError(f"an index is out of bounds for {self._length} ids")
         rows = index.reshape(-1, index.shape[-1]) if index.size else index.reshape(0, 0)
         out = np.empty(rows.shape, dtype=self.dtype)
-        for number, row in enumerate(rows):  # a window of a batch: one contiguous read
+        if rows.size and (rows.shape[1] == 1 or bool((np.diff(rows, axis=1) == 1).all())):
+            return self.windows(rows[:, 0], rows.shape[1]).reshape(index.shape)  # contiguous rows
+        for number, row in enumerate(rows):
             low, high = int(row.min()), int(row.max()) + 1
             if high - low <= max(MAX_SPAN, 4 * row.size):
                 out[number] = self.read(low, high)[row - low]
