@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tui_trainer.config import MAX_VOCAB, MIN_BPE_VOCAB  # noqa: F401 (re-exported)
+from tui_trainer.config import MAX_BPE_VOCAB, MAX_VOCAB, MIN_BPE_VOCAB  # noqa: F401 (re-exported)
 from tui_trainer.errors import UserError
 
 TOKENIZER_FILE = "tokenizer.json"  # a BPE run's tokenizer, in its run dir
@@ -160,7 +160,14 @@ class BpeTokenizer:
 
     def _encode_batch(self, texts: list[str]) -> list[list[int]]:
         fast = getattr(self.tokenizer, "encode_batch_fast", None)  # no offsets: tokenizers >= 0.20
-        encoded = (fast or self.tokenizer.encode_batch)(texts, add_special_tokens=False)
+        try:
+            encoded = (fast or self.tokenizer.encode_batch)(texts, add_special_tokens=False)
+        except Exception as exc:  # noqa: BLE001 — tokenizers raises a bare Exception, e.g. a
+            # word-level file whose unknown token is not in its vocabulary meets a word it lacks
+            detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise UserError(f"tokenizer {self.source} cannot encode this text ({detail})",
+                            "give the tokenizer an unknown token that is in its vocabulary (e.g. [UNK]), "
+                            "or use --tokenizer bpe") from None
         return [e.ids for e in encoded]
 
     @property
