@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from tui_trainer.cli.console import DetachableStream, say
+from tui_trainer.cli.console import DetachableStream, say, terminal_in_utf8
 from tui_trainer.cli.signals import SignalStopper
 from tui_trainer.config import RunConfig, parse_log_every
 from tui_trainer.errors import DataChanged, PeerLost, UserError
@@ -125,7 +125,8 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
         server = served_viewer(app.trainer, args) if args.serve else None
         try:
             if not control.stop_requested:  # a signal already: no screen to take, finish() below stops the run
-                app.run()
+                with terminal_in_utf8():
+                    app.run()
         finally:
             stop_served(server)
     end = app.finish()  # (a stop during set-up: builds, saves step 0 and writes `end`)
