@@ -159,3 +159,9 @@ def test_a_cache_cut_short_under_a_running_run_saves_and_ends_with_one_line(smal
     assert (run_dir / "checkpoints" / "latest.pt").is_file()
     steps = [r["step"] for r in read_metrics(run_dir) if r["type"] == "step"]
     assert f"step {steps[-1]} is saved" in lines[0]
+
+
+def test_a_fifo_where_the_cache_should_be_is_not_opened(tmp_path):
+    fifo = tmp_path / "x.tokens"
+    os.mkfifo(fifo)
+    assert tf.read_cache(fifo) is None  # at once: opening it would wait for a writer forever

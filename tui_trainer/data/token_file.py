@@ -155,6 +155,8 @@ class CacheWriter:
 def read_cache(path: Path, progress: ts.ProgressFn | None = None) -> tuple[dict, TokenFile] | None:
     """The header and ids of a complete, intact cache file; None for anything else."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # (a FIFO there would block the open)
+            return None
         with open(path, "rb") as handle:
             fixed = handle.read(FIXED)
             if len(fixed) != FIXED or not fixed.startswith(MAGIC):

@@ -39,6 +39,7 @@ ACCUM_MIN, ACCUM_MAX = 1, 1024
 MAX_LINE = 4096  # a command is a few dozen bytes; anything longer is not one of ours
 MAX_DEPTH = 2  # a command is one flat object: `{"command": ..., "value": ...}` is depth 1
 CLIENT_TIMEOUT_S = 2.0
+MAX_ANSWER = 1 << 16  # a status is a few hundred bytes: a viewer reads no more than this
 MAX_CLIENTS = 64  # connections served at once (a thread each); more are answered "busy" and closed at once
 APPLIED_WAIT_S = 1.0  # how long an answer waits for the run to apply its command (below the client's timeout)
 BUSY = {"ok": False, "error": "busy: too many connections to this run's control socket; try again"}
@@ -270,9 +271,12 @@ def send_command(path: Path, message: dict[str, Any], timeout: float = CLIENT_TI
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(timeout)
         client.connect(str(path))
-        client.sendall((json.dumps(message) + "\n").encode())
+        try:
+            client.sendall((json.dumps(message) + "\n").encode())
+        except BrokenPipeError:
+            pass  # a server that answered at once ("busy") and closed: its answer is still there to read
         buffer = b""
-        while b"\n" not in buffer:
+        while b"\n" not in buffer and len(buffer) <= MAX_ANSWER:
             chunk = client.recv(MAX_LINE)
             if not chunk:
                 break
