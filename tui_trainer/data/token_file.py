@@ -182,7 +182,7 @@ def read_cache(path: Path, progress: ts.ProgressFn | None = None) -> tuple[dict,
             meter.finish()
             if zlib.crc32(_covered(raw), crc) != int.from_bytes(fixed[len(MAGIC) + 8:], "little"):
                 return None
-            ids = TokenFile(_Descriptor(os.dup(handle.fileno()), path), dtype, room, 0, length)
+            ids = TokenFile(_Descriptor(os.dup(handle.fileno()), path, length), dtype, room, 0, length)
     except (OSError, ValueError, KeyError, TypeError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         return None
     return header, ids
@@ -191,8 +191,8 @@ def read_cache(path: Path, progress: ts.ProgressFn | None = None) -> tuple[dict,
 class _Descriptor:
     """An open file descriptor, closed when the last ``TokenFile`` over it goes."""
 
-    def __init__(self, fd: int, path: Path) -> None:
-        self.fd, self.path = fd, path
+    def __init__(self, fd: int, path: Path, length: int) -> None:
+        self.fd, self.path, self.length = fd, path, length  # (length: the ids the file held when checked)
 
     def __del__(self) -> None:
         try:
@@ -230,9 +230,16 @@ class TokenFile:
         where = self._offset + (self._start + start) * self.dtype.itemsize
         data = os.pread(self._file.fd, nbytes, where) if nbytes else b""
         if len(data) != nbytes:
-            raise DataChanged(f"the token cache {self._file.path} was cut short while the run read it "
-                              f"(ids {self._start + start:,} to {self._start + stop:,} are gone)")
+            raise self._cut_short()
         return np.frombuffer(data, dtype=self.dtype)
+
+    def _cut_short(self) -> DataChanged:
+        try:
+            left = max(0, os.fstat(self._file.fd).st_size - self._offset) // self.dtype.itemsize
+        except OSError:
+            left = 0
+        return DataChanged(f"the token cache {self._file.path} was cut short while the run read it "
+                           f"({left:,} ids left of the {self._file.length:,} it held)")
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
         """``ids[s : s + length]`` for each start, as rows: one read each (a training batch's windows)."""
@@ -244,9 +251,7 @@ class TokenFile:
             raise IndexError(f"a window is out of bounds for {self._length} ids")
         data = b"".join([os.pread(fd, nbytes, base + start * itemsize) for start in starts])
         if len(data) != nbytes * len(starts):
-            raise DataChanged(f"the token cache {self._file.path} was cut short while the run read it "
-                              f"(a window of ids {self._start + min(starts):,} to "
-                              f"{self._start + max(starts) + length:,} is gone)")
+            raise self._cut_short()
         return np.frombuffer(data, dtype=self.dtype).reshape(len(starts), length)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
