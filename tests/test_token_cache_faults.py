@@ -171,3 +171,10 @@ def test_a_fifo_where_the_cache_should_be_is_not_opened(tmp_path):
     fifo = tmp_path / "x.tokens"
     os.mkfifo(fifo)
     assert tf.read_cache(fifo) is None  # at once: opening it would wait for a writer forever
+
+
+def test_a_cache_of_the_older_format_is_rebuilt_and_called_older_not_damaged(small_corpus, tmp_path):
+    good = prepare(small_corpus, tmp_path / "cache")
+    good.cache_path.write_bytes(b"TUITOK1\n" + good.cache_path.read_bytes()[8:])
+    again = prepare(small_corpus, tmp_path / "cache")
+    assert again.built and again.notes == (f"the token cache {good.cache_path} is of an older format: rebuilt",)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tui_trainer.data import text_source as ts
 from tui_trainer.data.token_file import (
+    MAGIC,
     CacheWriter,
     TokenFile,
     read_cache,
@@ -267,6 +268,16 @@ def _cached(path: Path, progress: ts.ProgressFn | None) -> tuple[tuple[dict, Tok
         return found, ()
     if not path.exists():
         return None, ()
+    older = False
+    if path.is_file():  # (a FIFO would block the open)
+        try:
+            with open(path, "rb") as handle:
+                start = handle.read(len(MAGIC))
+            older = start[:6] == MAGIC[:6] and start != MAGIC  # "TUITOK1\n": before the header was covered
+        except OSError:
+            pass
+    if older:
+        return None, (f"the token cache {path} is of an older format: rebuilt",)
     return None, (f"the token cache {path} was damaged (its size, checksum or header did not match): rebuilt",)
 
 
