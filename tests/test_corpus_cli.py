@@ -101,17 +101,32 @@ def test_resume_refuses_a_replaced_tokenizer_file(bpe_run, small_corpus, capsys)
     (["--vocab-size", "4096"], "--vocab-size is only for --tokenizer bpe"),
     (["--tokenizer", "bpe", "--vocab-size", "100"], "--vocab-size must be between 256"),
     (["--tokenizer", "bpe", "--vocab-size", str(2 ** 32 + 1)], "--vocab-size must be between 256"),
+    (["--tokenizer", "bpe", "--vocab-size", "1000000000"], "and 1,048,576, got 1,000,000,000"),  # (tokenizers: ~59 GB)
+    (["--tokenizer", "bpe", "--vocab-size", str(2 ** 20 + 1)], "--vocab-size must be between 256"),
     (["--tokenizer", "missing.json"], "tokenizer file missing.json does not exist"),
     (["--tokenizer", "BROKEN"], "does not load"),
+    (["--tokenizer", "WORDS"], "cannot encode this text (WordLevel error: Missing [UNK] token"),
 ])
 def test_bad_tokenizer_input_is_one_line_and_exit_2(flags, expected, small_corpus, tmp_path, capsys, monkeypatch):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "broken.json").write_text('{"version": "1.0", "model": 7}', encoding="utf-8")
-    flags = [str(tmp_path / "broken.json") if f == "BROKEN" else f for f in flags]
+    words = Tokenizer(models.WordLevel({"the": 0, "and": 1, "of": 2}))  # no [UNK]: a word it lacks cannot be encoded
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.save(str(tmp_path / "words.json"))
+    flags = [{"BROKEN": str(tmp_path / "broken.json"), "WORDS": str(tmp_path / "words.json")}.get(f, f) for f in flags]
     run_dir = tmp_path / "run"
     message = one_error_line(["--data", str(small_corpus), "--run-dir", str(run_dir), *flags, *TINY], capsys)
     assert expected in message
     assert not run_dir.exists()
+
+
+def test_the_largest_bpe_vocabulary_is_accepted_by_the_checks(small_corpus):
+    from tui_trainer.config import MAX_BPE_VOCAB, DataConfig, RunConfig, validate
+
+    cfg = RunConfig(data=DataConfig(path=str(small_corpus), tokenizer="bpe", vocab_size=MAX_BPE_VOCAB))
+    assert validate(cfg).data.vocab_size == 2 ** 20
 
 
 def test_bad_data_folders_are_one_line_and_leave_nothing(tmp_path, capsys):

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,59 @@ def test_a_data_file_whose_name_is_not_valid_utf8_trains_and_resumes(small_corpu
     assert resumed.returncode == 0, resumed.stderr.decode(errors="replace")
     record = json.loads((tmp_path / "run" / "config.json").read_bytes().decode("utf-8"))
     assert os.fsencode(record["data_path"]).endswith(name)
+
+
+def test_a_line_is_fitted_to_a_backslashreplace_stream_with_look_alikes_and_question_marks():
+    raw = io.BytesIO()
+    stderr_like = io.TextIOWrapper(raw, encoding="ascii", errors="backslashreplace", write_through=True)
+    DetachableStream(stderr_like).write("error: r\u00fcn \u2014 use \u2026 \u2192 x \udcff\n")
+    assert raw.getvalue() == b"error: r?n - use ... -> x ?\n"
+
+
+def test_error_lines_on_an_ascii_stderr_show_no_escapes(tmp_path):
+    done = cli(["view", str(tmp_path / "n\u00f6where")], tmp_path, ASCII_ENV)  # stderr keeps "backslashreplace"
+    err = done.stderr.decode("ascii")
+    assert done.returncode == 2 and err.count("\n") == 1, err
+    assert "\\u" not in err and "\\x" not in err and "n??where" in err and " - " in err  # (its two UTF-8 bytes)
+
+
+def read_pty(master: int, until, seconds: float) -> bytes:
+    import select
+
+    out, deadline = b"", time.monotonic() + seconds
+    while time.monotonic() < deadline and not until(out):
+        if select.select([master], [], [], 0.1)[0]:
+            try:
+                out += os.read(master, 65536)
+            except OSError:
+                break
+    return out
+
+
+def test_the_app_draws_its_boxes_on_a_terminal_whose_python_encoding_is_ascii(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from test_view import recorded_run_dir
+
+    run_dir = recorded_run_dir(tmp_path)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "tui_trainer", "view", str(run_dir)], stdin=slave, stdout=slave,
+                               stderr=slave, env={**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color",
+                                                  **ASCII_ENV}, close_fds=True)
+    os.close(slave)
+    try:
+        box = "\u256d".encode()  # the panels' rounded corner, as UTF-8
+        screen = read_pty(master, lambda out: box in out or b"\\u25" in out, 60)
+        assert b"\\u25" not in screen and box in screen
+        os.write(master, b"q")
+        screen += read_pty(master, lambda out: process.poll() is not None, 20)
+        assert process.wait(20) == 0 and b"\\u25" not in screen
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(20)
+        os.close(master)

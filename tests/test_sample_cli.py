@@ -95,6 +95,10 @@ def test_on_a_terminal_the_text_is_streamed_as_it_is_generated(trained_run, monk
     (["--temperature", "-0.5"], ["--temperature", "-0.5"]),
     (["--top-k", "0"], ["--top-k"]),
     (["--tokens", "0"], ["--tokens"]),
+    (["--tokens", "99999999999999999999999"], ["--tokens", "1,000,000"]),
+    (["--tokens", "1000001"], ["--tokens", "1,000,000"]),
+    (["--temperature", "inf"], ["--temperature", "finite"]),
+    (["--temperature", "nan"], ["--temperature"]),
     (["--checkpoint", "newest"], ["--checkpoint"]),
 ])
 def test_bad_input_is_one_line_on_stderr_and_exit_2(args, words, trained_run, capsys):
@@ -142,3 +146,27 @@ def test_on_a_terminal_control_characters_a_model_writes_are_shown_escaped():
     from tui_trainer.cli.sample import for_a_terminal
 
     assert for_a_terminal("ab\x1b[2Jc\x00d\n\té") == "ab\\x1b[2Jc\\x00d\n\té"
+
+
+def test_a_temperature_below_the_epsilon_samples_greedily_and_says_so(trained_run, capsys):
+    assert sample(str(trained_run), "--tokens", "60", "--temperature", "0") == 0
+    greedy = capsys.readouterr().out
+    assert sample(str(trained_run), "--tokens", "60", "--temperature", "1e-40") == 0
+    captured = capsys.readouterr()
+    assert captured.out == greedy
+    assert captured.err.count("\n") == 1 and "below 1e-06" in captured.err and "greedily" in captured.err
+
+
+@pytest.mark.parametrize("damaged, hint", [("best", "use --checkpoint latest"), ("latest", "use --checkpoint best"),
+                                           ("both", "sample from another run dir")])
+def test_a_corrupt_checkpoint_suggests_the_runs_other_one(damaged, hint, trained_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    for which in (["best", "latest"] if damaged == "both" else [damaged]):
+        path = run_dir / "checkpoints" / f"{which}.pt"
+        path.write_bytes(path.read_bytes()[:1000])
+    which = "latest" if damaged == "latest" else "best"
+    assert sample(str(run_dir), "--checkpoint", which) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "corrupt or truncated" in captured.err and hint in captured.err and "resume" not in captured.err

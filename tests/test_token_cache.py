@@ -12,6 +12,7 @@ import pytest
 from tui_trainer.config import DataConfig
 from tui_trainer.data import text_source as ts
 from tui_trainer.data import token_cache as tc
+from tui_trainer.data.token_file import TokenFile
 from tui_trainer.data.dataset import load_corpus
 from tui_trainer.data.tokenizer import CharTokenizer, train_bpe
 from tui_trainer.errors import UserError
@@ -108,7 +109,7 @@ def test_a_second_load_reuses_the_cache_without_tokenizing(small_corpus, tmp_pat
     second = prepare(small_corpus, tmp_path / "cache", progress=lambda p: phases[1].append(p.phase))
     assert first.built and "tokenizing" in phases[0]
     assert not second.built and "tokenizing" not in phases[1] and "checking" not in phases[1]
-    assert np.array_equal(first.ids, second.ids) and isinstance(second.ids, np.memmap)
+    assert np.array_equal(first.ids, second.ids) and isinstance(second.ids, TokenFile)
 
 
 def test_a_changed_file_or_tokenizer_gets_its_own_cache(small_corpus, tmp_path):

@@ -192,7 +192,9 @@ def test_a_command_through_the_socket_changes_accum_at_the_next_epoch(small_corp
         path = cs.socket_path(trainer.run_dir)
         while not path.exists():
             time.sleep(0.01)
-        trainer.control.pause()  # hold the run at its first micro-step until the command is in
+        # Hold the run at its first micro-step until the command is in; the answer is the status
+        # after the run applied the pause (or, still setting up after a second, says it has not).
+        answers.append(cs.send_command(path, {"command": "pause"}))
         answers.append(cs.send_command(path, {"command": "accum", "value": 4}))
         answers.append(cs.send_command(path, {"command": "resume"}))
 
@@ -200,7 +202,9 @@ def test_a_command_through_the_socket_changes_accum_at_the_next_epoch(small_corp
     thread.start()
     trainer.run()
     thread.join()
-    assert answers[0]["ok"] and answers[1]["ok"]
+    assert all(answer["ok"] for answer in answers)
+    assert answers[0]["status"]["paused"] is answers[0]["applied"]
+    assert answers[1]["status"]["pending_accum"] == 4 and answers[2]["status"]["paused"] is False
     accums = {r["epoch"]: r["accum"] for r in read_metrics(tmp_path / "run") if r["type"] == "step"}
     assert accums == {1: 2, 2: 4, 3: 4}
 

@@ -239,7 +239,11 @@ def _positive(name: str, value: int | float | None, flag: str, allow_none: bool 
 
 
 MIN_BPE_VOCAB = 256  # the byte alphabet alone
-MAX_VOCAB = 2 ** 32  # the widest id type of the token cache is uint32
+MAX_VOCAB = 2 ** 32  # the widest id type of the token cache is uint32 (a tokenizer file's bound)
+# A BPE to learn: `tokenizers` (0.23) reserves ~59 bytes per asked-for id before it looks at the
+# data (10^9 aborted allocating ~59 GB; 2^20 takes ~62 MB), and a merge needs a pair the text
+# repeats: 2^20 is 4x the largest vocabularies in use (256k) and fits the cache's uint32 ids.
+MAX_BPE_VOCAB = 2 ** 20
 
 
 def _check_tokenizer(d: DataConfig) -> None:
@@ -249,9 +253,9 @@ def _check_tokenizer(d: DataConfig) -> None:
         what = "a character vocabulary comes from the data" if d.tokenizer == "char" else "the tokenizer file sets it"
         raise UserError(f"--vocab-size is only for --tokenizer bpe ({what})",
                         "drop --vocab-size, or add --tokenizer bpe")
-    if d.vocab_size is not None and not MIN_BPE_VOCAB <= d.vocab_size <= MAX_VOCAB:
-        raise UserError(f"--vocab-size must be between {MIN_BPE_VOCAB} (the byte alphabet) and {MAX_VOCAB:,}, "
-                        f"got {d.vocab_size}", "use e.g. --vocab-size 4096")
+    if d.vocab_size is not None and not MIN_BPE_VOCAB <= d.vocab_size <= MAX_BPE_VOCAB:
+        raise UserError(f"--vocab-size must be between {MIN_BPE_VOCAB} (the byte alphabet) and {MAX_BPE_VOCAB:,}, "
+                        f"got {d.vocab_size:,}", "use e.g. --vocab-size 4096")
 
 
 def validate(cfg: RunConfig) -> RunConfig:

@@ -27,3 +27,8 @@ class UserError(Exception):
 class PeerLost(RuntimeError):
     """Several processes: a collective failed or timed out — another process of the run died or
     stopped answering (distributed.py). One line and exit 1, never a hang."""
+
+
+class DataChanged(RuntimeError):
+    """A file a running run reads changed under it (its token cache cut short): the run saves
+    where it stands and ends with one line and exit 1, as after a lost peer, never a crash."""

@@ -1,8 +1,12 @@
 """Writing to a terminal that may vanish (an SSH link that drops): the headless log and the
-one-line messages on stderr keep working, pointed at /dev/null once the terminal is gone."""
+one-line messages on stderr keep working, pointed at /dev/null once the terminal is gone; and to
+one whose encoding is not UTF-8: lines fitted to it ("?" and ASCII look-alikes), the app drawn in
+UTF-8 all the same."""
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import os
 import sys
 from typing import Any
@@ -42,14 +46,56 @@ class DetachableStream:
             point_at_devnull(self.stream)
 
 
+# Our own punctuation, written as ASCII where the stream cannot hold it ("?" for anything else).
+LOOK_ALIKES = str.maketrans({"—": "-", "–": "-", "…": "...", "→": "->", "×": "x", "≈": "~", "≥": ">=",
+                             "·": ".", "’": "'", "‘": "'", "“": '"', "”": '"', "²": "^2"})
+
+
+def fit_to(stream, text: str) -> str:
+    """``text`` as the stream's encoding can hold it: unchanged when it can; else our punctuation
+    as ASCII look-alikes and anything else (a name's "ü", an undecodable byte's surrogate) as "?".
+    Checked here, not left to the stream: stderr's "backslashreplace" would print "\\u2014"."""
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    handler = "surrogateescape" if getattr(stream, "errors", None) == "surrogateescape" else "strict"
+    try:
+        text.encode(encoding, handler)
+        return text
+    except UnicodeEncodeError:
+        return text.translate(LOOK_ALIKES).encode(encoding, "replace").decode(encoding)
+    except LookupError:  # an encoding Python does not know: it fails on write anyway
+        return text
+
+
 def write_replacing(stream, text: str) -> None:
     """Write ``text``; what the stream's encoding cannot hold (PYTHONIOENCODING=ascii, a C locale,
-    a file name with undecodable bytes) becomes "?" instead of an error that drops the line."""
+    a file name with undecodable bytes) becomes "?" (or an ASCII look-alike) instead of an error
+    that drops the line, or an escape such as "\\u2014"."""
+    stream.write(fit_to(stream, text))
+
+
+@contextlib.contextmanager
+def terminal_in_utf8():
+    """While a Textual app draws: its terminal stream (``sys.__stderr__``, where Textual's driver
+    writes) in UTF-8. Under an ASCII encoding (PYTHONIOENCODING=ascii, a C locale) Python writes
+    the app's box-drawing characters as "\\u256d" escapes (stderr's "backslashreplace"); Textual
+    has no ASCII mode, and the terminal a user runs it in takes UTF-8. Put back afterwards, so
+    the one-line messages that follow are fitted to the encoding asked for."""
+    stream = sys.__stderr__
+    encoding, errors = getattr(stream, "encoding", None), getattr(stream, "errors", None)
     try:
-        stream.write(text)
-    except UnicodeEncodeError:  # a ValueError, but the terminal is fine: the text is not
-        encoding = getattr(stream, "encoding", None) or "ascii"
-        stream.write(text.encode(encoding, "replace").decode(encoding))
+        changed = codecs.lookup(encoding or "ascii").name != "utf-8"
+        if changed:
+            stream.flush()
+            stream.reconfigure(encoding="utf-8", errors="replace")
+    except (AttributeError, LookupError, OSError, ValueError):  # not a text stream we can change
+        changed = False
+    try:
+        yield
+    finally:
+        if changed:
+            with contextlib.suppress(AttributeError, LookupError, OSError, ValueError):
+                stream.flush()
+                stream.reconfigure(encoding=encoding, errors=errors)
 
 
 def point_at_devnull(stream) -> None:

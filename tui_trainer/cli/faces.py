@@ -12,10 +12,10 @@ import os
 import sys
 from typing import Any
 
-from tui_trainer.cli.console import DetachableStream, say
+from tui_trainer.cli.console import DetachableStream, say, terminal_in_utf8
 from tui_trainer.cli.signals import SignalStopper
 from tui_trainer.config import RunConfig, parse_log_every
-from tui_trainer.errors import PeerLost, UserError
+from tui_trainer.errors import DataChanged, PeerLost, UserError
 
 
 def exit_code_for(end) -> int:
@@ -54,7 +54,7 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
         finally:
             stop_served(server)
     if trainer.error is not None and not isinstance(trainer.error, UserError):
-        if isinstance(trainer.error, PeerLost):
+        if isinstance(trainer.error, (PeerLost, DataChanged)):
             say(f"error: {end.message}")
         else:
             say(f"error: training failed: {end.message} (traceback in {trainer.run_dir / 'error.log'})")
@@ -129,7 +129,8 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
             app.notify(listener.urls()[0], title="a viewer is served at", timeout=300)
         try:
             if not control.stop_requested:  # a signal already: no screen to take, finish() below stops the run
-                app.run()
+                with terminal_in_utf8():
+                    app.run()
         finally:
             stop_served(server)
     end = app.finish()  # (a stop during set-up: builds, saves step 0 and writes `end`)

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from tui_trainer import __version__
 from tui_trainer.cli.config_file import load_toml, require_data_file
-from tui_trainer.cli.console import say
+from tui_trainer.cli.console import say, terminal_in_utf8
 from tui_trainer.cli.faces import run_app, run_headless
 from tui_trainer.cli.presets import QUICK, with_preset
 from tui_trainer.cli.sample import add_sample_arguments, run_sample
@@ -271,7 +271,8 @@ def run_view(args: argparse.Namespace) -> int:
     served = bool(os.environ.get("TEXTUAL_DRIVER"))  # a page textual-serve started: the browser is the terminal
     if not served and not (sys.stdout.isatty() and sys.stdin.isatty()):
         raise UserError("view needs a terminal to draw on", f"run it in a terminal (or read {args.run_dir}/metrics.jsonl)")
-    app.run()
+    with terminal_in_utf8():
+        app.run()
     return 0
 
 

@@ -34,9 +34,9 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which weights: best (lowest val loss; falls back to latest) or latest (default: best)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue (default: a newline)")
     parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
-                        help=f"new tokens to generate (default: {DEFAULT_TOKENS})")
+                        help=f"new tokens to generate, at most 1,000,000 (default: {DEFAULT_TOKENS})")
     parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
-                        help=f"sampling temperature; 0 = greedy (default: {DEFAULT_TEMPERATURE})")
+                        help=f"sampling temperature; 0 (or below 1e-6) = greedy (default: {DEFAULT_TEMPERATURE})")
     parser.add_argument("--top-k", type=int, default=None,
                         help="sample among the K most likely tokens only (default: all of them)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
@@ -87,12 +87,30 @@ def find_checkpoint(run_dir: Path, which: str) -> tuple[Path, str | None]:
                     "sample from a run that has finished at least one epoch or saved with `s`")
 
 
+def other_checkpoint_hint(run_dir: Path, unusable: Path) -> str:
+    """What to sample from instead of an unusable checkpoint file: the run's other one, if it loads."""
+    from tui_trainer.rundir import checkpoints as ckpt
+
+    for which in ("latest", "best"):
+        other = ckpt.checkpoint_path(run_dir, which)
+        if other != unusable and other.is_file():
+            try:
+                ckpt.load_checkpoint(other)
+            except UserError:
+                continue
+            return f"use --checkpoint {which}"
+    return "sample from another run dir"
+
+
 def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     from tui_trainer.model.gpt import GPT
     from tui_trainer.rundir import checkpoints as ckpt
 
     path, note = find_checkpoint(Path(run_dir), which)
-    state = ckpt.load_checkpoint(path)
+    try:
+        state = ckpt.load_checkpoint(path)
+    except UserError as exc:  # its hint is resume's; here the other checkpoint may well do
+        raise UserError(exc.message, other_checkpoint_hint(Path(run_dir), path)) from None
     config = RunConfig.from_dict(state["config"])
     weights = state["model"]
     # The weights say how many tokens the model knows; the config's own count agrees in any run we wrote.
@@ -130,7 +148,7 @@ def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
     import torch
 
     from tui_trainer.cli.console import DetachableStream
-    from tui_trainer.model.sampling import sample_text
+    from tui_trainer.model.sampling import GREEDY_BELOW, sample_text
 
     # A reader that goes away (`| head`) must not turn into a traceback: writes then go nowhere.
     stdout = stdout or DetachableStream(sys.stdout)
@@ -140,6 +158,9 @@ def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
     check_prompt(run.tokenizer, args.prompt)
     if run.note:
         print(run.note, file=stderr, flush=True)
+    if 0 < settings.temperature < GREEDY_BELOW:
+        print(f"note: --temperature {settings.temperature:g} is below {GREEDY_BELOW:g}: sampling greedily "
+              "(the most likely token each time)", file=stderr, flush=True)
     streaming = stdout.isatty()
     stdout.write(args.prompt)
     if streaming:

@@ -1,4 +1,4 @@
-"""Text → tokens (mapped from the token cache) → contiguous train/val split → windows → micro-batches.
+"""Text → tokens (read from the token cache) → contiguous train/val split → windows → micro-batches.
 
 Each training example is one non-overlapping window of ``block_size`` tokens with its
 next-token targets. An epoch visits every training window once in an order shuffled
@@ -19,6 +19,7 @@ import torch
 from tui_trainer.config import DataConfig
 from tui_trainer.data.text_source import CancelFn, ProgressFn, find_source
 from tui_trainer.data.token_cache import default_cache_dir, prepare_ids
+from tui_trainer.data.token_file import TokenFile
 from tui_trainer.data.tokenizer import DEFAULT_BPE_VOCAB, CharTokenizer, Tokenizer, load_tokenizer_file
 from tui_trainer.errors import UserError
 
@@ -47,12 +48,13 @@ Vocabulary = CharTokenizer
 @dataclass(frozen=True)
 class Corpus:
     vocab: Tokenizer  # the tokenizer (char or BPE); ``vocab.size`` ids
-    train_tokens: np.ndarray  # first (1 - val_split) of the tokens: a view of the mapped cache
-    val_tokens: np.ndarray  # the rest: no training window ever reaches into it
+    train_tokens: TokenFile  # first (1 - val_split) of the tokens: a view of the cache file (read as needed)
+    val_tokens: TokenFile  # the rest: no training window ever reaches into it
     path: str
     sha256: str  # content fingerprint (of a single file: the sha256 of its bytes)
-    cache_path: str = ""  # the token cache the ids are mapped from
+    cache_path: str = ""  # the token cache the ids are read from
     tokenized: bool = False  # True when this load tokenized; False when it reused the cache
+    notes: tuple[str, ...] = ()  # what the user should know about the data (a damaged cache rebuilt)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -69,7 +71,7 @@ def choose_tokenizer(cfg: DataConfig) -> str | Tokenizer:
 
 def load_corpus(cfg: DataConfig, block_size: int, progress: ProgressFn | None = None,
                 cancel: CancelFn | None = None, tokenizer: Tokenizer | None = None) -> Corpus:
-    """The data as mapped token ids, split 90/10 (``val_split``), from the cache when it holds them.
+    """The data as token ids read from the cache, split 90/10 (``val_split``), from the cache when it holds them.
 
     ``tokenizer``: the one a resumed run was trained with (instead of ``cfg.tokenizer``).
     The char split is on characters (= tokens); a BPE corpus is split on its text, so that the
@@ -103,7 +105,7 @@ def load_corpus(cfg: DataConfig, block_size: int, progress: ProgressFn | None = 
             f"use --block-size {fits} or less, or a larger --val-split or data file",
         )
     return Corpus(prepared.tokenizer, tokens[:n_train], tokens[n_train:], str(source.path),
-                  prepared.data_fingerprint, str(prepared.cache_path), prepared.built)
+                  prepared.data_fingerprint, str(prepared.cache_path), prepared.built, prepared.notes)
 
 
 def window_count(n_tokens: int, block_size: int) -> int:
@@ -112,13 +114,13 @@ def window_count(n_tokens: int, block_size: int) -> int:
 
 
 class WindowDataset:
-    """Non-overlapping windows over one array of token ids (a view of the mapped cache).
+    """Non-overlapping windows over one array of token ids (a view of the cache file, or an array).
 
     A batch gathers its windows from the array and only then becomes an int64 tensor on the
     device: memory follows the batch, not the corpus.
     """
 
-    def __init__(self, tokens: np.ndarray | torch.Tensor, block_size: int,
+    def __init__(self, tokens: np.ndarray | TokenFile | torch.Tensor, block_size: int,
                  device: torch.device | str = "cpu") -> None:
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.cpu().numpy()
@@ -136,7 +138,11 @@ class WindowDataset:
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         starts = indices.cpu().numpy().astype(np.int64) * self.block_size
-        rows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        if isinstance(self.tokens, TokenFile):  # the cache file: one read per window, no memory map
+            picked = self.tokens.windows(starts, self.block_size + 1)
+        else:
+            picked = self.tokens[starts[:, None] + self._offsets]
+        rows = torch.from_numpy(picked.astype(np.int64))
         rows = rows.to(self.device)
         # Inputs and their next-token targets, each contiguous (as index_select made them before).
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()

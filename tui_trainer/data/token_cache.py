@@ -1,11 +1,14 @@
-"""Tokenize once, stream, cache: the corpus's ids in a file that later starts map in a second.
+"""Tokenize once, stream, cache: the corpus's ids in a file that later starts open in a second.
 
-The ids go to ``<cache dir>/<key>.tokens``: a small JSON header (length, id type, CRC-32 of the
-ids, the tokenizer) and then the ids as the smallest unsigned type that holds the vocabulary.
+The ids go to ``<cache dir>/<key>.tokens``: a small JSON header (length, id type, the tokenizer)
+and then the ids as the smallest unsigned type that holds the vocabulary, one CRC-32 over both
+(the file's format and how its ids are read: token_file.py).
 The key is the content fingerprint of the data and the tokenizer's settings, so a changed file
 or another tokenizer never meets an old cache. The file is written to a temp name and renamed
-when complete; a cache whose size or checksum does not match its header is rebuilt, never
-trusted. A stop (Ctrl-C) or a full disk while writing leaves no half file behind.
+when complete; a cache whose size, checksum or header does not match is rebuilt (with a note),
+never trusted. Temp files of killed writers are cleaned up only when their name and their first
+bytes are ours: a user's file in --cache-dir is never touched. A stop (Ctrl-C) or a full disk
+while writing leaves no half file behind.
 
 Tokenization reads the text in chunks, so memory stays flat whatever the corpus size; the char
 tokenizer maps chunks with numpy, BPE encodes pieces cut where the byte-level pre-tokenizer
@@ -18,20 +21,24 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from tui_trainer.data import text_source as ts
+from tui_trainer.data.token_file import (
+    MAGIC,
+    CacheWriter,
+    TokenFile,
+    read_cache,
+    remove_stale_temp_files,
+    write_record,
+)
 from tui_trainer.data.tokenizer import BpeTokenizer, CharSet, CharTokenizer, Tokenizer, id_dtype, train_bpe
 from tui_trainer.errors import UserError
 
-MAGIC = b"TUITOK1\n"
-FORMAT = 1
 PIECE_CHARS = 1 << 16  # BPE: text per encode_batch item (the batch spreads over the cores)
 # A BPE is learnt from at most this much of the training text, taken in evenly spread chunks:
 # the pre-tokenizer of `tokenizers` reads ~1-3 MB/s, and word statistics settle long before 1 GB.
@@ -49,105 +56,15 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class TokenIds:
-    """The corpus as ids, mapped from the cache (never all in memory)."""
+    """The corpus as ids, read from the cache (never all in memory)."""
 
-    ids: np.ndarray  # a read-only np.memmap
+    ids: TokenFile  # read with plain reads as the windows need them (token_file.py)
     n_train: int | None  # BPE: ids of the training text (the split is made on the text); char: None
     tokenizer: Tokenizer
     data_fingerprint: str
     cache_path: Path
     built: bool  # True when this call tokenized; False when the cache was reused
-
-
-# -- the cache file -------------------------------------------------------------------------------
-
-def _header_bytes(header: dict, size: int | None = None) -> bytes:
-    text = json.dumps(header, ensure_ascii=False).encode("utf-8")
-    if size is None:
-        size = -(-(len(MAGIC) + 8 + len(text) + 64) // 64) * 64  # room for the final numbers, 64-aligned
-    if len(MAGIC) + 8 + len(text) > size:
-        raise ValueError("cache header outgrew its room")
-    return MAGIC + size.to_bytes(8, "little") + text.ljust(size - len(MAGIC) - 8)
-
-
-def read_cache(path: Path, progress: ts.ProgressFn | None = None) -> tuple[dict, np.ndarray] | None:
-    """The header and mapped ids of a complete, intact cache file; None for anything else."""
-    try:
-        with open(path, "rb") as handle:
-            if handle.read(len(MAGIC)) != MAGIC:
-                return None
-            offset = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(offset - len(MAGIC) - 8).decode("utf-8"))
-            dtype = np.dtype(header["dtype"])
-            length = int(header["length"])
-            if header.get("format") != FORMAT or os.fstat(handle.fileno()).st_size != offset + length * dtype.itemsize:
-                return None
-            # The checksum is read with plain reads, not through the map: a check must not leave
-            # the whole cache counted in this process's resident memory.
-            meter = ts.Meter("verifying cache", length * dtype.itemsize, progress, None)
-            crc = 0
-            while block := handle.read(ts.CHUNK_BYTES):
-                crc = zlib.crc32(block, crc)
-                meter.add(len(block))
-            meter.finish()
-            if crc != header["crc32"]:
-                return None
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return None
-    ids = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(length,)) if length else np.zeros(0, dtype)
-    return header, ids
-
-
-class CacheWriter:
-    """Ids streamed into a temp file beside the cache; ``commit`` fills in the header and renames."""
-
-    def __init__(self, path: Path, header: dict) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self.header = {**header, "length": 10 ** 19, "crc32": 2 ** 32}  # widest values: room for the real ones
-        self.size = len(_header_bytes(self.header))
-        self.dtype = np.dtype(header["dtype"])
-        self.length = 0
-        self.crc = 0
-        self.handle = open(self.tmp, "wb")
-        self.handle.write(b"\0" * self.size)
-
-    def write(self, ids: np.ndarray) -> None:
-        if ids.dtype != self.dtype:
-            if ids.size and int(ids.max()) > np.iinfo(self.dtype).max:
-                raise ValueError("an id does not fit the cache's id type")
-            ids = ids.astype(self.dtype)
-        data = np.ascontiguousarray(ids.astype(ids.dtype.newbyteorder("<"), copy=False)).data
-        self.crc = zlib.crc32(data, self.crc)
-        self.length += ids.size
-        self.handle.write(data)
-
-    def commit(self, **extra) -> None:
-        self.header.update(extra, length=self.length, crc32=self.crc)
-        self.handle.seek(0)
-        self.handle.write(_header_bytes(self.header, self.size))
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.handle.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-def _remove_stale_temp_files(cache_dir: Path) -> None:
-    """Temp files of processes killed mid-write (kill -9); a live writer's file is left alone."""
-    for stale in cache_dir.glob(".*.tmp-*"):
-        try:
-            pid = int(stale.name.rsplit("-", 1)[1])
-            if pid != os.getpid():
-                os.kill(pid, 0)
-                continue
-        except ProcessLookupError:
-            stale.unlink(missing_ok=True)
-        except (ValueError, OSError):
-            continue
+    notes: tuple[str, ...] = ()  # what the user should know (a damaged cache rebuilt)
 
 
 # -- preparing the ids ----------------------------------------------------------------------------
@@ -185,9 +102,7 @@ def source_fingerprint(source: ts.TextSource, cache_dir: Path, progress: ts.Prog
         newest = max(max(s[2], s[4]) for s in stats) if stats else time.time_ns()
         settled = time.time_ns() - newest > SETTLED_SECONDS * 10 ** 9
         if settled and _stats(source) == stats:
-            tmp = index.with_name(f".{index.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps({"stats": stats, "fingerprint": fingerprint}), encoding="utf-8")
-            os.replace(tmp, index)
+            write_record(index, "source fingerprint", {"stats": stats, "fingerprint": fingerprint})
     except OSError:
         pass  # not remembered: hashed again next time
     return fingerprint
@@ -241,13 +156,12 @@ def prepare_ids(source: ts.TextSource, tokenizer: str | Tokenizer, cache_dir: Pa
     """
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        probe = cache_dir / f".probe-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=cache_dir):  # (a new file of its own: never one of the user's)
+            pass
     except OSError as exc:
         raise UserError(f"cannot use the token cache dir {cache_dir} ({exc.strerror or exc})",
                         "pass a writable --cache-dir") from None
-    _remove_stale_temp_files(cache_dir)
+    remove_stale_temp_files(cache_dir)
     data_fp = source_fingerprint(source, cache_dir, progress, cancel, chunk_bytes)
     if tokenizer == "char":
         return _prepare_char(source, cache_dir, data_fp, progress, cancel, chunk_bytes)
@@ -256,11 +170,11 @@ def prepare_ids(source: ts.TextSource, tokenizer: str | Tokenizer, cache_dir: Pa
                                  chunk_bytes, piece_chars)
     assert isinstance(tokenizer, BpeTokenizer)
     path = cache_dir / f"{_key(data_fp, tokenizer.fingerprint, val_split, piece_chars)}.tokens"
-    found = read_cache(path, progress)
+    found, notes = _cached(path, progress)
     if found is not None:
         return TokenIds(found[1], found[0]["n_train"], tokenizer, data_fp, path, built=False)
     ts.check_text(source, progress=progress, cancel=cancel, chunk_bytes=chunk_bytes)
-    header = {"format": FORMAT, "dtype": id_dtype(tokenizer.size).name, "data": data_fp,
+    header = {"dtype": id_dtype(tokenizer.size).name, "data": data_fp,
               "tokenizer": tokenizer.record()}
     split = _split_byte(ts.stream_bytes(source), val_split)
     meter = ts.Meter("tokenizing", source.total_bytes, progress, cancel)
@@ -277,13 +191,13 @@ def prepare_ids(source: ts.TextSource, tokenizer: str | Tokenizer, cache_dir: Pa
         writer.commit(n_train=n_train)
 
     header, ids = _build_cache(path, header, cache_dir, meter, fill)
-    return TokenIds(ids, header["n_train"], tokenizer, data_fp, path, built=True)
+    return TokenIds(ids, header["n_train"], tokenizer, data_fp, path, built=True, notes=notes)
 
 
 def _prepare_char(source: ts.TextSource, cache_dir: Path, data_fp: str, progress, cancel,
                   chunk_bytes: int) -> TokenIds:
     path = cache_dir / f"{_key(data_fp, 'char')}.tokens"
-    found = read_cache(path, progress)
+    found, notes = _cached(path, progress)
     if found is not None:
         return TokenIds(found[1], None, CharTokenizer(tuple(found[0]["chars"])), data_fp, path, built=False)
     chars = CharSet()
@@ -292,7 +206,7 @@ def _prepare_char(source: ts.TextSource, cache_dir: Path, data_fp: str, progress
     if tokenizer.size < 2:
         raise UserError(f"the data holds a single character ({tokenizer.chars[0]!r}): there is nothing to learn",
                         "pass text with more than one distinct character")
-    header = {"format": FORMAT, "dtype": id_dtype(tokenizer.size).name, "data": data_fp,
+    header = {"dtype": id_dtype(tokenizer.size).name, "data": data_fp,
               "tokenizer": tokenizer.record(), "chars": list(tokenizer.chars), "n_train": None}
     meter = ts.Meter("tokenizing", source.total_bytes, progress, cancel)
 
@@ -302,7 +216,7 @@ def _prepare_char(source: ts.TextSource, cache_dir: Path, data_fp: str, progress
         writer.commit()
 
     _, ids = _build_cache(path, header, cache_dir, meter, fill)
-    return TokenIds(ids, None, tokenizer, data_fp, path, built=True)
+    return TokenIds(ids, None, tokenizer, data_fp, path, built=True, notes=notes)
 
 
 def _trained_bpe(source, cache_dir: Path, data_fp: str, val_split: float, vocab_size: int | None,
@@ -313,8 +227,9 @@ def _trained_bpe(source, cache_dir: Path, data_fp: str, val_split: float, vocab_
     path = cache_dir / f"bpe-{_key(data_fp, vocab_size, val_split, BPE_SAMPLE_BYTES, tokenizers_version)}.json"
     if path.is_file():
         try:
-            return BpeTokenizer.from_json(path.read_text(encoding="utf-8"), "trained")
-        except Exception:  # a damaged file: learn it again
+            record = json.loads(path.read_text(encoding="utf-8"))
+            return BpeTokenizer.from_json(record["tokenizer"], "trained")
+        except Exception:  # a damaged file (or one of an older version): learn it again
             path.unlink(missing_ok=True)
     ts.check_text(source, progress=progress, cancel=cancel, chunk_bytes=chunk_bytes)
     split = _split_byte(ts.stream_bytes(source), val_split)
@@ -338,16 +253,48 @@ def _trained_bpe(source, cache_dir: Path, data_fp: str, val_split: float, vocab_
 
     tokenizer = train_bpe(training_text(), vocab_size)
     meter.finish()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(tokenizer.json, encoding="utf-8")
-        os.replace(tmp, path)
+        write_record(path, "bpe tokenizer", {"tokenizer": tokenizer.json})
     except OSError:
-        tmp.unlink(missing_ok=True)  # no room to keep it: it is learnt again next time
+        pass  # no room to keep it: it is learnt again next time
     return tokenizer
 
 
-def _build_cache(path: Path, header: dict, cache_dir: Path, meter, fill) -> tuple[dict, np.ndarray]:
+def _cached(path: Path, progress: ts.ProgressFn | None) -> tuple[tuple[dict, TokenFile] | None, tuple[str, ...]]:
+    """The cache at ``path`` when it is intact and its header makes sense; else None, with a note
+    when there was a file (damaged: it is rebuilt, never trusted)."""
+    found = read_cache(path, progress)
+    if found is not None and _header_makes_sense(*found):
+        return found, ()
+    if not path.exists():
+        return None, ()
+    older = False
+    if path.is_file():  # (a FIFO would block the open)
+        try:
+            with open(path, "rb") as handle:
+                start = handle.read(len(MAGIC))
+            older = start[:6] == MAGIC[:6] and start != MAGIC  # "TUITOK1\n": before the header was covered
+        except OSError:
+            pass
+    if older:
+        return None, (f"the token cache {path} is of an older format: rebuilt",)
+    return None, (f"the token cache {path} was damaged (its size, checksum or header did not match): rebuilt",)
+
+
+def _header_makes_sense(header: dict, ids: TokenFile) -> bool:
+    n_train, chars = header.get("n_train"), header.get("chars")
+    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int)
+                                or not 0 <= n_train <= len(ids)):
+        return False
+    if "chars" in header:
+        if not isinstance(chars, list) or len(set(chars)) != len(chars) or len(chars) < 2:
+            return False
+        if not all(isinstance(c, str) and len(c) == 1 for c in chars) or id_dtype(len(chars)) != ids.dtype:
+            return False
+    return True
+
+
+def _build_cache(path: Path, header: dict, cache_dir: Path, meter, fill) -> tuple[dict, TokenFile]:
     """Write a cache file with ``fill(writer)`` (which commits it), or leave none behind (a stop, a
     full disk); then map what was written, exactly as a later start will."""
     writer = _open_writer(path, header)

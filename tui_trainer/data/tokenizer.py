@@ -159,7 +159,14 @@ class BpeTokenizer:
 
     def _encode_batch(self, texts: list[str]) -> list[list[int]]:
         fast = getattr(self.tokenizer, "encode_batch_fast", None)  # no offsets: tokenizers >= 0.20
-        encoded = (fast or self.tokenizer.encode_batch)(texts, add_special_tokens=False)
+        try:
+            encoded = (fast or self.tokenizer.encode_batch)(texts, add_special_tokens=False)
+        except Exception as exc:  # noqa: BLE001 — tokenizers raises a bare Exception, e.g. a
+            # word-level file whose unknown token is not in its vocabulary meets a word it lacks
+            detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise UserError(f"tokenizer {self.source} cannot encode this text ({detail})",
+                            "give the tokenizer an unknown token that is in its vocabulary (e.g. [UNK]), "
+                            "or use --tokenizer bpe") from None
         return [e.ids for e in encoded]
 
     @property

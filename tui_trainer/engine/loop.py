@@ -29,6 +29,7 @@ from tui_trainer.engine.distributed import PeerLost, as_peer_lost, rank_share
 from tui_trainer.engine.runtime import capture_rng
 from tui_trainer.engine.session import TrainingSession
 from tui_trainer.engine.validation_progress import ValidationProgressEmitter
+from tui_trainer.errors import DataChanged
 from tui_trainer.events import (
     AccumChangeApplied,
     DiagnosisEvent,
@@ -55,7 +56,7 @@ class Trainer(TrainingSession):
         except BaseException as exc:  # a bug or OOM: record it, keep what the run dir has
             self.error = exc
             message = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, PeerLost):
+            if isinstance(exc, (PeerLost, DataChanged)):  # (the token cache cut short: token_file.py)
                 message = str(exc) + self.rescue_save()
             elif self.ranks.is_main:  # (rank 0 alone writes in the run dir)
                 try:

@@ -142,6 +142,7 @@ class TrainingSession(Steering, Endings):
             raise rd.data_changed(self.corpus.path, self.corpus.sha256, rd.data_size(self.corpus.path), resume_state)
         if resume_state is not None:
             rd.check_resumed_tokenizer(resume_state, self.corpus.vocab)
+        self.notes += list(self.corpus.notes)  # (a damaged token cache rebuilt)
         self.cfg = cfg = cfg.replace(model=replace(cfg.model, vocab_size=self.corpus.vocab.size))
         # The forward's autocast dtype (None = fp32); a resume keeps the checkpoint's precision unless told.
         self.precision, self.autocast_dtype, note = resume_precision(
@@ -359,8 +360,9 @@ class TrainingSession(Steering, Endings):
                 return "; " + (f"the previous checkpoint (step {self._latest_saved[2]}) is intact"
                                if self._latest_saved else "no checkpoint could be saved")
             self._latest_saved = (st.epoch, st.example_cursor, st.step)
-        return (f"; step {st.step} is saved: continue with --resume {self.run_dir} (the other ranks' random "
-                f"state was lost with them: not bit-exact)")
+        lost = ("the other ranks' random state was lost with them" if self.ranks.distributed
+                else "its random state is the one of where it failed")
+        return f"; step {st.step} is saved: continue with --resume {self.run_dir} ({lost}: not bit-exact)"
 
     def _write_checkpoint(self, kind: str, rng: dict[str, Any] | None,
                           rank_rngs: list[dict[str, Any]] | None) -> bool:

@@ -39,19 +39,29 @@ class Tokenizer(Protocol):
 @dataclass(frozen=True)
 class SamplingSettings:
     max_new_tokens: int = 500  # tokens to generate after the prompt
-    temperature: float = 0.8  # logits are divided by it; 0 = greedy (always the most likely token)
+    temperature: float = 0.8  # logits are divided by it; 0 (or below GREEDY_BELOW) = greedy (the most likely token)
     top_k: int | None = None  # sample only among the k most likely tokens; None = all of them
     seed: int = 1337  # seeds sampling's own generator: same seed, same text
     kv_cache: bool = True  # reuse each layer's keys and values (False: recompute the window per token)
 
 
+# Generation slides its window, so the model sets no limit; the text does: each token is kept as
+# an id and decoded with the rest, and at the ~1-5 ms a token costs on a CPU a million is already
+# an hour or more. Beyond it a typo (an extra zero or twenty) is far likelier than a wish.
+MAX_SAMPLE_TOKENS = 1_000_000
+# Below this a temperature samples as greedy (the most likely token). Dividing logits by 1e-40
+# overflows them to inf (and inf - inf is NaN); at 1e-6 any two logits 1e-4 apart already have
+# odds below e^-100, so the choice is the greedy one whenever the top two differ at all.
+GREEDY_BELOW = 1e-6
+
+
 def check_settings(settings: SamplingSettings) -> None:
     """Raise a UserError naming the flag for a setting a user could get wrong."""
-    if settings.max_new_tokens < 1:
-        raise UserError(f"--tokens must be at least 1 (got {settings.max_new_tokens})",
-                        "ask for one or more new tokens, e.g. --tokens 500")
-    if not settings.temperature >= 0:  # also refuses NaN
-        raise UserError(f"--temperature must be 0 or more (got {settings.temperature})",
+    if not 1 <= settings.max_new_tokens <= MAX_SAMPLE_TOKENS:
+        raise UserError(f"--tokens must be between 1 and {MAX_SAMPLE_TOKENS:,} (got {settings.max_new_tokens:,})",
+                        "ask for a number of new tokens such as --tokens 500")
+    if not 0 <= settings.temperature < float("inf"):  # also refuses NaN
+        raise UserError(f"--temperature must be a finite number, 0 or more (got {settings.temperature})",
                         "use 0 for greedy, about 0.8 for varied text")
     if not 0 <= settings.seed < 2**63:
         raise UserError(f"--seed must be between 0 and 2**63 - 1 (got {settings.seed})", "use e.g. --seed 1337")
@@ -62,9 +72,10 @@ def check_settings(settings: SamplingSettings) -> None:
 
 def pick_next(logits: torch.Tensor, temperature: float, top_k: int | None,
               generator: torch.Generator) -> int:
-    """One token id from next-token ``logits`` (vocab,): greedy at temperature 0, else sampled."""
+    """One token id from next-token ``logits`` (vocab,): greedy at temperature 0 (and below
+    ``GREEDY_BELOW``), else sampled."""
     logits = logits.float().cpu()  # the generator lives on the CPU
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
     logits = logits / temperature
     if top_k is not None and top_k < logits.numel():

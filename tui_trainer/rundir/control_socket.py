@@ -2,25 +2,31 @@
 its owner can steer it) that turns one JSON line per command into the same ``Control`` calls the
 app's keys make. No Textual import: the engine side runs in every training process.
 
-Commands, one JSON object per line, each answered by one line ``{"ok": true, "status": {...}}``
-or ``{"ok": false, "error": "..."}``::
+Commands, one JSON object per line, each answered by one line ``{"ok": true, "applied": true,
+"status": {...}}`` (the status once the run has applied the command) or ``{"ok": false, "error": "..."}``::
 
     {"command": "accum", "value": 16}      {"command": "accum_up"}     {"command": "accum_down"}
     {"command": "pause"}   {"command": "resume"}   {"command": "toggle_pause"}
     {"command": "save"}    {"command": "sample"}   {"command": "stop"}     {"command": "status"}
 
-The server's thread only puts commands into ``Control`` (thread-safe) and reads a few plain
+A line is input, not trust: at most ``MAX_LINE`` bytes, nested at most ``MAX_DEPTH`` deep
+(checked before ``json.loads``), an accum value an int in bounds (a bool is not one); clients are
+served side by side, each with a deadline, and no line or client can stop the server.
+
+The server's threads only put commands into ``Control`` (thread-safe) and read a few plain
 fields for the status; everything else stays the engine's. ``RemoteControl`` is the client: the
 viewer app calls it exactly where the training app calls ``Control``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,24 +37,82 @@ from tui_trainer.errors import UserError
 SOCKET_FILE = "control.sock"
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN  # the bounds: one definition, in config.py
 MAX_LINE = 4096  # a command is a few dozen bytes; anything longer is not one of ours
+MAX_DEPTH = 2  # a command is one flat object: `{"command": ..., "value": ...}` is depth 1
 CLIENT_TIMEOUT_S = 2.0
+MAX_ANSWER = 1 << 16  # a status is a few hundred bytes: a viewer reads no more than this
+MAX_CLIENTS = 64  # connections served at once (a thread each); more are answered "busy" and closed at once
+APPLIED_WAIT_S = 1.0  # how long an answer waits for the run to apply its command (below the client's timeout)
+BUSY = {"ok": False, "error": "busy: too many connections to this run's control socket; try again"}
 
 
 def socket_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / SOCKET_FILE
 
 
+def json_depth_exceeds(line: bytes, limit: int) -> bool:
+    """Whether the JSON text nests arrays/objects deeper than ``limit`` (brackets inside strings
+    do not count). Checked before ``json.loads``, whose recursion a few KB of ``[[[[`` exhausts."""
+    depth, in_string, escaped = 0, False, False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
+def parse_command(line: bytes) -> dict[str, Any] | str:
+    """The command object of one line, or why it is not one."""
+    if len(line) > MAX_LINE:
+        return f"a command is one line of at most {MAX_LINE} bytes"
+    if json_depth_exceeds(line, MAX_DEPTH):
+        return "not a command: nested too deep"
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        message = None
+    if not isinstance(message, dict) or not isinstance(message.get("command"), str):
+        return 'not a command: expected one JSON object with a "command"'
+    return message
+
+
+def accum_value(value: Any) -> int | None:
+    """An accumulation count from a command: an int in bounds (a bool is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not ACCUM_MIN <= value <= ACCUM_MAX:
+        return None
+    return value
+
+
 class ControlServer:
     """Listens on ``RUN_DIR/control.sock`` on a daemon thread until ``close()``.
 
+    Each connection is served on a thread of its own (at most ``MAX_CLIENTS`` at once), with a
+    deadline of ``CLIENT_TIMEOUT_S`` for its whole line: an idle or slow client holds only its own
+    thread, never the next viewer's command. Nothing a client sends can end the server: any
+    exception is answered on that connection, or dropped with it.
+
     ``status()`` returns the run's state as plain values (read from the engine's fields; ints and
-    bools, so reading them from this thread is safe)."""
+    bools, so reading them from this thread is safe). A command's answer carries the status once
+    the run has applied it (``"applied": true``), or, when the run is busy in a long micro-step
+    for ``APPLIED_WAIT_S``, the status as it stands with ``"applied": false``."""
 
     def __init__(self, run_dir: str | Path, control: Control, status: Callable[[], dict[str, Any]]) -> None:
         self.path = socket_path(run_dir)
         self.control = control
         self.status = status
         self._closed = threading.Event()
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Bound under a temporary name, made 0600, then renamed into place: the socket is never
         # reachable under its real name with looser permissions. The caller holds the run dir's
@@ -65,7 +129,7 @@ class ControlServer:
             self._server.close()
             tmp.unlink(missing_ok=True)
             raise
-        self._server.listen(8)
+        self._server.listen(64)
         self._server.settimeout(0.25)
         self._thread = threading.Thread(target=self._serve, name="tui-trainer-control-socket", daemon=True)
         self._thread.start()
@@ -78,46 +142,84 @@ class ControlServer:
                 continue
             except OSError:
                 return  # closed under us
-            with connection:
-                connection.settimeout(CLIENT_TIMEOUT_S)
-                try:
-                    self._converse(connection)
-                except OSError:
-                    pass  # a viewer that went away mid-line: nothing to answer
+            if not self._clients.acquire(blocking=False):
+                self._refuse_busy(connection)
+                continue
+            try:
+                threading.Thread(target=self._client, args=(connection,), name="tui-trainer-control-client",
+                                 daemon=True).start()
+            except RuntimeError:  # no thread to be had
+                self._clients.release()
+                self._refuse_busy(connection)
+
+    @staticmethod
+    def _refuse_busy(connection: socket.socket) -> None:
+        with connection:
+            try:
+                connection.setblocking(False)
+                connection.send((json.dumps(BUSY) + "\n").encode())
+            except OSError:
+                pass
+
+    def _client(self, connection: socket.socket) -> None:
+        # A client's fault (or ours) ends its connection, never the server.
+        try:
+            with connection, contextlib.suppress(Exception):
+                self._converse(connection)
+        finally:
+            self._clients.release()
 
     def _converse(self, connection: socket.socket) -> None:
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
         buffer = b""
         while b"\n" not in buffer and len(buffer) <= MAX_LINE:
-            chunk = connection.recv(MAX_LINE)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return  # a client that does not finish its line in time gets no answer
+            connection.settimeout(left)
+            chunk = connection.recv(MAX_LINE + 1)
             if not chunk:
                 break
             buffer += chunk
-        for line in buffer.split(b"\n"):
-            if line.strip():
-                connection.sendall((json.dumps(self.handle(line)) + "\n").encode())
+        connection.settimeout(CLIENT_TIMEOUT_S)
+        lines = [line for line in buffer.split(b"\n") if line.strip()]  # (an overlong one is refused)
+        for line in lines[:8]:
+            connection.sendall((json.dumps(self.handle(line)) + "\n").encode())
 
     def handle(self, line: bytes) -> dict[str, Any]:
         try:
-            message = json.loads(line)
-            command = message["command"]
-        except (ValueError, TypeError, KeyError):
-            return {"ok": False, "error": "not a command: expected one JSON object with a \"command\""}
-        status = self.status()
-        target = status.get("pending_accum") or status.get("accum", 1)
+            return self._apply(parse_command(line))
+        except Exception as exc:  # noqa: BLE001 — a status that failed to read, say: one answer, not a dead server
+            return {"ok": False, "error": f"the command failed ({type(exc).__name__})"}
+
+    def _apply(self, message: dict[str, Any] | str) -> dict[str, Any]:
+        if isinstance(message, str):
+            return {"ok": False, "error": message}
+        command = message["command"]
+        before = self.status()
+        target = before.get("pending_accum") or before.get("accum", 1)
         if command == "accum":
-            value = message.get("value")
-            if not isinstance(value, int) or not ACCUM_MIN <= value <= ACCUM_MAX:
+            value = accum_value(message.get("value"))
+            if value is None:
                 return {"ok": False, "error": f"accum must be an integer from {ACCUM_MIN} to {ACCUM_MAX}"}
             self.control.set_accum(value)
         elif command in ("accum_up", "accum_down"):
-            self.control.set_accum(min(ACCUM_MAX, target * 2) if command == "accum_up" else max(ACCUM_MIN, target // 2))
+            value = min(ACCUM_MAX, target * 2) if command == "accum_up" else max(ACCUM_MIN, target // 2)
+            self.control.set_accum(value)
         elif command in ("pause", "resume", "toggle_pause", "save", "sample"):
             getattr(self.control, command)()
         elif command == "stop":
             self.control.stop("interrupted")
         elif command != "status":
-            return {"ok": False, "error": f"unknown command {command!r}"}
-        return {"ok": True, "status": self.status()}
+            return {"ok": False, "error": f"unknown command {command[:40]!r}"}
+        done = applied_check(command, message, before)
+        status, applied = self.status(), True
+        if done is not None:
+            deadline = time.monotonic() + APPLIED_WAIT_S
+            while not (applied := done(status)) and time.monotonic() < deadline and not self._closed.is_set():
+                time.sleep(0.01)
+                status = self.status()
+        return {"ok": True, "applied": applied, "status": status}
 
     def close(self) -> None:
         if self._closed.is_set():
@@ -130,6 +232,22 @@ class ControlServer:
                 self.path.unlink()
         except OSError:
             pass
+
+
+def applied_check(command: str, message: dict[str, Any], before: dict[str, Any]
+                  ) -> Callable[[dict[str, Any]], bool] | None:
+    """How to tell from the run's status that it has applied ``command`` (None: nothing to wait
+    for — a stop is seen at once, a save or sample shows in the run's records, not its status)."""
+    if command in ("pause", "resume"):
+        return lambda status: status.get("paused") is (command == "pause")
+    if command == "toggle_pause":
+        return lambda status: status.get("paused") is not before.get("paused")
+    if command in ("accum", "accum_up", "accum_down"):
+        target = before.get("pending_accum") or before.get("accum", 1)
+        wanted = message["value"] if command == "accum" else (
+            min(ACCUM_MAX, target * 2) if command == "accum_up" else max(ACCUM_MIN, target // 2))
+        return lambda status: (status.get("pending_accum") or status.get("accum")) == wanted
+    return None
 
 
 # -- the client side (viewers) ------------------------------------------------------------------
@@ -153,9 +271,12 @@ def send_command(path: Path, message: dict[str, Any], timeout: float = CLIENT_TI
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(timeout)
         client.connect(str(path))
-        client.sendall((json.dumps(message) + "\n").encode())
+        try:
+            client.sendall((json.dumps(message) + "\n").encode())
+        except BrokenPipeError:
+            pass  # a server that answered at once ("busy") and closed: its answer is still there to read
         buffer = b""
-        while b"\n" not in buffer:
+        while b"\n" not in buffer and len(buffer) <= MAX_ANSWER:
             chunk = client.recv(MAX_LINE)
             if not chunk:
                 break
