@@ -34,7 +34,7 @@ def start_long_run(corpus: Path, run_dir: Path) -> subprocess.Popen:
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if live_holder(run_dir / rd.LOCK_FILE) and (run_dir / "checkpoints" / "latest.pt").exists():
+        if live_holder(run_dir) and (run_dir / "checkpoints" / "latest.pt").exists():
             return process
         if process.poll() is not None:
             pytest.fail(f"the run ended early: {process.stderr.read().decode()}")
@@ -61,7 +61,7 @@ def test_a_second_trainer_is_refused_while_the_first_lives_and_accepted_after_ki
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
-    assert live_holder(run_dir / rd.LOCK_FILE) is None  # the file still names it, but its pid is gone
+    assert live_holder(run_dir) is None  # the file still names it, but its pid is gone
     again = subprocess.run(train_command(small_corpus, run_dir, "--overwrite", "--epochs", "1"), capture_output=True,
                            text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert again.returncode == 0, again.stderr
@@ -71,7 +71,7 @@ def test_a_second_trainer_is_refused_while_the_first_lives_and_accepted_after_ki
 def test_a_trainer_in_this_process_holds_the_lock_until_its_run_ends(small_corpus, tmp_path):
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 2, 2)
     trainer = Trainer(cfg)
-    assert live_holder(tmp_path / "run" / rd.LOCK_FILE).pid == os.getpid()
+    assert live_holder(tmp_path / "run").pid == os.getpid()
     with pytest.raises(UserError, match="in use by a training process"):
         Trainer(cfg.replace(), overwrite=True)
     trainer.run()
