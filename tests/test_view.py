@@ -20,7 +20,7 @@ from test_snapshots import FixedClock, recorded_epochs
 from tui_trainer.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.errors import UserError
-from tui_trainer.events import RunEnded
+from tui_trainer.events import Notice, RunEnded
 from tui_trainer.rundir import control_socket as cs
 from tui_trainer.rundir.lifecycle import CONFIG_FILE
 from tui_trainer.rundir.metrics import METRICS_FILE, MetricsWriter, read_metrics
@@ -91,14 +91,18 @@ def test_a_torn_last_line_is_skipped_and_real_corruption_is_named_by_its_line(tm
         handle.write('{"type": "step", "epo')  # a crash mid-line
     app = create_view_app(run_dir)
     assert len(app._replay) > 100
+    assert not [e for e in app._replay if isinstance(e, Notice)]  # a torn last line: silently
     lines = (run_dir / METRICS_FILE).read_text().splitlines()
     lines[5] = "not json"
     (run_dir / METRICS_FILE).write_text("\n".join(lines) + "\n")
-    with pytest.raises(UserError, match="corrupt at line 6"):
-        create_view_app(run_dir)
+    app = create_view_app(run_dir)  # the run is still viewable; the bad line is named, not deleted
+    notices = [e.message for e in app._replay if isinstance(e, Notice)]
+    assert len(notices) == 1 and "line 6 (not JSON)" in notices[0], notices
+    assert (run_dir / METRICS_FILE).read_text().splitlines()[5] == "not json"
 
 
-@pytest.mark.parametrize("kind, words", [("not a run dir", "not a run dir"), ("corrupt metrics", "corrupt at line 2"),
+@pytest.mark.parametrize("kind, words", [("not a run dir", "not a run dir"),
+                                         ("a truncated config.json", "config.json is not a run's config"),
                                          ("a plain file for a socket", "not a control socket"),
                                          ("a socket open to all", "open to other users")])
 def test_bad_input_to_view_is_refused_with_one_line(kind, words, tmp_path):
@@ -106,9 +110,8 @@ def test_bad_input_to_view_is_refused_with_one_line(kind, words, tmp_path):
     target = run_dir
     if kind == "not a run dir":
         target = tmp_path
-    elif kind == "corrupt metrics":
-        lines = (run_dir / METRICS_FILE).read_text().splitlines()
-        (run_dir / METRICS_FILE).write_text("\n".join([lines[0], "{{{", *lines[1:]]) + "\n")
+    elif kind == "a truncated config.json":
+        (run_dir / CONFIG_FILE).write_bytes((run_dir / CONFIG_FILE).read_bytes()[:50])
     elif kind == "a plain file for a socket":
         (run_dir / cs.SOCKET_FILE).write_text("x")
     else:
