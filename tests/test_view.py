@@ -220,3 +220,28 @@ async def test_view_of_two_runs_overlays_their_epoch_curves_with_a_legend(tmp_pa
         title = str(app.query_one("#compare").border_title)
         assert all(run_dir in title for run_dir in run_dirs) and "val" in title
         await pilot.press("q")
+
+
+HOSTILE_LINES = [b"[1,2,3]", b'{"type": "epoch", "epoch": 2, "val_loss": null}', b"\xff\xfe", b"[" * 50_000]
+
+
+async def test_view_of_runs_with_hostile_metrics_lines_shows_them_and_names_every_bad_line(tmp_path):
+    from tui_trainer.ui.compare import create_compare_app
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_dirs = [recorded_run_dir(tmp_path / "a", epochs=3), recorded_run_dir(tmp_path / "b", epochs=2)]
+    for run_dir in run_dirs:
+        lines = (run_dir / METRICS_FILE).read_bytes().split(b"\n")
+        (run_dir / METRICS_FILE).write_bytes(b"\n".join([lines[0], *HOSTILE_LINES, *lines[1:]]))
+    viewer = create_view_app(run_dirs[0])
+    notices = [e.message for e in viewer._replay if isinstance(e, Notice)]
+    assert len(notices) == 1 and all(f"line {n}" in notices[0] for n in (2, 3, 4, 5)), notices
+    app = create_compare_app([str(run_dir) for run_dir in run_dirs])
+    told: list[str] = []
+    app.notify = lambda message, **options: told.append(message)  # (what the app tells its user)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert [len(run.epochs) for run in app.runs] == [3, 2]
+        assert len(told) == 2 and all("line 2 (a JSON list, not an object)" in m for m in told), told
+        await pilot.press("q")
