@@ -139,11 +139,12 @@ def _check_loop(loop: Any, loop_state_cls: type) -> None:
         if isinstance(value, list) and key.endswith(("history", "losses")) \
                 and not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value):
             raise _Misfit(f"its loop state's {key} holds something other than numbers")
-    for key in ("epoch", "accum"):
-        if key in loop and loop[key] < 1:
+    for key in ("epoch", "accum", "pending_accum", "pending_accum_epoch"):
+        if loop.get(key) is not None and loop[key] < 1:
             raise _Misfit(f"its loop state's {key} is {loop[key]}")
-    for key in ("example_cursor", "step", "tokens_seen"):
-        if key in loop and loop[key] < 0:
+    for key in ("example_cursor", "step", "tokens_seen", "epoch_tokens", "bad_steps_in_row", "bad_steps_total",
+                "elapsed_seconds", "epoch_seconds"):
+        if key in loop and not loop[key] >= 0:  # (a NaN fails too)
             raise _Misfit(f"its loop state's {key} is {loop[key]}")
 
 

@@ -17,7 +17,7 @@ import torch
 
 from tui_trainer.config import RunConfig
 from tui_trainer.data.dataset import Corpus
-from tui_trainer.data.tokenizer import Tokenizer, load_tokenizer
+from tui_trainer.data.tokenizer import Tokenizer, tokenizer_from_record
 from tui_trainer.errors import UserError
 from tui_trainer.events import EpochEvent, RunEnded, SampleEvent, StepEvent
 from tui_trainer.rundir import checkpoints as ckpt
@@ -34,7 +34,7 @@ from tui_trainer.rundir.files import (
 from tui_trainer.rundir.lock import RunLock, refuse_if_in_use
 from tui_trainer.rundir.ownership import foreign_name, has_marker, remove_our_files, write_marker
 from tui_trainer.rundir.paths import make_run_dir, probe_checkpoint_dir, remove_made_folders
-from tui_trainer.rundir.reader import read_metrics_file
+from tui_trainer.rundir.reader import read_metrics_file, read_run_config
 
 if TYPE_CHECKING:
     from tui_trainer.engine.loop_state import LoopState
@@ -341,8 +341,17 @@ def write_config(run_dir: Path, cfg: RunConfig, corpus: Corpus, device: torch.de
 
 
 def vocabulary_of(run_dir: str | Path) -> Tokenizer:
-    """The tokenizer a run was trained with (char or BPE), e.g. to decode samples."""
-    return load_tokenizer(run_dir)
+    """The tokenizer a run was trained with (char or BPE), e.g. to decode samples; its config.json
+    checked first (a damaged one is one line naming it, never a traceback)."""
+    _, record = read_run_config(run_dir)
+    vocab, info = record.get("vocab"), record.get("tokenizer")
+    bpe = isinstance(info, dict) and info.get("kind") == "bpe"
+    fits_char = isinstance(vocab, list) and bool(vocab) and all(isinstance(c, str) and c for c in vocab)
+    fits_bpe = bpe and isinstance(info.get("fingerprint"), str)
+    if not ((info is None or isinstance(info, dict) and info.get("kind") == "char") and fits_char or fits_bpe):
+        raise UserError(f"{Path(run_dir) / CONFIG_FILE} does not describe the run's tokenizer",
+                        f"`tui-trainer train --resume {run_dir}` rewrites it from the checkpoint")
+    return tokenizer_from_record(record, run_dir)
 
 
 def refuse_a_foreign_tokenizer_file(run_dir: Path, overwrite: bool) -> None:
