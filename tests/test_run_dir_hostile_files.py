@@ -31,7 +31,7 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tui_trainer", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "tui_trainer", *args], capture_output=True, text=True, timeout=300, check=False,
                           stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
@@ -230,3 +230,19 @@ def test_a_config_json_whose_tokenizer_is_damaged_is_one_line(tokenizer_part, tm
     (tmp_path / CONFIG_FILE).write_text(json.dumps({"config": {}, **tokenizer_part}))
     with pytest.raises(UserError, match="does not describe the run's tokenizer"):
         vocabulary_of(tmp_path)
+
+
+def test_under_the_run_dir_lock_a_temp_checkpoint_named_for_a_reused_pid_is_cleared(tmp_path):
+    """A save that died left `.latest.pt.tmp-PID`; that pid now belongs to a live process (here,
+    pid 1). The lock says no other process writes here: it is stale all the same."""
+    folder = ckpt.checkpoint_path(tmp_path).parent
+    folder.mkdir()
+    (folder / ".latest.pt.tmp-1").write_bytes(b"half a checkpoint")
+    ckpt.save_atomic({"a": 1}, ckpt.checkpoint_path(tmp_path))
+    assert (folder / ".latest.pt.tmp-1").exists()  # no lock held: pid 1 lives, so it might be writing
+    held = RunLock(tmp_path)
+    try:
+        ckpt.save_atomic({"a": 2}, ckpt.checkpoint_path(tmp_path))
+    finally:
+        held.release()
+    assert sorted(p.name for p in folder.iterdir()) == ["latest.pt"]

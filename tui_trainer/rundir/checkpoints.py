@@ -46,21 +46,25 @@ def _temp_path(path: Path, pid: int) -> Path:
 
 
 def _remove_stale_temp_files(path: Path) -> None:
-    """Temp files of processes that died mid-write (kill -9, power loss); ours are gone already."""
+    """Temp files of processes that died mid-write (kill -9, power loss); ours are gone already.
+    While this process holds the run dir's lock no other one writes there, so every other temp
+    file is stale; without the lock (a save outside a run) only those whose process is gone are."""
+    locked = held_lock(path.parent.parent) is not None
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         try:
             pid = int(stale.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if pid == os.getpid():
+        if pid == os.getpid() or not stale.is_file() or stale.is_symlink():
             continue
-        try:
-            os.kill(pid, 0)
-            continue  # that process is alive (and not ours to touch)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
+        if not locked:
+            try:
+                os.kill(pid, 0)
+                continue  # that process is alive (and not ours to touch)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
         try:
             stale.unlink()
         except OSError:
