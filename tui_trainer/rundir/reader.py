@@ -30,7 +30,6 @@ from tui_trainer.events import EpochEvent, RunEnded, SampleEvent, StepEvent
 from tui_trainer.rundir.files import CONFIG_FILE, METRICS_FILE
 
 RECORD_EVENTS = {"step": StepEvent, "epoch": EpochEvent, "sample": SampleEvent, "end": RunEnded}
-_HINTS = {kind: typing.get_type_hints(kind) for kind in RECORD_EVENTS.values()}
 _REQUIRED = {kind: {f.name for f in dataclass_fields(kind) if f.default is MISSING and f.default_factory is MISSING}
              for kind in RECORD_EVENTS.values()}
 _NON_FINITE = {"nan", "inf", "-inf"}  # how the writer spells what JSON cannot (metrics._clean)
@@ -38,20 +37,28 @@ _NUMBER = (int, float)
 CONFIG_LIMIT = 16 * 2**20  # a config.json is a few KB; more is not one
 
 
+def accepted_types(hint: Any) -> frozenset[type]:
+    """The plain types an annotation admits (``float | None`` → {float, NoneType})."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return frozenset(typing.get_origin(kind) or kind for kind in options)
+
+
 def fits(value: Any, hint: Any) -> bool:
     """``value`` is of the annotated type (an int is a fine float; a bool is no int)."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for kind in options:
-        kind = typing.get_origin(kind) or kind
-        if kind is type(None) and value is None:
-            return True
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if kind is float and isinstance(value, _NUMBER) and not isinstance(value, bool):
-            return True
-        if kind in (str, list, dict, bool, tuple) and isinstance(value, kind):
-            return True
-    return False
+    return _admits(value, accepted_types(hint))
+
+
+def _admits(value: Any, accepted: frozenset[type]) -> bool:
+    kind = type(value)
+    if kind is int:
+        return int in accepted or float in accepted
+    if kind in accepted:
+        return True
+    return kind is not bool and any(isinstance(value, k) for k in (str, list, dict, tuple) if k in accepted)
+
+
+_ACCEPTED = {kind: {name: accepted_types(hint) for name, hint in typing.get_type_hints(kind).items()}
+             for kind in RECORD_EVENTS.values()}
 
 
 class BadRecord(ValueError):
@@ -76,19 +83,19 @@ def event_from_record(record: Any) -> Any | None:
         if "type" not in record or not isinstance(record["type"], str):
             raise BadRecord("no record type")
         return None
-    hints = _HINTS[kind]
+    accepted = _ACCEPTED[kind]
     values = {}
     for name, value in record.items():
-        if name not in hints:
+        admitted = accepted.get(name)
+        if admitted is None:
             continue  # a field of another version
-        hint = hints[name]
-        if isinstance(value, str) and value in _NON_FINITE and fits(1.0, hint) and not fits("", hint):
+        if type(value) is str and value in _NON_FINITE and float in admitted and str not in admitted:
             value = float(value)
-        if not fits(value, hint):
+        if not _admits(value, admitted):
             raise BadRecord(f"its {name} is {_describe(value)}")
-        if type(value) is int and value < 0 and not fits(0.5, hint):  # (every whole number here is a count)
+        if type(value) is int and value < 0 and float not in admitted:  # (every whole number here is a count)
             raise BadRecord(f"its {name} is {value}")
-        values[name] = tuple(value) if isinstance(value, list) else value
+        values[name] = tuple(value) if type(value) is list else value
     missing = sorted(_REQUIRED[kind] - set(values))
     if missing:
         raise BadRecord(f"a {record['type']} record without {missing[0]}")
