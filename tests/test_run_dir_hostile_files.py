@@ -204,6 +204,8 @@ CONFIGS = {
     "a section not a table": (b'{"config": {"model": 3}}', "model is not a table"),
     "a setting of the wrong type": (b'{"config": {"model": {"block_size": "big"}}}', "block_size"),
     "a zero size": (b'{"config": {"train": {"micro_batch": 0}}}', "train.micro_batch is 0"),
+    "a size beyond any run": (b'{"config": {"model": {"block_size": 1e400}}}', "block_size"),
+    "a count beyond any run": (b'{"config": {"train": {"epochs": 99999999999999999999}}}', "train.epochs is"),
 }
 
 

@@ -24,7 +24,7 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
-from tui_trainer.config import RunConfig, checked_value
+from tui_trainer.config import LIMITS, RunConfig, checked_value
 from tui_trainer.errors import UserError
 from tui_trainer.events import EpochEvent, RunEnded, SampleEvent, StepEvent
 from tui_trainer.rundir.files import CONFIG_FILE, METRICS_FILE
@@ -35,6 +35,7 @@ _REQUIRED = {kind: {f.name for f in dataclass_fields(kind) if f.default is MISSI
 _NON_FINITE = {"nan", "inf", "-inf"}  # how the writer spells what JSON cannot (metrics._clean)
 _NUMBER = (int, float)
 CONFIG_LIMIT = 16 * 2**20  # a config.json is a few KB; more is not one
+POSITIVE = ("n_layer", "n_head", "n_embd", "block_size", "epochs", "micro_batch", "accum")  # (sizes a viewer uses)
 
 
 def accepted_types(hint: Any) -> frozenset[type]:
@@ -224,7 +225,8 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
         for name, value in values.items():
             if name in known:
                 checked = _checked(section_cls, name, value, path, fix)
-                if name in ("block_size", "epochs", "micro_batch", "accum") and checked < 1:
+                if name in POSITIVE and checked < 1 or name in LIMITS and checked is not None \
+                        and not 0 <= checked <= LIMITS[name]:
                     raise UserError(f"{path} is not a run's config ({section}.{name} is {checked})", fix)
     return RunConfig.from_dict(settings), record
 
