@@ -248,3 +248,15 @@ def test_under_the_run_dir_lock_a_temp_checkpoint_named_for_a_reused_pid_is_clea
     finally:
         held.release()
     assert sorted(p.name for p in folder.iterdir()) == ["latest.pt"]
+
+
+def test_a_fifo_or_a_symlink_named_lock_is_nobodys_description_and_blocks_no_reader(tmp_path):
+    os.mkfifo(tmp_path / LOCK_FILE)
+    assert live_holder(tmp_path) is None and foreign_name(tmp_path) == LOCK_FILE
+    (tmp_path / LOCK_FILE).unlink()
+    (tmp_path / "elsewhere").write_text(json.dumps({"pid": 1, "host": "h", "started": "s"}))
+    (tmp_path / LOCK_FILE).symlink_to(tmp_path / "elsewhere")
+    assert lock_module.read_holder(tmp_path) is None and foreign_name(tmp_path) == LOCK_FILE
+    with pytest.raises(UserError, match="its .lock is a symbolic link") as caught:
+        RunLock(tmp_path)
+    assert "plain file" in caught.value.hint

@@ -54,7 +54,8 @@ class Holder:
 def read_holder(run_dir: Path) -> Holder | None:
     """What the lock file says about its holder (None: absent, empty, unreadable or not ours)."""
     try:
-        with open(Path(run_dir) / LOCK_FILE, "rb") as handle:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # (a FIFO never blocks)
+        with os.fdopen(fd, "rb") as handle:
             record = json.loads(handle.read(4096).decode("utf-8"))
         return Holder(pid=int(record["pid"]), host=str(record["host"]), started=str(record["started"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
@@ -146,7 +147,8 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
-            raise UserError(f"cannot lock run dir {self.run_dir}: {self.path}: {exc.strerror or exc}",
+            reason = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened: {exc.strerror or exc}"
+            raise UserError(f"cannot lock run dir {self.run_dir}: its {LOCK_FILE} {reason}",
                             "remove it if no run is training there (it must be a plain file)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
