@@ -14,7 +14,7 @@ from tui_trainer.engine.loop import Trainer
 from tui_trainer.rundir.files import METRICS_FILE
 from tui_trainer.rundir.lock import RunLock
 from tui_trainer.rundir.metrics import read_metrics
-from tui_trainer.rundir.tensorboard import EXPORT_TEMP_PREFIX, TENSORBOARD_DIR, TensorBoardSink, export_tensorboard
+from tui_trainer.rundir.tensorboard import EXPORT_TEMP_PREFIX, TENSORBOARD_DIR, TensorBoardSink
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
