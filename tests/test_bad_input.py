@@ -165,14 +165,32 @@ def test_an_unreadable_file_is_one_line(flag, small_corpus, tmp_path, capsys):
     assert "cannot be read" in run_bad(args, capsys, tmp_path)
 
 
-def test_a_set_up_that_fails_after_the_run_dir_was_made_takes_back_what_it_wrote(small_corpus, tmp_path, capsys):
+def test_a_set_up_that_fails_after_the_run_dir_was_made_takes_back_what_it_wrote(small_corpus, tmp_path, capsys,
+                                                                                  monkeypatch):
     """config.json cannot be written (a folder sits where its temp file goes): one line, exit 2, and
     the run dir holds what it held before — no marker, no checkpoints/, no metrics."""
+    from tui_trainer.rundir import lifecycle
+
     run_dir = tmp_path / "run"
     (run_dir / ".config.json.tmp").mkdir(parents=True)
     before = set(tmp_path.rglob("*"))
+    # A folder not ours holding one of our (temp) names is refused before anything is written ...
     line = run_bad(["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), *TINY], capsys, tmp_path,
                    keep=before)
+    assert "--run-dir" in line and ".config.json.tmp/ not written by tui-trainer" in line
+    assert sorted(p.name for p in run_dir.iterdir()) == [".config.json.tmp"]
+    # ... and the same folder showing up only once the run dir is made is taken back as it was.
+    make_run_dir = lifecycle.make_run_dir
+
+    def make_then_a_folder_appears(path):
+        made = make_run_dir(path)
+        (path / ".config.json.tmp").mkdir()
+        return made
+
+    monkeypatch.setattr(lifecycle, "make_run_dir", make_then_a_folder_appears)
+    run_dir = tmp_path / "later"
+    line = run_bad(["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), *TINY], capsys, tmp_path,
+                   keep={run_dir, run_dir / ".config.json.tmp"})
     assert "--run-dir" in line and "Is a directory" in line
     assert sorted(p.name for p in run_dir.iterdir()) == [".config.json.tmp"]
 

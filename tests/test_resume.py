@@ -177,6 +177,27 @@ def test_a_line_cut_short_by_a_crash_is_dropped_on_resume(reference, tmp_path):
     assert records(run_dir, "step", STEP_KEYS) == want_steps
 
 
+def test_a_resume_of_a_run_with_damaged_metrics_continues_and_names_the_lines_it_set_aside(reference, tmp_path):
+    """The metrics are a log, the checkpoint is the truth: bad lines never stop a resume, and are
+    moved aside (named in the run's notes), never deleted."""
+    corpus, reference_of = reference
+    want_steps, _ = reference_of()
+    run_dir = tmp_path / "run"
+    run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", 4)))
+    lines = (run_dir / "metrics.jsonl").read_bytes().split(b"\n")
+    damaged = [b"[1,2,3]", b'{"type": "step", "step": 2, "loss": null}', b"\xff\xfe not UTF-8"]
+    (run_dir / "metrics.jsonl").write_bytes(b"\n".join([lines[0], damaged[0], lines[1], damaged[1], damaged[2],
+                                                         *lines[2:]]))
+    sink = Script()
+    _, end = run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir)
+    assert end.reason == "completed"
+    assert records(run_dir, "step", STEP_KEYS) == want_steps
+    notes = " ".join(sink.of(RunStarted)[0].notes)
+    assert "line 2 (a JSON list, not an object), line 4 (its loss is null), line 5 (not UTF-8 text)" in notes, notes
+    assert "metrics.set-aside.jsonl" in notes
+    assert (run_dir / "metrics.set-aside.jsonl").read_bytes() == b"\n".join(damaged) + b"\n"
+
+
 def test_safe_overrides_apply_and_are_logged_contradictions_are_refused(reference, tmp_path):
     corpus, _ = reference
     run_dir = tmp_path / "run"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_config
+from metrics_records import line, record
 
 from tui_trainer.data.dataset import load_corpus
 from tui_trainer.engine.loop_state import LoopState
@@ -33,7 +33,7 @@ def test_run_dir_holds_tells_a_checkpoint_from_steps_from_a_set_up_from_nothing(
     assert rd.run_dir_holds(tmp_path) == "set-up"
     (tmp_path / METRICS_FILE).write_text("")
     assert rd.run_dir_holds(tmp_path) == "set-up"  # an empty metrics file: not a step yet
-    (tmp_path / METRICS_FILE).write_text('{"type": "step", "step": 1}\n')
+    (tmp_path / METRICS_FILE).write_text(line("step"))
     assert rd.run_dir_holds(tmp_path) == "steps"
     (tmp_path / METRICS_FILE).unlink()
     ckpt.checkpoint_path(tmp_path, "best").parent.mkdir()
@@ -44,7 +44,7 @@ def test_run_dir_holds_tells_a_checkpoint_from_steps_from_a_set_up_from_nothing(
 
 
 def test_load_resumable_refuses_a_run_that_never_saved(tmp_path):
-    (tmp_path / METRICS_FILE).write_text('{"type": "step", "step": 1}\n')
+    (tmp_path / METRICS_FILE).write_text(line("step"))
     with pytest.raises(UserError) as caught:
         rd.load_resumable(tmp_path)
     assert "no checkpoint" in caught.value.message and "--overwrite" in caught.value.hint
@@ -72,7 +72,7 @@ def test_prepare_with_overwrite_removes_the_old_run_but_not_other_files(tmp_path
     write_marker(tmp_path)
     ckpt.checkpoint_path(tmp_path).parent.mkdir()
     ckpt.checkpoint_path(tmp_path).write_bytes(b"x")
-    (tmp_path / METRICS_FILE).write_text('{"type": "step", "step": 1}\n')
+    (tmp_path / METRICS_FILE).write_text(line("step"))
     (tmp_path / "notes.txt").write_text("mine")
     rd.prepare_run_dir(tiny_config("unused.txt", tmp_path), None, True, [])
     # The old run's files are gone; the new run's marker and (empty, probed) checkpoints/ are there.
@@ -128,9 +128,8 @@ def test_a_finished_or_early_stopped_run_is_refused_only_when_its_end_was_record
     assert rd.refuse_or_finish(a_checkpoint_state(cfg, epoch=2, waited=1), cfg, tmp_path) is None  # an epoch to go
     for reason, state in (("completed", a_checkpoint_state(cfg, epoch=3)),
                           ("early_stop", a_checkpoint_state(cfg, epoch=2, waited=2))):
-        (tmp_path / METRICS_FILE).write_text(json.dumps({"type": "epoch", "epoch": 2}) + "\n"
-                                             + (json.dumps({"type": "end", "reason": reason}) + "\n" if recorded
-                                                else ""))
+        (tmp_path / METRICS_FILE).write_text(line("epoch", epoch=2) + (line("end", reason=reason) if recorded
+                                                                      else ""))
         if not recorded:  # training done, end never written: the resume owes exactly that end
             assert rd.refuse_or_finish(state, cfg, tmp_path) == reason
             continue
@@ -142,8 +141,8 @@ def test_a_finished_or_early_stopped_run_is_refused_only_when_its_end_was_record
 
 
 def test_trim_drops_records_beyond_the_checkpoint_and_lines_cut_short(tmp_path):
-    lines = [{"type": "start"}, {"type": "step", "step": 1}, {"type": "step", "step": 2}, {"type": "epoch", "epoch": 1},
-             {"type": "step", "step": 3}, {"type": "epoch", "epoch": 2}]
+    lines = [{"type": "start"}, record("step", step=1), record("step", step=2), record("epoch", epoch=1),
+             record("step", step=3), record("epoch", epoch=2)]
     text = "".join(json.dumps(line) + "\n" for line in lines) + '{"type": "st'
     (tmp_path / METRICS_FILE).write_text(text, encoding="utf-8")
     rd.trim_metrics_after(tmp_path, step=2, epochs_done=1)

@@ -34,7 +34,7 @@ def start_long_run(corpus: Path, run_dir: Path) -> subprocess.Popen:
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if live_holder(run_dir / rd.LOCK_FILE) and (run_dir / "checkpoints" / "latest.pt").exists():
+        if live_holder(run_dir) and (run_dir / "checkpoints" / "latest.pt").exists():
             return process
         if process.poll() is not None:
             pytest.fail(f"the run ended early: {process.stderr.read().decode()}")
@@ -61,7 +61,7 @@ def test_a_second_trainer_is_refused_while_the_first_lives_and_accepted_after_ki
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
-    assert live_holder(run_dir / rd.LOCK_FILE) is None  # the file still names it, but its pid is gone
+    assert live_holder(run_dir) is None  # the file still names it, but its pid is gone
     again = subprocess.run(train_command(small_corpus, run_dir, "--overwrite", "--epochs", "1"), capture_output=True,
                            text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert again.returncode == 0, again.stderr
@@ -71,7 +71,7 @@ def test_a_second_trainer_is_refused_while_the_first_lives_and_accepted_after_ki
 def test_a_trainer_in_this_process_holds_the_lock_until_its_run_ends(small_corpus, tmp_path):
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 2, 2)
     trainer = Trainer(cfg)
-    assert live_holder(tmp_path / "run" / rd.LOCK_FILE).pid == os.getpid()
+    assert live_holder(tmp_path / "run").pid == os.getpid()
     with pytest.raises(UserError, match="in use by a training process"):
         Trainer(cfg.replace(), overwrite=True)
     trainer.run()
@@ -85,3 +85,26 @@ def test_a_refused_new_run_dir_is_left_without_a_lock_file(small_corpus, tmp_pat
     with pytest.raises(UserError, match="already holds a run"):
         Trainer(cfg)
     assert not (tmp_path / "run" / rd.LOCK_FILE).exists()
+
+
+def test_overwrite_of_a_live_run_whose_lock_file_was_deleted_is_refused_and_the_run_takes_its_file_back(
+        small_corpus, tmp_path):
+    """`rm RUN/.lock` while the run trains: the run dir's own (folder) lock still holds it, so a
+    second writer is refused, and the run's next save puts its lock file back."""
+    run_dir = tmp_path / "run"
+    first = start_long_run(small_corpus, run_dir)
+    try:
+        (run_dir / rd.LOCK_FILE).unlink()
+        second = subprocess.run(train_command(small_corpus, run_dir, "--overwrite", "--epochs", "1"),
+                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert second.returncode == 2, second.stderr
+        assert "in use by a training process" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert (run_dir / "checkpoints" / "latest.pt").exists() and first.poll() is None
+        deadline = time.monotonic() + 60
+        while not (run_dir / rd.LOCK_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # (--checkpoint-every 1: the next step's save takes it back)
+        assert live_holder(run_dir).pid == first.pid
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    assert live_holder(run_dir) is None

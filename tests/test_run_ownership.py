@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from tui_trainer.rundir.files import ALL_NAMES as OUR_NAMES
+from tui_trainer.rundir.files import MARKER_FILE
 from tui_trainer.rundir.ownership import (
-    MARKER_FILE,
-    OUR_NAMES,
     config_is_ours,
     foreign_name,
     has_marker,

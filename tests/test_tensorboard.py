@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import pytest
@@ -9,8 +11,10 @@ from conftest import tiny_config, with_limits
 
 from tui_trainer.cli.main import main
 from tui_trainer.engine.loop import Trainer
+from tui_trainer.rundir.files import METRICS_FILE
+from tui_trainer.rundir.lock import RunLock
 from tui_trainer.rundir.metrics import read_metrics
-from tui_trainer.rundir.tensorboard import TENSORBOARD_DIR, TensorBoardSink, export_tensorboard
+from tui_trainer.rundir.tensorboard import EXPORT_TEMP_PREFIX, TENSORBOARD_DIR, TensorBoardSink
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
@@ -70,3 +74,51 @@ def test_overwrite_removes_the_old_runs_event_files(small_corpus, tmp_path):
     assert (tmp_path / "run" / TENSORBOARD_DIR).is_dir()
     Trainer(cfg, overwrite=True).run()
     assert not (tmp_path / "run" / TENSORBOARD_DIR).exists()  # else TensorBoard would mix the two runs
+
+
+def test_export_refuses_a_live_run_and_writes_nothing(small_corpus, tmp_path, capsys):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 2, 2)
+    Trainer(cfg).run()
+    held = RunLock(tmp_path / "run")  # (what a training process holds)
+    try:
+        assert main(["export", str(tmp_path / "run"), "--tensorboard"]) == 2
+    finally:
+        held.release()
+    err = capsys.readouterr().err
+    assert "still training" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / TENSORBOARD_DIR).exists()
+    assert not list((tmp_path / "run").glob(f"{EXPORT_TEMP_PREFIX}*"))
+
+
+def test_export_of_no_records_writes_nothing_and_blocks_no_later_export(small_corpus, tmp_path, capsys):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 2, 2)
+    Trainer(cfg).run()
+    metrics = tmp_path / "run" / METRICS_FILE
+    records = metrics.read_bytes()
+    metrics.write_bytes(b"")
+    assert main(["export", str(tmp_path / "run"), "--tensorboard"]) == 2
+    assert "nothing to export" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
+        [".lock", ".tui-trainer-run", "checkpoints", "config.json", "metrics.jsonl"])
+    stale = tmp_path / "run" / f"{EXPORT_TEMP_PREFIX}killed"  # an export killed mid-write
+    stale.mkdir()
+    (stale / "events.out.tfevents.1.host").write_bytes(b"partial")
+    metrics.write_bytes(records)
+    assert main(["export", str(tmp_path / "run"), "--tensorboard"]) == 0
+    assert_same(scalars(tmp_path / "run" / TENSORBOARD_DIR), expected(tmp_path / "run"))
+    assert not stale.exists()
+
+
+def test_export_names_the_lines_it_leaves_out_and_prints_under_an_ascii_console(small_corpus, tmp_path):
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 2, 2)
+    Trainer(cfg).run()
+    metrics = tmp_path / "run" / METRICS_FILE
+    lines = metrics.read_bytes().split(b"\n")
+    metrics.write_bytes(b"\n".join([lines[0], b'{"type": "step", "loss": null}', *lines[1:]]))
+    result = subprocess.run([sys.executable, "-m", "tui_trainer", "export", str(tmp_path / "run"), "--tensorboard"],
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0, result.stderr
+    assert "line 2 (its loss is null) left out" in result.stderr and "Traceback" not in result.stderr
+    assert "wrote" in result.stdout and "? view with" in result.stdout
+    assert (tmp_path / "run" / TENSORBOARD_DIR).is_dir()

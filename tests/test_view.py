@@ -21,7 +21,7 @@ from test_snapshots import FixedClock, recorded_epochs
 from tui_trainer.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.errors import UserError
-from tui_trainer.events import RunEnded
+from tui_trainer.events import Notice, RunEnded
 from tui_trainer.rundir import control_socket as cs
 from tui_trainer.rundir.lifecycle import CONFIG_FILE
 from tui_trainer.rundir.metrics import METRICS_FILE, MetricsWriter, read_metrics
@@ -92,14 +92,18 @@ def test_a_torn_last_line_is_skipped_and_real_corruption_is_named_by_its_line(tm
         handle.write('{"type": "step", "epo')  # a crash mid-line
     app = create_view_app(run_dir)
     assert len(app._replay) > 100
+    assert not [e for e in app._replay if isinstance(e, Notice)]  # a torn last line: silently
     lines = (run_dir / METRICS_FILE).read_text().splitlines()
     lines[5] = "not json"
     (run_dir / METRICS_FILE).write_text("\n".join(lines) + "\n")
-    with pytest.raises(UserError, match="corrupt at line 6"):
-        create_view_app(run_dir)
+    app = create_view_app(run_dir)  # the run is still viewable; the bad line is named, not deleted
+    notices = [e.message for e in app._replay if isinstance(e, Notice)]
+    assert len(notices) == 1 and "line 6 (not JSON)" in notices[0], notices
+    assert (run_dir / METRICS_FILE).read_text().splitlines()[5] == "not json"
 
 
-@pytest.mark.parametrize("kind, words", [("not a run dir", "not a run dir"), ("corrupt metrics", "corrupt at line 2"),
+@pytest.mark.parametrize("kind, words", [("not a run dir", "not a run dir"),
+                                         ("a truncated config.json", "config.json is not a run's config"),
                                          ("a plain file for a socket", "not a control socket"),
                                          ("a socket open to all", "open to other users")])
 def test_bad_input_to_view_is_refused_with_one_line(kind, words, tmp_path):
@@ -107,9 +111,8 @@ def test_bad_input_to_view_is_refused_with_one_line(kind, words, tmp_path):
     target = run_dir
     if kind == "not a run dir":
         target = tmp_path
-    elif kind == "corrupt metrics":
-        lines = (run_dir / METRICS_FILE).read_text().splitlines()
-        (run_dir / METRICS_FILE).write_text("\n".join([lines[0], "{{{", *lines[1:]]) + "\n")
+    elif kind == "a truncated config.json":
+        (run_dir / CONFIG_FILE).write_bytes((run_dir / CONFIG_FILE).read_bytes()[:50])
     elif kind == "a plain file for a socket":
         (run_dir / cs.SOCKET_FILE).write_text("x")
     else:
@@ -221,4 +224,29 @@ async def test_view_of_two_runs_overlays_their_epoch_curves_with_a_legend(tmp_pa
         assert [len(run.epochs) for run in app.runs] == [3, 5]
         title = str(app.query_one("#compare").border_title)
         assert all(run_dir in title for run_dir in run_dirs) and "val" in title
+        await pilot.press("q")
+
+
+HOSTILE_LINES = [b"[1,2,3]", b'{"type": "epoch", "epoch": 2, "val_loss": null}', b"\xff\xfe", b"[" * 50_000]
+
+
+async def test_view_of_runs_with_hostile_metrics_lines_shows_them_and_names_every_bad_line(tmp_path):
+    from tui_trainer.ui.compare import create_compare_app
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_dirs = [recorded_run_dir(tmp_path / "a", epochs=3), recorded_run_dir(tmp_path / "b", epochs=2)]
+    for run_dir in run_dirs:
+        lines = (run_dir / METRICS_FILE).read_bytes().split(b"\n")
+        (run_dir / METRICS_FILE).write_bytes(b"\n".join([lines[0], *HOSTILE_LINES, *lines[1:]]))
+    viewer = create_view_app(run_dirs[0])
+    notices = [e.message for e in viewer._replay if isinstance(e, Notice)]
+    assert len(notices) == 1 and all(f"line {n}" in notices[0] for n in (2, 3, 4, 5)), notices
+    app = create_compare_app([str(run_dir) for run_dir in run_dirs])
+    told: list[str] = []
+    app.notify = lambda message, **options: told.append(message)  # (what the app tells its user)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert [len(run.epochs) for run in app.runs] == [3, 2]
+        assert len(told) == 2 and all("line 2 (a JSON list, not an object)" in m for m in told), told
         await pilot.press("q")

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from tui_trainer import __version__
 from tui_trainer.cli.config_file import load_toml, require_data_file
-from tui_trainer.cli.console import say, terminal_in_utf8
+from tui_trainer.cli.console import say, terminal_in_utf8, write_replacing
 from tui_trainer.cli.faces import run_app, run_headless
 from tui_trainer.cli.presets import QUICK, with_preset
 from tui_trainer.cli.sample import add_sample_arguments, run_sample
@@ -289,8 +289,11 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError("export needs a format", f"pass --tensorboard: {PROG} export {args.run_dir} --tensorboard")
     from tui_trainer.rundir.tensorboard import export_tensorboard
 
-    target, count = export_tensorboard(args.run_dir)
-    print(f"wrote {count} records to {target} — view with: tensorboard --logdir {target}")
+    export = export_tensorboard(args.run_dir)
+    if export.set_aside:
+        say(f"warning: {args.run_dir}/metrics.jsonl: {export.set_aside} left out (not metrics records)")
+    write_replacing(sys.stdout, f"wrote {export.records} records to {export.target} — view with: "
+                                f"tensorboard --logdir {export.target}\n")
     return 0
 
 

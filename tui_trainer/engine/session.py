@@ -245,7 +245,7 @@ class TrainingSession(Steering, Endings):
         self.state.finished = None
         self._restore_rank_rng(state)
         if self.ranks.is_main:  # (rank 0 alone writes in the run dir)
-            rd.trim_metrics_after(self.run_dir, self.state.step, len(self.state.val_history))
+            rd.trim_metrics_after(self.run_dir, self.state.step, len(self.state.val_history), self.notes)
         self.notes.append(f"resumed at epoch {self.state.epoch}, step {self.state.step}")
         pending = rd.pending_accum_note(self.state)
         if pending:

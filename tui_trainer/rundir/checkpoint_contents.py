@@ -10,7 +10,6 @@ halfway through (after the metrics were trimmed) with a traceback instead of one
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 
 from tui_trainer.config import LIMITS, ModelConfig, RunConfig
 from tui_trainer.errors import UserError
+from tui_trainer.rundir.reader import fits
 
 _NUMBER = (int, float)
 
@@ -124,22 +124,6 @@ def _check_optimizer(optimizer: Any, cfg: ModelConfig) -> None:
                 raise _Misfit(f"its optimizer's {name} of parameter {key} does not match the weight's shape")
 
 
-def _fits(value: Any, hint: Any) -> bool:
-    """``value`` is of the annotated type (an int is a fine float; a bool is no int)."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for kind in options:
-        kind = typing.get_origin(kind) or kind
-        if kind is type(None) and value is None:
-            return True
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if kind is float and isinstance(value, _NUMBER) and not isinstance(value, bool):
-            return True
-        if kind in (str, list, dict, bool) and isinstance(value, kind):
-            return True
-    return False
-
-
 def _check_loop(loop: Any, loop_state_cls: type) -> None:
     if not isinstance(loop, dict):
         raise _Misfit("its loop state is not a table")
@@ -150,16 +134,17 @@ def _check_loop(loop: Any, loop_state_cls: type) -> None:
     if extra:
         raise _Misfit(f"its loop state has an unknown key '{extra[0]}'")
     for key, value in loop.items():
-        if not _fits(value, hints[key]):
+        if not fits(value, hints[key]):
             raise _Misfit(f"its loop state's {key} is {type(value).__name__} {value!r:.40}")
         if isinstance(value, list) and key.endswith(("history", "losses")) \
                 and not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value):
             raise _Misfit(f"its loop state's {key} holds something other than numbers")
-    for key in ("epoch", "accum"):
-        if key in loop and loop[key] < 1:
+    for key in ("epoch", "accum", "pending_accum", "pending_accum_epoch"):
+        if loop.get(key) is not None and loop[key] < 1:
             raise _Misfit(f"its loop state's {key} is {loop[key]}")
-    for key in ("example_cursor", "step", "tokens_seen"):
-        if key in loop and loop[key] < 0:
+    for key in ("example_cursor", "step", "tokens_seen", "epoch_tokens", "bad_steps_in_row", "bad_steps_total",
+                "elapsed_seconds", "epoch_seconds"):
+        if key in loop and not loop[key] >= 0:  # (a NaN fails too)
             raise _Misfit(f"its loop state's {key} is {loop[key]}")
 
 

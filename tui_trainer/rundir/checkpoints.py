@@ -23,11 +23,12 @@ from typing import Any
 import torch
 
 from tui_trainer.errors import UserError
+from tui_trainer.rundir.files import CHECKPOINT_DIR, checkpoint_name
+from tui_trainer.rundir.lock import LockLost, held_lock
 
 # 1: the first format. 2: `loop.elapsed_seconds` (the run's wall time) and `loop.last_verdict`. Older
 # versions still load (a missing field takes its default); a newer one is refused with "upgrade tui-trainer".
 FORMAT_VERSION = 2
-CHECKPOINT_DIR = "checkpoints"
 # What the engine needs to resume; a checkpoint without one of these cannot be used.
 REQUIRED_KEYS = ("model", "optimizer", "early_stopping", "loop", "rng", "config", "vocab", "data_sha256")
 
@@ -37,7 +38,7 @@ class CheckpointWriteError(Exception):
 
 
 def checkpoint_path(run_dir: str | Path, kind: str = "latest") -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / f"{kind}.pt"
+    return Path(run_dir) / CHECKPOINT_DIR / checkpoint_name(kind)
 
 
 def _temp_path(path: Path, pid: int) -> Path:
@@ -45,34 +46,52 @@ def _temp_path(path: Path, pid: int) -> Path:
 
 
 def _remove_stale_temp_files(path: Path) -> None:
-    """Temp files of processes that died mid-write (kill -9, power loss); ours are gone already."""
+    """Temp files of processes that died mid-write (kill -9, power loss); ours are gone already.
+    While this process holds the run dir's lock no other one writes there, so every other temp
+    file is stale; without the lock (a save outside a run) only those whose process is gone are."""
+    locked = held_lock(path.parent.parent) is not None
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         try:
             pid = int(stale.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if pid == os.getpid():
+        if pid == os.getpid() or not stale.is_file() or stale.is_symlink():
             continue
-        try:
-            os.kill(pid, 0)
-            continue  # that process is alive (and not ours to touch)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
+        if not locked:
+            try:
+                os.kill(pid, 0)
+                continue  # that process is alive (and not ours to touch)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
         try:
             stale.unlink()
         except OSError:
             pass
 
 
+def _check_run_dir_lock(path: Path) -> None:
+    """The run dir this process locked is still the one at the path, and so is its lock file
+    (lock.py): a run whose lock was lost must not write over the files of whoever came next."""
+    lock = held_lock(path.parent.parent)  # (RUN_DIR/checkpoints/latest.pt)
+    if lock is None:
+        return
+    try:
+        lock.check_still_held()
+    except LockLost as exc:
+        raise CheckpointWriteError(f"not saving {path}: {exc}") from exc
+
+
 def save_atomic(state: dict[str, Any], path: Path) -> float:
     """Write ``state`` to ``path`` atomically; return the seconds it took.
 
-    Raises ``CheckpointWriteError`` (with the OS's reason) when the file cannot be written;
-    the previous file at ``path`` is then untouched and no temp file is left behind.
+    Raises ``CheckpointWriteError`` (with the OS's reason) when the file cannot be written, or
+    when this process's lock on the run dir was lost; the previous file at ``path`` is then
+    untouched and no temp file is left behind.
     """
     started = time.perf_counter()
+    _check_run_dir_lock(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)  # a failure here is a bug (an unpicklable value), not the disk's fault
     payload = buffer.getbuffer()
@@ -87,12 +106,15 @@ def save_atomic(state: dict[str, Any], path: Path) -> float:
             os.fsync(fd)
         finally:
             os.close(fd)
+        _check_run_dir_lock(path)  # (again: writing a large state takes a while)
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, CheckpointWriteError) as exc:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        if isinstance(exc, CheckpointWriteError):
+            raise
         raise CheckpointWriteError(f"could not save {path}: {exc.strerror or exc}") from exc
     finally:
         del payload

@@ -17,21 +17,29 @@ import torch
 
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN, RunConfig
 from tui_trainer.data.dataset import Corpus
-from tui_trainer.data.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from tui_trainer.data.tokenizer import Tokenizer, tokenizer_from_record
 from tui_trainer.errors import UserError
+from tui_trainer.events import EpochEvent, RunEnded, SampleEvent, StepEvent
 from tui_trainer.rundir import checkpoints as ckpt
+from tui_trainer.rundir.files import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    SET_ASIDE_FILE,
+    TENSORBOARD_DIR,
+    TOKENIZER_FILE,
+    temp_name,
+)
 from tui_trainer.rundir.lock import RunLock, refuse_if_in_use
-from tui_trainer.rundir.metrics import METRICS_FILE
 from tui_trainer.rundir.ownership import foreign_name, has_marker, remove_our_files, write_marker
 from tui_trainer.rundir.paths import make_run_dir, probe_checkpoint_dir, remove_made_folders
-from tui_trainer.rundir.tensorboard import TENSORBOARD_DIR
+from tui_trainer.rundir.reader import read_metrics_file, read_run_config
 
 if TYPE_CHECKING:
     from tui_trainer.engine.loop_state import LoopState
 
-CONFIG_FILE = "config.json"
-LOCK_FILE = ".lock"  # flock'd by the one process training in the run dir (run_lock.py)
-RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINT_DIR, TENSORBOARD_DIR)  # (--overwrite removes these)
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR, TENSORBOARD_DIR)  # (--overwrite removes these)
 # Flags a resumed run may change: they steer the rest of the run, not what it has learnt so far.
 SAFE_RESUME_OVERRIDES = frozenset({
     "train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
@@ -59,7 +67,7 @@ def run_dir_holds(run_dir: Path) -> str:
     if ckpt.checkpoint_path(run_dir).is_file():
         return "checkpoint"
     metrics = run_dir / METRICS_FILE
-    saved = run_dir / ckpt.CHECKPOINT_DIR
+    saved = run_dir / CHECKPOINT_DIR
     if (metrics.is_file() and _has_records(metrics)) or (saved.is_dir() and any(saved.glob("*.pt"))):
         return "steps"  # (a `best.pt` without `latest.pt`: killed between the two saves of an epoch's end)
     if any((run_dir / marker).exists() for marker in RUN_MARKERS):
@@ -130,22 +138,12 @@ def finished_by(state: dict[str, Any], cfg: RunConfig) -> str | None:
 
 
 def last_end_record(run_dir: Path) -> str | None:
-    """The reason of the last `end` record in metrics.jsonl, if no step or epoch came after it."""
-    path = Path(run_dir) / METRICS_FILE
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
-        if not isinstance(record, dict):
-            continue
-        if record.get("type") == "end":
-            return record.get("reason")
-        if record.get("type") in ("step", "epoch"):
+    """The reason of the last `end` record in metrics.jsonl, if no step or epoch came after it
+    (bad lines are passed over here: the resume's trim names them)."""
+    for event in reversed(read_metrics_file(run_dir).events):
+        if isinstance(event, RunEnded):
+            return event.reason
+        if isinstance(event, (StepEvent, EpochEvent)):
             return None
     return None
 
@@ -188,25 +186,36 @@ def _same(a: str, b: str) -> bool:
         return a == b
 
 
-def trim_metrics_after(run_dir: Path, step: int, epochs_done: int) -> None:
-    """Drop records a crash left beyond the checkpoint, so a resumed run never repeats a step."""
-    path = run_dir / METRICS_FILE
-    if not path.exists():
+def trim_metrics_after(run_dir: Path, step: int, epochs_done: int, notes: list[str] | None = None) -> None:
+    """Drop records a crash left beyond the checkpoint, so a resumed run never repeats a step.
+
+    The metrics are a log and the checkpoint is the truth: damaged lines never stop a resume, and
+    are never deleted either. A torn last line (a crash mid-write) goes; any other line that is not
+    a record moves to metrics.set-aside.jsonl, and ``notes`` says which."""
+    metrics = read_metrics_file(run_dir)
+    if not metrics.lines and not metrics.torn:
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if record.get("type") in ("step", "sample") and record.get("step", 0) > step:
-            continue
-        if record.get("type") == "epoch" and record.get("epoch", 0) > epochs_done:
-            continue
-        kept.append(line)
-    tmp = path.with_name(f".{METRICS_FILE}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    aside = metrics.bad
+    kept = [line.raw for line in metrics.lines
+            if line.problem is None and line.raw.strip() and not _beyond(line.event, step, epochs_done)]
+    path = Path(run_dir) / METRICS_FILE
+    if aside:
+        with open(Path(run_dir) / SET_ASIDE_FILE, "ab") as handle:  # (appended: an earlier resume's stay)
+            handle.write(b"".join(line.raw + b"\n" for line in aside))
+            handle.flush()
+            os.fsync(handle.fileno())
+        if notes is not None:
+            notes.append(f"{path}: {metrics.bad_summary()} set aside in {SET_ASIDE_FILE} (not metrics records)")
+    tmp = path.with_name(temp_name(METRICS_FILE))
+    tmp.write_bytes(b"".join(raw + b"\n" for raw in kept))
     os.replace(tmp, path)
+
+
+def _beyond(event: object, step: int, epochs_done: int) -> bool:
+    """A record of a step or epoch after the checkpoint's (a crash wrote it; the resume redoes it)."""
+    if isinstance(event, (StepEvent, SampleEvent)):
+        return event.step > step
+    return isinstance(event, EpochEvent) and event.epoch > epochs_done
 
 
 def pending_accum_note(st: LoopState) -> str | None:
@@ -245,19 +254,19 @@ def accum_given_with_resume(st: LoopState, accum: int | None, epochs: int, notes
 
 def lock_run_dir(run_dir: Path) -> RunLock:
     """The run dir's one-writer lock, taken (UserError naming the live holder when it is held)."""
-    return RunLock(run_dir / LOCK_FILE, run_dir)
+    return RunLock(run_dir)
 
 
 def refuse_a_run_dir_in_use(run_dir: str | Path) -> None:
     """UserError when a live process trains in ``run_dir``; reads only."""
-    refuse_if_in_use(Path(run_dir) / LOCK_FILE, Path(run_dir))
+    refuse_if_in_use(Path(run_dir))
 
 
 def prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool, notes: list[str],
                     made: list[Path] | None = None, *, take_lock: Callable[[Path], Any] | None = None) -> Path:
     """The run dir, created, marked as ours and writable (its checkpoints/ too): a resumed one as it
     is; a new one refused when it holds anything of our names that is not provably ours
-    (run_ownership.py), or a run (unless ``overwrite``); cleared of a run that never took a step.
+    (ownership.py), or a run (unless ``overwrite``); cleared of a run that never took a step.
     ``take_lock(run_dir)`` is called before anything in it is written (and refuses a dir another
     process trains in). The folders it makes are added to ``made`` (for a set-up that fails later
     to remove again)."""
@@ -278,7 +287,7 @@ def prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool, 
                             f"use --resume {run_dir} to continue it, --overwrite to replace it, or another --run-dir")
         if held == "steps" and not overwrite:
             raise UserError(f"run dir {run_dir} holds a run that stopped before its first checkpoint",
-                            f"use --overwrite to start it again, or another --run-dir")
+                            "use --overwrite to start it again, or another --run-dir")
         if held == "set-up":
             notes.append(f"{run_dir} held a run that never took a step: starting it again")
         if held and take_lock is not None:
@@ -324,7 +333,7 @@ def write_config(run_dir: Path, cfg: RunConfig, corpus: Corpus, device: torch.de
               "data_path": corpus.path, "data_sha256": corpus.sha256, "data_bytes": data_size(corpus.path),
               "device": str(device), "threads": threads, "precision": precision, "world_size": world_size,
               "torch": torch.__version__}
-    tmp = run_dir / f".{CONFIG_FILE}.tmp"
+    tmp = run_dir / temp_name(CONFIG_FILE)
     # ASCII JSON (non-ASCII as \u escapes) in UTF-8, never the locale's encoding: a path with bytes
     # that are not valid in the file system's encoding (a surrogate in Python) round-trips too.
     tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
@@ -332,8 +341,17 @@ def write_config(run_dir: Path, cfg: RunConfig, corpus: Corpus, device: torch.de
 
 
 def vocabulary_of(run_dir: str | Path) -> Tokenizer:
-    """The tokenizer a run was trained with (char or BPE), e.g. to decode samples."""
-    return load_tokenizer(run_dir)
+    """The tokenizer a run was trained with (char or BPE), e.g. to decode samples; its config.json
+    checked first (a damaged one is one line naming it, never a traceback)."""
+    _, record = read_run_config(run_dir)
+    vocab, info = record.get("vocab"), record.get("tokenizer")
+    bpe = isinstance(info, dict) and info.get("kind") == "bpe"
+    fits_char = isinstance(vocab, list) and bool(vocab) and all(isinstance(c, str) and c for c in vocab)
+    fits_bpe = bpe and isinstance(info.get("fingerprint"), str)
+    if not ((info is None or isinstance(info, dict) and info.get("kind") == "char") and fits_char or fits_bpe):
+        raise UserError(f"{Path(run_dir) / CONFIG_FILE} does not describe the run's tokenizer",
+                        f"`tui-trainer train --resume {run_dir}` rewrites it from the checkpoint")
+    return tokenizer_from_record(record, run_dir)
 
 
 def refuse_a_foreign_tokenizer_file(run_dir: Path, overwrite: bool) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tui_trainer.events import EpochEvent, Event, RunEnded, SampleEvent, StepEvent
-
-METRICS_FILE = "metrics.jsonl"
+from tui_trainer.rundir.files import METRICS_FILE
+from tui_trainer.rundir.reader import read_metrics_file
 
 RECORD_TYPES = {StepEvent: "step", EpochEvent: "epoch", SampleEvent: "sample", RunEnded: "end"}
 
@@ -62,9 +62,12 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """Every record of a finished run's metrics.jsonl as written (tests and scripts that expect a
+    sound file: a bad line is a ValueError naming it; a torn last line is left out, as everywhere)."""
+    metrics = read_metrics_file(run_dir)
+    if metrics.bad:
+        raise ValueError(f"{metrics.path}: {metrics.bad_summary()}")
+    return [json.loads(line.raw) for line in metrics.lines if line.raw.strip()]
 
 
 class NoMetrics:

@@ -1,5 +1,10 @@
 """Is a folder provably a tui-trainer run dir? Only then is anything in it touched.
 
+Every name a run dir may hold (files.py) counts: a `.lock` or `control.sock` of someone else's
+is as much theirs as a `config.json` (a run would truncate the one and rename over the other).
+In a folder not provably ours, those two are ours only by content: a lock file that is empty or
+describes a holder as ours do, a socket nobody listens on.
+
 `config.json`, `checkpoints/` and `metrics.jsonl` are among the most common names in ML project
 folders, and `--run-dir .` is a natural thing to type: a file of one of our names proves nothing.
 A run dir is ours when it holds the marker file that only tui-trainer writes (at creation), or —
@@ -11,28 +16,35 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tui_trainer import __version__
-
-MARKER_FILE = ".tui-trainer-run"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
-# The names a run writes at the top of its folder (tokenizer.json: runs with a learned tokenizer).
-OUR_FILES = (CONFIG_FILE, METRICS_FILE, "error.log", "tokenizer.json", MARKER_FILE)
-OUR_TEMP_FILES = (f".{CONFIG_FILE}.tmp", f".{METRICS_FILE}.tmp", f".{MARKER_FILE}.tmp")
-OUR_CHECKPOINTS = ("latest.pt", "best.pt")
-# What a refusal names, in the order a user would look for them.
-OUR_NAMES = (CONFIG_FILE, CHECKPOINT_DIR, METRICS_FILE, "error.log", "tokenizer.json")
+from tui_trainer.rundir.files import (
+    ALL_NAMES,
+    CHECKPOINT_DIR,
+    CHECKPOINT_KINDS,
+    CONFIG_FILE,
+    LOCK_FILE,
+    MARKER_FILE,
+    RUN_FILES,
+    SOCKET_FILE,
+    TEMP_FILES,
+    TENSORBOARD_DIR,
+    TENSORBOARD_EVENTS,
+    checkpoint_name,
+    temp_name,
+)
+from tui_trainer.rundir.lock import read_holder
 
 
 def write_marker(run_dir: Path) -> None:
     """Mark ``run_dir`` as a tui-trainer run (atomically: a half-written marker proves nothing)."""
     record = {"tool": "tui-trainer", "version": __version__,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    tmp = run_dir / f".{MARKER_FILE}.tmp"
+    tmp = run_dir / temp_name(MARKER_FILE)
     tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / MARKER_FILE)
 
@@ -70,11 +82,45 @@ def foreign_name(run_dir: Path) -> str | None:
     """The first of our names that ``run_dir`` holds without being provably ours, else None."""
     if not run_dir.is_dir() or is_ours(run_dir):
         return None
-    for name in OUR_NAMES:
+    for name in ALL_NAMES:
         target = run_dir / name
-        if target.exists() or target.is_symlink():
-            return f"{name}/" if target.is_dir() else name
+        if not (target.exists() or target.is_symlink()):
+            continue
+        if name == LOCK_FILE and _lock_file_of_ours(target):
+            continue
+        if name == SOCKET_FILE and _dead_socket(target):
+            continue
+        return f"{name}/" if target.is_dir() and not target.is_symlink() else name
     return None
+
+
+def _lock_file_of_ours(path: Path) -> bool:
+    """A plain lock file, empty (released) or describing its holder as lock.py writes it."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and (info.st_size == 0 or read_holder(path.parent) is not None)
+
+
+def _dead_socket(path: Path) -> bool:
+    """A Unix socket nobody listens on (a killed run's); a live one, or anything else, is not ours."""
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            return False
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        return False
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+        return False
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    except OSError:  # a path too long for a socket address, a timeout: cannot prove it dead
+        return False
+    finally:
+        probe.close()
 
 
 def remove_our_files(run_dir: Path) -> None:
@@ -82,23 +128,23 @@ def remove_our_files(run_dir: Path) -> None:
     can hold a new run. ``checkpoints/`` goes only if nothing else is left in it."""
     checkpoints = run_dir / CHECKPOINT_DIR
     if checkpoints.is_dir() and not checkpoints.is_symlink():
-        for name in OUR_CHECKPOINTS:
+        for name in map(checkpoint_name, CHECKPOINT_KINDS):
             _unlink_file(checkpoints / name)
-            for temp in checkpoints.glob(f".{name}.tmp-*"):
+            for temp in checkpoints.glob(f"{temp_name(name)}-*"):
                 _unlink_file(temp)
         try:
             checkpoints.rmdir()
         except OSError:
             pass  # something of the user's is in it: it stays, and so does the folder
-    events = run_dir / "tensorboard"  # --tensorboard's event files (tensorboard_sink.TENSORBOARD_DIR)
+    events = run_dir / TENSORBOARD_DIR  # --tensorboard's event files
     if events.is_dir() and not events.is_symlink():
-        for path in events.glob("events.out.tfevents.*"):
+        for path in events.glob(TENSORBOARD_EVENTS):
             _unlink_file(path)
         try:
             events.rmdir()
         except OSError:
             pass
-    for name in (*OUR_FILES, *OUR_TEMP_FILES):
+    for name in (*RUN_FILES, *TEMP_FILES):
         if name != MARKER_FILE:  # the marker goes last: a crash in between leaves the folder still ours
             _unlink_file(run_dir / name)
     _unlink_file(run_dir / MARKER_FILE)

@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 from tui_trainer.errors import UserError
+from tui_trainer.rundir.files import CHECKPOINT_DIR
 
 
 def _empty(value: str | None) -> bool:
@@ -136,7 +137,7 @@ def remove_made_folders(made: list[Path]) -> None:
 
 def probe_checkpoint_dir(run_dir: Path) -> None:
     """Write and remove a file in ``checkpoints/``: a read-only folder (or mount) is found at start."""
-    folder = run_dir / "checkpoints"
+    folder = run_dir / CHECKPOINT_DIR
     probe = folder / f".write-probe-{os.getpid()}"
     try:
         folder.mkdir(exist_ok=True)

@@ -56,10 +56,18 @@ class CompareApp(App[None]):
             f"[{RUN_COLORS[i % len(RUN_COLORS)][1]}]━[/] {run.name}" for i, run in enumerate(self.runs))
         self.redraw()
         self.set_interval(REFRESH_S, self.refresh_runs)
+        self.tell_set_aside()
+
+    def tell_set_aside(self) -> None:
+        for run in self.runs:
+            set_aside = run.follower.new_set_aside()
+            if set_aside:
+                self.notify(set_aside, title="metrics", severity="warning", timeout=10)
 
     def refresh_runs(self) -> None:
         if any([run.update() for run in self.runs if not run.follower.ended]):
             self.redraw()
+        self.tell_set_aside()
 
     def redraw(self) -> None:
         widget = self.query_one(PlotextPlot)

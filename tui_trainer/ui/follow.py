@@ -1,61 +1,27 @@
 """Following a run dir from outside: ``metrics.jsonl`` tailed and turned back into the engine's
-events, so ``tui-trainer view`` feeds the same app the engine would. No Textual here.
+events (by rundir/reader.py, the one reader), so ``tui-trainer view`` feeds the same app the
+engine would. No Textual here.
 
-Reading never takes the run's lock and never writes into the run dir. Whether the run still
-lives is the lock file's word (``run_lock.live_holder``: its pid, checked on this host).
+Reading never writes into the run dir. Whether the run still lives is the lock's own word
+(``lock.live_holder`` tries it), never a pid in a file.
 
 How the file is read: complete lines only. A line cut short at the end of the file is waited
 for while the run lives and skipped silently once it is over (a crash's torn last line); a
-complete line that is not a JSON record is real corruption, named by its line number. An
-`end` record is held back until it is the last word: a resumed run writes steps after the
-`end` of its earlier session.
+complete line that is not a metrics record is left out and named by its line number
+(``set_aside``: the viewer shows it). An `end` record is held back until it is the last word:
+a resumed run writes steps after the `end` of its earlier session.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any
 
-from tui_trainer.config import RunConfig
 from tui_trainer.errors import UserError
-from tui_trainer.events import EpochEvent, RunEnded, RunStarted, SampleEvent, StepEvent
-from tui_trainer.rundir.lifecycle import CONFIG_FILE, LOCK_FILE
+from tui_trainer.events import EpochEvent, RunEnded, RunStarted, StepEvent
+from tui_trainer.rundir.files import METRICS_FILE
 from tui_trainer.rundir.lock import Holder, live_holder
-from tui_trainer.rundir.metrics import METRICS_FILE
-
-RECORD_EVENTS = {"step": StepEvent, "epoch": EpochEvent, "sample": SampleEvent, "end": RunEnded}
-
-
-def _float_fields(kind: type) -> set[str]:
-    return {f.name for f in dataclass_fields(kind) if "float" in str(f.type)}
-
-
-FLOAT_FIELDS = {kind: _float_fields(kind) for kind in RECORD_EVENTS.values()}
-NAMES = {kind: {f.name for f in dataclass_fields(kind)} for kind in RECORD_EVENTS.values()}
-
-
-def event_from_record(record: dict[str, Any]) -> Any | None:
-    """The event a metrics record was written from (None for a record type this version does not know)."""
-    kind = RECORD_EVENTS.get(record.get("type"))
-    if kind is None:
-        return None
-    values = {k: (float(v) if k in FLOAT_FIELDS[kind] and isinstance(v, str) else v)  # "nan" / "inf"
-              for k, v in record.items() if k in NAMES[kind]}
-    return kind(**values)
-
-
-def check_run_dir(run_dir: str | Path) -> Path:
-    """``run_dir`` if it is a run dir (it has the config.json every run writes before its first step)."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UserError(f"{run_dir} is not a directory", "pass a run dir such as runs/20260101-120000")
-    if not (path / CONFIG_FILE).is_file():
-        raise UserError(f"{run_dir} is not a run dir (it has no {CONFIG_FILE})",
-                        "pass the --run-dir of a run, such as runs/20260101-120000")
-    return path
+from tui_trainer.rundir.reader import Line, check_run_dir, parse_line, read_run_config, split_lines, whole_number
 
 
 class MetricsFollower:
@@ -66,16 +32,18 @@ class MetricsFollower:
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = check_run_dir(run_dir)
         self.path = self.run_dir / METRICS_FILE
-        record = json.loads((self.run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        self.cfg = RunConfig.from_dict(record["config"])
-        self.device = str(record.get("device", "?"))
-        self.threads = int(record.get("threads", 0))
-        world = record.get("world_size", 1)  # several processes (torchrun); older runs: one
-        self.processes = world if isinstance(world, int) and not isinstance(world, bool) and world >= 1 else 1
-        self.vocab_size = len(record.get("vocab", ())) or self.cfg.model.vocab_size
+        self.cfg, record = read_run_config(self.run_dir)
+        device = record.get("device", "?")
+        self.device = device if isinstance(device, str) else "?"
+        self.threads = whole_number(record, "threads", 0)
+        self.processes = whole_number(record, "world_size", 1, least=1)  # several processes (torchrun); older: one
+        vocab = record.get("vocab")
+        self.vocab_size = (len(vocab) if isinstance(vocab, list) else 0) or self.cfg.model.vocab_size
         self._offset = 0
         self._partial = b""
         self._line_number = 0  # complete lines read so far
+        self.set_aside: list[Line] = []  # complete lines that are not metrics records, left out
+        self._told = 0  # of those, how many new_set_aside() has named
         self._pending_end: RunEnded | None = None
         self._last_step: StepEvent | None = None
         self._started = False
@@ -86,8 +54,8 @@ class MetricsFollower:
         if self.ended:
             return []
         # Liveness first, then the read: a run that was already over wrote its last line before.
-        self.holder = live_holder(self.run_dir / LOCK_FILE)
-        events = self._read_new()
+        self.holder = live_holder(self.run_dir)
+        events = self._read_new(final=self.holder is None)
         if not self._started:
             events.insert(0, self._run_started(events))
             self._started = True
@@ -96,26 +64,29 @@ class MetricsFollower:
             self.ended = True
         return events
 
-    def _read_new(self) -> list:
+    def _read_new(self, final: bool = False) -> list:
+        """The events of the lines complete since the last read (``final``: the run is over, and a
+        last line without its newline counts if it is a whole record; a torn one is dropped)."""
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self._offset)
                 data = handle.read()
         except FileNotFoundError:
             return []  # a run still setting up
+        except OSError as exc:
+            raise UserError(f"{self.path} cannot be read: {exc.strerror or exc}", "check its permissions") from None
         self._offset += len(data)
-        *lines, self._partial = (self._partial + data).split(b"\n")
+        lines, self._partial = split_lines(self._partial + data)
+        if final and self._partial.strip() and parse_line(self._partial, self._line_number + 1).problem is None:
+            lines, self._partial = [*lines, self._partial], b""
         events = []
-        for line in lines:
+        for raw in lines:
             self._line_number += 1
-            if not line.strip():
-                continue
-            try:
-                event = event_from_record(json.loads(line))
-            except (ValueError, TypeError):
-                raise UserError(f"{self.path} is corrupt at line {self._line_number}: not a metrics record",
-                                "the run's checkpoints are unaffected; move the file aside to view the run") from None
-            if isinstance(event, RunEnded):
+            line = parse_line(raw, self._line_number)
+            event = line.event
+            if line.problem is not None:
+                self.set_aside.append(line)
+            elif isinstance(event, RunEnded):
                 self._pending_end = event
             elif event is not None:
                 if isinstance(event, StepEvent):
@@ -123,6 +94,12 @@ class MetricsFollower:
                 self._pending_end = None  # steps after an `end`: that session was resumed
                 events.append(event)
         return events
+
+    def new_set_aside(self) -> str:
+        """The lines left out since the last call, named ("" for none), for the viewer to show."""
+        named = ", ".join(line.describe() for line in self.set_aside[self._told:])
+        self._told = len(self.set_aside)
+        return f"{self.path}: {named} left out (not metrics records)" if named else ""
 
     def _vanished(self, events: list) -> RunEnded:
         """No process trains here and the last session wrote no `end`: it was killed (or crashed hard)."""

@@ -88,6 +88,9 @@ class ViewerApp(TrainerApp):
                 return
             if self.remote is not None and not self.follower.ended:
                 events = self._status_events() + events
+            set_aside = self.follower.new_set_aside()
+            if set_aside:
+                events.append(Notice(message=set_aside, level="warning"))
             for event in events:
                 self.sink.emit(event)
 
@@ -160,6 +163,9 @@ def create_view_app(run_dir: str | Path, **kwargs: Any) -> ViewerApp:
     that is not ours) is a UserError here, before Textual takes the terminal."""
     follower = MetricsFollower(run_dir)
     first_events = follower.poll()
+    set_aside = follower.new_set_aside()
+    if set_aside:  # (after RunStarted: the app shows notices of a started run)
+        first_events.insert(1, Notice(message=set_aside, level="warning"))
     remote = None
     path = socket_path(follower.run_dir)
     if path.exists() or path.is_symlink():
