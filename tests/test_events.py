@@ -7,7 +7,7 @@ import json
 from tui_trainer.cli.headless import HeadlessLog
 from tui_trainer.events import EpochEvent, RunStarted, effective_batch
 from tui_trainer.rundir.metrics import MetricsWriter, read_metrics
-from tui_trainer.ui.follow import event_from_record
+from tui_trainer.rundir.reader import event_from_record
 
 EPOCH = dict(epoch=1, epochs=2, train_loss=2.5, val_loss=2.6, accum=4, effective_batch=8 * 4 * 3, tokens_seen=4096,
              seconds=3.0)
