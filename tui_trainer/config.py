@@ -119,6 +119,7 @@ class RunConfig:
         return dataclasses.replace(self, **sections)
 
 
+ACCUM_MIN, ACCUM_MAX = 1, 1024  # the accumulation steps a run may use (flags, keys, socket, resume)
 def _build(cls: type, data: dict[str, Any]) -> Any:
     kwargs = {}
     for f in fields(cls):
