@@ -218,6 +218,17 @@ def plan_windows(n_examples: int, micro_batch: int, accum: int, start: int = 0) 
     return windows
 
 
+def epoch_windows(n_examples: int, micro_batch: int, per_step: int, cursor: int) -> tuple[list[Window], int]:
+    """An epoch's windows of ``per_step`` micro-batches, and the index of the one that starts at
+    ``cursor`` (the examples already consumed; ``len(windows)`` when none is left). A cursor that no
+    window starts at (a resume with another world size) continues with windows planned from it."""
+    windows = plan_windows(n_examples, micro_batch, per_step)
+    if 0 < cursor < n_examples and cursor not in {w.start for w in windows}:
+        windows = [w for w in windows if w.start < cursor] + plan_windows(n_examples, micro_batch, per_step, cursor)
+    # (An epoch's last window may be short: the index is searched for, not divided out.)
+    return windows, next((i for i, w in enumerate(windows) if w.start >= cursor), len(windows))
+
+
 def val_batch_limit(cfg: DataConfig) -> int | None:
     """Micro-batches one validation pass may read: ``limit_val_batches`` when given; else, when
     ``limit_train_batches`` caps training, the same share of validation as the data's split,

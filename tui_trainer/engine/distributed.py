@@ -22,13 +22,15 @@ A collective that fails (a rank died: gloo sees the closed connection at once) o
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
 import signal
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tui_trainer.errors import PeerLost, UserError
 
@@ -353,6 +355,19 @@ def stop_with_the_launcher() -> None:
 
 
 _COMMUNICATION_WORDS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "broken pipe")
+
+
+@contextlib.contextmanager
+def peer_lost_in_the_backward(ranks: Ranks) -> Iterator[None]:
+    """A failure of DDP's all-reduce inside a backward (it surfaces as a RuntimeError from the comm
+    hook's future) raised as a PeerLost; anything else (a bug stays a bug) as it was."""
+    try:
+        yield
+    except RuntimeError as exc:
+        lost = as_peer_lost(exc, ranks.rank) if ranks.distributed else None
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def as_peer_lost(exc: BaseException, rank: int) -> PeerLost | None:

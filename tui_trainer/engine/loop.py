@@ -1,36 +1,26 @@
 """The training loop, top to bottom: ``Trainer(cfg, sink, control).run()`` → ``RunEnded``.
 
-    run          the epochs; an accum change waiting for an epoch's start is applied there
-    epoch        its shuffled examples cut into ``Window``s of ``accum`` micro-batches (x processes)
-    one step     ``_train_window``: accumulate (accumulation.py: the maths) → clip and step
-                 (``_optimizer_step``) → record; then ``_after_the_step``: the ranks' agreement,
-                 --auto-accum, the live verdict, a non-finite step, `g`, `s`, a pause, a stop
-    validation   ``evaluate`` (token-weighted val loss in eval mode) and ``_finish_epoch``:
-                 diagnosis, early stopping, checkpoints, the epoch's event
+    run          Trainer._run: the epochs; an accum change waiting for an epoch's start applied there
+    epoch        Trainer._train_epoch: its shuffled examples cut into ``Window``s of accum micro-batches
+    one step     OptimizerStep.take: accumulate (accumulation.py: the maths) → clip and step → record,
+                 then what was asked meanwhile (agreement, auto-accum, `g`, `s`, pause, stop)
+    validation   Trainer.evaluate → validation_loss: token-weighted val loss, in eval mode
+    epoch's end  Trainer._finish_epoch: diagnosis, early stopping, checkpoints, the epoch's event
 
-The Trainer is composed of parts handed what they need, each testable alone:
-
-    TrainingSession  session.py   the set-up (data, model, optimizer, run dir, metrics) and its
-                                  figures (LR schedule, examples per epoch); raises UserError early
-    Checkpoints      saving.py    save `latest`/`best` (rank 0 writes), where `latest` stands
-    Steering         steering.py  the commands (pause, save, sample, accum, stop) and, with several
-                                  processes, the ranks' agreement on them (``AgreedDecisions``)
-    Endings          endings.py   every way a run ends: the `end` record and its message
-
-The run directory's life is rundir/; several processes' collectives distributed.py. The loop
-emits events (events.py) to a sink and reads commands (control.py) between micro-steps. A signal
-(SIGINT/SIGTERM) is turned into a stop by cli/signals.py; the loop meets it in ``Steering``
-(between micro-steps, or agreed at the step's end) and ends through ``Endings.interrupted``.
-No Textual import.
+The parts, each handed what it needs and testable alone: ``TrainingSession`` (session.py: the
+set-up, and ``RunFigures``, figures.py: the sizes and the LR schedule), ``Checkpoints`` (saving.py),
+``Steering`` (steering.py: the commands and the ranks' agreement on them), ``Endings`` (endings.py:
+every way a run ends). A signal (SIGINT/SIGTERM) becomes a stop in cli/signals.py; the loop meets
+it in Steering (between micro-steps, or agreed at a step's end) and saves and ends through
+Endings.interrupted. Several processes: distributed.py. No Textual import.
 """
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 import traceback
-from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,26 +29,17 @@ from tui_trainer.analysis.diagnosis import Diagnosis, SchedulePosition, diagnose
 from tui_trainer.analysis.noise_scale import WindowNorms
 from tui_trainer.config import RunConfig
 from tui_trainer.control import Control
-from tui_trainer.data.dataset import Window, epoch_examples, plan_windows, val_batch_limit, val_batches
+from tui_trainer.data.dataset import Window, WindowDataset, epoch_examples, epoch_windows, val_batch_limit, val_batches
 from tui_trainer.engine.accumulation import WindowAborted, accumulate_window, join_the_gradient_sync
-from tui_trainer.engine.distributed import PeerLost, as_peer_lost, rank_share, sum_over_ranks
+from tui_trainer.engine.distributed import PeerLost, Ranks, peer_lost_in_the_backward, rank_share, sum_over_ranks
 from tui_trainer.engine.endings import Endings
 from tui_trainer.engine.runtime import capture_rng
 from tui_trainer.engine.saving import Checkpoints
 from tui_trainer.engine.session import TrainingSession
 from tui_trainer.engine.steering import Steering
 from tui_trainer.engine.validation_progress import ValidationProgressEmitter
-from tui_trainer.events import (
-    AccumChangeApplied,
-    DiagnosisEvent,
-    EpochEvent,
-    MicroStep,
-    Notice,
-    RunEnded,
-    RunStarted,
-    Sink,
-    StepEvent,
-)
+from tui_trainer.events import DiagnosisEvent, EpochEvent, MicroStep, Notice, RunEnded, Sink, StepEvent
+from tui_trainer.model.gpt import GPT
 
 
 class Trainer:
@@ -69,8 +50,8 @@ class Trainer:
         self.session = s = TrainingSession(cfg, sink, control, **setup)
         # What the loop reads at every step, by name (the session built them once, complete).
         self.cfg, self.state, self.sink, self.control, self.ranks = s.cfg, s.state, s.sink, s.control, s.ranks
-        self.device, self.model, self.optimizer, self.run_dir, self.metrics = (
-            s.device, s.model, s.optimizer, s.run_dir, s.metrics)
+        self.device, self.model, self.optimizer, self.run_dir, self.metrics, self.figures = (
+            s.device, s.model, s.optimizer, s.run_dir, s.metrics, s.figures)
         self.checkpoints = Checkpoints(s.run_dir, s.ranks, s.sink, s.state, contents=s.checkpoint_state,
                                        latest=s.latest_saved, device=s.device,
                                        every_steps=s.cfg.train.checkpoint_every)
@@ -78,9 +59,8 @@ class Trainer:
                                  sample=s.sampler.asked)
         self.endings = Endings(s.state, s.sink, s.control, self.checkpoints, s.early_stopping, s.run_dir,
                                verdict=lambda: s.diagnosis, can_retry_save=s.for_ui and not s.ranks.distributed)
+        self.steps = OptimizerStep(s, self.steering, self.checkpoints, self.endings)
         self.error: BaseException | None = None  # what ended the run, if not the run itself
-        self._window_rng: dict[str, Any] | None = None  # the window in progress starts from this RNG state
-        self._step_alerted_epoch = 0  # one live spike/divergence alert per epoch, not one per step
 
     @property
     def last_diagnosis(self) -> Diagnosis | None:
@@ -93,37 +73,24 @@ class Trainer:
             end = self._run()
         except BaseException as exc:  # a bug or OOM: record it, keep what the run dir has
             self.error = exc
-            end = self.endings.end("error", self._what_went_wrong(exc))
+            if isinstance(exc, PeerLost):  # the last step taken is saved (a partial window's gradient dropped)
+                self.optimizer.zero_grad(set_to_none=True)
+                end = self.endings.end("error", str(exc) + self.checkpoints.rescue())
+            else:
+                end = self.endings.end("error", _error_logged(exc, self.run_dir if self.ranks.is_main else None))
         finally:
-            self.metrics.close()
-            self.session.release_run_dir()
-            if self.ranks.distributed:
-                # DDP's reducer goes first, while the process group lives: freed with the group
-                # it would tear it down holding the GIL that gloo's thread still needs (a hang).
-                self.session.train_model = self.model
-                if self.session.grad_sync is not None:
-                    self.session.grad_sync.group = None
-                gc.collect()
-            self.ranks.close(clean=self.error is None)
+            self.session.close(clean=self.error is None)
         return end
 
-    def _what_went_wrong(self, exc: BaseException) -> str:
-        if isinstance(exc, PeerLost):  # the last step taken is saved (a partial window's gradient dropped)
-            self.optimizer.zero_grad(set_to_none=True)
-            return str(exc) + self.checkpoints.rescue()
-        if self.ranks.is_main:  # (rank 0 alone writes in the run dir)
-            try:
-                (self.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8", errors="replace")
-            except OSError:
-                pass  # a full disk must not hide the error itself
-        return f"{type(exc).__name__}: {exc}"
+    def _restore_best(self) -> None:
+        self.checkpoints.restore_best(self.model)
 
     # -- the run: epochs ------------------------------------------------------------------------
 
     def _run(self) -> RunEnded:
         cfg, st, s = self.cfg, self.state, self.session
         s.started = time.monotonic()
-        self._announce()
+        self.sink.emit(s.run_started())
         if s.outstanding_end is not None:
             # Training was done; only the `end` record was missing (a stop during the final
             # validation or save of an older version, or a kill just before the record).
@@ -141,10 +108,7 @@ class Trainer:
             if self.steering.stopping():
                 return self.endings.interrupted(self.checkpoints.save("latest"))
         while st.epoch <= cfg.train.epochs:
-            if (st.example_cursor == 0 and st.pending_accum is not None
-                    and st.epoch >= (st.pending_accum_epoch or st.epoch)):
-                self.sink.emit(AccumChangeApplied(old=st.accum, new=st.pending_accum, epoch=st.epoch, step=st.step))
-                st.accum, st.pending_accum, st.pending_accum_epoch = st.pending_accum, None, None
+            self.steering.apply_pending_accum()
             outcome = self._train_epoch()
             if outcome is None:
                 outcome = self._finish_epoch()
@@ -154,26 +118,6 @@ class Trainer:
                      "finished, so the run is complete" if self.steering.stopping() else "")
         return self.endings.end_with_the_run_saved("completed", late_stop)
 
-    def _announce(self) -> None:
-        cfg, st, s = self.cfg, self.state, self.session
-        world = self.ranks.world_size
-        per_epoch, effective = s.examples_per_epoch(), cfg.train.micro_batch * st.accum * world
-        if effective > per_epoch:
-            s.notes.append(f"an epoch holds {per_epoch:,} sequences, fewer than the effective batch of "
-                           f"{effective:,}: each epoch is one optimizer step of {per_epoch:,}")
-        self.sink.emit(RunStarted(
-            run_dir=str(self.run_dir), device=str(self.device), threads=s.threads,
-            parameters=self.model.num_parameters(), vocab_size=s.corpus.vocab.size,
-            train_examples=per_epoch, val_examples=s.val_examples(), epochs=cfg.train.epochs,
-            micro_batch=cfg.train.micro_batch, accum=st.accum, processes=world, block_size=cfg.model.block_size,
-            planned_tokens=s.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
-            tokens_seen=st.tokens_seen, notes=tuple(s.notes), elapsed_before=st.elapsed_seconds,
-            sample_tokens=cfg.train.sample_tokens, noise_scale=cfg.train.noise_scale,
-            auto_accum=cfg.train.auto_accum, precision=s.precision))
-
-    def _restore_best(self) -> None:
-        self.checkpoints.restore_best(self.model)
-
     # -- an epoch: windows of micro-batches ------------------------------------------------------
 
     def _train_epoch(self) -> RunEnded | None:
@@ -181,27 +125,94 @@ class Trainer:
         order = epoch_examples(len(self.session.train_set), cfg.train.seed, st.epoch, cfg.train.micro_batch,
                                cfg.data.limit_train_batches).to(self.device)
         # The global windows: the same as one process accumulating accum x world micro-batches.
-        per_step = st.accum * self.ranks.world_size
-        windows = plan_windows(len(order), cfg.train.micro_batch, per_step)
-        if 0 < st.example_cursor < len(order) and st.example_cursor not in {w.start for w in windows}:
-            # A resume with another world size: the windows go on from where the run stopped.
-            windows = ([w for w in windows if w.start < st.example_cursor]
-                       + plan_windows(len(order), cfg.train.micro_batch, per_step, start=st.example_cursor))
-        # The window that starts at the cursor (an epoch's last window may be short, so no division).
-        first_window = next((i for i, w in enumerate(windows) if w.start >= st.example_cursor), len(windows))
+        windows, first_window = epoch_windows(len(order), cfg.train.micro_batch, st.accum * self.ranks.world_size,
+                                              cursor=st.example_cursor)
         for window_index in range(first_window, len(windows)):
-            outcome = self._train_window(order, windows, window_index)
+            outcome = self.steps.take(order, windows, window_index)
             if outcome is not None:
                 return outcome
         return None
 
-    # -- one optimizer step: accumulate → clip and step → record ---------------------------------
+    # -- validation and the epoch's end ----------------------------------------------------------
 
-    def _train_window(self, order: torch.Tensor, windows: list[Window], index: int) -> RunEnded | None:
+    def evaluate(self) -> float:
+        """The validation loss of the weights as they are (``validation_loss``), its progress told."""
+        s = self.session
+        batches = val_batches(len(s.val_set), self.cfg.train.micro_batch, val_batch_limit(self.cfg.data))
+        mine = batches[self.ranks.rank::self.ranks.world_size]  # every world_size-th, as rank_share
+        progress = ValidationProgressEmitter(self.sink, self.state.epoch, len(mine))
+        return validation_loss(self.model, s.val_set, mine, self.ranks, progress)
+
+    def _finish_epoch(self) -> RunEnded | None:
+        cfg, st, s = self.cfg, self.state, self.session
+        started = time.perf_counter()
+        val_loss = self.evaluate()
+        # Its own generator: the losses stay as they were. Rank 0's alone (it alone shows it).
+        sample = s.sampler.after_epoch(st.step) if self.ranks.is_main else None
+        train_loss = st.epoch_loss_sum / st.epoch_tokens if st.epoch_tokens else float("nan")
+        st.train_history.append(train_loss)
+        st.val_history.append(val_loss)
+        # The previous verdict (hysteresis) and where the lr schedule stands (what remedy fits).
+        schedule = SchedulePosition.at(st.tokens_seen, cfg.optim.lr, cfg.optim.lr * cfg.optim.min_lr_ratio,
+                                       s.figures.warmup_tokens(), s.figures.planned_tokens())
+        verdict = diagnose(st.train_history, st.val_history, s.corpus.vocab.size, cfg.diagnosis,
+                           st.epoch_step_losses, st.epoch_first_step, s.diagnosis, schedule)
+        s.diagnosis = verdict
+        warning = val_rise_warning(st.val_history, cfg.diagnosis.val_rise_warning)
+        best = s.early_stopping
+        improved, should_stop, stop_reason = best.update(val_loss, st.epoch)
+        epoch_done, world = st.epoch, self.ranks.world_size
+        self.sink.emit(EpochEvent(
+            epoch=epoch_done, epochs=cfg.train.epochs, train_loss=train_loss, val_loss=val_loss, accum=st.accum,
+            effective_batch=cfg.train.micro_batch * st.accum * world, tokens_seen=st.tokens_seen,
+            seconds=st.epoch_seconds + (time.perf_counter() - started), diagnosis=verdict.kind,
+            diagnosis_reason=verdict.reason, remedy=verdict.remedy, val_rise_warning=warning,
+            best_val_loss=best.best if best.best_epoch else None, best_epoch=best.best_epoch,
+            epochs_without_improvement=best.epochs_without_improvement,
+            tokens_per_s=st.epoch_tokens / st.epoch_seconds if st.epoch_seconds else 0.0, sample=sample,
+            noise_scale=s.noise.noise_scale, suggested_accum=s.noise.suggestion(cfg.train.micro_batch, world)))
+        # The next epoch starts clean; a checkpoint taken now resumes there.
+        st.epoch += 1
+        st.example_cursor = 0
+        st.epoch_loss_sum, st.epoch_tokens, st.epoch_seconds = 0.0, 0, 0.0
+        st.epoch_step_losses = []
+        st.epoch_first_step = st.step + 1
+        if improved:
+            self.checkpoints.save("best")
+        if should_stop and st.epoch <= cfg.train.epochs:
+            self.checkpoints.save("latest")
+            self.sink.emit(Notice(message=f"early stopping: {stop_reason}", level="warning"))
+            # The best weights come back only once `latest` holds the run's own (a retried save must
+            # not pair the best epoch's weights with a later epoch's optimizer and position).
+            return self.endings.end_with_the_run_saved("early_stop", stop_reason, then=self._restore_best)
+        saved = self.checkpoints.save("latest")
+        self.steering.agree()  # (a stop, or an accum change, during validation or the save: every rank sees it)
+        # A stop during the last epoch's validation or save: nothing is left to interrupt, the run
+        # completes (a stop that ended it as "interrupted" left a run no resume could finish).
+        if self.steering.stopping() and st.epoch <= cfg.train.epochs:
+            return self.endings.interrupted(saved, f"at the end of epoch {epoch_done}")
+        return None
+
+
+# -- one optimizer step: accumulate → clip and step → record ------------------------------------
+
+class OptimizerStep:
+    """One optimizer step, ``take``: accumulate the window's micro-batches → clip and step → record;
+    then what was asked meanwhile. Handed the session's set-up and the loop's other parts."""
+
+    def __init__(self, session: TrainingSession, steering: Steering, checkpoints: Checkpoints,
+                 endings: Endings) -> None:
+        self.session, self.steering, self.checkpoints, self.endings = session, steering, checkpoints, endings
+        self.cfg, self.state, self.sink, self.ranks = session.cfg, session.state, session.sink, session.ranks
+        self.model, self.optimizer = session.model, session.optimizer
+        self._window_rng: dict[str, Any] | None = None  # the window in progress starts from this RNG state
+        self._step_alerted_epoch = 0  # one live spike/divergence alert per epoch, not one per step
+
+    def take(self, order: torch.Tensor, windows: list[Window], index: int) -> RunEnded | None:
         cfg, st = self.cfg, self.state
         window = windows[index]  # every rank's micro-batches; this rank takes its share
         mine = rank_share(window, self.ranks.rank, self.ranks.world_size)
-        self._window_rng = capture_rng(self.device)  # a stop mid-window saves this: the resume redoes it
+        self._window_rng = capture_rng(self.session.device)  # a stop mid-window saves this: the resume redoes it
         started, paused_before = time.perf_counter(), self.steering.seconds_paused
         try:
             loss_total, tokens = self._accumulate(order, window, mine, index + 1, len(windows))
@@ -209,7 +220,7 @@ class Trainer:
             # Stop mid-window: drop its partial gradient; the checkpoint resumes at its start.
             self.optimizer.zero_grad(set_to_none=True)
             return self.endings.interrupted(self.checkpoints.save("latest", rng=self._window_rng))
-        lr, loss_sum, norm = self._optimizer_step(loss_total, tokens, window, mine)
+        lr, loss_sum, norm = self._clip_and_step(loss_total, tokens, window, mine)
         loss = loss_sum / tokens
         finite = math.isfinite(loss) and math.isfinite(norm)
         if finite:
@@ -240,14 +251,18 @@ class Trainer:
                     steps_in_epoch: int) -> tuple[torch.Tensor, int]:
         """This rank's share of the window, forward and backward into the gradients (several
         processes: one all-reduce, in the last backward). Returns (summed loss, the window's tokens)."""
-        s = self.session
+        s, st = self.session, self.state
         self.optimizer.zero_grad(set_to_none=True)
         if s.grad_sync is not None:
             s.grad_sync.start_window()
-        between = partial(self._between_micro_steps, micro_steps=len(mine), step_in_epoch=step_in_epoch,
-                          steps_in_epoch=steps_in_epoch)
+
+        def between(i: int) -> bool:  # after micro-step i: tell the sinks, then the commands
+            self.sink.emit(MicroStep(epoch=st.epoch, step=st.step + 1, micro_step=i + 1, micro_steps=len(mine),
+                                     step_in_epoch=step_in_epoch, steps_in_epoch=steps_in_epoch))
+            return self.steering.between_micro_steps(last=i + 1 == len(mine), window_rng=self._window_rng)
+
         total_tokens = window.tokens(self.cfg.model.block_size)  # every rank divides by the whole window's
-        try:
+        with peer_lost_in_the_backward(self.ranks):
             if len(mine) == 0:  # a short window's empty share: this rank still joins the all-reduce
                 return join_the_gradient_sync(s.train_model, s.train_set, order, window.micro_batches[0],
                                               total_tokens=total_tokens, autocast_dtype=s.autocast_dtype,
@@ -256,33 +271,16 @@ class Trainer:
                                      autocast_dtype=s.autocast_dtype, between_micro_steps=between,
                                      increments=s.increments,
                                      no_sync=s.train_model.no_sync if self.ranks.distributed else None)
-        except RuntimeError as exc:
-            lost = as_peer_lost(exc, self.ranks.rank) if self.ranks.distributed else None
-            if lost is None:
-                raise
-            raise lost from None
 
-    def _between_micro_steps(self, i: int, *, micro_steps: int, step_in_epoch: int, steps_in_epoch: int) -> bool:
-        """After micro-step ``i`` (0-based): tell the sinks, then the commands. False = abandon the window."""
-        st = self.state
-        self.sink.emit(MicroStep(epoch=st.epoch, step=st.step + 1, micro_step=i + 1, micro_steps=micro_steps,
-                                 step_in_epoch=step_in_epoch, steps_in_epoch=steps_in_epoch))
-        if self.ranks.distributed:  # the ranks pause and stop together, at the step's end (Steering.agree)
-            self.steering.handle_commands()
-            return True
-        keep_going = self.steering.between_micro_steps(self._window_rng)
-        # A stop after the window's last micro-step still takes the step (checked after it).
-        return keep_going or i + 1 == micro_steps
-
-    def _optimizer_step(self, loss_total: torch.Tensor, tokens: int, window: Window,
-                        mine: Window) -> tuple[float, float, float]:
+    def _clip_and_step(self, loss_total: torch.Tensor, tokens: int, window: Window,
+                       mine: Window) -> tuple[float, float, float]:
         """LR, clip, one host sync, and the update unless the loss or norm is not finite (then the
         noise-scale estimate takes in the window's norms). Returns (lr, summed loss of the window,
         gradient norm before clipping). ``window``: every rank's micro-batches; ``mine``: this
         rank's (the same, for one process)."""
         cfg, s = self.cfg, self.session
         # The LR of the tokens seen once this step is taken: the first step of a warm-up learns too.
-        lr = s.lr_for(self.state.tokens_seen + tokens)
+        lr = s.figures.lr_for(self.state.tokens_seen + tokens)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # Clip once per window, after accumulation (and the ranks' all-reduce: the same norm on each).
@@ -353,81 +351,41 @@ class Trainer:
         self.sink.emit(DiagnosisEvent(kind=verdict.kind, reason=verdict.reason, remedy=verdict.remedy,
                                       epoch=st.epoch, step=st.step))
 
-    # -- validation and the epoch's end ----------------------------------------------------------
 
-    @torch.inference_mode()
-    def evaluate(self) -> float:
-        """Token-weighted mean validation loss, in eval mode; back to train mode after. Several
-        processes: each evaluates every world_size-th batch, and the sums are added up."""
-        val_set = self.session.val_set
-        was_training = self.model.training
-        self.model.eval()
+# -- the validation pass ---------------------------------------------------------------------------
+
+@torch.inference_mode()
+def validation_loss(model: GPT, val_set: WindowDataset, batches: list[tuple[int, int]], ranks: Ranks,
+                    progress: ValidationProgressEmitter) -> float:
+    """Token-weighted mean validation loss over ``batches`` (this rank's), in eval mode; back to
+    train mode after. Several processes: each evaluates its batches, and the sums are added up."""
+    was_training = model.training
+    model.eval()
+    try:
+        loss_sum = torch.zeros((), device=val_set.device)
+        tokens = 0
+        indices = torch.arange(len(val_set), device=val_set.device)
+        for done, (start, stop) in enumerate(batches, 1):
+            inputs, targets = val_set.batch(indices[start:stop])
+            loss_sum += model.loss_sum(inputs, targets).float()
+            tokens += inputs.numel()
+            progress.batch_done(done)
+        if ranks.distributed:
+            both = torch.stack([loss_sum.double(), torch.tensor(float(tokens), dtype=torch.float64,
+                                                                device=val_set.device)])
+            summed = ranks.sum_(both)
+            return (summed[0] / summed[1]).item()
+        return loss_sum.item() / tokens
+    finally:
+        model.train(was_training)
+
+
+def _error_logged(exc: BaseException, run_dir: Path | None) -> str:
+    """A bug or OOM in one line for the `end` record; its traceback in the run dir's error.log (rank
+    0's ``run_dir``; None elsewhere)."""
+    if run_dir is not None:
         try:
-            loss_sum = torch.zeros((), device=self.device)
-            tokens = 0
-            indices = torch.arange(len(val_set), device=self.device)
-            batches = val_batches(len(val_set), self.cfg.train.micro_batch, val_batch_limit(self.cfg.data))
-            mine = batches[self.ranks.rank::self.ranks.world_size]  # every world_size-th, as rank_share
-            progress = ValidationProgressEmitter(self.sink, self.state.epoch, len(mine))
-            for done, (start, stop) in enumerate(mine, 1):
-                inputs, targets = val_set.batch(indices[start:stop])
-                loss_sum += self.model.loss_sum(inputs, targets).float()
-                tokens += inputs.numel()
-                progress.batch_done(done)
-            if self.ranks.distributed:
-                summed = self.ranks.sum_(torch.stack([loss_sum.double(), torch.tensor(float(tokens), dtype=torch.float64,
-                                                                                      device=self.device)]))
-                return (summed[0] / summed[1]).item()
-            return loss_sum.item() / tokens
-        finally:
-            self.model.train(was_training)
-
-    def _finish_epoch(self) -> RunEnded | None:
-        cfg, st, s = self.cfg, self.state, self.session
-        started = time.perf_counter()
-        val_loss = self.evaluate()
-        # Its own generator: the losses stay as they were. Rank 0's alone (it alone shows it).
-        sample = s.sampler.after_epoch(st.step) if self.ranks.is_main else None
-        train_loss = st.epoch_loss_sum / st.epoch_tokens if st.epoch_tokens else float("nan")
-        st.train_history.append(train_loss)
-        st.val_history.append(val_loss)
-        # The previous verdict (hysteresis) and where the lr schedule stands (what remedy fits).
-        schedule = SchedulePosition.at(st.tokens_seen, cfg.optim.lr, cfg.optim.lr * cfg.optim.min_lr_ratio,
-                                       s.warmup_tokens(), s.planned_tokens())
-        verdict = diagnose(st.train_history, st.val_history, s.corpus.vocab.size, cfg.diagnosis,
-                           st.epoch_step_losses, st.epoch_first_step, s.diagnosis, schedule)
-        s.diagnosis = verdict
-        warning = val_rise_warning(st.val_history, cfg.diagnosis.val_rise_warning)
-        best = s.early_stopping
-        improved, should_stop, stop_reason = best.update(val_loss, st.epoch)
-        epoch_done, world = st.epoch, self.ranks.world_size
-        self.sink.emit(EpochEvent(
-            epoch=epoch_done, epochs=cfg.train.epochs, train_loss=train_loss, val_loss=val_loss, accum=st.accum,
-            effective_batch=cfg.train.micro_batch * st.accum * world, tokens_seen=st.tokens_seen,
-            seconds=st.epoch_seconds + (time.perf_counter() - started), diagnosis=verdict.kind,
-            diagnosis_reason=verdict.reason, remedy=verdict.remedy, val_rise_warning=warning,
-            best_val_loss=best.best if best.best_epoch else None, best_epoch=best.best_epoch,
-            epochs_without_improvement=best.epochs_without_improvement,
-            tokens_per_s=st.epoch_tokens / st.epoch_seconds if st.epoch_seconds else 0.0, sample=sample,
-            noise_scale=s.noise.noise_scale, suggested_accum=s.noise.suggestion(cfg.train.micro_batch, world)))
-        # The next epoch starts clean; a checkpoint taken now resumes there.
-        st.epoch += 1
-        st.example_cursor = 0
-        st.epoch_loss_sum, st.epoch_tokens, st.epoch_seconds = 0.0, 0, 0.0
-        st.epoch_step_losses = []
-        st.epoch_first_step = st.step + 1
-        if improved:
-            self.checkpoints.save("best")
-        if should_stop and st.epoch <= cfg.train.epochs:
-            self.checkpoints.save("latest")
-            self.sink.emit(Notice(message=f"early stopping: {stop_reason}", level="warning"))
-            # The best weights come back only once `latest` holds the run's own (a retried save must
-            # not pair the best epoch's weights with a later epoch's optimizer and position).
-            return self.endings.end_with_the_run_saved("early_stop", stop_reason, then=self._restore_best)
-        saved = self.checkpoints.save("latest")
-        self.steering.agree()  # (a stop, or an accum change, during validation or the save: every rank sees it)
-        # A stop during the last epoch's validation or save: nothing is left to interrupt, the run
-        # completes (a stop that ended it as "interrupted" left a run no resume could finish).
-        if self.steering.stopping() and st.epoch <= cfg.train.epochs:
-            return self.endings.interrupted(saved, f"at the end of epoch {epoch_done}")
-        return None
+            (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8", errors="replace")
+        except OSError:
+            pass  # a full disk must not hide the error itself
+    return f"{type(exc).__name__}: {exc}"

@@ -7,6 +7,7 @@ the ways a run ends endings.py's. No Textual import, ever.
 
 from __future__ import annotations
 
+import gc
 import random
 import sys
 import time
@@ -20,10 +21,9 @@ import torch
 from tui_trainer.analysis.diagnosis import Diagnosis
 from tui_trainer.analysis.early_stopping import EarlyStopping
 from tui_trainer.analysis.noise_scale import NoiseScaleEstimator
-from tui_trainer.analysis.schedule import lr_at
 from tui_trainer.config import RunConfig, usable_cores, validate
 from tui_trainer.control import Control
-from tui_trainer.data.dataset import Corpus, WindowDataset, load_corpus, val_batch_limit, window_count
+from tui_trainer.data.dataset import Corpus, WindowDataset, load_corpus, window_count
 from tui_trainer.data.text_source import PreparationCancelled, ProgressFn
 from tui_trainer.data.tokenizer import tokenizer_from_record
 from tui_trainer.engine.accumulation import GradientIncrements
@@ -35,12 +35,13 @@ from tui_trainer.engine.distributed import (
     rank_device,
     wrap_model,
 )
+from tui_trainer.engine.figures import RunFigures
 from tui_trainer.engine.loop_state import LoopState
 from tui_trainer.engine.memory import check_fits
 from tui_trainer.engine.precision import resume_precision
 from tui_trainer.engine.runtime import capture_rng, choose_threads, pick_device, restore_rng
 from tui_trainer.errors import UserError
-from tui_trainer.events import FanOut, Sink
+from tui_trainer.events import FanOut, RunStarted, Sink
 from tui_trainer.model.gpt import GPT, make_optimizer
 from tui_trainer.model.sampling import LiveSampler
 from tui_trainer.rundir import checkpoints as ckpt
@@ -198,6 +199,7 @@ class TrainingSession:
                             self.ranks.world_size)
         self.metrics = MetricsWriter(self.run_dir) if self.ranks.is_main else NoMetrics()
         self.sink = FanOut(self.metrics, sink)
+        self.figures = RunFigures(cfg, len(self.train_set), len(self.val_set), self.ranks.world_size)
         self.sampler = LiveSampler(self.model, self.corpus.vocab, cfg.train.sample_tokens, cfg.train.seed)
         self.started = time.monotonic()  # this session's start (the run's wall time adds the earlier ones)
         # Where the `latest` checkpoint on disk stands: a resumed run's own position; none for a new run.
@@ -215,6 +217,20 @@ class TrainingSession:
             self.control_server = None
         if self.run_lock is not None:
             self.run_lock.release()
+
+    def close(self, clean: bool) -> None:
+        """The run is over: the metrics file closed, the run dir released, the processes' group left
+        (``clean``: every rank ended at the same point; see Ranks.close)."""
+        self.metrics.close()
+        self.release_run_dir()
+        if self.ranks.distributed:
+            # DDP's reducer goes first, while the process group lives: freed with the group
+            # it would tear it down holding the GIL that gloo's thread still needs (a hang).
+            self.train_model = self.model
+            if self.grad_sync is not None:
+                self.grad_sync.group = None
+            gc.collect()
+        self.ranks.close(clean=clean)
 
     def open_control_socket(self, status: Callable[[], dict[str, Any]]) -> None:
         """Listen for commands from viewers (control_socket.py) while the run runs; ``status`` is
@@ -258,34 +274,24 @@ class TrainingSession:
                           f"position and data order, the effective batch now micro-batch x accum x {world}; "
                           f"no longer bit-exact with an unbroken run")
 
-    # -- derived figures ------------------------------------------------------------------------
+    # -- the run's first event ------------------------------------------------------------------
 
-    def _capped(self, examples: int, limit_batches: int | None) -> int:
-        return min(examples, limit_batches * self.cfg.train.micro_batch) if limit_batches else examples
-
-    def examples_per_epoch(self) -> int:
-        return self._capped(len(self.train_set), self.cfg.data.limit_train_batches)
-
-    def val_examples(self) -> int:
-        """Examples one validation pass reads (``--limit-val-batches`` caps it)."""
-        return self._capped(len(self.val_set), val_batch_limit(self.cfg.data))
-
-    def planned_tokens(self) -> int:
-        return self.cfg.train.epochs * self.examples_per_epoch() * self.cfg.model.block_size
-
-    def warmup_tokens(self) -> int:
-        """--warmup-tokens, or 5% of the run but at least 10 steps' worth (at most 20% of the run)."""
-        explicit = self.cfg.optim.warmup_tokens
-        if explicit is not None:
-            return explicit
-        planned = self.planned_tokens()
-        ten_steps = (10 * self.cfg.train.micro_batch * self.cfg.train.accum * self.ranks.world_size
-                     * self.cfg.model.block_size)
-        return int(min(max(0.05 * planned, ten_steps), 0.2 * planned))
-
-    def lr_for(self, tokens_seen: int) -> float:
-        o = self.cfg.optim
-        return lr_at(tokens_seen, o.lr, o.lr * o.min_lr_ratio, self.warmup_tokens(), self.planned_tokens())
+    def run_started(self) -> RunStarted:
+        """The run's first event: what it trains, on what, and from where (a resume)."""
+        cfg, st, world = self.cfg, self.state, self.ranks.world_size
+        per_epoch, effective = self.figures.examples_per_epoch(), cfg.train.micro_batch * st.accum * world
+        if effective > per_epoch:
+            self.notes.append(f"an epoch holds {per_epoch:,} sequences, fewer than the effective batch of "
+                              f"{effective:,}: each epoch is one optimizer step of {per_epoch:,}")
+        return RunStarted(
+            run_dir=str(self.run_dir), device=str(self.device), threads=self.threads,
+            parameters=self.model.num_parameters(), vocab_size=self.corpus.vocab.size,
+            train_examples=per_epoch, val_examples=self.figures.val_examples(), epochs=cfg.train.epochs,
+            micro_batch=cfg.train.micro_batch, accum=st.accum, processes=world, block_size=cfg.model.block_size,
+            planned_tokens=self.figures.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
+            tokens_seen=st.tokens_seen, notes=tuple(self.notes), elapsed_before=st.elapsed_seconds,
+            sample_tokens=cfg.train.sample_tokens, noise_scale=cfg.train.noise_scale,
+            auto_accum=cfg.train.auto_accum, precision=self.precision)
 
     # -- checkpoints ----------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.control import Control, SampleNow, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from tui_trainer.engine.distributed import Ranks
 from tui_trainer.engine.loop_state import LoopState
-from tui_trainer.events import AccumChangeRequested, Event, Paused, Resumed, Sink
+from tui_trainer.events import AccumChangeApplied, AccumChangeRequested, Event, Paused, Resumed, Sink
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,13 @@ class Steering:
             elif isinstance(command, SampleNow):
                 self.sample_requested = True
 
+    def apply_pending_accum(self) -> None:
+        """At an epoch's start: the accumulation change waiting for it (a key, --auto-accum, a resume)."""
+        st = self.state
+        if st.example_cursor == 0 and st.pending_accum is not None and st.epoch >= (st.pending_accum_epoch or st.epoch):
+            self.sink.emit(AccumChangeApplied(old=st.accum, new=st.pending_accum, epoch=st.epoch, step=st.step))
+            st.accum, st.pending_accum, st.pending_accum_epoch = st.pending_accum, None, None
+
     def request_accum(self, accum: int, *, at_this_boundary: bool = False, auto: bool = False) -> None:
         """A change of accumulation steps for the next epoch; with ``at_this_boundary`` (a resume
         at the start of an epoch) for the epoch about to start."""
@@ -106,11 +113,15 @@ class Steering:
         st.accum_decided_epoch = st.epoch
         self.request_accum(max(2, suggestion), auto=True)
 
-    def between_micro_steps(self, window_rng: dict[str, Any] | None) -> bool:
-        """One process, after every micro-step: commands, pause, stop. False = abandon the window.
-        A pause counts into ``seconds_paused``; `s` while paused saves the last step's state with
-        ``window_rng`` (the window's RNG: the resume redoes the window, as after a stop)."""
+    def between_micro_steps(self, *, last: bool, window_rng: dict[str, Any] | None) -> bool:
+        """After every micro-step (``last``: the window's last): the commands. False = abandon the
+        window. One process acts at once: a pause holds here (counted into ``seconds_paused``), `s`
+        while paused saves the last step's state with ``window_rng`` (the window's RNG: the resume
+        redoes the window, as after a stop), a stop abandons the window unless only its step is
+        left. Several processes act together at the step's end (``agree``): here only the queue."""
         self.handle_commands()
+        if self.ranks.distributed:
+            return True
         if self.paused:
             started = time.perf_counter()
             while self.paused and not self.control.stop_requested:
@@ -120,7 +131,8 @@ class Steering:
                     self.save_requested = False
                     self._save(window_rng)
             self.seconds_paused += time.perf_counter() - started
-        return not self.control.stop_requested
+        # A stop after the window's last micro-step still takes the step (the loop stops after it).
+        return last or not self.control.stop_requested
 
     def agree(self) -> None:
         """Several processes, at a step boundary: every rank takes rank 0's decisions (pause, save, a
