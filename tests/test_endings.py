@@ -103,3 +103,19 @@ def test_non_finite_steps_warn_until_max_bad_steps_in_a_row_then_end_with_a_hint
     end = endings.after_a_non_finite_step(float("nan"), 1.0, max_bad_steps=2, lr=3e-3)
     assert end.reason == "error" and "2 non-finite steps in a row at step 14" in end.message
     assert "--lr 0.0003" in end.message and "the last good checkpoint (step 12) is intact" in end.message
+
+
+def test_a_crash_ends_as_an_error_in_one_line_with_its_traceback_in_error_log(tmp_path):
+    endings, *_ = make(tmp_path)
+    try:
+        raise MemoryError("out of memory on the device")
+    except MemoryError as exc:
+        end = endings.crashed(exc, log=True)
+    assert end.reason == "error" and end.message == "MemoryError: out of memory on the device"
+    assert "Traceback" in (tmp_path / "error.log").read_text(encoding="utf-8")
+    other_rank = make(tmp_path / "elsewhere")[0]
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError as exc:
+        assert other_rank.crashed(exc, log=False).message == "RuntimeError: a bug"
+    assert not (tmp_path / "elsewhere").exists()  # (another rank writes nothing)

@@ -1,6 +1,6 @@
 """How a run ends: the `end` record (``RunEnded``) with its reason and message, a finished run
 that must not end with its final weights only in memory, a stop that says what a resume
-continues from, and too many non-finite steps in a row.
+continues from, too many non-finite steps in a row, and a crash (its traceback to error.log).
 
 ``Endings(state, sink, control, checkpoints, early_stopping, run_dir, verdict=…, can_retry_save=…)``;
 the loop ends every run through it. No Textual import.
@@ -8,6 +8,7 @@ the loop ends every run through it. No Textual import.
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -88,6 +89,16 @@ class Endings:
                     f"the previous checkpoint (step {latest.step}) is intact")
         return self.end("interrupted", f"stopped {where}, but the checkpoint could not be saved "
                                        f"({self.checkpoints.error}); {previous}")
+
+    def crashed(self, exc: BaseException, *, log: bool) -> RunEnded:
+        """A bug or OOM ends the run as an error, in one line; with ``log`` its traceback goes to the
+        run dir's error.log (call it while handling ``exc``)."""
+        if log:
+            try:
+                (self.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8", errors="replace")
+            except OSError:
+                pass  # a full disk must not hide the error itself
+        return self.end("error", f"{type(exc).__name__}: {exc}")
 
     def after_a_non_finite_step(self, loss: float, norm: float, *, max_bad_steps: int,
                                 lr: float) -> RunEnded | None:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-import traceback
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,7 +36,7 @@ from tui_trainer.engine.saving import Checkpoints
 from tui_trainer.engine.session import TrainingSession
 from tui_trainer.engine.steering import Steering
 from tui_trainer.engine.validation_progress import ValidationProgressEmitter
-from tui_trainer.events import DiagnosisEvent, EpochEvent, MicroStep, Notice, RunEnded, Sink, StepEvent
+from tui_trainer.events import DiagnosisEvent, EpochEvent, MicroStep, Notice, RunEnded, RunStarted, Sink, StepEvent
 from tui_trainer.model.gpt import GPT
 
 
@@ -77,7 +75,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 end = self.endings.end("error", str(exc) + self.checkpoints.rescue())
             else:
-                end = self.endings.end("error", _error_logged(exc, self.run_dir if self.ranks.is_main else None))
+                end = self.endings.crashed(exc, log=self.ranks.is_main)  # (rank 0 alone writes in the run dir)
         finally:
             self.session.close(clean=self.error is None)
         return end
@@ -90,7 +88,7 @@ class Trainer:
     def _run(self) -> RunEnded:
         cfg, st, s = self.cfg, self.state, self.session
         s.started = time.monotonic()
-        self.sink.emit(s.run_started())
+        self.sink.emit(self._run_started())
         if s.outstanding_end is not None:
             # Training was done; only the `end` record was missing (a stop during the final
             # validation or save of an older version, or a kill just before the record).
@@ -117,6 +115,23 @@ class Trainer:
         late_stop = ("a stop came after the last training step: the last validation and final save were "
                      "finished, so the run is complete" if self.steering.stopping() else "")
         return self.endings.end_with_the_run_saved("completed", late_stop)
+
+    def _run_started(self) -> RunStarted:
+        """The run's first event: what it trains, on what, and from where (a resume)."""
+        cfg, st, s, world = self.cfg, self.state, self.session, self.ranks.world_size
+        per_epoch, effective = self.figures.examples_per_epoch(), cfg.train.micro_batch * st.accum * world
+        if effective > per_epoch:
+            s.notes.append(f"an epoch holds {per_epoch:,} sequences, fewer than the effective batch of "
+                           f"{effective:,}: each epoch is one optimizer step of {per_epoch:,}")
+        return RunStarted(
+            run_dir=str(self.run_dir), device=str(self.device), threads=s.threads,
+            parameters=self.model.num_parameters(), vocab_size=s.corpus.vocab.size,
+            train_examples=per_epoch, val_examples=self.figures.val_examples(), epochs=cfg.train.epochs,
+            micro_batch=cfg.train.micro_batch, accum=st.accum, processes=world, block_size=cfg.model.block_size,
+            planned_tokens=self.figures.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
+            tokens_seen=st.tokens_seen, notes=tuple(s.notes), elapsed_before=st.elapsed_seconds,
+            sample_tokens=cfg.train.sample_tokens, noise_scale=cfg.train.noise_scale,
+            auto_accum=cfg.train.auto_accum, precision=s.precision)
 
     # -- an epoch: windows of micro-batches ------------------------------------------------------
 
@@ -378,14 +393,3 @@ def validation_loss(model: GPT, val_set: WindowDataset, batches: list[tuple[int,
         return loss_sum.item() / tokens
     finally:
         model.train(was_training)
-
-
-def _error_logged(exc: BaseException, run_dir: Path | None) -> str:
-    """A bug or OOM in one line for the `end` record; its traceback in the run dir's error.log (rank
-    0's ``run_dir``; None elsewhere)."""
-    if run_dir is not None:
-        try:
-            (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8", errors="replace")
-        except OSError:
-            pass  # a full disk must not hide the error itself
-    return f"{type(exc).__name__}: {exc}"

@@ -1,8 +1,10 @@
-"""A training run's set-up and its services to the loop: ``TrainingSession(cfg, sink, control)``
-validates everything (raising UserError, writing nothing), builds data, model and optimizer,
-prepares the run dir (run_dir.py), and then offers the loop (loop.py) its figures (the LR
-schedule, examples per epoch) and checkpoint saves; the commands from the app are steering.py's,
-the ways a run ends endings.py's. No Textual import, ever.
+"""A training run's set-up: ``TrainingSession(cfg, sink, control)`` validates everything (raising
+UserError, writing nothing), joins the other processes, builds data, model and optimizer, prepares
+the run dir (rundir/lifecycle.py), and hands the loop (loop.py) what it trains with, complete: the
+model (and the one the steps call: DDP, compiled), the optimizer, the data sets, the loop's state,
+the sinks, the run's figures (figures.py) and what a checkpoint holds (``checkpoint_state``).
+The loop's other parts (saving.py, steering.py, endings.py) are handed what they need from it.
+No Textual import, ever.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tui_trainer.data.tokenizer import tokenizer_from_record
 from tui_trainer.engine.accumulation import GradientIncrements
 from tui_trainer.engine.distributed import (
     PeerLost,
+    Placement,
     Ranks,
     choose_backend,
     placement_from_environment,
@@ -39,9 +42,9 @@ from tui_trainer.engine.figures import RunFigures
 from tui_trainer.engine.loop_state import LoopState
 from tui_trainer.engine.memory import check_fits
 from tui_trainer.engine.precision import resume_precision
-from tui_trainer.engine.runtime import capture_rng, choose_threads, pick_device, restore_rng
+from tui_trainer.engine.runtime import capture_rng, choose_threads, pick_device, restore_rank_rng
 from tui_trainer.errors import UserError
-from tui_trainer.events import FanOut, RunStarted, Sink
+from tui_trainer.events import FanOut, Sink
 from tui_trainer.model.gpt import GPT, make_optimizer
 from tui_trainer.model.sampling import LiveSampler
 from tui_trainer.rundir import checkpoints as ckpt
@@ -61,54 +64,21 @@ class TrainingSession:
         self.for_ui = for_ui  # someone can press `s` to retry a failed final save
         self.notes: list[str] = []
         self._overwrite = overwrite
-        placement = placement_from_environment()  # torchrun's RANK/WORLD_SIZE; none = one process
-        made: list[Path] = []  # the folders a new run made (removed again if its set-up fails)
         self.outstanding_end: str | None = None  # a resumed run that finished but never recorded its end
-        resume_state = None
         self.run_dir: Path | None = None  # (rank 0 makes it; the others learn its path)
         self.control_server = None  # commands from viewers, while the loop runs
         self.run_lock = None  # the run dir's one-writer lock (run_lock.py), from prepare_run_dir to the end
+        placement = placement_from_environment()  # torchrun's RANK/WORLD_SIZE; none = one process
+        resume_state = None
         if resume is not None:
-            if placement.is_main:  # (the others: rank 0 holds the lock by the time they look)
-                rd.refuse_a_run_dir_in_use(resume)  # before its checkpoint is read: a live run is not resumed
-            resume_state = rd.load_resumable(resume)
-            check_contents(resume_state, ckpt.checkpoint_path(resume), LoopState)
-            cfg = rd.merge_resume_config(resume_state, overrides or {}, Path(resume), self.notes)
-            validate(cfg)  # the flags first: `--epochs 0` is bad input, not "finished 0 epochs"
+            cfg, resume_state = _read_checkpoint(resume, overrides, placement.is_main, self.notes)
             self.outstanding_end = rd.refuse_or_finish(resume_state, cfg, Path(resume))
         self.cfg = cfg = validate(cfg)
-        device = pick_device(cfg.train.device)
-        self.ranks = Ranks(placement, choose_backend(cfg.train.backend, device) if placement.distributed else "",
-                           rank_device(device, placement), cfg.train.dist_timeout)
-        self.device = self.ranks.device
-        self.threads = choose_threads(cfg.train.threads, for_ui, placement.local_world_size)
-        cores, here = usable_cores(), placement.local_world_size
-        if here > 1 and self.threads * here > cores:
-            self.notes.append(f"{here} processes x {self.threads} threads on {cores} cores: more threads than cores "
-                              f"slow every rank down; leave out --threads (each rank then takes {max(1, cores // here)})")
-        torch.set_num_threads(self.threads)
+        self._place(placement, for_ui)
         self.ranks.start()  # (one process: nothing)
+        made: list[Path] = []  # the folders a new run made (removed again if its set-up fails)
         try:
-            # Rank 0 prepares the data (a first run tokenizes and caches it) and the run dir; the
-            # others wait for its verdict, then map the cache it made and touch no file.
-            if placement.is_main:
-                try:
-                    self._prepare(cfg, resume_state, resume, overrides, data_progress)
-                    self.run_dir = rd.prepare_run_dir(self.cfg, resume, overwrite, self.notes, made,
-                                                      take_lock=self._take_lock)
-                except BaseException as exc:
-                    self.ranks.broadcast(("failed", *_user_error_parts(exc)))
-                    raise
-                self.ranks.broadcast(("ready", str(self.run_dir)))
-            else:
-                verdict = self.ranks.broadcast(None)
-                if verdict[0] == "failed":  # rank 0 says why; this rank ends the same way, quietly
-                    _, message, hint, cancelled_by = verdict
-                    if cancelled_by is not None:
-                        raise PreparationCancelled(cancelled_by)
-                    raise UserError(message, hint) if message else PeerLost("rank 0 could not set up the run")
-                self.run_dir = Path(verdict[1])
-                self._prepare(cfg, resume_state, resume, overrides, None)
+            self._prepare_rank_0_first(resume_state, resume, overrides, overwrite, data_progress, made)
             try:
                 self._build(sink, resume_state, overrides)
             finally:
@@ -124,6 +94,46 @@ class TrainingSession:
                 rd.remove_new_run(self.run_dir, made)
             self.ranks.close(clean=not isinstance(sys.exc_info()[1], PeerLost))
             raise
+
+    def _place(self, placement: Placement, for_ui: bool) -> None:
+        """The processes, this one's device and its CPU threads."""
+        cfg = self.cfg
+        device = pick_device(cfg.train.device)
+        self.ranks = Ranks(placement, choose_backend(cfg.train.backend, device) if placement.distributed else "",
+                           rank_device(device, placement), cfg.train.dist_timeout)
+        self.device = self.ranks.device
+        self.threads = choose_threads(cfg.train.threads, for_ui, placement.local_world_size)
+        cores, here = usable_cores(), placement.local_world_size
+        if here > 1 and self.threads * here > cores:
+            self.notes.append(f"{here} processes x {self.threads} threads on {cores} cores: more threads than "
+                              f"cores slow every rank down; leave out --threads (each rank then takes "
+                              f"{max(1, cores // here)})")
+        torch.set_num_threads(self.threads)
+
+    def _prepare_rank_0_first(self, resume_state: dict | None, resume: str | Path | None,
+                              overrides: dict[str, Any] | None, overwrite: bool,
+                              data_progress: ProgressFn | None, made: list[Path]) -> None:
+        """Rank 0 prepares the data (a first run tokenizes and caches it) and the run dir; the others
+        wait for its verdict, then map the cache it made and touch no file."""
+        cfg = self.cfg
+        if self.ranks.is_main:
+            try:
+                self._prepare(cfg, resume_state, resume, overrides, data_progress)
+                self.run_dir = rd.prepare_run_dir(self.cfg, resume, overwrite, self.notes, made,
+                                                  take_lock=self._take_lock)
+            except BaseException as exc:
+                self.ranks.broadcast(("failed", *_user_error_parts(exc)))
+                raise
+            self.ranks.broadcast(("ready", str(self.run_dir)))
+            return
+        verdict = self.ranks.broadcast(None)
+        if verdict[0] == "failed":  # rank 0 says why; this rank ends the same way, quietly
+            _, message, hint, cancelled_by = verdict
+            if cancelled_by is not None:
+                raise PreparationCancelled(cancelled_by)
+            raise UserError(message, hint) if message else PeerLost("rank 0 could not set up the run")
+        self.run_dir = Path(verdict[1])
+        self._prepare(cfg, resume_state, resume, overrides, None)
 
     def _prepare(self, cfg: RunConfig, resume_state: dict | None, resume: str | Path | None,
                  overrides: dict[str, Any] | None, data_progress: ProgressFn | None) -> None:
@@ -248,50 +258,14 @@ class TrainingSession:
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.state = LoopState(**state["loop"])
         self.state.finished = None
-        self._restore_rank_rng(state)
+        note = restore_rank_rng(state, self.ranks.rank, self.ranks.world_size, self.device)
+        self.notes += [note] if note else []
         if self.ranks.is_main:  # (rank 0 alone writes in the run dir)
             rd.trim_metrics_after(self.run_dir, self.state.step, len(self.state.val_history))
         self.notes.append(f"resumed at epoch {self.state.epoch}, step {self.state.step}")
         pending = rd.pending_accum_note(self.state)
         if pending:
             self.notes.append(pending)
-
-    def _restore_rank_rng(self, state: dict) -> None:
-        """Each rank's own RNG state when the world size is the one the checkpoint was saved with
-        (bit-exact); otherwise rank 0 takes the saved one and the others their fresh seeds."""
-        saved_world = int(state.get("world_size", 1))
-        world = self.ranks.world_size
-        if saved_world == world and not state.get("rng_ranks_lost"):
-            restore_rng(state["rng_ranks"][self.ranks.rank] if world > 1 else state["rng"], self.device)
-            return
-        if self.ranks.is_main:
-            restore_rng(state["rng"], self.device)
-        if saved_world == world:
-            self.notes.append("saved after a process was lost (only rank 0's random state was kept): "
-                              "the same position and data order, no longer bit-exact with an unbroken run")
-            return
-        self.notes.append(f"saved with {_processes(saved_world)}, resumed with {_processes(world)}: the same "
-                          f"position and data order, the effective batch now micro-batch x accum x {world}; "
-                          f"no longer bit-exact with an unbroken run")
-
-    # -- the run's first event ------------------------------------------------------------------
-
-    def run_started(self) -> RunStarted:
-        """The run's first event: what it trains, on what, and from where (a resume)."""
-        cfg, st, world = self.cfg, self.state, self.ranks.world_size
-        per_epoch, effective = self.figures.examples_per_epoch(), cfg.train.micro_batch * st.accum * world
-        if effective > per_epoch:
-            self.notes.append(f"an epoch holds {per_epoch:,} sequences, fewer than the effective batch of "
-                              f"{effective:,}: each epoch is one optimizer step of {per_epoch:,}")
-        return RunStarted(
-            run_dir=str(self.run_dir), device=str(self.device), threads=self.threads,
-            parameters=self.model.num_parameters(), vocab_size=self.corpus.vocab.size,
-            train_examples=per_epoch, val_examples=self.figures.val_examples(), epochs=cfg.train.epochs,
-            micro_batch=cfg.train.micro_batch, accum=st.accum, processes=world, block_size=cfg.model.block_size,
-            planned_tokens=self.figures.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
-            tokens_seen=st.tokens_seen, notes=tuple(self.notes), elapsed_before=st.elapsed_seconds,
-            sample_tokens=cfg.train.sample_tokens, noise_scale=cfg.train.noise_scale,
-            auto_accum=cfg.train.auto_accum, precision=self.precision)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -329,8 +303,16 @@ class TrainingSession:
         return self.state.elapsed_seconds + time.monotonic() - self.started
 
 
-def _processes(n: int) -> str:
-    return f"{n} process" + ("es" if n != 1 else "")
+def _read_checkpoint(resume: str | Path, overrides: dict[str, Any] | None, is_main: bool,
+                     notes: list[str]) -> tuple[RunConfig, dict]:
+    """A resume: the checkpoint (checked), and the config it ran with merged with the flags given."""
+    if is_main:  # (the others: rank 0 holds the lock by the time they look)
+        rd.refuse_a_run_dir_in_use(resume)  # before its checkpoint is read: a live run is not resumed
+    resume_state = rd.load_resumable(resume)
+    check_contents(resume_state, ckpt.checkpoint_path(resume), LoopState)
+    cfg = rd.merge_resume_config(resume_state, overrides or {}, Path(resume), notes)
+    validate(cfg)  # the flags first: `--epochs 0` is bad input, not "finished 0 epochs"
+    return cfg, resume_state
 
 
 def _user_error_parts(exc: BaseException) -> tuple[str, str, int | None]:
