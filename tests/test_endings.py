@@ -87,7 +87,10 @@ def test_in_the_app_a_failed_final_save_waits_for_s_and_then_completes(tmp_path)
     endings, checkpoints, control, sink, _ = make(tmp_path, can_retry_save=True)
     checkpoints.error = "No space left on device"
     threading.Timer(0.3, control.save).start()
+    give_up = threading.Timer(10, control.stop)  # (a retry that never saves fails instead of hanging)
+    give_up.start()
     end = endings.end_with_the_run_saved("completed")
+    give_up.cancel()
     assert end.reason == "completed" and checkpoints.holds_now()
     assert ckpt.checkpoint_path(tmp_path).exists()
     notice = sink.of(Notice)[0]
