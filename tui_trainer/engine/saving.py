@@ -9,8 +9,9 @@ when the last one was written (the periodic save's clock). No Textual import.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

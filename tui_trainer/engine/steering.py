@@ -10,8 +10,9 @@ that every rank pauses, saves and stops at the same step. No Textual import, eve
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.control import Control, SampleNow, SaveCheckpoint, SetAccum, SetPaused, TogglePause
