@@ -48,12 +48,12 @@ class StepRecorder:
             return
         self.stamps.append(time.perf_counter())
         self.step_tokens.append(event.tokens)
-        grad_sync = self.trainer.grad_sync
+        grad_sync = self.trainer.session.grad_sync
         if grad_sync is not None:
             self.allreduces_per_step.append(grad_sync.allreduces - self._allreduces_before)
             self._allreduces_before = grad_sync.allreduces
         if event.step == self.total_steps and self.trainer.ranks.distributed:
-            self.ddp_buckets = ddp_bucket_bytes(self.trainer.train_model)
+            self.ddp_buckets = ddp_bucket_bytes(self.trainer.session.train_model)
             # After the stamp: the last step's time is already taken.
             self.allreduce_seconds = time_flat_allreduce(self.trainer)
 
@@ -117,11 +117,11 @@ def worker(spec_path: str) -> int:
     trainer = recorder.trainer = Trainer(cfg, recorder, Control())
     if spec.get("break_no_sync") and trainer.ranks.distributed:
         # What the check exists for: a loop that lost no_sync all-reduces after every micro-step.
-        trainer.train_model.no_sync = contextlib.nullcontext
-    rank, grad_sync = trainer.ranks.rank, trainer.grad_sync
+        trainer.session.train_model.no_sync = contextlib.nullcontext
+    rank, grad_sync = trainer.ranks.rank, trainer.session.grad_sync
     end = trainer.run()
     result = {
-        "rank": rank, "world_size": trainer.ranks.world_size, "threads": trainer.threads, "end": end.reason,
+        "rank": rank, "world_size": trainer.ranks.world_size, "threads": trainer.session.threads, "end": end.reason,
         "message": getattr(end, "message", ""), "stamps": recorder.stamps, "step_tokens": recorder.step_tokens,
         "allreduces_per_step": recorder.allreduces_per_step, "buckets": grad_sync.buckets if grad_sync else 0,
         "ddp_buckets": recorder.ddp_buckets,

@@ -49,7 +49,7 @@ def train_once(args: argparse.Namespace, accum: int, lr: float, seed: int) -> di
     val = epochs[-1].val_loss if epochs else float("nan")
     return {"accum": accum, "lr": lr, "seed": seed, "val_loss": val, "train_loss": epochs[-1].train_loss if epochs
             else float("nan"), "steps": len(steps), "tokens": end.tokens_seen, "seconds": seconds,
-            "warmup_tokens": trainer.warmup_tokens(), "reason": end.reason}
+            "warmup_tokens": trainer.figures.warmup_tokens(), "reason": end.reason}
 
 
 def describe(run: dict) -> str:

@@ -195,7 +195,7 @@ def record(run_dir: Path, name: str, what: str, flags: list[str]) -> dict:
     total = per_epoch * epoch_count
     ten_steps = 10 * c["train"]["micro_batch"] * c["train"]["accum"] * c["model"]["block_size"]
     warmup = c["optim"]["warmup_tokens"]
-    if warmup is None:  # the engine's rule (Trainer.warmup_tokens)
+    if warmup is None:  # the engine's rule (RunFigures.warmup_tokens)
         warmup = int(min(max(0.05 * total, ten_steps), 0.2 * total))
     schedule = {"peak_lr": c["optim"]["lr"], "min_lr": c["optim"]["lr"] * c["optim"]["min_lr_ratio"],
                 "warmup_tokens": warmup, "total_tokens": total}

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         ranges = next(next_window)
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss_total, tokens = accumulate_window(model, data, order, ranges, None, None, increments if on else None)
+        loss_total, tokens = accumulate_window(model, data, order, ranges, increments=increments if on else None)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         micro = increments.sq_norms if on else []
         loss_sum, grad_norm, *micro_sq = torch.stack([loss_total.float(), norm.float(),

@@ -49,3 +49,19 @@ def tiny_config(data_path: Path | str, run_dir: Path | str, **train: object) -> 
 
 def with_limits(cfg: RunConfig, train_batches: int | None, val_batches: int | None = 4) -> RunConfig:
     return cfg.replace(data=replace(cfg.data, limit_train_batches=train_batches, limit_val_batches=val_batches))
+
+
+def nan_loss_at(trainer, steps: set[int] | frozenset[int]) -> None:
+    """Make the training loss NaN in the given optimizer steps (1-based, the run's count), from
+    outside: the model's forward is wrapped, so the window's loss and its gradient are non-finite
+    exactly as a diverging model's would be. Validation and sampling pass through untouched."""
+    model = trainer.model
+    forward = model.forward
+
+    def poisoned(idx, targets=None):
+        out = forward(idx, targets)
+        if targets is not None and model.training and trainer.state.step + 1 in steps:
+            return out * float("nan")
+        return out
+
+    model.forward = poisoned

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tui_trainer.config import ModelConfig
-from tui_trainer.data.dataset import WindowDataset, plan_windows
+from tui_trainer.data.dataset import WindowDataset, epoch_windows, plan_windows
 from tui_trainer.engine.accumulation import GradientIncrements, WindowAborted, accumulate_window
 from tui_trainer.model.gpt import GPT
 
@@ -103,6 +103,23 @@ def test_plan_windows_covers_every_example_once_with_a_short_last_window():
     assert flat == list(range(45))
     assert all(len(w) == 3 for w in windows[:-1])
     assert [stop - start for start, stop in windows[-1]] == [4, 4, 1]  # 45 = 3 * 12 + 9
+
+
+def test_a_window_names_its_examples():
+    last = plan_windows(45, micro_batch=4, accum=3)[-1]
+    assert (last.start, last.stop, last.examples, len(last)) == (36, 45, 9, 3)
+    assert last.tokens(block_size=16) == 9 * 16
+
+
+def test_epoch_windows_go_on_from_a_cursor_no_window_starts_at():
+    """A resume with another world size: the cursor sits inside one of the new windows, so the
+    windows from it are planned from the cursor (the steps before it keep their numbering)."""
+    windows, first = epoch_windows(45, micro_batch=4, per_step=3, cursor=24)
+    assert first == 2 and windows[first].start == 24  # on a window boundary: as planned
+    windows, first = epoch_windows(45, micro_batch=4, per_step=3, cursor=28)
+    assert [w.start for w in windows] == [0, 12, 24, 28, 40] and first == 3
+    assert windows[-1].stop == 45
+    assert epoch_windows(45, micro_batch=4, per_step=3, cursor=45)[1] == len(plan_windows(45, 4, 3))
 
 
 @pytest.mark.parametrize("micro_batch, count", [(8, 32), (8, 21)])

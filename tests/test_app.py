@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, with_limits
+from conftest import nan_loss_at, tiny_config, with_limits
 from screen import screen_text
 from test_snapshots import recorded_epochs, started
 from textual import events
@@ -273,7 +273,8 @@ async def test_finished_run_stays_open_until_q(small_corpus, tmp_path, apps):
 async def test_engine_failure_becomes_an_error_panel_and_run_dir_keeps_the_steps(small_corpus, tmp_path, apps):
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=2, max_bad_steps=2), 40)
     sink = AppSink()
-    trainer = Trainer(cfg, sink, resume=None, for_ui=True, inject_nan_steps=frozenset({4, 5}))
+    trainer = Trainer(cfg, sink, resume=None, for_ui=True)
+    nan_loss_at(trainer, {4, 5})
     app = TrainerApp(trainer, sink)
     apps.append(app)
     async with app.run_test(size=(80, 24)) as pilot:

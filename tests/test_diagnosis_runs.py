@@ -140,10 +140,10 @@ def test_the_engine_says_live_what_the_replay_of_its_history_says(small_corpus, 
     steps = [[r["loss"] for r in records if r["type"] == "step" and r["epoch"] == e["epoch"]] for e in epochs]
     first_steps = [min(r["step"] for r in records if r["type"] == "step" and r["epoch"] == e["epoch"]) for e in epochs]
     o = cfg.optim
-    schedules = [SchedulePosition.at(e["tokens_seen"], o.lr, o.lr * o.min_lr_ratio, straight.warmup_tokens(),
-                                     straight.planned_tokens()) for e in epochs]
+    schedules = [SchedulePosition.at(e["tokens_seen"], o.lr, o.lr * o.min_lr_ratio, straight.figures.warmup_tokens(),
+                                     straight.figures.planned_tokens()) for e in epochs]
     replayed = verdicts_over([e["train_loss"] for e in epochs], [e["val_loss"] for e in epochs],
-                             straight.corpus.vocab.size, cfg.diagnosis, steps, first_steps, schedules)
+                             straight.session.corpus.vocab.size, cfg.diagnosis, steps, first_steps, schedules)
     assert [(v.kind, v.reason, v.remedy) for v in replayed] == [(e["diagnosis"], e["diagnosis_reason"], e["remedy"])
                                                                for e in epochs]
     assert replayed[-1] == straight.last_diagnosis and "schedule in its tail" in replayed[-1].remedy

@@ -28,8 +28,8 @@ from screen import screen_text
 
 from tui_trainer.cli.launch import _died, _exit_code, check_nproc, without_nproc
 from tui_trainer.config import ModelConfig, validate
-from tui_trainer.data.dataset import WindowDataset, plan_windows
-from tui_trainer.engine.accumulation import accumulate_window
+from tui_trainer.data.dataset import Window, WindowDataset, plan_windows
+from tui_trainer.engine.accumulation import join_the_gradient_sync
 from tui_trainer.engine.distributed import Placement, choose_backend, placement_from_environment, rank_share
 from tui_trainer.errors import UserError
 from tui_trainer.model.gpt import GPT
@@ -88,9 +88,10 @@ def test_each_rank_takes_every_world_size_th_micro_batch_of_the_global_window():
     windows = plan_windows(103, 5, 4)  # 21 micro-batches: 5 windows of 4, then one of 1 (3 sequences)
     for window in windows:
         shares = [rank_share(window, rank, 2) for rank in range(2)]
-        assert sorted(shares[0] + shares[1]) == window
+        assert sorted(shares[0].micro_batches + shares[1].micro_batches) == list(window.micro_batches)
         assert abs(len(shares[0]) - len(shares[1])) <= 1
-    assert rank_share(windows[-1], 1, 2) == [] and rank_share(windows[-1], 0, 2) == [(100, 103)]
+        assert shares[0].examples + shares[1].examples == window.examples
+    assert rank_share(windows[-1], 1, 2) == Window(()) and rank_share(windows[-1], 0, 2) == Window(((100, 103),))
 
 
 def test_an_empty_share_joins_with_a_pass_that_adds_nothing(small_corpus):
@@ -99,8 +100,7 @@ def test_an_empty_share_joins_with_a_pass_that_adds_nothing(small_corpus):
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, dropout=0.0))
     data = WindowDataset(torch.randint(0, 64, (400,)).numpy(), 16)
-    loss, tokens = accumulate_window(model, data, torch.arange(len(data)), [], total_tokens=5 * 16,
-                                     empty_share=(0, 2))
+    loss, tokens = join_the_gradient_sync(model, data, torch.arange(len(data)), (0, 2), total_tokens=5 * 16)
     assert loss.item() == 0.0 and tokens == 80
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
@@ -310,7 +310,7 @@ async def test_the_app_runs_on_rank_0_shows_the_processes_pauses_them_and_q_stop
     end = ended(tmp_path / "run")
     assert end["reason"] == "interrupted" and end["steps"] == steps(tmp_path / "run")[-1]["step"]
     # One gradient all-reduce round per optimizer step (each DDP bucket once), not one per micro-step.
-    sync = app.trainer.grad_sync
+    sync = app.trainer.session.grad_sync
     assert sync.most_rounds_in_a_window == 1 and sync.allreduces >= end["steps"]
     assert "error" not in rank1.stdout.read() + rank1.stderr.read()
 

@@ -120,7 +120,7 @@ def test_accumulation_change_does_not_distort_the_schedule(small_corpus, tmp_pat
     trainer, sink, _ = _run(with_limits(tiny_config(small_corpus, tmp_path / "a", accum=2), 20))
     _, other, _ = _run(with_limits(tiny_config(small_corpus, tmp_path / "b", accum=5), 20))
     for event in sink.of(StepEvent) + other.of(StepEvent):
-        assert event.lr == pytest.approx(trainer.lr_for(event.tokens_seen))
+        assert event.lr == pytest.approx(trainer.figures.lr_for(event.tokens_seen))
     by_tokens = {e.tokens_seen: e.lr for e in sink.of(StepEvent)}
     shared = [e for e in other.of(StepEvent) if e.tokens_seen in by_tokens]
     assert shared and all(by_tokens[e.tokens_seen] == pytest.approx(e.lr) for e in shared)
@@ -131,8 +131,8 @@ def test_first_warm_up_step_learns(small_corpus, tmp_path):
     trainer, sink, _ = _run(with_limits(tiny_config(small_corpus, tmp_path / "a", accum=2), 20))
     first = sink.of(StepEvent)[0]
     peak = trainer.cfg.optim.lr
-    assert first.lr == pytest.approx(peak * (first.tokens + 1) / (trainer.warmup_tokens() + 1))
-    assert first.lr > peak * first.tokens / trainer.warmup_tokens() / 2
+    assert first.lr == pytest.approx(peak * (first.tokens + 1) / (trainer.figures.warmup_tokens() + 1))
+    assert first.lr > peak * first.tokens / trainer.figures.warmup_tokens() / 2
 
 
 def test_accum_change_applies_exactly_at_the_next_epoch(small_corpus, tmp_path):

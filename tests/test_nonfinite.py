@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config, with_limits
+from conftest import nan_loss_at, tiny_config, with_limits
 
 from tui_trainer.cli.main import main
 from tui_trainer.engine.loop import Trainer
@@ -46,16 +46,17 @@ class Snapshots(ListSink):
             self._hook = weight.register_hook(lambda grad: torch.full_like(grad, math.nan))
 
 
-def run(cfg, sink: Snapshots, **kwargs):
-    trainer = Trainer(cfg, sink, **kwargs)
+def run(cfg, sink: Snapshots, nan_steps: frozenset[int] = frozenset()):
+    trainer = Trainer(cfg, sink)
     sink.trainer = trainer
+    nan_loss_at(trainer, nan_steps)
     return trainer, trainer.run()
 
 
 def test_a_nan_loss_is_skipped_counted_reported_and_leaves_the_weights_alone(small_corpus, tmp_path):
     sink = Snapshots()
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1, accum=2), 16)
-    trainer, end = run(cfg, sink, inject_nan_steps=frozenset({3}))
+    trainer, end = run(cfg, sink, nan_steps=frozenset({3}))
     assert end.reason == "completed"
     step3 = [s for s in sink.of(StepEvent) if s.step == 3][0]
     assert step3.skipped and math.isnan(step3.loss)
@@ -91,7 +92,7 @@ def test_max_bad_steps_in_a_row_ends_with_error_and_keeps_the_last_good_checkpoi
     sink = Snapshots()
     run_dir = tmp_path / "run"
     cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=1, accum=2, checkpoint_every=1, max_bad_steps=3), 16)
-    trainer, end = run(cfg, sink, inject_nan_steps=frozenset({4, 5, 6}))
+    trainer, end = run(cfg, sink, nan_steps=frozenset({4, 5, 6}))
     assert end.reason == "error" and end.steps == 6
     assert "3 non-finite steps in a row" in end.message and "lower the learning rate" in end.message
     assert "the last good checkpoint (step 3) is intact" in end.message
@@ -107,7 +108,7 @@ def test_max_bad_steps_in_a_row_ends_with_error_and_keeps_the_last_good_checkpoi
 def test_bad_steps_must_be_in_a_row_to_stop(small_corpus, tmp_path):
     sink = Snapshots()
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1, accum=2, max_bad_steps=2), 16)
-    trainer, end = run(cfg, sink, inject_nan_steps=frozenset({2, 4, 6}))
+    trainer, end = run(cfg, sink, nan_steps=frozenset({2, 4, 6}))
     assert end.reason == "completed" and trainer.state.bad_steps_total == 3
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, with_limits
+from conftest import nan_loss_at, tiny_config, with_limits
 
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.engine.precision import bf16_support, choose_precision
@@ -73,9 +73,10 @@ class Script(ListSink):
             raise RuntimeError("simulated crash")
 
 
-def run_trainer(cfg, sink: Script, **kwargs) -> tuple[Trainer, RunEnded]:
+def run_trainer(cfg, sink: Script, nan_steps: frozenset[int] = frozenset(), **kwargs) -> tuple[Trainer, RunEnded]:
     trainer = Trainer(cfg, sink, **kwargs)
     sink.trainer = trainer
+    nan_loss_at(trainer, nan_steps)
     end = trainer.run()
     return trainer, end
 
@@ -270,14 +271,14 @@ def test_a_resumed_run_goes_on_counting_its_elapsed_time(reference, tmp_path):
     run_dir = tmp_path / "run"
     first, _ = run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", 3)))
     saved = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["loop"]["elapsed_seconds"]
-    assert 0 < saved <= first.elapsed_seconds()
+    assert 0 < saved <= first.session.elapsed_seconds()
     sink = Script(stop_at=("step", 5))
     second, _ = run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir)
     assert sink.of(RunStarted)[0].elapsed_before == saved
     view = RunView()
     view.apply(sink.of(RunStarted)[0], now=100.0)
     assert view.elapsed(now=102.5) == pytest.approx(saved + 2.5)
-    assert second.elapsed_seconds() > saved
+    assert second.session.elapsed_seconds() > saved
 
 
 def test_a_resumed_run_stopped_at_once_still_ends_with_its_diagnosis(reference, tmp_path):
@@ -285,7 +286,7 @@ def test_a_resumed_run_stopped_at_once_still_ends_with_its_diagnosis(reference, 
     run_dir = tmp_path / "run"
     # A NaN step in epoch 1 makes its verdict unstable: the histories alone would say healthy.
     _, first = run_trainer(resume_config(corpus, run_dir), Script(stop_at=("step", STEPS_PER_EPOCH + 2)),
-                           inject_nan_steps=frozenset({3}))
+                           nan_steps=frozenset({3}))
     assert first.diagnosis == "unstable"
     sink = Script(stop_at=("micro", STEPS_PER_EPOCH + 3, 1))
     _, end = run_trainer(resume_config(corpus, run_dir), sink, resume=run_dir)
@@ -431,7 +432,7 @@ def test_a_resume_that_would_change_precision_is_refused_unless_precision_is_giv
     _recorded_as(run_dir, other)
     trainer = Trainer(resume_config(corpus, run_dir), ListSink(), resume=run_dir,
                       overrides={"train.precision": other})
-    assert trainer.precision == other and not any("switches" in note for note in trainer.notes)
+    assert trainer.session.precision == other and not any("switches" in note for note in trainer.session.notes)
     trainer.metrics.close()
 
 

@@ -120,8 +120,6 @@ class RunConfig:
 
 
 ACCUM_MIN, ACCUM_MAX = 1, 1024  # the accumulation steps a run may use (flags, keys, socket, resume)
-
-
 def _build(cls: type, data: dict[str, Any]) -> Any:
     kwargs = {}
     for f in fields(cls):

@@ -174,9 +174,43 @@ def epoch_examples(n_examples: int, seed: int, epoch: int, micro_batch: int,
     return order
 
 
-def plan_windows(n_examples: int, micro_batch: int, accum: int, start: int = 0) -> list[list[tuple[int, int]]]:
-    """Split an epoch's examples (from ``start``) into optimizer-step windows of micro-batch
-    (start, stop) ranges.
+MicroBatch = tuple[int, int]  # (start, stop): positions in the epoch's order of examples
+
+
+@dataclass(frozen=True)
+class Window:
+    """The micro-batches of one optimizer step, as (start, stop) ranges of the epoch's order: the
+    ranges follow one another, every one ``micro_batch`` long but the last, which may be short.
+    A rank's share of a window (``rank_share``) keeps every ``world_size``-th, and may be empty."""
+
+    micro_batches: tuple[MicroBatch, ...]
+
+    @property
+    def start(self) -> int:
+        """The first example of the window (its position in the epoch's order)."""
+        return self.micro_batches[0][0]
+
+    @property
+    def stop(self) -> int:
+        """One past its last example: the epoch's cursor once this window's step is taken."""
+        return self.micro_batches[-1][1]
+
+    @property
+    def examples(self) -> int:
+        return sum(stop - start for start, stop in self.micro_batches)
+
+    def tokens(self, block_size: int) -> int:
+        return self.examples * block_size
+
+    def __len__(self) -> int:
+        return len(self.micro_batches)
+
+    def __iter__(self):
+        return iter(self.micro_batches)
+
+
+def plan_windows(n_examples: int, micro_batch: int, accum: int, start: int = 0) -> list[Window]:
+    """Split an epoch's examples (from ``start``) into optimizer-step windows.
 
     Every window but the last holds ``accum`` micro-batches of ``micro_batch`` examples;
     the last one may hold fewer micro-batches, and its last micro-batch may be short.
@@ -185,8 +219,20 @@ def plan_windows(n_examples: int, micro_batch: int, accum: int, start: int = 0) 
     windows = []
     for step_start in range(start, n_examples, per_step):
         step_stop = min(step_start + per_step, n_examples)
-        windows.append([(s, min(s + micro_batch, step_stop)) for s in range(step_start, step_stop, micro_batch)])
+        windows.append(Window(tuple((s, min(s + micro_batch, step_stop))
+                                    for s in range(step_start, step_stop, micro_batch))))
     return windows
+
+
+def epoch_windows(n_examples: int, micro_batch: int, per_step: int, cursor: int) -> tuple[list[Window], int]:
+    """An epoch's windows of ``per_step`` micro-batches, and the index of the one that starts at
+    ``cursor`` (the examples already consumed; ``len(windows)`` when none is left). A cursor that no
+    window starts at (a resume with another world size) continues with windows planned from it."""
+    windows = plan_windows(n_examples, micro_batch, per_step)
+    if 0 < cursor < n_examples and cursor not in {w.start for w in windows}:
+        windows = [w for w in windows if w.start < cursor] + plan_windows(n_examples, micro_batch, per_step, cursor)
+    # (An epoch's last window may be short: the index is searched for, not divided out.)
+    return windows, next((i for i, w in enumerate(windows) if w.start >= cursor), len(windows))
 
 
 def val_batch_limit(cfg: DataConfig) -> int | None:

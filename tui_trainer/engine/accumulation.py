@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from tui_trainer.data.dataset import WindowDataset
+from tui_trainer.data.dataset import MicroBatch, Window, WindowDataset
 
 
 class WindowAborted(Exception):
@@ -58,57 +58,79 @@ class GradientIncrements:
             torch._foreach_copy_(self._previous, grads)
 
 
-def window_tokens(micro_ranges: Sequence[tuple[int, int]], block_size: int) -> int:
-    return (micro_ranges[-1][1] - micro_ranges[0][0]) * block_size
-
-
 def accumulate_window(
     model: torch.nn.Module,
     dataset: WindowDataset,
     indices: torch.Tensor,
-    micro_ranges: Sequence[tuple[int, int]],
+    micro_batches: Window | Sequence[MicroBatch],
+    *,
+    total_tokens: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     between_micro_steps: Callable[[int], bool] | None = None,
     increments: GradientIncrements | None = None,
-    *,
-    total_tokens: int | None = None,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
-    empty_share: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Forward/backward every micro-batch of a window into ``param.grad``.
 
     Returns the window's summed token loss as a device tensor (no host sync here) and
-    its token count. ``between_micro_steps(i)`` is called after micro-step ``i`` (0-based);
+    ``total_tokens``. ``between_micro_steps(i)`` is called after micro-step ``i`` (0-based);
     returning False aborts the window with ``WindowAborted``. ``increments``, if given, records
     each micro-step's gradient norm (``increments.sq_norms``).
 
-    Several processes (distributed.py): ``micro_ranges`` are this rank's share of the window,
-    ``total_tokens`` the *global* window's tokens (every rank divides by it, so the summed gradient
-    is one big batch's), ``no_sync`` DDP's context that keeps every backward but the last local
-    (one all-reduce per step). A rank whose share of a short window is empty still joins that
-    all-reduce: one pass over ``empty_share`` with its loss weighted 0 (``micro_ranges`` empty).
+    Several processes (distributed.py): ``micro_batches`` are this rank's share of the window (never
+    empty here: see ``join_the_gradient_sync``), ``total_tokens`` the *global* window's tokens (every
+    rank divides by it, so the summed gradient is one big batch's), ``no_sync`` DDP's context that
+    keeps every backward but the last local (one all-reduce per step).
     """
-    total_tokens = total_tokens if total_tokens is not None else window_tokens(micro_ranges, dataset.block_size)
+    micro_batches = list(micro_batches)
+    if total_tokens is None:
+        total_tokens = (micro_batches[-1][1] - micro_batches[0][0]) * dataset.block_size
     loss_total = torch.zeros((), device=indices.device, dtype=torch.float32)
     if increments is not None:
         increments.start_window()
-        if len(micro_ranges) < 2:
+        if len(micro_batches) < 2:
             increments = None  # one micro-batch: no second batch size, nothing to measure
-    passes = list(micro_ranges) if micro_ranges else [empty_share] if empty_share is not None else []
-    for i, (start, stop) in enumerate(passes):
-        last = i + 1 == len(passes)
+    for i, (start, stop) in enumerate(micro_batches):
+        last = i + 1 == len(micro_batches)
         with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
-            inputs, targets = dataset.batch(indices[start:stop])
-            with (torch.autocast(indices.device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                  else contextlib.nullcontext()):
-                loss_sum = model(inputs, targets)  # a compiled model compiles this call
+            loss_sum = _forward(model, dataset, indices[start:stop], autocast_dtype)
             # This micro-batch's share of the window's mean loss: sum / all tokens of the window.
-            # (An empty share's pass adds nothing: weight 0.)
-            (loss_sum / total_tokens if micro_ranges else loss_sum * 0.0).backward()
+            (loss_sum / total_tokens).backward()
         if increments is not None:
             increments.after_backward(first=i == 0, last=last)
-        if micro_ranges:
-            loss_total += loss_sum.detach().float()
+        loss_total += loss_sum.detach().float()
         if between_micro_steps is not None and not between_micro_steps(i):
             raise WindowAborted
     return loss_total, total_tokens
+
+
+def join_the_gradient_sync(
+    model: torch.nn.Module,
+    dataset: WindowDataset,
+    indices: torch.Tensor,
+    borrowed: MicroBatch,
+    *,
+    total_tokens: int,
+    autocast_dtype: torch.dtype | None = None,
+    between_micro_steps: Callable[[int], bool] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Several processes, a short window at an epoch's end: this rank's share is empty, yet DDP's
+    all-reduce runs inside every rank's backward, so this rank must take part in it adding nothing.
+    One pass over ``borrowed`` (another rank's micro-batch) whose backward is of the loss times 0:
+    a gradient of exact zeros joins the sum. Returns a zero loss and ``total_tokens``, as
+    ``accumulate_window`` does; ``between_micro_steps(0)`` is called once after it."""
+    start, stop = borrowed
+    loss_sum = _forward(model, dataset, indices[start:stop], autocast_dtype)
+    (loss_sum * 0.0).backward()  # exactly zero, and the all-reduce's collective is joined
+    if between_micro_steps is not None and not between_micro_steps(0):
+        raise WindowAborted
+    return torch.zeros((), device=indices.device, dtype=torch.float32), total_tokens
+
+
+def _forward(model: torch.nn.Module, dataset: WindowDataset, batch: torch.Tensor,
+             autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """The summed token loss of one micro-batch (the autocast precision, if any)."""
+    inputs, targets = dataset.batch(batch)
+    with (torch.autocast(batch.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+          else contextlib.nullcontext()):
+        return model(inputs, targets)  # a compiled model compiles this call

@@ -22,18 +22,22 @@ A collective that fails (a rank died: gloo sees the closed connection at once) o
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
 import signal
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tui_trainer.errors import PeerLost, UserError
 
 if TYPE_CHECKING:  # (torch is imported where it is used: the CLI starts without it)
     import torch
+
+    from tui_trainer.data.dataset import Window
 
 DEFAULT_TIMEOUT_S = 600.0  # a collective waits this long for a rank before the run ends with an error
 SETUP_TIMEOUT_S = 3600.0  # joining, and waiting while rank 0 prepares the data (a first BPE run learns it)
@@ -305,10 +309,32 @@ def wrap_model(model: torch.nn.Module, ranks: Ranks) -> tuple[torch.nn.Module, S
     return ddp, measured
 
 
-def rank_share(micro_ranges: Sequence[tuple[int, int]], rank: int, world_size: int) -> list[tuple[int, int]]:
+def rank_share(window: Window, rank: int, world_size: int) -> Window:
     """This rank's micro-batches of a global window: every ``world_size``-th, from the ``rank``-th,
-    so that a short window at an epoch's end is spread as evenly as it can be."""
-    return list(micro_ranges[rank::world_size])
+    so that a short window at an epoch's end is spread as evenly as it can be (a share may be empty)."""
+    from tui_trainer.data.dataset import Window
+
+    return Window(window.micro_batches[rank::world_size])
+
+
+def sum_over_ranks(ranks: Ranks, loss_total: torch.Tensor, window: Window, *, measure: bool,
+                   local_sq_norm: torch.Tensor | None) -> tuple[torch.Tensor, list[int], list[torch.Tensor]]:
+    """Several processes: the window's summed loss over every rank (one small all-reduce), and with
+    ``measure`` (the noise scale) each rank's own accumulated gradient (``local_sq_norm``, None for
+    a rank with an empty share) as a small batch of its share's size. Returns (loss, sizes, squared
+    norms); the last two empty when not measured or fewer than two ranks held part of the window."""
+    import torch
+
+    world = ranks.world_size
+    sq_norms = torch.zeros(world, device=loss_total.device)
+    if measure and local_sq_norm is not None:
+        sq_norms[ranks.rank] = local_sq_norm
+    summed = ranks.sum_(torch.cat([loss_total.float().reshape(1), sq_norms]))
+    sizes = [rank_share(window, r, world).examples for r in range(world)]
+    parts = [(size, summed[1 + r]) for r, size in enumerate(sizes) if size]
+    if not measure or len(parts) < 2:
+        return summed[0], [], []  # one rank held the whole window: no second batch size
+    return summed[0], [size for size, _ in parts], [sq for _, sq in parts]
 
 
 def stop_with_the_launcher() -> None:
@@ -329,6 +355,19 @@ def stop_with_the_launcher() -> None:
 
 
 _COMMUNICATION_WORDS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "broken pipe")
+
+
+@contextlib.contextmanager
+def peer_lost_in_the_backward(ranks: Ranks) -> Iterator[None]:
+    """A failure of DDP's all-reduce inside a backward (it surfaces as a RuntimeError from the comm
+    hook's future) raised as a PeerLost; anything else (a bug stays a bug) as it was."""
+    try:
+        yield
+    except RuntimeError as exc:
+        lost = as_peer_lost(exc, ranks.rank) if ranks.distributed else None
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def as_peer_lost(exc: BaseException, rank: int) -> PeerLost | None:

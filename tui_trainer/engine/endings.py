@@ -1,24 +1,37 @@
 """How a run ends: the `end` record (``RunEnded``) with its reason and message, a finished run
-that must not end with its final weights only in memory, and a stop that says what a resume
-continues from.
+that must not end with its final weights only in memory, a stop that says what a resume
+continues from, too many non-finite steps in a row, and a crash (its traceback to error.log).
 
-``Endings`` is the part of ``TrainingSession`` (session.py) the loop ends a run through; it works on
-the session's ``state``, ``sink``, ``control``, ``early_stopping``, ``last_diagnosis``, ``save`` and
-the record of the last `latest` checkpoint (``_latest_saved``, ``_save_error``). No Textual import.
+``Endings(state, sink, control, checkpoints, early_stopping, run_dir, verdict=…, can_retry_save=…)``;
+the loop ends every run through it. No Textual import.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import traceback
+from collections.abc import Callable
+from pathlib import Path
 
-from tui_trainer.control import SaveCheckpoint
-from tui_trainer.events import Notice, RunEnded
+from tui_trainer.analysis.diagnosis import Diagnosis
+from tui_trainer.analysis.early_stopping import EarlyStopping
+from tui_trainer.control import Control, SaveCheckpoint
+from tui_trainer.engine.loop_state import LoopState
+from tui_trainer.engine.saving import Checkpoints
+from tui_trainer.events import Notice, RunEnded, Sink
 
 
 class Endings:
-    """The ways a run ends (see the module's docstring)."""
+    """The ways a run ends. ``verdict()``: the run's latest diagnosis (for the `end` record);
+    ``can_retry_save``: someone can press `s` to retry a failed final save (the app, one process)."""
 
-    def _stop_point(self) -> str:
+    def __init__(self, state: LoopState, sink: Sink, control: Control, checkpoints: Checkpoints,
+                 early_stopping: EarlyStopping, run_dir: Path, *, verdict: Callable[[], Diagnosis | None],
+                 can_retry_save: bool) -> None:
+        self.state, self.sink, self.control, self.checkpoints = state, sink, control, checkpoints
+        self.early_stopping, self.run_dir = early_stopping, run_dir
+        self._verdict, self.can_retry_save = verdict, can_retry_save
+
+    def stop_point(self) -> str:
         """Where a mid-epoch stop leaves the run, in the run's own count of optimizer steps (a bare
         "epoch 2, step 14" reads as the 14th step of epoch 2)."""
         st = self.state
@@ -26,49 +39,80 @@ class Endings:
             return f"before the first optimizer step (epoch {st.epoch})"
         return f"after optimizer step {st.step} (epoch {st.epoch})"
 
-    def _end(self, reason: str, message: str = "") -> RunEnded:
+    def end(self, reason: str, message: str = "") -> RunEnded:
         self.state.finished = reason
-        verdict = self.last_diagnosis
+        verdict = self._verdict()
+        best = self.early_stopping
         event = RunEnded(reason=reason, epochs=len(self.state.val_history), steps=self.state.step,
                          tokens_seen=self.state.tokens_seen,
-                         best_val_loss=self.early_stopping.best if self.early_stopping.best_epoch else None,
-                         best_epoch=self.early_stopping.best_epoch, message=message,
+                         best_val_loss=best.best if best.best_epoch else None,
+                         best_epoch=best.best_epoch, message=message,
                          exit_signal=self.control.stop_signal if reason == "interrupted" else None,
                          diagnosis=verdict.kind if verdict else None,
                          diagnosis_reason=verdict.reason if verdict else None)
         self.sink.emit(event)
         return event
 
-    def _end_with_the_run_saved(self, reason: str, message: str = "",
-                                then: Callable[[], None] | None = None) -> RunEnded:
+    def end_with_the_run_saved(self, reason: str, message: str = "",
+                               then: Callable[[], None] | None = None) -> RunEnded:
         """End a finished run, but not with its final weights only in memory: when the last save
         failed (a full disk), the app can retry it with `s` (the engine waits for it here); a run
         whose final checkpoint is still not on disk ends as an error, so a script notices."""
-        st = self.state
-        saved = self._latest_saved == (st.epoch, st.example_cursor, st.step)
-        if not saved and self.for_ui and not self.ranks.distributed:  # (the other ranks have ended)
-            self.sink.emit(Notice(message=f"the final checkpoint could not be saved ({self._save_error}): "
+        st, checkpoints = self.state, self.checkpoints
+        saved = checkpoints.holds_now()
+        if not saved and self.can_retry_save:
+            self.sink.emit(Notice(message=f"the final checkpoint could not be saved ({checkpoints.error}): "
                                           "free some space and press s to retry, or q to leave without it",
                                   level="error"))
             while not saved and not self.control.stop_requested:
                 commands = self.control.drain(timeout=0.25)
-                saved = any(isinstance(c, SaveCheckpoint) for c in commands) and self.save("latest")
+                if any(isinstance(c, SaveCheckpoint) for c in commands):
+                    saved = checkpoints.save("latest")
         if saved:
             if then is not None:
                 then()
-            return self._end(reason, message)
-        previous = (f"the last checkpoint on disk is from step {self._latest_saved[2]}" if self._latest_saved
+            return self.end(reason, message)
+        previous = (f"the last checkpoint on disk is from step {checkpoints.latest.step}" if checkpoints.latest
                     else "no checkpoint is on disk")
         done = "finished" if reason == "completed" else "stopped early"
-        return self._end("error", f"training {done} at step {st.step}, but its final checkpoint could not be saved "
-                                  f"({self._save_error}); {previous}")
+        return self.end("error", f"training {done} at step {st.step}, but its final checkpoint could not be saved "
+                                 f"({checkpoints.error}); {previous}")
 
-    def _interrupted(self, saved: bool, where: str) -> RunEnded:
+    def interrupted(self, saved: bool, where: str | None = None) -> RunEnded:
         """End after a stop; the message says what a resume continues from. ``where`` carries its
-        preposition ("after optimizer step 14 (epoch 2)", "at the end of epoch 2")."""
+        preposition ("at the end of epoch 2"); None = ``stop_point()`` ("after optimizer step 14 …")."""
+        where = where if where is not None else self.stop_point()
         if saved:
-            return self._end("interrupted", f"stopped {where}; continue with --resume {self.run_dir}")
-        previous = ("no earlier checkpoint exists" if self._latest_saved is None else
-                    f"the previous checkpoint (step {self._latest_saved[2]}) is intact")
-        return self._end("interrupted", f"stopped {where}, but the checkpoint could not be saved "
-                                        f"({self._save_error}); {previous}")
+            return self.end("interrupted", f"stopped {where}; continue with --resume {self.run_dir}")
+        latest = self.checkpoints.latest
+        previous = ("no earlier checkpoint exists" if latest is None else
+                    f"the previous checkpoint (step {latest.step}) is intact")
+        return self.end("interrupted", f"stopped {where}, but the checkpoint could not be saved "
+                                       f"({self.checkpoints.error}); {previous}")
+
+    def crashed(self, exc: BaseException, *, log: bool) -> RunEnded:
+        """A bug or OOM ends the run as an error, in one line; with ``log`` its traceback goes to the
+        run dir's error.log (call it while handling ``exc``)."""
+        if log:
+            try:
+                (self.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8", errors="replace")
+            except OSError:
+                pass  # a full disk must not hide the error itself
+        return self.end("error", f"{type(exc).__name__}: {exc}")
+
+    def after_a_non_finite_step(self, loss: float, norm: float, *, max_bad_steps: int,
+                                lr: float) -> RunEnded | None:
+        """A skipped update is a warning; ``max_bad_steps`` of them in a row end the run (``lr``:
+        the configured peak, for the hint)."""
+        st = self.state
+        self.sink.emit(Notice(message=f"step {st.step}: non-finite loss or gradient ({loss:.4g}, norm {norm:.4g}); "
+                                      f"update skipped ({st.bad_steps_in_row} in a row)", level="warning"))
+        if st.bad_steps_in_row < max_bad_steps:
+            return None
+        latest = self.checkpoints.latest
+        good = ("no checkpoint was saved before them" if latest is None
+                else f"the last good checkpoint (step {latest.step}) is intact")
+        # Not "--resume": it would replay the same steps into the same divergence.
+        return self.end("error", f"{st.bad_steps_in_row} non-finite steps in a row at step {st.step}: "
+                                 f"lower the learning rate — start again with --lr {lr / 10:g} "
+                                 f"(and --overwrite, or another --run-dir); {good}")

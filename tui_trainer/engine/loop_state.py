@@ -5,6 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class LoopPosition:
+    """Where a run stands: the epoch in progress, the examples of it consumed, the optimizer steps
+    taken. A checkpoint saved here resumes here; two equal positions are the same training state."""
+
+    epoch: int
+    example_cursor: int
+    step: int
+
+
 @dataclass
 class LoopState:
     epoch: int = 1  # the epoch in progress (1-based)
@@ -28,3 +38,7 @@ class LoopState:
     last_verdict: dict | list | None = None  # the latest Diagnosis.to_state() (hysteresis); [kind, reason] before issue 17
     noise_scale_state: dict | None = None  # the noise-scale EMAs (NoiseScaleEstimator.state_dict)
     accum_decided_epoch: int = 0  # the epoch whose next accum a key or --auto-accum already chose
+
+    @property
+    def position(self) -> LoopPosition:
+        return LoopPosition(self.epoch, self.example_cursor, self.step)

@@ -104,3 +104,25 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
     random.setstate((3, tuple(state["python"]), None))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def restore_rank_rng(state: dict[str, Any], rank: int, world_size: int, device: torch.device) -> str | None:
+    """A resume's RNG state: each rank's own when the world size is the one the checkpoint was saved
+    with (bit-exact); otherwise rank 0 takes the saved one and the others keep their fresh seeds.
+    Returns the note for the run's start when the resume is no longer bit-exact (None when it is)."""
+    saved_world = int(state.get("world_size", 1))
+    if saved_world == world_size and not state.get("rng_ranks_lost"):
+        restore_rng(state["rng_ranks"][rank] if world_size > 1 else state["rng"], device)
+        return None
+    if rank == 0:
+        restore_rng(state["rng"], device)
+    if saved_world == world_size:
+        return ("saved after a process was lost (only rank 0's random state was kept): "
+                "the same position and data order, no longer bit-exact with an unbroken run")
+    return (f"saved with {_processes(saved_world)}, resumed with {_processes(world_size)}: the same "
+            f"position and data order, the effective batch now micro-batch x accum x {world_size}; "
+            f"no longer bit-exact with an unbroken run")
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" + ("es" if n != 1 else "")

@@ -1,15 +1,19 @@
-"""A training run's set-up and its services to the loop: ``TrainingSession(cfg, sink, control)``
-validates everything (raising UserError, writing nothing), builds data, model and optimizer,
-prepares the run dir (run_dir.py), and then offers the loop (loop.py) its figures (the LR
-schedule, examples per epoch) and checkpoint saves; the commands from the app are steering.py's,
-the ways a run ends endings.py's. No Textual import, ever.
+"""A training run's set-up: ``TrainingSession(cfg, sink, control)`` validates everything (raising
+UserError, writing nothing), joins the other processes, builds data, model and optimizer, prepares
+the run dir (rundir/lifecycle.py), and hands the loop (loop.py) what it trains with, complete: the
+model (and the one the steps call: DDP, compiled), the optimizer, the data sets, the loop's state,
+the sinks, the run's figures (figures.py) and what a checkpoint holds (``checkpoint_state``).
+The loop's other parts (saving.py, steering.py, endings.py) are handed what they need from it.
+No Textual import, ever.
 """
 
 from __future__ import annotations
 
+import gc
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -19,29 +23,28 @@ import torch
 from tui_trainer.analysis.diagnosis import Diagnosis
 from tui_trainer.analysis.early_stopping import EarlyStopping
 from tui_trainer.analysis.noise_scale import NoiseScaleEstimator
-from tui_trainer.analysis.schedule import lr_at
 from tui_trainer.config import RunConfig, usable_cores, validate
 from tui_trainer.control import Control
-from tui_trainer.data.dataset import Corpus, WindowDataset, load_corpus, val_batch_limit, window_count
+from tui_trainer.data.dataset import Corpus, WindowDataset, load_corpus, window_count
 from tui_trainer.data.text_source import PreparationCancelled, ProgressFn
 from tui_trainer.data.tokenizer import tokenizer_from_record
 from tui_trainer.engine.accumulation import GradientIncrements
 from tui_trainer.engine.distributed import (
     PeerLost,
+    Placement,
     Ranks,
     choose_backend,
     placement_from_environment,
     rank_device,
     wrap_model,
 )
-from tui_trainer.engine.endings import Endings
+from tui_trainer.engine.figures import RunFigures
 from tui_trainer.engine.loop_state import LoopState
 from tui_trainer.engine.memory import check_fits
 from tui_trainer.engine.precision import resume_precision
-from tui_trainer.engine.runtime import capture_rng, choose_threads, pick_device, restore_rng
-from tui_trainer.engine.steering import Steering
+from tui_trainer.engine.runtime import capture_rng, choose_threads, pick_device, restore_rank_rng
 from tui_trainer.errors import UserError
-from tui_trainer.events import CheckpointFailed, CheckpointSaved, FanOut, Sink
+from tui_trainer.events import FanOut, Sink
 from tui_trainer.model.gpt import GPT, make_optimizer
 from tui_trainer.model.sampling import LiveSampler
 from tui_trainer.rundir import checkpoints as ckpt
@@ -50,67 +53,32 @@ from tui_trainer.rundir.checkpoint_contents import check_contents
 from tui_trainer.rundir.metrics import MetricsWriter, NoMetrics
 
 
-class TrainingSession(Steering, Endings):
-    """Set up with ``(cfg, sink, control)``; the loop (``loop.Trainer``) runs on top of it. The
-    commands from the app and viewers (and, with several processes, the ranks' agreement on them)
-    are steering.py's; how a run ends, endings.py's."""
+class TrainingSession:
+    """Set up with ``(cfg, sink, control)``: what the loop (``loop.Trainer``) trains with, built
+    once and complete (a failed set-up raises and leaves nothing half-built behind)."""
 
     def __init__(self, cfg: RunConfig, sink: Sink | None = None, control: Control | None = None, *,
                  resume: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                 overwrite: bool = False, for_ui: bool = False, inject_nan_steps: frozenset[int] = frozenset(),
-                 data_progress: ProgressFn | None = None):
+                 overwrite: bool = False, for_ui: bool = False, data_progress: ProgressFn | None = None):
         self.control = control or Control()
         self.for_ui = for_ui  # someone can press `s` to retry a failed final save
-        self.inject_nan_steps = inject_nan_steps  # test hook: poison these steps' loss with NaN
         self.notes: list[str] = []
         self._overwrite = overwrite
-        placement = placement_from_environment()  # torchrun's RANK/WORLD_SIZE; none = one process
-        made: list[Path] = []  # the folders a new run made (removed again if its set-up fails)
-        self._outstanding_end: str | None = None  # a resumed run that finished but never recorded its end
-        resume_state = None
-        self._control_server = None  # commands from viewers, while run() runs
+        self.outstanding_end: str | None = None  # a resumed run that finished but never recorded its end
+        self.run_dir: Path | None = None  # (rank 0 makes it; the others learn its path)
+        self.control_server = None  # commands from viewers, while the loop runs
         self.run_lock = None  # the run dir's one-writer lock (run_lock.py), from prepare_run_dir to the end
+        placement = placement_from_environment()  # torchrun's RANK/WORLD_SIZE; none = one process
+        resume_state = None
         if resume is not None:
-            if placement.is_main:  # (the others: rank 0 holds the lock by the time they look)
-                rd.refuse_a_run_dir_in_use(resume)  # before its checkpoint is read: a live run is not resumed
-            resume_state = rd.load_resumable(resume)
-            check_contents(resume_state, ckpt.checkpoint_path(resume), LoopState)
-            cfg = rd.merge_resume_config(resume_state, overrides or {}, Path(resume), self.notes)
-            validate(cfg)  # the flags first: `--epochs 0` is bad input, not "finished 0 epochs"
-            self._outstanding_end = rd.refuse_or_finish(resume_state, cfg, Path(resume))
+            cfg, resume_state = _read_checkpoint(resume, overrides, placement.is_main, self.notes)
+            self.outstanding_end = rd.refuse_or_finish(resume_state, cfg, Path(resume))
         self.cfg = cfg = validate(cfg)
-        device = pick_device(cfg.train.device)
-        self.ranks = Ranks(placement, choose_backend(cfg.train.backend, device) if placement.distributed else "",
-                           rank_device(device, placement), cfg.train.dist_timeout)
-        self.device = self.ranks.device
-        self.threads = choose_threads(cfg.train.threads, for_ui, placement.local_world_size)
-        cores, here = usable_cores(), placement.local_world_size
-        if here > 1 and self.threads * here > cores:
-            self.notes.append(f"{here} processes x {self.threads} threads on {cores} cores: more threads than cores "
-                              f"slow every rank down; leave out --threads (each rank then takes {max(1, cores // here)})")
-        torch.set_num_threads(self.threads)
+        self._place(placement, for_ui)
         self.ranks.start()  # (one process: nothing)
+        made: list[Path] = []  # the folders a new run made (removed again if its set-up fails)
         try:
-            # Rank 0 prepares the data (a first run tokenizes and caches it) and the run dir; the
-            # others wait for its verdict, then map the cache it made and touch no file.
-            if placement.is_main:
-                try:
-                    self._prepare(cfg, resume_state, resume, overrides, data_progress)
-                    self.run_dir = rd.prepare_run_dir(self.cfg, resume, overwrite, self.notes, made,
-                                                      take_lock=self._take_lock)
-                except BaseException as exc:
-                    self.ranks.broadcast(("failed", *_user_error_parts(exc)))
-                    raise
-                self.ranks.broadcast(("ready", str(self.run_dir)))
-            else:
-                verdict = self.ranks.broadcast(None)
-                if verdict[0] == "failed":  # rank 0 says why; this rank ends the same way, quietly
-                    _, message, hint, cancelled_by = verdict
-                    if cancelled_by is not None:
-                        raise PreparationCancelled(cancelled_by)
-                    raise UserError(message, hint) if message else PeerLost("rank 0 could not set up the run")
-                self.run_dir = Path(verdict[1])
-                self._prepare(cfg, resume_state, resume, overrides, None)
+            self._prepare_rank_0_first(resume_state, resume, overrides, overwrite, data_progress, made)
             try:
                 self._build(sink, resume_state, overrides)
             finally:
@@ -121,11 +89,51 @@ class TrainingSession(Steering, Endings):
             self.train_model, self.grad_sync = wrap_model(self.model, self.ranks)
             self.train_model = torch.compile(self.train_model) if cfg.train.compile else self.train_model
         except BaseException:
-            if placement.is_main and resume is None and getattr(self, "run_dir", None) is not None:
+            if placement.is_main and resume is None and self.run_dir is not None:
                 self.release_run_dir()  # nothing left behind: a new run whose set-up failed goes again
                 rd.remove_new_run(self.run_dir, made)
             self.ranks.close(clean=not isinstance(sys.exc_info()[1], PeerLost))
             raise
+
+    def _place(self, placement: Placement, for_ui: bool) -> None:
+        """The processes, this one's device and its CPU threads."""
+        cfg = self.cfg
+        device = pick_device(cfg.train.device)
+        self.ranks = Ranks(placement, choose_backend(cfg.train.backend, device) if placement.distributed else "",
+                           rank_device(device, placement), cfg.train.dist_timeout)
+        self.device = self.ranks.device
+        self.threads = choose_threads(cfg.train.threads, for_ui, placement.local_world_size)
+        cores, here = usable_cores(), placement.local_world_size
+        if here > 1 and self.threads * here > cores:
+            self.notes.append(f"{here} processes x {self.threads} threads on {cores} cores: more threads than "
+                              f"cores slow every rank down; leave out --threads (each rank then takes "
+                              f"{max(1, cores // here)})")
+        torch.set_num_threads(self.threads)
+
+    def _prepare_rank_0_first(self, resume_state: dict | None, resume: str | Path | None,
+                              overrides: dict[str, Any] | None, overwrite: bool,
+                              data_progress: ProgressFn | None, made: list[Path]) -> None:
+        """Rank 0 prepares the data (a first run tokenizes and caches it) and the run dir; the others
+        wait for its verdict, then map the cache it made and touch no file."""
+        cfg = self.cfg
+        if self.ranks.is_main:
+            try:
+                self._prepare(cfg, resume_state, resume, overrides, data_progress)
+                self.run_dir = rd.prepare_run_dir(self.cfg, resume, overwrite, self.notes, made,
+                                                  take_lock=self._take_lock)
+            except BaseException as exc:
+                self.ranks.broadcast(("failed", *_user_error_parts(exc)))
+                raise
+            self.ranks.broadcast(("ready", str(self.run_dir)))
+            return
+        verdict = self.ranks.broadcast(None)
+        if verdict[0] == "failed":  # rank 0 says why; this rank ends the same way, quietly
+            _, message, hint, cancelled_by = verdict
+            if cancelled_by is not None:
+                raise PreparationCancelled(cancelled_by)
+            raise UserError(message, hint) if message else PeerLost("rank 0 could not set up the run")
+        self.run_dir = Path(verdict[1])
+        self._prepare(cfg, resume_state, resume, overrides, None)
 
     def _prepare(self, cfg: RunConfig, resume_state: dict | None, resume: str | Path | None,
                  overrides: dict[str, Any] | None, data_progress: ProgressFn | None) -> None:
@@ -188,12 +196,12 @@ class TrainingSession(Steering, Endings):
                            if cfg.train.noise_scale and not self.ranks.distributed else None)
         self.noise = NoiseScaleEstimator()
         self.state = LoopState(accum=cfg.train.accum)
-        self._resume_accum: int | None = None  # --accum given with --resume: a change at the next epoch boundary
+        self.resume_accum: int | None = None  # --accum given with --resume: a change at the next epoch boundary
         if resume_state is not None:
             self._load_resume_state(resume_state)
             if cfg.train.noise_scale:  # (resumed with --no-noise-scale: no stale estimate is reported)
                 self.noise.load_state_dict(self.state.noise_scale_state)
-            self._resume_accum = rd.accum_given_with_resume(self.state, (overrides or {}).get("train.accum"),
+            self.resume_accum = rd.accum_given_with_resume(self.state, (overrides or {}).get("train.accum"),
                                                             cfg.train.epochs, self.notes)
         # config.json is the resolved config: a resume rewrites it with what it merged (and recreates it).
         # Rank 0 alone writes; the other ranks' events go nowhere.
@@ -202,38 +210,46 @@ class TrainingSession(Steering, Endings):
                             self.ranks.world_size)
         self.metrics = MetricsWriter(self.run_dir) if self.ranks.is_main else NoMetrics()
         self.sink = FanOut(self.metrics, sink)
-        self._paused = False
-        self._stop_agreed = False  # several processes: the stop they last agreed on (_agree)
-        self._save_requested = False
-        self._sample_requested = False  # `g`: a sample after the current step
+        self.figures = RunFigures(cfg, len(self.train_set), len(self.val_set), self.ranks.world_size)
         self.sampler = LiveSampler(self.model, self.corpus.vocab, cfg.train.sample_tokens, cfg.train.seed)
-        self._last_save_time = self._session_started = time.monotonic()
-        # (epoch, cursor, step) of the `latest` checkpoint on disk, if any
-        self._latest_saved = (self.state.epoch, self.state.example_cursor, self.state.step) if resume_state else None
-        self._save_error = ""
-        self._window_rng: dict[str, Any] | None = None
-        self._step_alerted_epoch = 0  # one live spike/divergence alert per epoch, not one per step
+        self.started = time.monotonic()  # this session's start (the run's wall time adds the earlier ones)
+        # Where the `latest` checkpoint on disk stands: a resumed run's own position; none for a new run.
+        self.latest_saved = self.state.position if resume_state else None
         # The verdict so far (a resumed run's `end` record carries one even if it stops at once).
-        self.last_diagnosis: Diagnosis | None = Diagnosis.from_state(self.state.last_verdict)
-        self.error: BaseException | None = None
+        self.diagnosis: Diagnosis | None = Diagnosis.from_state(self.state.last_verdict)
 
     def _take_lock(self, run_dir: Path) -> None:
         self.run_lock = rd.lock_run_dir(run_dir)
 
     def release_run_dir(self) -> None:
         """The run is over: no more steering, and another process may now train in the run dir."""
-        if self._control_server is not None:
-            self._control_server.close()
-            self._control_server = None
+        if self.control_server is not None:
+            self.control_server.close()
+            self.control_server = None
         if self.run_lock is not None:
             self.run_lock.release()
 
-    def open_control_socket(self) -> None:
-        """Listen for commands from viewers (control_socket.py) while the run runs."""
+    def close(self, clean: bool) -> None:
+        """The run is over: the metrics file closed, the run dir released, the processes' group left
+        (``clean``: every rank ended at the same point; see Ranks.close)."""
+        self.metrics.close()
+        self.release_run_dir()
+        if self.ranks.distributed:
+            # DDP's reducer goes first, while the process group lives: freed with the group
+            # it would tear it down holding the GIL that gloo's thread still needs (a hang).
+            self.train_model = self.model
+            if self.grad_sync is not None:
+                self.grad_sync.group = None
+            gc.collect()
+        self.ranks.close(clean=clean)
+
+    def open_control_socket(self, status: Callable[[], dict[str, Any]]) -> None:
+        """Listen for commands from viewers (control_socket.py) while the run runs; ``status`` is
+        what a viewer is told (Steering.status)."""
         from tui_trainer.rundir.control_socket import ControlServer
 
         try:
-            self._control_server = ControlServer(self.run_dir, self.control, self.steering_status)
+            self.control_server = ControlServer(self.run_dir, self.control, status)
         except OSError as exc:  # e.g. a run dir path longer than a Unix socket's ~107 bytes
             self.notes.append(f"no control socket ({exc.strerror or exc}): viewers can watch this run, not steer it")
 
@@ -243,7 +259,8 @@ class TrainingSession(Steering, Endings):
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.state = LoopState(**state["loop"])
         self.state.finished = None
-        self._restore_rank_rng(state)
+        note = restore_rank_rng(state, self.ranks.rank, self.ranks.world_size, self.device)
+        self.notes += [note] if note else []
         if self.ranks.is_main:  # (rank 0 alone writes in the run dir)
             rd.trim_metrics_after(self.run_dir, self.state.step, len(self.state.val_history), self.notes)
         self.notes.append(f"resumed at epoch {self.state.epoch}, step {self.state.step}")
@@ -251,58 +268,12 @@ class TrainingSession(Steering, Endings):
         if pending:
             self.notes.append(pending)
 
-    def _restore_rank_rng(self, state: dict) -> None:
-        """Each rank's own RNG state when the world size is the one the checkpoint was saved with
-        (bit-exact); otherwise rank 0 takes the saved one and the others their fresh seeds."""
-        saved_world = int(state.get("world_size", 1))
-        world = self.ranks.world_size
-        if saved_world == world and not state.get("rng_ranks_lost"):
-            restore_rng(state["rng_ranks"][self.ranks.rank] if world > 1 else state["rng"], self.device)
-            return
-        if self.ranks.is_main:
-            restore_rng(state["rng"], self.device)
-        if saved_world == world:
-            self.notes.append("saved after a process was lost (only rank 0's random state was kept): "
-                              "the same position and data order, no longer bit-exact with an unbroken run")
-            return
-        self.notes.append(f"saved with {_processes(saved_world)}, resumed with {_processes(world)}: the same "
-                          f"position and data order, the effective batch now micro-batch x accum x {world}; "
-                          f"no longer bit-exact with an unbroken run")
-
-    # -- derived figures ------------------------------------------------------------------------
-
-    def _capped(self, examples: int, limit_batches: int | None) -> int:
-        return min(examples, limit_batches * self.cfg.train.micro_batch) if limit_batches else examples
-
-    def examples_per_epoch(self) -> int:
-        return self._capped(len(self.train_set), self.cfg.data.limit_train_batches)
-
-    def val_examples(self) -> int:
-        """Examples one validation pass reads (``--limit-val-batches`` caps it)."""
-        return self._capped(len(self.val_set), val_batch_limit(self.cfg.data))
-
-    def planned_tokens(self) -> int:
-        return self.cfg.train.epochs * self.examples_per_epoch() * self.cfg.model.block_size
-
-    def warmup_tokens(self) -> int:
-        """--warmup-tokens, or 5% of the run but at least 10 steps' worth (at most 20% of the run)."""
-        explicit = self.cfg.optim.warmup_tokens
-        if explicit is not None:
-            return explicit
-        planned = self.planned_tokens()
-        ten_steps = (10 * self.cfg.train.micro_batch * self.cfg.train.accum * self.ranks.world_size
-                     * self.cfg.model.block_size)
-        return int(min(max(0.05 * planned, ten_steps), 0.2 * planned))
-
-    def lr_for(self, tokens_seen: int) -> float:
-        o = self.cfg.optim
-        return lr_at(tokens_seen, o.lr, o.lr * o.min_lr_ratio, self.warmup_tokens(), self.planned_tokens())
-
     # -- checkpoints ----------------------------------------------------------------------------
 
     def checkpoint_state(self, rng: dict[str, Any] | None = None,
                          rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Everything a resume needs. ``rank_rngs``: every rank's RNG state (several processes)."""
+        """Everything a resume needs. ``rank_rngs``: every rank's RNG state (several processes);
+        ``diagnosis``: the run's latest verdict (the loop keeps it up to date)."""
         rng = rng if rng is not None else capture_rng(self.device)
         extra: dict[str, Any] = {}
         if rank_rngs is not None and len(rank_rngs) > 1:
@@ -315,7 +286,7 @@ class TrainingSession(Steering, Endings):
             "optimizer": self.optimizer.state_dict(),
             "early_stopping": self.early_stopping.state_dict(),
             "loop": {**asdict(self.state), "elapsed_seconds": self.elapsed_seconds(),
-                     "last_verdict": self.last_diagnosis.to_state() if self.last_diagnosis else None},
+                     "last_verdict": self.diagnosis.to_state() if self.diagnosis else None},
             "rng": rank_rngs[0] if "rng_ranks" in extra else rng,
             **extra,
             "world_size": self.ranks.world_size,
@@ -330,62 +301,19 @@ class TrainingSession(Steering, Endings):
 
     def elapsed_seconds(self) -> float:
         """Wall time of the whole run so far: the earlier sessions (from the checkpoint) and this one."""
-        return self.state.elapsed_seconds + time.monotonic() - self._session_started
-
-    def save(self, kind: str, rng: dict[str, Any] | None = None) -> bool:
-        """Write a checkpoint (rank 0; with several processes every rank calls this at the same
-        point, sends its RNG state, and gets rank 0's outcome)."""
-        rank_rngs = self.ranks.gather(capture_rng(self.device)) if self.ranks.distributed else None
-        if self.ranks.is_main:
-            saved = self._write_checkpoint(kind, rng, rank_rngs)
-        else:
-            saved = False
-        saved = bool(self.ranks.broadcast(saved)) if self.ranks.distributed else saved
-        if saved:
-            self._last_save_time = time.monotonic()
-            if kind == "latest":
-                self._latest_saved = (self.state.epoch, self.state.example_cursor, self.state.step)
-        return saved
-
-    def rescue_save(self) -> str:
-        """Several processes, another one lost: rank 0 saves where the run stands (the last step
-        taken; a partial window's gradient is dropped) unless `latest` holds it already. Returns what
-        a resume can do, for the end message ("" on the other ranks)."""
-        st = self.state
-        if not self.ranks.is_main or not hasattr(self, "optimizer"):
-            return ""
-        if self._latest_saved != (st.epoch, st.example_cursor, st.step):
-            self.optimizer.zero_grad(set_to_none=True)
-            if not self._write_checkpoint("latest", None, None):
-                return "; " + (f"the previous checkpoint (step {self._latest_saved[2]}) is intact"
-                               if self._latest_saved else "no checkpoint could be saved")
-            self._latest_saved = (st.epoch, st.example_cursor, st.step)
-        lost = ("the other ranks' random state was lost with them" if self.ranks.distributed
-                else "its random state is the one of where it failed")
-        return f"; step {st.step} is saved: continue with --resume {self.run_dir} ({lost}: not bit-exact)"
-
-    def _write_checkpoint(self, kind: str, rng: dict[str, Any] | None,
-                          rank_rngs: list[dict[str, Any]] | None) -> bool:
-        path = ckpt.checkpoint_path(self.run_dir, kind)
-        try:
-            seconds = ckpt.save_atomic(self.checkpoint_state(rng, rank_rngs), path)
-        except ckpt.CheckpointWriteError as exc:
-            self._save_error = str(exc.__cause__.strerror if isinstance(exc.__cause__, OSError) else exc)
-            self.sink.emit(CheckpointFailed(kind=kind, message=str(exc)))
-            return False
-        self.sink.emit(CheckpointSaved(kind=kind, path=str(path), step=self.state.step, epoch=self.state.epoch,
-                                       seconds=seconds))
-        return True
-
-    def _restore_best(self) -> None:
-        path = ckpt.checkpoint_path(self.run_dir, "best")
-        if self.ranks.is_main and path.exists():  # (the weights rank 0 keeps: the others end now)
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            self.model.load_state_dict(state["model"])
+        return self.state.elapsed_seconds + time.monotonic() - self.started
 
 
-def _processes(n: int) -> str:
-    return f"{n} process" + ("es" if n != 1 else "")
+def _read_checkpoint(resume: str | Path, overrides: dict[str, Any] | None, is_main: bool,
+                     notes: list[str]) -> tuple[RunConfig, dict]:
+    """A resume: the checkpoint (checked), and the config it ran with merged with the flags given."""
+    if is_main:  # (the others: rank 0 holds the lock by the time they look)
+        rd.refuse_a_run_dir_in_use(resume)  # before its checkpoint is read: a live run is not resumed
+    resume_state = rd.load_resumable(resume)
+    check_contents(resume_state, ckpt.checkpoint_path(resume), LoopState)
+    cfg = rd.merge_resume_config(resume_state, overrides or {}, Path(resume), notes)
+    validate(cfg)  # the flags first: `--epochs 0` is bad input, not "finished 0 epochs"
+    return cfg, resume_state
 
 
 def _user_error_parts(exc: BaseException) -> tuple[str, str, int | None]:

@@ -36,6 +36,7 @@ from tui_trainer.errors import UserError
 
 SOCKET_FILE = "control.sock"
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN  # the bounds: one definition, in config.py
+
 MAX_LINE = 4096  # a command is a few dozen bytes; anything longer is not one of ours
 MAX_DEPTH = 2  # a command is one flat object: `{"command": ..., "value": ...}` is depth 1
 CLIENT_TIMEOUT_S = 2.0

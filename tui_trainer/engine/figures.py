@@ -1,0 +1,46 @@
+"""The run's sizes, derived once from the config and the data: what an epoch and a validation pass
+hold, the tokens the run plans, its warm-up, and the learning rate at any point (schedule.py's
+``lr_at`` over them). Pure arithmetic: no torch, no state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tui_trainer.analysis.schedule import lr_at
+from tui_trainer.config import RunConfig
+from tui_trainer.data.dataset import val_batch_limit
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    cfg: RunConfig
+    train_windows: int  # sequences the training split holds (before --limit-train-batches)
+    val_windows: int  # and the validation split (before --limit-val-batches)
+    world_size: int = 1  # processes: the effective batch is micro-batch x accum x this
+
+    def _capped(self, examples: int, limit_batches: int | None) -> int:
+        return min(examples, limit_batches * self.cfg.train.micro_batch) if limit_batches else examples
+
+    def examples_per_epoch(self) -> int:
+        return self._capped(self.train_windows, self.cfg.data.limit_train_batches)
+
+    def val_examples(self) -> int:
+        """Examples one validation pass reads (``--limit-val-batches`` caps it)."""
+        return self._capped(self.val_windows, val_batch_limit(self.cfg.data))
+
+    def planned_tokens(self) -> int:
+        return self.cfg.train.epochs * self.examples_per_epoch() * self.cfg.model.block_size
+
+    def warmup_tokens(self) -> int:
+        """--warmup-tokens, or 5% of the run but at least 10 steps' worth (at most 20% of the run)."""
+        explicit = self.cfg.optim.warmup_tokens
+        if explicit is not None:
+            return explicit
+        planned = self.planned_tokens()
+        ten_steps = (10 * self.cfg.train.micro_batch * self.cfg.train.accum * self.world_size
+                     * self.cfg.model.block_size)
+        return int(min(max(0.05 * planned, ten_steps), 0.2 * planned))
+
+    def lr_for(self, tokens_seen: int) -> float:
+        o = self.cfg.optim
+        return lr_at(tokens_seen, o.lr, o.lr * o.min_lr_ratio, self.warmup_tokens(), self.planned_tokens())
