@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -411,7 +410,6 @@ def test_corrupt_checkpoint_through_the_real_process_has_no_traceback(saved_run)
 
 def test_metrics_written_while_the_disk_is_full_are_kept_and_written_once_there_is_room(mount_tmpfs):
     """A full disk must not end the run through its metrics file: lines wait in memory."""
-    from tui_trainer.events import RunEnded
     from tui_trainer.rundir.metrics import MetricsWriter
 
     disk = mount_tmpfs("1m")

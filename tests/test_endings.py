@@ -14,10 +14,10 @@ from tui_trainer.analysis.early_stopping import EarlyStopping
 from tui_trainer.control import Control
 from tui_trainer.engine.distributed import Ranks
 from tui_trainer.engine.endings import Endings
-from tui_trainer.engine.loop_state import LoopPosition, LoopState
 from tui_trainer.engine.saving import Checkpoints
 from tui_trainer.events import CheckpointFailed, ListSink, Notice, RunEnded
 from tui_trainer.rundir import checkpoints as ckpt
+from tui_trainer.rundir.loop_state import LoopPosition, LoopState
 
 
 def make(run_dir, *, can_retry_save=False, verdict=None, latest=None, state=None):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from conftest import tiny_config, with_limits
 
 from tui_trainer.analysis.noise_scale import SETTLE_ESTIMATES, suggested_accum

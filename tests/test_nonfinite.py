@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 import torch
 from conftest import nan_loss_at, tiny_config, with_limits
 

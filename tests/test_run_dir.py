@@ -10,10 +10,10 @@ from conftest import tiny_config
 from metrics_records import line, record
 
 from tui_trainer.data.dataset import load_corpus
-from tui_trainer.engine.loop_state import LoopState
 from tui_trainer.errors import UserError
 from tui_trainer.rundir import checkpoints as ckpt
 from tui_trainer.rundir import lifecycle as rd
+from tui_trainer.rundir.loop_state import LoopState
 from tui_trainer.rundir.metrics import METRICS_FILE
 from tui_trainer.rundir.ownership import MARKER_FILE, write_marker
 

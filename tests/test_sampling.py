@@ -18,7 +18,6 @@ from tui_trainer.model.sampling import (
     live_sample,
     pick_next,
     sample_text,
-    slide_keep,
 )
 
 BLOCK = 16

@@ -4,7 +4,6 @@ uninterrupted run's losses bit for bit."""
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import random

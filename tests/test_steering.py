@@ -12,9 +12,9 @@ import pytest
 from tui_trainer.config import ACCUM_MAX
 from tui_trainer.control import Control
 from tui_trainer.engine.distributed import Placement, Ranks
-from tui_trainer.engine.loop_state import LoopState
 from tui_trainer.engine.steering import AgreedDecisions, Steering
 from tui_trainer.events import AccumChangeRequested, ListSink, Notice, Paused, Resumed
+from tui_trainer.rundir.loop_state import LoopState
 
 
 class Recorded:

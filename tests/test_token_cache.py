@@ -12,8 +12,8 @@ import pytest
 from tui_trainer.config import DataConfig
 from tui_trainer.data import text_source as ts
 from tui_trainer.data import token_cache as tc
-from tui_trainer.data.token_file import TokenFile
 from tui_trainer.data.dataset import load_corpus
+from tui_trainer.data.token_file import TokenFile
 from tui_trainer.data.tokenizer import CharTokenizer, train_bpe
 from tui_trainer.errors import UserError
 

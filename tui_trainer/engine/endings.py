@@ -15,9 +15,9 @@ from pathlib import Path
 from tui_trainer.analysis.diagnosis import Diagnosis
 from tui_trainer.analysis.early_stopping import EarlyStopping
 from tui_trainer.control import Control, SaveCheckpoint
-from tui_trainer.engine.loop_state import LoopState
 from tui_trainer.engine.saving import Checkpoints
 from tui_trainer.events import Notice, RunEnded, Sink
+from tui_trainer.rundir.loop_state import LoopState
 
 
 class Endings:

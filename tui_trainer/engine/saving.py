@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from tui_trainer.engine.distributed import Ranks
-from tui_trainer.engine.loop_state import LoopPosition, LoopState
 from tui_trainer.engine.runtime import capture_rng
 from tui_trainer.events import CheckpointFailed, CheckpointSaved, Sink
 from tui_trainer.rundir import checkpoints as ckpt
+from tui_trainer.rundir.loop_state import LoopPosition, LoopState
 
 DEFAULT_CHECKPOINT_SECONDS = 300.0  # `latest` every ~5 minutes when --checkpoint-every is not given
 

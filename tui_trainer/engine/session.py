@@ -39,7 +39,6 @@ from tui_trainer.engine.distributed import (
     wrap_model,
 )
 from tui_trainer.engine.figures import RunFigures
-from tui_trainer.engine.loop_state import LoopState
 from tui_trainer.engine.memory import check_fits
 from tui_trainer.engine.precision import resume_precision
 from tui_trainer.engine.runtime import capture_rng, choose_threads, pick_device, restore_rank_rng
@@ -50,6 +49,7 @@ from tui_trainer.model.sampling import LiveSampler
 from tui_trainer.rundir import checkpoints as ckpt
 from tui_trainer.rundir import lifecycle as rd
 from tui_trainer.rundir.checkpoint_contents import check_contents
+from tui_trainer.rundir.loop_state import LoopState
 from tui_trainer.rundir.metrics import MetricsWriter, NoMetrics
 
 

@@ -17,8 +17,8 @@ from typing import Any
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.control import Control, SampleNow, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from tui_trainer.engine.distributed import Ranks
-from tui_trainer.engine.loop_state import LoopState
 from tui_trainer.events import AccumChangeApplied, AccumChangeRequested, Event, Paused, Resumed, Sink
+from tui_trainer.rundir.loop_state import LoopState
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from tui_trainer.rundir.paths import make_run_dir, probe_checkpoint_dir, remove_
 from tui_trainer.rundir.reader import read_metrics_file, read_run_config
 
 if TYPE_CHECKING:
-    from tui_trainer.engine.loop_state import LoopState
+    from tui_trainer.rundir.loop_state import LoopState
 
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR, TENSORBOARD_DIR)  # (--overwrite removes these)
 # Flags a resumed run may change: they steer the rest of the run, not what it has learnt so far.
