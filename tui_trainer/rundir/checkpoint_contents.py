@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tui_trainer.config import LIMITS, ModelConfig, RunConfig
+from tui_trainer.config import GELU_CHOICES, LIMITS, ModelConfig, RunConfig
 from tui_trainer.errors import UserError
 
 _NUMBER = (int, float)
@@ -69,6 +69,8 @@ def _model_config(config: Any, vocab: Any, tokenizer: Any) -> ModelConfig:
             raise _Misfit(f"its config's {name} is {value!r}")
     if cfg.n_embd % cfg.n_head:
         raise _Misfit(f"its config's n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
+    if cfg.gelu not in GELU_CHOICES:
+        raise _Misfit(f"its config's gelu is {cfg.gelu!r}")
     if not isinstance(cfg.dropout, _NUMBER) or isinstance(cfg.dropout, bool) or not 0 <= cfg.dropout < 1:
         raise _Misfit(f"its config's dropout is {cfg.dropout!r}")
     tokens = tokenizer["vocab_size"] if bpe else len(vocab)
