@@ -87,7 +87,7 @@ def test_pytorch_model_bin_and_vocab_plus_merges_load_too(gpt2_folder, tmp_path)
     torch.save(weights, old / "pytorch_model.bin")
     read_init_source(gpt2_folder).tokenizer.tokenizer.model.save(str(old))  # vocab.json + merges.txt
     theirs, ours = theirs_and_ours(gpt2_folder)
-    _, old_ours = theirs_and_ours(old)
+    _theirs, old_ours = theirs_and_ours(old)
     batch = batch_of(gpt2_folder, 64)
     with torch.no_grad():
         assert torch.equal(old_ours(batch), ours(batch))
