@@ -121,6 +121,13 @@ def test_a_non_empty_folder_is_refused_without_overwrite_and_replaced_with_it(ru
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left beside it
 
 
+def test_overwrite_never_replaces_a_run_dir(runs, capsys):
+    for target in (runs["char"], runs["char"].parent):
+        assert cli("export", str(runs["char"]), "--hf", str(target), "--overwrite") == 2
+        assert "would replace a run dir" in capsys.readouterr().err
+    assert (runs["char"] / "checkpoints" / "best.pt").is_file()
+
+
 def test_a_run_without_a_checkpoint_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)

@@ -25,6 +25,7 @@ from tui_trainer.data.tokenizer import tokenizer_from_record
 from tui_trainer.errors import UserError
 from tui_trainer.model.hf import gpt2_config, to_gpt2_state_dict
 from tui_trainer.rundir import checkpoints as ckpt
+from tui_trainer.rundir.ownership import MARKER_FILE
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -133,6 +134,8 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, which: str = "best", ove
     started = time.perf_counter()
     run_dir, out_dir = Path(run_dir), Path(out_dir).expanduser().absolute()
     check_out_dir(out_dir, overwrite)
+    if out_dir == run_dir.absolute() or out_dir in run_dir.absolute().parents or (out_dir / MARKER_FILE).exists():
+        raise UserError(f"--hf {out_dir} would replace a run dir", "pass --hf a folder of its own, e.g. exported/")
     path = run_checkpoint(run_dir, which)
     state = ckpt.load_checkpoint(path)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
