@@ -111,6 +111,17 @@ def test_a_run_dir_source_gives_its_best_weights_and_its_characters(tmp_path):
     assert torch.equal(state["blocks.0.mlp.fc.weight"], best["model"]["blocks.0.mlp.fc.weight"])
 
 
+def test_a_char_source_refuses_data_with_other_characters(tmp_path):
+    from tui_trainer.data.tokenizer import CharTokenizer
+    from tui_trainer.rundir.init_source import HF, InitSource, check_corpus_tokenizer
+
+    source = InitSource(tmp_path, HF, 1, 1, 8, 8, 3, "exact", 0.0, CharTokenizer(("a", "b", "c")))
+    check_corpus_tokenizer(source, CharTokenizer(("a", "b", "c")))
+    with pytest.raises(UserError) as refused:
+        check_corpus_tokenizer(source, CharTokenizer(("a", "b", "c", "z")))
+    assert "'z'" in refused.value.message
+
+
 def _edited(folder: Path, tmp_path: Path, **fields) -> Path:
     copy = tmp_path / "edited"
     shutil.copytree(folder, copy)

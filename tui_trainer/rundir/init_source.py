@@ -22,7 +22,7 @@ import torch
 
 from tui_trainer.config import RunConfig
 from tui_trainer.data.hf_tokenizer import check_vocab_fits, read_folder_tokenizer
-from tui_trainer.data.tokenizer import Tokenizer, tokenizer_from_record
+from tui_trainer.data.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_record
 from tui_trainer.errors import UserError
 from tui_trainer.model.hf import HF_CACHE_HINT, read_gpt2_config, read_gpt2_folder
 from tui_trainer.rundir import checkpoints as ckpt
@@ -105,6 +105,19 @@ def init_state_dict(source: InitSource, block_size: int) -> dict[str, torch.Tens
     state["position_embedding.weight"] = state["position_embedding.weight"][:block_size].contiguous()
     state["lm_head.weight"] = state["token_embedding.weight"]
     return state
+
+
+def check_corpus_tokenizer(source: InitSource, corpus_tokenizer: Tokenizer) -> None:
+    """A char source's ids are positions in its characters: the corpus must have exactly those
+    (a BPE source's tokenizer encodes any text, and the corpus was encoded with it)."""
+    if not isinstance(source.tokenizer, CharTokenizer):
+        return
+    chars = source.tokenizer.chars
+    if tuple(corpus_tokenizer.chars) != chars:
+        new = sorted(set(corpus_tokenizer.chars) - set(chars))
+        what = f"characters it never saw ({', '.join(repr(c) for c in new[:5])})" if new else "other characters"
+        raise UserError(f"the data has {what} than --init-from {source.path}'s character vocabulary",
+                        "start from it on text with the same characters, or train a new run")
 
 
 # Flags whose value must be the source's: (section.field, flag, the source's attribute).
