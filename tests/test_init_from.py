@@ -185,3 +185,27 @@ def test_the_cli_refuses_a_contradicting_flag_with_one_line(gpt2_folder, tmp_pat
     err = capsys.readouterr().err
     assert "--n-embd 64 contradicts --init-from" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_started_from_a_gpt2_folder_trains_from_its_weights_and_exports_back(gpt2_folder, tmp_path, capsys):
+    """A near-zero learning rate keeps the weights: the run's checkpoint is the source (first 32
+    positions), its tokenizer.json is the source's, and its export computes what the source computes."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    run_dir = tmp_path / "run"
+    assert main(["--no-ui", "--init-from", str(gpt2_folder), "--block-size", "32", "--data", str(corpus),
+                 "--run-dir", str(run_dir), "--epochs", "1", "--micro-batch", "4", "--accum", "1", "--lr", "1e-12",
+                 "--weight-decay", "0", "--threads", "1", "--limit-train-batches", "1", "--limit-val-batches", "2",
+                 "--sample-tokens", "0", "--precision", "fp32", "--dropout", "0"]) == 0
+    assert f"started from GPT-2 folder {gpt2_folder}" in capsys.readouterr().out
+    weights = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)["model"]
+    source = init_state_dict(read_init_source(gpt2_folder), 32)
+    assert all(torch.allclose(weights[name], source[name], atol=1e-9) for name in source)
+    assert (run_dir / "tokenizer.json").read_text() == (gpt2_folder / "tokenizer.json").read_text()
+    assert main(["export", str(run_dir), "--hf", str(tmp_path / "back")]) == 0
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
+    original = transformers.GPT2LMHeadModel.from_pretrained(gpt2_folder).eval()
+    assert back.config.activation_function == "gelu_new"
+    batch = batch_of(gpt2_folder, 32)
+    with torch.no_grad():
+        assert (back(batch).logits - original(batch).logits).abs().max().item() <= 1e-4

@@ -206,10 +206,6 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
         if args.resume:
             raise UserError("--init-from starts a new run", "drop --init-from when resuming: a run keeps its weights")
         cfg = check_init_from(cfg, given)
-        # Until the engine's set-up builds the model from the source (issue 28), refuse rather than
-        # train from random weights under a run that says it started from the source.
-        raise UserError(f"--init-from {cfg.model.init_from} is valid, but training from it is not wired into the "
-                        "engine yet", "leave --init-from out for now")
     given_paths["--data"] = cfg.data.path
     check_given_paths(config=None, resume=None, run_dir=None, overwrite=False, data=cfg.data.path,
                       data_from="--data" if args.data is not None else f"[data] path in {args.config}")
