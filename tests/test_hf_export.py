@@ -153,3 +153,9 @@ def test_exporting_needs_no_transformers(runs, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_model_export_flags_without_hf_are_refused(runs, capsys):
+    assert cli("export", str(runs["char"]), "--tensorboard", "--overwrite") == 2
+    assert "--overwrite is for the model export (--hf)" in capsys.readouterr().err
+    assert not (runs["char"] / "tensorboard").exists()

@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 from dataclasses import fields
+from pathlib import Path
 
 from tui_trainer.config import RunConfig
 from tui_trainer.errors import UserError
@@ -59,9 +61,10 @@ def run_export(args: argparse.Namespace) -> int:
     if not (args.tensorboard or args.hf):
         raise UserError("export needs a format",
                         f"pass --tensorboard or --hf OUT_DIR: {PROG} export {args.run_dir} --hf exported/")
+    if args.hf is None and (args.overwrite or args.checkpoint != "best"):
+        flag = "--overwrite" if args.overwrite else "--checkpoint"
+        raise UserError(f"{flag} is for the model export (--hf)", f"add --hf OUT_DIR, or drop {flag}")
     if args.hf is not None:
-        from pathlib import Path
-
         from tui_trainer.rundir.hf_export import check_out_dir, export_hf
 
         check_out_dir(Path(args.hf).expanduser().absolute(), args.overwrite)  # before the TensorBoard part writes
@@ -79,9 +82,6 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _command_line(args: argparse.Namespace) -> str:
     """The run's settings as a command line, for the model card (from its config.json)."""
-    import json
-    from pathlib import Path
-
     try:
         record = json.loads((Path(args.run_dir) / "config.json").read_text(encoding="utf-8"))
         return command_line_of(RunConfig.from_dict(record["config"]))
