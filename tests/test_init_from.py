@@ -209,3 +209,23 @@ def test_a_run_started_from_a_gpt2_folder_trains_from_its_weights_and_exports_ba
     batch = batch_of(gpt2_folder, 32)
     with torch.no_grad():
         assert (back(batch).logits - original(batch).logits).abs().max().item() <= 1e-4
+
+
+def test_a_padded_vocabulary_trains_resumes_and_keeps_its_rows(gpt2_folder, tmp_path):
+    """Embedding rows beyond the tokenizer's ids (a vocabulary padded as nanoGPT pads GPT-2's): kept, and resumable."""
+    padded = tmp_path / "padded"
+    padded.mkdir()
+    shutil.copy(gpt2_folder / "tokenizer.json", padded)
+    config = transformers.GPT2Config(vocab_size=VOCAB + 4, n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                     bos_token_id=None, eos_token_id=None)
+    transformers.GPT2LMHeadModel(config).save_pretrained(padded)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    common = ["--no-ui", "--micro-batch", "4", "--accum", "1", "--threads", "1", "--limit-train-batches", "2",
+              "--limit-val-batches", "1", "--sample-tokens", "0"]
+    run_dir = tmp_path / "run"
+    assert main([*common, "--init-from", str(padded), "--block-size", "32", "--data", str(corpus),
+                 "--run-dir", str(run_dir), "--epochs", "1"]) == 0
+    assert main(["--resume", str(run_dir), "--epochs", "2", "--no-ui"]) == 0
+    weights = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    assert weights["token_embedding.weight"].shape[0] == VOCAB + 4

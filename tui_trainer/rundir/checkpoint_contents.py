@@ -74,7 +74,9 @@ def _model_config(config: Any, vocab: Any, tokenizer: Any) -> ModelConfig:
     if not isinstance(cfg.dropout, _NUMBER) or isinstance(cfg.dropout, bool) or not 0 <= cfg.dropout < 1:
         raise _Misfit(f"its config's dropout is {cfg.dropout!r}")
     tokens = tokenizer["vocab_size"] if bpe else len(vocab)
-    if cfg.vocab_size != tokens:
+    # A run started from a model (--init-from) keeps its embedding's rows, which may outnumber its
+    # tokenizer's ids (a vocabulary padded to a multiple of 64, as nanoGPT pads GPT-2's 50,257).
+    if cfg.vocab_size != tokens and not (cfg.init_from and cfg.vocab_size > tokens):
         raise _Misfit(f"its config's vocab_size {cfg.vocab_size} is not its vocabulary's {tokens} tokens")
     return cfg
 
