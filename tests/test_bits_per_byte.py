@@ -7,8 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from tui_trainer.data.bits_per_byte import (bits_per_byte, exact_bytes, token_byte_lengths, val_bits_per_byte,
-                                            validation_bytes)
+from tui_trainer.data.bits_per_byte import (
+    bits_per_byte,
+    exact_bytes,
+    token_byte_lengths,
+    val_bits_per_byte,
+    validation_bytes,
+)
 from tui_trainer.data.tokenizer import CharTokenizer, train_bpe
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak — café, naïve, 東京, 🙂.\n" * 40)

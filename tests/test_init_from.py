@@ -86,8 +86,8 @@ def test_pytorch_model_bin_and_vocab_plus_merges_load_too(gpt2_folder, tmp_path)
     weights["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))  # the causal mask old files carry
     torch.save(weights, old / "pytorch_model.bin")
     read_init_source(gpt2_folder).tokenizer.tokenizer.model.save(str(old))  # vocab.json + merges.txt
-    theirs, ours = theirs_and_ours(gpt2_folder)
-    _theirs, old_ours = theirs_and_ours(old)
+    _, ours = theirs_and_ours(gpt2_folder)
+    _, old_ours = theirs_and_ours(old)
     batch = batch_of(gpt2_folder, 64)
     with torch.no_grad():
         assert torch.equal(old_ours(batch), ours(batch))
