@@ -52,6 +52,8 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
     ("noise_scale_payoff.py", "to auto's final"),
     ("precision.py", "bf16 qualifies"),
     ("scaling.py", "one all-reduce round per step"),
+    ("hf_export.py", "exported: every folder written"),
+    ("hf_finetune.py", "fine-tuned and exported back"),
 ])
 def test_benchmark_script_runs_quick_and_prints_its_figures(script, expected, tmp_path):
     if script in ("key_latency.py", "ui_overhead.py") and shutil.which("tmux") is None:

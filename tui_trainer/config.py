@@ -24,6 +24,12 @@ class ModelConfig:
     block_size: int = 128  # context length in tokens = length of one training example
     dropout: float = 0.1  # dropout on attention, MLP and embeddings (0 = deterministic maths)
     vocab_size: int = 0  # filled in from the data's character vocabulary
+    # The MLP's GELU: "exact" (erf, as every run before this field) or "tanh" (GPT-2's approximation,
+    # "gelu_new" in Hugging Face's config). Checkpoints written without it load as "exact".
+    gelu: str = "exact"
+    # A Hugging Face GPT-2-architecture folder or a tui-trainer run dir to start from (its shape, GELU,
+    # weights and tokenizer); None = random weights. See tui_trainer/rundir/init_source.py.
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,7 @@ def _positive(name: str, value: int | float | None, flag: str, allow_none: bool 
         raise UserError(f"{flag} must be a positive number, got {value}", f"pass {flag} 1 or more")
 
 
+GELU_CHOICES = ("exact", "tanh")  # ModelConfig.gelu
 MIN_BPE_VOCAB = 256  # the byte alphabet alone
 MAX_VOCAB = 2 ** 32  # the widest id type of the token cache is uint32 (a tokenizer file's bound)
 # A BPE to learn: `tokenizers` (0.23) reserves ~59 bytes per asked-for id before it looks at the
@@ -284,6 +291,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         )
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"--dropout must be in [0, 1), got {m.dropout}", "use e.g. --dropout 0.1")
+    if m.gelu not in GELU_CHOICES:
+        raise UserError(f"--gelu must be exact or tanh, got {m.gelu!r}",
+                        "use --gelu exact (erf) or --gelu tanh (GPT-2's approximation)")
+    if m.init_from is not None and not str(m.init_from).strip():
+        raise UserError("--init-from is empty", "give it a Hugging Face GPT-2 folder or a run dir, or leave it out")
     if not 0.0 < d.val_split < 1.0:
         raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {d.val_split}",
                         "use e.g. --val-split 0.1 for a 90/10 split")

@@ -18,7 +18,8 @@ from typing import Any, NoReturn
 
 from tui_trainer import __version__
 from tui_trainer.cli.config_file import load_toml, require_data_file
-from tui_trainer.cli.console import say, terminal_in_utf8, write_replacing
+from tui_trainer.cli.console import say, terminal_in_utf8
+from tui_trainer.cli.export import add_export_arguments, run_export
 from tui_trainer.cli.faces import run_app, run_headless
 from tui_trainer.cli.presets import QUICK, with_preset
 from tui_trainer.cli.sample import add_sample_arguments, run_sample
@@ -42,6 +43,10 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--n-embd", MODEL, "model", "n_embd", int, "model width d_model"),
     ("--block-size", MODEL, "model", "block_size", int, "context length in tokens"),
     ("--dropout", MODEL, "model", "dropout", float, "dropout probability"),
+    ("--gelu", MODEL, "model", "gelu", str, "the MLP's GELU: exact (erf) or tanh (GPT-2's approximation)"),
+    ("--init-from", MODEL, "model", "init_from", str,
+     "start from a Hugging Face GPT-2-architecture folder (config.json, model.safetensors, tokenizer.json) or a "
+     "tui-trainer run dir (its best weights): its shape, GELU and tokenizer; --block-size may be smaller"),
     ("--data", DATA, "data", "path", str, "UTF-8 text file, or a directory: every *.txt under it, joined"),
     ("--tokenizer", DATA, "data", "tokenizer", str, "char, bpe (byte-level BPE learnt on the training text) "
                                                     "or a tokenizers FILE.json"),
@@ -77,6 +82,7 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
 ]
 # What a default of None means, in words (every other default is shown as its value).
 NONE_MEANS = {
+    "model.init_from": "random weights",
     "data.path": "the bundled tiny-shakespeare",
     "data.vocab_size": "4096",
     "data.cache_dir": "$XDG_CACHE_HOME/tui-trainer, i.e. ~/.cache/tui-trainer",
@@ -205,6 +211,12 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
     cfg, given = config_from_args(args)
     if args.resume and args.quick:
         raise UserError("--quick starts a new run", "drop --quick when resuming: a run keeps its own settings")
+    if cfg.model.init_from is not None:
+        from tui_trainer.rundir.init_source import check_init_from
+
+        if args.resume:
+            raise UserError("--init-from starts a new run", "drop --init-from when resuming: a run keeps its weights")
+        cfg = check_init_from(cfg, given)
     given_paths["--data"] = cfg.data.path
     check_given_paths(config=None, resume=None, run_dir=None, overwrite=False, data=cfg.data.path,
                       data_from="--data" if args.data is not None else f"[data] path in {args.config}")
@@ -276,27 +288,6 @@ def run_view(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- export: a run's metrics in another tool's format ------------------------------------------------
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's directory")
-    parser.add_argument("--tensorboard", action="store_true",
-                        help="write TensorBoard event files under RUN_DIR/tensorboard from metrics.jsonl")
-
-
-def run_export(args: argparse.Namespace) -> int:
-    if not args.tensorboard:
-        raise UserError("export needs a format", f"pass --tensorboard: {PROG} export {args.run_dir} --tensorboard")
-    from tui_trainer.rundir.tensorboard import export_tensorboard
-
-    export = export_tensorboard(args.run_dir)
-    if export.set_aside:
-        say(f"warning: {args.run_dir}/metrics.jsonl: {export.set_aside} left out (not metrics records)")
-    write_replacing(sys.stdout, f"wrote {export.records} records to {export.target} — view with: "
-                                f"tensorboard --logdir {export.target}\n")
-    return 0
-
-
 # -- subcommands ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -313,7 +304,8 @@ COMMANDS: dict[str, Command] = {
                       add_sample_arguments, run_sample),
     "view": Command("watch a run dir, finished or live, and steer a live run (+ - p s; ctrl+x stops it)",
                     add_view_arguments, run_view),
-    "export": Command("write a run's metrics for another tool (--tensorboard)", add_export_arguments, run_export),
+    "export": Command("write a run for another tool: its model for Hugging Face (--hf), its metrics for TensorBoard "
+                      "(--tensorboard)", add_export_arguments, run_export),
 }
 DEFAULT_COMMAND = "train"
 

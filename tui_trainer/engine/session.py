@@ -49,6 +49,7 @@ from tui_trainer.model.sampling import LiveSampler
 from tui_trainer.rundir import checkpoints as ckpt
 from tui_trainer.rundir import lifecycle as rd
 from tui_trainer.rundir.checkpoint_contents import check_contents
+from tui_trainer.rundir.init_source import check_corpus_tokenizer, init_state_dict, read_init_source
 from tui_trainer.rundir.loop_state import LoopState
 from tui_trainer.rundir.metrics import MetricsWriter, NoMetrics
 
@@ -141,9 +142,12 @@ class TrainingSession:
         need them: every rank does this; rank 0 first (it may build the cache)."""
         # A resumed BPE run encodes with the tokenizer in its run dir, never a new one.
         resumed_tokenizer = tokenizer_from_record(resume_state, resume) if resume_state is not None else None
+        # --init-from (a new run): the source's tokenizer encodes the corpus; its weights start the model (_build).
+        self.init_source = read_init_source(cfg.model.init_from) if cfg.model.init_from and resume is None else None
         try:
             self.corpus: Corpus = load_corpus(cfg.data, cfg.model.block_size, progress=data_progress,
-                                              cancel=lambda: self.control.stop_requested, tokenizer=resumed_tokenizer)
+                                              cancel=lambda: self.control.stop_requested,
+                                              tokenizer=resumed_tokenizer or getattr(self.init_source, "tokenizer", None))
         except PreparationCancelled:
             raise PreparationCancelled(self.control.stop_signal) from None
         if resume_state is not None and resume_state["data_sha256"] != self.corpus.sha256:
@@ -151,7 +155,13 @@ class TrainingSession:
         if resume_state is not None:
             rd.check_resumed_tokenizer(resume_state, self.corpus.vocab)
         self.notes += list(self.corpus.notes)  # (a damaged token cache rebuilt)
-        self.cfg = cfg = cfg.replace(model=replace(cfg.model, vocab_size=self.corpus.vocab.size))
+        vocab_size = self.corpus.vocab.size
+        if self.init_source is not None:
+            check_corpus_tokenizer(self.init_source, self.corpus.vocab)
+            vocab_size = self.init_source.vocab_size  # its embedding's rows (GPT-2: 50,257 = its tokenizer)
+        elif cfg.model.init_from and resume_state is not None:
+            vocab_size = cfg.model.vocab_size  # a resumed fine-tuning run: the checkpoint's rows
+        self.cfg = cfg = cfg.replace(model=replace(cfg.model, vocab_size=vocab_size))
         # The forward's autocast dtype (None = fp32); a resume keeps the checkpoint's precision unless told.
         self.precision, self.autocast_dtype, note = resume_precision(
             cfg.train.precision, self.device, resume_state.get("precision") if resume_state else None,
@@ -181,7 +191,11 @@ class TrainingSession:
             torch.set_float32_matmul_precision("high")
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
-        self.model = GPT(cfg.model).to(self.device)  # the same weights on every rank (DDP checks)
+        self.model = GPT(cfg.model)
+        if self.init_source is not None:
+            self.model.load_state_dict(init_state_dict(self.init_source, cfg.model.block_size))
+            self.notes.append(f"started from {self.init_source.describe()}")
+        self.model = self.model.to(self.device)  # the same weights on every rank (DDP checks)
         if self.ranks.rank:  # each rank its own dropout masks (rank 0 draws what one process draws)
             torch.manual_seed(cfg.train.seed + 7919 * self.ranks.rank)
             random.seed(cfg.train.seed + 7919 * self.ranks.rank)

@@ -1,4 +1,4 @@
-"""A small GPT: pre-LayerNorm blocks, SDPA causal attention, GELU MLP, tied embeddings.
+"""A small GPT: pre-LayerNorm blocks, SDPA causal attention, GELU MLP (exact or tanh), tied embeddings.
 
 Two forward paths share the weights: ``GPT.forward`` for training and evaluation (whole
 windows, dropout when training), and ``GPT.forward_cached`` for generation, which keeps each
@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tui_trainer.config import ModelConfig
+
+GELU_APPROXIMATE = {"exact": "none", "tanh": "tanh"}  # ModelConfig.gelu -> F.gelu's `approximate`
 
 
 class CausalSelfAttention(nn.Module):
@@ -69,9 +71,11 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
+        # "exact" is erf's GELU (F.gelu's default, the same kernel as ever); "tanh" is GPT-2's approximation.
+        self.approximate = GELU_APPROXIMATE[cfg.gelu]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):

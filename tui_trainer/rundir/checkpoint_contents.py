@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tui_trainer.config import LIMITS, ModelConfig, RunConfig
+from tui_trainer.config import GELU_CHOICES, LIMITS, ModelConfig, RunConfig
 from tui_trainer.errors import UserError
 from tui_trainer.rundir.reader import fits
 
@@ -69,10 +69,14 @@ def _model_config(config: Any, vocab: Any, tokenizer: Any) -> ModelConfig:
             raise _Misfit(f"its config's {name} is {value!r}")
     if cfg.n_embd % cfg.n_head:
         raise _Misfit(f"its config's n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
+    if cfg.gelu not in GELU_CHOICES:
+        raise _Misfit(f"its config's gelu is {cfg.gelu!r}")
     if not isinstance(cfg.dropout, _NUMBER) or isinstance(cfg.dropout, bool) or not 0 <= cfg.dropout < 1:
         raise _Misfit(f"its config's dropout is {cfg.dropout!r}")
     tokens = tokenizer["vocab_size"] if bpe else len(vocab)
-    if cfg.vocab_size != tokens:
+    # A run started from a model (--init-from) keeps its embedding's rows, which may outnumber its
+    # tokenizer's ids (a vocabulary padded to a multiple of 64, as nanoGPT pads GPT-2's 50,257).
+    if cfg.vocab_size != tokens and not (cfg.init_from and cfg.vocab_size > tokens):
         raise _Misfit(f"its config's vocab_size {cfg.vocab_size} is not its vocabulary's {tokens} tokens")
     return cfg
 

@@ -1,0 +1,153 @@
+"""`--init-from DIR`: the model a run starts from — a Hugging Face GPT-2 folder or a tui-trainer run dir.
+
+Two steps, so that bad input is refused before anything is made and the weights are read once:
+
+- ``read_init_source(path)`` reads what the run's config needs (shape, GELU, dropout, tokenizer)
+  from config.json and the tokenizer files, without the weights; ``check_init_from(cfg, given)``
+  (the CLI's edge) refuses flags that contradict it and returns the config with the source's shape.
+- ``init_state_dict(source, block_size)`` then reads the weights as our state dict, keeping the
+  first ``block_size`` positions: what the engine loads into a new GPT before its first step.
+
+Nothing is downloaded: a folder the user already has is the only source.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tui_trainer.config import RunConfig
+from tui_trainer.data.hf_tokenizer import check_vocab_fits, read_folder_tokenizer
+from tui_trainer.data.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_record
+from tui_trainer.errors import UserError
+from tui_trainer.model.hf import HF_CACHE_HINT, read_gpt2_config, read_gpt2_folder
+from tui_trainer.rundir import checkpoints as ckpt
+
+HF, RUN = "hf", "run"  # InitSource.kind
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """What a run started from it takes: its shape, GELU, dropout and tokenizer (weights: ``init_state_dict``)."""
+
+    path: Path
+    kind: str  # HF (a GPT-2 folder) or RUN (a tui-trainer run dir: its best weights)
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_positions: int  # its context; a run may take the first block_size <= n_positions
+    vocab_size: int  # rows of its embedding (>= the tokenizer's size)
+    gelu: str  # "exact" or "tanh"
+    dropout: float | None  # None: a GPT-2 folder whose three dropouts differ (the user gives --dropout)
+    tokenizer: Tokenizer
+
+    def describe(self) -> str:
+        """For the run line: what the run started from."""
+        what = "GPT-2 folder" if self.kind == HF else "run"
+        return (f"{what} {self.path} ({self.n_layer} layers, width {self.n_embd}, {self.n_positions} positions, "
+                f"{self.vocab_size:,} tokens, GELU {self.gelu})")
+
+
+def _run_checkpoint(path: Path) -> Path:
+    best = ckpt.checkpoint_path(path, "best")
+    if not best.is_file():
+        raise UserError(f"--init-from {path} is a run dir without checkpoints/best.pt",
+                        "start from a run that has finished at least one epoch")
+    return best
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / ckpt.CHECKPOINT_DIR).is_dir() and (path / "config.json").is_file() and \
+        "config" in _json(path / "config.json")
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_init_source(path: str | Path) -> InitSource:
+    """The shape and tokenizer of ``path`` (no weights read), or a UserError naming what is wrong."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"--init-from {path}: no such folder", HF_CACHE_HINT)
+    if _is_run_dir(path):
+        record = _json(path / "config.json")
+        m = RunConfig.from_dict(record["config"]).model
+        _run_checkpoint(path)
+        tokenizer = tokenizer_from_record(record, path)
+        return InitSource(path, RUN, m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size, m.gelu, m.dropout,
+                          tokenizer)
+    _config, shape = read_gpt2_config(path)
+    tokenizer = read_folder_tokenizer(path)
+    if tokenizer.size > shape.vocab_size:
+        raise UserError(f"--init-from {path}: its tokenizer has {tokenizer.size:,} tokens but vocab_size is "
+                        f"{shape.vocab_size:,}", "pass the model's own tokenizer files")
+    check_vocab_fits(shape.vocab_size, f"--init-from {path}")
+    return InitSource(path, HF, shape.n_layer, shape.n_head, shape.n_embd, shape.n_positions, shape.vocab_size,
+                      shape.gelu, shape.dropout, tokenizer)
+
+
+def init_state_dict(source: InitSource, block_size: int) -> dict[str, torch.Tensor]:
+    """The source's weights as our GPT's state dict (fp32, head tied), positions cut to ``block_size``."""
+    if source.kind == HF:
+        _shape, state, _config = read_gpt2_folder(source.path, block_size)
+        return state
+    state = ckpt.load_checkpoint(_run_checkpoint(source.path))["model"]
+    state = {name: tensor.to(torch.float32) for name, tensor in state.items()}
+    state["position_embedding.weight"] = state["position_embedding.weight"][:block_size].contiguous()
+    state["lm_head.weight"] = state["token_embedding.weight"]
+    return state
+
+
+def check_corpus_tokenizer(source: InitSource, corpus_tokenizer: Tokenizer) -> None:
+    """A char source's ids are positions in its characters: the corpus must have exactly those
+    (a BPE source's tokenizer encodes any text, and the corpus was encoded with it)."""
+    if not isinstance(source.tokenizer, CharTokenizer):
+        return
+    chars = source.tokenizer.chars
+    if tuple(corpus_tokenizer.chars) != chars:
+        new = sorted(set(corpus_tokenizer.chars) - set(chars))
+        what = f"characters it never saw ({', '.join(repr(c) for c in new[:5])})" if new else "other characters"
+        raise UserError(f"the data has {what} than --init-from {source.path}'s character vocabulary",
+                        "start from it on text with the same characters, or train a new run")
+
+
+# Flags whose value must be the source's: (section.field, flag, the source's attribute).
+SHAPE_FLAGS = (("model.n_layer", "--n-layer", "n_layer"), ("model.n_head", "--n-head", "n_head"),
+               ("model.n_embd", "--n-embd", "n_embd"), ("model.gelu", "--gelu", "gelu"))
+
+
+def check_init_from(cfg: RunConfig, given: dict[str, Any], source: InitSource | None = None) -> RunConfig:
+    """``cfg`` with the shape, GELU and dropout of ``--init-from``'s source; a flag that contradicts the
+    source (or a tokenizer flag: the tokenizer is the source's) is a one-line UserError."""
+    source = source or read_init_source(cfg.model.init_from)
+    where = f"--init-from {source.path}"
+    for key, flag, attribute in SHAPE_FLAGS:
+        theirs = getattr(source, attribute)
+        if key in given and given[key] != theirs:
+            raise UserError(f"{flag} {given[key]} contradicts {where} ({attribute} {theirs})",
+                            f"drop {flag}: the model's shape comes from the source")
+    for key, flag in (("data.tokenizer", "--tokenizer"), ("data.vocab_size", "--vocab-size")):
+        if key in given:
+            raise UserError(f"{flag} contradicts {where}: the run uses the source's tokenizer",
+                            f"drop {flag}")
+    block_size = given.get("model.block_size", source.n_positions)
+    if block_size > source.n_positions:
+        raise UserError(f"--block-size {block_size} is longer than {where}'s {source.n_positions} positions",
+                        f"use --block-size {source.n_positions} or less (the first positions are kept)")
+    dropout = given.get("model.dropout", source.dropout)
+    if dropout is None:
+        raise UserError(f"{where} has different resid_pdrop, embd_pdrop and attn_pdrop; our GPT has one dropout",
+                        "pass --dropout, e.g. --dropout 0.1")
+    model = replace(cfg.model, n_layer=source.n_layer, n_head=source.n_head, n_embd=source.n_embd,
+                    block_size=block_size, gelu=source.gelu, dropout=dropout,
+                    init_from=str(source.path.absolute()))
+    return cfg.replace(model=model)
