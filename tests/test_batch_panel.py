@@ -51,3 +51,19 @@ async def test_an_auto_accum_change_shares_the_line_and_a_key_press_overrides_it
     assert "accum 8 -> 32 at next epoch" in overridden and "(auto)" not in overridden
     wide = await shown(events, size=(150, 40))  # room for the long forms, on two lines if need be
     assert "accum 8 -> 16 at next epoch (auto)" in wide and "noise scale ~ 310 seq -> suggests accum 16" in wide
+
+
+async def test_a_noise_scale_not_yet_known_well_enough_suggests_nothing():
+    from dataclasses import replace as replaced
+
+    from tui_trainer.events import StepEvent
+
+    def with_error(events, error):
+        return [replaced(e, noise_scale_error=error) if isinstance(e, StepEvent) and e.noise_scale is not None
+                else e for e in events]
+
+    base = with_noise_scale([started(), *recorded_epochs(1)], settle_at_step=10)
+    unsure = await shown(with_error(base, 0.6))
+    assert "settling" in unsure and "suggests accum" not in unsure and "±60%" in unsure
+    sure = await shown(with_error(base, 0.2))
+    assert "±20% -> suggests accum" in sure

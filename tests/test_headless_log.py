@@ -165,3 +165,16 @@ def test_the_end_of_a_run_with_a_model_says_how_to_sample_it(small_corpus, tmp_p
     assert main(["--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--epochs", "1", *TINY]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == f"write text with its best model: tui-trainer sample {run_dir}"
+
+
+@pytest.mark.parametrize(("error", "said"), [(0.6, "±60%: settling, no suggestion yet"), (0.2, "±20% -> suggests accum 16"),
+                                             (None, "sequences -> suggests accum 16")])
+def test_the_epoch_line_suggests_an_accum_only_when_the_noise_scale_is_known_well(error, said):
+    out, clock = io.StringIO(), Clock()
+    log = HeadlessLog(out, progress=False, log_every=LogEvery(), clock=clock)
+    log.emit(_started())
+    log.emit(EpochEvent(epoch=1, epochs=2, train_loss=2.8, val_loss=2.9, accum=2, effective_batch=8,
+                        tokens_seen=256, seconds=4.0, diagnosis="healthy", diagnosis_reason="fine",
+                        remedy="keep training", tokens_per_s=256.0, noise_scale=250.0, suggested_accum=16,
+                        noise_scale_error=error))
+    assert said in out.getvalue()

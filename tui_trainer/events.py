@@ -82,6 +82,7 @@ class StepEvent:
     skipped: bool = False  # non-finite loss or gradient: the update was not applied
     noise_scale: float | None = None  # smoothed B_simple in sequences (noise_scale.py); None until settled
     suggested_accum: int | None = None  # the accum whose effective batch is nearest the noise scale
+    noise_scale_error: float | None = None  # its standard error as a share of it (0.2: ±20%)
     world_size: int = 1  # processes that took this step together (torchrun); tokens and tokens/s are all of theirs
 
 
@@ -118,6 +119,7 @@ class EpochEvent:
     sample: str | None = None  # text generated from the weights after validation (None: --sample-tokens 0)
     noise_scale: float | None = None  # at the epoch's last step (None: no estimate, e.g. accum 1)
     suggested_accum: int | None = None
+    noise_scale_error: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

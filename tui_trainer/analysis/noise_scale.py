@@ -103,6 +103,11 @@ def window_estimates(norms: WindowNorms) -> tuple[float, float] | None:
     return unbiased_estimates(b_small, float(norms.window_size), small, norms.window_sq_norm)
 
 
+def actionable(relative_error: float | None) -> bool:
+    """A suggestion worth acting on: the estimate's standard error within ``ACTIONABLE_ERROR`` of it."""
+    return relative_error is not None and relative_error <= ACTIONABLE_ERROR
+
+
 def suggested_accum(noise_scale: float, micro_batch: int, processes: int = 1) -> int:
     """The power of two nearest (in ratio) to the accumulation whose effective batch is the noise
     scale, in 1..ACCUM_MAX (the accumulation a run may use)."""
@@ -160,8 +165,7 @@ class NoiseScaleEstimator:
 
     def actionable(self) -> bool:
         """Settled, and known well enough to act on (``ACTIONABLE_ERROR``)."""
-        error = self.relative_error()
-        return self.noise_scale is not None and error is not None and error <= ACTIONABLE_ERROR
+        return self.noise_scale is not None and actionable(self.relative_error())
 
     def raw_noise_scale(self) -> float | None:
         """tr(Σ)/|G|² of the smoothed values, settled or not; None while there is none or while

@@ -191,7 +191,8 @@ class Trainer:
             best_val_loss=best.best if best.best_epoch else None, best_epoch=best.best_epoch,
             epochs_without_improvement=best.epochs_without_improvement,
             tokens_per_s=st.epoch_tokens / st.epoch_seconds if st.epoch_seconds else 0.0, sample=sample,
-            noise_scale=s.noise.noise_scale, suggested_accum=s.noise.suggestion(cfg.train.micro_batch, world)))
+            noise_scale=s.noise.noise_scale, suggested_accum=s.noise.suggestion(cfg.train.micro_batch, world),
+            noise_scale_error=s.noise.relative_error()))
         # The next epoch starts clean; a checkpoint taken now resumes there.
         st.epoch += 1
         st.example_cursor = 0
@@ -265,6 +266,7 @@ class OptimizerStep:
             effective_batch=window.examples, tokens=tokens, loss=loss, lr=lr,
             grad_norm=norm, tokens_per_s=tokens / seconds, tokens_seen=st.tokens_seen, skipped=not finite,
             noise_scale=noise.noise_scale, suggested_accum=noise.suggestion(cfg.train.micro_batch, world),
+            noise_scale_error=noise.relative_error(),
             world_size=world))
         return self._after_the_step(loss, norm, finite, index + 1, len(windows))
 

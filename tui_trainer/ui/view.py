@@ -102,6 +102,7 @@ class RunView:
     noise_scale_on: bool = False  # the run estimates it (not --no-noise-scale)
     noise_scale: float | None = None  # smoothed B_simple in sequences; None until it settles
     suggested_accum: int | None = None
+    noise_scale_error: float | None = None  # the estimate's standard error, as a share of it
     # -- losses ------------------------------------------------------------------------------
     step_numbers: list[int] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)  # finite losses only
@@ -217,6 +218,7 @@ class RunView:
         self.accum = e.accum
         if not e.skipped:  # a skipped step measured nothing: the last estimate stands
             self.noise_scale, self.suggested_accum = e.noise_scale, e.suggested_accum
+            self.noise_scale_error = e.noise_scale_error
         if e.tokens_per_s > 0:
             self._throughput.append((e.tokens, e.tokens / e.tokens_per_s))
             if self._eta is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from tui_trainer.analysis.noise_scale import actionable
 from tui_trainer.events import effective_batch
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.base import Panel
@@ -13,6 +14,11 @@ def noise_scale_words(scale: float) -> str:
     """Two significant figures: the estimate is not better than that (310, 1,200, 45)."""
     rounded = float(f"{scale:.2g}")
     return f"{rounded:,.0f}" if rounded >= 10 else f"{rounded:.2g}"
+
+
+def noise_error_words(error: float | None) -> str:
+    """±20% (to 5%: the error of an error is large); "" when the records carry none (older runs)."""
+    return "" if error is None else f" ±{5 * round(100 * error / 5):.0f}%"
 
 
 class BatchPanel(Panel):
@@ -33,7 +39,8 @@ class BatchPanel(Panel):
                 # as shown (2 significant figures): the estimate moves every step, the text rarely,
                 # and each new key costs this panel a re-layout
                 None if view.noise_scale is None else noise_scale_words(view.noise_scale),
-                view.suggested_accum, view.pending_auto, view.started, view.data_progress)
+                view.suggested_accum, noise_error_words(view.noise_scale_error), view.pending_auto, view.started,
+                view.data_progress)
 
     def _room(self) -> int:
         return self.size.width - self.styles.gutter.width if self.size.width else 10_000
@@ -125,6 +132,12 @@ class BatchPanel(Panel):
             words = ("noise scale: needs accum 2 or more" if view.accum < 2 else "noise scale: measuring…")
             return [[(words, "dim")], [(words.replace(" scale", ""), "dim")]]
         scale = noise_scale_words(view.noise_scale)
-        return [[("noise scale ~ ", "dim"), (scale, "value"), (" seq -> suggests accum ", "dim"),
+        error = noise_error_words(view.noise_scale_error)
+        if view.noise_scale_error is not None and not actionable(view.noise_scale_error):
+            # Not known well enough to act on: no suggestion yet. (It also grows as the loss falls, so
+            # an early figure is small by nature, not a reason to stop accumulating.)
+            return [[("noise scale ~ ", "dim"), (scale, "value"), (f" seq{error}: settling (grows as loss falls)", "dim")],
+                    [("noise ~ ", "dim"), (scale, "value"), (f"{error} settling", "dim")]]
+        return [[("noise scale ~ ", "dim"), (scale, "value"), (f" seq{error} -> suggests accum ", "dim"),
                  (str(view.suggested_accum), "value")],
                 [("noise ~ ", "dim"), (scale, "value"), (" seq -> accum ", "dim"), (str(view.suggested_accum), "value")]]

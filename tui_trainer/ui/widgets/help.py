@@ -29,8 +29,10 @@ NOISE_SCALE = (
     "The noise scale (McCandlish et al., 2018) is the batch at which a step's gradient noise is as "
     "big as its signal, measured from each micro-batch's gradient and the window's. A batch much "
     "bigger wastes compute: more sequences barely improve a step. Much smaller wastes steps: each "
-    "is mostly noise, so more are needed. The suggestion is the power-of-two accum whose effective "
-    "batch is nearest; --auto-accum makes it the pending change each epoch (+/- overrides it)."
+    "is mostly noise, so more are needed. It grows as the loss falls (early figures are small by "
+    "nature), and ± is its own standard error: a suggestion shows only once that is within a third. "
+    "The suggestion is the power-of-two accum whose effective batch is nearest; --auto-accum makes "
+    "it the pending change each epoch (+/- overrides it)."
 )
 
 # (verdict, theme colour, lines of meaning and remedy) — the colours of the diagnosis banner.
