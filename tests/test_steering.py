@@ -175,3 +175,11 @@ def test_one_process_agrees_with_nobody():
     steering.paused = True
     steering.agree()
     assert steering.stopping() and steering.paused and state.pending_accum is None
+
+
+def test_a_save_asked_for_is_said_as_a_pause_is():
+    steering, control, sink, _, _ = make()
+    control.save()
+    steering.between_micro_steps(last=False, window_rng=None)
+    said = [e.message for e in sink.of(Notice)]
+    assert said == ["a checkpoint was asked for at step 7: saving after the step in progress"]

@@ -41,7 +41,14 @@ from tui_trainer.engine.distributed import (
 from tui_trainer.engine.figures import RunFigures
 from tui_trainer.engine.memory import check_fits
 from tui_trainer.engine.precision import resume_precision
-from tui_trainer.engine.runtime import capture_rng, choose_threads, pick_device, restore_rank_rng
+from tui_trainer.engine.runtime import (
+    busy_machine_note,
+    capture_rng,
+    choose_threads,
+    cores_busy_elsewhere,
+    pick_device,
+    restore_rank_rng,
+)
 from tui_trainer.errors import UserError
 from tui_trainer.events import FanOut, Sink
 from tui_trainer.model.gpt import GPT, make_optimizer
@@ -109,6 +116,10 @@ class TrainingSession:
             self.notes.append(f"{here} processes x {self.threads} threads on {cores} cores: more threads than "
                               f"cores slow every rank down; leave out --threads (each rank then takes "
                               f"{max(1, cores // here)})")
+        elif here == 1 and self.device.type == "cpu" and cfg.train.threads is None:
+            # A busy machine is said, not acted on: the thread count changes the losses' bits.
+            busy = busy_machine_note(self.threads, cores, cores_busy_elsewhere())
+            self.notes += [busy] if busy else []
         torch.set_num_threads(self.threads)
 
     def _prepare_rank_0_first(self, resume_state: dict | None, resume: str | Path | None,

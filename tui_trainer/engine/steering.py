@@ -17,7 +17,7 @@ from typing import Any
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.control import Control, SampleNow, SaveCheckpoint, SetAccum, SetPaused, TogglePause
 from tui_trainer.engine.distributed import Ranks
-from tui_trainer.events import AccumChangeApplied, AccumChangeRequested, Event, Paused, Resumed, Sink
+from tui_trainer.events import AccumChangeApplied, AccumChangeRequested, Event, Notice, Paused, Resumed, Sink
 from tui_trainer.rundir.loop_state import LoopState
 
 
@@ -77,7 +77,9 @@ class Steering:
                     if not self.ranks.distributed:  # (several: said when the ranks hold, wait_while_paused)
                         self.sink.emit((Paused if paused else Resumed)(epoch=self.state.epoch, step=self.state.step))
             elif isinstance(command, SaveCheckpoint):
-                self.save_requested = True
+                self.save_requested = True  # (said: the log shows a save asked for, as it shows a pause)
+                when = "now (paused)" if self.paused else "after the step in progress"
+                self.sink.emit(Notice(message=f"a checkpoint was asked for at step {self.state.step}: saving {when}"))
             elif isinstance(command, SampleNow):
                 self.sample_requested = True
 
