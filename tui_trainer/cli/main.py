@@ -21,6 +21,7 @@ from tui_trainer.cli.config_file import load_toml, require_data_file
 from tui_trainer.cli.console import say, terminal_in_utf8, write_replacing
 from tui_trainer.cli.faces import run_app, run_headless
 from tui_trainer.cli.presets import QUICK, with_preset
+from tui_trainer.cli.runs import add_runs_arguments, run_runs
 from tui_trainer.cli.sample import add_sample_arguments, run_sample
 from tui_trainer.config import RunConfig
 from tui_trainer.data.text_source import PreparationCancelled
@@ -314,6 +315,8 @@ COMMANDS: dict[str, Command] = {
     "view": Command("watch a run dir, finished or live, and steer a live run (+ - p s; ctrl+x stops it)",
                     add_view_arguments, run_view),
     "export": Command("write a run's metrics for another tool (--tensorboard)", add_export_arguments, run_export),
+    "runs": Command("list the run dirs under a folder (default runs/), newest first: status, epochs, best val "
+                    "loss, time and the settings that differ", add_runs_arguments, run_runs),
 }
 DEFAULT_COMMAND = "train"
 
