@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tui_trainer.cli.console import write_replacing
 from tui_trainer.errors import UserError
-from tui_trainer.rundir.summary import DAMAGED, columns, fit, read_summary, render, run_dirs_under
+from tui_trainer.rundir.summary import DAMAGED, columns, fit, is_run_dir, read_summary, render, run_dirs_under
 
 DEFAULT_DIR = "runs"
 
@@ -39,13 +39,16 @@ def run_runs(args: argparse.Namespace) -> int:
 
 def listing(folder: Path, width: int = 80, all_settings: bool = False) -> str:
     """What ``runs`` prints for ``folder``: its table (or that it holds none), damaged runs explained."""
-    run_dirs = run_dirs_under(folder)
+    run_dirs = [folder] if is_run_dir(folder) else run_dirs_under(folder)  # (a run dir given: its own row)
     if not run_dirs:
         return f"no run dirs in {folder} (a run dir holds the config.json and metrics.jsonl of a run)"
     summaries = [read_summary(run_dir) for run_dir in run_dirs]
     table = columns(summaries)
     lines = [render(table if all_settings else fit(table, width))]
     lines += [f"{s.path}: damaged ({s.problem})" for s in summaries if s.status == DAMAGED]
-    lines.append(f"{len(summaries)} run{'s' if len(summaries) != 1 else ''} in {folder}, newest first; "
-                 f"compare some with: tui-trainer view RUN_DIR RUN_DIR")
+    if run_dirs == [folder]:
+        lines.append(f"{folder} is a run dir; see it with: tui-trainer view {folder}")
+    else:
+        lines.append(f"{len(summaries)} run{'s' if len(summaries) != 1 else ''} in {folder}, newest first; "
+                     f"compare some with: tui-trainer view RUN_DIR RUN_DIR")
     return "\n".join(lines)

@@ -119,16 +119,17 @@ def read_summary(run_dir: str | Path) -> RunSummary:
     try:
         if not (Path(run_dir) / CONFIG_FILE).is_file():
             return damaged(path, f"no {CONFIG_FILE}")
-        _, record = read_run_config(run_dir)
+        cfg, _ = read_run_config(run_dir)
         live = live_holder(Path(run_dir)) is not None  # (before the read: a run over wrote its last line)
-        return summarize(path, record, read_metrics_file(run_dir).events, live)
+        # (the settings as the config reads them: an older run's missing key is its default, as in view A B)
+        return summarize(path, {"config": cfg.to_dict()}, read_metrics_file(run_dir).events, live)
     except UserError as exc:
         return damaged(path, exc.message)
     except OSError as exc:
         return damaged(path, exc.strerror or str(exc))
 
 
-def _is_run_dir(path: Path) -> bool:
+def is_run_dir(path: Path) -> bool:
     try:
         return path.is_dir() and any((path / name).exists() for name in RUN_NAMES)
     except OSError:
@@ -152,7 +153,7 @@ def run_dirs_under(folder: str | Path) -> list[Path]:
         children = list(folder.iterdir())
     except OSError as exc:
         raise UserError(f"{folder} cannot be listed: {exc.strerror or exc}", "check its permissions") from None
-    runs = [child for child in children if _is_run_dir(child)]
+    runs = [child for child in children if is_run_dir(child)]
     return sorted(runs, key=lambda run: (-_last_written(run), run.name))
 
 
