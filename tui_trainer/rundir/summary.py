@@ -27,7 +27,9 @@ from tui_trainer.rundir.reader import read_metrics_file, read_run_config
 STATUS = {"completed": "completed", "early_stop": "early stop", "interrupted": "interrupted", "error": "error"}
 DAMAGED = "damaged"
 RUN_NAMES = (CONFIG_FILE, MARKER_FILE, METRICS_FILE, CHECKPOINT_DIR)  # any of these: a run dir (maybe damaged)
-NOT_SETTINGS = frozenset({"train.run_dir", "data.cache_dir"})  # differ between any two runs, or say nothing
+# Not setting columns: they differ between any two runs or say nothing (run_dir, cache_dir), or the
+# epochs column shows them already (done/planned).
+NOT_SETTINGS = frozenset({"train.run_dir", "data.cache_dir", "train.epochs"})
 LABEL_MAX = 24  # a longer label keeps its end
 GAP = "  "
 
@@ -78,7 +80,7 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
             end = event
     status = "running" if live else STATUS.get(end.reason, end.reason) if end else "interrupted"
     settings = flat_settings(config_record)
-    planned = epochs[-1].epochs if epochs else settings.get("train.epochs")
+    planned = epochs[-1].epochs if epochs else _planned_epochs(config_record)
     tokens = max([0, *(e.tokens_seen for e in epochs), *([last_step.tokens_seen] if last_step else []),
                   *([end.tokens_seen] if end else [])])
     vals = [e.val_loss for e in epochs if _finite(e.val_loss)]
@@ -89,6 +91,12 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
                       epochs_planned=planned if isinstance(planned, int) else None, tokens=tokens,
                       best_val_loss=min(vals) if vals else None, best_val_bpb=min(bpbs) if bpbs else None,
                       seconds=seconds, tokens_per_s=_pace(epochs, last_step), settings=settings)
+
+
+def _planned_epochs(config_record: dict[str, Any] | None) -> int | None:
+    train = ((config_record or {}).get("config") or {}).get("train")
+    epochs = train.get("epochs") if isinstance(train, dict) else None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def _pace(epochs: list[EpochEvent], last_step: StepEvent | None) -> float | None:
