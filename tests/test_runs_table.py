@@ -111,16 +111,20 @@ async def test_compare_app_at_80x24_shows_the_runs_table_under_the_curves(tmp_pa
     b = write_run(tmp_path / "sweep" / "hello-accum16", [*epoch_records(2, 16), record("end", reason="early_stop")],
                   accum=16)
     c = write_run(tmp_path / "old" / "hello-accum4", epoch_records(1, 4), accum=4)
-    app = create_compare_app([str(a), str(b), str(c)])
-    async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
-        screen = screen_text(app)
-        await pilot.press("q")
+    lock = RunLock(c)  # as a live run holds it: that run is running
+    try:
+        app = create_compare_app([str(a), str(b), str(c)])
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            screen = screen_text(app)
+            await pilot.press("q")
+    finally:
+        lock.release()
     rows = {row.split()[0]: row.split() for row in screen.splitlines() if row.split() and "/" in row.split()[0]
             or row.strip().startswith("hello")}
     assert rows["sweep/hello-accum4"][1:3] == ["completed", "3/3"] and rows["sweep/hello-accum4"][-1] == "4"
     assert rows["hello-accum16"][1:4] == ["early", "stop", "2/3"] and rows["hello-accum16"][-1] == "16"
-    assert rows["old/hello-accum4"][1] == "interrupted"
+    assert rows["old/hello-accum4"][1:3] == ["running", "1/3"]
     assert re.search(r"run +status +epochs .*best val .*accum", screen), screen
     assert "runs/he…" not in screen and str(tmp_path) not in screen
     axis = [row for row in screen.splitlines() if re.match(r"^│ +1 +2 +3 +│$", row)]
