@@ -99,7 +99,6 @@ def load_resumable(resume: str | Path) -> dict[str, Any]:
     return ckpt.load_checkpoint(ckpt.checkpoint_path(resume))
 
 
-
 def merge_resume_config(state: dict, overrides: dict[str, Any], run_dir: Path, notes: list[str]) -> RunConfig:
     """The checkpoint's config, with the safe overrides the user gave (each noted); contradictions refused."""
     saved = RunConfig.from_dict(state["config"])
