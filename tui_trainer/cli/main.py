@@ -22,6 +22,7 @@ from tui_trainer.cli.console import say, terminal_in_utf8
 from tui_trainer.cli.export import add_export_arguments, run_export
 from tui_trainer.cli.faces import run_app, run_headless
 from tui_trainer.cli.presets import QUICK, with_preset
+from tui_trainer.cli.runs import add_runs_arguments, run_runs
 from tui_trainer.cli.sample import add_sample_arguments, run_sample
 from tui_trainer.config import RunConfig
 from tui_trainer.data.text_source import PreparationCancelled
@@ -306,6 +307,8 @@ COMMANDS: dict[str, Command] = {
                     add_view_arguments, run_view),
     "export": Command("write a run for another tool: its model for Hugging Face (--hf), its metrics for TensorBoard "
                       "(--tensorboard)", add_export_arguments, run_export),
+    "runs": Command("list the run dirs under a folder (default runs/), newest first: status, epochs, best val "
+                    "loss, time and the settings that differ", add_runs_arguments, run_runs),
 }
 DEFAULT_COMMAND = "train"
 

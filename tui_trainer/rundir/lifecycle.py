@@ -17,6 +17,7 @@ import torch
 
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN, RunConfig
 from tui_trainer.data.dataset import Corpus
+from tui_trainer.data.text_source import find_source
 from tui_trainer.data.tokenizer import Tokenizer, tokenizer_from_record
 from tui_trainer.errors import UserError
 from tui_trainer.events import EpochEvent, RunEnded, SampleEvent, StepEvent
@@ -35,6 +36,7 @@ from tui_trainer.rundir.lock import RunLock, refuse_if_in_use
 from tui_trainer.rundir.ownership import foreign_name, has_marker, remove_our_files, write_marker
 from tui_trainer.rundir.paths import make_run_dir, probe_checkpoint_dir, remove_made_folders
 from tui_trainer.rundir.reader import read_metrics_file, read_run_config
+from tui_trainer.rundir.summary import folder_of_runs_error
 
 if TYPE_CHECKING:
     from tui_trainer.rundir.loop_state import LoopState
@@ -49,10 +51,14 @@ SAFE_RESUME_OVERRIDES = frozenset({
 
 
 def data_size(path: str) -> int | None:
-    """The data file's size in bytes (recorded, so a changed file can be described); None if unknown."""
+    """The data's size in bytes (recorded, so a changed file can be described): a file's, or the
+    total of the *.txt files a folder holds (the ones the data loader reads; never the size of the
+    directory entry itself); None if unknown."""
     try:
-        return os.path.getsize(path)
-    except OSError:
+        if not os.path.isdir(path):
+            return os.path.getsize(path)
+        return sum(file.stat().st_size for file in find_source(Path(path)).files)
+    except (OSError, UserError):
         return None
 
 
@@ -88,6 +94,8 @@ def load_resumable(resume: str | Path) -> dict[str, Any]:
     if held in ("steps", "set-up"):
         raise UserError(f"run dir {resume} has no checkpoint: the run stopped before its first save",
                         f"start it again with --run-dir {resume}" + (" --overwrite" if held == "steps" else ""))
+    if not held and (folder_of_runs := folder_of_runs_error(Path(resume))):
+        raise folder_of_runs  # `--resume runs`: the runs inside named, not "no checkpoint at runs/checkpoints/…"
     return ckpt.load_checkpoint(ckpt.checkpoint_path(resume))
 
 

@@ -1,20 +1,27 @@
 """``tui-trainer view RUN_A RUN_B ...``: the runs' epoch curves overlaid, for the question people
 always ask — did accum 16 beat accum 4? Val loss a line, train loss points, one colour per run,
-the legend in the panel's title (inside the chart it would cover the curves). Live runs are
+the legend in the panel's title (inside the chart it would cover the curves). Under the chart,
+the runs' table (rundir/summary.py builds it, as for ``tui-trainer runs``): status, epochs,
+tokens, best val loss, time, tokens/s and the settings that differ, cut to the screen's width.
+Runs are named by the shortest suffix of their paths that tells them apart. Live runs are
 re-read every second. Reads only, like every viewer.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 from textual_plotext import PlotextPlot
 
-from tui_trainer.events import EpochEvent
+from tui_trainer.events import EpochEvent, RunEnded, StepEvent
+from tui_trainer.rundir.summary import GAP, RunSummary, columns, fit, padded_rows, short_labels, summarize
 from tui_trainer.ui.follow import MetricsFollower
+from tui_trainer.ui.widgets.loss_plot import integer_ticks, nice_ticks, tick_labels
 
 # plotext colour, and the same ANSI colour in Textual markup for the legend
 RUN_COLORS = (("orange+", "ansi_bright_yellow"), ("cyan+", "ansi_bright_cyan"), ("magenta+", "ansi_bright_magenta"),
@@ -28,35 +35,57 @@ class RunCurves:
     def __init__(self, run_dir: str | Path) -> None:
         self.follower = MetricsFollower(run_dir)
         self.name = str(run_dir)  # as the user typed it: two runs may share a last component
+        self.label = self.name  # the shortest suffix that tells it from the others (the app sets it)
         self.epochs: list[EpochEvent] = []
+        self.last_step: StepEvent | None = None
+        self.end: RunEnded | None = None  # the follower's word once the run is over
         self.update()
 
     def update(self) -> bool:
-        new = [e for e in self.follower.poll() if isinstance(e, EpochEvent)]
-        self.epochs.extend(new)
+        new = self.follower.poll()
+        for event in new:
+            if isinstance(event, StepEvent):
+                self.last_step = event
+            elif isinstance(event, RunEnded):
+                self.end = event
+        self.epochs.extend(e for e in new if isinstance(e, EpochEvent))
         return bool(new)
+
+    def summary(self) -> RunSummary:
+        """This run's row of the table (the follower's records in file order: the steps come before
+        their epoch, the end last)."""
+        events = [*([self.last_step] if self.last_step else []), *self.epochs, *([self.end] if self.end else [])]
+        settings = {"config": self.follower.cfg.to_dict()}  # (config.json as the reader read it)
+        return summarize(self.name, settings, events, live=self.follower.holder is not None)
 
 
 class CompareApp(App[None]):
     TITLE = "tui-trainer view"
     BINDINGS = [Binding("q", "quit", "close")]
-    DEFAULT_CSS = "PlotextPlot { border: round $primary; }"
+    DEFAULT_CSS = """
+    PlotextPlot { border: round $primary; height: 1fr; }
+    #runs-table { height: auto; max-height: 50%; padding: 0 1; }
+    """
 
     def __init__(self, runs: list[RunCurves]) -> None:
         super().__init__()
         self.runs = runs
+        for run, label in zip(runs, short_labels([run.name for run in runs])):
+            run.label = label
 
     def compose(self) -> ComposeResult:
         yield PlotextPlot(id="compare")
+        yield Static(id="runs-table")
         yield Footer()
 
     def on_mount(self) -> None:
-        plot = self.query_one(PlotextPlot)
-        plot.border_title = "epoch loss (━ val, • train)  " + "  ".join(
-            f"[{RUN_COLORS[i % len(RUN_COLORS)][1]}]━[/] {run.name}" for i, run in enumerate(self.runs))
         self.redraw()
+        self.call_after_refresh(self.redraw)  # (again once laid out: the ticks follow the plot's size)
         self.set_interval(REFRESH_S, self.refresh_runs)
         self.tell_set_aside()
+
+    def on_resize(self) -> None:
+        self.redraw()
 
     def tell_set_aside(self) -> None:
         for run in self.runs:
@@ -65,20 +94,59 @@ class CompareApp(App[None]):
                 self.notify(set_aside, title="metrics", severity="warning", timeout=10)
 
     def refresh_runs(self) -> None:
-        if any([run.update() for run in self.runs if not run.follower.ended]):
+        changed = [run.update() for run in self.runs if not run.follower.ended]
+        if changed:  # (a live run's time and tokens move with its steps, not only at its epochs)
             self.redraw()
         self.tell_set_aside()
 
+    def table_text(self, width: int) -> Text:
+        """The runs' table cut to ``width`` columns, each run's name in its curve's colour."""
+        rows = padded_rows(fit(columns([run.summary() for run in self.runs], [run.label for run in self.runs]),
+                               width))
+        text = Text(GAP.join(rows[0]).rstrip(), style="bold")
+        for i, cells in enumerate(rows[1:]):
+            text.append("\n")
+            text.append(cells[0], style=RUN_COLORS[i % len(RUN_COLORS)][1].replace("ansi_", ""))
+            text.append((GAP + GAP.join(cells[1:])).rstrip())
+        return text
+
+    def legend(self, width: int) -> str:
+        """The panel's title: each run's colour and name where they fit ``width``; else the table's
+        names, in the same colours, are the legend."""
+        names = "  ".join(f"━ {run.label}" for run in self.runs)
+        if len(f"epoch loss (━ val, • train)  {names}") + 6 <= width:
+            return "epoch loss (━ val, • train)  " + "  ".join(
+                f"[{RUN_COLORS[i % len(RUN_COLORS)][1]}]━[/] {run.label}" for i, run in enumerate(self.runs))
+        return "epoch loss (━ val, • train; the runs in their colours below)"
+
     def redraw(self) -> None:
+        table = self.query_one("#runs-table", Static)
+        table.update(self.table_text(max(20, self.size.width - 2)))
         widget = self.query_one(PlotextPlot)
+        widget.border_title = self.legend(self.size.width)
         plt = widget.plt
         plt.clear_figure()
+        values: list[float] = []
+        last = 0
         for i, run in enumerate(self.runs):
             color = RUN_COLORS[i % len(RUN_COLORS)][0]
             xs = [e.epoch for e in run.epochs]
             if xs:
                 plt.plot(xs, [e.val_loss for e in run.epochs], color=color, marker="braille")
                 plt.scatter(xs, [e.train_loss for e in run.epochs], color=color, marker="dot")
+                values += [v for e in run.epochs for v in (e.val_loss, e.train_loss) if math.isfinite(v)]
+                last = max(last, xs[-1])
+        if last:  # round ticks: whole epochs, and 1.5 2.0 2.5 on the loss axis (not 1.0 2.2 3.5)
+            high = max(last, 2)
+            ticks = integer_ticks(1, high, max(2, widget.size.width // 10))
+            plt.xlim(1, high)
+            plt.xticks(ticks, [str(t) for t in ticks])
+        if values:
+            low, high = min(values), max(values)
+            pad = max(high - low, 0.1) * 0.08
+            ticks = nice_ticks(low - pad, high + pad, max(2, (widget.size.height - 3) // 2))
+            plt.ylim(low - pad, high + pad)
+            plt.yticks(ticks, tick_labels(ticks))
         plt.xlabel("epoch")
         widget.refresh()
 

@@ -118,8 +118,14 @@ class MetricsFollower:
         epochs = [e for e in events if isinstance(e, EpochEvent)]
         if epochs:  # exact: the first epoch's tokens
             examples = epochs[0].tokens_seen // block
-        elif steps:  # at most this many (an epoch's last window can be short)
-            examples = steps[0].steps_in_epoch * steps[0].micro_batch * steps[0].accum * self.processes
+        elif steps:  # at most this many (an epoch's last window can be short) ...
+            window = steps[0].micro_batch * steps[0].accum * self.processes
+            examples = steps[0].steps_in_epoch * window
+            # ... and exactly --limit-train-batches' cap where the cap fits these steps: the engine's
+            # examples_per_epoch, so the viewer plans the app's tokens (--quick: 922K, not 934K)
+            capped = (cfg.data.limit_train_batches or 0) * cfg.train.micro_batch
+            if examples - window < capped <= examples:
+                examples = capped
         else:
             examples = (cfg.data.limit_train_batches or 0) * cfg.train.micro_batch
         try:

@@ -1,0 +1,217 @@
+"""The runs' table (issue 30, item 7): rundir/summary.py's rows from the reader's records, the table
+under `view A B`'s curves at 80x24, `tui-trainer runs [DIR]`, and `--resume` given the folder of
+runs; and two figures that misled (item 8): a data folder's size, the viewer's planned tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from metrics_records import line, record
+from screen import screen_text
+
+from tui_trainer.cli.main import main
+from tui_trainer.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from tui_trainer.events import EpochEvent, RunStarted
+from tui_trainer.rundir.lifecycle import data_changed, data_size
+from tui_trainer.rundir.lock import RunLock
+from tui_trainer.rundir.reader import event_from_record
+from tui_trainer.rundir.summary import columns, fit, read_summary, render, short_labels, summarize
+from tui_trainer.ui.follow import MetricsFollower
+
+
+def config_record(**train) -> dict:
+    return {"config": RunConfig(train=TrainConfig(**{"epochs": 3, **train})).to_dict()}
+
+
+def epoch_records(epochs: int, accum: int = 2) -> list[dict]:
+    """Each epoch's last step and the epoch, as the engine writes them (val loss falling)."""
+    records = []
+    for e in range(1, epochs + 1):
+        records += [record("step", epoch=e, step=4 * e, accum=accum, tokens_seen=1024 * e),
+                    record("epoch", epoch=e, epochs=3, accum=accum, val_loss=2.5 - 0.25 * e, train_loss=2.4 - 0.25 * e,
+                           tokens_seen=1024 * e, seconds=10.0, tokens_per_s=128.0)]
+    return records
+
+
+def events_of(records: list[dict]) -> list:
+    return [event_from_record(r) for r in records]
+
+
+def write_run(run_dir: Path, records: list[dict], **train) -> Path:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config_record(**train)))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_dir
+
+
+# -- the pure rows ----------------------------------------------------------------------------------
+
+def test_a_runs_row_comes_from_its_records_and_its_status_from_the_end_record_or_the_lock():
+    done = summarize("runs/a", config_record(), events_of([*epoch_records(3), record("end", reason="completed")]),
+                     live=False)
+    assert (done.status, done.epochs, done.epochs_planned, done.tokens) == ("completed", 3, 3, 3072)
+    assert done.best_val_loss == pytest.approx(1.75) and done.seconds == 30.0 and done.tokens_per_s == 128.0
+    stopped = summarize("b", None, events_of([*epoch_records(2), record("end", reason="early_stop")]), live=False)
+    assert stopped.status == "early stop"
+    assert summarize("c", None, events_of(epoch_records(1)), live=False).status == "interrupted"  # no end: killed
+    assert summarize("d", None, events_of(epoch_records(1)), live=True).status == "running"  # the lock's word
+    # An `end` followed by steps is a session that got resumed: its end is not the run's.
+    resumed = [*epoch_records(1), record("end", reason="interrupted"), record("step", epoch=2, step=5)]
+    assert summarize("e", None, events_of(resumed), live=True).status == "running"
+    assert summarize("f", None, events_of([record("end", reason="error")]), live=False).status == "error"
+
+
+def test_the_table_shows_only_the_settings_that_differ_and_bpb_only_where_recorded():
+    runs = [summarize("runs/a", config_record(accum=4), events_of(epoch_records(2, accum=4)), live=False),
+            summarize("runs/b", config_record(accum=16, epochs=5), events_of(epoch_records(3, accum=16)), live=False)]
+    table = columns(runs)
+    titles = [c.title for c in table]  # (--epochs differs too: the epochs column says it, as done/planned)
+    assert titles == ["run", "status", "epochs", "tokens", "best val", "time", "tok/s", "accum"]
+    assert table[-1].cells == ("4", "16") and table[0].cells == ("a", "b")
+    # A newer engine's val_bpb (not in this version's EpochEvent): the column appears where it is there.
+    with_bpb = dataclasses.make_dataclass("EpochWithBpb", [("val_bpb", float, 0.0)], bases=(EpochEvent,),
+                                          frozen=True, kw_only=True)
+    epoch = with_bpb(**dataclasses.asdict(events_of(epoch_records(1))[1]), val_bpb=1.25)
+    runs.append(summarize("runs/c", config_record(accum=4), [epoch], live=False))
+    table = columns(runs)
+    bpb = next(c for c in table if c.title == "bpb")
+    assert bpb.cells == ("—", "—", "1.2500")
+
+
+def test_labels_are_the_shortest_suffix_that_tells_the_runs_apart():
+    assert short_labels(["runs/a/x", "runs/b/x", "runs/y"]) == ["a/x", "b/x", "y"]
+    assert short_labels(["x", "old/x"]) == ["x", "old/x"]
+    assert short_labels(["/very/long/path/runs/hello-world-accum4-lr3e-4-seed1"])[0].startswith("…")
+
+
+def test_a_wide_table_drops_its_least_important_columns_to_fit():
+    runs = [summarize(f"runs/run-{i}", config_record(accum=2 ** i, seed=i, patience=i, min_delta=0.001 * i),
+                      events_of(epoch_records(2)), live=False) for i in range(1, 4)]
+    table = columns(runs)
+    kept = fit(table, 80)
+    text = render(kept)
+    assert max(len(row) for row in text.splitlines()) <= 80
+    assert [c.title for c in kept][:3] == ["run", "status", "epochs"] and "best val" in text and "accum" in text
+    assert len(kept) < len(table) and "tok/s" not in text  # tok/s goes first
+
+
+# -- view A B C -------------------------------------------------------------------------------------
+
+async def test_compare_app_at_80x24_shows_the_runs_table_under_the_curves(tmp_path):
+    from tui_trainer.ui.compare import create_compare_app
+
+    a = write_run(tmp_path / "sweep" / "hello-accum4", [*epoch_records(3, 4), record("end")], accum=4)
+    b = write_run(tmp_path / "sweep" / "hello-accum16", [*epoch_records(2, 16), record("end", reason="early_stop")],
+                  accum=16)
+    c = write_run(tmp_path / "old" / "hello-accum4", epoch_records(1, 4), accum=4)
+    lock = RunLock(c)  # as a live run holds it: that run is running
+    try:
+        app = create_compare_app([str(a), str(b), str(c)])
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            screen = screen_text(app)
+            await pilot.press("q")
+    finally:
+        lock.release()
+    rows = {row.split()[0]: row.split() for row in screen.splitlines() if row.split() and "/" in row.split()[0]
+            or row.strip().startswith("hello")}
+    assert rows["sweep/hello-accum4"][1:3] == ["completed", "3/3"] and rows["sweep/hello-accum4"][-1] == "4"
+    assert rows["hello-accum16"][1:4] == ["early", "stop", "2/3"] and rows["hello-accum16"][-1] == "16"
+    assert rows["old/hello-accum4"][1:3] == ["running", "1/3"]
+    assert re.search(r"run +status +epochs .*best val .*accum", screen), screen
+    assert "runs/he…" not in screen and str(tmp_path) not in screen
+    axis = [row for row in screen.splitlines() if re.match(r"^│ +1 +2 +3 +│$", row)]
+    assert axis, screen  # whole epochs, not 1.0 2.2 3.5
+    y_ticks = re.findall(r"│ ?(\d+\.\d+)┤", screen)
+    assert len(y_ticks) >= 2 and all(len(t.split(".")[1]) == 1 for t in y_ticks), y_ticks  # 1.5 1.8 2.0, not 1.69
+
+
+# -- tui-trainer runs -------------------------------------------------------------------------------
+
+def runs_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "runs"
+    write_run(folder / "20260101-120000", [*epoch_records(3), record("end")], accum=4)
+    write_run(folder / "20260102-090000", epoch_records(1), accum=16)
+    (folder / "broken").mkdir()
+    (folder / "broken" / "config.json").write_text("{not json")
+    (folder / "notes").mkdir()  # a folder that is not a run: not listed
+    for age, name in enumerate(["20260102-090000", "broken", "20260101-120000"]):
+        for path in [folder / name, *(folder / name).iterdir()]:
+            os.utime(path, (1_800_000_000 - 100 * age, 1_800_000_000 - 100 * age))
+    return folder
+
+
+def test_runs_lists_the_run_dirs_newest_first_with_damaged_ones_and_fits_80_columns(tmp_path, capsys):
+    folder = runs_folder(tmp_path)
+    assert main(["runs", str(folder)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["run", "status", "epochs"] and lines[0].split()[-1] == "accum"
+    assert [line.split()[0] for line in lines[1:4]] == ["20260102-090000", "broken", "20260101-120000"]
+    assert lines[1].split()[1] == "interrupted" and lines[2].split()[1] == "damaged" and "completed" in lines[3]
+    assert "damaged (" in out and "not JSON" in out and "notes" not in out
+    assert max(len(line) for line in lines[:4]) <= 80
+
+
+def test_runs_of_an_empty_folder_says_so_and_of_a_missing_one_exits_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    empty = subprocess.run([sys.executable, "-m", "tui_trainer", "runs", "empty"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert empty.returncode == 0 and "no run dirs in empty" in empty.stdout
+    missing = subprocess.run([sys.executable, "-m", "tui_trainer", "runs"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "runs: no such folder" in missing.stderr
+
+
+def test_a_run_whose_lock_is_held_is_running(tmp_path):
+    run_dir = write_run(tmp_path / "run", epoch_records(1))
+    lock = RunLock(run_dir)
+    try:
+        assert read_summary(run_dir).status == "running"
+    finally:
+        lock.release()
+    assert read_summary(run_dir).status == "interrupted"
+
+
+def test_resume_of_the_folder_of_runs_names_the_runs_inside(tmp_path, capsys):
+    folder = runs_folder(tmp_path)
+    assert main(["--no-ui", "--resume", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no checkpoint at" not in err
+    assert "pass one of these to --resume" in err
+    named = re.findall(r"runs/(\S+) \((\w[\w ]*)\)", err)
+    assert named == [("20260102-090000", "interrupted"), ("broken", "damaged"), ("20260101-120000", "completed")]
+
+
+# -- item 8: the figures that misled ----------------------------------------------------------------
+
+def test_a_data_folders_size_is_its_texts_not_the_directory_entry(tmp_path):
+    folder = tmp_path / "texts"
+    (folder / "more").mkdir(parents=True)
+    (folder / "a.txt").write_text("x" * 1000)
+    (folder / "more" / "b.txt").write_text("y" * 234)
+    (folder / "notes.md").write_text("z" * 5000)  # not read by the data loader
+    assert data_size(str(folder)) == 1234
+    message = data_changed(str(folder), "b" * 64, data_size(str(folder)),
+                           {"data_path": str(folder), "data_sha256": "a" * 64, "data_bytes": 1000}).message
+    assert "1,000 bytes then, 1,234 now" in message
+
+
+def test_the_viewer_plans_the_tokens_the_app_plans_with_limit_train_batches(tmp_path):
+    # --quick: 150 micro-batches of 16 an epoch in 38 steps of accum 4 (the last holds 2): 6 x 150 x 16 x 64.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = RunConfig(model=ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=64),
+                    data=DataConfig(limit_train_batches=150), train=TrainConfig(epochs=6, micro_batch=16, accum=4))
+    (run_dir / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    (run_dir / "metrics.jsonl").write_text(line("step", steps_in_epoch=38, micro_batch=16, accum=4))
+    started = MetricsFollower(run_dir).poll()[0]
+    assert isinstance(started, RunStarted) and started.planned_tokens == 6 * 150 * 16 * 64  # 922K, not 934K

@@ -1,0 +1,298 @@
+"""What W&B's run table shows, for run dirs: per run its status, epochs, tokens, best val loss
+(and bits per byte where the records carry ``val_bpb``), time, tokens/s, and the settings that
+differ between the runs. ``view A B`` (ui/compare.py) draws it under the curves and ``tui-trainer
+runs [DIR]`` prints it; both build it here, from the one reader's events. No Textual here.
+
+``summarize`` and ``columns`` are pure (events and config records in, cells out); ``read_summary``
+and ``run_dirs_under`` are the only functions that touch the disk. Whether a run is live is the
+lock's own word (``lock.live_holder`` tries it), never a pid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tui_trainer.analysis.eta import duration
+from tui_trainer.errors import UserError
+from tui_trainer.events import EpochEvent, RunEnded, StepEvent
+from tui_trainer.rundir.files import CHECKPOINT_DIR, CONFIG_FILE, MARKER_FILE, METRICS_FILE
+from tui_trainer.rundir.lock import live_holder
+from tui_trainer.rundir.reader import read_metrics_file, read_run_config
+
+STATUS = {"completed": "completed", "early_stop": "early stop", "interrupted": "interrupted", "error": "error"}
+DAMAGED = "damaged"
+RUN_NAMES = (CONFIG_FILE, MARKER_FILE, METRICS_FILE, CHECKPOINT_DIR)  # any of these: a run dir (maybe damaged)
+# Not setting columns: they differ between any two runs or say nothing (run_dir, cache_dir), or the
+# epochs column shows them already (done/planned).
+NOT_SETTINGS = frozenset({"train.run_dir", "data.cache_dir", "train.epochs"})
+LABEL_MAX = 24  # a longer label keeps its end
+GAP = "  "
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run's row, as figures (``columns`` formats them)."""
+
+    path: str
+    status: str  # running | completed | early stop | interrupted | error | damaged
+    epochs: int = 0  # epochs done
+    epochs_planned: int | None = None
+    tokens: int = 0
+    best_val_loss: float | None = None
+    best_val_bpb: float | None = None  # only where the records carry val_bpb
+    seconds: float = 0.0  # the epochs' wall time (train and validation), every session's
+    tokens_per_s: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # "train.accum": 4, from config.json
+    problem: str = ""  # why a damaged run is damaged
+
+
+def flat_settings(config_record: dict[str, Any] | None) -> dict[str, Any]:
+    """config.json's ``config`` table as ``{"section.name": value}``."""
+    table = (config_record or {}).get("config")
+    if not isinstance(table, dict):
+        return {}
+    return {f"{section}.{name}": value for section, values in table.items() if isinstance(values, dict)
+            for name, value in values.items() if f"{section}.{name}" not in NOT_SETTINGS}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[Any], live: bool) -> RunSummary:
+    """A run's row from its config.json record and its metrics events in file order. ``live``: a
+    process holds the run's lock. An `end` followed by steps was a session that got resumed."""
+    epochs: list[EpochEvent] = []
+    last_step: StepEvent | None = None
+    end: RunEnded | None = None
+    for event in events:
+        if isinstance(event, EpochEvent):
+            epochs.append(event)
+            end = None
+        elif isinstance(event, StepEvent):
+            last_step, end = event, None
+        elif isinstance(event, RunEnded):
+            end = event
+    status = "running" if live else STATUS.get(end.reason, end.reason) if end else "interrupted"
+    settings = flat_settings(config_record)
+    planned = epochs[-1].epochs if epochs else _planned_epochs(config_record)
+    tokens = max([0, *(e.tokens_seen for e in epochs), *([last_step.tokens_seen] if last_step else []),
+                  *([end.tokens_seen] if end else [])])
+    vals = [e.val_loss for e in epochs if _finite(e.val_loss)]
+    bpbs = [getattr(e, "val_bpb", None) for e in epochs]
+    bpbs = [b for b in bpbs if _finite(b)]
+    seconds = sum(e.seconds for e in epochs if _finite(e.seconds))
+    return RunSummary(path=path, status=status, epochs=max((e.epoch for e in epochs), default=0),
+                      epochs_planned=planned if isinstance(planned, int) else None, tokens=tokens,
+                      best_val_loss=min(vals) if vals else None, best_val_bpb=min(bpbs) if bpbs else None,
+                      seconds=seconds, tokens_per_s=_pace(epochs, last_step), settings=settings)
+
+
+def _planned_epochs(config_record: dict[str, Any] | None) -> int | None:
+    train = ((config_record or {}).get("config") or {}).get("train")
+    epochs = train.get("epochs") if isinstance(train, dict) else None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+
+def _pace(epochs: list[EpochEvent], last_step: StepEvent | None) -> float | None:
+    """Training tokens over training time, over every epoch (each epoch's tokens at its own pace);
+    the last step's pace while the first epoch goes on."""
+    tokens = seconds = 0.0
+    before = 0
+    for e in epochs:
+        trained, before = e.tokens_seen - before, e.tokens_seen
+        if trained > 0 and _finite(e.tokens_per_s) and e.tokens_per_s > 0:
+            tokens, seconds = tokens + trained, seconds + trained / e.tokens_per_s
+    if seconds > 0:
+        return tokens / seconds
+    if last_step is not None and _finite(last_step.tokens_per_s) and last_step.tokens_per_s > 0:
+        return last_step.tokens_per_s
+    return None
+
+
+def damaged(path: str, problem: str) -> RunSummary:
+    return RunSummary(path=path, status=DAMAGED, problem=problem)
+
+
+# -- the disk ---------------------------------------------------------------------------------------
+
+def read_summary(run_dir: str | Path) -> RunSummary:
+    """A run dir's row, read with the one reader; a run dir it cannot read is ``damaged`` (never raised)."""
+    path = str(run_dir)
+    try:
+        if not (Path(run_dir) / CONFIG_FILE).is_file():
+            return damaged(path, f"no {CONFIG_FILE}")
+        cfg, _ = read_run_config(run_dir)
+        live = live_holder(Path(run_dir)) is not None  # (before the read: a run over wrote its last line)
+        # (the settings as the config reads them: an older run's missing key is its default, as in view A B)
+        return summarize(path, {"config": cfg.to_dict()}, read_metrics_file(run_dir).events, live)
+    except UserError as exc:
+        return damaged(path, exc.message)
+    except OSError as exc:
+        return damaged(path, exc.strerror or str(exc))
+
+
+def is_run_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and any((path / name).exists() for name in RUN_NAMES)
+    except OSError:
+        return False
+
+
+def _last_written(path: Path) -> float:
+    times = []
+    for name in (METRICS_FILE, CONFIG_FILE, ""):
+        try:
+            times.append(os.stat(path / name).st_mtime)
+        except OSError:
+            pass
+    return max(times, default=0.0)
+
+
+def run_dirs_under(folder: str | Path) -> list[Path]:
+    """The run dirs directly inside ``folder``, newest first (by when each was last written)."""
+    folder = Path(folder)
+    try:
+        children = list(folder.iterdir())
+    except OSError as exc:
+        raise UserError(f"{folder} cannot be listed: {exc.strerror or exc}", "check its permissions") from None
+    runs = [child for child in children if is_run_dir(child)]
+    return sorted(runs, key=lambda run: (-_last_written(run), run.name))
+
+
+SHOWN_RUNS = 5  # a folder of runs given to --resume: the newest this many are named
+
+
+def folder_of_runs_error(folder: Path) -> UserError | None:
+    """For ``--resume runs`` (the folder that holds run dirs, not one of them): the error that names
+    the runs inside, newest first, with their status; None when it holds none."""
+    run_dirs = run_dirs_under(folder)
+    if not run_dirs:
+        return None
+    named = ", ".join(f"{run_dir} ({read_summary(run_dir).status})" for run_dir in run_dirs[:SHOWN_RUNS])
+    more = len(run_dirs) - SHOWN_RUNS
+    return UserError(f"--resume {folder} is a folder of runs, not a run dir; it holds {named}"
+                     + (f" and {more} more" if more > 0 else ""),
+                     f"pass one of these to --resume (newest first; `tui-trainer runs {folder}` lists them all)")
+
+
+# -- the table --------------------------------------------------------------------------------------
+
+def short_labels(paths: Sequence[str]) -> list[str]:
+    """Each path's shortest suffix of whole components that no other path ends with
+    (runs/a/x, runs/b/x, runs/y → a/x, b/x, y); cut at ``LABEL_MAX`` keeping the end."""
+    parts = [Path(p).parts or (p,) for p in paths]
+    labels = []
+    for i, mine in enumerate(parts):
+        others = [theirs for j, theirs in enumerate(parts) if j != i]
+        k = 1
+        while k < len(mine) and any(tuple(theirs[-k:]) == tuple(mine[-k:]) for theirs in others):
+            k += 1
+        label = "/".join(mine[-k:])
+        labels.append(label if len(label) <= LABEL_MAX else "…" + label[-(LABEL_MAX - 1):])
+    return labels
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    cells: tuple[str, ...]
+    rank: int  # too wide a table drops the highest rank first
+    left: bool = False  # text left-aligned (the run's label); figures right-aligned
+
+    @property
+    def width(self) -> int:
+        return max(len(self.title), *(len(cell) for cell in self.cells)) if self.cells else len(self.title)
+
+
+def short_count(value: float | None) -> str:
+    """At most 5 characters: 987, 12.3K, 922K, 1.23M."""
+    if value is None:
+        return "—"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            scaled = value / scale
+            return f"{scaled:.2f}{unit}" if scaled < 10 else f"{scaled:.1f}{unit}" if scaled < 100 else \
+                f"{scaled:.0f}{unit}"
+    return f"{value:.0f}"
+
+
+def setting_text(value: Any, key: str) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if key == "data.path" and isinstance(value, str):
+        return Path(value).name or value
+    return str(value)
+
+
+def differing(summaries: Sequence[RunSummary]) -> list[str]:
+    """The settings whose values differ between the runs (damaged runs aside), in config order."""
+    read = [s for s in summaries if s.status != DAMAGED]
+    keys = list(dict.fromkeys(key for s in read for key in s.settings))
+    return [key for key in keys if len({repr(s.settings.get(key)) for s in read}) > 1]
+
+
+def columns(summaries: Sequence[RunSummary], labels: Sequence[str] | None = None) -> list[Column]:
+    """The table's columns: run, status, epochs, tokens, best val (bpb where recorded), time, tok/s,
+    then each differing setting (named by its last part, or whole where two sections share it)."""
+    labels = list(labels) if labels is not None else short_labels([s.path for s in summaries])
+    rows = [s for s in summaries]
+    ok = [s.status != DAMAGED for s in rows]
+
+    def cells(text) -> tuple[str, ...]:
+        return tuple(text(s) if good else "—" for s, good in zip(rows, ok))
+
+    table = [Column("run", tuple(labels), 0, left=True), Column("status", tuple(s.status for s in rows), 1, left=True),
+             Column("epochs", cells(lambda s: f"{s.epochs}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs)),
+                    50),
+             Column("tokens", cells(lambda s: short_count(s.tokens)), 98),
+             Column("best val", cells(lambda s: f"{s.best_val_loss:.4f}" if s.best_val_loss is not None else "—"), 30)]
+    if any(s.best_val_bpb is not None for s in rows):
+        table.append(Column("bpb", cells(lambda s: f"{s.best_val_bpb:.4f}" if s.best_val_bpb is not None else "—"), 40))
+    table += [Column("time", cells(lambda s: duration(s.seconds) if s.seconds else "—"), 99),
+              Column("tok/s", cells(lambda s: short_count(s.tokens_per_s)), 100)]
+    keys = differing(rows)
+    names = [key.split(".", 1)[1] for key in keys]
+    for i, (key, name) in enumerate(zip(keys, names)):
+        title = name if names.count(name) == 1 else key
+        table.append(Column(title, cells(lambda s, key=key: setting_text(s.settings.get(key), key)),
+                            60 + i if i < 3 else 110 + i))
+    return table
+
+
+def table_width(table: Sequence[Column]) -> int:
+    return sum(c.width for c in table) + len(GAP) * max(0, len(table) - 1)
+
+
+def fit(table: Sequence[Column], width: int) -> list[Column]:
+    """The columns that fit ``width``, dropping the highest ranks first (the run and its status stay)."""
+    kept = list(table)
+    while table_width(kept) > width and len(kept) > 2:
+        kept.remove(max(kept, key=lambda c: c.rank))
+    return kept
+
+
+def padded_rows(table: Sequence[Column]) -> list[list[str]]:
+    """The header and each row as padded cells (join them with ``GAP``)."""
+    widths = [c.width for c in table]
+
+    def pad(text: str, col: Column, width: int) -> str:
+        return text.ljust(width) if col.left else text.rjust(width)
+
+    rows = [[pad(c.title, c, w) for c, w in zip(table, widths)]]
+    for i in range(len(table[0].cells) if table else 0):
+        rows.append([pad(c.cells[i], c, w) for c, w in zip(table, widths)])
+    return rows
+
+
+def render(table: Sequence[Column]) -> str:
+    return "\n".join(GAP.join(row).rstrip() for row in padded_rows(table))
