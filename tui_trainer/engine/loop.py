@@ -125,6 +125,10 @@ class Trainer:
         if effective > per_epoch:
             s.notes.append(f"an epoch holds {per_epoch:,} sequences, fewer than the effective batch of "
                            f"{effective:,}: each epoch is one optimizer step of {per_epoch:,}")
+        if per_epoch < self.figures.train_windows and st.step == 0:  # (--quick caps it too: say so)
+            s.notes.append(f"each epoch trains on {per_epoch:,} of the {self.figures.train_windows:,} training "
+                           f"sequences (--limit-train-batches {cfg.data.limit_train_batches}; a shuffled sample "
+                           f"each epoch)")
         return RunStarted(
             run_dir=str(self.run_dir), device=str(self.device), threads=s.threads,
             parameters=self.model.num_parameters(), vocab_size=s.corpus.vocab.size,
