@@ -52,6 +52,9 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # clip the window's gradient norm to this (0 = off)
+    # a resume that moves the schedule's end (--epochs): "continue" decays from the rate it had,
+    # "restart" climbs back to the peak and decays from there; never a jump
+    resume_schedule: str = "continue"
 
 
 @dataclass(frozen=True)
@@ -343,6 +346,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if t.min_delta < 0:
         raise UserError(f"--min-delta must be 0 or more, got {t.min_delta}", "use e.g. --min-delta 0.001")
     _positive("threads", t.threads, "--threads", allow_none=True)
+    if o.resume_schedule not in ("continue", "restart"):
+        raise UserError(f"--resume-schedule must be continue or restart, got {o.resume_schedule!r}",
+                        "use --resume-schedule continue (decay on from the rate it had) or restart (back to the peak)")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"--precision must be auto, fp32 or bf16, got {t.precision!r}", "use e.g. --precision auto")
     if t.backend not in ("auto", "gloo", "nccl"):

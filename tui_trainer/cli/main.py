@@ -63,6 +63,9 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--warmup-tokens", OPTIM, "optim", "warmup_tokens", int, "linear warm-up in tokens"),
     ("--weight-decay", OPTIM, "optim", "weight_decay", float, "AdamW weight decay"),
     ("--grad-clip", OPTIM, "optim", "grad_clip", float, "clip the step's gradient norm; 0 = off"),
+    ("--resume-schedule", OPTIM, "optim", "resume_schedule", str,
+     "when a resume moves the schedule's end (--epochs): continue (decay on from the rate it had) or restart "
+     "(back to the peak)"),
     ("--seed", RUN, "train", "seed", int, "seed for init, data order and dropout"),
     ("--device", RUN, "train", "device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
     ("--threads", RUN, "train", "threads", int, "torch CPU threads"),

@@ -17,6 +17,7 @@ class RunFigures:
     train_windows: int  # sequences the training split holds (before --limit-train-batches)
     val_windows: int  # and the validation split (before --limit-val-batches)
     world_size: int = 1  # processes: the effective batch is micro-batch x accum x this
+    lr_anchor: tuple[int, float] | None = None  # (tokens, lr) the schedule goes on from (a resume moved its end)
 
     def _capped(self, examples: int, limit_batches: int | None) -> int:
         return min(examples, limit_batches * self.cfg.train.micro_batch) if limit_batches else examples
@@ -43,4 +44,5 @@ class RunFigures:
 
     def lr_for(self, tokens_seen: int) -> float:
         o = self.cfg.optim
-        return lr_at(tokens_seen, o.lr, o.lr * o.min_lr_ratio, self.warmup_tokens(), self.planned_tokens())
+        return lr_at(tokens_seen, o.lr, o.lr * o.min_lr_ratio, self.warmup_tokens(), self.planned_tokens(),
+                     self.lr_anchor)

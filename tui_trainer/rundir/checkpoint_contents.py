@@ -10,6 +10,7 @@ halfway through (after the metrics were trimmed) with a traceback instead of one
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,10 @@ def _check_loop(loop: Any, loop_state_cls: type) -> None:
     for key in ("epoch", "accum", "pending_accum", "pending_accum_epoch"):
         if loop.get(key) is not None and loop[key] < 1:
             raise _Misfit(f"its loop state's {key} is {loop[key]}")
+    anchor = loop.get("lr_anchor")
+    if anchor is not None and not (len(anchor) == 2 and isinstance(anchor[0], int) and not isinstance(anchor[0], bool)
+                                   and anchor[0] >= 0 and isinstance(anchor[1], float) and 0 < anchor[1] < math.inf):
+        raise _Misfit(f"its loop state's lr_anchor is {anchor!r:.40}")
     for key in ("example_cursor", "step", "tokens_seen", "epoch_tokens", "bad_steps_in_row", "bad_steps_total",
                 "elapsed_seconds", "epoch_seconds"):
         if key in loop and not loop[key] >= 0:  # (a NaN fails too)

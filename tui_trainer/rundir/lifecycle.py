@@ -47,7 +47,7 @@ SAFE_RESUME_OVERRIDES = frozenset({
     "train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
     "train.checkpoint_every", "train.max_bad_steps", "train.compile", "train.sample_tokens",
     "train.noise_scale", "train.auto_accum", "train.log_every", "train.precision",
-    "data.limit_train_batches", "data.limit_val_batches", "data.cache_dir"})
+    "data.limit_train_batches", "data.limit_val_batches", "data.cache_dir", "optim.resume_schedule"})
 
 
 def data_size(path: str) -> int | None:
