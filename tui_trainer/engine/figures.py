@@ -4,7 +4,7 @@ hold, the tokens the run plans, its warm-up, and the learning rate at any point 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tui_trainer.analysis.schedule import lr_at
 from tui_trainer.config import RunConfig
@@ -46,3 +46,27 @@ class RunFigures:
         o = self.cfg.optim
         return lr_at(tokens_seen, o.lr, o.lr * o.min_lr_ratio, self.warmup_tokens(), self.planned_tokens(),
                      self.lr_anchor)
+
+
+def carried_schedule(now: RunFigures, saved: RunConfig, tokens_seen: int) -> tuple[tuple[int, float] | None, str]:
+    """A resume that moves the schedule's end (--epochs, --limit-train-batches): the learning rate
+    decays on from the rate it had (or restarts at the peak: --resume-schedule restart) to the floor
+    at the new end — never the silent jump to where a schedule planned for the new end would stand.
+    Returns the new anchor (None: nothing moved) and the note that says it with numbers."""
+    before = replace(now, cfg=saved)
+    if before.planned_tokens() == now.planned_tokens():
+        return None, ""
+    moves = f"the schedule's end moves from {before.planned_tokens():,} to {now.planned_tokens():,} tokens"
+    lr_before = before.lr_for(tokens_seen)
+    if tokens_seen < before.warmup_tokens():
+        return None, (f"{moves} during the warm-up: the learning rate goes from {lr_before:.2e} to "
+                      f"{now.lr_for(tokens_seen):.2e}")
+    o = now.cfg.optim
+    peak, floor = o.lr, o.lr * o.min_lr_ratio
+    go_on = o.resume_schedule == "continue"
+    anchor = (tokens_seen, float(lr_before if go_on else peak))
+    jump = replace(now, lr_anchor=None).lr_for(tokens_seen)
+    how = (f"decays on from {lr_before:.2e} (a schedule planned for the new end would stand at {jump:.2e})"
+           if go_on else f"restarts at the peak {peak:.2e} (it was {lr_before:.2e})")
+    other = "restart to start again from the peak" if go_on else "continue to decay on from where it was"
+    return anchor, f"{moves}: the learning rate {how}, reaching {floor:.2e} at the new end (--resume-schedule {other})"

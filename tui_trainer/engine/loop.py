@@ -190,7 +190,8 @@ class Trainer:
         self.sink.emit(EpochEvent(
             epoch=epoch_done, epochs=cfg.train.epochs, train_loss=train_loss, val_loss=val_loss, accum=st.accum,
             effective_batch=cfg.train.micro_batch * st.accum * world, tokens_seen=st.tokens_seen,
-            micro_batch=cfg.train.micro_batch, seconds=st.epoch_seconds + (time.perf_counter() - started), diagnosis=verdict.kind,
+            micro_batch=cfg.train.micro_batch, seconds=st.epoch_seconds + (time.perf_counter() - started),
+            diagnosis=verdict.kind,
             diagnosis_reason=verdict.reason, remedy=verdict.remedy, val_rise_warning=warning,
             best_val_loss=best.best if best.best_epoch else None, best_epoch=best.best_epoch,
             epochs_without_improvement=best.epochs_without_improvement,

@@ -38,7 +38,7 @@ from tui_trainer.engine.distributed import (
     rank_device,
     wrap_model,
 )
-from tui_trainer.engine.figures import RunFigures
+from tui_trainer.engine.figures import RunFigures, carried_schedule
 from tui_trainer.engine.memory import check_fits
 from tui_trainer.engine.precision import resume_precision
 from tui_trainer.engine.runtime import (
@@ -238,41 +238,18 @@ class TrainingSession:
         self.figures = RunFigures(cfg, len(self.train_set), len(self.val_set), self.ranks.world_size,
                                   tuple(self.state.lr_anchor) if self.state.lr_anchor else None)
         if resume_state is not None:
-            self._carry_the_schedule(RunConfig.from_dict(resume_state["config"]))
+            anchor, note = carried_schedule(self.figures, RunConfig.from_dict(resume_state["config"]),
+                                            self.state.tokens_seen)
+            if anchor is not None:
+                self.state.lr_anchor = list(anchor)
+                self.figures = replace(self.figures, lr_anchor=anchor)
+            self.notes += [note] if note else []
         self.sampler = LiveSampler(self.model, self.corpus.vocab, cfg.train.sample_tokens, cfg.train.seed)
         self.started = time.monotonic()  # this session's start (the run's wall time adds the earlier ones)
         # Where the `latest` checkpoint on disk stands: a resumed run's own position; none for a new run.
         self.latest_saved = self.state.position if resume_state else None
         # The verdict so far (a resumed run's `end` record carries one even if it stops at once).
         self.diagnosis: Diagnosis | None = Diagnosis.from_state(self.state.last_verdict)
-
-    def _carry_the_schedule(self, saved: RunConfig) -> None:
-        """A resume that moves the schedule's end (--epochs, --limit-train-batches): the learning rate
-        decays on from the rate it had (or climbs back to the peak: --resume-schedule restart) to the
-        floor at the new end, said with numbers; never the silent jump to where a schedule planned
-        for the new end would stand."""
-        st, cfg, now = self.state, self.cfg, self.figures
-        before = replace(now, cfg=saved)
-        if before.planned_tokens() == now.planned_tokens():
-            return
-        lr_before = before.lr_for(st.tokens_seen)
-        if st.tokens_seen < before.warmup_tokens():
-            self.notes.append(f"the schedule's end moves from {before.planned_tokens():,} to {now.planned_tokens():,} "
-                              f"tokens during the warm-up: the learning rate goes from {lr_before:.2e} to "
-                              f"{now.lr_for(st.tokens_seen):.2e}")
-            return
-        jump = replace(now, lr_anchor=None).lr_for(st.tokens_seen)
-        peak, floor = cfg.optim.lr, cfg.optim.lr * cfg.optim.min_lr_ratio
-        go_on = cfg.optim.resume_schedule == "continue"
-        start = lr_before if go_on else peak
-        st.lr_anchor = [st.tokens_seen, float(start)]
-        self.figures = replace(now, lr_anchor=(st.tokens_seen, float(start)))
-        how = (f"decays on from {lr_before:.2e} (a schedule planned for the new end would stand at {jump:.2e})"
-               if go_on else f"restarts at the peak {peak:.2e} (it was {lr_before:.2e})")
-        other = "restart to start again from the peak" if go_on else "continue to decay on from where it was"
-        self.notes.append(f"the schedule's end moves from {before.planned_tokens():,} to {now.planned_tokens():,} "
-                          f"tokens: the learning rate {how}, reaching {floor:.2e} at the new end "
-                          f"(--resume-schedule {other})")
 
     def _take_lock(self, run_dir: Path) -> None:
         self.run_lock = rd.lock_run_dir(run_dir)
