@@ -1,16 +1,12 @@
-"""Shared fixtures: a small real corpus and tiny, fast run configurations."""
+"""Shared fixtures: a small real corpus, the token cache in a temp dir. Helpers (the tiny model, a
+run, a scripted sink, tmux) are in helpers.py: tests import them from there."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from tui_trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-
-REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO / "datasets" / "tinyshakespeare.txt"
+from helpers import CORPUS, tiny_config, with_limits  # noqa: F401 (tiny_config, with_limits: test_trajectory_pinned.py, kept as it is)
 
 
 @pytest.fixture(scope="session")
@@ -35,17 +31,3 @@ def small_corpus(tmp_path: Path, shakespeare_text: str) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text(shakespeare_text[:20_000], encoding="utf-8")
     return path
-
-
-def tiny_config(data_path: Path | str, run_dir: Path | str, **train: object) -> RunConfig:
-    """A model of a few thousand parameters on a short run: seconds, not minutes. In fp32 unless
-    asked otherwise: the exactness tests (accumulation, trajectories, resume) are stated for fp32."""
-    model = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, dropout=0.0)
-    defaults = dict(epochs=2, micro_batch=4, accum=2, threads=1, patience=0, device="cpu", precision="fp32")
-    defaults.update(train)
-    return RunConfig(model=model, data=DataConfig(path=str(data_path), limit_val_batches=4),
-                     optim=OptimConfig(lr=3e-3), train=TrainConfig(**defaults), run_dir=str(run_dir))
-
-
-def with_limits(cfg: RunConfig, train_batches: int | None, val_batches: int | None = 4) -> RunConfig:
-    return cfg.replace(data=replace(cfg.data, limit_train_batches=train_batches, limit_val_batches=val_batches))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, with_limits
+from helpers import tiny_config, with_limits
 from test_snapshots import recorded_epochs, started
 from textual import events
 

@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import TINY_MODEL
 
 from tui_trainer.cli.main import main
 from tui_trainer.config import LIMITS, SEED_MAX, THREADS_PER_CORE_MAX, usable_cores
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "2", "--limit-val-batches", "1", "--epochs", "1"]
+TINY = [*TINY_MODEL, "--limit-train-batches", "2", "--limit-val-batches", "1", "--epochs", "1"]
 
 
 def left_behind(root: Path, keep: set[Path]) -> list[str]:

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_MODEL
 
 from tui_trainer.cli.main import main
 from tui_trainer.rundir import checkpoints as ckpt
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "2", "--limit-val-batches", "1"]
+TINY = [*TINY_MODEL, "--limit-train-batches", "2", "--limit-val-batches", "1"]
 
 
 @pytest.fixture(scope="module")
 def saved_state(tmp_path_factory) -> tuple[Path, dict]:
-    from conftest import CORPUS
+    from helpers import CORPUS
 
     root = tmp_path_factory.mktemp("contents")
     corpus = root / "corpus.txt"

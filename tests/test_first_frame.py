@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from conftest import tiny_config, with_limits
+from helpers import tiny_config, with_limits
 
 from tui_trainer.errors import UserError
 from tui_trainer.rundir.metrics import read_metrics

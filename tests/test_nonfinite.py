@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config, with_limits
+from helpers import tiny_config, with_limits
 
 from tui_trainer.cli.main import main
 from tui_trainer.engine.loop import Trainer

@@ -35,4 +35,6 @@ def test_quick_run_completes_with_falling_loss_and_a_diagnosis(tmp_path, capsys)
     assert len(epochs) == 6
     assert float(epochs[-1][1]) < float(epochs[0][1]) - 0.3  # the training loss fell
     assert float(epochs[-1][2]) < float(epochs[0][2])  # and so did the validation loss
-    assert all(kind in ("learning", "healthy", "underfitting", "overfitting", "unstable") for *_, kind in epochs)
+    kinds = [kind for *_, kind in epochs]
+    # Fewer than 3 epochs is always "learning"; a loss that falls this way is never "unstable".
+    assert kinds[:2] == ["learning", "learning"] and "unstable" not in kinds, kinds

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from tui_trainer.data.dataset import load_corpus
 from tui_trainer.engine.loop_state import LoopState

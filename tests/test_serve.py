@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from helpers import free_port
 from test_view import recorded_run_dir
 
 from tui_trainer.cli.serve import parse_serve
 from tui_trainer.errors import UserError
 
 pytest.importorskip("textual_serve")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_view_serve_answers_http_on_localhost(tmp_path):

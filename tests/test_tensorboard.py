@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import tiny_config, with_limits
+from helpers import tiny_config, with_limits
 
 from tui_trainer.cli.main import main
 from tui_trainer.engine.loop import Trainer
