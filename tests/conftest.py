@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import CORPUS, tiny_config, with_limits  # noqa: F401 (tiny_config, with_limits: test_trajectory_pinned.py, kept as it is)
+from helpers import CORPUS, tiny_config, tiny_flags, with_limits  # noqa: F401 (tiny_config, with_limits: test_trajectory_pinned.py, kept as it is)
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +31,20 @@ def small_corpus(tmp_path: Path, shakespeare_text: str) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text(shakespeare_text[:20_000], encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, token_cache_home: Path, shakespeare_text: str) -> Path:
+    """One short real run (1 epoch of the tiny model, 6 training and 2 validation batches), trained
+    once a session for the tests that only read it. Copy it (``shutil.copytree``) before writing."""
+    from tui_trainer.cli.main import main
+
+    root = tmp_path_factory.mktemp("trained")
+    corpus = root / "corpus.txt"
+    corpus.write_text(shakespeare_text[:20_000], encoding="utf-8")
+    run_dir = root / "run"
+    with pytest.MonkeyPatch.context() as patch:  # (set up before the per-test fixtures: say it here too)
+        patch.setenv("XDG_CACHE_HOME", str(token_cache_home))
+        assert main(["--no-ui", "--data", str(corpus), "--run-dir", str(run_dir), "--epochs", "1",
+                     "--log-every", "off", *tiny_flags(6, 2)]) == 0
+    return run_dir
