@@ -1,6 +1,6 @@
 """Bad input of every kind is one line on stderr and exit code 2, with nothing created or left behind.
 
-Grouped by class (issue 18): numbers with no sane upper bound, numbers a library rejects, OS errors
+Grouped by class: numbers with no sane upper bound, numbers a library rejects, OS errors
 on the paths a user gives, empty strings, flags that contradict a resume, checkpoints whose CRC is
 fine but whose contents do not fit. Each case runs the real CLI entry point (``main``) in-process.
 """

@@ -1,4 +1,4 @@
-"""Several processes (issue 13): torchrun + DDP on 2 CPU processes with gloo, against one process.
+"""Several processes: torchrun + DDP on 2 CPU processes with gloo, against one process.
 
 The maths: 2 processes of micro_batch x accum give the per-step losses of 1 process of
 micro_batch x (2 accum) within 1e-4, remainder windows included (a short last micro-batch, and a
