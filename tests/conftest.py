@@ -1,16 +1,12 @@
-"""Shared fixtures: a small real corpus and tiny, fast run configurations."""
+"""Shared fixtures: a small real corpus, the token cache in a temp dir. Helpers (the tiny model, a
+run, a scripted sink, tmux) are in helpers.py: tests import them from there."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from tui_trainer.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-
-REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO / "datasets" / "tinyshakespeare.txt"
+from helpers import CORPUS, tiny_config, tiny_flags, with_limits  # noqa: F401 (tiny_config, with_limits: test_trajectory_pinned.py, kept as it is)
 
 
 @pytest.fixture(scope="session")
@@ -37,31 +33,18 @@ def small_corpus(tmp_path: Path, shakespeare_text: str) -> Path:
     return path
 
 
-def tiny_config(data_path: Path | str, run_dir: Path | str, **train: object) -> RunConfig:
-    """A model of a few thousand parameters on a short run: seconds, not minutes. In fp32 unless
-    asked otherwise: the exactness tests (accumulation, trajectories, resume) are stated for fp32."""
-    model = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, dropout=0.0)
-    defaults = dict(epochs=2, micro_batch=4, accum=2, threads=1, patience=0, device="cpu", precision="fp32")
-    defaults.update(train)
-    return RunConfig(model=model, data=DataConfig(path=str(data_path), limit_val_batches=4),
-                     optim=OptimConfig(lr=3e-3), train=TrainConfig(**defaults), run_dir=str(run_dir))
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, token_cache_home: Path, shakespeare_text: str) -> Path:
+    """One short real run (1 epoch of the tiny model, 6 training and 2 validation batches), trained
+    once a session for the tests that only read it. Copy it (``shutil.copytree``) before writing."""
+    from tui_trainer.cli.main import main
 
-
-def with_limits(cfg: RunConfig, train_batches: int | None, val_batches: int | None = 4) -> RunConfig:
-    return cfg.replace(data=replace(cfg.data, limit_train_batches=train_batches, limit_val_batches=val_batches))
-
-
-def nan_loss_at(trainer, steps: set[int] | frozenset[int]) -> None:
-    """Make the training loss NaN in the given optimizer steps (1-based, the run's count), from
-    outside: the model's forward is wrapped, so the window's loss and its gradient are non-finite
-    exactly as a diverging model's would be. Validation and sampling pass through untouched."""
-    model = trainer.model
-    forward = model.forward
-
-    def poisoned(idx, targets=None):
-        out = forward(idx, targets)
-        if targets is not None and model.training and trainer.state.step + 1 in steps:
-            return out * float("nan")
-        return out
-
-    model.forward = poisoned
+    root = tmp_path_factory.mktemp("trained")
+    corpus = root / "corpus.txt"
+    corpus.write_text(shakespeare_text[:20_000], encoding="utf-8")
+    run_dir = root / "run"
+    with pytest.MonkeyPatch.context() as patch:  # (set up before the per-test fixtures: say it here too)
+        patch.setenv("XDG_CACHE_HOME", str(token_cache_home))
+        assert main(["--no-ui", "--data", str(corpus), "--run-dir", str(run_dir), "--epochs", "1",
+                     "--log-every", "off", *tiny_flags(6, 2)]) == 0
+    return run_dir

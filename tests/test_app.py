@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import nan_loss_at, tiny_config, with_limits
+from helpers import nan_loss_at, tiny_config, with_limits
 from screen import screen_text
 from test_snapshots import recorded_epochs, started
 from textual import events

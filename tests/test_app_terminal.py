@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TINY_MODEL
 
 from tui_trainer.ui.terminal import TerminalOutput
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX pseudo-terminals")
 
-TINY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--epochs", "500", "--limit-val-batches", "2", "--threads", "1", "--device", "cpu",
-        "--patience", "0"]
+TINY = [*TINY_MODEL, "--epochs", "500", "--limit-val-batches", "2", "--device", "cpu", "--patience", "0"]
 
 
 def read_available(fd: int, seconds: float) -> bytes:

@@ -1,6 +1,6 @@
 """Bad input of every kind is one line on stderr and exit code 2, with nothing created or left behind.
 
-Grouped by class (issue 18): numbers with no sane upper bound, numbers a library rejects, OS errors
+Grouped by class: numbers with no sane upper bound, numbers a library rejects, OS errors
 on the paths a user gives, empty strings, flags that contradict a resume, checkpoints whose CRC is
 fine but whose contents do not fit. Each case runs the real CLI entry point (``main``) in-process.
 """
@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import TINY_MODEL
 
 from tui_trainer.cli.main import main
 from tui_trainer.config import LIMITS, SEED_MAX, THREADS_PER_CORE_MAX, usable_cores
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "2", "--limit-val-batches", "1", "--epochs", "1"]
+TINY = [*TINY_MODEL, "--limit-train-batches", "2", "--limit-val-batches", "1", "--epochs", "1"]
 
 
 def left_behind(root: Path, keep: set[Path]) -> list[str]:

@@ -8,24 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_MODEL
 
 from tui_trainer.cli.main import main
 from tui_trainer.rundir import checkpoints as ckpt
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "2", "--limit-val-batches", "1"]
+TINY = [*TINY_MODEL, "--limit-train-batches", "2", "--limit-val-batches", "1"]
 
 
 @pytest.fixture(scope="module")
-def saved_state(tmp_path_factory) -> tuple[Path, dict]:
-    from conftest import CORPUS
-
-    root = tmp_path_factory.mktemp("contents")
-    corpus = root / "corpus.txt"
-    corpus.write_text(CORPUS.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    run_dir = root / "run"
-    assert main(["--no-ui", "--data", str(corpus), "--run-dir", str(run_dir), "--epochs", "1", *TINY]) == 0
-    return run_dir, torch.load(ckpt.checkpoint_path(run_dir), weights_only=True)
+def saved_state(trained_run) -> tuple[Path, dict]:
+    """The session's trained run and its checkpoint (tests copy both before they change them)."""
+    return trained_run, torch.load(ckpt.checkpoint_path(trained_run), weights_only=True)
 
 
 def _first_weight(state: dict) -> str:

@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS
+from helpers import CORPUS, TINY_MODEL
 
 from tui_trainer.cli.main import main
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "6", "--limit-val-batches", "2"]
+TINY = [*TINY_MODEL, "--limit-train-batches", "6", "--limit-val-batches", "2"]
 
 STEP_FIELDS = {"epoch", "step", "micro_steps", "accum", "micro_batch", "effective_batch", "tokens", "loss", "lr",
                "grad_norm", "tokens_seen", "tokens_per_s"}
@@ -259,13 +258,13 @@ def test_default_corpus_is_found_from_any_working_directory(tmp_path):
     assert name == "tinyshakespeare.txt" and int(size) > 1_000_000
 
 
-def test_the_readme_lists_every_config_key_in_its_table():
+def test_the_options_page_lists_every_config_key_in_its_table():
     import re
     from dataclasses import fields
 
     from tui_trainer.config import RunConfig
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "options.md").read_text(encoding="utf-8")
     block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     listed: dict[str, set[str]] = {}
     section = ""

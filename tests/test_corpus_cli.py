@@ -7,13 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import TINY_MODEL
 
 from tui_trainer.cli.main import main
 from tui_trainer.data.tokenizer import TOKENIZER_FILE, load_tokenizer, load_tokenizer_file, train_bpe
 from tui_trainer.rundir import checkpoints as ckpt
 
-TINY = ["--no-ui", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "3", "--limit-val-batches", "2", "--epochs", "1"]
+TINY = ["--no-ui", *TINY_MODEL, "--limit-train-batches", "3", "--limit-val-batches", "2", "--epochs", "1"]
 
 
 def one_error_line(args: list[str], capsys) -> str:
@@ -142,7 +142,7 @@ def test_bad_data_folders_are_one_line_and_leave_nothing(tmp_path, capsys):
 
 
 def test_a_stop_while_the_data_is_prepared_leaves_no_run_and_no_cache(small_corpus, tmp_path):
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     from tui_trainer.control import Control
     from tui_trainer.data.text_source import PreparationCancelled

@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from tui_trainer.analysis.diagnosis import diagnose, find_spike, step_verdict, val_rise_warning, verdicts_over
 from tui_trainer.analysis.early_stopping import EarlyStopping

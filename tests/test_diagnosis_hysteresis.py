@@ -1,4 +1,4 @@
-"""Issue 17: stable verdicts (hysteresis), the `learning` state, remedies that fit the schedule."""
+"""Stable verdicts (hysteresis), the `learning` state, remedies that fit the schedule."""
 
 from __future__ import annotations
 

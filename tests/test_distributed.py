@@ -1,4 +1,4 @@
-"""Several processes (issue 13): torchrun + DDP on 2 CPU processes with gloo, against one process.
+"""Several processes: torchrun + DDP on 2 CPU processes with gloo, against one process.
 
 The maths: 2 processes of micro_batch x accum give the per-step losses of 1 process of
 micro_batch x (2 accum) within 1e-4, remainder windows included (a short last micro-batch, and a
@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import free_port, tiny_config
 from screen import screen_text
 
 from tui_trainer.cli.launch import _died, _exit_code, check_nproc, without_nproc
@@ -211,12 +210,6 @@ def test_a_signal_to_the_process_group_stops_every_rank_at_one_step_and_resumes_
     assert [s["step"] for s in after] == list(range(1, len(after) + 1))
     assert after[-1]["tokens_seen"] == a[-1]["tokens_seen"]  # every example of every epoch, once
     assert {s["world_size"] for s in after[end["steps"]:]} == {1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_env(rank: int, port: int) -> dict[str, str]:

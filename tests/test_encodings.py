@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TINY_MODEL
 
 from tui_trainer.cli.console import DetachableStream
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "2", "--limit-val-batches", "1", "--epochs", "1"]
+TINY = [*TINY_MODEL, "--limit-train-batches", "2", "--limit-val-batches", "1", "--epochs", "1"]
 ASCII_ENV = {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii"}
 
 

@@ -8,12 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import TINY_MODEL
 
 from tui_trainer.cli.main import main
 from tui_trainer.rundir.ownership import MARKER_FILE
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "2", "--limit-val-batches", "1", "--epochs", "1"]
+TINY = [*TINY_MODEL, "--limit-train-batches", "2", "--limit-val-batches", "1", "--epochs", "1"]
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:

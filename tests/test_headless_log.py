@@ -6,6 +6,7 @@ import io
 import re
 
 import pytest
+from helpers import TINY_MODEL
 
 from tui_trainer.cli.headless import HeadlessLog
 from tui_trainer.cli.main import main
@@ -13,8 +14,7 @@ from tui_trainer.config import LogEvery, parse_log_every
 from tui_trainer.errors import UserError
 from tui_trainer.events import EpochEvent, RunStarted, StepEvent, ValidationProgress
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "12", "--limit-val-batches", "2"]
+TINY = [*TINY_MODEL, "--limit-train-batches", "12", "--limit-val-batches", "2"]
 
 
 @pytest.mark.parametrize("value, expected", [

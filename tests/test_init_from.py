@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS
+from helpers import CORPUS
 
 from tui_trainer.cli.main import main
 from tui_trainer.config import ModelConfig

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 PACKAGE = REPO / "tui_trainer"
 VOCABULARY = {"config", "errors", "events", "control"}  # tui_trainer/<name>.py

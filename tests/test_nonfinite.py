@@ -8,7 +8,7 @@ import json
 import math
 
 import torch
-from conftest import nan_loss_at, tiny_config, with_limits
+from helpers import nan_loss_at, tiny_config, with_limits
 
 from tui_trainer.cli.main import main
 from tui_trainer.engine.loop import Trainer

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from tui_trainer.cli.main import main
 from tui_trainer.data.dataset import WindowDataset, load_corpus

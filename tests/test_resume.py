@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import nan_loss_at, tiny_config, with_limits
+from helpers import nan_loss_at, tiny_config, with_limits
 
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.engine.precision import bf16_support, choose_precision

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from metrics_records import line, record
 
 from tui_trainer.data.dataset import load_corpus

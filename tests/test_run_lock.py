@@ -12,15 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config, with_limits
+from helpers import TINY_MODEL, tiny_config, with_limits
 
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.errors import UserError
 from tui_trainer.rundir import lifecycle as rd
 from tui_trainer.rundir.lock import live_holder
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "4", "--limit-val-batches", "2", "--patience", "0"]
+TINY = [*TINY_MODEL, "--limit-train-batches", "4", "--limit-val-batches", "2", "--patience", "0"]
 
 
 def train_command(corpus: Path, run_dir: Path, *extra: str) -> list[str]:

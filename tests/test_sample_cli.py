@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS
+from helpers import CORPUS, TINY_MODEL
 
 from tui_trainer.cli.main import main
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "6", "--limit-val-batches", "2"]
+TINY = [*TINY_MODEL, "--limit-train-batches", "6", "--limit-val-batches", "2"]
 
 
 def sample(*argv: str) -> int:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import has_tmux, tmux
 
 from tui_trainer.cli.main import config_from_args, parse_args
 from tui_trainer.engine.loop import Trainer
@@ -184,10 +185,6 @@ def test_signal_while_the_app_sets_up_saves_without_taking_the_terminal(uninterr
     assert ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))["loop"]["step"] == end[0]["steps"] == 0
 
 
-def tmux(socket: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["tmux", "-L", socket, *args], capture_output=True, text=True, timeout=30)
-
-
 def exited(pid: int) -> bool:
     """Gone, or a zombie nobody reaped (the tmux server that started it is gone too)."""
     try:
@@ -197,7 +194,7 @@ def exited(pid: int) -> bool:
 
 
 @pytest.mark.slow  # a few seconds each: a terminal, the app, and a resume
-@pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0, reason="needs tmux")
+@pytest.mark.skipif(not has_tmux(), reason="needs tmux")
 @pytest.mark.parametrize("face", ["app", "headless"])
 def test_killing_the_tmux_session_mid_run_leaves_a_resumable_run(face, uninterrupted, tmp_path):
     """The SSH-drop case for real: the run is the process of a tmux pane (the app owns that
@@ -264,7 +261,7 @@ def resume_in_app(socket: str, run_dir: Path) -> None:
 
 
 @pytest.mark.slow  # a few seconds each: a terminal, the app, and a resume
-@pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0, reason="needs tmux")
+@pytest.mark.skipif(not has_tmux(), reason="needs tmux")
 @pytest.mark.parametrize("when", ["after_the_run_finished", "third_signal"])
 def test_the_app_exits_on_signals_and_gives_the_terminal_back(when, uninterrupted, tmp_path):
     """A signal to an app that shows a finished run closes it (nothing else would); three signals

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config, with_limits
+from helpers import tiny_config, with_limits
 
 from tui_trainer.cli.main import main
 from tui_trainer.engine.loop import Trainer

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import tiny_config, with_limits
+from helpers import tiny_config, with_limits
 from screen import screen_text
 from test_run_lock import start_long_run
 from test_snapshots import FixedClock, recorded_epochs

@@ -6,35 +6,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import has_tmux, tmux, tmux_screen, wait_until
 from test_run_lock import start_long_run
 from test_view import steps_on_disk
 
 from tui_trainer.rundir.metrics import read_metrics
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0,
-                                 reason="needs tmux")]
-
-
-def tmux(server: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["tmux", "-L", server, *args], capture_output=True, text=True, timeout=30)
-
-
-def screen(server: str, pane: str) -> str:
-    return tmux(server, "capture-pane", "-p", "-t", pane).stdout
-
-
-def wait_until(condition, seconds: float, what: str, server: str = "", pane: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{screen(server, pane) if pane else ''}"
-        time.sleep(0.1)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not has_tmux(), reason="needs tmux")]
 
 
 def test_two_viewers_in_tmux_follow_and_steer_a_live_headless_run(small_corpus, tmp_path):
@@ -47,28 +30,32 @@ def test_two_viewers_in_tmux_follow_and_steer_a_live_headless_run(small_corpus, 
                            f"exec {sys.executable} -m tui_trainer view {run_dir}")
             assert started.returncode == 0, started.stderr
         for pane in ("v1", "v2"):
-            wait_until(lambda: "running" in screen(server, pane) and "loss" in screen(server, pane), 60,
-                       "the viewer", server, pane)
+            wait_until(lambda: "running" in tmux_screen(server, pane) and "loss" in tmux_screen(server, pane), 60,
+                       "the viewer", lambda: tmux_screen(server, pane))
         tmux(server, "send-keys", "-t", "v1", "+")
         wait_until(lambda: any(r.get("accum") == 4 for r in read_metrics(run_dir) if r["type"] == "step"), 30,
-                   "accum 4 in the run's steps", server, "v1")
+                   "accum 4 in the run's steps", lambda: tmux_screen(server, "v1"))
         tmux(server, "send-keys", "-t", "v2", "p")
         for pane in ("v1", "v2"):  # both viewers see the pause (v1 through the run's status)
-            wait_until(lambda: "paused" in screen(server, pane), 30, "the pause on screen", server, pane)
+            wait_until(lambda: "paused" in tmux_screen(server, pane), 30, "the pause on screen",
+                       lambda: tmux_screen(server, pane))
         paused_at = steps_on_disk(run_dir)[-1]
         time.sleep(1.5)
         assert steps_on_disk(run_dir)[-1] == paused_at
         tmux(server, "send-keys", "-t", "v1", "p")
-        wait_until(lambda: steps_on_disk(run_dir)[-1] > paused_at, 30, "steps after resuming", server, "v1")
+        wait_until(lambda: steps_on_disk(run_dir)[-1] > paused_at, 30, "steps after resuming",
+                   lambda: tmux_screen(server, "v1"))
         tmux(server, "send-keys", "-t", "v1", "q")
         wait_until(lambda: tmux(server, "has-session", "-t", "v1").returncode != 0, 30, "v1 to close")
         time.sleep(0.5)
         assert process.poll() is None  # closing a viewer never touches the run
         tmux(server, "send-keys", "-t", "v2", "C-x")
-        wait_until(lambda: "Stop the run" in screen(server, "v2"), 10, "the question", server, "v2")
+        wait_until(lambda: "Stop the run" in tmux_screen(server, "v2"), 10, "the question",
+                   lambda: tmux_screen(server, "v2"))
         tmux(server, "send-keys", "-t", "v2", "y")
         assert process.wait(60) == 0
-        wait_until(lambda: "stopped" in screen(server, "v2"), 30, "the end on screen", server, "v2")
+        wait_until(lambda: "stopped" in tmux_screen(server, "v2"), 30, "the end on screen",
+                   lambda: tmux_screen(server, "v2"))
         assert read_metrics(run_dir)[-1]["reason"] == "interrupted"
     finally:
         tmux(server, "kill-server")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_config, with_limits
+from helpers import TINY_MODEL, ScriptedSink, stop, tiny_config, train, with_limits
 
 from tui_trainer.cli.main import main
 from tui_trainer.config import validate
@@ -14,27 +14,12 @@ from tui_trainer.events import ListSink, RunEnded, RunStarted, StepEvent
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.bridge import AppSink
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-val-batches", "2"]
-
-
-class StopAfter(ListSink):
-    """Asks for a stop once ``steps`` optimizer steps are done (as q or Ctrl-C would)."""
-
-    def __init__(self, control: Control, steps: int) -> None:
-        super().__init__()
-        self.control, self.steps = control, steps
-
-    def emit(self, event) -> None:
-        super().emit(event)
-        if isinstance(event, StepEvent) and event.step == self.steps:
-            self.control.stop("interrupted")
+TINY = [*TINY_MODEL, "--limit-val-batches", "2"]
 
 
 def test_a_stop_says_after_which_optimizer_step_of_the_run(small_corpus, tmp_path):
-    control = Control()
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=3), 6)  # 3 steps an epoch
-    end = Trainer(cfg, StopAfter(control, 4), control).run()
+    _, _, end = train(cfg, ScriptedSink({4: stop()}))  # as q or Ctrl-C would, once step 4 is done
     assert end.message.startswith("stopped after optimizer step 4 (epoch 2); continue with --resume"), end.message
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, with_limits
+from helpers import TINY_MODEL, tiny_config, with_limits
 
 from tui_trainer.cli.faces import exit_code_for
 from tui_trainer.cli.main import main
@@ -23,8 +23,7 @@ from tui_trainer.events import CheckpointFailed, CheckpointSaved, ListSink, Micr
 from tui_trainer.rundir import checkpoints as ckpt
 from tui_trainer.rundir.metrics import read_metrics
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--micro-batch", "4",
-        "--accum", "2", "--threads", "1", "--limit-train-batches", "6", "--limit-val-batches", "2"]
+TINY = [*TINY_MODEL, "--limit-train-batches", "6", "--limit-val-batches", "2"]
 
 
 # -- mounts (we run as root in CI; where mounting is not allowed, those tests skip and say why) --

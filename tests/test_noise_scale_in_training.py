@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import json
 
-from conftest import tiny_config, with_limits
+from helpers import ScriptedSink, tiny_config, train, with_limits
 
 from tui_trainer.analysis.noise_scale import SETTLE_ESTIMATES, suggested_accum
 from tui_trainer.cli.main import main
-from tui_trainer.engine.loop import Trainer
-from tui_trainer.events import AccumChangeApplied, AccumChangeRequested, EpochEvent, ListSink, RunStarted, StepEvent
+from tui_trainer.events import AccumChangeApplied, AccumChangeRequested, EpochEvent, RunStarted, StepEvent
 from tui_trainer.rundir.metrics import read_metrics
-
-
-def _run(cfg, sink=None):
-    sink = sink or ListSink()
-    trainer = Trainer(cfg, sink)
-    trainer.run()
-    assert trainer.error is None, trainer.error
-    return trainer, sink
 
 
 def test_losses_are_bit_identical_with_the_noise_scale_on_and_off(small_corpus, tmp_path):
     def run(name: str, on: bool):
         cfg = with_limits(tiny_config(small_corpus, tmp_path / name, accum=4, epochs=2, noise_scale=on), 60)
-        return _run(cfg)[1]
+        return train(cfg)[1]
 
     on, off = run("on", True), run("off", False)
     assert [(s.loss, s.grad_norm) for s in on.of(StepEvent)] == [(s.loss, s.grad_norm) for s in off.of(StepEvent)]
@@ -40,7 +31,7 @@ def test_losses_are_bit_identical_with_the_noise_scale_on_and_off(small_corpus, 
 
 def test_step_and_epoch_records_carry_the_noise_scale(small_corpus, tmp_path):
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", accum=4, epochs=2), 60)
-    _run(cfg)
+    train(cfg)
     records = read_metrics(tmp_path / "run")
     steps = [r for r in records if r["type"] == "step"]
     epochs = [r for r in records if r["type"] == "epoch"]
@@ -49,7 +40,7 @@ def test_step_and_epoch_records_carry_the_noise_scale(small_corpus, tmp_path):
 
 
 def test_accum_1_gives_no_estimate(small_corpus, tmp_path):
-    _, sink = _run(with_limits(tiny_config(small_corpus, tmp_path / "run", accum=1, epochs=1), 30))
+    _, sink, _ = train(with_limits(tiny_config(small_corpus, tmp_path / "run", accum=1, epochs=1), 30))
     assert all(s.noise_scale is None for s in sink.of(StepEvent))
 
 
@@ -57,7 +48,7 @@ def test_auto_accum_makes_the_suggestion_a_pending_change_applied_at_the_boundar
     # micro-batch 1: this tiny model's noise scale (~3 sequences, growing to ~7) suggests accum 4
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", micro_batch=1, accum=2, epochs=3,
                                   auto_accum=True), 60)
-    _, sink = _run(cfg)
+    _, sink, _ = train(cfg)
     requests = sink.of(AccumChangeRequested)
     assert requests and all(r.auto for r in requests)
     first = requests[0]
@@ -74,22 +65,15 @@ def test_auto_accum_makes_the_suggestion_a_pending_change_applied_at_the_boundar
 def test_auto_accum_never_goes_below_2_where_it_could_not_measure(small_corpus, tmp_path):
     # micro-batch 4: the suggestion is 1 (noise scale ~4 sequences); auto keeps 2
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", accum=2, epochs=2, auto_accum=True), 60)
-    _, sink = _run(cfg)
+    _, sink, _ = train(cfg)
     assert 1 in {s.suggested_accum for s in sink.of(StepEvent)}
     assert not sink.of(AccumChangeRequested) and {s.accum for s in sink.of(StepEvent)} == {2}
 
 
 def test_a_key_press_in_the_epoch_overrides_auto_accum(small_corpus, tmp_path):
-    class Steer(ListSink):
-        def emit(self, event):
-            super().emit(event)
-            if isinstance(event, StepEvent) and event.step == 1:
-                trainer.control.set_accum(8)  # the user's choice, early in epoch 1
-
-    sink = Steer()
+    sink = ScriptedSink({1: lambda trainer: trainer.control.set_accum(8)})  # the user's choice, early in epoch 1
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", accum=2, epochs=2, auto_accum=True), 60)
-    trainer = Trainer(cfg, sink)
-    trainer.run()
+    train(cfg, sink)
     assert [(r.new, r.auto) for r in sink.of(AccumChangeRequested)] == [(8, False)]
     assert sink.of(AccumChangeApplied)[0].new == 8
 

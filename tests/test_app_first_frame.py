@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from conftest import tiny_config, with_limits
+from helpers import tiny_config, with_limits
 from screen import screen_text
 
 from tui_trainer.errors import UserError

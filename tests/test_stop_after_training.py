@@ -10,7 +10,7 @@ import signal
 
 import pytest
 import torch
-from conftest import tiny_config, with_limits
+from helpers import tiny_config, with_limits
 
 from tui_trainer.cli.faces import exit_code_for
 from tui_trainer.cli.main import main

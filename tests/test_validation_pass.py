@@ -7,7 +7,7 @@ import math
 from dataclasses import replace
 
 import pytest
-from conftest import tiny_config, with_limits
+from helpers import tiny_config, with_limits
 from screen import screen_text
 from test_snapshots import ACCUM, MICRO_BATCH, TOKENS_PER_STEP, FixedClock, mid_epoch, recorded_epochs, started
 

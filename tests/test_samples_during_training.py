@@ -5,35 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from conftest import CORPUS, tiny_config, with_limits
+from helpers import CORPUS, ScriptedSink, tiny_config, train, with_limits
 
-from tui_trainer.engine.loop import Trainer
-from tui_trainer.events import EpochEvent, ListSink, SampleEvent, StepEvent
+from tui_trainer.events import EpochEvent, SampleEvent, StepEvent
 from tui_trainer.rundir.metrics import read_metrics
 
 
-class AskAtStep(ListSink):
-    """Collects events and asks for a sample (as `g` does) when a given step is reported."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-        self.trainer: Trainer | None = None
-
-    def emit(self, event) -> None:
-        super().emit(event)
-        if isinstance(event, StepEvent) and event.step == self.step:
-            self.trainer.control.sample()
-
-
-def run(cfg, sink=None) -> ListSink:
-    sink = sink if sink is not None else ListSink()
-    trainer = Trainer(cfg, sink)
-    if isinstance(sink, AskAtStep):
-        sink.trainer = trainer
-    trainer.run()
-    assert trainer.error is None, trainer.error
-    return sink
+def ask_for_a_sample(trainer) -> None:
+    trainer.control.sample()  # as `g` does
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +27,7 @@ def runs(tmp_path_factory):
         # Dropout on: the global RNG drives it, so a sampler that drew from it would change the losses.
         return cfg.replace(model=replace(cfg.model, dropout=0.2))
 
-    return run(config("off", 0)), run(config("on", 40), AskAtStep(3)), root / "on"
+    return train(config("off", 0))[1], train(config("on", 40), ScriptedSink({3: ask_for_a_sample}))[1], root / "on"
 
 
 def test_losses_are_bit_identical_with_sampling_on_or_off(runs):

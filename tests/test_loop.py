@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, with_limits
+from helpers import ScriptedSink, tiny_config, train, with_limits
 
 from tui_trainer.analysis.schedule import lr_at
 from tui_trainer.config import DataConfig
@@ -28,22 +28,14 @@ from tui_trainer.events import (
 from tui_trainer.rundir.metrics import read_metrics
 
 
-def _run(cfg, sink=None, **kwargs):
-    sink = sink or ListSink()
-    trainer = Trainer(cfg, sink, **kwargs)
-    end = trainer.run()
-    assert trainer.error is None, trainer.error
-    return trainer, sink, end
-
-
 def test_same_examples_per_step_give_same_losses_whatever_the_split(small_corpus, tmp_path):
     """micro 32 x accum 1 and micro 8 x accum 4 see the same 32 examples per step, including the
     remainder step at each epoch's end (18 examples: one micro-batch of 18 vs micro-batches 8, 8, 2)."""
     # The whole validation split (no batch limit), so both runs validate on the same windows.
     big_cfg = with_limits(tiny_config(small_corpus, tmp_path / "a", micro_batch=32, accum=1), None, None)
     acc_cfg = with_limits(tiny_config(small_corpus, tmp_path / "b", micro_batch=8, accum=4), None, None)
-    _, one_big, _ = _run(big_cfg)
-    _, accumulated, _ = _run(acc_cfg)
+    _, one_big, _ = train(big_cfg)
+    _, accumulated, _ = train(acc_cfg)
     big_steps, acc_steps = one_big.of(StepEvent), accumulated.of(StepEvent)
     assert len(big_steps) == len(acc_steps) > 10
     assert {s.epoch for s in big_steps} == {1, 2}  # crosses an epoch boundary
@@ -60,13 +52,13 @@ def test_same_seed_twice_gives_identical_metrics(small_corpus, tmp_path):
     def losses(run_dir: Path) -> list:
         cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=2), 12)
         cfg = cfg.replace(model=replace(cfg.model, dropout=0.1))
-        _run(cfg)
+        train(cfg)
         return [(r["type"], r.get("loss"), r.get("train_loss"), r.get("val_loss")) for r in read_metrics(run_dir)]
 
     first, second = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert first == second
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "three", seed=7, epochs=2), 12)
-    _run(cfg.replace(model=replace(cfg.model, dropout=0.1)))
+    train(cfg.replace(model=replace(cfg.model, dropout=0.1)))
     other_seed = [(r["type"], r.get("loss")) for r in read_metrics(tmp_path / "three")]
     assert other_seed != [(t, loss) for t, loss, *_ in first]
 
@@ -117,8 +109,8 @@ def test_lr_schedule_is_a_function_of_tokens_seen():
 
 def test_accumulation_change_does_not_distort_the_schedule(small_corpus, tmp_path):
     """Runs with different accumulation give every step the LR of the tokens seen once it is taken."""
-    trainer, sink, _ = _run(with_limits(tiny_config(small_corpus, tmp_path / "a", accum=2), 20))
-    _, other, _ = _run(with_limits(tiny_config(small_corpus, tmp_path / "b", accum=5), 20))
+    trainer, sink, _ = train(with_limits(tiny_config(small_corpus, tmp_path / "a", accum=2), 20))
+    _, other, _ = train(with_limits(tiny_config(small_corpus, tmp_path / "b", accum=5), 20))
     for event in sink.of(StepEvent) + other.of(StepEvent):
         assert event.lr == pytest.approx(trainer.figures.lr_for(event.tokens_seen))
     by_tokens = {e.tokens_seen: e.lr for e in sink.of(StepEvent)}
@@ -128,7 +120,7 @@ def test_accumulation_change_does_not_distort_the_schedule(small_corpus, tmp_pat
 
 def test_first_warm_up_step_learns(small_corpus, tmp_path):
     """The first step's LR is its share of the warm-up, not ~0 (a wasted step)."""
-    trainer, sink, _ = _run(with_limits(tiny_config(small_corpus, tmp_path / "a", accum=2), 20))
+    trainer, sink, _ = train(with_limits(tiny_config(small_corpus, tmp_path / "a", accum=2), 20))
     first = sink.of(StepEvent)[0]
     peak = trainer.cfg.optim.lr
     assert first.lr == pytest.approx(peak * (first.tokens + 1) / (trainer.figures.warmup_tokens() + 1))
@@ -136,30 +128,22 @@ def test_first_warm_up_step_learns(small_corpus, tmp_path):
 
 
 def test_accum_change_applies_exactly_at_the_next_epoch(small_corpus, tmp_path):
-    requested = []
-
-    class Steer(ListSink):
-        def emit(self, event):
-            super().emit(event)
-            if isinstance(event, StepEvent) and event.step == 2 and not requested:
-                requested.append(event.step)
-                trainer.control.set_accum(4)
-
-    sink = Steer()
-    trainer = Trainer(with_limits(tiny_config(small_corpus, tmp_path / "run", accum=2, epochs=2), 12), sink)
-    trainer.run()
+    sink = ScriptedSink({2: lambda trainer: trainer.control.set_accum(4)})
+    train(with_limits(tiny_config(small_corpus, tmp_path / "run", accum=2, epochs=2), 12), sink)
     request = sink.of(AccumChangeRequested)[0]
     applied = sink.of(AccumChangeApplied)[0]
     assert (request.old, request.new, request.applies_at_epoch) == (2, 4, 2)
     assert (applied.old, applied.new, applied.epoch) == (2, 4, 2)
-    steps = read_metrics(tmp_path / "run")
-    assert all(r["accum"] == 2 for r in steps if r["type"] == "step" and r["epoch"] == 1)
-    assert all(r["accum"] == 4 for r in steps if r["type"] == "step" and r["epoch"] == 2)
+    accum_by_epoch: dict[int, set[int]] = {}
+    for r in read_metrics(tmp_path / "run"):
+        if r["type"] == "step":
+            accum_by_epoch.setdefault(r["epoch"], set()).add(r["accum"])
+    assert accum_by_epoch == {1: {2}, 2: {4}}  # every step of epoch 1 at the old value, of epoch 2 at the new
     assert sink.events.index(applied) < sink.events.index(next(e for e in sink.of(StepEvent) if e.epoch == 2))
 
 
 def test_events_cover_micro_steps_steps_epochs_and_the_end(small_corpus, tmp_path):
-    _, sink, end = _run(with_limits(tiny_config(small_corpus, tmp_path / "run", accum=3, epochs=2), 7))
+    _, sink, end = train(with_limits(tiny_config(small_corpus, tmp_path / "run", accum=3, epochs=2), 7))
     started = sink.of(RunStarted)[0]
     assert (started.train_examples, started.val_examples) == (7 * 4, 4 * 4)  # both as the limits cap them
     assert (started.val_batches, started.effective_batch) == (4, 4 * 3)
@@ -185,17 +169,13 @@ def test_pause_stops_steps_until_resumed(small_corpus, tmp_path):
 
     paused_at = []
 
-    class Pauser(ListSink):
-        def emit(self, event):
-            super().emit(event)
-            if isinstance(event, MicroStep) and event.step == 2 and event.micro_step == 1 and not paused_at:
-                paused_at.append(time.perf_counter())
-                trainer.control.pause()
-                threading.Timer(0.5, trainer.control.resume).start()
+    def pause_for_half_a_second(trainer):
+        paused_at.append(time.perf_counter())
+        trainer.control.pause()
+        threading.Timer(0.5, trainer.control.resume).start()
 
-    sink = Pauser()
-    trainer = Trainer(with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 8), sink)
-    trainer.run()
+    sink = ScriptedSink({2: pause_for_half_a_second}, on=MicroStep, when=lambda event: event.micro_step == 1)
+    train(with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 8), sink)
     from tui_trainer.events import Paused, Resumed
     paused, resumed = sink.of(Paused)[0], sink.of(Resumed)[0]
     between = sink.events[sink.events.index(paused):sink.events.index(resumed)]
