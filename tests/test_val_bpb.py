@@ -57,8 +57,8 @@ def test_val_bpb_is_the_val_loss_in_bits_over_the_bytes_the_pass_read(tmp_path, 
 
 
 def epoch_event(**fields) -> EpochEvent:
-    values = dict(epoch=1, epochs=3, train_loss=2.5, val_loss=2.6, accum=4, effective_batch=16, micro_batch=4,
-                  tokens_seen=4096, seconds=3.0)
+    values = {"epoch": 1, "epochs": 3, "train_loss": 2.5, "val_loss": 2.6, "accum": 4, "effective_batch": 16,
+              "micro_batch": 4, "tokens_seen": 4096, "seconds": 3.0}
     return EpochEvent(**{**values, **fields})
 
 

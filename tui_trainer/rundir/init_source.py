@@ -193,7 +193,8 @@ def finetune_notes(source: InitSource, cfg: RunConfig, given: dict[str, Any]) ->
         parts.append(f"dropout {source.dropout:g} (the source's)")
     if not parts:
         return []
-    stopping = (f"; early stopping after {cfg.train.patience} epochs without a new best val loss (epoch 0's "
-                f"the first)"
+    patience = cfg.train.patience
+    stopping = (f"; early stopping after {patience} epoch{'s' if patience != 1 else ''} without a new best val "
+                f"loss (epoch 0's the first)"
                 if cfg.train.patience else "")
     return [f"fine-tuning defaults: {', '.join(parts)} (flags override them){stopping}"]
