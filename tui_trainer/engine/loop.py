@@ -190,7 +190,8 @@ class Trainer:
         val_loss = self.evaluate(epoch=0)
         sample = s.sampler.after_epoch(st.step) if self.ranks.is_main else None
         best = s.early_stopping
-        improved, _, _ = best.update(val_loss, 0)
+        # (a source whose val loss is not finite sets no bar: the first finite epoch is the first best)
+        improved = math.isfinite(val_loss) and best.update(val_loss, 0)[0]
         self.sink.emit(EpochEvent(
             epoch=0, epochs=cfg.train.epochs, train_loss=float("nan"), val_loss=val_loss,
             val_bpb=self.bits_per_byte(val_loss), accum=st.accum,
