@@ -150,6 +150,7 @@ def test_two_processes_give_the_losses_of_one_process_with_twice_the_accumulatio
         assert abs(x["loss"] - y["loss"]) < 1e-4 and abs(x["grad_norm"] - y["grad_norm"]) < 1e-4
     for x, y in zip(epochs(tmp_path / "one"), epochs(tmp_path / "two")):
         assert abs(x["train_loss"] - y["train_loss"]) < 1e-4 and abs(x["val_loss"] - y["val_loss"]) < 1e-4
+        assert abs(x["val_bpb"] - y["val_bpb"]) < 1e-4  # (each rank reads its share of the same windows' bytes)
         assert x["effective_batch"] == y["effective_batch"] == 20
     # Rank 0 alone wrote the run dir, and says how many processes took each step.
     assert "micro-batch 5 x accum 2 x 2 processes" in two.stdout

@@ -41,6 +41,7 @@ class RunStarted:
     auto_accum: bool = False  # ... and follows its suggestion at each epoch boundary
     precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/engine/precision.py chose it
     val_batches: int = 0  # micro-batches in one validation pass, this process's share (0 = not known)
+    init_from: str = ""  # the weights a new run started from (--init-from's folder); "" = random, or a resume
 
     @property
     def effective_batch(self) -> int:
@@ -99,10 +100,16 @@ class ValidationProgress:
 
 @dataclass(frozen=True, kw_only=True)
 class EpochEvent:
+    """An epoch's end: its losses, the verdict, early stopping's standing. Epoch 0 is the validation
+    pass before any step of a run started ``--init-from`` a model (``before_training``): its val loss
+    is where fine-tuning starts from; it has no train loss (NaN, as JSON's "nan": every reader of
+    the float field takes it) and no verdict, and it is no training epoch (the diagnosis never sees it)."""
+
     epoch: int
     epochs: int
     train_loss: float
     val_loss: float
+    val_bpb: float | None = None  # bits per byte of the same pass (data/bits_per_byte.py); None in older records
     accum: int
     effective_batch: int  # sequences in each full step of this epoch (micro_batch x accum x processes)
     micro_batch: int = 0  # sequences per forward/backward (0 in records written before it was carried)
@@ -120,6 +127,11 @@ class EpochEvent:
     noise_scale: float | None = None  # at the epoch's last step (None: no estimate, e.g. accum 1)
     suggested_accum: int | None = None
     noise_scale_error: float | None = None
+
+    @property
+    def before_training(self) -> bool:
+        """Epoch 0: the starting weights' validation, before any step (--init-from)."""
+        return self.epoch == 0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,12 +44,13 @@ class EtaModel:
         self.val_batches = batches
         self.pass_batch, self.pass_seconds = batch, seconds
 
-    def epoch_done(self, tokens_seen: int | None = None) -> None:
-        """An epoch's validation has ended: its pass joins the measured pace."""
+    def epoch_done(self, tokens_seen: int | None = None, training: bool = True) -> None:
+        """An epoch's validation has ended: its pass joins the measured pace. ``training`` False:
+        epoch 0's pass before any step (--init-from), timed but no epoch of the run's."""
         self.val_seconds += self.pass_seconds
         self.val_batches_timed += self.pass_batch
         self.pass_batch, self.pass_seconds = 0, 0.0
-        self.epochs_done += 1
+        self.epochs_done += 1 if training else 0
         if tokens_seen is not None:
             self.tokens_seen = tokens_seen
 

@@ -63,6 +63,7 @@ class HeadlessLog:
         self._eta: EtaModel | None = None
         self._shown_eta = SmoothedEta()
         self._run_dir = ""
+        self._init_from = ""  # (RunStarted says: the model a new run started from)
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -158,7 +159,7 @@ class HeadlessLog:
                 self._print(f"{event.level}: {event.message}" if event.level != "info" else event.message)
             case RunEnded():
                 best = (f" best_val_loss={event.best_val_loss:.4f} (epoch {event.best_epoch})"
-                        if event.best_epoch else "")
+                        if event.best_epoch is not None else "")
                 self._print(f"end reason={event.reason} epochs={event.epochs} steps={event.steps}{best}"
                             + (f": {event.message}" if event.message else ""))
                 if self._run_dir and (next_step := event.next_step(self._run_dir)):
@@ -167,6 +168,7 @@ class HeadlessLog:
     def _run_started(self, event: RunStarted) -> None:
         self._epochs = event.epochs
         self._run_dir = event.run_dir
+        self._init_from = event.init_from
         self._started = self._last_logged = self._last_step_at = self.clock()
         self._elapsed_before = event.elapsed_before
         self._eta = EtaModel(planned_tokens=event.planned_tokens, tokens_seen=event.tokens_seen,
@@ -207,10 +209,17 @@ class HeadlessLog:
 
     def _epoch(self, event: EpochEvent) -> None:
         if self._eta is not None:
-            self._eta.epoch_done(event.tokens_seen)
+            self._eta.epoch_done(event.tokens_seen, training=not event.before_training)
+        bpb = f" val_bpb={event.val_bpb:.4f}" if event.val_bpb is not None else ""
+        if event.before_training:
+            self._print(f"epoch 0/{event.epochs} val_loss={event.val_loss:.4f}{bpb} (before training, from "
+                        f"{self._init_from or 'the starting weights'}) val_s={event.seconds:.1f}")
+            if event.sample is not None:
+                self._print_sample("sample before training", event.sample)
+            return
         lr = f"lr={self._lr:.2e} " if self._lr is not None else ""
         self._print(f"epoch {event.epoch}/{event.epochs} train_loss={event.train_loss:.4f} "
-                    f"val_loss={event.val_loss:.4f} effective_batch={event.effective_batch} "
+                    f"val_loss={event.val_loss:.4f}{bpb} effective_batch={event.effective_batch} "
                     f"({batch_product(event.micro_batch, event.accum, self._processes)}) "
                     f"tokens/s={event.tokens_per_s:,.0f} {lr}epoch_s={event.seconds:.1f} {self._times()} "
                     f"diagnosis={event.diagnosis}: {event.diagnosis_reason}")

@@ -45,7 +45,7 @@ class Endings:
         best = self.early_stopping
         event = RunEnded(reason=reason, epochs=len(self.state.val_history), steps=self.state.step,
                          tokens_seen=self.state.tokens_seen,
-                         best_val_loss=best.best if best.best_epoch else None,
+                         best_val_loss=best.best if best.best_epoch is not None else None,
                          best_epoch=best.best_epoch, message=message,
                          exit_signal=self.control.stop_signal if reason == "interrupted" else None,
                          diagnosis=verdict.kind if verdict else None,

@@ -4,7 +4,8 @@
     epoch        Trainer._train_epoch: its shuffled examples cut into ``Window``s of accum micro-batches
     one step     OptimizerStep.take: accumulate (accumulation.py: the maths) → clip and step → record,
                  then what was asked meanwhile (agreement, auto-accum, `g`, `s`, pause, stop)
-    validation   Trainer.evaluate → validation_loss: token-weighted val loss, in eval mode
+    epoch 0      Trainer._validate_the_start: --init-from's weights validated before any step
+    validation   Trainer.evaluate → validation_loss: token-weighted val loss, in eval mode (and bits per byte)
     epoch's end  Trainer._finish_epoch: diagnosis, early stopping, checkpoints, the epoch's event
 
 The parts, each handed what it needs and testable alone: ``TrainingSession`` (session.py: the
@@ -27,6 +28,7 @@ from tui_trainer.analysis.diagnosis import Diagnosis, SchedulePosition, diagnose
 from tui_trainer.analysis.noise_scale import WindowNorms
 from tui_trainer.config import RunConfig
 from tui_trainer.control import Control
+from tui_trainer.data.bits_per_byte import val_bits_per_byte
 from tui_trainer.data.dataset import Window, WindowDataset, epoch_examples, epoch_windows, val_batch_limit, val_batches
 from tui_trainer.engine.accumulation import WindowAborted, accumulate_window, join_the_gradient_sync
 from tui_trainer.engine.distributed import PeerLost, Ranks, peer_lost_in_the_backward, rank_share, sum_over_ranks
@@ -107,6 +109,10 @@ class Trainer:
             self.steering.agree()
             if self.steering.stopping():
                 return self.endings.interrupted(self.checkpoints.save("latest"))
+        if s.init_source is not None and st.step == 0:  # a new run from a model (a resume never repeats it)
+            outcome = self._validate_the_start()
+            if outcome is not None:
+                return outcome
         while st.epoch <= cfg.train.epochs:
             self.steering.apply_pending_accum()
             outcome = self._train_epoch()
@@ -137,7 +143,8 @@ class Trainer:
             planned_tokens=self.figures.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
             tokens_seen=st.tokens_seen, notes=tuple(s.notes), elapsed_before=st.elapsed_seconds,
             sample_tokens=cfg.train.sample_tokens, noise_scale=cfg.train.noise_scale,
-            auto_accum=cfg.train.auto_accum, precision=s.precision, val_batches=len(self.my_val_batches()))
+            auto_accum=cfg.train.auto_accum, precision=s.precision, val_batches=len(self.my_val_batches()),
+            init_from=str(s.init_source.path) if s.init_source is not None else "")
 
     # -- an epoch: windows of micro-batches ------------------------------------------------------
 
@@ -161,12 +168,47 @@ class Trainer:
         batches = val_batches(len(self.session.val_set), self.cfg.train.micro_batch, val_batch_limit(self.cfg.data))
         return batches[self.ranks.rank::self.ranks.world_size]
 
-    def evaluate(self) -> float:
-        """The validation loss of the weights as they are (``validation_loss``), its progress told."""
+    def evaluate(self, epoch: int | None = None) -> float:
+        """The validation loss of the weights as they are (``validation_loss``), its progress told
+        as ``epoch``'s (None: the epoch in progress)."""
         s = self.session
         mine = self.my_val_batches()
-        progress = ValidationProgressEmitter(self.sink, self.state.epoch, len(mine))
+        progress = ValidationProgressEmitter(self.sink, self.state.epoch if epoch is None else epoch, len(mine))
         return validation_loss(self.model, s.val_set, mine, self.ranks, progress)
+
+    def bits_per_byte(self, val_loss: float) -> float | None:
+        """``val_loss`` (a pass's mean over every target it read) in bits per byte of the text."""
+        s = self.session
+        if not s.val_bytes:
+            return None
+        return val_bits_per_byte(val_loss, self.figures.val_examples() * self.cfg.model.block_size, s.val_bytes)
+
+    def _validate_the_start(self) -> RunEnded | None:
+        """Epoch 0 (--init-from, a new run): the starting weights' validation before any step, so
+        the user sees what fine-tuning buys. Its val loss is early stopping's first best (as
+        nanoGPT's fine-tuning keeps its first evaluation as best_val_loss): an epoch counts as an
+        improvement only when it beats the model it started from, and the `best` checkpoint holds
+        the starting weights until one does. No train loss, no verdict: no training epoch."""
+        cfg, st, s = self.cfg, self.state, self.session
+        started = time.perf_counter()
+        val_loss = self.evaluate(epoch=0)
+        sample = s.sampler.after_epoch(st.step) if self.ranks.is_main else None
+        best = s.early_stopping
+        # (a source whose val loss is not finite sets no bar: the first finite epoch is the first best)
+        improved = math.isfinite(val_loss) and best.update(val_loss, 0)[0]
+        self.sink.emit(EpochEvent(
+            epoch=0, epochs=cfg.train.epochs, train_loss=float("nan"), val_loss=val_loss,
+            val_bpb=self.bits_per_byte(val_loss), accum=st.accum,
+            effective_batch=cfg.train.micro_batch * st.accum * self.ranks.world_size, tokens_seen=st.tokens_seen,
+            micro_batch=cfg.train.micro_batch, seconds=time.perf_counter() - started, diagnosis="",
+            best_val_loss=best.best if best.best_epoch is not None else None, best_epoch=best.best_epoch,
+            sample=sample))
+        if improved:
+            self.checkpoints.save("best")
+        self.steering.agree()  # (a stop during this pass: every rank sees it)
+        if self.steering.stopping():
+            return self.endings.interrupted(self.checkpoints.save("latest"))
+        return None
 
     def _finish_epoch(self) -> RunEnded | None:
         cfg, st, s = self.cfg, self.state, self.session
@@ -188,12 +230,13 @@ class Trainer:
         improved, should_stop, stop_reason = best.update(val_loss, st.epoch)
         epoch_done, world = st.epoch, self.ranks.world_size
         self.sink.emit(EpochEvent(
-            epoch=epoch_done, epochs=cfg.train.epochs, train_loss=train_loss, val_loss=val_loss, accum=st.accum,
+            epoch=epoch_done, epochs=cfg.train.epochs, train_loss=train_loss, val_loss=val_loss,
+            val_bpb=self.bits_per_byte(val_loss), accum=st.accum,
             effective_batch=cfg.train.micro_batch * st.accum * world, tokens_seen=st.tokens_seen,
             micro_batch=cfg.train.micro_batch, seconds=st.epoch_seconds + (time.perf_counter() - started),
             diagnosis=verdict.kind,
             diagnosis_reason=verdict.reason, remedy=verdict.remedy, val_rise_warning=warning,
-            best_val_loss=best.best if best.best_epoch else None, best_epoch=best.best_epoch,
+            best_val_loss=best.best if best.best_epoch is not None else None, best_epoch=best.best_epoch,
             epochs_without_improvement=best.epochs_without_improvement,
             tokens_per_s=st.epoch_tokens / st.epoch_seconds if st.epoch_seconds else 0.0, sample=sample,
             noise_scale=s.noise.noise_scale, suggested_accum=s.noise.suggestion(cfg.train.micro_batch, world),

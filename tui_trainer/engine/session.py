@@ -25,6 +25,7 @@ from tui_trainer.analysis.early_stopping import EarlyStopping
 from tui_trainer.analysis.noise_scale import NoiseScaleEstimator
 from tui_trainer.config import RunConfig, usable_cores, validate
 from tui_trainer.control import Control
+from tui_trainer.data.bits_per_byte import exact_bytes, token_byte_lengths, validation_bytes
 from tui_trainer.data.dataset import Corpus, WindowDataset, load_corpus, window_count
 from tui_trainer.data.text_source import PreparationCancelled, ProgressFn
 from tui_trainer.data.tokenizer import tokenizer_from_record
@@ -56,7 +57,7 @@ from tui_trainer.model.sampling import LiveSampler
 from tui_trainer.rundir import checkpoints as ckpt
 from tui_trainer.rundir import lifecycle as rd
 from tui_trainer.rundir.checkpoint_contents import check_contents
-from tui_trainer.rundir.init_source import check_corpus_tokenizer, init_state_dict, read_init_source
+from tui_trainer.rundir.init_source import check_corpus_tokenizer, finetune_notes, init_state_dict, read_init_source
 from tui_trainer.rundir.loop_state import LoopState
 from tui_trainer.rundir.metrics import MetricsWriter, NoMetrics
 
@@ -169,6 +170,7 @@ class TrainingSession:
         vocab_size = self.corpus.vocab.size
         if self.init_source is not None:
             check_corpus_tokenizer(self.init_source, self.corpus.vocab)
+            self.notes += finetune_notes(self.init_source, cfg, overrides or {})
             vocab_size = self.init_source.vocab_size  # its embedding's rows (GPT-2: 50,257 = its tokenizer)
         elif cfg.model.init_from and resume_state is not None:
             vocab_size = cfg.model.vocab_size  # a resumed fine-tuning run: the checkpoint's rows
@@ -244,6 +246,13 @@ class TrainingSession:
                 self.state.lr_anchor = list(anchor)
                 self.figures = replace(self.figures, lr_anchor=anchor)
             self.notes += [note] if note else []
+        # UTF-8 bytes of the targets a validation pass reads (its first val_examples windows, over every
+        # rank): counted once, they turn each pass's val loss into bits per byte (bits_per_byte.py).
+        self.val_bytes = validation_bytes(self.corpus.val_tokens, cfg.model.block_size, self.figures.val_examples(),
+                                          token_byte_lengths(self.corpus.vocab))
+        if not exact_bytes(self.corpus.vocab):
+            self.notes.append("val_bpb counts each token's bytes by decoding it alone (the tokenizer is not "
+                              "byte-level): close, but not exact")
         self.sampler = LiveSampler(self.model, self.corpus.vocab, cfg.train.sample_tokens, cfg.train.seed)
         self.started = time.monotonic()  # this session's start (the run's wall time adds the earlier ones)
         # Where the `latest` checkpoint on disk stands: a resumed run's own position; none for a new run.

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tui_trainer.config import RunConfig
+from tui_trainer.config import OptimConfig, RunConfig
 from tui_trainer.data.hf_tokenizer import check_vocab_fits, read_folder_tokenizer
 from tui_trainer.data.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_record
 from tui_trainer.errors import UserError
@@ -150,4 +150,51 @@ def check_init_from(cfg: RunConfig, given: dict[str, Any], source: InitSource | 
     model = replace(cfg.model, n_layer=source.n_layer, n_head=source.n_head, n_embd=source.n_embd,
                     block_size=block_size, gelu=source.gelu, dropout=dropout,
                     init_from=str(source.path.absolute()))
-    return cfg.replace(model=model)
+    optim = replace(cfg.optim, **{key.split(".")[1]: value for key, value in finetune_defaults(source, given).items()})
+    return cfg.replace(model=model, optim=optim)
+
+
+# -- fine-tuning defaults (under the flags and a config file: what they give wins) -----------------
+
+FINETUNE_LR_GPT2 = 3e-5  # nanoGPT's finetune_shakespeare: 1/20 of GPT-2 small's 6e-4 pre-training peak
+GPT2_WIDTH = 768
+
+
+def finetune_lr(n_embd: int) -> float:
+    """The peak lr a fine-tuning run takes when none is given: 3e-5 at GPT-2's width 768, as 1/width
+    elsewhere (the GPT-3 family's pre-training peaks fall about as 1/width from 125M to 6.7B: 6e-4 at
+    768, 2e-4 at 2048, 1.2e-4 at 4096; and Adam moves each weight by ~lr, so a layer's output moves
+    by ~width x lr). Never above the default lr of a run from random weights."""
+    return min(OptimConfig.lr, FINETUNE_LR_GPT2 * GPT2_WIDTH / n_embd)
+
+
+def finetune_defaults(source: InitSource, given: dict[str, Any]) -> dict[str, Any]:
+    """What a run --init-from a model takes unless told ("section.field" -> value): a small peak lr
+    (``finetune_lr``) and no warm-up (warm-up shields random weights from their first large
+    gradients; pretrained ones start where the loss is low already, as nanoGPT's and Hugging Face's
+    fine-tuning start at the peak). Dropout is the source's unless given (``check_init_from``)."""
+    chosen: dict[str, Any] = {}
+    if "optim.lr" not in given:
+        chosen["optim.lr"] = finetune_lr(source.n_embd)
+    if "optim.warmup_tokens" not in given:
+        chosen["optim.warmup_tokens"] = 0
+    return chosen
+
+
+def finetune_notes(source: InitSource, cfg: RunConfig, given: dict[str, Any]) -> list[str]:
+    """The run line's word on the defaults fine-tuning chose (those still in ``cfg``: a run set up
+    without ``check_init_from`` took none)."""
+    chosen, parts = finetune_defaults(source, given), []
+    if "optim.lr" in chosen and cfg.optim.lr == chosen["optim.lr"]:
+        parts.append(f"lr {cfg.optim.lr:.2g} ({FINETUNE_LR_GPT2:g} x {GPT2_WIDTH} / width {source.n_embd})")
+    if "optim.warmup_tokens" in chosen and cfg.optim.warmup_tokens == 0:
+        parts.append("no warm-up")
+    if "model.dropout" not in given and source.dropout is not None and cfg.model.dropout == source.dropout:
+        parts.append(f"dropout {source.dropout:g} (the source's)")
+    if not parts:
+        return []
+    patience = cfg.train.patience
+    stopping = (f"; early stopping after {patience} epoch{'s' if patience != 1 else ''} without a new best val "
+                f"loss (epoch 0's the first)"
+                if cfg.train.patience else "")
+    return [f"fine-tuning defaults: {', '.join(parts)} (flags override them){stopping}"]

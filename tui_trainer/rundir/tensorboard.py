@@ -42,8 +42,9 @@ def require_tensorboard() -> None:
 STEP_SCALARS = (("train/step_loss", "loss"), ("train/lr", "lr"), ("train/grad_norm", "grad_norm"),
                 ("train/tokens_per_s", "tokens_per_s"), ("train/accum", "accum"),
                 ("train/effective_batch", "effective_batch"), ("train/noise_scale", "noise_scale"))
-EPOCH_SCALARS = (("epoch/train_loss", "train_loss"), ("epoch/val_loss", "val_loss"), ("epoch/accum", "accum"),
-                 ("epoch/tokens_per_s", "tokens_per_s"), ("epoch/best_val_loss", "best_val_loss"))
+EPOCH_SCALARS = (("epoch/train_loss", "train_loss"), ("epoch/val_loss", "val_loss"), ("epoch/val_bpb", "val_bpb"),
+                 ("epoch/accum", "accum"), ("epoch/tokens_per_s", "tokens_per_s"),
+                 ("epoch/best_val_loss", "best_val_loss"))
 
 
 class TensorBoardSink:

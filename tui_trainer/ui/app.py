@@ -205,7 +205,7 @@ class TrainerApp(App[None]):
         if end is None or self.trainer is None:
             return None
         run_dir = self.trainer.run_dir
-        best = f", best val {end.best_val_loss:.4f} at epoch {end.best_epoch}" if end.best_epoch else ""
+        best = f", best val {end.best_val_loss:.4f} at epoch {end.best_epoch}" if end.best_epoch is not None else ""
         next_step = end.next_step(str(run_dir))
         then = f"\n{next_step}" if next_step else ""
         if end.reason == "completed":

@@ -115,7 +115,7 @@ class MetricsFollower:
 
         cfg, block = self.cfg, self.cfg.model.block_size
         steps = [e for e in events if isinstance(e, StepEvent)]
-        epochs = [e for e in events if isinstance(e, EpochEvent)]
+        epochs = [e for e in events if isinstance(e, EpochEvent) and not e.before_training]
         if epochs:  # exact: the first epoch's tokens
             examples = epochs[0].tokens_seen // block
         elif steps:  # at most this many (an epoch's last window can be short) ...

@@ -45,7 +45,7 @@ THROUGHPUT_WINDOW = 20  # steps in the rolling tokens/s
 
 @dataclass
 class EpochPoint:
-    epoch: int
+    epoch: int  # 0: the validation before training (--init-from), at step 0 with no train loss (NaN)
     step: int  # the last optimizer step of the epoch (where it sits on the x-axis)
     train_loss: float
     val_loss: float
@@ -245,12 +245,13 @@ class RunView:
     def _epoch(self, e: EpochEvent, now: float) -> None:
         self._end_validation()
         if self._eta is not None:
-            self._eta.epoch_done(e.tokens_seen)
+            self._eta.epoch_done(e.tokens_seen, training=not e.before_training)
         self.epoch_points.append(EpochPoint(e.epoch, self.step, e.train_loss, e.val_loss))
         self.epoch_rows.append(e)
         self.plot_version += 1
-        self.diagnosis, self.diagnosis_reason, self.remedy = e.diagnosis, e.diagnosis_reason, e.remedy
-        self.val_rise_warning = e.val_rise_warning
+        if not e.before_training:  # (epoch 0, before any step: no verdict yet)
+            self.diagnosis, self.diagnosis_reason, self.remedy = e.diagnosis, e.diagnosis_reason, e.remedy
+            self.val_rise_warning = e.val_rise_warning
         self.best_val_loss, self.best_epoch = e.best_val_loss, e.best_epoch
         self.epochs_without_improvement = e.epochs_without_improvement
         self.tokens_seen = e.tokens_seen
@@ -316,6 +317,11 @@ class RunView:
             self.paused_since = None
 
     # -- what keys do (optimistic) -------------------------------------------------------------
+
+    @property
+    def epochs_done(self) -> int:
+        """Training epochs finished (epoch 0, the validation before training, is none)."""
+        return sum(1 for point in self.epoch_points if point.epoch > 0)
 
     @property
     def ended(self) -> bool:

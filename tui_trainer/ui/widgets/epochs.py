@@ -10,8 +10,10 @@ from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.base import Panel
 
 KIND_STYLES = ("learning", "healthy", "underfitting", "overfitting", "unstable")
-COLUMNS = ["epoch", "train", "val", "accum", "tok/s", "verdict"]
-COLUMN_WIDTHS = {"epoch": 5, "train": 7, "val": 7, "accum": 5, "tok/s": 6, "verdict": 12}  # widest usual values
+COLUMNS = ["epoch", "train", "val", "bpb", "accum", "tok/s", "verdict"]
+# widest usual values: every column in 60 (an 80-column terminal's table has ~76)
+COLUMN_WIDTHS = {"epoch": 5, "train": 7, "val": 7, "bpb": 6, "accum": 5, "tok/s": 6, "verdict": 12}
+NARROWER = ("tok/s", "accum", "bpb")  # the columns a narrow panel leaves out, first to last
 
 
 class EpochTable(Panel):
@@ -31,11 +33,16 @@ class EpochTable(Panel):
         rows = []
         for row in view.epoch_rows[-room:]:
             kind = row.diagnosis if row.diagnosis in KIND_STYLES else "unstable"
-            rows.append({"epoch": str(row.epoch), "train": fmt.loss(row.train_loss),
+            start = row.before_training  # epoch 0: the starting weights' val loss, no training yet
+            rows.append({"epoch": str(row.epoch), "train": fmt.loss(None if start else row.train_loss),
                          "val": Text(fmt.loss(row.val_loss), best if row.epoch == view.best_epoch else ""),
-                         "accum": str(row.accum), "tok/s": fmt.count(row.tokens_per_s),
-                         "verdict": Text(row.diagnosis, self.get_component_rich_style(f"epochs--{kind}"))})
-        names = self.columns_that_fit(self.size.width or 10_000)  # (size is the content area, padding excluded)
+                         "bpb": fmt.loss(row.val_bpb), "accum": str(row.accum),
+                         "tok/s": "—" if start else fmt.count(row.tokens_per_s),
+                         "verdict": Text("start", "dim") if start else
+                         Text(row.diagnosis, self.get_component_rich_style(f"epochs--{kind}"))})
+        # (size is the content area, padding excluded; records from before bits per byte: no bpb column)
+        names = self.columns_that_fit(self.size.width or 10_000,
+                                      bpb=any(row.val_bpb is not None for row in view.epoch_rows[-room:]))
         for name in names:
             table.add_column(name, justify="left" if name == "verdict" else "right", no_wrap=True)
         for row in rows:
@@ -47,9 +54,11 @@ class EpochTable(Panel):
         return table
 
     @staticmethod
-    def columns_that_fit(width: int) -> list[str]:
-        """Every column when there is room; in a narrow side column tok/s goes first, then accum."""
-        for names in (COLUMNS, [c for c in COLUMNS if c != "tok/s"], [c for c in COLUMNS if c not in ("tok/s", "accum")]):
+    def columns_that_fit(width: int, bpb: bool = True) -> list[str]:
+        """Every column when there is room; in a narrow side column tok/s goes first, then accum, then bpb."""
+        shown = [c for c in COLUMNS if bpb or c != "bpb"]
+        for dropped in range(len(NARROWER) + 1):
+            names = [c for c in shown if c not in NARROWER[:dropped]]
             if sum(COLUMN_WIDTHS[c] for c in names) + 2 * (len(names) - 1) <= width:
                 return names
         return names

@@ -166,8 +166,9 @@ class LossPlot(PlotextPlot):
         plt = self.plt
         plt.clear_figure()
         epochs = view.epoch_points
+        trained = [p for p in epochs if p.epoch > 0]  # (epoch 0: the validation before training, at step 0)
         # One epoch marker per ~6 columns at most: a long run's markers would hide the curves.
-        every = max(1, math.ceil(len(epochs) / max(1, self.size.width // 6)))
+        every = max(1, math.ceil(len(trained) / max(1, self.size.width // 6)))
         if self.show_axis_label:
             plt.xlabel(self.axis_label(view, every))
         xs, losses = view.step_numbers, view.step_losses
@@ -179,7 +180,7 @@ class LossPlot(PlotextPlot):
         if stride > 1 and xs:  # always end at the newest step
             x_shown, raw_shown, ema_shown = x_shown + [xs[-1]], raw_shown + [losses[-1]], ema_shown + [self._ema[-1]]
         limits = self._limits(x_shown, raw_shown, ema_shown, epochs, xs)
-        for p in epochs[every - 1::every]:
+        for p in trained[every - 1::every]:
             plt.vline(p.step, color=PLOT_COLORS["epoch"])
         if x_shown:
             if self.smooth:
@@ -187,11 +188,12 @@ class LossPlot(PlotextPlot):
                 plt.plot(x_shown, ema_shown, marker="braille", color=PLOT_COLORS["smooth"])
             else:
                 plt.plot(x_shown, raw_shown, marker="braille", color=PLOT_COLORS["smooth"])
-        finite_epochs = [p for p in epochs if math.isfinite(p.train_loss) and math.isfinite(p.val_loss)]
-        if finite_epochs:
-            ex = [p.step for p in finite_epochs]
-            for name, ys in (("train", [p.train_loss for p in finite_epochs]),
-                             ("val", [p.val_loss for p in finite_epochs])):
+        # Epoch 0 (no train loss) starts the val curve where fine-tuning started from.
+        finite_epochs = [p for p in epochs
+                         if math.isfinite(p.val_loss) and (p.epoch == 0 or math.isfinite(p.train_loss))]
+        for name, points in (("train", [p for p in finite_epochs if p.epoch > 0]), ("val", finite_epochs)):
+            ex, ys = [p.step for p in points], [p.train_loss if name == "train" else p.val_loss for p in points]
+            if ex:
                 if len(ex) > 1:
                     plt.plot(ex, ys, marker="braille", color=PLOT_COLORS[name])
                 # The epoch values themselves: a dot per epoch on top of the line, as the legend says,
@@ -206,7 +208,7 @@ class LossPlot(PlotextPlot):
             ticks = nice_ticks(*limits, max(2, (self.size.height - 3) // 2))
             plt.yticks(ticks, tick_labels(ticks))
         if xs:
-            low, high = min(xs[0], 1), max(xs[-1], 2)
+            low, high = min(xs[0], 1, *(p.step for p in finite_epochs[:1])), max(xs[-1], 2)
             plt.xlim(low, high)
             ticks = integer_ticks(low, high, max(2, self.size.width // 14))
             plt.xticks(ticks, [str(t) for t in ticks])

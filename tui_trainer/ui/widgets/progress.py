@@ -24,7 +24,7 @@ class ProgressPanel(Panel):
 
     def key(self, view: RunView, now: float):
         return (view.val_batch, view.val_batches, view.micro_step, view.micro_steps, view.step_in_epoch, view.steps_in_epoch, view.epoch,
-                view.epochs, len(view.epoch_points))
+                view.epochs, view.epochs_done)
 
     def build(self, view: RunView, now: float) -> Table:
         label = self.get_component_rich_style("progress--label")
@@ -32,7 +32,7 @@ class ProgressPanel(Panel):
         styles = dict(style=self.get_component_rich_style("progress--bar"),
                       complete_style=self.get_component_rich_style("progress--complete"),
                       finished_style=self.get_component_rich_style("progress--finished"))
-        epochs_done = len(view.epoch_points)
+        epochs_done = view.epochs_done
         rows = [
             ("micro-step", view.micro_step, view.micro_steps),
             ("step", view.step_in_epoch, view.steps_in_epoch),
