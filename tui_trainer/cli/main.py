@@ -51,7 +51,7 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--data", DATA, "data", "path", str, "UTF-8 text file, or a directory: every *.txt under it, joined"),
     ("--tokenizer", DATA, "data", "tokenizer", str, "char, bpe (byte-level BPE learnt on the training text) "
                                                     "or a tokenizers FILE.json"),
-    ("--vocab-size", DATA, "data", "vocab_size", int, "BPE vocabulary to learn, 256 or more (--tokenizer bpe only)"),
+    ("--vocab-size", DATA, "data", "vocab_size", int, "BPE vocabulary to learn, 256 to 2^20 (--tokenizer bpe only)"),
     ("--cache-dir", DATA, "data", "cache_dir", str, "where tokenized corpora are kept"),
     ("--val-split", DATA, "data", "val_split", float, "fraction of the text held out for validation"),
     ("--limit-train-batches", DATA, "data", "limit_train_batches", int, "cap micro-batches per training epoch"),
@@ -152,7 +152,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "off"))
     run.add_argument("--nproc", type=int, default=None, metavar="N", help=with_default(
         "train on N processes of this machine (one per GPU, or sharing the CPU's cores) through torchrun; "
-        "several machines: see the README", "1"))
+        "several machines: see docs/distributed.md", "1"))
     run.add_argument("--compile", action="store_true", default=None,
                      help=with_default("torch.compile the model", default_of("train", "compile")))
     for flag, group, section, name, kind, help_text in FLAGS:
