@@ -76,9 +76,9 @@ def weight_bytes(model: GPT) -> int:
     """Bytes a cached token reads: every parameter once (the tied head once), but of the position
     table only its one row."""
     unique = {p.data_ptr(): p for p in model.parameters()}.values()
-    table_bytes = model.position_embedding.weight
-    return (sum(p.numel() * p.element_size() for p in unique)
-            - table_bytes.numel() * table_bytes.element_size() + table_bytes[0].numel() * table_bytes.element_size())
+    positions = model.position_embedding.weight
+    row_bytes = positions.shape[1] * positions.element_size()
+    return sum(p.numel() * p.element_size() for p in unique) - (positions.shape[0] - 1) * row_bytes
 
 
 def per_call(fn, calls: int) -> float:
