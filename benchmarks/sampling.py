@@ -8,6 +8,15 @@ new tokens per second, the speed-up, the time to the first new token, and whethe
 texts are identical (they must be: greedy, same window). Points: 256 and 1,024 new tokens at
 the default context of 128, and the same at a context of 512 (``--block-sizes``).
 
+Then it puts the time of one cached token next to its floor: reading the model's weights once
+(their bytes over this machine's memory bandwidth, measured in the same run by a 200 MB tensor
+copy, counted as read + write bytes per second), and splits a cached token's time into parts
+measured side by side, round by round (medians): the weight-read floor; the same weights as
+matrix-vector products alone (``F.linear`` on one position: what the floor costs as BLAS calls);
+the rest of one cached forward (norms, attention, GELU, adds, op dispatch); the slides'
+re-prefills spread over the tokens; and the generation loop around the forward (sampling, the
+token's tensor, Python). ``--no-breakdown`` skips it.
+
 Exits 1 if the two paths' texts differ anywhere, or if the cache is less than 5x faster at
 256 new tokens with the default context (skipped under --quick, whose tiny model is all
 per-call overhead).
@@ -26,14 +35,17 @@ import time
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from _common import PRESETS, machine_line, table
 
 from tui_trainer.data.dataset import Vocabulary, default_corpus_path
 from tui_trainer.model.gpt import GPT
-from tui_trainer.model.sampling import SamplingSettings, generate
+from tui_trainer.model.sampling import SamplingSettings, generate, slide_keep
 
 GOAL = 5.0  # cached / uncached new tokens per second at 256 new tokens, default context
 GOAL_POINT = (128, 256)  # (block_size, new tokens)
+FLOOR_GOAL = 2.0  # a cached token within this many times the weight-read floor
+COPY_BYTES = 200 * 2**20  # the bandwidth probe: large enough to leave every cache behind
 
 
 def timed_generation(model: GPT, prompt_ids: list[int], new_tokens: int, kv_cache: bool) -> tuple[float, float, list[int]]:
@@ -50,6 +62,84 @@ def timed_generation(model: GPT, prompt_ids: list[int], new_tokens: int, kv_cach
     return time.perf_counter() - started, first[0], ids
 
 
+def copy_bandwidth() -> float:
+    """Bytes per second (read + written) of one large tensor copy, after a warm-up copy."""
+    source = torch.ones(COPY_BYTES // 4)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    started = time.perf_counter()
+    target.copy_(source)
+    return 2 * COPY_BYTES / (time.perf_counter() - started)
+
+
+def weight_bytes(model: GPT) -> int:
+    """Bytes a cached token reads: every parameter once (the tied head once), but of the position
+    table only its one row."""
+    unique = {p.data_ptr(): p for p in model.parameters()}.values()
+    positions = model.position_embedding.weight
+    row_bytes = positions.shape[1] * positions.element_size()
+    return sum(p.numel() * p.element_size() for p in unique) - (positions.shape[0] - 1) * row_bytes
+
+
+def per_call(fn, calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - started) / calls
+
+
+def breakdown(model: GPT, prompt_ids: list[int], new_tokens: int, rounds: int) -> list[list[str]]:
+    """Rows of where a cached token's time goes (see the module docstring), medians of ``rounds``."""
+    block = model.cfg.block_size
+    linears = [(m.weight, m.bias) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    one = {w.shape[1]: torch.randn(1, w.shape[1]) for w, _ in linears}
+    mid = block // 2
+    keep = slide_keep(block)
+    prefill_ids = torch.tensor([[i % model.cfg.vocab_size for i in range(keep)]])
+    with torch.inference_mode():
+        model.eval()
+        cache = model.new_kv_cache()
+        model.forward_cached(prefill_ids[:, :1].expand(1, mid).contiguous(), cache)
+        token = torch.tensor([[1]])
+
+        def gemvs() -> None:
+            for weight, bias in linears:
+                F.linear(one[weight.shape[1]], weight, bias)
+
+        def step() -> None:
+            cache.length = mid  # the same position every call: half the context
+            model.forward_cached(token, cache)
+
+        def prefill() -> None:
+            model.forward_cached(prefill_ids, model.new_kv_cache())
+
+        parts: dict[str, list[float]] = {name: [] for name in ("bw", "gemv", "step", "prefill", "token")}
+        for _ in range(rounds):
+            parts["bw"].append(copy_bandwidth())
+            parts["gemv"].append(per_call(gemvs, 50))
+            parts["step"].append(per_call(step, 50))
+            parts["prefill"].append(per_call(prefill, 5))
+            seconds, _, _ = timed_generation(model, prompt_ids, new_tokens, True)
+            parts["token"].append(seconds / new_tokens)
+    m = {name: statistics.median(values) for name, values in parts.items()}
+    floor = weight_bytes(model) / m["bw"]
+    # Slides in a generation of new_tokens from the prompt: the first when the window is full,
+    # then one every block - keep tokens.
+    grown = max(0, len(prompt_ids) + new_tokens - block)
+    slides = 0 if grown == 0 else 1 + (grown - 1) // (block - keep)
+    slide_share = slides * m["prefill"] / new_tokens
+    loop = m["token"] - m["step"] - slide_share
+    rows = [
+        [f"weight-read floor ({weight_bytes(model) / 1e6:.1f} MB at {m['bw'] / 1e9:.1f} GB/s)", floor],
+        ["  matrix-vector products beyond the floor", m["gemv"] - floor],
+        ["  the rest of one cached forward (norms, attention, GELU, dispatch)", m["step"] - m["gemv"]],
+        [f"  slides: {slides} re-prefill(s) of {keep} positions over {new_tokens} tokens", slide_share],
+        ["  the loop: sampling, the token's tensor, Python", loop],
+        ["a cached token in generate()", m["token"]],
+    ]
+    return [[name, f"{seconds * 1e3:.3f}", f"{seconds / floor:.2f}x"] for name, seconds in rows]
+
+
 def parse_ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -63,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="First Citizen:\n", help="the prompt (characters of the corpus)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="a tiny model, short lengths, one round")
+    parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                        help="skip the split of a cached token's time against the weight-read floor")
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.lengths, args.block_sizes, args.rounds = "tiny", [24, 48], [16], 1
@@ -113,6 +205,18 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"the cache is {ratios[GOAL_POINT]:.1f}x faster at {GOAL_POINT[1]} tokens, below {GOAL:.0f}x")
     else:
         print(f"goal not checked: the point context {GOAL_POINT[0]}, {GOAL_POINT[1]} new tokens was not measured")
+    if args.breakdown:
+        block_size = args.block_sizes[0]
+        new_tokens = args.lengths[0]
+        torch.manual_seed(0)
+        model = GPT(replace(PRESETS[args.preset][0], block_size=block_size, vocab_size=vocab.size))
+        rows = breakdown(model, prompt_ids, new_tokens, max(3, args.rounds))
+        print(f"\nwhere a cached token's time goes: context {block_size}, {new_tokens} new tokens, "
+              f"{max(3, args.rounds)} interleaved rounds, medians")
+        print(table(["part", "ms per token", "x floor"], rows))
+        ratio = float(rows[-1][2].rstrip("x"))
+        print(f"goal: a cached token within {FLOOR_GOAL:.0f}x the weight-read floor: {ratio:.2f}x, "
+              f"{'meets' if ratio <= FLOOR_GOAL else 'misses'}")
     for failure in failures:
         print(f"FAIL: {failure}")
     return 1 if failures else 0

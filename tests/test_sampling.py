@@ -188,3 +188,26 @@ def test_a_live_sample_starts_from_a_newline_or_from_the_first_token_when_there_
         assert len(text) == 12 and set(text) <= set(vocab.chars)
         assert live_sample(model, vocab, 12, seed=5) == text
         assert model.training
+
+
+class CountingTokenizer(ByteTokenizer):
+    """The byte tokenizer, recording how many ids each decode call was given."""
+
+    def __init__(self) -> None:
+        self.lengths: list[int] = []
+
+    def decode(self, ids) -> str:
+        self.lengths.append(len(ids))
+        return super().decode(ids)
+
+
+def test_a_long_stream_decodes_a_bounded_tail_per_token_and_still_adds_up_to_the_whole_text():
+    text = "naïve café — €5, ünïcödé everywhere.\n" * 40  # 1- to 3-byte characters, ~1,900 bytes
+    tokenizer = CountingTokenizer()
+    pieces: list[str] = []
+    stream = TextStream(tokenizer, pieces.append)
+    for byte in text.encode("utf-8"):
+        stream(byte)
+    stream.flush()
+    assert "".join(pieces) == text
+    assert max(tokenizer.lengths) <= TextStream.CONTEXT + 3  # a held-back character is at most 3 more bytes

@@ -117,10 +117,11 @@ class ContextWindow:
             return self.model(window)[0, -1]
         if self.cache is None:  # prefill the whole window in one forward
             self.cache = self.model.new_kv_cache(batch=1)
-            new = tokens[self.start:]
+            ids = torch.tensor([tokens[self.start:]], dtype=torch.long, device=self.device)
         else:  # the cache holds all but the last token
-            new = tokens[-1:]
-        ids = torch.tensor([new], dtype=torch.long, device=self.device)
+            # torch.full, not torch.tensor([[id]]): parsing a nested list cost ~50 us a token
+            # against ~3 us (benchmarks/README.md, section 8)
+            ids = torch.full((1, 1), tokens[-1], dtype=torch.long, device=self.device)
         return self.model.forward_cached(ids, self.cache)[0]
 
 
@@ -148,29 +149,38 @@ def generate(model: GPT, prompt_ids: Sequence[int], settings: SamplingSettings,
 
 
 class TextStream:
-    """Turns token ids, one at a time, into the text they add. Decoding the ids so far and
-    emitting the new suffix works for any tokenizer (a BPE token can end mid-character:
-    text that ends in U+FFFD is held back until the next token completes it)."""
+    """Turns token ids, one at a time, into the text they add. Decoding a few ids already shown
+    together with the new ones and emitting what the new ones add works for any tokenizer (a
+    BPE token can end mid-character: text that ends in U+FFFD is held back until the next
+    token completes it). Each token decodes at most ``CONTEXT`` ids more than it adds, so a long
+    stream costs the same per token at its end as at its start (decoding every id so far, each
+    token, grew with the text: at 10,000 characters it cost more than a token's forward)."""
+
+    CONTEXT = 8  # ids before the new ones that are decoded with them, so a token that joins its neighbour decodes right
 
     def __init__(self, tokenizer: Tokenizer, on_text: Callable[[str], None]) -> None:
         self.tokenizer = tokenizer
         self.on_text = on_text
         self.ids: list[int] = []
-        self.emitted = ""
+        self.shown = 0  # ids[:shown] are in the text emitted so far
+        self.head = ""  # the decoded text of ids[anchor:shown], the context the new ids follow
 
     def __call__(self, token_id: int) -> None:
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd") or not text.startswith(self.emitted):
-            return
-        self.on_text(text[len(self.emitted):])
-        self.emitted = text
+        self._emit(final=False)
 
     def flush(self) -> None:
-        text = self.tokenizer.decode(self.ids)
-        if text != self.emitted and text.startswith(self.emitted):
-            self.on_text(text[len(self.emitted):])
-        self.emitted = text
+        self._emit(final=True)
+
+    def _emit(self, final: bool) -> None:
+        anchor = max(0, self.shown - self.CONTEXT)
+        text = self.tokenizer.decode(self.ids[anchor:])
+        if not text.startswith(self.head) or (not final and text.endswith("\ufffd")):
+            return  # the new ids change text already shown, or end mid-character: wait for more
+        if len(text) > len(self.head):
+            self.on_text(text[len(self.head):])
+        self.shown = len(self.ids)
+        self.head = self.tokenizer.decode(self.ids[max(0, self.shown - self.CONTEXT):])
 
 
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, settings: SamplingSettings,
