@@ -25,6 +25,7 @@ from textual.screen import Screen
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.control import Control
 from tui_trainer.errors import UserError
+from tui_trainer.events import AccumChangeApplied, CheckpointFailed, CheckpointSaved, Notice, RunEnded, RunStarted
 from tui_trainer.ui.bridge import AppSink, EngineWake, SetUpDone
 from tui_trainer.ui.commands import TRAINER, CommandTable
 from tui_trainer.ui.format import plural
@@ -255,20 +256,23 @@ class TrainerApp(App[None]):
         self.redraw_plot()
 
     def _react(self, event: Any) -> None:
-        name = type(event).__name__
-        if name == "RunEnded":
-            self._on_run_ended(event)
-        elif name == "CheckpointSaved" and self._save_requested_by_key:
-            self._save_requested_by_key = False
-            self.notify(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.1f}s)",
-                        title="checkpoint", timeout=4)
-        elif name == "CheckpointFailed":
-            self.notify(f"{event.message}; training continues, the previous checkpoint is intact",
-                        title="checkpoint failed", severity="error", timeout=10)
-        elif name == "Notice" and event.level != "info":
-            self.notify(event.message, severity="error" if event.level == "error" else "warning", timeout=8)
-        elif name == "AccumChangeApplied":
-            self.notify(f"accum {event.old} -> {event.new} from epoch {event.epoch}", timeout=4)
+        match event:
+            case RunStarted():
+                for note in event.notes:  # (the run line's notes: a busy machine, a capped epoch, a resume's)
+                    self.notify(note, title="note", timeout=12)
+            case RunEnded():
+                self._on_run_ended(event)
+            case CheckpointSaved() if self._save_requested_by_key:
+                self._save_requested_by_key = False
+                self.notify(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.1f}s)",
+                            title="checkpoint", timeout=4)
+            case CheckpointFailed():
+                self.notify(f"{event.message}; training continues, the previous checkpoint is intact",
+                            title="checkpoint failed", severity="error", timeout=10)
+            case Notice() if event.level != "info":
+                self.notify(event.message, severity="error" if event.level == "error" else "warning", timeout=8)
+            case AccumChangeApplied():
+                self.notify(f"accum {event.old} -> {event.new} from epoch {event.epoch}", timeout=4)
 
     _save_requested_by_key = False
 
