@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         exported = export_hf(cfg.run_dir, Path(scratch) / "exported")
         theirs = GPT2LMHeadModel.from_pretrained(exported.out_dir).eval()
         trainer.model.eval()
-        inputs, _ = trainer.val_set.batch(torch.arange(min(4, len(trainer.val_set))))
+        inputs, _ = trainer.session.val_set.batch(torch.arange(min(4, len(trainer.session.val_set))))
         best = torch.load(Path(cfg.run_dir) / "checkpoints" / "best.pt", weights_only=False)["model"]
         trainer.model.load_state_dict(best)
         with torch.no_grad():
