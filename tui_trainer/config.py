@@ -101,6 +101,9 @@ class TrainConfig:
     # and how long a collective waits for a rank before the run ends with an error (a rank died or hangs).
     backend: str = "auto"
     dist_timeout: float = 600.0
+    # --time-budget: "90s", "10m", "2h" (or seconds): the run plans its tokens from its measured pace so that
+    # training, validation and the final save end within it (engine/budget.py); None = train for --epochs.
+    time_budget: str | float | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("limit_train_batches", d.limit_train_batches, "--limit-train-batches", allow_none=True)
     _positive("limit_val_batches", d.limit_val_batches, "--limit-val-batches", allow_none=True)
     _positive("epochs", t.epochs, "--epochs")
+    if t.time_budget is not None:
+        from tui_trainer.analysis.time_budget import parse_duration
+
+        parse_duration(t.time_budget)  # (one line on a bad one)
     _positive("micro_batch", t.micro_batch, "--micro-batch")
     if t.accum is None or not ACCUM_MIN <= t.accum <= ACCUM_MAX:
         raise UserError(f"--accum must be between {ACCUM_MIN} and {ACCUM_MAX}, got {t.accum}", "use e.g. --accum 8")

@@ -41,6 +41,8 @@ class RunStarted:
     auto_accum: bool = False  # ... and follows its suggestion at each epoch boundary
     precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/engine/precision.py chose it
     val_batches: int = 0  # micro-batches in one validation pass, this process's share (0 = not known)
+    time_budget: float | None = None  # --time-budget in seconds (None = the run trains for its epochs)
+    budget_left: float | None = None  # ... of it, after the start-up (a resumed run: its earlier sessions too)
 
     @property
     def effective_batch(self) -> int:
@@ -83,6 +85,8 @@ class StepEvent:
     noise_scale: float | None = None  # smoothed B_simple in sequences (noise_scale.py); None until settled
     suggested_accum: int | None = None  # the accum whose effective batch is nearest the noise scale
     world_size: int = 1  # processes that took this step together (torchrun); tokens and tokens/s are all of theirs
+    budget_left: float | None = None  # --time-budget: active seconds left of it (pauses do not count)
+    planned_tokens: int | None = None  # --time-budget: the run's tokens as planned now (the plan may change)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,6 +29,7 @@ from tui_trainer.data.dataset import Corpus, WindowDataset, load_corpus, window_
 from tui_trainer.data.text_source import PreparationCancelled, ProgressFn
 from tui_trainer.data.tokenizer import tokenizer_from_record
 from tui_trainer.engine.accumulation import GradientIncrements
+from tui_trainer.engine.budget import start_budget
 from tui_trainer.engine.distributed import (
     PeerLost,
     Placement,
@@ -61,6 +62,7 @@ class TrainingSession:
     def __init__(self, cfg: RunConfig, sink: Sink | None = None, control: Control | None = None, *,
                  resume: str | Path | None = None, overrides: dict[str, Any] | None = None,
                  overwrite: bool = False, for_ui: bool = False, data_progress: ProgressFn | None = None):
+        setup_started = time.monotonic()  # (a --time-budget counts the start-up)
         self.control = control or Control()
         self.for_ui = for_ui  # someone can press `s` to retry a failed final save
         self.notes: list[str] = []
@@ -89,6 +91,8 @@ class TrainingSession:
             self.ranks.set_up_done()  # (from here on a collective waits --dist-timeout at most)
             self.train_model, self.grad_sync = wrap_model(self.model, self.ranks)
             self.train_model = torch.compile(self.train_model) if cfg.train.compile else self.train_model
+            self.budget = start_budget(self, setup_started)  # (one too short to take a step: refused here)
+            self.figures = replace(self.figures, budget=self.budget)
         except BaseException:
             if placement.is_main and resume is None and self.run_dir is not None:
                 self.release_run_dir()  # nothing left behind: a new run whose set-up failed goes again
@@ -300,6 +304,7 @@ class TrainingSession:
             "optimizer": self.optimizer.state_dict(),
             "early_stopping": self.early_stopping.state_dict(),
             "loop": {**asdict(self.state), "elapsed_seconds": self.elapsed_seconds(),
+                     "time_budget": self.budget.state_dict() if self.budget is not None else None,
                      "last_verdict": self.diagnosis.to_state() if self.diagnosis else None},
             "rng": rank_rngs[0] if "rng_ranks" in extra else rng,
             **extra,
