@@ -306,10 +306,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("limit_train_batches", d.limit_train_batches, "--limit-train-batches", allow_none=True)
     _positive("limit_val_batches", d.limit_val_batches, "--limit-val-batches", allow_none=True)
     _positive("epochs", t.epochs, "--epochs")
-    if t.time_budget is not None:
-        from tui_trainer.analysis.time_budget import parse_duration
-
-        parse_duration(t.time_budget)  # (one line on a bad one)
     _positive("micro_batch", t.micro_batch, "--micro-batch")
     if t.accum is None or not ACCUM_MIN <= t.accum <= ACCUM_MAX:
         raise UserError(f"--accum must be between {ACCUM_MIN} and {ACCUM_MAX}, got {t.accum}", "use e.g. --accum 8")

@@ -23,6 +23,7 @@ import torch
 from tui_trainer.analysis.diagnosis import Diagnosis
 from tui_trainer.analysis.early_stopping import EarlyStopping
 from tui_trainer.analysis.noise_scale import NoiseScaleEstimator
+from tui_trainer.analysis.time_budget import parse_duration
 from tui_trainer.config import RunConfig, usable_cores, validate
 from tui_trainer.control import Control
 from tui_trainer.data.dataset import Corpus, WindowDataset, load_corpus, window_count
@@ -77,6 +78,8 @@ class TrainingSession:
             cfg, resume_state = _read_checkpoint(resume, overrides, placement.is_main, self.notes)
             self.outstanding_end = rd.refuse_or_finish(resume_state, cfg, Path(resume))
         self.cfg = cfg = validate(cfg)
+        if cfg.train.time_budget is not None:
+            parse_duration(cfg.train.time_budget)  # (a bad one: one line, before anything is made)
         self._place(placement, for_ui)
         self.ranks.start()  # (one process: nothing)
         made: list[Path] = []  # the folders a new run made (removed again if its set-up fails)
