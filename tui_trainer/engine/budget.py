@@ -58,7 +58,7 @@ class RunBudget:
         self._started = started
         self.paused: Callable[[], float] = lambda: 0.0
         self.training_seconds = 0.0  # this session's training (the epoch ends left out)
-        self._mark: float | None = None  # active time of the last step's end (None: not training)
+        self._mark: float | None = None  # active time of the last step's end, less the epoch ends since
         self._window: deque[tuple[float, int]] = deque()  # (training seconds, tokens seen) at step ends
         self.step_seconds_guess = 0.0
         self.epoch_end_guess = 0.0
@@ -130,12 +130,11 @@ class RunBudget:
     def training_starts(self) -> None:
         self._mark = self.used()
 
-    def epoch_end_starts(self) -> None:
-        self._mark = None
-
     def epoch_end_done(self, seconds: float) -> None:
+        """An epoch's end (validation, sample, saves) took ``seconds``: they are not training."""
         self.epoch_end_seconds = seconds
-        self._mark = self.used()
+        if self._mark is not None:
+            self._mark += seconds
 
     def step_done(self, *, tokens_seen: int, tokens_per_epoch: int, tokens_per_step: int, sink: Sink) -> None:
         """After every optimizer step: time it, and plan (or plan again) when the pace says so."""

@@ -180,8 +180,6 @@ class Trainer:
     def _finish_epoch(self) -> RunEnded | None:
         cfg, st, s = self.cfg, self.state, self.session
         started = time.perf_counter()
-        if s.budget is not None:
-            s.budget.epoch_end_starts()
         val_loss = self.evaluate()
         # Its own generator: the losses stay as they were. Rank 0's alone (it alone shows it).
         sample = s.sampler.after_epoch(st.step) if self.ranks.is_main else None
