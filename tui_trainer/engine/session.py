@@ -62,8 +62,11 @@ class TrainingSession:
 
     def __init__(self, cfg: RunConfig, sink: Sink | None = None, control: Control | None = None, *,
                  resume: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                 overwrite: bool = False, for_ui: bool = False, data_progress: ProgressFn | None = None):
-        setup_started = time.monotonic()  # (a --time-budget counts the start-up)
+                 overwrite: bool = False, for_ui: bool = False, data_progress: ProgressFn | None = None,
+                 budget_started: float | None = None):
+        # A --time-budget counts the start-up: from here, or from ``budget_started`` (time.monotonic()
+        # at the process's start: the headless face passes it).
+        setup_started = time.monotonic() if budget_started is None else budget_started
         self.control = control or Control()
         self.for_ui = for_ui  # someone can press `s` to retry a failed final save
         self.notes: list[str] = []
