@@ -39,9 +39,10 @@ from pathlib import Path
 from _common import NOTHING_MEASURED, machine_line, scratch_dir, table
 
 CORPUS = Path(__file__).resolve().parent.parent / "datasets" / "tinyshakespeare.txt"
-RECIPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "lr": 1e-3, "iters": 2000, "eval_batches": 20}
-QUICK = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 4, "lr": 3e-3, "iters": 60, "eval_batches": 4,
-             "extra": ("--threads", "1"), "budget_extra": ("--micro-batch", "4", "--accum", "2")}
+RECIPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "lr": 1e-3, "iters": 2000,
+          "eval_batches": 20}
+QUICK = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 4, "lr": 3e-3, "iters": 60,
+         "eval_batches": 4, "extra": ("--threads", "1"), "budget_extra": ("--micro-batch", "4", "--accum", "2")}
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py", "data/shakespeare_char/prepare.py")
 NANOGPT_EVAL = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 TUI_EVAL = re.compile(r"^epoch (\d+)/\d+ .*val_loss=([\d.]+)")
