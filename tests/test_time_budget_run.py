@@ -210,3 +210,51 @@ def test_a_finished_budget_run_is_not_resumed_and_a_damaged_plan_is_refused(smal
     with pytest.raises(UserError) as error:
         Trainer(cfg, resume=tmp_path / "run")
     assert "its time budget has planned_tokens -5" in error.value.message
+
+
+def _budget_events():
+    from dataclasses import replace as with_
+
+    from tests.test_headless_log import _started, _step
+
+    started = _started(time_budget=60.0, budget_left=50.0, epochs=1, planned_tokens=320 * 32)
+    plan = 3 * 320 * 32 // 2  # 1.5 epochs
+    steps = [with_(_step(step), budget_left=50.0 - step, planned_tokens=plan if step >= 5 else None)
+             for step in range(1, 11)]
+    return started, steps, plan
+
+
+def test_the_headless_lines_show_the_budget_left_and_the_planned_epochs():
+    import io
+
+    from tests.test_headless_log import Clock
+    from tui_trainer.cli.headless import HeadlessLog
+    from tui_trainer.config import LogEvery
+
+    out, log_clock = io.StringIO(), Clock()
+    log = HeadlessLog(out, progress=False, log_every=LogEvery(steps=5), clock=log_clock)
+    started, steps, _ = _budget_events()
+    log.emit(started)
+    for step in steps:
+        log_clock.now += 1.0
+        log.emit(step)
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("progress ")]
+    assert lines[0].startswith("progress epoch 1/2 step 5/40") and "budget_left=0:00:45" in lines[0]
+    assert "budget_left=0:00:40" in lines[1]
+
+
+def test_the_app_view_counts_the_budget_down_and_follows_the_plan():
+    from tui_trainer.ui.view import RunView
+
+    view = RunView()
+    started, steps, plan = _budget_events()
+    view.apply(started, 0.0)
+    assert view.budget_seconds_left(0.0) == 50.0 and view.epochs == 1
+    for step in steps:
+        view.apply(step, float(step.step))
+    assert view.planned_tokens == plan and view.epochs == 2
+    assert view.budget_seconds_left(10.0) == 40.0
+    assert view.budget_seconds_left(13.0) == 37.0  # counted down between steps
+    view.paused_since = 13.0
+    assert view.budget_seconds_left(30.0) == 37.0  # ... not while paused
+    assert RunView().budget_seconds_left(5.0) is None  # no budget: nothing shown

@@ -39,7 +39,6 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
     with SignalStopper(control):
         from tui_trainer.cli.headless import HeadlessLog
         from tui_trainer.data.progress import DataProgressLine
-        from tui_trainer.engine.budget import process_started
         from tui_trainer.engine.loop import Trainer
         from tui_trainer.events import FanOut
 
@@ -48,7 +47,7 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
         listener = serve_listener(args)  # a bad host or busy port refused here, before the run dir exists
         trainer = Trainer(cfg, FanOut(log, tensorboard_sink(args)), control, resume=args.resume, overrides=given,
                           overwrite=args.overwrite, data_progress=DataProgressLine(stdout),
-                          budget_started=process_started() if cfg.train.time_budget is not None else None)
+                          budget_started=getattr(args, "started", None))  # (--time-budget counts from the command's start)
         log.log_every = parse_log_every(trainer.cfg.train.log_every)  # a resumed run's own, unless given
         server = served_viewer(trainer, listener)
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
@@ -384,7 +385,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # (a --time-budget counts from here: torch's import and the set-up are the run's)
     args = parse_args(argv)
+    args.started = started
     try:
         return COMMANDS[args.command].run(args)
     except UserError as exc:

@@ -18,12 +18,10 @@ cosine decay from the plan's point to the floor exactly at the planned tokens.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import nullcontext
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -191,18 +189,6 @@ def start_budget(session: TrainingSession, started: float) -> RunBudget | None:
     budget = RunBudget(parse_duration(given), started=started, state=session.state.time_budget)
     budget.probe(session)
     return budget
-
-
-def process_started() -> float | None:
-    """``time.monotonic()`` when this process started (Linux's /proc), else None: a budget given on
-    the command line counts the interpreter's start and the imports too."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-    return time.monotonic() - age if 0 <= age < 600 else None
 
 
 def _shown(seconds: float) -> str:
