@@ -52,8 +52,8 @@ class Recorder:
     """The run's events, and its cost on the fake clock."""
 
     def __init__(self, clock: FakeClock, control=None, pause_at_step: int | None = None,
-                 stop_at_step: int | None = None) -> None:
-        self.clock, self.control = clock, control
+                 stop_at_step: int | None = None, epoch_end_s: float = EPOCH_END_S) -> None:
+        self.clock, self.control, self.epoch_end_s = clock, control, epoch_end_s
         self.pause_at_step, self.stop_at_step = pause_at_step, stop_at_step
         self.events: list = []
 
@@ -66,7 +66,7 @@ class Recorder:
             if event.step == self.stop_at_step:
                 self.control.stop()
         elif isinstance(event, EpochEvent):
-            self.clock.t += EPOCH_END_S
+            self.clock.t += self.epoch_end_s
         elif isinstance(event, Paused):  # a long pause (the clock moves while the loop waits), then on
             self.control.resume()
         elif isinstance(event, Resumed):
@@ -258,3 +258,11 @@ def test_the_app_view_counts_the_budget_down_and_follows_the_plan():
     view.paused_since = 13.0
     assert view.budget_seconds_left(30.0) == 37.0  # ... not while paused
     assert RunView().budget_seconds_left(5.0) is None  # no budget: nothing shown
+
+
+def test_epoch_ends_that_leave_no_time_to_train_are_said(small_corpus, tmp_path, clock):
+    cfg = budget_config(small_corpus, tmp_path)
+    _, sink, _ = trained(cfg, clock, epoch_end_s=20.0)  # a validation pass of 20 s in a 30 s budget
+    warnings = [n.message for n in sink.of(Notice) if n.level == "warning"]
+    assert any("leaves no time to train on" in w and "--limit-val-batches" in w for w in warnings)
+    assert sink.of(RunEnded)[-1].reason == "completed"

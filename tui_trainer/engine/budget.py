@@ -160,6 +160,10 @@ class RunBudget:
             self.warmup_tokens = tokens_seen
         if line is not None:
             sink.emit(Notice(message=line + f" ({_shown(self.seconds_left())} of the budget left)"))
+        if line is not None and self.planner.planned_tokens <= tokens_seen:  # (not even one more step fits)
+            sink.emit(Notice(level="warning", message=(
+                f"time budget: an epoch's end (validation, sample, saves: ~{pace.seconds_per_val_pass:.1f} s) "
+                f"leaves no time to train on; --limit-val-batches or --sample-tokens 0 make it shorter")))
 
     def _epoch_end(self) -> float:
         return self.epoch_end_seconds if self.epoch_end_seconds is not None else self.epoch_end_guess
