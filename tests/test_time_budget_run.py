@@ -266,3 +266,22 @@ def test_epoch_ends_that_leave_no_time_to_train_are_said(small_corpus, tmp_path,
     warnings = [n.message for n in sink.of(Notice) if n.level == "warning"]
     assert any("leaves no time to train on" in w and "--limit-val-batches" in w for w in warnings)
     assert sink.of(RunEnded)[-1].reason == "completed"
+
+
+async def test_the_status_line_shows_the_budget_left_while_the_run_runs(small_corpus, tmp_path, clock):
+    from screen import screen_text
+
+    from tui_trainer.ui.viewer import create_view_app
+
+    trained(budget_config(small_corpus, tmp_path), clock)
+    app = create_view_app(tmp_path / "run", memory_probe=lambda device: "—")
+    async with app.run_test(size=(150, 40)) as pilot:
+        await pilot.pause()
+        assert app.view.budget_left is not None  # (from the step records: the viewer has no RunStarted)
+        assert "budget" not in screen_text(app).split("\n")[0]  # a finished run: nothing is left to count
+        app.view.end_reason, app.view.ended_at = None, None  # the same view, as the run was still running
+        app.view.state = "running"
+        await pilot.pause(0.6)
+        status = " ".join(screen_text(app).split("\n")[0].split())
+        assert "budget 0:00:0" in status and "left" in status
+        await pilot.press("q")

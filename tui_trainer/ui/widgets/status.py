@@ -78,9 +78,9 @@ class StatusBar(Panel):
             eta = view.eta(now)
             line.append("measuring…" if eta is None and view.eta_measuring else fmt.duration(eta),
                         dim if eta is None else "")
-        budget_left = view.budget_seconds_left(now)
-        if budget_left is not None:
-            line.append("  budget ", dim)
-            line.append(fmt.duration(budget_left))
-            line.append(" left", dim)
+            budget_left = view.budget_seconds_left(now)  # --time-budget (pauses do not count)
+            if budget_left is not None:
+                line.append("  budget ", dim)
+                line.append(fmt.duration(budget_left))
+                line.append(" left", dim)
         return line
