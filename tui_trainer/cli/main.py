@@ -60,9 +60,9 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--accum", OPTIM, "train", "accum", int, "micro-batches accumulated per optimizer step"),
     ("--epochs", OPTIM, "train", "epochs", int, "passes over the training split"),
     ("--time-budget", OPTIM, "train", "time_budget", str,
-     "train for this long instead of --epochs (90s, 10m, 2h): the run plans its tokens from its measured pace so "
-     "that training, validation and the final save end within it, and the LR decays to its floor at the end; "
-     "pauses do not count"),
+     ("train for this long instead of --epochs (90s, 10m, 2h): the run plans its tokens from its measured pace so "
+      "that training, validation and the final save end within it, and the LR decays to its floor at the end; "
+      "pauses do not count")),
     ("--lr", OPTIM, "optim", "lr", float, "peak learning rate"),
     ("--warmup-tokens", OPTIM, "optim", "warmup_tokens", int, "linear warm-up in tokens"),
     ("--weight-decay", OPTIM, "optim", "weight_decay", float, "AdamW weight decay"),
