@@ -54,6 +54,7 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
     ("scaling.py", "one all-reduce round per step"),
     ("hf_export.py", "exported: every folder written"),
     ("hf_finetune.py", "fine-tuned and exported back"),
+    ("time_to_loss.py", "(its defaults): wall"),
 ])
 def test_benchmark_script_runs_quick_and_prints_its_figures(script, expected, tmp_path):
     if script in ("key_latency.py", "ui_overhead.py") and shutil.which("tmux") is None:

@@ -104,6 +104,9 @@ class TrainConfig:
     # and how long a collective waits for a rank before the run ends with an error (a rank died or hangs).
     backend: str = "auto"
     dist_timeout: float = 600.0
+    # --time-budget: "90s", "10m", "2h" (or seconds): the run plans its tokens from its measured pace so that
+    # training, validation and the final save end within it (engine/budget.py); None = train for --epochs.
+    time_budget: str | float | None = None
 
 
 @dataclass(frozen=True)

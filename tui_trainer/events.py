@@ -42,6 +42,8 @@ class RunStarted:
     precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/engine/precision.py chose it
     val_batches: int = 0  # micro-batches in one validation pass, this process's share (0 = not known)
     init_from: str = ""  # the weights a new run started from (--init-from's folder); "" = random, or a resume
+    time_budget: float | None = None  # --time-budget in seconds (None = the run trains for its epochs)
+    budget_left: float | None = None  # ... of it, after the start-up (a resumed run: its earlier sessions too)
 
     @property
     def effective_batch(self) -> int:
@@ -85,6 +87,8 @@ class StepEvent:
     suggested_accum: int | None = None  # the accum whose effective batch is nearest the noise scale
     noise_scale_error: float | None = None  # its standard error as a share of it (0.2: ±20%)
     world_size: int = 1  # processes that took this step together (torchrun); tokens and tokens/s are all of theirs
+    budget_left: float | None = None  # --time-budget: active seconds left of it (pauses do not count)
+    planned_tokens: int | None = None  # --time-budget: the run's tokens as planned now (the plan may change)
 
 
 @dataclass(frozen=True, kw_only=True)

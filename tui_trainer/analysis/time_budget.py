@@ -61,16 +61,21 @@ def plan_tokens(*, budget_seconds: float, elapsed_seconds: float, tokens_seen: i
     left = budget_seconds - elapsed_seconds - pace.seconds_per_save
     if left <= 0 or pace.tokens_per_s <= 0:
         return tokens_seen
-    total = tokens_seen
-    for _ in range(64):  # the passes depend on the tokens and the tokens on the passes: settle both
-        passes = math.ceil(total / tokens_per_epoch) - tokens_seen // tokens_per_epoch if total > tokens_seen else 1
-        train_seconds = left - max(1, passes) * pace.seconds_per_val_pass
-        new_total = tokens_seen + max(0, int(train_seconds * pace.tokens_per_s))
-        new_total -= (new_total - tokens_seen) % tokens_per_step
-        if new_total == total:
-            break
-        total = new_total
-    return max(tokens_seen, total)
+
+    def seconds(steps: int) -> float:  # training ``steps`` more, and their epochs' validation passes
+        total = tokens_seen + steps * tokens_per_step
+        passes = math.ceil(total / tokens_per_epoch) - tokens_seen // tokens_per_epoch if steps else 1
+        return (total - tokens_seen) / pace.tokens_per_s + max(1, passes) * pace.seconds_per_val_pass
+
+    # The most whole steps that fit (the time grows with the steps: bisect; a fixed-point iteration
+    # oscillates when the validation passes cost more than the training between them).
+    fits, too_many = 0, int(left * pace.tokens_per_s / tokens_per_step) + 1
+    if seconds(0) > left:
+        return tokens_seen
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        fits, too_many = (middle, too_many) if seconds(middle) <= left else (fits, middle)
+    return tokens_seen + fits * tokens_per_step
 
 
 @dataclass
@@ -80,12 +85,13 @@ class BudgetPlanner:
     budget_seconds: float
     planned_tokens: int | None = None  # None while measuring
     planned_pace: float | None = None  # tokens/s the plan was made with
+    measure_seconds: float = MEASURE_SECONDS  # training measured before the first plan (a short budget: less)
 
     def update(self, *, elapsed_seconds: float, training_seconds: float, tokens_seen: int, tokens_per_epoch: int,
                pace: Pace, tokens_per_step: int) -> str | None:
         """Plan once the pace is measured; plan again if it drifted. Returns a line to show when
         the plan was made or changed, else None."""
-        if training_seconds < MEASURE_SECONDS:
+        if training_seconds < self.measure_seconds:
             return None
         if self.planned_tokens is not None and self.planned_pace:
             drift = abs(pace.tokens_per_s - self.planned_pace) / self.planned_pace
@@ -114,3 +120,25 @@ class BudgetPlanner:
         self.budget_seconds = float(state["budget_seconds"])
         self.planned_tokens = None if state.get("planned_tokens") is None else int(state["planned_tokens"])
         self.planned_pace = None if state.get("planned_pace") is None else float(state["planned_pace"])
+
+
+def state_problem(state: object) -> str | None:
+    """What is wrong with a checkpoint's budget state (``state_dict`` and what the engine adds: the
+    seconds used, where the decay starts, the provisional plan), in a few words; None: it fits."""
+    if not isinstance(state, dict):
+        return "is not a table"
+
+    def fits(key: str, whole: bool) -> bool:
+        value = state.get(key)
+        if value is None:
+            return key not in ("budget_seconds", "used_seconds")
+        kinds = (int,) if whole else (int, float)
+        return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+    for key, whole in (("budget_seconds", False), ("used_seconds", False), ("planned_tokens", True),
+                       ("planned_pace", False), ("warmup_tokens", True), ("provisional_tokens", True)):
+        if not fits(key, whole):
+            return f"has {key} {state.get(key)!r}"
+    if not state["budget_seconds"] > 0:
+        return f"has budget_seconds {state['budget_seconds']!r}"
+    return None

@@ -46,7 +46,8 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
         log = HeadlessLog(stdout)
         listener = serve_listener(args)  # a bad host or busy port refused here, before the run dir exists
         trainer = Trainer(cfg, FanOut(log, tensorboard_sink(args)), control, resume=args.resume, overrides=given,
-                          overwrite=args.overwrite, data_progress=DataProgressLine(stdout))
+                          overwrite=args.overwrite, data_progress=DataProgressLine(stdout),
+                          budget_started=getattr(args, "started", None))  # (--time-budget counts from the command's start)
         log.log_every = parse_log_every(trainer.cfg.train.log_every)  # a resumed run's own, unless given
         server = served_viewer(trainer, listener)
         try:

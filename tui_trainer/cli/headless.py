@@ -64,6 +64,8 @@ class HeadlessLog:
         self._shown_eta = SmoothedEta()
         self._run_dir = ""
         self._init_from = ""  # (RunStarted says: the model a new run started from)
+        self._budget_left: tuple[float, float] | None = None  # --time-budget: (seconds left, at this clock)
+        self._tokens_per_epoch = 0
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -95,7 +97,12 @@ class HeadlessLog:
 
     def _times(self) -> str:
         eta = self.eta()
-        return f"elapsed={duration(self.elapsed())} eta={'measuring' if eta is None else duration(eta)}"
+        times = f"elapsed={duration(self.elapsed())} eta={'measuring' if eta is None else duration(eta)}"
+        if self._budget_left is not None:
+            left, at = self._budget_left
+            since = 0.0 if self._paused_since is not None else self.clock() - at  # (a pause does not count)
+            times += f" budget_left={duration(max(0.0, left - since))}"
+        return times
 
     def _print(self, text: str) -> None:
         if self.progress:
@@ -169,6 +176,9 @@ class HeadlessLog:
         self._epochs = event.epochs
         self._run_dir = event.run_dir
         self._init_from = event.init_from
+        self._tokens_per_epoch = event.train_examples * event.block_size
+        if event.budget_left is not None:
+            self._budget_left = (event.budget_left, self.clock())
         self._started = self._last_logged = self._last_step_at = self.clock()
         self._elapsed_before = event.elapsed_before
         self._eta = EtaModel(planned_tokens=event.planned_tokens, tokens_seen=event.tokens_seen,
@@ -186,6 +196,12 @@ class HeadlessLog:
 
     def _step(self, event: StepEvent) -> None:
         self._lr = event.lr
+        if event.budget_left is not None:
+            self._budget_left = (event.budget_left, self.clock())
+        if event.planned_tokens is not None and self._tokens_per_epoch:  # --time-budget: the plan so far
+            self._epochs = max(1, -(-event.planned_tokens // self._tokens_per_epoch))
+            if self._eta is not None:
+                self._eta.planned_tokens, self._eta.epochs = event.planned_tokens, self._epochs
         if event.tokens_per_s > 0:
             seconds = event.tokens / event.tokens_per_s
             self._window_tokens += event.tokens

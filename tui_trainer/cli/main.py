@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
@@ -59,6 +60,10 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--micro-batch", OPTIM, "train", "micro_batch", int, "sequences per forward/backward"),
     ("--accum", OPTIM, "train", "accum", int, "micro-batches accumulated per optimizer step"),
     ("--epochs", OPTIM, "train", "epochs", int, "passes over the training split"),
+    ("--time-budget", OPTIM, "train", "time_budget", str,
+     ("train for this long instead of --epochs (90s, 10m, 2h): the run plans its tokens from its measured pace so "
+      "that training, validation and the final save end within it, and the LR decays to its floor at the end; "
+      "pauses do not count")),
     ("--lr", OPTIM, "optim", "lr", float, "peak learning rate"),
     ("--warmup-tokens", OPTIM, "optim", "warmup_tokens", int, "linear warm-up in tokens"),
     ("--weight-decay", OPTIM, "optim", "weight_decay", float, "AdamW weight decay"),
@@ -95,6 +100,7 @@ NONE_MEANS = {
     "optim.warmup_tokens": "5% of the run, at least 10 steps' worth",
     "train.threads": "all cores; one left for the app on 4+",
     "train.checkpoint_every": "about every 5 minutes",
+    "train.time_budget": "off: train for --epochs",
 }
 
 
@@ -213,6 +219,11 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
     check_given_paths(config=args.config, resume=args.resume, run_dir=args.run_dir, overwrite=args.overwrite,
                       data=None)
     cfg, given = config_from_args(args)
+    if "train.time_budget" in given and "train.epochs" in given:
+        raise UserError("--time-budget and --epochs both say how long to train",
+                        "give one: --time-budget plans the epochs from the measured pace (the last may be partial)")
+    if "train.time_budget" in given and args.nproc not in (None, 1):
+        raise UserError("--time-budget trains one process for now", "drop --nproc, or train for --epochs instead")
     if args.resume and args.quick:
         raise UserError("--quick starts a new run", "drop --quick when resuming: a run keeps its own settings")
     if cfg.model.init_from is not None:
@@ -380,7 +391,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # (a --time-budget counts from here: torch's import and the set-up are the run's)
     args = parse_args(argv)
+    args.started = started
     try:
         return COMMANDS[args.command].run(args)
     except UserError as exc:

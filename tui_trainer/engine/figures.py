@@ -1,14 +1,22 @@
 """The run's sizes, derived once from the config and the data: what an epoch and a validation pass
 hold, the tokens the run plans, its warm-up, and the learning rate at any point (schedule.py's
-``lr_at`` over them). Pure arithmetic: no torch, no state."""
+``lr_at`` over them). Pure arithmetic: no torch, no state of its own (under --time-budget the
+planned tokens are the budget's plan: engine/budget.py)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from tui_trainer.analysis.schedule import lr_at
 from tui_trainer.config import RunConfig
 from tui_trainer.data.dataset import val_batch_limit
+
+if TYPE_CHECKING:
+    from tui_trainer.engine.budget import RunBudget
+
+NOT_PLANNED_YET = 2**62  # the decay's end while a budget measures the pace: the LR holds its peak
 
 
 @dataclass(frozen=True)
@@ -17,6 +25,7 @@ class RunFigures:
     train_windows: int  # sequences the training split holds (before --limit-train-batches)
     val_windows: int  # and the validation split (before --limit-val-batches)
     world_size: int = 1  # processes: the effective batch is micro-batch x accum x this
+    budget: RunBudget | None = None  # --time-budget: the run's length is its plan, not the epochs
     lr_anchor: tuple[int, float] | None = None  # (tokens, lr) the schedule goes on from (a resume moved its end)
 
     def _capped(self, examples: int, limit_batches: int | None) -> int:
@@ -30,22 +39,41 @@ class RunFigures:
         return self._capped(self.val_windows, val_batch_limit(self.cfg.data))
 
     def planned_tokens(self) -> int:
+        if self.budget is not None:  # the plan (until it is made: the start-up's guess)
+            return self.budget.total_tokens()
         return self.cfg.train.epochs * self.examples_per_epoch() * self.cfg.model.block_size
 
+    def epochs(self) -> int:
+        """The epochs the run trains: --epochs, or the ones the budget's plan reaches (the last may be partial)."""
+        if self.budget is None:
+            return self.cfg.train.epochs
+        return max(1, math.ceil(self.planned_tokens() / (self.examples_per_epoch() * self.cfg.model.block_size)))
+
     def warmup_tokens(self) -> int:
-        """--warmup-tokens, or 5% of the run but at least 10 steps' worth (at most 20% of the run)."""
+        """--warmup-tokens, or 5% of the run but at least 10 steps' worth (at most 20% of the run).
+        Under a budget: --warmup-tokens or 10 steps' worth, fixed before training, stretched to the
+        plan's point when the plan comes later (the LR holds its peak while the pace is measured)."""
         explicit = self.cfg.optim.warmup_tokens
+        ten_steps = (10 * self.cfg.train.micro_batch * self.cfg.train.accum * self.world_size
+                     * self.cfg.model.block_size)
+        if self.budget is not None:
+            ramp = explicit if explicit is not None else ten_steps
+            return max(ramp, self.budget.warmup_tokens or 0)
         if explicit is not None:
             return explicit
         planned = self.planned_tokens()
-        ten_steps = (10 * self.cfg.train.micro_batch * self.cfg.train.accum * self.world_size
-                     * self.cfg.model.block_size)
         return int(min(max(0.05 * planned, ten_steps), 0.2 * planned))
+
+    def decay_end(self) -> int:
+        """Where the LR reaches its floor: the planned tokens (far away while a budget measures its pace)."""
+        return NOT_PLANNED_YET if self.budget is not None and not self.budget.planned else self.planned_tokens()
 
     def lr_for(self, tokens_seen: int) -> float:
         o = self.cfg.optim
-        return lr_at(tokens_seen, o.lr, o.lr * o.min_lr_ratio, self.warmup_tokens(), self.planned_tokens(),
-                     self.lr_anchor)
+        total = self.decay_end()
+        if self.budget is not None and tokens_seen >= total:  # (a plan shorter than the warm-up ends there too)
+            return o.lr * o.min_lr_ratio
+        return lr_at(tokens_seen, o.lr, o.lr * o.min_lr_ratio, self.warmup_tokens(), total, self.lr_anchor)
 
 
 def carried_schedule(now: RunFigures, saved: RunConfig, tokens_seen: int) -> tuple[tuple[int, float] | None, str]:

@@ -61,6 +61,8 @@ class Trainer:
         self.endings = Endings(s.state, s.sink, s.control, self.checkpoints, s.early_stopping, s.run_dir,
                                verdict=lambda: s.diagnosis, can_retry_save=s.for_ui and not s.ranks.distributed)
         self.steps = OptimizerStep(s, self.steering, self.checkpoints, self.endings)
+        if s.budget is not None:  # (--time-budget: pauses do not count)
+            s.budget.paused = lambda: self.steering.seconds_paused
         self.error: BaseException | None = None  # what ended the run, if not the run itself
 
     @property
@@ -113,7 +115,9 @@ class Trainer:
             outcome = self._validate_the_start()
             if outcome is not None:
                 return outcome
-        while st.epoch <= cfg.train.epochs:
+        if s.budget is not None:
+            s.budget.training_starts()
+        while self._training_left():
             self.steering.apply_pending_accum()
             outcome = self._train_epoch()
             if outcome is None:
@@ -123,6 +127,11 @@ class Trainer:
         late_stop = ("a stop came after the last training step: the last validation and final save were "
                      "finished, so the run is complete" if self.steering.stopping() else "")
         return self.endings.end_with_the_run_saved("completed", late_stop)
+
+    def _training_left(self) -> bool:
+        """Epochs to go (--epochs), or tokens (--time-budget: the epoch that reaches the plan is the last)."""
+        budget = self.session.budget
+        return self.state.epoch <= self.cfg.train.epochs if budget is None else not budget.done(self.state.tokens_seen)
 
     def _run_started(self) -> RunStarted:
         """The run's first event: what it trains, on what, and from where (a resume)."""
@@ -138,13 +147,15 @@ class Trainer:
         return RunStarted(
             run_dir=str(self.run_dir), device=str(self.device), threads=s.threads,
             parameters=self.model.num_parameters(), vocab_size=s.corpus.vocab.size,
-            train_examples=per_epoch, val_examples=self.figures.val_examples(), epochs=cfg.train.epochs,
+            train_examples=per_epoch, val_examples=self.figures.val_examples(), epochs=self.figures.epochs(),
             micro_batch=cfg.train.micro_batch, accum=st.accum, processes=world, block_size=cfg.model.block_size,
             planned_tokens=self.figures.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
             tokens_seen=st.tokens_seen, notes=tuple(s.notes), elapsed_before=st.elapsed_seconds,
             sample_tokens=cfg.train.sample_tokens, noise_scale=cfg.train.noise_scale,
             auto_accum=cfg.train.auto_accum, precision=s.precision, val_batches=len(self.my_val_batches()),
-            init_from=str(s.init_source.path) if s.init_source is not None else "")
+            init_from=str(s.init_source.path) if s.init_source is not None else "",
+            time_budget=s.budget.planner.budget_seconds if s.budget else None,
+            budget_left=s.budget.seconds_left() if s.budget else None)
 
     # -- an epoch: windows of micro-batches ------------------------------------------------------
 
@@ -159,6 +170,8 @@ class Trainer:
             outcome = self.steps.take(order, windows, window_index)
             if outcome is not None:
                 return outcome
+            if self.session.budget is not None and self.session.budget.done(st.tokens_seen):
+                return None  # the plan is trained: this (maybe partial) epoch is the last
         return None
 
     # -- validation and the epoch's end ----------------------------------------------------------
@@ -221,7 +234,7 @@ class Trainer:
         st.val_history.append(val_loss)
         # The previous verdict (hysteresis) and where the lr schedule stands (what remedy fits).
         schedule = SchedulePosition.at(st.tokens_seen, cfg.optim.lr, cfg.optim.lr * cfg.optim.min_lr_ratio,
-                                       s.figures.warmup_tokens(), s.figures.planned_tokens())
+                                       s.figures.warmup_tokens(), s.figures.decay_end())
         verdict = diagnose(st.train_history, st.val_history, s.corpus.vocab.size, cfg.diagnosis,
                            st.epoch_step_losses, st.epoch_first_step, s.diagnosis, schedule)
         s.diagnosis = verdict
@@ -230,7 +243,7 @@ class Trainer:
         improved, should_stop, stop_reason = best.update(val_loss, st.epoch)
         epoch_done, world = st.epoch, self.ranks.world_size
         self.sink.emit(EpochEvent(
-            epoch=epoch_done, epochs=cfg.train.epochs, train_loss=train_loss, val_loss=val_loss,
+            epoch=epoch_done, epochs=self.figures.epochs(), train_loss=train_loss, val_loss=val_loss,
             val_bpb=self.bits_per_byte(val_loss), accum=st.accum,
             effective_batch=cfg.train.micro_batch * st.accum * world, tokens_seen=st.tokens_seen,
             micro_batch=cfg.train.micro_batch, seconds=st.epoch_seconds + (time.perf_counter() - started),
@@ -249,17 +262,19 @@ class Trainer:
         st.epoch_first_step = st.step + 1
         if improved:
             self.checkpoints.save("best")
-        if should_stop and st.epoch <= cfg.train.epochs:
+        if should_stop and self._training_left():
             self.checkpoints.save("latest")
             self.sink.emit(Notice(message=f"early stopping: {stop_reason}", level="warning"))
             # The best weights come back only once `latest` holds the run's own (a retried save must
             # not pair the best epoch's weights with a later epoch's optimizer and position).
             return self.endings.end_with_the_run_saved("early_stop", stop_reason, then=self._restore_best)
         saved = self.checkpoints.save("latest")
+        if s.budget is not None:
+            s.budget.epoch_end_done(time.perf_counter() - started)
         self.steering.agree()  # (a stop, or an accum change, during validation or the save: every rank sees it)
         # A stop during the last epoch's validation or save: nothing is left to interrupt, the run
         # completes (a stop that ended it as "interrupted" left a run no resume could finish).
-        if self.steering.stopping() and st.epoch <= cfg.train.epochs:
+        if self.steering.stopping() and self._training_left():
             return self.endings.interrupted(saved, f"at the end of epoch {epoch_done}")
         return None
 
@@ -307,7 +322,12 @@ class OptimizerStep:
         paused = self.steering.seconds_paused - paused_before
         seconds = max(time.perf_counter() - started - paused, 1e-9)
         st.epoch_seconds += seconds
-        world, noise = self.ranks.world_size, self.session.noise
+        world, noise, budget = self.ranks.world_size, self.session.noise, self.session.budget
+        if budget is not None:  # (its plan, made or changed now, is told before the step)
+            block = cfg.model.block_size
+            budget.step_done(tokens_seen=st.tokens_seen, sink=self.sink,
+                             tokens_per_step=cfg.train.micro_batch * st.accum * world * block,
+                             tokens_per_epoch=self.session.figures.examples_per_epoch() * block)
         self.sink.emit(StepEvent(
             epoch=st.epoch, step=st.step, step_in_epoch=index + 1, steps_in_epoch=len(windows),
             micro_steps=len(mine), accum=st.accum, micro_batch=cfg.train.micro_batch,
@@ -315,7 +335,8 @@ class OptimizerStep:
             grad_norm=norm, tokens_per_s=tokens / seconds, tokens_seen=st.tokens_seen, skipped=not finite,
             noise_scale=noise.noise_scale, suggested_accum=noise.suggestion(cfg.train.micro_batch, world),
             noise_scale_error=noise.relative_error(),
-            world_size=world))
+            world_size=world, budget_left=budget.seconds_left() if budget else None,
+            planned_tokens=self.session.figures.planned_tokens() if budget else None))
         return self._after_the_step(loss, norm, finite, index + 1, len(windows))
 
     def _accumulate(self, order: torch.Tensor, window: Window, mine: Window, step_in_epoch: int,
@@ -387,7 +408,8 @@ class OptimizerStep:
         steering.agree()
         if cfg.train.auto_accum:
             steering.auto_accum(self.session.noise.suggestion(cfg.train.micro_batch, self.ranks.world_size),
-                                step_in_epoch=step_in_epoch, steps_in_epoch=steps_in_epoch, epochs=cfg.train.epochs)
+                                step_in_epoch=step_in_epoch, steps_in_epoch=steps_in_epoch,
+                                epochs=self.session.figures.epochs())
         self._check_step(loss)
         if not finite:
             outcome = self.endings.after_a_non_finite_step(loss, norm, max_bad_steps=cfg.train.max_bad_steps,

@@ -23,6 +23,7 @@ import torch
 from tui_trainer.analysis.diagnosis import Diagnosis
 from tui_trainer.analysis.early_stopping import EarlyStopping
 from tui_trainer.analysis.noise_scale import NoiseScaleEstimator
+from tui_trainer.analysis.time_budget import parse_duration
 from tui_trainer.config import RunConfig, usable_cores, validate
 from tui_trainer.control import Control
 from tui_trainer.data.bits_per_byte import exact_bytes, token_byte_lengths, validation_bytes
@@ -30,6 +31,7 @@ from tui_trainer.data.dataset import Corpus, WindowDataset, load_corpus, window_
 from tui_trainer.data.text_source import PreparationCancelled, ProgressFn
 from tui_trainer.data.tokenizer import tokenizer_from_record
 from tui_trainer.engine.accumulation import GradientIncrements
+from tui_trainer.engine.budget import start_budget
 from tui_trainer.engine.distributed import (
     PeerLost,
     Placement,
@@ -68,7 +70,11 @@ class TrainingSession:
 
     def __init__(self, cfg: RunConfig, sink: Sink | None = None, control: Control | None = None, *,
                  resume: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                 overwrite: bool = False, for_ui: bool = False, data_progress: ProgressFn | None = None):
+                 overwrite: bool = False, for_ui: bool = False, data_progress: ProgressFn | None = None,
+                 budget_started: float | None = None):
+        # A --time-budget counts the start-up: from here, or from ``budget_started`` (time.monotonic()
+        # at the process's start: the headless face passes it).
+        setup_started = time.monotonic() if budget_started is None else budget_started
         self.control = control or Control()
         self.for_ui = for_ui  # someone can press `s` to retry a failed final save
         self.notes: list[str] = []
@@ -83,6 +89,8 @@ class TrainingSession:
             cfg, resume_state = _read_checkpoint(resume, overrides, placement.is_main, self.notes)
             self.outstanding_end = rd.refuse_or_finish(resume_state, cfg, Path(resume))
         self.cfg = cfg = validate(cfg)
+        if cfg.train.time_budget is not None:
+            parse_duration(cfg.train.time_budget)  # (a bad one: one line, before anything is made)
         self._place(placement, for_ui)
         self.ranks.start()  # (one process: nothing)
         made: list[Path] = []  # the folders a new run made (removed again if its set-up fails)
@@ -97,6 +105,8 @@ class TrainingSession:
             self.ranks.set_up_done()  # (from here on a collective waits --dist-timeout at most)
             self.train_model, self.grad_sync = wrap_model(self.model, self.ranks)
             self.train_model = torch.compile(self.train_model) if cfg.train.compile else self.train_model
+            self.budget = start_budget(self, setup_started)  # (one too short to take a step: refused here)
+            self.figures = replace(self.figures, budget=self.budget)
         except BaseException:
             if placement.is_main and resume is None and self.run_dir is not None:
                 self.release_run_dir()  # nothing left behind: a new run whose set-up failed goes again
@@ -238,7 +248,7 @@ class TrainingSession:
         self.metrics = MetricsWriter(self.run_dir) if self.ranks.is_main else NoMetrics()
         self.sink = FanOut(self.metrics, sink)
         self.figures = RunFigures(cfg, len(self.train_set), len(self.val_set), self.ranks.world_size,
-                                  tuple(self.state.lr_anchor) if self.state.lr_anchor else None)
+                                  lr_anchor=tuple(self.state.lr_anchor) if self.state.lr_anchor else None)
         if resume_state is not None:
             anchor, note = carried_schedule(self.figures, RunConfig.from_dict(resume_state["config"]),
                                             self.state.tokens_seen)
@@ -328,6 +338,7 @@ class TrainingSession:
             "optimizer": self.optimizer.state_dict(),
             "early_stopping": self.early_stopping.state_dict(),
             "loop": {**asdict(self.state), "elapsed_seconds": self.elapsed_seconds(),
+                     "time_budget": self.budget.state_dict() if self.budget is not None else None,
                      "last_verdict": self.diagnosis.to_state() if self.diagnosis else None},
             "rng": rank_rngs[0] if "rng_ranks" in extra else rng,
             **extra,

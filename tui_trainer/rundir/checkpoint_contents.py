@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tui_trainer.analysis.time_budget import state_problem
 from tui_trainer.config import GELU_CHOICES, LIMITS, ModelConfig, RunConfig
 from tui_trainer.errors import UserError
 from tui_trainer.rundir.reader import fits
@@ -155,6 +156,8 @@ def _check_loop(loop: Any, loop_state_cls: type) -> None:
                 "elapsed_seconds", "epoch_seconds"):
         if key in loop and not loop[key] >= 0:  # (a NaN fails too)
             raise _Misfit(f"its loop state's {key} is {loop[key]}")
+    if loop.get("time_budget") is not None and (problem := state_problem(loop["time_budget"])):
+        raise _Misfit(f"its time budget {problem}")
 
 
 def _check_early_stopping(early: Any) -> None:

@@ -103,6 +103,9 @@ def merge_resume_config(state: dict, overrides: dict[str, Any], run_dir: Path, n
     """The checkpoint's config, with the safe overrides the user gave (each noted); contradictions refused."""
     saved = RunConfig.from_dict(state["config"])
     merged = saved.replace(run_dir=str(run_dir))
+    if saved.train.time_budget is not None and "train.epochs" in overrides:
+        raise UserError("--epochs contradicts the checkpoint: this run trains for its --time-budget",
+                        "drop --epochs when resuming it (its plan is kept)")
     for key, value in overrides.items():
         section, name = key.split(".")
         old = getattr(getattr(saved, section), name)
@@ -137,7 +140,12 @@ FINISHED = ("completed", "early_stop")
 def finished_by(state: dict[str, Any], cfg: RunConfig) -> str | None:
     """How the checkpoint's run has ended with these settings: "completed" (past its last epoch),
     "early_stop" (patience used up), or None (there is training left to do)."""
-    if state["loop"]["epoch"] > cfg.train.epochs:
+    budget = state["loop"].get("time_budget")  # --time-budget: its plan's tokens trained
+    if budget is not None:
+        planned = budget.get("planned_tokens")
+        if planned is not None and state["loop"]["tokens_seen"] >= planned and state["loop"]["example_cursor"] == 0:
+            return "completed"
+    elif state["loop"]["epoch"] > cfg.train.epochs:
         return "completed"
     waited = state["early_stopping"]["epochs_without_improvement"]
     if cfg.train.patience and waited >= cfg.train.patience:
@@ -164,6 +172,9 @@ def refuse_or_finish(state: dict[str, Any], cfg: RunConfig, run_dir: Path) -> st
         return finished
     epoch = state["loop"]["epoch"]
     if finished == "completed":
+        if state["loop"].get("time_budget") is not None:
+            raise UserError(f"this run already spent its time budget ({epoch - 1} epochs)",
+                            "start a new run (--init-from this run dir starts from its weights)")
         raise UserError(f"this run already finished {epoch - 1} epochs", "pass a larger --epochs to train longer")
     waited = state["early_stopping"]["epochs_without_improvement"]
     raise UserError(f"this run stopped early: val loss did not improve for {waited} epochs "

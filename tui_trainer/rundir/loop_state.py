@@ -39,6 +39,7 @@ class LoopState:
     noise_scale_state: dict | None = None  # the noise-scale EMAs (NoiseScaleEstimator.state_dict)
     accum_decided_epoch: int = 0  # the epoch whose next accum a key or --auto-accum already chose
     lr_anchor: list | None = None  # [tokens, lr]: the schedule runs on from here to its end (a resume moved the end)
+    time_budget: dict | None = None  # --time-budget: its plan and the seconds used (engine/budget.py)
 
     @property
     def position(self) -> LoopPosition:

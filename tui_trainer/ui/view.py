@@ -75,6 +75,10 @@ class RunView:
     processes: int = 1
     block_size: int = 0
     planned_tokens: int = 0
+    train_examples: int = 0
+    time_budget: float | None = None  # --time-budget, seconds (None: the run trains for its epochs)
+    budget_left: float | None = None  # ... left at the latest step, active seconds
+    budget_left_at: float = 0.0  # this session's active seconds then
     tokens_at_start: int = 0
     resumed_from_step: int = 0
     resumed_at_epoch: int | None = None  # the epoch a resumed run went on in (None = a fresh run)
@@ -187,6 +191,7 @@ class RunView:
         self.precision = e.precision
         self.epochs, self.micro_batch, self.accum, self.processes = e.epochs, e.micro_batch, e.accum, e.processes
         self.block_size, self.planned_tokens = e.block_size, e.planned_tokens
+        self.train_examples, self.time_budget, self.budget_left = e.train_examples, e.time_budget, e.budget_left
         self.tokens_seen = self.tokens_at_start = e.tokens_seen
         self.resumed_from_step = self.step = e.resumed_from_step
         self.epoch, self.notes = e.start_epoch, tuple(e.notes)
@@ -216,6 +221,7 @@ class RunView:
         self.micro_step = self.micro_steps = e.micro_steps
         self.tokens_seen, self.lr, self.grad_norm = e.tokens_seen, e.lr, e.grad_norm
         self.accum = e.accum
+        self._budget_step(e, now)
         if not e.skipped:  # a skipped step measured nothing: the last estimate stands
             self.noise_scale, self.suggested_accum = e.noise_scale, e.suggested_accum
             self.noise_scale_error = e.noise_scale_error
@@ -229,6 +235,24 @@ class RunView:
             self.step_numbers.append(e.step)
             self.step_losses.append(e.loss)
             self.plot_version += 1
+
+    def _budget_step(self, e: StepEvent, now: float) -> None:
+        """--time-budget: the seconds left, and the plan (its epochs and the ETA follow it)."""
+        if e.budget_left is not None:
+            self.budget_left, self.budget_left_at = e.budget_left, self.active_seconds(now)
+        if e.planned_tokens is not None and self.train_examples and self.block_size:
+            self.planned_tokens = e.planned_tokens
+            self.epochs = max(1, -(-e.planned_tokens // (self.train_examples * self.block_size)))
+            if self._eta is not None:
+                self._eta.planned_tokens, self._eta.epochs = e.planned_tokens, self.epochs
+
+    def budget_seconds_left(self, now: float) -> float | None:
+        """Active seconds left of the --time-budget (None without one), counted down between steps."""
+        if self.budget_left is None:
+            return None
+        if self.ended:
+            return self.budget_left
+        return max(0.0, self.budget_left - (self.active_seconds(now) - self.budget_left_at))
 
     def _validation_progress(self, e: ValidationProgress, now: float) -> None:
         self.val_batch, self.val_batches = e.batch, e.batches

@@ -40,7 +40,8 @@ class StatusBar(Panel):
 
     def key(self, view: RunView, now: float):
         return (view.run_name, view.device, view.threads, view.precision, view.state, fmt.duration(view.elapsed(now)),
-                fmt.duration(view.eta(now)), view.eta_measuring, view.epoch, view.epochs)
+                fmt.duration(view.eta(now)), view.eta_measuring, view.epoch, view.epochs,
+                fmt.duration(view.budget_seconds_left(now)))
 
     def build(self, view: RunView, now: float) -> Text:
         # Narrow terminals drop the device first, then the title, then the run's name (which run
@@ -77,4 +78,9 @@ class StatusBar(Panel):
             eta = view.eta(now)
             line.append("measuring…" if eta is None and view.eta_measuring else fmt.duration(eta),
                         dim if eta is None else "")
+            budget_left = view.budget_seconds_left(now)  # --time-budget (pauses do not count)
+            if budget_left is not None:
+                line.append("  budget ", dim)
+                line.append(fmt.duration(budget_left))
+                line.append(" left", dim)
         return line

@@ -1,0 +1,287 @@
+"""--time-budget in a real run (engine/budget.py): the run ends within its budget with the LR at its
+floor, the last epoch partial and validated; a pause is not counted; a resume keeps the plan; bad
+input is one line, exit 2, nothing left.
+
+The runs are real (a tiny model, real torch); only the clock is a fake one, injected from outside
+into the modules that read it, and moved by the events the run emits: every optimizer step costs
+``STEP_S`` seconds, every epoch's end (validation, sample, saves) ``EPOCH_END_S``. So the timing
+is exact and the test deterministic on a loaded machine."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import tiny_config, with_limits
+from tui_trainer.cli.main import main
+from tui_trainer.engine import budget as budget_module
+from tui_trainer.engine import loop as loop_module
+from tui_trainer.engine import session as session_module
+from tui_trainer.engine import steering as steering_module
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.errors import UserError
+from tui_trainer.events import EpochEvent, Notice, Paused, Resumed, RunEnded, RunStarted, StepEvent
+from tui_trainer.rundir.checkpoints import load_checkpoint
+
+BUDGET_S = 30.0
+STEP_S = 0.5
+EPOCH_END_S = 1.0
+TRAIN_BATCHES = 9  # micro-batches of 4 per epoch: 36 sequences, 4 full steps of 8 and one of 4
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    names = SimpleNamespace(monotonic=fake, perf_counter=fake)
+    for module in (budget_module, loop_module, session_module, steering_module):
+        monkeypatch.setattr(module, "time", names)
+    return fake
+
+
+class Recorder:
+    """The run's events, and its cost on the fake clock."""
+
+    def __init__(self, clock: FakeClock, control=None, pause_at_step: int | None = None,
+                 stop_at_step: int | None = None, epoch_end_s: float = EPOCH_END_S) -> None:
+        self.clock, self.control, self.epoch_end_s = clock, control, epoch_end_s
+        self.pause_at_step, self.stop_at_step = pause_at_step, stop_at_step
+        self.events: list = []
+
+    def emit(self, event) -> None:
+        self.events.append(event)
+        if isinstance(event, StepEvent):
+            self.clock.t += STEP_S  # the next step's time
+            if event.step == self.pause_at_step:
+                self.control.pause()
+            if event.step == self.stop_at_step:
+                self.control.stop()
+        elif isinstance(event, EpochEvent):
+            self.clock.t += self.epoch_end_s
+        elif isinstance(event, Paused):  # a long pause (the clock moves while the loop waits), then on
+            self.control.resume()
+        elif isinstance(event, Resumed):
+            self.clock.t += 1000.0
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def budget_config(small_corpus, tmp_path, **train):
+    cfg = tiny_config(small_corpus, tmp_path / "run", time_budget=f"{BUDGET_S:g}s", epochs=10, sample_tokens=0,
+                      **train)
+    return with_limits(cfg, TRAIN_BATCHES)
+
+
+def trained(cfg, clock, **recorder) -> tuple[Trainer, Recorder, float]:
+    from tui_trainer.control import Control
+
+    control = Control()
+    sink = Recorder(clock, control, **recorder)
+    begun = clock.t
+    trainer = Trainer(cfg, sink, control)
+    end = trainer.run()
+    assert end.reason in ("completed", "interrupted"), end.message
+    return trainer, sink, clock.t - begun
+
+
+def test_a_budget_run_ends_within_it_at_the_lr_floor_with_a_partial_last_epoch_validated(small_corpus, tmp_path,
+                                                                                          clock):
+    cfg = budget_config(small_corpus, tmp_path)
+    trainer, sink, spent = trained(cfg, clock)
+    steps, epochs = sink.of(StepEvent), sink.of(EpochEvent)
+    planned = trainer.session.budget.planner.planned_tokens
+    # Within the budget, and not far short of it: the plan leaves less than one step and one
+    # epoch's end unused (the fake pace is exact, so no other slack is needed).
+    assert BUDGET_S - (STEP_S + EPOCH_END_S) <= spent <= BUDGET_S
+    assert sink.of(RunEnded)[-1].reason == "completed"
+    # The schedule decays to its floor exactly at the plan's end: the last step's LR is min_lr.
+    assert steps[-1].tokens_seen == planned
+    assert steps[-1].lr == pytest.approx(cfg.optim.lr * cfg.optim.min_lr_ratio)
+    assert steps[-2].lr > steps[-1].lr
+    # Epochs are a consequence: the last one partial, ended like any other (validated, checkpointed).
+    per_epoch = trainer.figures.examples_per_epoch() * cfg.model.block_size
+    assert planned % per_epoch != 0
+    assert len(epochs) == math.ceil(planned / per_epoch) == trainer.figures.epochs()
+    assert epochs[-1].tokens_seen == planned and math.isfinite(epochs[-1].val_loss)
+    assert epochs[-1].epochs == len(epochs)
+    assert steps[-1].step_in_epoch < steps[-1].steps_in_epoch
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert saved["loop"]["tokens_seen"] == planned and saved["loop"]["example_cursor"] == 0
+    # The plan is said once, and the status carries the budget left (counting down to about 0).
+    plans = [n.message for n in sink.of(Notice) if n.message.startswith("time budget:")]
+    assert len(plans) == 1 and "training tokens" in plans[0]
+    assert sink.of(RunStarted)[0].time_budget == BUDGET_S
+    lefts = [s.budget_left for s in steps]
+    assert lefts == sorted(lefts, reverse=True) and lefts[-1] < STEP_S + EPOCH_END_S + 0.5
+    first = next(i for i, s in enumerate(steps) if s.planned_tokens == planned)
+    assert {s.planned_tokens for s in steps[first:]} == {planned}  # (the pace is steady: no re-plan)
+    assert steps[first].tokens_seen >= 5.0 / STEP_S * 256  # after measuring 5 s of training (10 steps)
+
+
+def test_a_pause_does_not_count_against_the_budget(small_corpus, tmp_path, clock):
+    cfg = budget_config(small_corpus, tmp_path)
+    plain, plain_sink, plain_spent = trained(cfg, clock)
+    cfg = budget_config(small_corpus, tmp_path / "paused")
+    paused, sink, spent = trained(cfg, clock, pause_at_step=3)
+    assert len(sink.of(Paused)) == 1
+    assert spent == pytest.approx(plain_spent + 1000.0)  # the 1000 s pause, on top of the same run
+    assert paused.state.tokens_seen == plain.state.tokens_seen
+    assert sink.of(StepEvent)[-1].lr == plain_sink.of(StepEvent)[-1].lr
+
+
+def test_a_resume_keeps_the_plan_and_the_time_used(small_corpus, tmp_path, clock):
+    cfg = budget_config(small_corpus, tmp_path)
+    _, sink, first_spent = trained(cfg, clock, stop_at_step=25)
+    assert sink.of(RunEnded)[-1].reason == "interrupted"
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["loop"]["time_budget"]
+    planned = saved["planned_tokens"]
+    assert planned is not None and saved["used_seconds"] == pytest.approx(first_spent, abs=STEP_S)
+    from tui_trainer.control import Control
+
+    control = Control()
+    resumed_sink = Recorder(clock, control)
+    begun = clock.t
+    second = Trainer(cfg, resumed_sink, control, resume=tmp_path / "run")
+    assert second.run().reason == "completed"
+    steps = resumed_sink.of(StepEvent)
+    assert second.session.budget.planner.planned_tokens == planned  # no new plan at the same pace
+    assert steps[-1].tokens_seen == planned
+    assert steps[-1].lr == pytest.approx(cfg.optim.lr * cfg.optim.min_lr_ratio)
+    assert first_spent + (clock.t - begun) <= BUDGET_S + STEP_S  # (the stop's step is paid twice at most)
+    assert not [n for n in resumed_sink.of(Notice) if "re-planned" in n.message]
+
+
+def test_a_budget_too_short_for_one_step_after_the_start_up_leaves_nothing(small_corpus, tmp_path):
+    cfg = tiny_config(small_corpus, tmp_path / "run", time_budget="0.001s")
+    with pytest.raises(UserError) as error:
+        Trainer(cfg)
+    assert "too short" in error.value.message and "the start-up took" in error.value.message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--time-budget", "10x"], "is not a duration"),
+    (["--time-budget", "0s"], "not a positive duration"),
+    (["--time-budget=-5m"], "is not a duration"),
+    (["--time-budget", "10m", "--epochs", "3"], "--time-budget and --epochs"),
+    (["--time-budget", "0.001s"], "too short"),
+])
+def test_bad_budgets_are_one_line_exit_2_and_leave_no_run_dir(flags, words, small_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["train", "--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--n-layer", "1",
+                 "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--threads", "1", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert words in err and len(err.splitlines()) == 1
+    assert not run_dir.exists()
+
+
+def test_a_toml_budget_is_read_and_checked(small_corpus, tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('[train]\ntime_budget = "ten minutes"\n', encoding="utf-8")
+    code = main(["train", "--no-ui", "--data", str(small_corpus), "--run-dir", str(tmp_path / "run"),
+                 "--config", str(config)])
+    assert code == 2 and "is not a duration" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_budget_run_is_not_resumed_and_a_damaged_plan_is_refused(small_corpus, tmp_path, clock):
+    import torch
+
+    cfg = budget_config(small_corpus, tmp_path)
+    trained(cfg, clock)
+    with pytest.raises(UserError) as error:
+        Trainer(cfg, resume=tmp_path / "run")
+    assert "already spent its time budget" in error.value.message
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    state = load_checkpoint(latest)
+    state["loop"]["time_budget"]["planned_tokens"] = -5
+    torch.save(state, latest)
+    with pytest.raises(UserError) as error:
+        Trainer(cfg, resume=tmp_path / "run")
+    assert "its time budget has planned_tokens -5" in error.value.message
+
+
+def _budget_events():
+    from dataclasses import replace as with_
+
+    from tests.test_headless_log import _started, _step
+
+    started = _started(time_budget=60.0, budget_left=50.0, epochs=1, planned_tokens=320 * 32)
+    plan = 3 * 320 * 32 // 2  # 1.5 epochs
+    steps = [with_(_step(step), budget_left=50.0 - step, planned_tokens=plan if step >= 5 else None)
+             for step in range(1, 11)]
+    return started, steps, plan
+
+
+def test_the_headless_lines_show_the_budget_left_and_the_planned_epochs():
+    import io
+
+    from tests.test_headless_log import Clock
+    from tui_trainer.cli.headless import HeadlessLog
+    from tui_trainer.config import LogEvery
+
+    out, log_clock = io.StringIO(), Clock()
+    log = HeadlessLog(out, progress=False, log_every=LogEvery(steps=5), clock=log_clock)
+    started, steps, _ = _budget_events()
+    log.emit(started)
+    for step in steps:
+        log_clock.now += 1.0
+        log.emit(step)
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("progress ")]
+    assert lines[0].startswith("progress epoch 1/2 step 5/40") and "budget_left=0:00:45" in lines[0]
+    assert "budget_left=0:00:40" in lines[1]
+
+
+def test_the_app_view_counts_the_budget_down_and_follows_the_plan():
+    from tui_trainer.ui.view import RunView
+
+    view = RunView()
+    started, steps, plan = _budget_events()
+    view.apply(started, 0.0)
+    assert view.budget_seconds_left(0.0) == 50.0 and view.epochs == 1
+    for step in steps:
+        view.apply(step, float(step.step))
+    assert view.planned_tokens == plan and view.epochs == 2
+    assert view.budget_seconds_left(10.0) == 40.0
+    assert view.budget_seconds_left(13.0) == 37.0  # counted down between steps
+    view.paused_since = 13.0
+    assert view.budget_seconds_left(30.0) == 37.0  # ... not while paused
+    assert RunView().budget_seconds_left(5.0) is None  # no budget: nothing shown
+
+
+def test_epoch_ends_that_leave_no_time_to_train_are_said(small_corpus, tmp_path, clock):
+    cfg = budget_config(small_corpus, tmp_path)
+    _, sink, _ = trained(cfg, clock, epoch_end_s=20.0)  # a validation pass of 20 s in a 30 s budget
+    warnings = [n.message for n in sink.of(Notice) if n.level == "warning"]
+    assert any("leaves no time to train on" in w and "--limit-val-batches" in w for w in warnings)
+    assert sink.of(RunEnded)[-1].reason == "completed"
+
+
+async def test_the_status_line_shows_the_budget_left_while_the_run_runs(small_corpus, tmp_path, clock):
+    from screen import screen_text
+
+    from tui_trainer.ui.viewer import create_view_app
+
+    trained(budget_config(small_corpus, tmp_path), clock)
+    app = create_view_app(tmp_path / "run", memory_probe=lambda device: "—")
+    async with app.run_test(size=(150, 40)) as pilot:
+        await pilot.pause()
+        assert app.view.budget_left is not None  # (from the step records: the viewer has no RunStarted)
+        assert "budget" not in screen_text(app).split("\n")[0]  # a finished run: nothing is left to count
+        app.view.end_reason, app.view.ended_at = None, None  # the same view, as the run was still running
+        app.view.state = "running"
+        await pilot.pause(0.6)
+        status = " ".join(screen_text(app).split("\n")[0].split())
+        assert "budget 0:00:0" in status and "left" in status
+        await pilot.press("q")
