@@ -13,8 +13,8 @@ import math
 from types import SimpleNamespace
 
 import pytest
+from helpers import tiny_config, with_limits
 
-from tests.conftest import tiny_config, with_limits
 from tui_trainer.cli.main import main
 from tui_trainer.engine import budget as budget_module
 from tui_trainer.engine import loop as loop_module
@@ -215,7 +215,7 @@ def test_a_finished_budget_run_is_not_resumed_and_a_damaged_plan_is_refused(smal
 def _budget_events():
     from dataclasses import replace as with_
 
-    from tests.test_headless_log import _started, _step
+    from test_headless_log import _started, _step
 
     started = _started(time_budget=60.0, budget_left=50.0, epochs=1, planned_tokens=320 * 32)
     plan = 3 * 320 * 32 // 2  # 1.5 epochs
@@ -227,7 +227,8 @@ def _budget_events():
 def test_the_headless_lines_show_the_budget_left_and_the_planned_epochs():
     import io
 
-    from tests.test_headless_log import Clock
+    from test_headless_log import Clock
+
     from tui_trainer.cli.headless import HeadlessLog
     from tui_trainer.config import LogEvery
 
