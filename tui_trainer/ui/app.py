@@ -10,10 +10,7 @@ plot at ``PLOT_HZ`` when something changed, and sends commands through ``Control
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,10 +25,10 @@ from tui_trainer.errors import UserError
 from tui_trainer.events import AccumChangeApplied, CheckpointFailed, CheckpointSaved, Notice, RunEnded, RunStarted
 from tui_trainer.ui.bridge import AppSink, EngineWake, SetUpDone
 from tui_trainer.ui.commands import TRAINER, CommandTable
-from tui_trainer.ui.format import plural
+from tui_trainer.ui.format import summary_line
 from tui_trainer.ui.layout import BORDER_TITLES, apply_size_classes, compose_panels
 from tui_trainer.ui.terminal import sturdy
-from tui_trainer.ui.threads import PassingBuild
+from tui_trainer.ui.threads import EngineThread, PassingBuild
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets import (
     BatchPanel,
@@ -50,7 +47,6 @@ from tui_trainer.ui.widgets.stats import memory_in_use
 DRAIN_HZ = 4  # progress bars and counters; 10 Hz cost the 2-core benchmark 6% of a core, 4 Hz about 3.5%
 PLOT_HZ = 2  # the chart (the issue asks for 2-4 Hz; a plotext build costs ~10 ms)
 TICK_HZ = 1  # elapsed, ETA, memory
-SIGNAL_EXIT_GRACE_S = 10.0  # after a signal stop has saved: how long the app may take to close
 
 
 class TrainerApp(App[None]):
@@ -68,22 +64,45 @@ class TrainerApp(App[None]):
         screen shows ``replay``, a list of recorded events, and nothing runs. ``set_up`` builds
         (trainer, history) on a passing thread once the app shows; the engine starts when it is done."""
         super().__init__()
-        self.trainer = trainer
         self.control: Control = trainer.control if trainer is not None else control or Control()
+        self.engine = EngineThread(self.control, set_up)  # the training thread: start, finish, its RunEnded
+        self.engine.trainer = trainer
         self.set_up = set_up
-        self.set_up_error: BaseException | None = None  # bad input found while the app was showing
         self.sink = sink if sink is not None else AppSink()
         self._replay = list(replay)
         self.view = RunView()
         self.clock = clock
         self.memory_probe = memory_probe
         self.memory = "—"
-        self.end_event = None  # the engine's RunEnded, once it returns
         self.exit_when_ended = False  # set by q: leave as soon as the engine has saved
-        self._engine_thread: threading.Thread | None = None
         self._last_micro_step = None
         self.main_screen: Screen | None = None  # set on mount, with the panels
-        self._finished = threading.Event()  # finish() has joined the engine
+
+    # -- the engine thread (ui/threads.py: EngineThread) ----------------------------------------
+
+    @property
+    def trainer(self) -> Any | None:
+        return self.engine.trainer
+
+    @property
+    def end_event(self) -> Any | None:
+        return self.engine.end_event
+
+    @end_event.setter
+    def end_event(self, event: Any) -> None:
+        self.engine.end_event = event
+
+    @property
+    def set_up_error(self) -> BaseException | None:
+        return self.engine.set_up_error
+
+    @property
+    def engine_running(self) -> bool:
+        return self.engine.running
+
+    def finish(self, timeout: float | None = None):
+        """After the app has closed: stop the engine (it saves), wait for it, return its RunEnded."""
+        return self.engine.finish(timeout)
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -111,26 +130,22 @@ class TrainerApp(App[None]):
         if self.set_up is not None:
             self.set_up.start(done=lambda: self.post_message(SetUpDone()))  # (from the set-up thread)
         elif self.trainer is not None:
-            self._start_engine()
-
-    def _start_engine(self) -> None:
-        self._engine_thread = threading.Thread(target=self._run_engine, name="tui-trainer-engine")
-        self._engine_thread.start()
+            self.engine.start(self.trainer)
 
     def on_set_up_done(self, _message: SetUpDone) -> None:
         try:
             trainer, history = self.set_up.join()
         except BaseException as exc:  # bad input (a UserError) or a bug: the CLI reports it once we close
-            self.set_up_error = exc
+            self.engine.set_up_error = exc
             self.exit()
             return
         if self.control.stop_requested:  # a stop while it set up (q leaves at once): finish() runs it
             self.exit()
             return
-        self.trainer = trainer
+        self.engine.trainer = trainer
         self.feed(history)
         self.view.pending_accum = trainer.state.pending_accum  # a change asked for before the interruption
-        self._start_engine()
+        self.engine.start(trainer)
 
     def on_resize(self, event: textual_events.Resize) -> None:
         self._apply_size_classes(event.size.width, event.size.height)
@@ -139,87 +154,14 @@ class TrainerApp(App[None]):
         if self.main_screen is not None:
             apply_size_classes(self.main_screen, width, height)
 
-    # -- the engine thread --------------------------------------------------------------------
-
-    def _run_engine(self) -> None:
-        self.end_event = self.trainer.run()
-        if self.control.stop_signal is not None:
-            # Stopped by a signal: the terminal may be gone with its session. Everything is saved
-            # by now; should the app still not wind down (a driver stuck on a dead terminal), the
-            # process leaves anyway rather than linger unseen on the machine.
-            threading.Thread(target=self._exit_if_stuck, args=(self.control.stop_signal,), daemon=True,
-                             name="tui-trainer-exit-watchdog").start()
-
-    def _exit_if_stuck(self, signal_number: int) -> None:
-        if not self._finished.wait(SIGNAL_EXIT_GRACE_S):
-            os._exit(128 + signal_number)
-
-    @property
-    def engine_running(self) -> bool:
-        return self._engine_thread is not None and self._engine_thread.is_alive()
-
-    def finish(self, timeout: float | None = None):
-        """After the app has closed: stop the engine (it saves), wait for it, return its RunEnded.
-
-        None when the engine never started. Never leaves a half-written run: the wait ends
-        when the engine has written its checkpoint and its `end` record."""
-        thread = self._engine_thread
-        if thread is None:
-            return self._finish_set_up()
-        if thread.is_alive():
-            self.control.stop("interrupted")
-            thread.join(1.0)
-            if thread.is_alive():
-                try:
-                    print("tui-trainer: waiting for the engine to finish its micro-step and save…",
-                          file=sys.stderr, flush=True)
-                except (OSError, ValueError):  # no terminal left to tell
-                    pass
-                thread.join(timeout)
-        if not thread.is_alive():
-            self._finished.set()
-        return self.end_event
-
-    def _finish_set_up(self):
-        """The app closed before the engine started (q, a signal, or bad input while it set up): a
-        Trainer that got built still ends as a stop does, with a saved step-0 checkpoint and its
-        `end` record; None when nothing was built."""
-        if self.set_up is None or self.set_up_error is not None:
-            return None
-        try:
-            trainer, _history = self.set_up.join()
-        except BaseException as exc:
-            self.set_up_error = exc
-            return None
-        self.trainer = trainer
-        if not self.control.stop_requested:
-            self.control.stop("interrupted")
-        self.end_event = trainer.run()  # stops at its first micro-step: saves where it is, writes `end`
-        return self.end_event
-
     def get_driver_class(self):
         return sturdy(super().get_driver_class())  # survives the terminal going away (see terminal.py)
 
     def summary_line(self) -> str | None:
         """What the terminal keeps once the app has gone: how the run ended and where it is."""
-        end = self.end_event
-        if end is None or self.trainer is None:
+        if self.end_event is None or self.trainer is None:
             return None
-        run_dir = self.trainer.run_dir
-        best = f", best val {end.best_val_loss:.4f} at epoch {end.best_epoch}" if end.best_epoch is not None else ""
-        next_step = end.next_step(str(run_dir))
-        then = f"\n{next_step}" if next_step else ""
-        if end.reason == "completed":
-            return (f"tui-trainer: finished {plural(end.epochs, 'epoch')}, {plural(end.steps, 'step')}{best}"
-                    f" — {run_dir}{then}")
-        if end.reason == "early_stop":
-            # The early-stopping reason names the best epoch already ("... (best 1.6000 at epoch 4)").
-            return f"tui-trainer: early stop after {plural(end.epochs, 'epoch')}: {end.message} — {run_dir}{then}"
-        if end.reason == "error":
-            log = run_dir / "error.log"
-            where = f" (traceback in {log})" if log.exists() else ""
-            return f"tui-trainer: error: {self.view.error_text or end.message}{where} — {run_dir}"
-        return f"tui-trainer: {end.message or 'stopped'}{then}"
+        return summary_line(self.end_event, self.trainer.run_dir, self.view.error_text)
 
     def run(self, *args: Any, **kwargs: Any):
         try:

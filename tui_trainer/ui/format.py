@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from tui_trainer.analysis.eta import duration  # noqa: F401  (shared with the headless log)
 
@@ -59,3 +60,21 @@ def plain(value: float | None, digits: int = 3) -> str:
 def plural(n: int, word: str) -> str:
     """1 epoch, 2 epochs."""
     return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def summary_line(end, run_dir: Path, error_text: str | None = None) -> str:
+    """The line the terminal keeps once the app has gone: how the run ended (a RunEnded) and where it is."""
+    best = f", best val {end.best_val_loss:.4f} at epoch {end.best_epoch}" if end.best_epoch is not None else ""
+    next_step = end.next_step(str(run_dir))
+    then = f"\n{next_step}" if next_step else ""
+    if end.reason == "completed":
+        return (f"tui-trainer: finished {plural(end.epochs, 'epoch')}, {plural(end.steps, 'step')}{best}"
+                f" — {run_dir}{then}")
+    if end.reason == "early_stop":
+        # The early-stopping reason names the best epoch already ("... (best 1.6000 at epoch 4)").
+        return f"tui-trainer: early stop after {plural(end.epochs, 'epoch')}: {end.message} — {run_dir}{then}"
+    if end.reason == "error":
+        log = run_dir / "error.log"
+        where = f" (traceback in {log})" if log.exists() else ""
+        return f"tui-trainer: error: {error_text or end.message}{where} — {run_dir}"
+    return f"tui-trainer: {end.message or 'stopped'}{then}"
