@@ -41,6 +41,9 @@ class RunStarted:
     auto_accum: bool = False  # ... and follows its suggestion at each epoch boundary
     precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/engine/precision.py chose it
     val_batches: int = 0  # micro-batches in one validation pass, this process's share (0 = not known)
+    split: str = ""  # how micro-batch x accum was chosen (--batch: given, or auto: memory_fit.Fit.describe)
+    memory_budget: int = 0  # bytes --micro-batch auto fitted into (0 = none set)
+    checkpoint_activations: bool = False  # each block's activations recomputed in the backward
 
     @property
     def effective_batch(self) -> int:
@@ -51,6 +54,23 @@ class RunStarted:
     def world_size(self) -> int:
         """torchrun's word for ``processes``: the ranks that train this run together."""
         return self.processes
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitChanged:
+    """An out-of-memory mid-window: the window was redone at half the micro-batch and twice the
+    accumulation (the same examples, the same step)."""
+
+    old_micro_batch: int
+    new_micro_batch: int
+    old_accum: int
+    new_accum: int
+    step: int  # the optimizer step whose window ran out of memory
+    epoch: int
+
+    def describe(self) -> str:
+        return (f"memory: micro-batch {self.old_micro_batch} -> {self.new_micro_batch}, accum {self.old_accum} -> "
+                f"{self.new_accum} after an out-of-memory at step {self.step}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +103,7 @@ class StepEvent:
     noise_scale: float | None = None  # smoothed B_simple in sequences (noise_scale.py); None until settled
     suggested_accum: int | None = None  # the accum whose effective batch is nearest the noise scale
     world_size: int = 1  # processes that took this step together (torchrun); tokens and tokens/s are all of theirs
+    peak_memory: int = 0  # bytes at the step's peak: CUDA's allocator, or the process's RSS (0 = not measured)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,7 +245,7 @@ class RunEnded:
 
 Event = (RunStarted | MicroStep | StepEvent | ValidationProgress | EpochEvent | SampleEvent | DiagnosisEvent
          | AccumChangeRequested | AccumChangeApplied | Paused | Resumed | CheckpointSaved | CheckpointFailed | Notice
-         | DataPreparing | RunEnded)
+         | DataPreparing | SplitChanged | RunEnded)
 
 
 class Sink(Protocol):

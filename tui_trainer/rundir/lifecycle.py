@@ -326,13 +326,15 @@ def remove_new_run(run_dir: Path, made: list[Path]) -> None:
 
 
 def write_config(run_dir: Path, cfg: RunConfig, corpus: Corpus, device: torch.device, threads: int,
-                 precision: str = "fp32", world_size: int = 1) -> None:
+                 precision: str = "fp32", world_size: int = 1, memory: dict | None = None) -> None:
     """``config.json``: the run's config and vocabulary, written atomically before the first step."""
     corpus.vocab.save(run_dir)  # a BPE run's tokenizer.json (nothing for char: `vocab` holds it)
     record = {"config": cfg.to_dict(), "vocab": vocab_record(corpus.vocab), "tokenizer": corpus.vocab.record(),
               "data_path": corpus.path, "data_sha256": corpus.sha256, "data_bytes": data_size(corpus.path),
               "device": str(device), "threads": threads, "precision": precision, "world_size": world_size,
               "torch": torch.__version__}
+    if memory is not None:  # how the micro-batch was chosen (engine/split.py)
+        record["memory"] = memory
     tmp = run_dir / temp_name(CONFIG_FILE)
     # ASCII JSON (non-ASCII as \u escapes) in UTF-8, never the locale's encoding: a path with bytes
     # that are not valid in the file system's encoding (a surrogate in Python) round-trips too.

@@ -38,6 +38,7 @@ class LoopState:
     last_verdict: dict | list | None = None  # the latest Diagnosis.to_state() (hysteresis); [kind, reason] before issue 17
     noise_scale_state: dict | None = None  # the noise-scale EMAs (NoiseScaleEstimator.state_dict)
     accum_decided_epoch: int = 0  # the epoch whose next accum a key or --auto-accum already chose
+    micro_split: int = 1  # each planned micro-batch is cut in this many (an out-of-memory halved it: engine/oom.py)
 
     @property
     def position(self) -> LoopPosition:
