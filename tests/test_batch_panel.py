@@ -51,3 +51,13 @@ async def test_an_auto_accum_change_shares_the_line_and_a_key_press_overrides_it
     assert "accum 8 -> 32 at next epoch" in overridden and "(auto)" not in overridden
     wide = await shown(events, size=(150, 40))  # room for the long forms, on two lines if need be
     assert "accum 8 -> 16 at next epoch (auto)" in wide and "noise scale ~ 310 seq -> suggests accum 16" in wide
+
+
+async def test_the_last_steps_peak_memory_shows_against_the_budget_and_only_with_one():
+    from tui_trainer.events import StepEvent
+
+    steps = [e if not isinstance(e, StepEvent) else replace(e, peak_memory=1_300_000_000)
+             for e in [*recorded_epochs(1), *mid_epoch(2, 5, 2)]]
+    text = await shown([replace(started(), memory_budget=6_000_000_000), *steps], size=(100, 30))
+    assert "memory 1.3 / 6.0 GB" in text
+    assert "memory 1.3" not in await shown([started(), *steps], size=(100, 30))  # a split given by hand: no bar
