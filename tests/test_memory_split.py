@@ -12,12 +12,12 @@ import torch
 from tests.conftest import tiny_config
 from tui_trainer.cli.main import main
 from tui_trainer.config import ModelConfig
+from tui_trainer.data.dataset import Window
 from tui_trainer.engine import memory_fit
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.engine.memory_fit import measure_step_peak
 from tui_trainer.engine.oom import cut_window
-from tui_trainer.data.dataset import Window
-from tui_trainer.events import ListSink, Notice, RunEnded, RunStarted, SplitChanged, StepEvent
+from tui_trainer.events import ListSink, Notice, RunStarted, SplitChanged, StepEvent
 from tui_trainer.model.gpt import GPT
 from tui_trainer.rundir.metrics import read_metrics
 
@@ -194,3 +194,40 @@ def test_the_run_line_says_how_the_split_was_chosen(small_corpus, tmp_path, caps
                  "--batch", "8"]) == 0
     out = capsys.readouterr().out
     assert "auto: micro-batch" in out and "budget" in out
+
+
+class StopAt(ListSink):
+    """Stops the run once optimizer step ``step`` is done (as a user pressing q would)."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step, self.control = step, None
+
+    def emit(self, event):
+        super().emit(event)
+        if isinstance(event, StepEvent) and event.step == self.step:
+            self.control.stop()
+
+
+def _stopped_at(cfg, step: int, prepare=None, **setup):
+    from tui_trainer.control import Control
+
+    sink, control = StopAt(step), Control()
+    sink.control = control
+    trainer = Trainer(cfg, sink, control, **setup)
+    if prepare is not None:
+        prepare(trainer)
+    trainer.run()
+    return sink
+
+
+def test_a_resume_keeps_the_measured_split_and_the_one_an_out_of_memory_left(small_corpus, tmp_path, monkeypatch):
+    _force_sixteen(monkeypatch)
+    run_dir = tmp_path / "r"
+    cfg = _config(small_corpus, run_dir, batch=64, micro_batch="auto", epochs=2)
+    _stopped_at(cfg, 4, lambda t: _out_of_memory_at(t, step=2, micro_step=1, size=16))
+    monkeypatch.setattr(memory_fit, "fit_micro_batch", None)  # a resume measures nothing
+    sink = _stopped_at(cfg, 5, resume=run_dir, overrides={"train.micro_batch": "auto"})
+    started = sink.of(RunStarted)[0]
+    assert (started.micro_batch, started.accum) == (8, 8)  # planned 16 x 4, halved at step 2
+    assert any("keeps its split" in note for note in started.notes)

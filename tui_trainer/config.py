@@ -276,7 +276,7 @@ def _check_batch(t: TrainConfig) -> None:
         if t.batch is None:
             raise UserError("--micro-batch auto needs --batch: the batch is what it splits",
                             "add e.g. --batch 64, or give --micro-batch a number")
-    elif isinstance(t.micro_batch, str) or isinstance(t.micro_batch, bool):
+    elif isinstance(t.micro_batch, (str, bool)):
         raise UserError(f"--micro-batch must be a number or auto, got {t.micro_batch!r}", "use e.g. --micro-batch 16")
     else:
         _positive("micro_batch", t.micro_batch, "--micro-batch")

@@ -64,8 +64,8 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--val-split", DATA, "data", "val_split", float, "fraction of the text held out for validation"),
     ("--limit-train-batches", DATA, "data", "limit_train_batches", int, "cap micro-batches per training epoch"),
     ("--limit-val-batches", DATA, "data", "limit_val_batches", int, "cap micro-batches per validation pass"),
-    ("--batch", OPTIM, "train", "batch", int, "sequences per optimizer step: the tool splits it into micro-batch x "
-                                               "accum x processes (micro-batch auto, unless given)"),
+    ("--batch", OPTIM, "train", "batch", int, ("sequences per optimizer step: the tool splits it into micro-batch "
+                                                "x accum x processes (micro-batch auto, unless given)")),
     ("--micro-batch", OPTIM, "train", "micro_batch", micro_batch_value,
      "sequences per forward/backward, or auto (with --batch): the largest that fits --memory-budget, measured"),
     ("--accum", OPTIM, "train", "accum", int, "micro-batches accumulated per optimizer step"),

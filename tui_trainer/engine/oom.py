@@ -16,6 +16,7 @@ reached there; the error ends the run as before (its last step saved). No Textua
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ def cut_window(window: Window, pieces: int) -> Window:
     for start, stop in window.micro_batches:
         size = stop - start
         bounds = [start + (size * k + pieces - 1) // pieces for k in range(pieces + 1)]  # (ceil: 16/2 = 8+8)
-        parts += [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+        parts += [(a, b) for a, b in pairwise(bounds) if b > a]
     return Window(tuple(parts))
 
 

@@ -190,12 +190,8 @@ class TrainingSession:
 
     def _batch_split(self, cfg: RunConfig, resume_state: dict | None) -> RunConfig:
         """--batch over the processes (UserError now, before anything is written), and the budget
-        --micro-batch auto fits into. A resume keeps the split it saved."""
+        --micro-batch auto fits into. (A resume keeps the split it saved: merge_resume_config.)"""
         self.memory_budget: int | None = None
-        if cfg.train.micro_batch == "auto" and resume_state is not None:
-            saved = resume_state["config"]["train"]["micro_batch"]
-            self.notes.append(f"a resumed run keeps its split: micro-batch {saved} (auto was measured at its start)")
-            cfg = cfg.replace(train=replace(cfg.train, micro_batch=saved))
         cfg = check_batch(cfg, self.ranks.world_size)
         if cfg.train.micro_batch == "auto" or cfg.train.memory_budget is not None:
             self.memory_budget = memory_budget(cfg.train.memory_budget, self.device)

@@ -69,9 +69,9 @@ def fit_split(model: torch.nn.Module, cfg: RunConfig, device: torch.device, auto
     # What the optimizer's first step adds: AdamW's two moments, the noise scale's copy of the gradients.
     copies = 2 + (1 if t.noise_scale and not ranks.distributed else 0)
     params = sum(p.numel() for p in model.parameters())
-    kwargs = dict(batch=t.batch, processes=ranks.world_size, block_size=m.block_size, vocab_size=m.vocab_size,
-                  device=device, autocast_dtype=autocast_dtype, budget_bytes=budget,
-                  state_bytes=copies * params * BYTES_PER_FLOAT, at_most=train_windows)
+    kwargs = {"batch": t.batch, "processes": ranks.world_size, "block_size": m.block_size,
+              "vocab_size": m.vocab_size, "device": device, "autocast_dtype": autocast_dtype, "budget_bytes": budget,
+              "state_bytes": copies * params * BYTES_PER_FLOAT, "at_most": train_windows}
     try:
         fit = fit_micro_batch(model, **kwargs)
     except UserError as exc:

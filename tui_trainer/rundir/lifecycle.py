@@ -45,7 +45,8 @@ SAFE_RESUME_OVERRIDES = frozenset({
     "train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
     "train.checkpoint_every", "train.max_bad_steps", "train.compile", "train.sample_tokens",
     "train.noise_scale", "train.auto_accum", "train.log_every", "train.precision",
-    "data.limit_train_batches", "data.limit_val_batches", "data.cache_dir"})
+    "data.limit_train_batches", "data.limit_val_batches", "data.cache_dir",
+    "train.checkpoint_activations", "train.memory_budget"})  # (memory and speed: the same losses)
 
 
 def data_size(path: str) -> int | None:
@@ -103,6 +104,9 @@ def merge_resume_config(state: dict, overrides: dict[str, Any], run_dir: Path, n
         if key in ("data.path", "train.accum"):
             continue  # the data is checked by content hash once loaded; --accum becomes a pending change
         if value == old:
+            continue
+        if key == "train.micro_batch" and value == "auto":  # a resume keeps the split its run measured
+            notes.append(f"a resumed run keeps its split: micro-batch {old} (auto was measured at its start)")
             continue
         if key not in SAFE_RESUME_OVERRIDES:
             raise UserError(f"--{name.replace('_', '-')} {value} contradicts the checkpoint "
