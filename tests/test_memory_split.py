@@ -231,3 +231,21 @@ def test_a_resume_keeps_the_measured_split_and_the_one_an_out_of_memory_left(sma
     started = sink.of(RunStarted)[0]
     assert (started.micro_batch, started.accum) == (8, 8)  # planned 16 x 4, halved at step 2
     assert any("keeps its split" in note for note in started.notes)
+
+
+def test_when_only_checkpointed_activations_fit_auto_proposes_them_and_starts_nothing(
+        small_corpus, tmp_path, monkeypatch):
+    from tui_trainer.errors import UserError
+
+    real = memory_fit.measure_step_peak
+
+    def measured(model, micro_batch, *args, **kwargs):  # the real probe; too big unless recomputed
+        peak, speed = real(model, micro_batch, *args, **kwargs)
+        return (peak if model.checkpoint_activations and micro_batch <= 2 else 10 ** 15), speed
+
+    monkeypatch.setattr(memory_fit, "measure_step_peak", measured)
+    run_dir = tmp_path / "r"
+    with pytest.raises(UserError) as error:
+        Trainer(_config(small_corpus, run_dir, batch=8, micro_batch="auto"), ListSink())
+    assert "with --checkpoint-activations micro-batch 2 fits" in error.value.message
+    assert "--checkpoint-activations" in error.value.hint and not run_dir.exists()

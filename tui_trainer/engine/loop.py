@@ -3,7 +3,8 @@
     run          Trainer._run: the epochs; an accum change waiting for an epoch's start applied there
     epoch        Trainer._train_epoch: its shuffled examples cut into ``Window``s of accum micro-batches
     one step     OptimizerStep.take: accumulate (accumulation.py: the maths) → clip and step → record,
-                 then what was asked meanwhile (agreement, auto-accum, `g`, `s`, pause, stop)
+                 then what was asked meanwhile (agreement, auto-accum, `g`, `s`, pause, stop); an
+                 out-of-memory mid-window redoes it at half the micro-batch (oom.py)
     validation   Trainer.evaluate → validation_loss: token-weighted val loss, in eval mode
     epoch's end  Trainer._finish_epoch: diagnosis, early stopping, checkpoints, the epoch's event
 
@@ -188,10 +189,11 @@ class Trainer:
         best = s.early_stopping
         improved, should_stop, stop_reason = best.update(val_loss, st.epoch)
         epoch_done, world = st.epoch, self.ranks.world_size
+        micro_batch, accum = split_sizes(cfg.train.micro_batch, st.accum, st.micro_split)
         self.sink.emit(EpochEvent(
-            epoch=epoch_done, epochs=cfg.train.epochs, train_loss=train_loss, val_loss=val_loss, accum=st.accum,
+            epoch=epoch_done, epochs=cfg.train.epochs, train_loss=train_loss, val_loss=val_loss, accum=accum,
             effective_batch=cfg.train.micro_batch * st.accum * world, tokens_seen=st.tokens_seen,
-            micro_batch=cfg.train.micro_batch, seconds=st.epoch_seconds + (time.perf_counter() - started), diagnosis=verdict.kind,
+            micro_batch=micro_batch, seconds=st.epoch_seconds + (time.perf_counter() - started), diagnosis=verdict.kind,
             diagnosis_reason=verdict.reason, remedy=verdict.remedy, val_rise_warning=warning,
             best_val_loss=best.best if best.best_epoch else None, best_epoch=best.best_epoch,
             epochs_without_improvement=best.epochs_without_improvement,
