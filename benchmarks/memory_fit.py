@@ -10,6 +10,7 @@ allocator, or the process's peak RSS on the CPU, reset between probes).
 
     python benchmarks/memory_fit.py                 # the seed model, --batch 16, budgets 0.1 to 1 GB
     python benchmarks/memory_fit.py --big           # also a ~50M-parameter model at context 512 (slow on a CPU)
+    python benchmarks/memory_fit.py --only-big --budgets 1.5   # that model alone, one budget
     python benchmarks/memory_fit.py --device cuda
     python benchmarks/memory_fit.py --quick         # a tiny model (CI smoke)
 """
@@ -32,12 +33,12 @@ GB = 10 ** 9
 VOCAB = 65  # tiny-shakespeare's characters
 
 
-def models(quick: bool, big: bool) -> list[tuple[str, ModelConfig, int, list[float]]]:
+def models(quick: bool, big: bool, seed_too: bool = True) -> list[tuple[str, ModelConfig, int, list[float]]]:
     if quick:
         tiny = PRESETS["tiny"][0]
         return [("tiny", replace(tiny, vocab_size=VOCAB), 8, [0.002, 2.0])]
     seed = PRESETS["seed"][0]
-    chosen = [("seed (6L d256 ctx128)", replace(seed, vocab_size=VOCAB), 16, [0.1, 0.25, 0.5, 1.0])]
+    chosen = [("seed (6L d256 ctx128)", replace(seed, vocab_size=VOCAB), 16, [0.1, 0.25, 0.5, 1.0])] if seed_too else []
     if big:  # 8 x 12 x 704^2 = 47.6M parameters in the blocks
         chosen.append(("~48M (8L d704 ctx512)", ModelConfig(n_layer=8, n_head=11, n_embd=704, block_size=512,
                                                            vocab_size=VOCAB, dropout=0.0), 4, [0.5, 1.0, 2.0, 4.0]))
@@ -60,6 +61,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny model (CI smoke)")
     parser.add_argument("--big", action="store_true", help="also a ~50M-parameter model at context 512")
+    parser.add_argument("--only-big", action="store_true", help="the ~50M model alone (implies --big)")
+    parser.add_argument("--budgets", default=None, help="comma-separated budgets in GB, instead of each model's own")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -68,7 +71,8 @@ def main() -> int:
     device = torch.device(args.device)
     print(machine_line(args.device))
     failed = False
-    for name, cfg, batch, budgets in models(args.quick, args.big):
+    for name, cfg, batch, budgets in models(args.quick, args.big or args.only_big, seed_too=not args.only_big):
+        budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else budgets
         torch.manual_seed(0)
         model = GPT(cfg).to(device)
         params = model.num_parameters()

@@ -193,6 +193,9 @@ class TrainingSession:
         --micro-batch auto fits into. (A resume keeps the split it saved: merge_resume_config.)"""
         self.memory_budget: int | None = None
         cfg = check_batch(cfg, self.ranks.world_size)
+        if self.ranks.distributed and cfg.train.batch is not None:
+            self.notes.append("several processes: an out-of-memory mid-run ends the run (its last step saved), "
+                              "it is not recovered at a smaller micro-batch as with one process")
         if cfg.train.micro_batch == "auto" or cfg.train.memory_budget is not None:
             self.memory_budget = memory_budget(cfg.train.memory_budget, self.device)
         return cfg
