@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tests.conftest import tiny_config
+from conftest import tiny_config
 from tui_trainer.cli.main import main
 from tui_trainer.config import ModelConfig
 from tui_trainer.data.dataset import Window
@@ -249,3 +249,19 @@ def test_when_only_checkpointed_activations_fit_auto_proposes_them_and_starts_no
         Trainer(_config(small_corpus, run_dir, batch=8, micro_batch="auto"), ListSink())
     assert "with --checkpoint-activations micro-batch 2 fits" in error.value.message
     assert "--checkpoint-activations" in error.value.hint and not run_dir.exists()
+
+
+def test_two_processes_agree_on_one_measured_split(small_corpus, tmp_path):
+    from test_distributed import MODEL, cli, run, steps
+
+    run_dir = tmp_path / "two"
+    two = run(cli("--data", str(small_corpus), *MODEL, "--epochs", "1", "--batch", "20", "--run-dir", str(run_dir),
+                  "--nproc", "2"))
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
+    assert "split=auto: micro-batch" in two.stdout and "an out-of-memory mid-run ends the run" in two.stdout
+    records = steps(run_dir)
+    assert records and {(r["micro_batch"] * r["accum"] * 2) for r in records if r["effective_batch"] == 20} == {20}
+    bad = run(cli("--data", str(small_corpus), *MODEL, "--batch", "21", "--run-dir", str(tmp_path / "odd"),
+                  "--nproc", "2"))
+    assert bad.returncode == 2 and "does not divide over the 2 processes" in bad.stderr
+    assert not (tmp_path / "odd").exists()
