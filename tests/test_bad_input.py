@@ -42,7 +42,7 @@ def run_bad(args: list[str], capsys, tmp_path: Path, keep: set[Path] = frozenset
 FLAG_OF = {"n_layer": "--n-layer", "n_embd": "--n-embd", "block_size": "--block-size", "micro_batch": "--micro-batch",
            "epochs": "--epochs", "checkpoint_every": "--checkpoint-every",
            "limit_train_batches": "--limit-train-batches", "limit_val_batches": "--limit-val-batches",
-           "warmup_tokens": "--warmup-tokens", "max_bad_steps": "--max-bad-steps"}
+           "warmup_tokens": "--warmup-tokens", "max_bad_steps": "--max-bad-steps", "batch": "--batch"}
 
 TOO_BIG = {
     **{name: ([FLAG_OF[name], str(limit + 1)] + (["--n-head", "1"] if name == "n_embd" else []), FLAG_OF[name])

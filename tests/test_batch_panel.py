@@ -67,3 +67,13 @@ async def test_a_noise_scale_not_yet_known_well_enough_suggests_nothing():
     assert "settling" in unsure and "suggests accum" not in unsure and "±60%" in unsure
     sure = await shown(with_error(base, 0.2))
     assert "±20% -> suggests accum" in sure
+
+
+async def test_the_last_steps_peak_memory_shows_against_the_budget_and_only_with_one():
+    from tui_trainer.events import StepEvent
+
+    steps = [e if not isinstance(e, StepEvent) else replace(e, peak_memory=1_300_000_000)
+             for e in [*recorded_epochs(1), *mid_epoch(2, 5, 2)]]
+    text = await shown([replace(started(), memory_budget=6_000_000_000), *steps], size=(100, 30))
+    assert "memory 1.3 / 6.0 GB" in text
+    assert "memory 1.3" not in await shown([started(), *steps], size=(100, 30))  # a split given by hand: no bar

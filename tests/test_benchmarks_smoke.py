@@ -38,6 +38,7 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
 @pytest.mark.parametrize("script, expected", [
     ("throughput.py", "engine/plain"),
     ("memory.py", "same update: max relative difference of the weight change after 1 steps"),
+    ("memory_fit.py", "every chosen micro-batch measured under its budget"),
     ("equivalence.py", "every split is within it"),
     ("accumulation_payoff.py", "mean final val loss"),
     ("optimizer_step.py", "median vs fused"),

@@ -80,8 +80,13 @@ class DiagnosisConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
-    micro_batch: int = 16  # sequences per forward/backward
+    micro_batch: int | str = 16  # sequences per forward/backward; "auto" (with batch) = measured to fit the memory
     accum: int = 8  # micro-batches accumulated per optimizer step
+    # Sequences per optimizer step (--batch): the split into micro_batch x accum x processes is the
+    # tool's (micro_batch "auto", engine/memory_fit.py) or follows a given micro_batch. None = micro_batch x accum.
+    batch: int | None = None
+    memory_budget: str | None = None  # what --micro-batch auto may use: "6GB", "80%"; None = a share of what is free
+    checkpoint_activations: bool = False  # recompute each block's activations in the backward (less memory, slower)
     seed: int = 1337  # drives init, data order and dropout
     device: str = "auto"  # auto = cuda, then mps, then cpu
     threads: int | None = None  # torch CPU threads; None = chosen for the machine
@@ -194,6 +199,7 @@ LIMITS: dict[str, int] = {
     "n_embd": 65_536,
     "block_size": 1_048_576,
     "micro_batch": 1_048_576,
+    "batch": 1_048_576 * ACCUM_MAX,
     "epochs": 1_000_000,
     "checkpoint_every": 10**9,
     "limit_train_batches": 10**9,
@@ -269,6 +275,26 @@ def _check_tokenizer(d: DataConfig) -> None:
                         f"got {d.vocab_size:,}", "use e.g. --vocab-size 4096")
 
 
+def _check_batch(t: TrainConfig) -> None:
+    """--batch and --micro-batch (a number, or auto with --batch): what one process can check; the
+    processes' share is the session's (a batch must divide by micro-batch x processes)."""
+    if t.micro_batch == "auto":
+        if t.batch is None:
+            raise UserError("--micro-batch auto needs --batch: the batch is what it splits",
+                            "add e.g. --batch 64, or give --micro-batch a number")
+    elif isinstance(t.micro_batch, (str, bool)):
+        raise UserError(f"--micro-batch must be a number or auto, got {t.micro_batch!r}", "use e.g. --micro-batch 16")
+    else:
+        _positive("micro_batch", t.micro_batch, "--micro-batch")
+    _positive("batch", t.batch, "--batch", allow_none=True)
+    if t.batch is not None and isinstance(t.micro_batch, int) and t.batch % t.micro_batch:
+        raise UserError(f"--batch {t.batch} is not a multiple of --micro-batch {t.micro_batch}",
+                        f"use --micro-batch auto, or a micro-batch that divides {t.batch}")
+    if t.memory_budget is not None and t.micro_batch != "auto":
+        raise UserError("--memory-budget is what --micro-batch auto fits into",
+                        "add --batch N (micro-batch auto is its default), or drop --memory-budget")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check everything that does not need the data; raise UserError with a fix."""
     m, d, o, t, g = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.diagnosis
@@ -309,7 +335,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("limit_train_batches", d.limit_train_batches, "--limit-train-batches", allow_none=True)
     _positive("limit_val_batches", d.limit_val_batches, "--limit-val-batches", allow_none=True)
     _positive("epochs", t.epochs, "--epochs")
-    _positive("micro_batch", t.micro_batch, "--micro-batch")
+    _check_batch(t)
     if t.accum is None or not ACCUM_MIN <= t.accum <= ACCUM_MAX:
         raise UserError(f"--accum must be between {ACCUM_MIN} and {ACCUM_MAX}, got {t.accum}", "use e.g. --accum 8")
     if not (math.isfinite(o.lr) and o.lr > 0):
@@ -327,7 +353,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UserError(f"--warmup-tokens must be 0 or more, got {o.warmup_tokens}", "omit it for 5% of the run")
     for name, value, flag in (("n_layer", m.n_layer, "--n-layer"), ("n_embd", m.n_embd, "--n-embd"),
                               ("block_size", m.block_size, "--block-size"),
-                              ("micro_batch", t.micro_batch, "--micro-batch"), ("epochs", t.epochs, "--epochs"),
+                              ("micro_batch", t.micro_batch if isinstance(t.micro_batch, int) else None,
+                               "--micro-batch"), ("batch", t.batch, "--batch"), ("epochs", t.epochs, "--epochs"),
                               ("checkpoint_every", t.checkpoint_every, "--checkpoint-every"),
                               ("limit_train_batches", d.limit_train_batches, "--limit-train-batches"),
                               ("limit_val_batches", d.limit_val_batches, "--limit-val-batches"),

@@ -44,6 +44,9 @@ class RunStarted:
     init_from: str = ""  # the weights a new run started from (--init-from's folder); "" = random, or a resume
     time_budget: float | None = None  # --time-budget in seconds (None = the run trains for its epochs)
     budget_left: float | None = None  # ... of it, after the start-up (a resumed run: its earlier sessions too)
+    split: str = ""  # how micro-batch x accum was chosen (--batch: given, or auto: memory_fit.Fit.describe)
+    memory_budget: int = 0  # bytes --micro-batch auto fitted into (0 = none set)
+    checkpoint_activations: bool = False  # each block's activations recomputed in the backward
 
     @property
     def effective_batch(self) -> int:
@@ -54,6 +57,23 @@ class RunStarted:
     def world_size(self) -> int:
         """torchrun's word for ``processes``: the ranks that train this run together."""
         return self.processes
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitChanged:
+    """An out-of-memory mid-window: the window was redone at half the micro-batch and twice the
+    accumulation (the same examples, the same step)."""
+
+    old_micro_batch: int
+    new_micro_batch: int
+    old_accum: int
+    new_accum: int
+    step: int  # the optimizer step whose window ran out of memory
+    epoch: int
+
+    def describe(self) -> str:
+        return (f"memory: micro-batch {self.old_micro_batch} -> {self.new_micro_batch}, accum {self.old_accum} -> "
+                f"{self.new_accum} after an out-of-memory at step {self.step}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +109,7 @@ class StepEvent:
     world_size: int = 1  # processes that took this step together (torchrun); tokens and tokens/s are all of theirs
     budget_left: float | None = None  # --time-budget: active seconds left of it (pauses do not count)
     planned_tokens: int | None = None  # --time-budget: the run's tokens as planned now (the plan may change)
+    peak_memory: int = 0  # bytes at the step's peak: CUDA's allocator, or the process's RSS (0 = not measured)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,7 +263,7 @@ class RunEnded:
 
 Event = (RunStarted | MicroStep | StepEvent | ValidationProgress | EpochEvent | SampleEvent | DiagnosisEvent
          | AccumChangeRequested | AccumChangeApplied | Paused | Resumed | CheckpointSaved | CheckpointFailed | Notice
-         | DataPreparing | RunEnded)
+         | DataPreparing | SplitChanged | RunEnded)
 
 
 class Sink(Protocol):

@@ -52,6 +52,7 @@ class HeadlessLog:
         self._last_progress = 0.0
         self._epochs = 0
         self._processes = 1  # (RunStarted says how many)
+        self._memory_budget = 0  # bytes --micro-batch auto fitted into (RunStarted; 0 = none)
         self._started = clock()
         self._elapsed_before = 0.0
         self._paused_since: float | None = None
@@ -189,8 +190,11 @@ class HeadlessLog:
                     f"params={event.parameters:,} vocab={event.vocab_size} "
                     f"train_examples={event.train_examples:,} val_examples={event.val_examples:,} "
                     f"effective_batch={event.effective_batch} "
-                    f"({batch_product(event.micro_batch, event.accum, event.processes)})")
+                    f"({batch_product(event.micro_batch, event.accum, event.processes)})"
+                    + (f" split={event.split}" if event.split else "")
+                    + (" checkpoint_activations=on" if event.checkpoint_activations else ""))
         self._processes = event.processes
+        self._memory_budget = event.memory_budget
         for note in event.notes:
             self._print(f"note: {note}")
 
@@ -214,14 +218,21 @@ class HeadlessLog:
             self._window_tokens, self._window_seconds = 0, 0.0
             self._print(f"progress epoch {event.epoch}/{self._epochs} step {event.step_in_epoch}/"
                         f"{event.steps_in_epoch} (optimizer step {event.step}) loss={event.loss:.4f} "
-                        f"lr={event.lr:.2e} tokens/s={tokens_per_s:,.0f} {self._times()}")
+                        f"lr={event.lr:.2e} tokens/s={tokens_per_s:,.0f}{self._memory(event)} {self._times()}")
         now = self.clock()
         if self.progress and now - self._last_progress >= PROGRESS_INTERVAL_S:
             self._last_progress = now
             self.out.write(f"\r\x1b[2Kepoch {event.epoch}/{self._epochs} step {event.step_in_epoch}/"
                            f"{event.steps_in_epoch} loss={event.loss:.4f} lr={event.lr:.2e} "
-                           f"tokens/s={event.tokens_per_s:,.0f}")
+                           f"tokens/s={event.tokens_per_s:,.0f}{self._memory(event)}")
             self.out.flush()
+
+    def _memory(self, event: StepEvent) -> str:
+        """`` memory=1.3/6.0GB``: the step's measured peak (against --micro-batch auto's budget)."""
+        if not event.peak_memory:
+            return ""
+        budget = f"/{self._memory_budget / 1e9:,.1f}" if self._memory_budget else ""
+        return f" memory={event.peak_memory / 1e9:,.1f}{budget}GB"
 
     def _epoch(self, event: EpochEvent) -> None:
         if self._eta is not None:

@@ -38,6 +38,15 @@ MODEL, DATA, OPTIM, RUN = "model", "data", "optimisation", "run control"
 GROUPS = {MODEL: "the GPT's shape", DATA: "what it trains on, and how much of it per epoch",
           OPTIM: "batch, learning rate and the optimizer", RUN: "where the run goes, how it runs and when it stops"}
 
+def micro_batch_value(text: str) -> int | str:
+    """--micro-batch: a whole number, or auto."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return int(text)
+
+
+micro_batch_value.__name__ = "micro-batch (a number or auto)"  # (argparse's one line names the type)
+
 # flag → (help group, config section, field, type, help); the default is added from the config dataclasses
 FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--n-layer", MODEL, "model", "n_layer", int, "transformer blocks"),
@@ -57,8 +66,13 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--val-split", DATA, "data", "val_split", float, "fraction of the text held out for validation"),
     ("--limit-train-batches", DATA, "data", "limit_train_batches", int, "cap micro-batches per training epoch"),
     ("--limit-val-batches", DATA, "data", "limit_val_batches", int, "cap micro-batches per validation pass"),
-    ("--micro-batch", OPTIM, "train", "micro_batch", int, "sequences per forward/backward"),
+    ("--batch", OPTIM, "train", "batch", int, ("sequences per optimizer step: the tool splits it into micro-batch "
+                                                "x accum x processes (micro-batch auto, unless given)")),
+    ("--micro-batch", OPTIM, "train", "micro_batch", micro_batch_value,
+     "sequences per forward/backward, or auto (with --batch): the largest that fits --memory-budget, measured"),
     ("--accum", OPTIM, "train", "accum", int, "micro-batches accumulated per optimizer step"),
+    ("--memory-budget", OPTIM, "train", "memory_budget", str,
+     "what --micro-batch auto may use: e.g. 6GB, 512MiB, or 80%% of the memory free now"),
     ("--epochs", OPTIM, "train", "epochs", int, "passes over the training split"),
     ("--time-budget", OPTIM, "train", "time_budget", str,
      ("train for this long instead of --epochs (90s, 10m, 2h): the run plans its tokens from its measured pace so "
@@ -101,6 +115,8 @@ NONE_MEANS = {
     "train.threads": "all cores; one left for the app on 4+",
     "train.checkpoint_every": "about every 5 minutes",
     "train.time_budget": "off: train for --epochs",
+    "train.batch": "micro-batch x accum",
+    "train.memory_budget": "80% of the memory free now",  # (memory_fit.DEFAULT_BUDGET_SHARE)
 }
 
 
@@ -166,6 +182,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     groups[OPTIM].add_argument("--no-noise-scale", dest="noise_scale", action="store_false", default=None,
                                help=with_default("do not estimate the gradient noise scale (saves one copy of the "
                                                  "gradients)", "estimated"))
+    groups[OPTIM].add_argument("--checkpoint-activations", action="store_true", default=None, help=with_default(
+        "recompute each block's activations in the backward: less memory per micro-batch, about a third slower",
+        "off"))
     groups[OPTIM].add_argument("--auto-accum", action="store_true", default=None, help=with_default(
         "at each epoch boundary, accum becomes the noise scale's suggestion", default_of("train", "auto_accum")))
 
@@ -190,6 +209,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any
         given["train.noise_scale"] = args.noise_scale
     if args.auto_accum:
         given["train.auto_accum"] = True
+    if args.checkpoint_activations:
+        given["train.checkpoint_activations"] = True
+    if "train.batch" in given:
+        if "train.accum" in given:
+            raise UserError("--batch and --accum both say how large a step is",
+                            "give --batch N (the split is chosen for you), or --micro-batch and --accum")
+        given.setdefault("train.micro_batch", "auto")
     cfg = RunConfig(run_dir=args.run_dir)
     if args.quick:
         cfg = with_preset(cfg, QUICK)  # under the file and the flags, so they still override it

@@ -3,7 +3,8 @@
     run          Trainer._run: the epochs; an accum change waiting for an epoch's start applied there
     epoch        Trainer._train_epoch: its shuffled examples cut into ``Window``s of accum micro-batches
     one step     OptimizerStep.take: accumulate (accumulation.py: the maths) → clip and step → record,
-                 then what was asked meanwhile (agreement, auto-accum, `g`, `s`, pause, stop)
+                 then what was asked meanwhile (agreement, auto-accum, `g`, `s`, pause, stop); an
+                 out-of-memory mid-window redoes it at half the micro-batch (oom.py)
     epoch 0      Trainer._validate_the_start: --init-from's weights validated before any step
     validation   Trainer.evaluate → validation_loss: token-weighted val loss, in eval mode (and bits per byte)
     epoch's end  Trainer._finish_epoch: diagnosis, early stopping, checkpoints, the epoch's event
@@ -33,9 +34,11 @@ from tui_trainer.data.dataset import Window, WindowDataset, epoch_examples, epoc
 from tui_trainer.engine.accumulation import WindowAborted, accumulate_window, join_the_gradient_sync
 from tui_trainer.engine.distributed import PeerLost, Ranks, peer_lost_in_the_backward, rank_share, sum_over_ranks
 from tui_trainer.engine.endings import Endings
+from tui_trainer.engine.oom import OutOfMemoryRecovery, cut_window, split_sizes
 from tui_trainer.engine.runtime import capture_rng
 from tui_trainer.engine.saving import Checkpoints
 from tui_trainer.engine.session import TrainingSession
+from tui_trainer.engine.split import StepPeak
 from tui_trainer.engine.steering import Steering
 from tui_trainer.engine.validation_progress import ValidationProgressEmitter
 from tui_trainer.errors import DataChanged
@@ -137,6 +140,7 @@ class Trainer:
         """The run's first event: what it trains, on what, and from where (a resume)."""
         cfg, st, s, world = self.cfg, self.state, self.session, self.ranks.world_size
         per_epoch, effective = self.figures.examples_per_epoch(), cfg.train.micro_batch * st.accum * world
+        micro_batch, accum = split_sizes(cfg.train.micro_batch, st.accum, st.micro_split)
         if effective > per_epoch:
             s.notes.append(f"an epoch holds {per_epoch:,} sequences, fewer than the effective batch of "
                            f"{effective:,}: each epoch is one optimizer step of {per_epoch:,}")
@@ -148,14 +152,16 @@ class Trainer:
             run_dir=str(self.run_dir), device=str(self.device), threads=s.threads,
             parameters=self.model.num_parameters(), vocab_size=s.corpus.vocab.size,
             train_examples=per_epoch, val_examples=self.figures.val_examples(), epochs=self.figures.epochs(),
-            micro_batch=cfg.train.micro_batch, accum=st.accum, processes=world, block_size=cfg.model.block_size,
+            micro_batch=micro_batch, accum=accum, processes=world, block_size=cfg.model.block_size,
             planned_tokens=self.figures.planned_tokens(), resumed_from_step=st.step, start_epoch=st.epoch,
             tokens_seen=st.tokens_seen, notes=tuple(s.notes), elapsed_before=st.elapsed_seconds,
             sample_tokens=cfg.train.sample_tokens, noise_scale=cfg.train.noise_scale,
             auto_accum=cfg.train.auto_accum, precision=s.precision, val_batches=len(self.my_val_batches()),
             init_from=str(s.init_source.path) if s.init_source is not None else "",
             time_budget=s.budget.planner.budget_seconds if s.budget else None,
-            budget_left=s.budget.seconds_left() if s.budget else None)
+            budget_left=s.budget.seconds_left() if s.budget else None,
+            split=s.split_choice(), memory_budget=s.memory_budget or 0,
+            checkpoint_activations=cfg.train.checkpoint_activations)
 
     # -- an epoch: windows of micro-batches ------------------------------------------------------
 
@@ -242,11 +248,12 @@ class Trainer:
         best = s.early_stopping
         improved, should_stop, stop_reason = best.update(val_loss, st.epoch)
         epoch_done, world = st.epoch, self.ranks.world_size
+        micro_batch, accum = split_sizes(cfg.train.micro_batch, st.accum, st.micro_split)
         self.sink.emit(EpochEvent(
             epoch=epoch_done, epochs=self.figures.epochs(), train_loss=train_loss, val_loss=val_loss,
-            val_bpb=self.bits_per_byte(val_loss), accum=st.accum,
+            val_bpb=self.bits_per_byte(val_loss), accum=accum,
             effective_batch=cfg.train.micro_batch * st.accum * world, tokens_seen=st.tokens_seen,
-            micro_batch=cfg.train.micro_batch, seconds=st.epoch_seconds + (time.perf_counter() - started),
+            micro_batch=micro_batch, seconds=st.epoch_seconds + (time.perf_counter() - started),
             diagnosis=verdict.kind,
             diagnosis_reason=verdict.reason, remedy=verdict.remedy, val_rise_warning=warning,
             best_val_loss=best.best if best.best_epoch is not None else None, best_epoch=best.best_epoch,
@@ -292,6 +299,9 @@ class OptimizerStep:
         self.model, self.optimizer = session.model, session.optimizer
         self._window_rng: dict[str, Any] | None = None  # the window in progress starts from this RNG state
         self._step_alerted_epoch = 0  # one live spike/divergence alert per epoch, not one per step
+        self.peak = StepPeak(session.device)  # the step's peak memory (the batch panel's bar)
+        self.out_of_memory = OutOfMemoryRecovery(self.state, self.sink, session.device, self.cfg.train.micro_batch,
+                                                 self.optimizer, stop=self._stop_out_of_memory)
 
     def take(self, order: torch.Tensor, windows: list[Window], index: int) -> RunEnded | None:
         cfg, st = self.cfg, self.state
@@ -299,12 +309,23 @@ class OptimizerStep:
         mine = rank_share(window, self.ranks.rank, self.ranks.world_size)
         self._window_rng = capture_rng(self.session.device)  # a stop mid-window saves this: the resume redoes it
         started, paused_before = time.perf_counter(), self.steering.seconds_paused
-        try:
-            loss_total, tokens = self._accumulate(order, window, mine, index + 1, len(windows))
-        except WindowAborted:
-            # Stop mid-window: drop its partial gradient; the checkpoint resumes at its start.
-            self.optimizer.zero_grad(set_to_none=True)
-            return self.endings.interrupted(self.checkpoints.save("latest", rng=self._window_rng))
+        self.peak.start()
+        while True:
+            pieces = cut_window(mine, st.micro_split)  # (an out-of-memory cut the micro-batches: oom.py)
+            try:
+                loss_total, tokens = self._accumulate(order, window, pieces, index + 1, len(windows))
+                break
+            except WindowAborted:
+                # Stop mid-window: drop its partial gradient; the checkpoint resumes at its start.
+                self.optimizer.zero_grad(set_to_none=True)
+                return self.endings.interrupted(self.checkpoints.save("latest", rng=self._window_rng))
+            except torch.OutOfMemoryError:
+                if self.ranks.distributed:  # (no agreement inside the backward's all-reduce: oom.py)
+                    raise
+                outcome = self.out_of_memory.after(self._window_rng)  # None: the same window, half the micro-batch
+                if outcome is not None:
+                    return outcome
+        mine = pieces
         lr, loss_sum, norm = self._clip_and_step(loss_total, tokens, window, mine)
         loss = loss_sum / tokens
         finite = math.isfinite(loss) and math.isfinite(norm)
@@ -328,15 +349,17 @@ class OptimizerStep:
             budget.step_done(tokens_seen=st.tokens_seen, sink=self.sink,
                              tokens_per_step=cfg.train.micro_batch * st.accum * world * block,
                              tokens_per_epoch=self.session.figures.examples_per_epoch() * block)
+        micro_batch, accum = split_sizes(cfg.train.micro_batch, st.accum, st.micro_split)
         self.sink.emit(StepEvent(
             epoch=st.epoch, step=st.step, step_in_epoch=index + 1, steps_in_epoch=len(windows),
-            micro_steps=len(mine), accum=st.accum, micro_batch=cfg.train.micro_batch,
+            micro_steps=len(mine), accum=accum, micro_batch=micro_batch,
             effective_batch=window.examples, tokens=tokens, loss=loss, lr=lr,
             grad_norm=norm, tokens_per_s=tokens / seconds, tokens_seen=st.tokens_seen, skipped=not finite,
             noise_scale=noise.noise_scale, suggested_accum=noise.suggestion(cfg.train.micro_batch, world),
             noise_scale_error=noise.relative_error(),
             world_size=world, budget_left=budget.seconds_left() if budget else None,
-            planned_tokens=self.session.figures.planned_tokens() if budget else None))
+            planned_tokens=self.session.figures.planned_tokens() if budget else None,
+            peak_memory=self.peak.read()))
         return self._after_the_step(loss, norm, finite, index + 1, len(windows))
 
     def _accumulate(self, order: torch.Tensor, window: Window, mine: Window, step_in_epoch: int,
@@ -396,6 +419,12 @@ class OptimizerStep:
                 self.state.noise_scale_state = s.noise.state_dict()
         self.optimizer.zero_grad(set_to_none=True)
         return lr, loss_sum, norm
+
+    def _stop_out_of_memory(self, message: str) -> RunEnded:
+        """Out of memory at micro-batch 1: the last step's state saved (the window redone on resume)."""
+        saved = self.checkpoints.save("latest", rng=self._window_rng)
+        return self.endings.end("error", message if saved else f"{message} (the checkpoint could not be saved: "
+                                                               f"{self.checkpoints.error})")
 
     def _after_the_step(self, loss: float, norm: float, finite: bool, step_in_epoch: int,
                         steps_in_epoch: int) -> RunEnded | None:

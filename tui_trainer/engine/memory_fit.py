@@ -60,10 +60,12 @@ def parse_memory_budget(text: str, available: int, total: int) -> int:
     return size
 
 
-def candidates(batch: int, processes: int) -> list[int]:
-    """Micro-batches that split ``batch`` evenly over ``processes``: powers of two, largest first."""
+def candidates(batch: int, processes: int, at_most: int | None = None) -> list[int]:
+    """Micro-batches that split ``batch`` evenly over ``processes``: powers of two, largest first
+    (none above ``at_most``: the sequences the data holds)."""
     per_process = batch // processes
-    return [2 ** k for k in range(per_process.bit_length(), -1, -1) if per_process % 2 ** k == 0]
+    return [2 ** k for k in range(per_process.bit_length(), -1, -1)
+            if per_process % 2 ** k == 0 and (at_most is None or 2 ** k <= at_most)]
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def measure_step_peak(model: torch.nn.Module, micro_batch: int, block_size: int,
 
 def fit_micro_batch(model: torch.nn.Module, *, batch: int, processes: int, block_size: int, vocab_size: int,
                     device: torch.device, autocast_dtype: torch.dtype | None, budget_bytes: int,
-                    state_bytes: int) -> Fit:
+                    state_bytes: int, at_most: int | None = None) -> Fit:
     """Probe the candidates, largest first; ``state_bytes`` is what the optimizer's first step adds
     (AdamW's two moments, the noise scale's copy of the gradients). UserError when even
     micro-batch 1 does not fit (naming the levers)."""
@@ -173,7 +175,7 @@ def fit_micro_batch(model: torch.nn.Module, *, batch: int, processes: int, block
     fitting: list[Probe] = []
     try:
         measure_step_peak(model, 1, block_size, vocab_size, device, autocast_dtype)  # warm-up: one-time allocations
-        for micro_batch in candidates(batch, processes):
+        for micro_batch in candidates(batch, processes, at_most):
             try:
                 peak, speed = measure_step_peak(model, micro_batch, block_size, vocab_size, device, autocast_dtype)
             except torch.OutOfMemoryError:

@@ -52,6 +52,7 @@ from tui_trainer.engine.runtime import (
     pick_device,
     restore_rank_rng,
 )
+from tui_trainer.engine.split import check_batch, fit_split, memory_budget
 from tui_trainer.errors import UserError
 from tui_trainer.events import FanOut, Sink
 from tui_trainer.model.gpt import GPT, make_optimizer
@@ -191,6 +192,9 @@ class TrainingSession:
             resuming=resume_state is not None, explicit="train.precision" in (overrides or {}))
         self.notes += [note] if note else []
         train_windows = window_count(len(self.corpus.train_tokens), cfg.model.block_size)
+        self.cfg = cfg = self._batch_split(cfg, resume_state)
+        if cfg.train.micro_batch == "auto":  # (measured once the model is built; the checks take 1 meanwhile)
+            cfg = cfg.replace(train=replace(cfg.train, micro_batch=1))
         if cfg.train.micro_batch > train_windows:
             raise UserError(f"--micro-batch {cfg.train.micro_batch} is more than the {train_windows:,} training "
                             f"sequences of {cfg.model.block_size} tokens this data holds",
@@ -207,6 +211,18 @@ class TrainingSession:
         if resume is None and self.corpus.vocab.kind == "bpe" and cfg.run_dir and self.ranks.is_main:
             rd.refuse_a_foreign_tokenizer_file(Path(cfg.run_dir), self._overwrite)
 
+    def _batch_split(self, cfg: RunConfig, resume_state: dict | None) -> RunConfig:
+        """--batch over the processes (UserError now, before anything is written), and the budget
+        --micro-batch auto fits into. (A resume keeps the split it saved: merge_resume_config.)"""
+        self.memory_budget: int | None = None
+        cfg = check_batch(cfg, self.ranks.world_size)
+        if self.ranks.distributed and cfg.train.batch is not None:
+            self.notes.append("several processes: an out-of-memory mid-run ends the run (its last step saved), "
+                              "it is not recovered at a smaller micro-batch as with one process")
+        if cfg.train.micro_batch == "auto" or cfg.train.memory_budget is not None:
+            self.memory_budget = memory_budget(cfg.train.memory_budget, self.device)
+        return cfg
+
     def _build(self, sink: Sink | None, resume_state: dict | None, overrides: dict[str, Any] | None) -> None:
         """Model, optimizer, data sets, loop state, config.json and metrics: the set-up that writes."""
         cfg = self.cfg
@@ -222,6 +238,13 @@ class TrainingSession:
         if self.ranks.rank:  # each rank its own dropout masks (rank 0 draws what one process draws)
             torch.manual_seed(cfg.train.seed + 7919 * self.ranks.rank)
             random.seed(cfg.train.seed + 7919 * self.ranks.rank)
+        self.model.checkpoint_activations = cfg.train.checkpoint_activations
+        self.fit = None  # what --micro-batch auto measured and chose (memory_fit.Fit)
+        if cfg.train.micro_batch == "auto":  # the probes leave the RNG (init, data order, dropout) untouched
+            train_windows = window_count(len(self.corpus.train_tokens), cfg.model.block_size)
+            cfg, self.fit = fit_split(self.model, cfg, self.device, self.autocast_dtype, self.memory_budget,
+                                      self.ranks, train_windows)
+            self.cfg = cfg
         self.optimizer = make_optimizer(self.model, cfg.optim.lr, cfg.optim.weight_decay,
                                         (cfg.optim.beta1, cfg.optim.beta2), self.device.type)
         self.train_set = WindowDataset(self.corpus.train_tokens, cfg.model.block_size, self.device)
@@ -244,7 +267,7 @@ class TrainingSession:
         # Rank 0 alone writes; the other ranks' events go nowhere.
         if self.ranks.is_main:
             rd.write_config(self.run_dir, self.cfg, self.corpus, self.device, self.threads, self.precision,
-                            self.ranks.world_size)
+                            self.ranks.world_size, memory=self.memory_record())
         self.metrics = MetricsWriter(self.run_dir) if self.ranks.is_main else NoMetrics()
         self.sink = FanOut(self.metrics, sink)
         self.figures = RunFigures(cfg, len(self.train_set), len(self.val_set), self.ranks.world_size,
@@ -350,7 +373,21 @@ class TrainingSession:
             "data_path": self.corpus.path,
             "data_bytes": rd.data_size(self.corpus.path),
             "precision": self.precision,  # what the run trains in (a resume keeps it unless told)
+            "memory": self.memory_record(),  # how the split was chosen (--micro-batch auto)
         }
+
+    def split_choice(self) -> str:
+        """How the micro-batch was chosen, in words (the run line; RunStarted)."""
+        t = self.cfg.train
+        if self.fit is not None:
+            return f"auto: {self.fit.describe()}"
+        if t.batch is not None:
+            return f"batch {t.batch} = micro-batch {t.micro_batch} x accum {t.accum} x {self.ranks.world_size}, as given"
+        return ""
+
+    def memory_record(self) -> dict[str, Any]:
+        return {"batch": self.cfg.train.batch, "choice": self.split_choice(), "budget_bytes": self.memory_budget,
+                "checkpoint_activations": self.cfg.train.checkpoint_activations}
 
     def elapsed_seconds(self) -> float:
         """Wall time of the whole run so far: the earlier sessions (from the checkpoint) and this one."""

@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from tui_trainer.config import ModelConfig
 
@@ -124,6 +125,8 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.token_embedding.weight  # tied input/output embeddings
+        # --checkpoint-activations: each block's activations recomputed in the backward (training only)
+        self.checkpoint_activations = False
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections keeps the stream's variance flat.
         for name, param in self.named_parameters():
@@ -148,8 +151,10 @@ class GPT(nn.Module):
         time = idx.shape[1]
         positions = torch.arange(time, device=idx.device)
         x = self.dropout(self.token_embedding(idx) + self.position_embedding(positions))
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            # Non-reentrant, RNG preserved: the recomputed dropout masks are the forward's own.
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         logits = self.lm_head(self.ln_f(x))
         if targets is None:
             return logits

@@ -47,7 +47,8 @@ SAFE_RESUME_OVERRIDES = frozenset({
     "train.epochs", "train.patience", "train.min_delta", "train.device", "train.threads",
     "train.checkpoint_every", "train.max_bad_steps", "train.compile", "train.sample_tokens",
     "train.noise_scale", "train.auto_accum", "train.log_every", "train.precision",
-    "data.limit_train_batches", "data.limit_val_batches", "data.cache_dir", "optim.resume_schedule"})
+    "data.limit_train_batches", "data.limit_val_batches", "data.cache_dir", "optim.resume_schedule",
+    "train.checkpoint_activations", "train.memory_budget"})  # (memory and speed: the same losses)
 
 
 def data_size(path: str) -> int | None:
@@ -114,6 +115,9 @@ def merge_resume_config(state: dict, overrides: dict[str, Any], run_dir: Path, n
         if key in ("data.path", "train.accum"):
             continue  # the data is checked by content hash once loaded; --accum becomes a pending change
         if value == old:
+            continue
+        if key == "train.micro_batch" and value == "auto":  # a resume keeps the split its run measured
+            notes.append(f"a resumed run keeps its split: micro-batch {old} (auto was measured at its start)")
             continue
         if key not in SAFE_RESUME_OVERRIDES:
             raise UserError(f"--{name.replace('_', '-')} {value} contradicts the checkpoint "
@@ -345,13 +349,15 @@ def remove_new_run(run_dir: Path, made: list[Path]) -> None:
 
 
 def write_config(run_dir: Path, cfg: RunConfig, corpus: Corpus, device: torch.device, threads: int,
-                 precision: str = "fp32", world_size: int = 1) -> None:
+                 precision: str = "fp32", world_size: int = 1, memory: dict | None = None) -> None:
     """``config.json``: the run's config and vocabulary, written atomically before the first step."""
     corpus.vocab.save(run_dir)  # a BPE run's tokenizer.json (nothing for char: `vocab` holds it)
     record = {"config": cfg.to_dict(), "vocab": vocab_record(corpus.vocab), "tokenizer": corpus.vocab.record(),
               "data_path": corpus.path, "data_sha256": corpus.sha256, "data_bytes": data_size(corpus.path),
               "device": str(device), "threads": threads, "precision": precision, "world_size": world_size,
               "torch": torch.__version__}
+    if memory is not None:  # how the micro-batch was chosen (engine/split.py)
+        record["memory"] = memory
     tmp = run_dir / temp_name(CONFIG_FILE)
     # ASCII JSON (non-ASCII as \u escapes) in UTF-8, never the locale's encoding: a path with bytes
     # that are not valid in the file system's encoding (a surrogate in Python) round-trips too.

@@ -40,6 +40,7 @@ class LoopState:
     accum_decided_epoch: int = 0  # the epoch whose next accum a key or --auto-accum already chose
     lr_anchor: list | None = None  # [tokens, lr]: the schedule runs on from here to its end (a resume moved the end)
     time_budget: dict | None = None  # --time-budget: its plan and the seconds used (engine/budget.py)
+    micro_split: int = 1  # each planned micro-batch is cut in this many (an out-of-memory halved it: engine/oom.py)
 
     @property
     def position(self) -> LoopPosition:

@@ -9,11 +9,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tui_trainer.events import EpochEvent, Event, RunEnded, SampleEvent, StepEvent
+from tui_trainer.events import EpochEvent, Event, RunEnded, SampleEvent, SplitChanged, StepEvent
 from tui_trainer.rundir.files import METRICS_FILE
 from tui_trainer.rundir.reader import read_metrics_file
 
-RECORD_TYPES = {StepEvent: "step", EpochEvent: "epoch", SampleEvent: "sample", RunEnded: "end"}
+RECORD_TYPES = {StepEvent: "step", EpochEvent: "epoch", SampleEvent: "sample", RunEnded: "end",
+                SplitChanged: "memory"}
 
 
 def _clean(value: Any) -> Any:

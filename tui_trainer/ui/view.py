@@ -72,6 +72,8 @@ class RunView:
     epochs: int = 0
     micro_batch: int = 0
     accum: int = 0
+    memory_budget: int = 0  # bytes --micro-batch auto fitted into (0 = none: no memory bar)
+    peak_memory: int = 0  # the last step's measured peak, bytes
     processes: int = 1
     block_size: int = 0
     planned_tokens: int = 0
@@ -200,6 +202,7 @@ class RunView:
         self.sample_tokens = e.sample_tokens
         self.noise_scale_on = e.noise_scale
         self.val_batches = e.val_batches
+        self.memory_budget = e.memory_budget
         self._eta = EtaModel(planned_tokens=e.planned_tokens, tokens_seen=e.tokens_seen, epochs=e.epochs,
                              epochs_done=e.start_epoch - 1, val_batches=self.val_batches,
                              micro_batch=e.micro_batch, block_size=e.block_size)
@@ -222,6 +225,8 @@ class RunView:
         self.tokens_seen, self.lr, self.grad_norm = e.tokens_seen, e.lr, e.grad_norm
         self.accum = e.accum
         self._budget_step(e, now)
+        self.micro_batch = e.micro_batch or self.micro_batch  # (an out-of-memory halves it mid-run)
+        self.peak_memory = e.peak_memory
         if not e.skipped:  # a skipped step measured nothing: the last estimate stands
             self.noise_scale, self.suggested_accum = e.noise_scale, e.suggested_accum
             self.noise_scale_error = e.noise_scale_error

@@ -21,6 +21,13 @@ def noise_error_words(error: float | None) -> str:
     return "" if error is None else f" ±{5 * round(100 * error / 5):.0f}%"
 
 
+def memory_words(peak: int, budget: int) -> str | None:
+    """`1.3 / 6.0 GB`, or None when there is no budget or no step measured yet."""
+    if not budget or not peak:
+        return None
+    return f"{peak / 1e9:,.1f} / {budget / 1e9:,.1f} GB"
+
+
 class BatchPanel(Panel):
     """`effective batch 128 = micro-batch 16 x accum 8 (x 1 process) = 16,384 tokens per step`,
     then `accum 8 -> 16 at next epoch` while a change is pending and `noise scale ~ 310 seq ->
@@ -40,7 +47,7 @@ class BatchPanel(Panel):
                 # and each new key costs this panel a re-layout
                 None if view.noise_scale is None else noise_scale_words(view.noise_scale),
                 view.suggested_accum, noise_error_words(view.noise_scale_error), view.pending_auto, view.started,
-                view.data_progress)
+                view.data_progress, memory_words(view.peak_memory, view.memory_budget))
 
     def _room(self) -> int:
         return self.size.width - self.styles.gutter.width if self.size.width else 10_000
@@ -82,7 +89,23 @@ class BatchPanel(Panel):
         for piece, is_number in pieces:
             text.append(piece, value if is_number else dim)
         self._second_line(view, text, dim, value)
+        self._memory_line(view, text, dim, value)
         return text
+
+    def _memory_line(self, view: RunView, text: Text, dim, value) -> None:
+        """`memory 1.3 / 6.0 GB ▮▮▮▯▯▯▯▯▯▯`: the last step's measured peak against the budget
+        --micro-batch auto fitted into (no budget, no line: the split was given by hand)."""
+        words = memory_words(view.peak_memory, view.memory_budget)
+        if words is None:
+            return
+        text.append("\nmemory ", dim)
+        text.append(words, value)
+        cells = min(10, self._room() - len(words) - 8)
+        if cells >= 4:
+            share = min(1.0, view.peak_memory / view.memory_budget)
+            filled = round(share * cells)
+            text.append(" " + "▮" * filled, value)
+            text.append("▯" * (cells - filled), dim)
 
     def _second_line(self, view: RunView, text: Text, dim, value) -> None:
         """The pending change and the noise scale: on one line when they fit (rows are dear at 24),

@@ -35,6 +35,14 @@ NOISE_SCALE = (
     "it the pending change each epoch (+/- overrides it)."
 )
 
+MEMORY = (
+    "More memory -> larger micro-batches (faster); less memory -> more accumulation (the same quality, "
+    "slower): exact accumulation makes 16 x 4 and 8 x 8 the same step. --batch N says the batch and "
+    "--micro-batch auto measures the largest micro-batch that fits --memory-budget (the batch panel "
+    "shows the last step's peak against it); an out-of-memory mid-run halves the micro-batch, doubles "
+    "accum and redoes the window. --checkpoint-activations trades time for memory: the same losses."
+)
+
 # (verdict, theme colour, lines of meaning and remedy) — the colours of the diagnosis banner.
 DIAGNOSES = [
     ("learning", "$secondary", ["the loss still falls, however high: keep training"]),
@@ -130,6 +138,9 @@ class HelpScreen(ModalScreen[None]):
             # last: at 80x24 the sections above fill the box; this one is a scroll away
             yield Static(Content.from_markup("[b]The noise scale: which accum to use[/b]"), classes="help-title")
             yield Static(NOISE_SCALE, classes="help-body", markup=False)
+            yield Static(Content.from_markup("[b]Memory: the micro-batch and the accumulation[/b]"),
+                         classes="help-title")
+            yield Static(MEMORY, classes="help-body", markup=False)
 
     def action_close(self) -> None:
         self.dismiss(None)

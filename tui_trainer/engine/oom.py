@@ -1,0 +1,76 @@
+"""An out-of-memory in the middle of a window is not the end of the run.
+
+``OutOfMemoryRecovery.after(step)``: the window's partial gradients dropped, the micro-batch halved
+and the accumulation doubled (``LoopState.micro_split``: each planned micro-batch cut in two more
+pieces), the RNG set back to the window's start (its dropout masks are drawn again, the same), and
+the window redone from its first micro-batch: the same examples, each token weighted by the
+window's total as before, so the step taken equals the one that would have been. Said on screen
+(a Notice) and in metrics.jsonl (a ``memory`` record). Below micro-batch 1 the run stops with a
+checkpoint of its last step and one line naming the levers.
+
+One process only: with several, the out-of-memory happens on one rank inside a collective the
+others are already waiting in (the backward's all-reduce), so no agreement on a new split can be
+reached there; the error ends the run as before (its last step saved). No Textual import, ever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import pairwise
+from typing import Any
+
+import torch
+
+from tui_trainer.data.dataset import Window
+from tui_trainer.engine.runtime import restore_rng
+from tui_trainer.events import Notice, RunEnded, Sink, SplitChanged
+from tui_trainer.rundir.loop_state import LoopState
+
+
+def cut_window(window: Window, pieces: int) -> Window:
+    """Each micro-batch of ``window`` cut into ``pieces`` near-equal consecutive parts (none empty)."""
+    if pieces == 1:
+        return window
+    parts = []
+    for start, stop in window.micro_batches:
+        size = stop - start
+        bounds = [start + (size * k + pieces - 1) // pieces for k in range(pieces + 1)]  # (ceil: 16/2 = 8+8)
+        parts += [(a, b) for a, b in pairwise(bounds) if b > a]
+    return Window(tuple(parts))
+
+
+def split_sizes(planned_micro_batch: int, accum: int, pieces: int) -> tuple[int, int]:
+    """(micro-batch, accum) in effect when each planned micro-batch is cut into ``pieces``."""
+    return -(-planned_micro_batch // pieces), accum * pieces
+
+
+class OutOfMemoryRecovery:
+    """``after(step, window_rng)`` once an OutOfMemoryError left the window half done: None = redo the
+    window (the split halved), or the run's end (below micro-batch 1: ``stop`` saves and ends it)."""
+
+    def __init__(self, state: LoopState, sink: Sink, device: torch.device, planned_micro_batch: int,
+                 optimizer: torch.optim.Optimizer, stop: Callable[[str], RunEnded]) -> None:
+        self.state, self.sink, self.device, self.planned = state, sink, device, planned_micro_batch
+        self.optimizer, self._stop = optimizer, stop
+
+    def after(self, window_rng: dict[str, Any] | None) -> RunEnded | None:
+        st = self.state
+        self.optimizer.zero_grad(set_to_none=True)  # the partial gradients of the window: dropped
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        step = st.step + 1
+        micro_batch, accum = split_sizes(self.planned, st.accum, st.micro_split)
+        if micro_batch <= 1:
+            return self._stop(f"out of memory at step {step} even at micro-batch 1: the run is saved at its last "
+                              f"step; lower --memory-budget's claim elsewhere, add --checkpoint-activations, or "
+                              f"use a smaller model or --block-size")
+        st.micro_split *= 2
+        if window_rng is not None:  # the redone window draws the same dropout masks
+            restore_rng(window_rng, self.device)
+        new_micro_batch, new_accum = split_sizes(self.planned, st.accum, st.micro_split)
+        change = SplitChanged(old_micro_batch=micro_batch, new_micro_batch=new_micro_batch, old_accum=accum,
+                              new_accum=new_accum, step=step, epoch=st.epoch)
+        self.sink.emit(change)
+        self.sink.emit(Notice(message=f"{change.describe()}: the window is redone, the step is the same",
+                              level="warning"))
+        return None
