@@ -282,7 +282,8 @@ async def test_the_status_line_shows_the_budget_left_while_the_run_runs(small_co
         assert "budget" not in screen_text(app).split("\n")[0]  # a finished run: nothing is left to count
         app.view.end_reason, app.view.ended_at = None, None  # the same view, as the run was still running
         app.view.state = "running"
-        await pilot.pause(0.6)
+        app.tick()  # (the status line is redrawn once a second: draw it now)
+        await pilot.pause()
         status = " ".join(screen_text(app).split("\n")[0].split())
         assert "budget 0:00:0" in status and "left" in status
         await pilot.press("q")
