@@ -39,7 +39,7 @@ class RunStarted:
     sample_tokens: int = 0  # tokens of the text sample after each epoch (0 = none)
     noise_scale: bool = False  # the run estimates the gradient noise scale (StepEvent.noise_scale)
     auto_accum: bool = False  # ... and follows its suggestion at each epoch boundary
-    precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/engine/precision.py chose it
+    precision: str = ""  # "fp32", "bf16" or "fp16" (autocast forward), as tui_trainer/engine/precision.py chose it
     val_batches: int = 0  # micro-batches in one validation pass, this process's share (0 = not known)
 
     @property
@@ -83,6 +83,8 @@ class StepEvent:
     noise_scale: float | None = None  # smoothed B_simple in sequences (noise_scale.py); None until settled
     suggested_accum: int | None = None  # the accum whose effective batch is nearest the noise scale
     world_size: int = 1  # processes that took this step together (torchrun); tokens and tokens/s are all of theirs
+    flops_per_s: float | None = None  # the model's training FLOP/s at tokens_per_s (analysis/mfu.py)
+    mfu: float | None = None  # flops_per_s over the GPU's peak for the precision; None on a CPU or an unknown GPU
 
 
 @dataclass(frozen=True, kw_only=True)
