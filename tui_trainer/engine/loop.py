@@ -139,8 +139,9 @@ class Trainer:
 
     def _train_epoch(self) -> RunEnded | None:
         cfg, st = self.cfg, self.state
+        # The example order stays on the host, where a batch's gather reads it (on a GPU: no sync).
         order = epoch_examples(len(self.session.train_set), cfg.train.seed, st.epoch, cfg.train.micro_batch,
-                               cfg.data.limit_train_batches)  # on the host: a batch's gather reads it there (no sync)
+                               cfg.data.limit_train_batches)
         # The global windows: the same as one process accumulating accum x world micro-batches.
         windows, first_window = epoch_windows(len(order), cfg.train.micro_batch, st.accum * self.ranks.world_size,
                                               cursor=st.example_cursor)

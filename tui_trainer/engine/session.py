@@ -39,9 +39,9 @@ from tui_trainer.engine.distributed import (
     wrap_model,
 )
 from tui_trainer.engine.figures import RunFigures
-from tui_trainer.engine.memory import check_fits
 from tui_trainer.engine.flops import flops_meter
 from tui_trainer.engine.loss_scaling import LossScaling
+from tui_trainer.engine.memory import check_fits
 from tui_trainer.engine.precision import bf16_support, resume_precision, run_line_notes
 from tui_trainer.engine.runtime import capture_rng, choose_threads, pick_device, restore_rank_rng
 from tui_trainer.errors import UserError

@@ -147,7 +147,8 @@ def _check_loop(loop: Any, loop_state_cls: type) -> None:
     for key in ("epoch", "accum", "pending_accum", "pending_accum_epoch"):
         if loop.get(key) is not None and loop[key] < 1:
             raise _Misfit(f"its loop state's {key} is {loop[key]}")
-    for key in ("example_cursor", "step", "tokens_seen", "tokens_skipped", "epoch_tokens", "bad_steps_in_row", "bad_steps_total",
+    for key in ("example_cursor", "step", "tokens_seen", "tokens_skipped", "epoch_tokens",
+                "bad_steps_in_row", "bad_steps_total",
                 "elapsed_seconds", "epoch_seconds"):
         if key in loop and not loop[key] >= 0:  # (a NaN fails too)
             raise _Misfit(f"its loop state's {key} is {loop[key]}")
