@@ -211,3 +211,32 @@ def test_step_records_carry_flops_but_no_mfu_on_a_cpu(small_corpus, tmp_path):
     assert step.flops_per_s == pytest.approx(step.tokens_per_s * trainer.session.flops.per_token)
     assert math.isfinite(step.flops_per_s) and step.flops_per_s > 0
     assert sink.of(RunStarted)[0].precision == "fp32"
+
+
+# -- where the figures show ---------------------------------------------------------------------------
+
+def step_event(**figures) -> StepEvent:
+    return StepEvent(epoch=1, step=1, step_in_epoch=1, steps_in_epoch=4, micro_steps=2, accum=2, micro_batch=4,
+                     effective_batch=8, tokens=1000, loss=4.0, lr=1e-3, grad_norm=1.0, tokens_seen=1000,
+                     tokens_per_s=1000.0, **figures)
+
+
+def test_the_stats_panel_shows_mfu_on_a_known_gpu_and_flops_elsewhere():
+    from tui_trainer.ui.view import RunView
+    from tui_trainer.ui.widgets.stats import StatsPanel
+
+    gpu, cpu, old = RunView(), RunView(), RunView()
+    gpu.apply(step_event(flops_per_s=2e12, mfu=0.25), now=0.0)  # 2e9 FLOPs a token at 1,000 tokens/s
+    cpu.apply(step_event(flops_per_s=3.2e9), now=0.0)
+    old.apply(step_event(), now=0.0)  # a run recorded before the figures: nothing beside tokens/s
+    assert gpu.mfu == pytest.approx(0.25) and StatsPanel._flops(gpu) == " · MFU 25%"
+    assert cpu.mfu is None and StatsPanel._flops(cpu) == " · 3.2 GFLOP/s"
+    assert StatsPanel._flops(old) == ""
+
+
+def test_the_headless_progress_line_carries_mfu_or_flops():
+    from tui_trainer.cli.headless import flops_figure
+
+    assert flops_figure(step_event(flops_per_s=2e12, mfu=0.25), tokens_per_s=500.0) == " mfu=12.5%"
+    assert flops_figure(step_event(flops_per_s=3.2e9), tokens_per_s=1000.0) == " flops/s=3.20e+09"
+    assert flops_figure(step_event(), tokens_per_s=1000.0) == ""

@@ -91,7 +91,7 @@ def test_bf16_autocast_leaves_weights_gradients_and_the_loss_sum_in_fp32(small_c
 
 
 def test_a_precision_that_does_not_exist_is_one_line_and_exit_2(small_corpus, tmp_path, capsys):
-    code = main(["--no-ui", "--data", str(small_corpus), "--run-dir", str(tmp_path / "run"), "--precision", "fp16"])
+    code = main(["--no-ui", "--data", str(small_corpus), "--run-dir", str(tmp_path / "run"), "--precision", "fp8"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--precision" in err
     assert not (tmp_path / "run").exists()
