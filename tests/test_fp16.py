@@ -240,3 +240,33 @@ def test_the_headless_progress_line_carries_mfu_or_flops():
     assert flops_figure(step_event(flops_per_s=2e12, mfu=0.25), tokens_per_s=500.0) == " mfu=12.5%"
     assert flops_figure(step_event(flops_per_s=3.2e9), tokens_per_s=1000.0) == " flops/s=3.20e+09"
     assert flops_figure(step_event(), tokens_per_s=1000.0) == ""
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_one_host_sync_per_optimizer_step(precision, small_corpus, tmp_path, monkeypatch):
+    """Every way Python reads a tensor's value back to the host, counted between two step records
+    (gpu_check.py counts the same on CUDA with torch's sync debug mode): exactly one, fp16's scale
+    included (it rides in the step's one ``.tolist()``)."""
+    reads: list[str] = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    per_step: list[list[str]] = []
+
+    class Counting(ListSink):
+        def emit(self, event):
+            super().emit(event)
+            if isinstance(event, StepEvent):
+                per_step.append(list(reads))
+                reads.clear()
+
+    trainer = Trainer(fp16_config(small_corpus, tmp_path / "run", precision=precision, epochs=1), Counting())
+    overflow_at(trainer, {3} if precision == "fp16" else set())  # a skipped step syncs no more than a taken one
+    trainer.run()
+    assert len(per_step) == 4
+    assert per_step[1:] == [["tolist"]] * 3  # (the first step follows the set-up's reads)
