@@ -171,6 +171,7 @@ def resume_precision(requested: str, device: torch.device, recorded: str | None,
         return name, dtype, ""
     if explicit:
         return name, dtype, f"--precision {name} switches this run from {recorded} (its checkpoint's) to {name}"
-    keep = f"pass --precision {recorded} to continue as it trained, or " if recorded == "fp32" or support.works else ""
+    can_keep = recorded == "fp32" or (support.fp16 if recorded == "fp16" else support.works)
+    keep = f"pass --precision {recorded} to continue as it trained, or " if can_keep else ""
     raise UserError(f"this run trained in {recorded}; resumed here (--precision {requested}) it would train in {name}",
                     f"{keep}pass --precision {name} to switch")
