@@ -96,6 +96,14 @@ def test_a_tmux_benchmark_without_tmux_says_it_measured_nothing_and_exits_3(scri
     assert "all keys: p95 " not in done.stdout and "throughput ratio" not in done.stdout  # no figure
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA machine runs the check itself")
+def test_the_gpu_check_without_cuda_says_it_measured_nothing_and_exits_3(tmp_path):
+    done = run_script("gpu_check.py", tmp_path, 120)
+    assert done.returncode == NOTHING_MEASURED, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "nothing measured: no CUDA device here" in done.stdout
+    assert "tokens/s" not in done.stdout and "check" not in done.stdout.split("\n", 1)[-1]  # no table, no figure
+
+
 @pytest.mark.slow
 def test_compile_benchmark_runs_quick(tmp_path):
     assert "compiled/eager" in run_quick("compile_payoff.py", tmp_path, timeout=600)

@@ -338,3 +338,41 @@ def test_a_one_process_run_resumed_on_two_goes_on_from_its_odd_position(small_co
     assert [s["effective_batch"] for s in after] == [4, 8, 8, 4]  # epoch 1: 4 then the 8 left; epoch 2: 8 + 4
     assert after[-1]["tokens_seen"] == 2 * 12 * 32
     assert ended(run_dir)["reason"] == "completed"
+
+
+OVERFLOW_ON_RANK_1 = '''
+import os
+if os.environ.get("RANK") == "1":
+    import torch
+    from tui_trainer.model import gpt
+
+    forward, calls = gpt.GPT.forward, [0]
+
+    def overflowing(self, idx, targets=None):
+        out = forward(self, idx, targets)
+        if targets is not None and self.training:
+            calls[0] += 1
+            if calls[0] in (3, 4):  # rank 1's micro-batches of optimizer step 2 (accum 2)
+                out.register_hook(lambda grad: grad * float("inf"))
+        return out
+
+    gpt.GPT.forward = overflowing
+'''
+
+
+def test_fp16_every_rank_skips_the_step_one_rank_overflowed(small_corpus, tmp_path):
+    """An inf in rank 1's gradient alone (injected from outside, by a sitecustomize): the all-reduce
+    carries it to rank 0, whose scaler skips that step as rank 1's does (the same summed gradient, the
+    same inf check), and the run goes on, not counting it towards --max-bad-steps 1."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(OVERFLOW_ON_RANK_1, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(inject), os.environ.get("PYTHONPATH", "")])}
+    model = [a if a != "fp32" else "fp16" for a in MODEL]
+    done = run(cli("--data", str(small_corpus), *model, "--epochs", "1", "--micro-batch", "4", "--accum", "2",
+                   "--limit-train-batches", "16", "--max-bad-steps", "1", "--run-dir", str(tmp_path / "run"),
+                   "--nproc", "2"), env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    records = steps(tmp_path / "run")
+    assert [r["skipped"] for r in records] == [False, True, False, False]
+    assert ended(tmp_path / "run")["reason"] == "completed"

@@ -21,11 +21,17 @@ EMULATED = Bf16Support(works=True, native=False, why="emulated")
 NONE = Bf16Support(works=False, native=False, why="none")
 
 
-@pytest.mark.parametrize("device", [CPU, CUDA, MPS])
+@pytest.mark.parametrize("device", [CPU, MPS])
 def test_auto_picks_bf16_only_on_bf16_hardware(device):
     assert choose_precision("auto", device, NATIVE) == ("bf16", torch.bfloat16)
     assert choose_precision("auto", device, EMULATED) == ("fp32", None)  # emulated bf16 is slower than fp32
     assert choose_precision("auto", device, NONE) == ("fp32", None)
+
+
+def test_auto_on_a_cuda_card_without_bf16_units_is_fp16():
+    assert choose_precision("auto", CUDA, NATIVE) == ("bf16", torch.bfloat16)
+    assert choose_precision("auto", CUDA, EMULATED) == ("fp16", torch.float16)
+    assert choose_precision("auto", CUDA, NONE) == ("fp16", torch.float16)
 
 
 def test_auto_is_fp32_on_a_device_type_nobody_measured():
@@ -44,7 +50,7 @@ def test_bf16_asked_for_without_bf16_is_a_user_error_that_names_the_fix():
         choose_precision("bf16", CPU, NONE)
     assert "--precision auto or fp32" in refused.value.hint
     with pytest.raises(UserError, match="unknown precision"):
-        choose_precision("fp16", CPU, NATIVE)
+        choose_precision("fp8", CPU, NATIVE)
 
 
 def test_this_cpu_is_asked_through_onednn():
@@ -85,7 +91,7 @@ def test_bf16_autocast_leaves_weights_gradients_and_the_loss_sum_in_fp32(small_c
 
 
 def test_a_precision_that_does_not_exist_is_one_line_and_exit_2(small_corpus, tmp_path, capsys):
-    code = main(["--no-ui", "--data", str(small_corpus), "--run-dir", str(tmp_path / "run"), "--precision", "fp16"])
+    code = main(["--no-ui", "--data", str(small_corpus), "--run-dir", str(tmp_path / "run"), "--precision", "fp8"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--precision" in err
     assert not (tmp_path / "run").exists()

@@ -102,8 +102,9 @@ class TrainConfig:
     # steps, "off" (or 0) = epoch lines only. Long enough not to flood a CI log, short enough that a
     # job watchdog never takes a run for dead.
     log_every: str | int = "30s"
-    # auto = bf16 autocast where the hardware has bf16 and it trains as well as fp32 (precision.py), else fp32;
-    # fp32; or bf16 (forward under autocast; weights, gradients, optimizer state and loss sums stay fp32)
+    # auto = bf16 autocast where the hardware has bf16 and it trains as well as fp32, fp16 on CUDA without
+    # bf16, else fp32 (the table in precision.py); fp32; bf16 or fp16 (forward under autocast; weights,
+    # gradients, optimizer state and loss sums stay fp32; fp16 scales the loss: loss_scaling.py)
     precision: str = "auto"
     # Several processes (torchrun): the torch.distributed backend, auto = nccl on CUDA, gloo on the CPU;
     # and how long a collective waits for a rank before the run ends with an error (a rank died or hangs).
@@ -379,8 +380,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if o.resume_schedule not in ("continue", "restart"):
         raise UserError(f"--resume-schedule must be continue or restart, got {o.resume_schedule!r}",
                         "use --resume-schedule continue (decay on from the rate it had) or restart (back to the peak)")
-    if t.precision not in ("auto", "fp32", "bf16"):
-        raise UserError(f"--precision must be auto, fp32 or bf16, got {t.precision!r}", "use e.g. --precision auto")
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"--precision must be auto, fp32, bf16 or fp16, got {t.precision!r}",
+                        "use e.g. --precision auto")
     if t.backend not in ("auto", "gloo", "nccl"):
         raise UserError(f"--backend must be auto, gloo or nccl, got {t.backend!r}", "use --backend auto")
     if not (isinstance(t.dist_timeout, (int, float)) and math.isfinite(t.dist_timeout)

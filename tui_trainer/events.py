@@ -39,7 +39,7 @@ class RunStarted:
     sample_tokens: int = 0  # tokens of the text sample after each epoch (0 = none)
     noise_scale: bool = False  # the run estimates the gradient noise scale (StepEvent.noise_scale)
     auto_accum: bool = False  # ... and follows its suggestion at each epoch boundary
-    precision: str = ""  # "fp32" or "bf16" (autocast forward), as tui_trainer/engine/precision.py chose it
+    precision: str = ""  # "fp32", "bf16" or "fp16" (autocast forward), as tui_trainer/engine/precision.py chose it
     val_batches: int = 0  # micro-batches in one validation pass, this process's share (0 = not known)
     init_from: str = ""  # the weights a new run started from (--init-from's folder); "" = random, or a resume
     time_budget: float | None = None  # --time-budget in seconds (None = the run trains for its epochs)
@@ -110,6 +110,8 @@ class StepEvent:
     budget_left: float | None = None  # --time-budget: active seconds left of it (pauses do not count)
     planned_tokens: int | None = None  # --time-budget: the run's tokens as planned now (the plan may change)
     peak_memory: int = 0  # bytes at the step's peak: CUDA's allocator, or the process's RSS (0 = not measured)
+    flops_per_s: float | None = None  # the model's training FLOP/s at tokens_per_s (analysis/mfu.py)
+    mfu: float | None = None  # flops_per_s over the GPU's peak for the precision; None on a CPU or an unknown GPU
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -218,7 +218,8 @@ class HeadlessLog:
             self._window_tokens, self._window_seconds = 0, 0.0
             self._print(f"progress epoch {event.epoch}/{self._epochs} step {event.step_in_epoch}/"
                         f"{event.steps_in_epoch} (optimizer step {event.step}) loss={event.loss:.4f} "
-                        f"lr={event.lr:.2e} tokens/s={tokens_per_s:,.0f}{self._memory(event)} {self._times()}")
+                        f"lr={event.lr:.2e} tokens/s={tokens_per_s:,.0f}{flops_figure(event, tokens_per_s)}"
+                        f"{self._memory(event)} {self._times()}")
         now = self.clock()
         if self.progress and now - self._last_progress >= PROGRESS_INTERVAL_S:
             self._last_progress = now
@@ -264,6 +265,16 @@ class HeadlessLog:
             self._print(f"remedy: {event.remedy}")
         if event.sample is not None:
             self._print_sample(f"sample after epoch {event.epoch}", event.sample)
+
+def flops_figure(event: StepEvent, tokens_per_s: float) -> str:
+    """` mfu=41%` on a GPU whose peak is known, ` flops/s=3.2e+09` elsewhere (a CPU), at ``tokens_per_s``."""
+    if event.flops_per_s is None or event.tokens_per_s <= 0 or tokens_per_s <= 0:
+        return ""
+    flops = tokens_per_s * event.flops_per_s / event.tokens_per_s
+    if event.mfu is not None:
+        return f" mfu={flops / (event.flops_per_s / event.mfu):.1%}"
+    return f" flops/s={flops:.2e}"
+
 
 def batch_product(micro_batch: int, accum: int, processes: int) -> str:
     """``16x8`` for one process (as it always read), ``micro-batch 8 x accum 4 x 2 processes`` for several."""

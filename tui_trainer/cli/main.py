@@ -88,8 +88,8 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
     ("--seed", RUN, "train", "seed", int, "seed for init, data order and dropout"),
     ("--device", RUN, "train", "device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
     ("--threads", RUN, "train", "threads", int, "torch CPU threads"),
-    ("--precision", RUN, "train", "precision", str, "auto (bf16 where the hardware has it and trains as well), "
-                                                     "fp32 or bf16"),
+    ("--precision", RUN, "train", "precision", str, "auto (bf16 where the hardware has it and trains "
+                                                     "as well, fp16 on older CUDA cards), fp32, bf16 or fp16"),
     ("--backend", RUN, "train", "backend", str, "several processes (torchrun): auto (nccl on CUDA, gloo on the "
                                                  "CPU), gloo or nccl"),
     ("--dist-timeout", RUN, "train", "dist_timeout", float,

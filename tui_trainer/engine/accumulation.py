@@ -69,6 +69,7 @@ def accumulate_window(
     between_micro_steps: Callable[[int], bool] | None = None,
     increments: GradientIncrements | None = None,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    loss_scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Forward/backward every micro-batch of a window into ``param.grad``.
 
@@ -81,11 +82,14 @@ def accumulate_window(
     empty here: see ``join_the_gradient_sync``), ``total_tokens`` the *global* window's tokens (every
     rank divides by it, so the summed gradient is one big batch's), ``no_sync`` DDP's context that
     keeps every backward but the last local (one all-reduce per step).
+
+    fp16 (loss_scaling.py): ``loss_scale`` multiplies each micro-batch's share before its backward,
+    so ``param.grad`` holds scale x the window's gradient until the step unscales it, once.
     """
     micro_batches = list(micro_batches)
     if total_tokens is None:
         total_tokens = (micro_batches[-1][1] - micro_batches[0][0]) * dataset.block_size
-    loss_total = torch.zeros((), device=indices.device, dtype=torch.float32)
+    loss_total = torch.zeros((), device=dataset.device, dtype=torch.float32)
     if increments is not None:
         increments.start_window()
         if len(micro_batches) < 2:
@@ -95,7 +99,8 @@ def accumulate_window(
         with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
             loss_sum = _forward(model, dataset, indices[start:stop], autocast_dtype)
             # This micro-batch's share of the window's mean loss: sum / all tokens of the window.
-            (loss_sum / total_tokens).backward()
+            share = loss_sum / total_tokens
+            (loss_scale(share) if loss_scale is not None else share).backward()
         if increments is not None:
             increments.after_backward(first=i == 0, last=last)
         loss_total += loss_sum.detach().float()
@@ -124,7 +129,7 @@ def join_the_gradient_sync(
     (loss_sum * 0.0).backward()  # exactly zero, and the all-reduce's collective is joined
     if between_micro_steps is not None and not between_micro_steps(0):
         raise WindowAborted
-    return torch.zeros((), device=indices.device, dtype=torch.float32), total_tokens
+    return torch.zeros((), device=dataset.device, dtype=torch.float32), total_tokens
 
 
 def _forward(model: torch.nn.Module, dataset: WindowDataset, batch: torch.Tensor,

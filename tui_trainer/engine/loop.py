@@ -167,8 +167,9 @@ class Trainer:
 
     def _train_epoch(self) -> RunEnded | None:
         cfg, st = self.cfg, self.state
+        # The example order stays on the host, where a batch's gather reads it (on a GPU: no sync).
         order = epoch_examples(len(self.session.train_set), cfg.train.seed, st.epoch, cfg.train.micro_batch,
-                               cfg.data.limit_train_batches).to(self.device)
+                               cfg.data.limit_train_batches)
         # The global windows: the same as one process accumulating accum x world micro-batches.
         windows, first_window = epoch_windows(len(order), cfg.train.micro_batch, st.accum * self.ranks.world_size,
                                               cursor=st.example_cursor)
@@ -329,10 +330,14 @@ class OptimizerStep:
         lr, loss_sum, norm = self._clip_and_step(loss_total, tokens, window, mine)
         loss = loss_sum / tokens
         finite = math.isfinite(loss) and math.isfinite(norm)
-        if finite:
-            st.bad_steps_in_row = 0
+        # fp16: an overflow the loss scaler skips is not a bad step, and the schedule waits (loss_scaling.py).
+        scaler_skip = not finite and self.session.loss_scaling is not None \
+            and self.session.loss_scaling.is_a_scaler_skip(loss, norm)
+        if finite or scaler_skip:
+            st.bad_steps_in_row = 0 if finite else st.bad_steps_in_row
             st.epoch_loss_sum += loss_sum
             st.epoch_tokens += tokens
+            st.tokens_skipped += tokens if scaler_skip else 0
         else:
             st.bad_steps_in_row += 1
             st.bad_steps_total += 1
@@ -350,6 +355,7 @@ class OptimizerStep:
                              tokens_per_step=cfg.train.micro_batch * st.accum * world * block,
                              tokens_per_epoch=self.session.figures.examples_per_epoch() * block)
         micro_batch, accum = split_sizes(cfg.train.micro_batch, st.accum, st.micro_split)
+        flops_per_s, mfu = self.session.flops.figures(tokens / seconds)
         self.sink.emit(StepEvent(
             epoch=st.epoch, step=st.step, step_in_epoch=index + 1, steps_in_epoch=len(windows),
             micro_steps=len(mine), accum=accum, micro_batch=micro_batch,
@@ -359,8 +365,8 @@ class OptimizerStep:
             noise_scale_error=noise.relative_error(),
             world_size=world, budget_left=budget.seconds_left() if budget else None,
             planned_tokens=self.session.figures.planned_tokens() if budget else None,
-            peak_memory=self.peak.read()))
-        return self._after_the_step(loss, norm, finite, index + 1, len(windows))
+            peak_memory=self.peak.read(), flops_per_s=flops_per_s, mfu=mfu))
+        return self._after_the_step(loss, norm, finite or scaler_skip, index + 1, len(windows))
 
     def _accumulate(self, order: torch.Tensor, window: Window, mine: Window, step_in_epoch: int,
                     steps_in_epoch: int) -> tuple[torch.Tensor, int]:
@@ -385,7 +391,8 @@ class OptimizerStep:
             return accumulate_window(s.train_model, s.train_set, order, mine, total_tokens=total_tokens,
                                      autocast_dtype=s.autocast_dtype, between_micro_steps=between,
                                      increments=s.increments,
-                                     no_sync=s.train_model.no_sync if self.ranks.distributed else None)
+                                     no_sync=s.train_model.no_sync if self.ranks.distributed else None,
+                                     loss_scale=s.loss_scaling.scale if s.loss_scaling is not None else None)
 
     def _clip_and_step(self, loss_total: torch.Tensor, tokens: int, window: Window,
                        mine: Window) -> tuple[float, float, float]:
@@ -395,11 +402,15 @@ class OptimizerStep:
         rank's (the same, for one process)."""
         cfg, s = self.cfg, self.session
         # The LR of the tokens seen once this step is taken: the first step of a warm-up learns too.
-        lr = s.figures.lr_for(self.state.tokens_seen + tokens)
+        # (Less the tokens of the steps the fp16 loss scaler skipped: they taught nothing.)
+        lr = s.figures.lr_for(self.state.tokens_seen - self.state.tokens_skipped + tokens)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # Clip once per window, after accumulation (and the ranks' all-reduce: the same norm on each).
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        scaling = s.loss_scaling
+        if scaling is not None:  # fp16: the gradients back to their true size, once, before the clip
+            scaling.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if self.ranks.distributed:
             measure = cfg.train.noise_scale
@@ -409,14 +420,22 @@ class OptimizerStep:
         else:  # the noise scale's small batches: the micro-batches
             part_sizes = [stop - start for start, stop in mine]
             part_sq_norms = s.increments.sq_norms if s.increments is not None else []
-        # The one host sync of the step: loss, gradient norm (and each part's norm) together.
+        # The one host sync of the step: loss, gradient norm, fp16's scale (and each part's norm) together.
+        scale = [scaling.scale_tensor().to(loss_total.device).float()] if scaling is not None else []
         loss_sum, norm, *part_sq = torch.stack(
-            [loss_total.float(), grad_norm.float(), *(n.float() for n in part_sq_norms)]).tolist()
+            [loss_total.float(), grad_norm.float(), *scale, *(n.float() for n in part_sq_norms)]).tolist()
+        if scaling is not None:
+            scaling.last_scale = part_sq.pop(0)
+            part_sq = [n / scaling.last_scale ** 2 for n in part_sq]  # (the parts were measured scaled)
         if math.isfinite(loss_sum / tokens) and math.isfinite(norm):
+            # (fp16: a finite norm means the scaler's inf check found nothing, so step directly: no
+            # second sync for GradScaler.step's own check.)
             self.optimizer.step()
             if part_sq:  # the window's norm before clipping, as the parts' are
                 s.noise.update(WindowNorms.from_increments(part_sizes, part_sq, norm * norm))
                 self.state.noise_scale_state = s.noise.state_dict()
+        if scaling is not None:
+            scaling.update()  # after an inf/NaN (recorded by unscale_): a smaller scale for the next window
         self.optimizer.zero_grad(set_to_none=True)
         return lr, loss_sum, norm
 

@@ -1,13 +1,28 @@
-"""Which precision a run trains in: ``auto``, ``fp32`` or ``bf16`` → (name, autocast dtype).
+"""Which precision a run trains in: ``auto``, ``fp32``, ``bf16`` or ``fp16`` → (name, autocast dtype).
 
-bf16 here means autocast around the training forward only: the weights, the gradients that
+bf16 and fp16 mean autocast around the training forward only: the weights, the gradients that
 accumulate over a window, AdamW's state and the loss sum stay float32 (accumulation.py adds
 each micro-batch's loss as float32). So the numbers that carry over from step to step are
-fp32 in both precisions; bf16 changes the matmuls of the forward and their backward.
+fp32 in every precision; bf16/fp16 change the matmuls of the forward and their backward.
+fp16 also scales the loss (loss_scaling.py): its 5-bit exponent would flush small gradients to 0.
 
-``auto`` picks bf16 where the hardware has bf16 units *and* bf16 was measured to train as well
-as fp32 (benchmarks/precision.py: val loss at equal tokens within 1% of fp32, or within fp32's
-seed-to-seed spread); fp32 everywhere else.
+``auto``, per device (``auto_precision``, a pure function of what the device can do):
+
+    device   what it has                                       auto
+    cuda     bf16 units: compute capability >= 8.0 (Ampere+)   bf16 (+ TF32 for what stays fp32)
+    cuda     compute capability < 8.0 (GTX 10xx, RTX 20xx,    fp16 with loss scaling
+             T4, V100)
+    mps      bf16 (macOS 14+)                                  bf16
+    mps      no bf16                                           fp32
+    cpu      bf16 units (AVX512-BF16 / AMX / Arm BF16)         bf16
+    cpu      no bf16 units (emulated or none)                  fp32
+    other                                                      fp32
+
+CPU and MPS bf16: benchmarks/precision.py measured bf16 to train as well as fp32 (val loss at
+equal tokens within 1% of fp32, or within fp32's seed-to-seed spread). ``--precision fp16`` runs on
+CPU too (slowly: it is there so the loss-scaling path is tested without a GPU); ``--precision
+bf16`` on a GPU without bf16 units, or ``--precision fp16`` where fp16 autocast cannot run, is a
+UserError.
 """
 
 from __future__ import annotations
@@ -18,7 +33,7 @@ import torch
 
 from tui_trainer.errors import UserError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # Device types on which `auto` may choose bf16 (when the device has native bf16, see below).
 # CPU: benchmarks/precision.py on an AVX512-BF16 CPU, seed model, 262k tokens: bf16 val loss
@@ -33,14 +48,32 @@ class Bf16Support:
     works: bool  # bf16 autocast runs here (possibly emulated, and then slower than fp32)
     native: bool  # ... on bf16 hardware (AVX512-BF16/AMX on x86, BF16 on Arm, Ampere+ GPUs)
     why: str  # what was found, for messages
+    fp16: bool = True  # fp16 autocast and loss scaling run here (CUDA and CPU always; MPS: asked)
+
+
+def cuda_bf16_native(capability: tuple[int, int]) -> bool:
+    """bf16 tensor cores: compute capability 8.0 (Ampere) or newer. TF32 comes with them."""
+    return tuple(capability) >= (8, 0)
+
+
+def auto_precision(device_type: str, support: Bf16Support) -> str:
+    """What ``--precision auto`` trains in on a ``device_type`` that can do ``support`` (the
+    module's table): bf16 where the hardware has it, fp16 on CUDA without it, else fp32."""
+    if support.native and device_type in AUTO_BF16_DEVICE_TYPES:
+        return "bf16"
+    if device_type == "cuda" and support.fp16:
+        return "fp16"
+    return "fp32"
 
 
 def bf16_support(device: torch.device) -> Bf16Support:
     """Ask torch (not /proc/cpuinfo) what this device can do in bf16."""
     if device.type == "cuda":
         works = torch.cuda.is_bf16_supported(including_emulation=True)
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-        return Bf16Support(works, native, "an Ampere or newer GPU" if native else "a GPU older than Ampere")
+        capability = torch.cuda.get_device_capability(device)
+        native = works and cuda_bf16_native(capability)
+        name = f"{torch.cuda.get_device_name(device)}, compute capability {capability[0]}.{capability[1]}"
+        return Bf16Support(works, native, name + (": Ampere or newer" if native else ": older than Ampere"))
     if device.type == "cpu":
         # oneDNN's own check: true on AVX512 (BW/VL/DQ) x86 and on Arm with BF16. On AVX512 CPUs
         # without AVX512-BF16 (Skylake-X) the bf16 maths is emulated, so `auto` also wants the units.
@@ -53,7 +86,8 @@ def bf16_support(device: torch.device) -> Bf16Support:
         return Bf16Support(works, native, why)
     if device.type == "mps":
         works = _mps_bf16_works()
-        return Bf16Support(works, works, "MPS on macOS 14+" if works else "MPS before macOS 14")
+        return Bf16Support(works, works, "MPS on macOS 14+" if works else "MPS before macOS 14",
+                           fp16=_mps_fp16_works())
     return Bf16Support(False, False, f"no bf16 check for {device.type}")
 
 
@@ -64,27 +98,57 @@ def _mps_bf16_works() -> bool:
         return False
 
 
+def _mps_fp16_works() -> bool:
+    """fp16 autocast and a working GradScaler on MPS (newer torch versions only)."""
+    try:
+        with torch.autocast("mps", dtype=torch.float16):
+            ok = torch.ones(2, 2, device="mps") @ torch.ones(2, 2, device="mps")
+        return ok.dtype == torch.float16 and torch.amp.GradScaler("mps").is_enabled()
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
 def choose_precision(requested: str, device: torch.device,
                      support: Bf16Support | None = None) -> tuple[str, torch.dtype | None]:
-    """``requested`` (auto/fp32/bf16) on ``device`` → ("fp32", None) or ("bf16", torch.bfloat16).
+    """``requested`` (auto/fp32/bf16/fp16) on ``device`` → (name, autocast dtype or None for fp32).
 
     ``support`` is what ``bf16_support(device)`` reports (asked for when not given). bf16 asked
-    for on a device that cannot run it is a UserError; ``auto`` never fails.
+    for where it cannot run (on a GPU: without bf16 units; emulated bf16 is slower than fp32), or
+    fp16 where it cannot run, is a UserError; ``auto`` never fails.
     """
     requested = (requested or "auto").strip().lower()
     if requested not in PRECISIONS:
-        raise UserError(f"unknown precision '{requested}'", "use --precision auto, fp32 or bf16")
+        raise UserError(f"unknown precision '{requested}'", "use --precision auto, fp32, bf16 or fp16")
     if requested == "fp32":
         return "fp32", None
     support = support if support is not None else bf16_support(device)
     if requested == "bf16":
-        if not support.works:
+        if not support.works or (device.type == "cuda" and not support.native):
             raise UserError(f"--precision bf16 was asked for but {device.type} here has no bf16 ({support.why})",
-                            "use --precision auto or fp32")
+                            "use --precision auto or fp16" if device.type == "cuda" and support.fp16
+                            else "use --precision auto or fp32")
         return "bf16", torch.bfloat16
-    if support.native and device.type in AUTO_BF16_DEVICE_TYPES:
-        return "bf16", torch.bfloat16
-    return "fp32", None
+    if requested == "fp16":
+        if not support.fp16:
+            raise UserError(f"--precision fp16 was asked for but {device.type} here cannot run fp16 autocast with "
+                            f"loss scaling ({support.why})", "use --precision auto or fp32")
+        return "fp16", torch.float16
+    name = auto_precision(device.type, support)
+    return name, AUTOCAST_DTYPES[name]
+
+
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def run_line_notes(precision: str, device: torch.device, tf32: bool) -> list[str]:
+    """What the run's start says about its precision beyond its name: fp16 on a CPU is slow; TF32."""
+    notes = []
+    if precision == "fp16" and device.type == "cpu":
+        notes.append("--precision fp16 on a CPU is slow (no fp16 units: it exists to test the GPU path); "
+                     "--precision auto or fp32 trains faster here")
+    if tf32:
+        notes.append("TF32 on for the matmuls that stay fp32 (an Ampere or newer GPU)")
+    return notes
 
 
 def legacy_precision(device: torch.device) -> str:
@@ -107,6 +171,7 @@ def resume_precision(requested: str, device: torch.device, recorded: str | None,
         return name, dtype, ""
     if explicit:
         return name, dtype, f"--precision {name} switches this run from {recorded} (its checkpoint's) to {name}"
-    keep = f"pass --precision {recorded} to continue as it trained, or " if recorded == "fp32" or support.works else ""
+    can_keep = recorded == "fp32" or (support.fp16 if recorded == "fp16" else support.works)
+    keep = f"pass --precision {recorded} to continue as it trained, or " if can_keep else ""
     raise UserError(f"this run trained in {recorded}; resumed here (--precision {requested}) it would train in {name}",
                     f"{keep}pass --precision {name} to switch")

@@ -42,8 +42,10 @@ from tui_trainer.engine.distributed import (
     wrap_model,
 )
 from tui_trainer.engine.figures import RunFigures, carried_schedule
+from tui_trainer.engine.flops import flops_meter
+from tui_trainer.engine.loss_scaling import LossScaling
 from tui_trainer.engine.memory import check_fits
-from tui_trainer.engine.precision import resume_precision
+from tui_trainer.engine.precision import bf16_support, resume_precision, run_line_notes
 from tui_trainer.engine.runtime import (
     busy_machine_note,
     capture_rng,
@@ -226,8 +228,11 @@ class TrainingSession:
     def _build(self, sink: Sink | None, resume_state: dict | None, overrides: dict[str, Any] | None) -> None:
         """Model, optimizer, data sets, loop state, config.json and metrics: the set-up that writes."""
         cfg = self.cfg
-        if self.device.type == "cuda":
+        # TF32 for the matmuls that stay fp32 (a card with bf16 units has it; older ones do not).
+        tf32 = self.device.type == "cuda" and bf16_support(self.device).native
+        if tf32:
             torch.set_float32_matmul_precision("high")
+        self.notes += run_line_notes(self.precision, self.device, tf32)
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
         self.model = GPT(cfg.model)
@@ -247,6 +252,8 @@ class TrainingSession:
             self.cfg = cfg
         self.optimizer = make_optimizer(self.model, cfg.optim.lr, cfg.optim.weight_decay,
                                         (cfg.optim.beta1, cfg.optim.beta2), self.device.type)
+        self.loss_scaling = LossScaling(self.device) if self.precision == "fp16" else None
+        self.flops = flops_meter(self.model, cfg.model, self.device, self.precision, tf32)
         self.train_set = WindowDataset(self.corpus.train_tokens, cfg.model.block_size, self.device)
         self.val_set = WindowDataset(self.corpus.val_tokens, cfg.model.block_size, self.device)
         self.early_stopping = EarlyStopping(cfg.train.patience, cfg.train.min_delta)
@@ -332,6 +339,8 @@ class TrainingSession:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.early_stopping.load_state_dict(state["early_stopping"])
+        if self.loss_scaling is not None and state.get("grad_scaler") is not None:  # (else: a fresh scale)
+            self.loss_scaling.load_state_dict(state["grad_scaler"])
         self.state = LoopState(**state["loop"])
         self.state.finished = None
         note = restore_rank_rng(state, self.ranks.rank, self.ranks.world_size, self.device)
@@ -374,6 +383,8 @@ class TrainingSession:
             "data_bytes": rd.data_size(self.corpus.path),
             "precision": self.precision,  # what the run trains in (a resume keeps it unless told)
             "memory": self.memory_record(),  # how the split was chosen (--micro-batch auto)
+            # fp16's loss scale and its growth count: a resume scales exactly as the unbroken run
+            "grad_scaler": self.loss_scaling.state_dict() if self.loss_scaling is not None else None,
         }
 
     def split_choice(self) -> str:

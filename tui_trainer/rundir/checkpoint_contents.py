@@ -38,6 +38,7 @@ def check_contents(state: dict[str, Any], path: Path, loop_state_cls: type) -> N
         _check_loop(state["loop"], loop_state_cls)
         _check_early_stopping(state["early_stopping"])
         _check_rng(state["rng"])
+        _check_grad_scaler(state.get("grad_scaler"))
         _check_ranks(state.get("world_size", 1), state.get("rng_ranks"), state.get("rng_ranks_lost") is True)
         if not isinstance(state["data_sha256"], str) or len(state["data_sha256"]) != 64:
             raise _Misfit("its data hash is not a SHA-256")
@@ -152,7 +153,8 @@ def _check_loop(loop: Any, loop_state_cls: type) -> None:
     if anchor is not None and not (len(anchor) == 2 and isinstance(anchor[0], int) and not isinstance(anchor[0], bool)
                                    and anchor[0] >= 0 and isinstance(anchor[1], float) and 0 < anchor[1] < math.inf):
         raise _Misfit(f"its loop state's lr_anchor is {anchor!r:.40}")
-    for key in ("example_cursor", "step", "tokens_seen", "epoch_tokens", "bad_steps_in_row", "bad_steps_total",
+    for key in ("example_cursor", "step", "tokens_seen", "tokens_skipped", "epoch_tokens",
+                "bad_steps_in_row", "bad_steps_total",
                 "elapsed_seconds", "epoch_seconds"):
         if key in loop and not loop[key] >= 0:  # (a NaN fails too)
             raise _Misfit(f"its loop state's {key} is {loop[key]}")
@@ -170,6 +172,22 @@ def _check_early_stopping(early: Any) -> None:
         raise _Misfit(f"its early-stopping best_epoch is {best_epoch!r}")
     if not isinstance(waited, int) or isinstance(waited, bool) or waited < 0:
         raise _Misfit(f"its early-stopping epochs_without_improvement is {waited!r}")
+
+
+def _check_grad_scaler(scaler: Any) -> None:
+    """fp16's loss scaler (GradScaler.state_dict), or None for the other precisions."""
+    if scaler is None:
+        return
+    if not isinstance(scaler, dict):
+        raise _Misfit("its loss-scaler state is not a table")
+    for key in ("scale", "growth_factor", "backoff_factor"):
+        value = scaler.get(key)
+        if not isinstance(value, _NUMBER) or isinstance(value, bool) or not 0 < value < float("inf"):
+            raise _Misfit(f"its loss-scaler {key} is {value!r}")
+    for key in ("growth_interval", "_growth_tracker"):
+        value = scaler.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _Misfit(f"its loss-scaler {key} is {value!r}")
 
 
 def _check_ranks(world_size: Any, rank_rngs: Any, lost: bool) -> None:

@@ -20,7 +20,8 @@ class LoopState:
     epoch: int = 1  # the epoch in progress (1-based)
     example_cursor: int = 0  # examples of this epoch already consumed (always at a window boundary)
     step: int = 0  # optimizer steps done in the whole run
-    tokens_seen: int = 0
+    tokens_seen: int = 0  # every token the data fed the steps (the epochs, the ETA)
+    tokens_skipped: int = 0  # of those, the steps the fp16 loss scaler skipped: the LR schedule reads the rest
     accum: int = 8
     pending_accum: int | None = None  # applied at the start of the next epoch
     pending_accum_epoch: int | None = None  # that epoch (a stop in this epoch's first window must not apply it early)

@@ -97,6 +97,8 @@ class RunView:
     lr: float | None = None
     grad_norm: float | None = None
     skipped_steps: int = 0
+    flops_per_token: float | None = None  # the model's training FLOPs per token (from the steps' records)
+    peak_flops: float | None = None  # the GPU's peak for the run's precision; None: a CPU or an unknown GPU
     val_batch: int | None = None  # the validation pass in progress: batches done (None = not validating)
     val_batches: int = 0  # micro-batches in one validation pass
     # -- accumulation changes ----------------------------------------------------------------
@@ -232,6 +234,9 @@ class RunView:
             self.noise_scale_error = e.noise_scale_error
         if e.tokens_per_s > 0:
             self._throughput.append((e.tokens, e.tokens / e.tokens_per_s))
+            if e.flops_per_s is not None:
+                self.flops_per_token = e.flops_per_s / e.tokens_per_s
+                self.peak_flops = e.flops_per_s / e.mfu if e.mfu else None
             if self._eta is not None:
                 self._eta.step(e.tokens, e.tokens / e.tokens_per_s, e.tokens_seen)
         if e.skipped or not math.isfinite(e.loss):
@@ -411,6 +416,17 @@ class RunView:
         tokens = sum(t for t, _ in self._throughput)
         seconds = sum(s for _, s in self._throughput)
         return tokens / seconds if seconds > 0 else None
+
+    @property
+    def flops_per_second(self) -> float | None:
+        """The model's FLOP/s at the smoothed tokens/s."""
+        tokens_per_s = self.tokens_per_second
+        return tokens_per_s * self.flops_per_token if tokens_per_s and self.flops_per_token else None
+
+    @property
+    def mfu(self) -> float | None:
+        flops = self.flops_per_second
+        return flops / self.peak_flops if flops and self.peak_flops else None
 
     def session_elapsed(self, now: float) -> float:
         if self.started_at is None:

@@ -49,13 +49,24 @@ class StatsPanel(Panel):
         if view.skipped_steps:
             grad += f" ({view.skipped_steps} skipped)"
         return [
-            ("tokens/s", fmt.count(view.tokens_per_second)),
+            ("tokens/s", fmt.count(view.tokens_per_second) + self._flops(view)),
             ("lr", fmt.scientific(view.lr)),
             ("grad norm", grad),
             ("tokens", seen),
             ("memory", self._panel_extra.get("memory", "—")),
             ("params", fmt.short(view.parameters) if view.parameters else "—"),
         ]
+
+    @staticmethod
+    def _flops(view: RunView) -> str:
+        """Beside tokens/s: MFU on a GPU whose peak is known, the achieved FLOP/s elsewhere (a CPU)."""
+        if view.mfu is not None:
+            return f" · MFU {view.mfu:.0%}"
+        flops = view.flops_per_second
+        if not flops:
+            return ""
+        unit, scale = ("TFLOP/s", 1e12) if flops >= 1e12 else ("GFLOP/s", 1e9)
+        return f" · {flops / scale:.3g} {unit}"
 
     def key(self, view: RunView, now: float):
         return tuple(self.rows(view))
