@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS
+from helpers import CORPUS
 from test_val_bpb import target_bytes
 
 from tui_trainer.cli.headless import HeadlessLog

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import nan_loss_at, tiny_config, with_limits
+from helpers import nan_loss_at, tiny_config, with_limits
 
 from tui_trainer.cli.main import main
 from tui_trainer.data.dataset import WindowDataset, load_corpus

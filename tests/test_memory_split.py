@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import tiny_config
 
-from conftest import tiny_config
 from tui_trainer.cli.main import main
 from tui_trainer.config import ModelConfig
 from tui_trainer.data.dataset import Window

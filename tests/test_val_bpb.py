@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import tiny_config, with_limits
+from helpers import tiny_config, with_limits
 from test_bits_per_byte import gpt2_byte_decoder
 
 from tui_trainer.cli.headless import HeadlessLog
