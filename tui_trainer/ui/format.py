@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from tui_trainer.analysis.eta import duration  # noqa: F401  (shared with the headless log)
+from tui_trainer.rundir.summary import short_count  # noqa: F401  (one definition: the runs table's too)
 
 
 def count(value: float | None) -> str:
@@ -19,15 +20,6 @@ def count(value: float | None) -> str:
     return f"{value / 1e9:.2f}B"
 
 
-def short(value: float | None) -> str:
-    """At most 5 characters: 987, 12.3K, 456K, 1.23M, 12.3B."""
-    if value is None:
-        return "—"
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= scale:
-            scaled = value / scale
-            return f"{scaled:.2f}{unit}" if scaled < 10 else f"{scaled:.1f}{unit}" if scaled < 100 else f"{scaled:.0f}{unit}"
-    return f"{value:.0f}"
 
 
 def size(n_bytes: float | None) -> str:

@@ -42,9 +42,9 @@ class StatsPanel(Panel):
     """
 
     def rows(self, view: RunView) -> list[tuple[str, str]]:
-        seen = fmt.short(view.tokens_seen)
+        seen = fmt.short_count(view.tokens_seen)
         if view.planned_tokens:
-            seen += f"/{fmt.short(view.planned_tokens)}"
+            seen += f"/{fmt.short_count(view.planned_tokens)}"
         grad = fmt.plain(view.grad_norm, 3)
         if view.skipped_steps:
             grad += f" ({view.skipped_steps} skipped)"
@@ -54,7 +54,7 @@ class StatsPanel(Panel):
             ("grad norm", grad),
             ("tokens", seen),
             ("memory", self._panel_extra.get("memory", "—")),
-            ("params", fmt.short(view.parameters) if view.parameters else "—"),
+            ("params", fmt.short_count(view.parameters) if view.parameters else "—"),
         ]
 
     @staticmethod
