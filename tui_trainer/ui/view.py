@@ -8,7 +8,6 @@ screen answers at once; the engine's own event confirms a moment later.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,21 +15,6 @@ from pathlib import Path
 from tui_trainer.analysis.eta import EtaModel, SmoothedEta
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.events import (
-    AccumChangeApplied,
-    AccumChangeRequested,
-    CheckpointFailed,
-    CheckpointSaved,
-    DataPreparing,
-    DiagnosisEvent,
-    EpochEvent,
-    MicroStep,
-    Paused,
-    Resumed,
-    RunEnded,
-    RunStarted,
-    SampleEvent,
-    StepEvent,
-    ValidationProgress,
     effective_batch,
 )
 
@@ -149,112 +133,12 @@ class RunView:
     _eta: EtaModel | None = None  # from RunStarted on
     _shown_eta: SmoothedEta = field(default_factory=SmoothedEta)  # what the status line shows
 
-    # -- folding events ----------------------------------------------------------------------
+    # -- folding events (view_events.py) ------------------------------------------------------
 
     def apply(self, event: object, now: float) -> None:
-        match event:
-            case DataPreparing():
-                self._data_preparing(event, now)
-            case RunStarted():
-                self._run_started(event, now)
-            case MicroStep():
-                self._micro_step(event, now)
-            case StepEvent():
-                self._step(event, now)
-            case ValidationProgress():
-                self._validation_progress(event, now)
-            case EpochEvent():
-                self._epoch(event, now)
-            case SampleEvent():
-                self._sample(event, now)
-            case DiagnosisEvent():
-                self._diagnosis(event, now)
-            case AccumChangeRequested():
-                self._accum_change_requested(event, now)
-            case AccumChangeApplied():
-                self._accum_change_applied(event, now)
-            case Paused():
-                self._paused(event, now)
-            case Resumed():
-                self._resumed(event, now)
-            case CheckpointSaved():
-                self._checkpoint_saved(event, now)
-            case CheckpointFailed():
-                self._checkpoint_failed(event, now)
-            case RunEnded():
-                self._run_ended(event, now)
+        from tui_trainer.ui.view_events import fold  # (it imports this module: the states, RunView)
 
-    def _data_preparing(self, e: DataPreparing, now: float) -> None:
-        self.data_progress = (f"preparing the data: {e.phase} {min(e.fraction, 1.0):.0%} of "
-                              f"{e.total_bytes / 1e6:,.1f} MB ({e.mb_per_s:,.1f} MB/s)")
-
-    def _run_started(self, e: RunStarted, now: float) -> None:
-        self.started = True
-        self.state = RUNNING if self.state == STARTING else self.state
-        self.run_dir, self.device, self.threads, self.parameters = e.run_dir, e.device, e.threads, e.parameters
-        self.precision = e.precision
-        self.epochs, self.micro_batch, self.accum, self.processes = e.epochs, e.micro_batch, e.accum, e.processes
-        self.block_size, self.planned_tokens = e.block_size, e.planned_tokens
-        self.train_examples, self.time_budget, self.budget_left = e.train_examples, e.time_budget, e.budget_left
-        self.tokens_seen = self.tokens_at_start = e.tokens_seen
-        self.resumed_from_step = self.step = e.resumed_from_step
-        self.epoch, self.notes = e.start_epoch, tuple(e.notes)
-        self.resumed_at_epoch = e.start_epoch if e.resumed_from_step else None
-        self.started_at, self.elapsed_before = now, e.elapsed_before
-        self.sample_tokens = e.sample_tokens
-        self.noise_scale_on = e.noise_scale
-        self.val_batches = e.val_batches
-        self.memory_budget = e.memory_budget
-        self._eta = EtaModel(planned_tokens=e.planned_tokens, tokens_seen=e.tokens_seen, epochs=e.epochs,
-                             epochs_done=e.start_epoch - 1, val_batches=self.val_batches,
-                             micro_batch=e.micro_batch, block_size=e.block_size)
-        # This session's pace only: an earlier session's tokens/s (replayed history) says nothing
-        # about this machine now.
-        self._throughput.clear()
-        self._shown_eta = SmoothedEta()
-
-    def _micro_step(self, e: MicroStep, now: float) -> None:
-        if e.step <= self.step:
-            return  # the newest micro-step can trail a step event already shown
-        self._end_validation()
-        self.epoch, self.micro_step, self.micro_steps = e.epoch, e.micro_step, e.micro_steps
-        self.step_in_epoch, self.steps_in_epoch = e.step_in_epoch - 1, e.steps_in_epoch  # this step is not done yet
-
-    def _step(self, e: StepEvent, now: float) -> None:
-        self.epoch, self.step = e.epoch, e.step
-        self.step_in_epoch, self.steps_in_epoch = e.step_in_epoch, e.steps_in_epoch
-        self.micro_step = self.micro_steps = e.micro_steps
-        self.tokens_seen, self.lr, self.grad_norm = e.tokens_seen, e.lr, e.grad_norm
-        self.accum = e.accum
-        self._budget_step(e, now)
-        self.micro_batch = e.micro_batch or self.micro_batch  # (an out-of-memory halves it mid-run)
-        self.peak_memory = e.peak_memory
-        if not e.skipped:  # a skipped step measured nothing: the last estimate stands
-            self.noise_scale, self.suggested_accum = e.noise_scale, e.suggested_accum
-            self.noise_scale_error = e.noise_scale_error
-        if e.tokens_per_s > 0:
-            self._throughput.append((e.tokens, e.tokens / e.tokens_per_s))
-            if e.flops_per_s is not None:
-                self.flops_per_token = e.flops_per_s / e.tokens_per_s
-                self.peak_flops = e.flops_per_s / e.mfu if e.mfu else None
-            if self._eta is not None:
-                self._eta.step(e.tokens, e.tokens / e.tokens_per_s, e.tokens_seen)
-        if e.skipped or not math.isfinite(e.loss):
-            self.skipped_steps += 1
-        else:
-            self.step_numbers.append(e.step)
-            self.step_losses.append(e.loss)
-            self.plot_version += 1
-
-    def _budget_step(self, e: StepEvent, now: float) -> None:
-        """--time-budget: the seconds left, and the plan (its epochs and the ETA follow it)."""
-        if e.budget_left is not None:
-            self.budget_left, self.budget_left_at = e.budget_left, self.active_seconds(now)
-        if e.planned_tokens is not None and self.train_examples and self.block_size:
-            self.planned_tokens = e.planned_tokens
-            self.epochs = max(1, -(-e.planned_tokens // (self.train_examples * self.block_size)))
-            if self._eta is not None:
-                self._eta.planned_tokens, self._eta.epochs = e.planned_tokens, self.epochs
+        fold(self, event, now)
 
     def budget_seconds_left(self, now: float) -> float | None:
         """Active seconds left of the --time-budget (None without one), counted down between steps."""
@@ -263,92 +147,6 @@ class RunView:
         if self.ended:
             return self.budget_left
         return max(0.0, self.budget_left - (self.active_seconds(now) - self.budget_left_at))
-
-    def _validation_progress(self, e: ValidationProgress, now: float) -> None:
-        self.val_batch, self.val_batches = e.batch, e.batches
-        if self.state == RUNNING:
-            self.state = VALIDATING
-        if self._eta is not None:
-            self._eta.validation(e.batch, e.batches, e.seconds)
-
-    def _end_validation(self) -> None:
-        self.val_batch = None
-        if self.state == VALIDATING:
-            self.state = RUNNING
-
-    def _epoch(self, e: EpochEvent, now: float) -> None:
-        self._end_validation()
-        if self._eta is not None:
-            self._eta.epoch_done(e.tokens_seen, training=not e.before_training)
-        self.epoch_points.append(EpochPoint(e.epoch, self.step, e.train_loss, e.val_loss))
-        self.epoch_rows.append(e)
-        self.plot_version += 1
-        if not e.before_training:  # (epoch 0, before any step: no verdict yet)
-            self.diagnosis, self.diagnosis_reason, self.remedy = e.diagnosis, e.diagnosis_reason, e.remedy
-            self.val_rise_warning = e.val_rise_warning
-        self.best_val_loss, self.best_epoch = e.best_val_loss, e.best_epoch
-        self.epochs_without_improvement = e.epochs_without_improvement
-        self.tokens_seen = e.tokens_seen
-        if e.sample is not None:
-            self._show_sample(SampleShown(e.epoch, self.step, e.sample, asked=False))
-
-    def _sample(self, e: SampleEvent, now: float) -> None:
-        self.sample_requested = False
-        self._show_sample(SampleShown(e.epoch, e.step, e.text, asked=True))
-
-    def _show_sample(self, sample: SampleShown) -> None:
-        self.sample = sample
-        self.sample_version += 1
-
-    def _diagnosis(self, e: DiagnosisEvent, now: float) -> None:  # a verdict between epochs (engine may not send it)
-        self.diagnosis, self.diagnosis_reason, self.remedy = e.kind, e.reason, e.remedy
-
-    def _accum_change_requested(self, e: AccumChangeRequested, now: float) -> None:
-        self.pending_accum = None if e.new == self.accum else e.new
-        self.pending_auto = e.auto
-        if self.requested_accum == e.new:
-            self.requested_accum = None
-
-    def _accum_change_applied(self, e: AccumChangeApplied, now: float) -> None:
-        self.accum, self.pending_accum = e.new, None
-        if self.requested_accum == e.new:
-            self.requested_accum = None
-        self.epoch = e.epoch
-        self.step_in_epoch = self.micro_step = 0
-
-    def _paused(self, e: Paused, now: float) -> None:
-        if self.state not in (STOPPING, *END_STATES.values()):
-            self.state = PAUSED
-        self.pause_requested = None
-        self.paused_since = now
-
-    def _resumed(self, e: Resumed, now: float) -> None:
-        if self.state not in (STOPPING, *END_STATES.values()):
-            self.state = RUNNING
-        self.pause_requested = None
-        self._end_pause(now)
-
-    def _checkpoint_saved(self, e: CheckpointSaved, now: float) -> None:
-        self.last_checkpoint_step, self.last_checkpoint_kind, self.last_checkpoint_at = e.step, e.kind, now
-        self.checkpoint_error = None
-
-    def _checkpoint_failed(self, e: CheckpointFailed, now: float) -> None:
-        self.checkpoint_error = e.message
-
-    def _run_ended(self, e: RunEnded, now: float) -> None:
-        self.val_batch = None
-        self.state = END_STATES.get(e.reason, FINISHED)
-        self.end_reason, self.end_message = e.reason, e.message
-        self.best_val_loss, self.best_epoch = e.best_val_loss, e.best_epoch
-        self.pause_requested = self.requested_accum = None
-        self.sample_requested = False
-        self._end_pause(now)
-        self.ended_at = now
-
-    def _end_pause(self, now: float) -> None:
-        if self.paused_since is not None:
-            self.paused_total += now - self.paused_since
-            self.paused_since = None
 
     # -- what keys do (optimistic) -------------------------------------------------------------
 
@@ -453,3 +251,4 @@ class RunView:
     def eta_measuring(self) -> bool:
         """Running, but this session's pace is not measured yet: the screen says "ETA measuring…"."""
         return self.started and not self.ended and self._shown_eta.shown is None
+
