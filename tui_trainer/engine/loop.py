@@ -34,7 +34,8 @@ from tui_trainer.engine.distributed import PeerLost, Ranks
 from tui_trainer.engine.endings import Endings
 from tui_trainer.engine.oom import split_sizes
 from tui_trainer.engine.saving import Checkpoints
-from tui_trainer.engine.session import TrainingSession
+from tui_trainer.engine.session import TrainingSession, checkpoint_of
+from tui_trainer.engine.split import split_choice
 from tui_trainer.engine.steering import Steering
 from tui_trainer.engine.step import OptimizerStep
 from tui_trainer.engine.validation_progress import ValidationProgressEmitter
@@ -53,7 +54,7 @@ class Trainer:
         self.cfg, self.state, self.sink, self.control, self.ranks = s.cfg, s.state, s.sink, s.control, s.ranks
         self.device, self.model, self.optimizer, self.run_dir, self.metrics, self.figures = (
             s.device, s.model, s.optimizer, s.run_dir, s.metrics, s.figures)
-        self.checkpoints = Checkpoints(s.run_dir, s.ranks, s.sink, s.state, contents=s.checkpoint_state,
+        self.checkpoints = Checkpoints(s.run_dir, s.ranks, s.sink, s.state, contents=lambda rng, rank_rngs: checkpoint_of(s, rng, rank_rngs),
                                        latest=s.latest_saved, device=s.device,
                                        every_steps=s.cfg.train.checkpoint_every)
         self.steering = Steering(s.control, s.ranks, s.sink, s.state, save=self.checkpoints.save_latest,
@@ -157,7 +158,7 @@ class Trainer:
             init_from=str(s.init_source.path) if s.init_source is not None else "",
             time_budget=s.budget.planner.budget_seconds if s.budget else None,
             budget_left=s.budget.seconds_left() if s.budget else None,
-            split=s.split_choice(), memory_budget=s.memory_budget or 0,
+            split=split_choice(cfg, s.fit, world), memory_budget=s.memory_budget or 0,
             checkpoint_activations=cfg.train.checkpoint_activations)
 
     # -- an epoch: windows of micro-batches ------------------------------------------------------

@@ -28,7 +28,7 @@ Contents = Callable[[dict[str, Any] | None, list[dict[str, Any]] | None], dict[s
 
 
 class Checkpoints:
-    """``contents(rng, rank_rngs)`` is what a checkpoint holds (TrainingSession.checkpoint_state);
+    """``contents(rng, rank_rngs)`` is what a checkpoint holds (session.checkpoint_of);
     ``latest``: where the `latest` on disk stands (a resumed run's own position), None = none yet."""
 
     def __init__(self, run_dir: Path, ranks: Ranks, sink: Sink, state: LoopState, *, contents: Contents,

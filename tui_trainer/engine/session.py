@@ -2,7 +2,7 @@
 UserError, writing nothing), joins the other processes, builds data, model and optimizer, prepares
 the run dir (rundir/lifecycle.py), and hands the loop (loop.py) what it trains with, complete: the
 model (and the one the steps call: DDP, compiled), the optimizer, the data sets, the loop's state,
-the sinks, the run's figures (figures.py) and what a checkpoint holds (``checkpoint_state``).
+the sinks, the run's figures (figures.py) and what a checkpoint holds (``checkpoint_of``; a resume: ``restore_session``).
 The loop's other parts (saving.py, steering.py, endings.py) are handed what they need from it.
 No Textual import, ever.
 """
@@ -54,7 +54,7 @@ from tui_trainer.engine.runtime import (
     pick_device,
     restore_rank_rng,
 )
-from tui_trainer.engine.split import check_batch, fit_split, memory_budget
+from tui_trainer.engine.split import check_batch, fit_split, memory_budget, memory_record
 from tui_trainer.errors import UserError
 from tui_trainer.events import FanOut, Sink
 from tui_trainer.model.gpt import GPT, make_optimizer
@@ -265,7 +265,7 @@ class TrainingSession:
         self.state = LoopState(accum=cfg.train.accum)
         self.resume_accum: int | None = None  # --accum given with --resume: a change at the next epoch boundary
         if resume_state is not None:
-            self._load_resume_state(resume_state)
+            restore_session(self, resume_state)
             if cfg.train.noise_scale:  # (resumed with --no-noise-scale: no stale estimate is reported)
                 self.noise.load_state_dict(self.state.noise_scale_state)
             self.resume_accum = rd.accum_given_with_resume(self.state, (overrides or {}).get("train.accum"),
@@ -274,7 +274,7 @@ class TrainingSession:
         # Rank 0 alone writes; the other ranks' events go nowhere.
         if self.ranks.is_main:
             rd.write_config(self.run_dir, self.cfg, self.corpus, self.device, self.threads, self.precision,
-                            self.ranks.world_size, memory=self.memory_record())
+                            self.ranks.world_size, memory=memory_record(self.cfg, self.fit, self.memory_budget, self.ranks.world_size))
         self.metrics = MetricsWriter(self.run_dir) if self.ranks.is_main else NoMetrics()
         self.sink = FanOut(self.metrics, sink)
         self.figures = RunFigures(cfg, len(self.train_set), len(self.val_set), self.ranks.world_size,
@@ -335,71 +335,6 @@ class TrainingSession:
         except OSError as exc:  # e.g. a run dir path longer than a Unix socket's ~107 bytes
             self.notes.append(f"no control socket ({exc.strerror or exc}): viewers can watch this run, not steer it")
 
-    def _load_resume_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.early_stopping.load_state_dict(state["early_stopping"])
-        if self.loss_scaling is not None and state.get("grad_scaler") is not None:  # (else: a fresh scale)
-            self.loss_scaling.load_state_dict(state["grad_scaler"])
-        self.state = LoopState(**state["loop"])
-        self.state.finished = None
-        note = restore_rank_rng(state, self.ranks.rank, self.ranks.world_size, self.device)
-        self.notes += [note] if note else []
-        if self.ranks.is_main:  # (rank 0 alone writes in the run dir)
-            rd.trim_metrics_after(self.run_dir, self.state.step, len(self.state.val_history), self.notes)
-        self.notes.append(f"resumed at epoch {self.state.epoch}, step {self.state.step}")
-        pending = rd.pending_accum_note(self.state)
-        if pending:
-            self.notes.append(pending)
-
-    # -- checkpoints ----------------------------------------------------------------------------
-
-    def checkpoint_state(self, rng: dict[str, Any] | None = None,
-                         rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Everything a resume needs. ``rank_rngs``: every rank's RNG state (several processes);
-        ``diagnosis``: the run's latest verdict (the loop keeps it up to date)."""
-        rng = rng if rng is not None else capture_rng(self.device)
-        extra: dict[str, Any] = {}
-        if rank_rngs is not None and len(rank_rngs) > 1:
-            extra["rng_ranks"] = rank_rngs
-        elif self.ranks.distributed:  # a rescue after a process was lost: only rank 0's state is here
-            extra["rng_ranks_lost"] = True
-        return {
-            "format_version": ckpt.FORMAT_VERSION,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "early_stopping": self.early_stopping.state_dict(),
-            "loop": {**asdict(self.state), "elapsed_seconds": self.elapsed_seconds(),
-                     "time_budget": self.budget.state_dict() if self.budget is not None else None,
-                     "last_verdict": self.diagnosis.to_state() if self.diagnosis else None},
-            "rng": rank_rngs[0] if "rng_ranks" in extra else rng,
-            **extra,
-            "world_size": self.ranks.world_size,
-            "config": self.cfg.to_dict(),
-            "vocab": rd.vocab_record(self.corpus.vocab),
-            "tokenizer": self.corpus.vocab.record(),
-            "data_sha256": self.corpus.sha256,
-            "data_path": self.corpus.path,
-            "data_bytes": rd.data_size(self.corpus.path),
-            "precision": self.precision,  # what the run trains in (a resume keeps it unless told)
-            "memory": self.memory_record(),  # how the split was chosen (--micro-batch auto)
-            # fp16's loss scale and its growth count: a resume scales exactly as the unbroken run
-            "grad_scaler": self.loss_scaling.state_dict() if self.loss_scaling is not None else None,
-        }
-
-    def split_choice(self) -> str:
-        """How the micro-batch was chosen, in words (the run line; RunStarted)."""
-        t = self.cfg.train
-        if self.fit is not None:
-            return f"auto: {self.fit.describe()}"
-        if t.batch is not None:
-            return f"batch {t.batch} = micro-batch {t.micro_batch} x accum {t.accum} x {self.ranks.world_size}, as given"
-        return ""
-
-    def memory_record(self) -> dict[str, Any]:
-        return {"batch": self.cfg.train.batch, "choice": self.split_choice(), "budget_bytes": self.memory_budget,
-                "checkpoint_activations": self.cfg.train.checkpoint_activations}
-
     def elapsed_seconds(self) -> float:
         """Wall time of the whole run so far: the earlier sessions (from the checkpoint) and this one."""
         return self.state.elapsed_seconds + time.monotonic() - self.started
@@ -425,3 +360,58 @@ def _user_error_parts(exc: BaseException) -> tuple[str, str, int | None]:
     if isinstance(exc, PreparationCancelled):
         return "", "", exc.args[0] if exc.args and exc.args[0] else 0
     return "", "", None
+
+
+def restore_session(session: TrainingSession, state: dict) -> None:
+    """A resume: the checkpoint's weights, optimizer, early stopping, loss scale, loop state and RNG
+    into the session just built (and the notes that say where it resumes)."""
+    session.model.load_state_dict(state["model"])
+    session.optimizer.load_state_dict(state["optimizer"])
+    session.early_stopping.load_state_dict(state["early_stopping"])
+    if session.loss_scaling is not None and state.get("grad_scaler") is not None:  # (else: a fresh scale)
+        session.loss_scaling.load_state_dict(state["grad_scaler"])
+    session.state = LoopState(**state["loop"])
+    session.state.finished = None
+    note = restore_rank_rng(state, session.ranks.rank, session.ranks.world_size, session.device)
+    session.notes += [note] if note else []
+    if session.ranks.is_main:  # (rank 0 alone writes in the run dir)
+        rd.trim_metrics_after(session.run_dir, session.state.step, len(session.state.val_history), session.notes)
+    session.notes.append(f"resumed at epoch {session.state.epoch}, step {session.state.step}")
+    pending = rd.pending_accum_note(session.state)
+    if pending:
+        session.notes.append(pending)
+
+
+def checkpoint_of(session: TrainingSession, rng: dict[str, Any] | None = None,
+                  rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything a resume needs. ``rank_rngs``: every rank's RNG state (several processes);
+    ``diagnosis``: the run's latest verdict (the loop keeps it up to date)."""
+    rng = rng if rng is not None else capture_rng(session.device)
+    extra: dict[str, Any] = {}
+    if rank_rngs is not None and len(rank_rngs) > 1:
+        extra["rng_ranks"] = rank_rngs
+    elif session.ranks.distributed:  # a rescue after a process was lost: only rank 0's state is here
+        extra["rng_ranks_lost"] = True
+    return {
+        "format_version": ckpt.FORMAT_VERSION,
+        "model": session.model.state_dict(),
+        "optimizer": session.optimizer.state_dict(),
+        "early_stopping": session.early_stopping.state_dict(),
+        "loop": {**asdict(session.state), "elapsed_seconds": session.elapsed_seconds(),
+                 "time_budget": session.budget.state_dict() if session.budget is not None else None,
+                 "last_verdict": session.diagnosis.to_state() if session.diagnosis else None},
+        "rng": rank_rngs[0] if "rng_ranks" in extra else rng,
+        **extra,
+        "world_size": session.ranks.world_size,
+        "config": session.cfg.to_dict(),
+        "vocab": rd.vocab_record(session.corpus.vocab),
+        "tokenizer": session.corpus.vocab.record(),
+        "data_sha256": session.corpus.sha256,
+        "data_path": session.corpus.path,
+        "data_bytes": rd.data_size(session.corpus.path),
+        "precision": session.precision,  # what the run trains in (a resume keeps it unless told)
+        # how the split was chosen (--micro-batch auto)
+        "memory": memory_record(session.cfg, session.fit, session.memory_budget, session.ranks.world_size),
+        # fp16's loss scale and its growth count: a resume scales exactly as the unbroken run
+        "grad_scaler": session.loss_scaling.state_dict() if session.loss_scaling is not None else None,
+    }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
@@ -127,3 +128,19 @@ class StepPeak:
             except (OSError, ValueError, IndexError):
                 return 0
         return 0
+
+
+def split_choice(cfg: RunConfig, fit: Fit | None, world_size: int) -> str:
+    """How the micro-batch was chosen, in words (the run line; RunStarted)."""
+    t = cfg.train
+    if fit is not None:
+        return f"auto: {fit.describe()}"
+    if t.batch is not None:
+        return f"batch {t.batch} = micro-batch {t.micro_batch} x accum {t.accum} x {world_size}, as given"
+    return ""
+
+
+def memory_record(cfg: RunConfig, fit: Fit | None, budget: int | None, world_size: int) -> dict[str, Any]:
+    """How the split was chosen, for config.json and the checkpoint."""
+    return {"batch": cfg.train.batch, "choice": split_choice(cfg, fit, world_size), "budget_bytes": budget,
+            "checkpoint_activations": cfg.train.checkpoint_activations}
