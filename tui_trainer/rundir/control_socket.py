@@ -126,6 +126,12 @@ class ControlServer:
             self._server.bind(str(tmp))
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
+            # Which file is ours, and the folder it is in (by descriptor, not by name): a run dir
+            # moved away and replaced by another run's must not lose that run's socket when this
+            # server closes.
+            mine = os.lstat(self.path)
+            self._identity = (mine.st_dev, mine.st_ino)
+            self._dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             self._server.close()
             tmp.unlink(missing_ok=True)
@@ -229,8 +235,17 @@ class ControlServer:
         self._server.close()
         self._thread.join(1.0)
         try:
-            if self.path.is_socket():
-                self.path.unlink()
+            self._unlink_own_socket()
+        finally:
+            os.close(self._dir_fd)
+
+    def _unlink_own_socket(self) -> None:
+        """Removes the socket this server bound, where it now is (the run dir may have been moved):
+        only if the name in that folder is still that very file, never whatever took its place."""
+        try:
+            found = os.lstat(SOCKET_FILE, dir_fd=self._dir_fd)
+            if stat.S_ISSOCK(found.st_mode) and (found.st_dev, found.st_ino) == self._identity:
+                os.unlink(SOCKET_FILE, dir_fd=self._dir_fd)
         except OSError:
             pass
 
