@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY_MODEL, tiny_config, with_limits
+from helpers import TINY_MODEL, ScriptedSink, stop, tiny_config, train, with_limits
 
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.errors import UserError
@@ -107,3 +107,35 @@ def test_overwrite_of_a_live_run_whose_lock_file_was_deleted_is_refused_and_the_
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     assert live_holder(run_dir) is None
+
+
+def moved_away(run_dir: Path, moved: Path):
+    def act(trainer) -> None:
+        run_dir.rename(moved)
+        run_dir.mkdir()  # (the next run's, say)
+    return act
+
+
+@pytest.mark.parametrize("ending", ["completed", "interrupted"])
+def test_a_run_whose_dir_was_moved_away_ends_as_an_error_naming_where_its_last_checkpoint_is(
+        small_corpus, tmp_path, ending):
+    run_dir, moved = tmp_path / "run", tmp_path / "moved"
+    cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=1, checkpoint_every=1), 4, 2)
+    script = {2: moved_away(run_dir, moved)}
+    if ending == "interrupted":
+        script[3] = stop()
+    _, sink, end = train(cfg, ScriptedSink(script))
+    assert end.reason == "error"
+    assert "moved, deleted or replaced" in end.message and "intact" not in end.message
+    assert f"is in {moved / 'checkpoints' / 'latest.pt'}" in end.message
+    assert end.next_step(str(run_dir)) is None
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_run_whose_dir_was_deleted_does_not_call_its_checkpoint_intact(small_corpus, tmp_path):
+    import shutil
+    run_dir = tmp_path / "run"
+    cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=1, checkpoint_every=1), 4, 2)
+    _, _, end = train(cfg, ScriptedSink({2: lambda trainer: shutil.rmtree(run_dir)}))
+    assert end.reason == "error" and "intact" not in end.message
+    assert "went with it" in end.message

@@ -60,6 +60,9 @@ class Endings:
         whose final checkpoint is still not on disk ends as an error, so a script notices."""
         st, checkpoints = self.state, self.checkpoints
         saved = checkpoints.holds_now()
+        if not saved and checkpoints.lost_run_dir:  # no retry can save into a folder no longer ours
+            done = "finished" if reason == "completed" else "stopped early"
+            return self.end("error", f"training {done} at step {st.step}, but {checkpoints.lost_run_dir_message()}")
         if not saved and self.can_retry_save:
             self.sink.emit(Notice(message=f"the final checkpoint could not be saved ({checkpoints.error}): "
                                           "free some space and press s to retry, or q to leave without it",
@@ -84,6 +87,8 @@ class Endings:
         where = where if where is not None else self.stop_point()
         if saved:
             return self.end("interrupted", f"stopped {where}; continue with --resume {self.run_dir}")
+        if self.checkpoints.lost_run_dir:
+            return self.end("error", f"stopped {where}, but {self.checkpoints.lost_run_dir_message()}")
         latest = self.checkpoints.latest
         previous = ("no earlier checkpoint exists" if latest is None else
                     f"the previous checkpoint (step {latest.step}) is intact")
