@@ -228,3 +228,11 @@ def test_a_socket_put_in_place_of_ours_is_not_removed_on_close(tmp_path):
         other.bind(str(tmp_path / cs.SOCKET_FILE))
         a.close()
         assert (tmp_path / cs.SOCKET_FILE).is_socket()
+
+
+def test_a_key_given_twice_is_refused_not_guessed(served):
+    server, run = served
+    answer = cs.json.loads(raw_exchange(server.path, b'{"command": "status", "command": "stop"}\n'))
+    assert answer == {"ok": False, "error": "not a command: the key 'command' is given twice"}
+    assert not run.control.stop_requested
+    still_serving(server)
