@@ -105,6 +105,16 @@ class Endings:
                 pass  # a full disk must not hide the error itself
         return self.end("error", f"{type(exc).__name__}: {exc}")
 
+    def diverged(self, val_loss: float, epoch: int, *, lr: float) -> RunEnded:
+        """An epoch whose validation loss is not finite (fewer non-finite steps than
+        --max-bad-steps got there): its weights are not saved, and the run is no success."""
+        latest = self.checkpoints.latest
+        good = ("no checkpoint was saved before it" if latest is None
+                else f"the last good checkpoint (step {latest.step}) is intact")
+        return self.end("error", f"validation loss is {val_loss} after epoch {epoch}: the weights diverged — "
+                                 f"lower the learning rate, start again with --lr {lr / 10:g} "
+                                 f"(and --overwrite, or another --run-dir); {good}")
+
     def after_a_non_finite_step(self, loss: float, norm: float, *, max_bad_steps: int,
                                 lr: float) -> RunEnded | None:
         """A skipped update is a warning; ``max_bad_steps`` of them in a row end the run (``lr``:
