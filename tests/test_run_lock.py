@@ -130,6 +130,8 @@ def test_a_run_whose_dir_was_moved_away_ends_as_an_error_naming_where_its_last_c
     assert f"is in {moved / 'checkpoints' / 'latest.pt'}" in end.message
     assert end.next_step(str(run_dir)) is None
     assert not (run_dir / "checkpoints").exists()
+    assert end.steps == 2  # the first refused save (step 2) stopped it: no steps trained for nowhere (4 in the epoch)
+    assert "its last checkpoint (step 1) is in" in end.message
 
 
 def test_a_run_whose_dir_was_deleted_does_not_call_its_checkpoint_intact(small_corpus, tmp_path):
