@@ -124,7 +124,7 @@ def test_a_run_whose_dir_was_moved_away_ends_as_an_error_naming_where_its_last_c
     script = {2: moved_away(run_dir, moved)}
     if ending == "interrupted":
         script[3] = stop()
-    _, sink, end = train(cfg, ScriptedSink(script))
+    _, _, end = train(cfg, ScriptedSink(script))
     assert end.reason == "error"
     assert "moved, deleted or replaced" in end.message and "intact" not in end.message
     assert f"is in {moved / 'checkpoints' / 'latest.pt'}" in end.message

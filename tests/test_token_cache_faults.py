@@ -199,7 +199,7 @@ def test_a_cache_rewritten_in_place_with_ids_outside_the_vocabulary_saves_and_en
             file.seek(room)
             file.write(b"\xff" * (cached.stat().st_size - room))
 
-    trainer, _, end = train(cfg, ScriptedSink({2: rewrite}), check=False)
+    _, _, end = train(cfg, ScriptedSink({2: rewrite}), check=False)
     assert end.reason == "error" and "outside the vocabulary" in end.message, end.message
     assert "step 2 is saved" in end.message and (run_dir / "checkpoints" / "latest.pt").is_file()
     assert not (run_dir / "error.log").exists()
