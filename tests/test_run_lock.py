@@ -16,6 +16,7 @@ from helpers import TINY_MODEL, ScriptedSink, stop, tiny_config, train, with_lim
 
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.errors import UserError
+from tui_trainer.events import CheckpointFailed, Notice
 from tui_trainer.rundir import lifecycle as rd
 from tui_trainer.rundir.lock import live_holder
 
@@ -124,8 +125,10 @@ def test_a_run_whose_dir_was_moved_away_ends_as_an_error_naming_where_its_last_c
     script = {2: moved_away(run_dir, moved)}
     if ending == "interrupted":
         script[3] = stop()
-    _, _, end = train(cfg, ScriptedSink(script))
+    _, sink, end = train(cfg, ScriptedSink(script))
     assert end.reason == "error"
+    assert not sink.of(CheckpointFailed)  # (the faces would add "the previous checkpoint is intact")
+    assert any("nothing more can be saved there" in n.message and n.level == "error" for n in sink.of(Notice))
     assert "moved, deleted or replaced" in end.message and "intact" not in end.message
     assert f"is in {moved / 'checkpoints' / 'latest.pt'}" in end.message
     assert end.next_step(str(run_dir)) is None

@@ -17,7 +17,7 @@ import torch
 
 from tui_trainer.engine.distributed import Ranks
 from tui_trainer.engine.runtime import capture_rng
-from tui_trainer.events import CheckpointFailed, CheckpointSaved, Sink
+from tui_trainer.events import CheckpointFailed, CheckpointSaved, Notice, Sink
 from tui_trainer.rundir import checkpoints as ckpt
 from tui_trainer.rundir.lock import LockLost, held_lock
 from tui_trainer.rundir.loop_state import LoopPosition, LoopState
@@ -112,7 +112,10 @@ class Checkpoints:
             seconds = ckpt.save_atomic(self._contents(rng, rank_rngs), path)
         except ckpt.CheckpointWriteError as exc:
             self.error = str(exc.__cause__.strerror if isinstance(exc.__cause__, OSError) else exc)
-            self.lost_run_dir = self.lost_run_dir or isinstance(exc.__cause__, LockLost)
+            if isinstance(exc.__cause__, LockLost):  # (not CheckpointFailed: the faces would add
+                self.lost_run_dir = True             # "the previous checkpoint is intact", maybe deleted)
+                self.sink.emit(Notice(message=f"{exc}: nothing more can be saved there", level="error"))
+                return False
             self.sink.emit(CheckpointFailed(kind=kind, message=str(exc)))
             return False
         self.sink.emit(CheckpointSaved(kind=kind, path=str(path), step=self.state.step, epoch=self.state.epoch,
