@@ -196,3 +196,43 @@ def test_a_failing_status_is_answered_and_the_server_serves_on(tmp_path):
         assert cs.send_command(server.path, {"command": "status"})["ok"]
     finally:
         server.close()
+
+
+def test_a_run_whose_dir_was_moved_leaves_the_new_runs_socket_alone_when_it_closes(tmp_path):
+    """Run A on X; X moved to Xm; run B on a new X: A's close must not remove B's socket (it
+    removes its own, where it now is) and B stays steerable."""
+    first_dir, moved = tmp_path / "X", tmp_path / "Xm"
+    first_dir.mkdir()
+    a_run, b_run = LoopStandIn(Control()), LoopStandIn(Control())
+    a = cs.ControlServer(first_dir, a_run.control, a_run.status)
+    first_dir.rename(moved)
+    first_dir.mkdir()
+    b = cs.ControlServer(first_dir, b_run.control, b_run.status)
+    try:
+        assert cs.send_command(moved / cs.SOCKET_FILE, {"command": "stop"})["ok"]
+        a.close()
+        assert (first_dir / cs.SOCKET_FILE).is_socket()
+        assert not (moved / cs.SOCKET_FILE).exists()
+        still_serving(b)
+    finally:
+        b.close()
+        a_run.done.set()
+        b_run.done.set()
+    assert not (first_dir / cs.SOCKET_FILE).exists()
+
+
+def test_a_socket_put_in_place_of_ours_is_not_removed_on_close(tmp_path):
+    a = cs.ControlServer(tmp_path, Control(), dict)
+    (tmp_path / cs.SOCKET_FILE).unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(str(tmp_path / cs.SOCKET_FILE))
+        a.close()
+        assert (tmp_path / cs.SOCKET_FILE).is_socket()
+
+
+def test_a_key_given_twice_is_refused_not_guessed(served):
+    server, run = served
+    answer = cs.json.loads(raw_exchange(server.path, b'{"command": "status", "command": "stop"}\n'))
+    assert answer == {"ok": False, "error": "not a command: the key 'command' is given twice"}
+    assert not run.control.stop_requested
+    still_serving(server)

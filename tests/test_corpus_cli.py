@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from helpers import TINY_MODEL
 
+from tui_trainer.bounded_read import MAX_JSON_BYTES
 from tui_trainer.cli.main import main
 from tui_trainer.data.tokenizer import TOKENIZER_FILE, load_tokenizer, load_tokenizer_file, train_bpe
 from tui_trainer.rundir import checkpoints as ckpt
@@ -106,6 +108,9 @@ def test_resume_refuses_a_replaced_tokenizer_file(bpe_run, small_corpus, capsys)
     (["--tokenizer", "missing.json"], "tokenizer file missing.json does not exist"),
     (["--tokenizer", "BROKEN"], "does not load"),
     (["--tokenizer", "WORDS"], "cannot encode this text (WordLevel error: Missing [UNK] token"),
+    (["--tokenizer", "/dev/zero"], "tokenizer file /dev/zero is not a regular file"),  # (was: read until OOM)
+    (["--tokenizer", "FIFO"], "is not a regular file"),  # (must not block either)
+    (["--tokenizer", "HUGE"], "bytes: more than the 268,435,456 such a file can be"),
 ])
 def test_bad_tokenizer_input_is_one_line_and_exit_2(flags, expected, small_corpus, tmp_path, capsys, monkeypatch):
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -115,7 +120,11 @@ def test_bad_tokenizer_input_is_one_line_and_exit_2(flags, expected, small_corpu
     words = Tokenizer(models.WordLevel({"the": 0, "and": 1, "of": 2}))  # no [UNK]: a word it lacks cannot be encoded
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     words.save(str(tmp_path / "words.json"))
-    flags = [{"BROKEN": str(tmp_path / "broken.json"), "WORDS": str(tmp_path / "words.json")}.get(f, f) for f in flags]
+    os.mkfifo(tmp_path / "fifo")
+    with open(tmp_path / "huge.json", "wb") as huge:  # (sparse: no disk used)
+        huge.truncate(MAX_JSON_BYTES + 1)
+    named = {"BROKEN": "broken.json", "WORDS": "words.json", "FIFO": "fifo", "HUGE": "huge.json"}
+    flags = [str(tmp_path / named[f]) if f in named else f for f in flags]
     run_dir = tmp_path / "run"
     message = one_error_line(["--data", str(small_corpus), "--run-dir", str(run_dir), *flags, *TINY], capsys)
     assert expected in message

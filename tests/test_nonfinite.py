@@ -128,3 +128,16 @@ def test_an_absurd_learning_rate_through_the_cli_is_stopped_with_a_hint(small_co
     assert state["loop"]["step"] == skipped[0] - 1
     assert all(torch.isfinite(w).all() for w in state["model"].values())
     json.dumps(records)  # every line stayed valid JSON (NaN written as a string)
+
+
+def test_an_epoch_that_ends_diverged_before_max_bad_steps_is_an_error_and_saves_nothing(small_corpus, tmp_path):
+    """--lr 1e308 on a short epoch: fewer non-finite steps than --max-bad-steps, a val loss of nan,
+    and the run used to end "completed" with exit 0 (and its epoch's sample a RuntimeError)."""
+    from tui_trainer.config import OptimConfig
+
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1, max_bad_steps=5), 3, 2)
+    trainer = Trainer(cfg.replace(optim=OptimConfig(lr=1e308, warmup_tokens=0)), ListSink())
+    end = trainer.run()
+    assert trainer.error is None
+    assert end.reason == "error" and "validation loss is nan after epoch 1: the weights diverged" in end.message
+    assert not ckpt.checkpoint_path(tmp_path / "run").exists()

@@ -20,7 +20,15 @@ from metrics_records import line
 from tui_trainer.errors import UserError
 from tui_trainer.rundir import checkpoints as ckpt
 from tui_trainer.rundir import lock as lock_module
-from tui_trainer.rundir.files import ALL_NAMES, CONFIG_FILE, LOCK_FILE, METRICS_FILE, SET_ASIDE_FILE, SOCKET_FILE
+from tui_trainer.rundir.files import (
+    ALL_NAMES,
+    CONFIG_FILE,
+    LOCK_FILE,
+    MARKER_FILE,
+    METRICS_FILE,
+    SET_ASIDE_FILE,
+    SOCKET_FILE,
+)
 from tui_trainer.rundir.lifecycle import trim_metrics_after
 from tui_trainer.rundir.lock import LockLost, RunLock, live_holder, refuse_if_in_use
 from tui_trainer.rundir.ownership import foreign_name
@@ -52,6 +60,28 @@ def test_a_lock_or_socket_name_in_a_folder_not_ours_is_refused_and_left_as_it_wa
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and f"holds a {name} not written by tui-trainer" in result.stderr
     assert snapshot(project) == before
+
+
+@pytest.mark.parametrize("beside", ["nothing", "an older run's config.json"])
+def test_a_users_file_named_like_our_marker_is_refused_not_written_over(beside, small_corpus, tmp_path):
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / MARKER_FILE).write_text("my notes\n")
+    if beside != "nothing":
+        (project / CONFIG_FILE).write_text(json.dumps({"config": {"model": {}, "data": {}, "train": {}},
+                                                       "vocab": [], "data_sha256": "0"}))
+    before = snapshot(project)
+    result = cli("train", "--no-ui", "--data", str(small_corpus), *TINY, "--epochs", "1", "--run-dir", str(project))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"holds a {MARKER_FILE} not written by tui-trainer" in result.stderr
+    assert snapshot(project) == before
+
+
+def test_the_refusal_reads_an_error_log(small_corpus, tmp_path):
+    (tmp_path / "error.log").write_text("mine")
+    result = cli("train", "--no-ui", "--data", str(small_corpus), *TINY, "--run-dir", str(tmp_path))
+    assert result.returncode == 2 and "holds an error.log not written by tui-trainer" in result.stderr, result.stderr
 
 
 def test_every_name_in_files_is_refused_in_a_folder_not_ours(tmp_path):

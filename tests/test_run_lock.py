@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY_MODEL, tiny_config, with_limits
+from helpers import TINY_MODEL, ScriptedSink, stop, tiny_config, train, with_limits
 
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.errors import UserError
+from tui_trainer.events import CheckpointFailed, Notice
 from tui_trainer.rundir import lifecycle as rd
 from tui_trainer.rundir.lock import live_holder
 
@@ -107,3 +108,41 @@ def test_overwrite_of_a_live_run_whose_lock_file_was_deleted_is_refused_and_the_
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     assert live_holder(run_dir) is None
+
+
+def moved_away(run_dir: Path, moved: Path):
+    def act(trainer) -> None:
+        run_dir.rename(moved)
+        run_dir.mkdir()  # (the next run's, say)
+    return act
+
+
+@pytest.mark.parametrize("ending", ["completed", "interrupted"])
+def test_a_run_whose_dir_was_moved_away_ends_as_an_error_naming_where_its_last_checkpoint_is(
+        small_corpus, tmp_path, ending):
+    run_dir, moved = tmp_path / "run", tmp_path / "moved"
+    cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=1, checkpoint_every=1), 8, 2)
+    script = {2: moved_away(run_dir, moved)}
+    if ending == "interrupted":
+        script[3] = stop()
+    _, sink, end = train(cfg, ScriptedSink(script))
+    assert end.reason == "error"
+    assert not sink.of(CheckpointFailed)  # (the faces would add "the previous checkpoint is intact")
+    assert any("nothing more can be saved there" in n.message and n.level == "error" for n in sink.of(Notice))
+    assert "moved, deleted or replaced" in end.message and "intact" not in end.message
+    assert f"is in {moved / 'checkpoints' / 'latest.pt'}" in end.message
+    assert end.next_step(str(run_dir)) is None
+    assert not (run_dir / "checkpoints").exists()
+    assert end.steps == (4 if ending == "completed" else 3), end.message  # (8 micro-batches, accum 2: 4 steps)
+    assert end.message.startswith("training finished at step 4, but run dir" if ending == "completed"
+                                  else "stopped after optimizer step 3 (epoch 1), but run dir"), end.message
+    assert "its last checkpoint (step 1) is in" in end.message
+
+
+def test_a_run_whose_dir_was_deleted_does_not_call_its_checkpoint_intact(small_corpus, tmp_path):
+    import shutil
+    run_dir = tmp_path / "run"
+    cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=1, checkpoint_every=1), 4, 2)
+    _, _, end = train(cfg, ScriptedSink({2: lambda trainer: shutil.rmtree(run_dir)}))
+    assert end.reason == "error" and "intact" not in end.message
+    assert "went with it" in end.message

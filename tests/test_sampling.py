@@ -211,3 +211,16 @@ def test_a_long_stream_decodes_a_bounded_tail_per_token_and_still_adds_up_to_the
     stream.flush()
     assert "".join(pieces) == text
     assert max(tokenizer.lengths) <= TextStream.CONTEXT + 3  # a held-back character is at most 3 more bytes
+
+
+def test_a_diverged_model_is_one_line_not_a_multinomial_traceback():
+    """--lr 1e308: the weights are finite but the logits are not; the epoch's sample (and the
+    `sample` command) said `RuntimeError: probability tensor contains either inf, nan` before."""
+    model = tiny_model(dropout=0.0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(1e38)
+    with pytest.raises(UserError, match="not finite numbers: its weights have diverged"):
+        pick_next(torch.tensor([0.0, float("nan"), 1.0]), 1.0, None, torch.Generator().manual_seed(0))
+    text = live_sample(model, Vocabulary(tuple(chr(ord("a") + i) for i in range(23))), 8, seed=1)
+    assert text.startswith("(no sample: the model's outputs are not finite numbers")

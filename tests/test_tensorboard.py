@@ -122,3 +122,23 @@ def test_export_names_the_lines_it_leaves_out_and_prints_under_an_ascii_console(
     assert "line 2 (its loss is null) left out" in result.stderr and "Traceback" not in result.stderr
     assert "wrote" in result.stdout and " - view with" in result.stdout
     assert (tmp_path / "run" / TENSORBOARD_DIR).is_dir()
+
+
+def test_a_record_with_a_count_out_of_range_is_a_bad_line_not_a_traceback(small_corpus, tmp_path, capsys):
+    """`"epoch": 10**30` was SummaryWriter's `ValueError: Value out of range` (and a view axis to 7.5e29)."""
+    from tui_trainer.rundir.reader import parse_line
+
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 2, 2)
+    Trainer(cfg).run()
+    metrics = tmp_path / "run" / METRICS_FILE
+    lines = metrics.read_bytes().split(b"\n")
+    epoch = next(line for line in lines if b'"type": "epoch"' in line)
+    huge = epoch.replace(b'"epoch": 1,', b'"epoch": ' + str(10 ** 30).encode() + b",")
+    assert huge != epoch
+    metrics.write_bytes(b"\n".join([lines[0], huge, *lines[1:]]))
+    assert main(["export", str(tmp_path / "run"), "--tensorboard"]) == 0
+    err = capsys.readouterr().err
+    assert "line 2 (its epoch is 1e+30 (out of range)) left out" in err, err
+    record = b'{"type": "step", "step": %d, "epoch": 1, "loss": 1.0}'
+    assert "out of range" in parse_line(record % (2 ** 53 + 1), 1).problem
+    assert "out of range" not in str(parse_line(record % 2 ** 53, 1).problem)

@@ -178,3 +178,28 @@ def test_a_cache_of_the_older_format_is_rebuilt_and_called_older_not_damaged(sma
     good.cache_path.write_bytes(b"TUITOK1\n" + good.cache_path.read_bytes()[8:])
     again = prepare(small_corpus, tmp_path / "cache")
     assert again.built and again.notes == (f"the token cache {good.cache_path} is of an older format: rebuilt",)
+
+
+def test_a_cache_rewritten_in_place_with_ids_outside_the_vocabulary_saves_and_ends_with_one_line(small_corpus,
+                                                                                                 tmp_path):
+    """Same length, other bytes: ids the embedding lacks were an IndexError mid-step (a traceback,
+    no save); they are DataChanged, as a cut-short cache is."""
+    from dataclasses import replace
+
+    from helpers import ScriptedSink, tiny_config, train, with_limits
+
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    cfg = with_limits(tiny_config(small_corpus, run_dir, epochs=1), 6, 2)
+    cfg = cfg.replace(data=replace(cfg.data, cache_dir=str(cache)))
+
+    def rewrite(trainer) -> None:
+        (cached,) = cache.glob("*.tokens")
+        _, room = header_of(cached)
+        with open(cached, "r+b") as file:
+            file.seek(room)
+            file.write(b"\xff" * (cached.stat().st_size - room))
+
+    _, _, end = train(cfg, ScriptedSink({2: rewrite}), check=False)
+    assert end.reason == "error" and "outside the vocabulary" in end.message, end.message
+    assert "step 2 is saved" in end.message and (run_dir / "checkpoints" / "latest.pt").is_file()
+    assert not (run_dir / "error.log").exists()

@@ -21,7 +21,7 @@ from tui_trainer.data.text_source import CancelFn, ProgressFn, find_source
 from tui_trainer.data.token_cache import default_cache_dir, prepare_ids
 from tui_trainer.data.token_file import TokenFile
 from tui_trainer.data.tokenizer import DEFAULT_BPE_VOCAB, CharTokenizer, Tokenizer, load_tokenizer_file
-from tui_trainer.errors import UserError
+from tui_trainer.errors import DataChanged, UserError
 
 DEFAULT_CORPUS_NAME = "tinyshakespeare.txt"
 
@@ -121,7 +121,7 @@ class WindowDataset:
     """
 
     def __init__(self, tokens: np.ndarray | TokenFile | torch.Tensor, block_size: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", vocab_size: int | None = None) -> None:
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.cpu().numpy()
         n = window_count(len(tokens), block_size)
@@ -132,6 +132,7 @@ class WindowDataset:
         self.device = torch.device(device)
         self._count = n
         self._offsets = np.arange(block_size + 1)
+        self.vocab_size = vocab_size  # ids read from the cache file are checked against it
 
     def __len__(self) -> int:
         return self._count
@@ -140,6 +141,12 @@ class WindowDataset:
         starts = indices.cpu().numpy().astype(np.int64) * self.block_size
         if isinstance(self.tokens, TokenFile):  # the cache file: one read per window, no memory map
             picked = self.tokens.windows(starts, self.block_size + 1)
+            # A cache rewritten in place under the run (same length) can hold ids the embedding
+            # lacks: one max() per batch turns that into DataChanged, not an IndexError mid-step.
+            # (Valid ids in the wrong order cannot be told from the right ones this cheaply.)
+            if self.vocab_size is not None and picked.size and int(picked.max()) >= self.vocab_size:
+                raise DataChanged(f"the token cache {self.tokens.path} was changed while the run read it "
+                                  f"(it holds id {int(picked.max()):,}, outside the vocabulary of {self.vocab_size:,})")
         else:
             picked = self.tokens[starts[:, None] + self._offsets]
         rows = torch.from_numpy(picked.astype(np.int64))

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tui_trainer.bounded_read import check_bounded_file
 from tui_trainer.config import MAX_VOCAB
 from tui_trainer.data.tokenizer import TOKENIZER_FILE, BpeTokenizer, CharTokenizer, Tokenizer, load_tokenizer_file
 from tui_trainer.errors import UserError
@@ -71,6 +72,12 @@ def _bpe_from_vocab_and_merges(folder: Path) -> BpeTokenizer:
     from tokenizers import decoders, models, pre_tokenizers
 
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
+    for part in (vocab, merges):
+        try:
+            check_bounded_file(part, "tokenizer file", "restore the folder's vocab.json and merges.txt")
+        except OSError as exc:
+            raise UserError(f"cannot read tokenizer file {part} ({exc.strerror or exc})",
+                            "restore the folder's vocab.json and merges.txt") from None
     try:
         model = models.BPE.from_file(str(vocab), str(merges))
     except Exception as exc:  # tokenizers raises a bare Exception for a malformed file

@@ -216,6 +216,10 @@ class TokenFile:
         return self._length
 
     @property
+    def path(self) -> Path:
+        return self._file.path
+
+    @property
     def shape(self) -> tuple[int]:
         return (self._length,)
 

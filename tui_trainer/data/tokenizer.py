@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tui_trainer.bounded_read import read_bounded_text
 from tui_trainer.errors import UserError
 
 TOKENIZER_FILE = "tokenizer.json"  # a BPE run's tokenizer, in its run dir
@@ -239,7 +240,7 @@ def load_tokenizer_file(path: str | Path) -> BpeTokenizer:
     """A tokenizers JSON file the user brings (``--tokenizer FILE.json``), or a UserError."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded_text(path, "tokenizer file", "pass a tokenizers .json file")
     except FileNotFoundError:
         raise UserError(f"tokenizer file {path} does not exist", "pass --tokenizer char, bpe or a tokenizers .json file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -276,7 +277,7 @@ def load_tokenizer(run_dir: str | Path) -> Tokenizer:
     """The tokenizer of the run in ``run_dir`` (from its config.json), e.g. to decode samples."""
     config = Path(run_dir) / "config.json"
     try:
-        record = json.loads(config.read_text(encoding="utf-8"))
+        record = json.loads(read_bounded_text(config, "run config", "pass the run dir of a tui-trainer run"))
     except (OSError, ValueError):
         raise UserError(f"{config} is missing or unreadable", "pass the run dir of a tui-trainer run") from None
     return tokenizer_from_record(record, run_dir)

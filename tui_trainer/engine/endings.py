@@ -60,6 +60,9 @@ class Endings:
         whose final checkpoint is still not on disk ends as an error, so a script notices."""
         st, checkpoints = self.state, self.checkpoints
         saved = checkpoints.holds_now()
+        if not saved and checkpoints.lost_run_dir:  # no retry can save into a folder no longer ours
+            done = "finished" if reason == "completed" else "stopped early"
+            return self.end("error", f"training {done} at step {st.step}, but {checkpoints.lost_run_dir_message()}")
         if not saved and self.can_retry_save:
             self.sink.emit(Notice(message=f"the final checkpoint could not be saved ({checkpoints.error}): "
                                           "free some space and press s to retry, or q to leave without it",
@@ -84,6 +87,8 @@ class Endings:
         where = where if where is not None else self.stop_point()
         if saved:
             return self.end("interrupted", f"stopped {where}; continue with --resume {self.run_dir}")
+        if self.checkpoints.lost_run_dir:
+            return self.end("error", f"stopped {where}, but {self.checkpoints.lost_run_dir_message()}")
         latest = self.checkpoints.latest
         previous = ("no earlier checkpoint exists" if latest is None else
                     f"the previous checkpoint (step {latest.step}) is intact")
@@ -99,6 +104,16 @@ class Endings:
             except OSError:
                 pass  # a full disk must not hide the error itself
         return self.end("error", f"{type(exc).__name__}: {exc}")
+
+    def diverged(self, val_loss: float, epoch: int, *, lr: float) -> RunEnded:
+        """An epoch whose validation loss is not finite (fewer non-finite steps than
+        --max-bad-steps got there): its weights are not saved, and the run is no success."""
+        latest = self.checkpoints.latest
+        good = ("no checkpoint was saved before it" if latest is None
+                else f"the last good checkpoint (step {latest.step}) is intact")
+        return self.end("error", f"validation loss is {val_loss} after epoch {epoch}: the weights diverged — "
+                                 f"lower the learning rate, start again with --lr {lr / 10:g} "
+                                 f"(and --overwrite, or another --run-dir); {good}")
 
     def after_a_non_finite_step(self, loss: float, norm: float, *, max_bad_steps: int,
                                 lr: float) -> RunEnded | None:

@@ -266,6 +266,8 @@ class Trainer:
         st.epoch_loss_sum, st.epoch_tokens, st.epoch_seconds = 0.0, 0, 0.0
         st.epoch_step_losses = []
         st.epoch_first_step = st.step + 1
+        if not math.isfinite(val_loss):  # diverged weights: not saved, and not a "completed" run
+            return self.endings.diverged(val_loss, epoch_done, lr=cfg.optim.lr)
         if improved:
             self.checkpoints.save("best")
         if should_stop and self._training_left():

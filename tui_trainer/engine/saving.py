@@ -17,8 +17,9 @@ import torch
 
 from tui_trainer.engine.distributed import Ranks
 from tui_trainer.engine.runtime import capture_rng
-from tui_trainer.events import CheckpointFailed, CheckpointSaved, Sink
+from tui_trainer.events import CheckpointFailed, CheckpointSaved, Notice, Sink
 from tui_trainer.rundir import checkpoints as ckpt
+from tui_trainer.rundir.lock import LockLost, held_lock
 from tui_trainer.rundir.loop_state import LoopPosition, LoopState
 
 DEFAULT_CHECKPOINT_SECONDS = 300.0  # `latest` every ~5 minutes when --checkpoint-every is not given
@@ -37,6 +38,7 @@ class Checkpoints:
         self._contents, self.device, self.every_steps = contents, device, every_steps
         self.latest = latest
         self.error = ""  # why the last save failed (for the end message)
+        self.lost_run_dir = False  # a save was refused: the run dir is no longer this run's (lock.py)
         self._last_save_time = time.monotonic()
 
     def holds_now(self) -> bool:
@@ -74,12 +76,28 @@ class Checkpoints:
             return ""
         if not self.holds_now():
             if not self._write("latest", None, None):
+                if self.lost_run_dir:
+                    return "; " + self.lost_run_dir_message()
                 return "; " + (f"the previous checkpoint (step {self.latest.step}) is intact"
                                if self.latest else "no checkpoint could be saved")
             self.latest = st.position
         lost = ("the other ranks' random state was lost with them" if self.ranks.distributed
                 else "its random state is the one of where it failed")
         return f"; step {st.step} is saved: continue with --resume {self.run_dir} ({lost}: not bit-exact)"
+
+    def lost_run_dir_message(self) -> str:
+        """Why nothing more was saved when the run dir was moved, deleted or replaced under the run,
+        and where its last good checkpoint is now, if anywhere (never "intact" in a deleted folder)."""
+        lock = held_lock(self.run_dir)
+        now = lock.where_now() if lock is not None else None
+        if self.latest is None:
+            last = "it had saved no checkpoint"
+        elif now is None:
+            last = f"its last checkpoint (step {self.latest.step}) went with it: where it is now is unknown"
+        else:
+            last = f"its last checkpoint (step {self.latest.step}) is in {ckpt.checkpoint_path(now, 'latest')}"
+        return f"run dir {self.run_dir} was moved, deleted or replaced while this run trained in it, so nothing " \
+               f"more was saved; {last}"
 
     def restore_best(self, model: torch.nn.Module) -> None:
         """The best epoch's weights back into ``model`` (rank 0's: the others end now)."""
@@ -94,6 +112,10 @@ class Checkpoints:
             seconds = ckpt.save_atomic(self._contents(rng, rank_rngs), path)
         except ckpt.CheckpointWriteError as exc:
             self.error = str(exc.__cause__.strerror if isinstance(exc.__cause__, OSError) else exc)
+            if isinstance(exc.__cause__, LockLost):  # (not CheckpointFailed: the faces would add
+                self.lost_run_dir = True             # "the previous checkpoint is intact", maybe deleted)
+                self.sink.emit(Notice(message=f"{exc}: nothing more can be saved there", level="error"))
+                return False
             self.sink.emit(CheckpointFailed(kind=kind, message=str(exc)))
             return False
         self.sink.emit(CheckpointSaved(kind=kind, path=str(path), step=self.state.step, epoch=self.state.epoch,

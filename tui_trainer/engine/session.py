@@ -254,8 +254,8 @@ class TrainingSession:
                                         (cfg.optim.beta1, cfg.optim.beta2), self.device.type)
         self.loss_scaling = LossScaling(self.device) if self.precision == "fp16" else None
         self.flops = flops_meter(self.model, cfg.model, self.device, self.precision, tf32)
-        self.train_set = WindowDataset(self.corpus.train_tokens, cfg.model.block_size, self.device)
-        self.val_set = WindowDataset(self.corpus.val_tokens, cfg.model.block_size, self.device)
+        self.train_set = WindowDataset(self.corpus.train_tokens, cfg.model.block_size, self.device, cfg.model.vocab_size)
+        self.val_set = WindowDataset(self.corpus.val_tokens, cfg.model.block_size, self.device, cfg.model.vocab_size)
         self.early_stopping = EarlyStopping(cfg.train.patience, cfg.train.min_delta)
         # The gradient noise scale: one more copy of the gradients; off = exactly the plain loop.
         # (Several processes measure each rank's gradient instead: distributed.SummedGradients.)

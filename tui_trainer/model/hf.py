@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from tui_trainer.bounded_read import read_bounded_text
 from tui_trainer.config import GELU_CHOICES, LIMITS
 from tui_trainer.errors import UserError
 
@@ -202,7 +203,7 @@ HF_CACHE_HINT = ("pass a folder you already have, e.g. a Hugging Face snapshot: 
 def read_gpt2_config(folder: Path) -> tuple[dict[str, Any], Gpt2Shape]:
     path = folder / "config.json"
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(read_bounded_text(path, "model config", "restore the folder's config.json"))
     except FileNotFoundError:
         raise UserError(f"{folder} has no config.json: not a Hugging Face model folder", HF_CACHE_HINT) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:

@@ -70,6 +70,11 @@ def check_settings(settings: SamplingSettings) -> None:
                         "leave it out to sample from every token, or use e.g. --top-k 40")
 
 
+class NonFiniteOutputs(UserError):
+    """Next-token logits of NaN or inf: weights that diverged (a far too high learning rate)
+    cannot be sampled from."""
+
+
 def pick_next(logits: torch.Tensor, temperature: float, top_k: int | None,
               generator: torch.Generator) -> int:
     """One token id from next-token ``logits`` (vocab,): greedy at temperature 0 (and below
@@ -78,6 +83,9 @@ def pick_next(logits: torch.Tensor, temperature: float, top_k: int | None,
     if temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
     logits = logits / temperature
+    if not torch.isfinite(logits).all():  # (multinomial's RuntimeError otherwise: a traceback)
+        raise NonFiniteOutputs("the model's outputs are not finite numbers: its weights have diverged",
+                               "sample a checkpoint from before the divergence, or train again with a lower --lr")
     if top_k is not None and top_k < logits.numel():
         kth_largest = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -208,7 +216,10 @@ def live_sample(model: GPT, tokenizer: Tokenizer, max_new_tokens: int, seed: int
     except (KeyError, ValueError):  # a character vocabulary without a newline
         prompt_ids = []
     settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=LIVE_TEMPERATURE, seed=seed)
-    new_ids = generate(model, prompt_ids or [0], settings)
+    try:
+        new_ids = generate(model, prompt_ids or [0], settings)
+    except NonFiniteOutputs as exc:  # the run's own guards say the rest (non-finite steps, its end)
+        return f"(no sample: {exc.message})"
     return tokenizer.decode(new_ids)
 
 

@@ -10,7 +10,7 @@ Commands, one JSON object per line, each answered by one line ``{"ok": true, "ap
     {"command": "save"}    {"command": "sample"}   {"command": "stop"}     {"command": "status"}
 
 A line is input, not trust: at most ``MAX_LINE`` bytes, nested at most ``MAX_DEPTH`` deep
-(checked before ``json.loads``), an accum value an int in bounds (a bool is not one); clients are
+(checked before ``json.loads``), no key given twice, an accum value an int in bounds (a bool is not one); clients are
 served side by side, each with a deadline, and no line or client can stop the server.
 
 The server's threads only put commands into ``Control`` (thread-safe) and read a few plain
@@ -73,6 +73,19 @@ def json_depth_exceeds(line: bytes, limit: int) -> bool:
     return False
 
 
+class RepeatedKey(ValueError):
+    """A JSON object that names a key twice (`{"command": "status", "command": "stop"}`): which
+    one was meant is a guess, and a command is not guessed."""
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        raise RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return record
+
+
 def parse_command(line: bytes) -> dict[str, Any] | str:
     """The command object of one line, or why it is not one."""
     if len(line) > MAX_LINE:
@@ -80,7 +93,9 @@ def parse_command(line: bytes) -> dict[str, Any] | str:
     if json_depth_exceeds(line, MAX_DEPTH):
         return "not a command: nested too deep"
     try:
-        message = json.loads(line)
+        message = json.loads(line, object_pairs_hook=_no_repeated_keys)
+    except RepeatedKey as exc:
+        return f"not a command: the key {str(exc)[:40]!r} is given twice"
     except (ValueError, RecursionError):
         message = None
     if not isinstance(message, dict) or not isinstance(message.get("command"), str):
@@ -126,6 +141,12 @@ class ControlServer:
             self._server.bind(str(tmp))
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
+            # Which file is ours, and the folder it is in (by descriptor, not by name): a run dir
+            # moved away and replaced by another run's must not lose that run's socket when this
+            # server closes.
+            mine = os.lstat(self.path)
+            self._identity = (mine.st_dev, mine.st_ino)
+            self._dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             self._server.close()
             tmp.unlink(missing_ok=True)
@@ -229,8 +250,17 @@ class ControlServer:
         self._server.close()
         self._thread.join(1.0)
         try:
-            if self.path.is_socket():
-                self.path.unlink()
+            self._unlink_own_socket()
+        finally:
+            os.close(self._dir_fd)
+
+    def _unlink_own_socket(self) -> None:
+        """Removes the socket this server bound, where it now is (the run dir may have been moved):
+        only if the name in that folder is still that very file, never whatever took its place."""
+        try:
+            found = os.lstat(SOCKET_FILE, dir_fd=self._dir_fd)
+            if stat.S_ISSOCK(found.st_mode) and (found.st_dev, found.st_ino) == self._identity:
+                os.unlink(SOCKET_FILE, dir_fd=self._dir_fd)
         except OSError:
             pass
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from tui_trainer.bounded_read import read_bounded_text
 from tui_trainer.config import OptimConfig, RunConfig
 from tui_trainer.data.hf_tokenizer import check_vocab_fits, read_folder_tokenizer
 from tui_trainer.data.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_record
@@ -67,7 +68,7 @@ def _is_run_dir(path: Path) -> bool:
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(read_bounded_text(path, "--init-from file", "pass a model folder or a run dir"))
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}

@@ -302,7 +302,8 @@ def prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool, 
             raise UserError(f"run dir {run_dir} exists and is not a directory", "pass another --run-dir")
         foreign = foreign_name(run_dir)
         if foreign is not None:
-            raise UserError(f"run dir {run_dir} holds a {foreign} not written by tui-trainer",
+            article = "an" if foreign.lstrip(".")[:1] in "aeiou" else "a"
+            raise UserError(f"run dir {run_dir} holds {article} {foreign} not written by tui-trainer",
                             f"pass another --run-dir (nothing in {run_dir} was touched)")
         held = run_dir_holds(run_dir)
         if held == "checkpoint" and not overwrite:

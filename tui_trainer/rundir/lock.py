@@ -197,6 +197,18 @@ class RunLock:
         except UserError as exc:
             raise LockLost(exc.message) from None
 
+    def where_now(self) -> Path | None:
+        """Where the locked folder is now (it may have been moved away): None when it was deleted,
+        or this system cannot say (Linux names an open folder's path in /proc)."""
+        if self._dir_fd is None:
+            return None
+        try:
+            target = os.readlink(f"/proc/self/fd/{self._dir_fd}")
+            found = _identity(os.stat(target)) if os.path.isabs(target) else None
+        except OSError:
+            return None
+        return Path(target) if found == self._dir else None
+
     def release(self) -> None:
         """Empty the file (nobody holds it now), then unlock. Safe to call twice."""
         key = os.path.abspath(self.run_dir)

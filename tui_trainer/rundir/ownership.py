@@ -79,8 +79,15 @@ def is_ours(run_dir: Path) -> bool:
 
 
 def foreign_name(run_dir: Path) -> str | None:
-    """The first of our names that ``run_dir`` holds without being provably ours, else None."""
-    if not run_dir.is_dir() or is_ours(run_dir):
+    """The first of our names that ``run_dir`` holds without being provably ours, else None. A
+    marker file that is not our marker record (or not a plain file) is the user's, ours or not the
+    rest: a run would write its marker over it."""
+    if not run_dir.is_dir():
+        return None
+    marker = run_dir / MARKER_FILE
+    if marker.is_symlink() or (marker.exists() and not has_marker(run_dir)):
+        return MARKER_FILE
+    if is_ours(run_dir):
         return None
     for name in ALL_NAMES:
         target = run_dir / name

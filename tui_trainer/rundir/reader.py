@@ -7,7 +7,7 @@ run's history, the resume's trim, export):
 
 - the file's last line cut short (no newline: the run crashed mid-write) is skipped silently;
 - any other bad line (not UTF-8, not JSON, not an object, a field of the wrong type such as a
-  ``null`` loss) is a ``BadLine`` named by its line number: readers go on without it and say so,
+  ``null`` loss, a count beyond ``MAX_COUNT``) is a ``BadLine`` named by its line number: readers go on without it and say so,
   and nothing deletes it (a resume moves it to ``metrics.set-aside.jsonl``).
 
 A record of a type this version does not know (a newer version's) is neither an event nor bad.
@@ -34,6 +34,7 @@ _REQUIRED = {kind: {f.name for f in dataclass_fields(kind) if f.default is MISSI
              for kind in RECORD_EVENTS.values()}
 _NON_FINITE = {"nan", "inf", "-inf"}  # how the writer spells what JSON cannot (metrics._clean)
 _NUMBER = (int, float)
+MAX_COUNT = 2**53  # a step, epoch or token count beyond this is no run's (nor exact as a float: plots, TensorBoard)
 CONFIG_LIMIT = 16 * 2**20  # a config.json is a few KB; more is not one
 POSITIVE = ("n_layer", "n_head", "n_embd", "block_size", "epochs", "micro_batch", "accum")  # (sizes a viewer uses)
 
@@ -96,6 +97,8 @@ def event_from_record(record: Any) -> Any | None:
             raise BadRecord(f"its {name} is {_describe(value)}")
         if type(value) is int and value < 0 and float not in admitted:  # (every whole number here is a count)
             raise BadRecord(f"its {name} is {value}")
+        if type(value) is int and abs(value) > MAX_COUNT:  # (no run counts this far: a float64 axis cannot)
+            raise BadRecord(f"its {name} is {float(value):.3g} (out of range)")
         values[name] = tuple(value) if type(value) is list else value
     missing = sorted(_REQUIRED[kind] - set(values))
     if missing:
