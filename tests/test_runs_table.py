@@ -21,6 +21,7 @@ from tui_trainer.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tui_trainer.events import RunStarted
 from tui_trainer.rundir.lifecycle import data_changed, data_size
 from tui_trainer.rundir.lock import RunLock
+from tui_trainer.rundir.ownership import write_marker
 from tui_trainer.rundir.reader import event_from_record
 from tui_trainer.rundir.summary import columns, fit, read_summary, render, short_labels, summarize
 from tui_trainer.ui.follow import MetricsFollower
@@ -139,6 +140,7 @@ def runs_folder(tmp_path: Path) -> Path:
     write_run(folder / "20260102-090000", epoch_records(1), accum=16)
     (folder / "broken").mkdir()
     (folder / "broken" / "config.json").write_text("{not json")
+    write_marker(folder / "broken")  # (a run of ours whose config.json was damaged: its marker says so)
     (folder / "notes").mkdir()  # a folder that is not a run: not listed
     for age, name in enumerate(["20260102-090000", "broken", "20260101-120000"]):
         for path in [folder / name, *(folder / name).iterdir()]:
@@ -213,3 +215,24 @@ def test_the_viewer_plans_the_tokens_the_app_plans_with_limit_train_batches(tmp_
     (run_dir / "metrics.jsonl").write_text(line("step", steps_in_epoch=38, micro_batch=16, accum=4))
     started = MetricsFollower(run_dir).poll()[0]
     assert isinstance(started, RunStarted) and started.planned_tokens == 6 * 150 * 16 * 64  # 922K, not 934K
+
+
+def test_a_hugging_face_export_beside_the_runs_is_not_listed_as_a_damaged_run(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write_run(runs / "a", epoch_records(1))
+    export = runs / "hf1"  # what `export --hf` writes: a config.json and a tokenizer.json, not ours
+    export.mkdir(parents=True)
+    (export / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
+    (export / "tokenizer.json").write_text("{}")
+    assert main(["runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "hf1" not in out and "damaged" not in out, out
+
+
+def test_columns_left_out_at_80_are_named(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for i in range(3):
+        write_run(runs / f"run-{i}", epoch_records(2), accum=2 ** i, seed=i, patience=i + 1)
+    assert main(["runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "--all-settings shows them" in out or all(len(line) <= 80 for line in out.splitlines()), out

@@ -44,7 +44,11 @@ def listing(folder: Path, width: int = 80, all_settings: bool = False) -> str:
         return f"no run dirs in {folder} (a run dir holds the config.json and metrics.jsonl of a run)"
     summaries = [read_summary(run_dir) for run_dir in run_dirs]
     table = columns(summaries)
-    lines = [render(table if all_settings else fit(table, width))]
+    shown = table if all_settings else fit(table, width)
+    lines = [render(shown)]
+    hidden = [c.title for c in table if c not in shown]
+    if hidden:
+        lines.append(f"(not shown at {width} columns: {', '.join(hidden)}; --all-settings shows them)")
     lines += [f"{s.path}: damaged ({s.problem})" for s in summaries if s.status == DAMAGED]
     if run_dirs == [folder]:
         lines.append(f"{folder} is a run dir; see it with: tui-trainer view {folder}")

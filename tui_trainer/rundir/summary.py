@@ -22,6 +22,7 @@ from tui_trainer.errors import UserError
 from tui_trainer.events import EpochEvent, RunEnded, StepEvent
 from tui_trainer.rundir.files import CHECKPOINT_DIR, CONFIG_FILE, MARKER_FILE, METRICS_FILE
 from tui_trainer.rundir.lock import live_holder
+from tui_trainer.rundir.ownership import is_ours
 from tui_trainer.rundir.reader import read_metrics_file, read_run_config
 
 STATUS = {"completed": "completed", "early_stop": "early stop", "interrupted": "interrupted", "error": "error"}
@@ -144,6 +145,14 @@ def is_run_dir(path: Path) -> bool:
         return False
 
 
+def _a_run(path: Path) -> bool:
+    """Ours (the marker, or a config.json as we write it), or holding what only a run writes."""
+    try:
+        return is_ours(path) or (path / METRICS_FILE).is_file() or (path / CHECKPOINT_DIR).is_dir()
+    except OSError:
+        return False
+
+
 def _last_written(path: Path) -> float:
     times = []
     for name in (METRICS_FILE, CONFIG_FILE, ""):
@@ -161,7 +170,9 @@ def run_dirs_under(folder: str | Path) -> list[Path]:
         children = list(folder.iterdir())
     except OSError as exc:
         raise UserError(f"{folder} cannot be listed: {exc.strerror or exc}", "check its permissions") from None
-    runs = [child for child in children if is_run_dir(child)]
+    # ours only (its marker, or a config.json as we write it): a Hugging Face export beside the runs,
+    # with its own config.json, is not a run, let alone a damaged one
+    runs = [child for child in children if is_run_dir(child) and _a_run(child)]
     return sorted(runs, key=lambda run: (-_last_written(run), run.name))
 
 

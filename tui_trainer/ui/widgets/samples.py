@@ -32,7 +32,8 @@ def sample_text(view: RunView) -> Text:
     if view.sample is not None:
         return Text(view.sample.text, no_wrap=False, end="")
     if view.sample_requested:
-        return Text("writing a sample after this step…", style="dim", end="")
+        return Text("writing a sample now (paused)…" if view.state == "paused" else "writing a sample after this step…",
+                    style="dim", end="")
     if not view.sample_tokens:
         return Text("sampling is off (--sample-tokens 0); g writes one now", style="dim", end="")
     return Text("after the first epoch (g: one now)", style="dim", end="")
