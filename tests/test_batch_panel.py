@@ -77,3 +77,11 @@ async def test_the_last_steps_peak_memory_shows_against_the_budget_and_only_with
     text = await shown([replace(started(), memory_budget=6_000_000_000), *steps], size=(100, 30))
     assert "memory 1.3 / 6.0 GB" in text
     assert "memory 1.3" not in await shown([started(), *steps], size=(100, 30))  # a split given by hand: no bar
+
+
+async def test_a_busy_machine_keeps_a_mark_on_the_status_line_after_its_note_has_gone():
+    note = "the machine is busy: other processes use ~2.0 of its 2 cores while this run starts 2 threads"
+    busy = await shown([replace(started(), notes=(note,)), *recorded_epochs(1)])
+    assert "busy: --threads?" in busy.split("\n")[0]
+    calm = await shown([started(), *recorded_epochs(1)])
+    assert "busy" not in calm.split("\n")[0]

@@ -16,6 +16,9 @@ def effective_batch(micro_batch: int, accum: int, processes: int) -> int:
     return micro_batch * accum * processes
 
 
+BUSY_NOTE = "the machine is busy"  # a run-line note's first words: the app keeps a mark on the status line
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunStarted:
     run_dir: str

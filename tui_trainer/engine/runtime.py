@@ -12,6 +12,7 @@ import torch
 
 from tui_trainer.config import usable_cores
 from tui_trainer.errors import UserError
+from tui_trainer.events import BUSY_NOTE
 
 # -- devices and threads --------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ def busy_machine_note(threads: int, cores: int, busy_elsewhere: float | None) ->
     free = max(1, round(cores - busy_elsewhere))
     advice = (f"--threads {free} leaves them their cores (several times faster when cores are shared)"
               if free < threads else "it will run slower until they finish")
-    return (f"the machine is busy: other processes use ~{busy_elsewhere:.1f} of its {cores} cores while this run "
+    return (f"{BUSY_NOTE}: other processes use ~{busy_elsewhere:.1f} of its {cores} cores while this run "
             f"starts {threads} threads; {advice}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from tui_trainer.analysis.eta import EtaModel, SmoothedEta
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.events import (
+    BUSY_NOTE,
     effective_batch,
 )
 
@@ -68,7 +69,7 @@ class RunView:
     tokens_at_start: int = 0
     resumed_from_step: int = 0
     resumed_at_epoch: int | None = None  # the epoch a resumed run went on in (None = a fresh run)
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # the run line's notes (RunStarted)
     # -- where it is -------------------------------------------------------------------------
     state: str = STARTING
     epoch: int = 0
@@ -246,6 +247,11 @@ class RunView:
         if self.ended or self._eta is None:
             return None
         return self._eta.shown(self._shown_eta, self.active_seconds(now))
+
+    @property
+    def busy_machine(self) -> bool:
+        """The run started on a machine whose cores others were using (its note said what --threads fits)."""
+        return any(note.startswith(BUSY_NOTE) for note in self.notes)
 
     @property
     def eta_measuring(self) -> bool:

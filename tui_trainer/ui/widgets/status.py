@@ -39,7 +39,8 @@ class StatusBar(Panel):
     """
 
     def key(self, view: RunView, now: float):
-        return (view.run_name, view.device, view.threads, view.precision, view.state, fmt.duration(view.elapsed(now)),
+        return (view.run_name, view.device, view.threads, view.precision, view.state, view.busy_machine,
+                fmt.duration(view.elapsed(now)),
                 fmt.duration(view.eta(now)), view.eta_measuring, view.epoch, view.epochs,
                 fmt.duration(view.budget_seconds_left(now)))
 
@@ -68,6 +69,9 @@ class StatusBar(Panel):
                 line.append(f"x{view.threads}", dim)
             if view.precision:
                 line.append(f" {view.precision}", dim)
+        if view.busy_machine and not view.ended:  # (the start-up note's toast goes; this mark stays)
+            line.append("  ")
+            line.append("busy: --threads?", self.get_component_rich_style("status--pausing"))
         line.append("  ")
         line.append(f" {STATE_LABELS.get(view.state, view.state)} ",
                     self.get_component_rich_style(f"status--{view.state}"))
