@@ -37,10 +37,10 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
 # when the check passed): a label printed whatever the result would prove nothing.
 @pytest.mark.parametrize("script, expected", [
     ("throughput.py", "engine/plain"),
-    ("memory.py", "same update: max relative difference of the weight change after 1 steps"),
+    pytest.param("memory.py", "same update: max relative difference of the weight change after 1 steps", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
     ("memory_fit.py", "every chosen micro-batch measured under its budget"),
     ("equivalence.py", "every split is within it"),
-    ("accumulation_payoff.py", "mean final val loss"),
+    pytest.param("accumulation_payoff.py", "mean final val loss", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
     ("optimizer_step.py", "median vs fused"),
     ("profile_overhead.py", "us per step"),
     # The two tmux benchmarks run a real app for minutes: in the slow step (`pytest -m slow`).
@@ -52,10 +52,10 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
     ("noise_scale.py", "time inside the hook"),
     ("noise_scale_payoff.py", "to auto's final"),
     ("precision.py", "bf16 qualifies"),
-    ("scaling.py", "one all-reduce round per step"),
+    pytest.param("scaling.py", "one all-reduce round per step", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
     ("hf_export.py", "exported: every folder written"),
-    ("hf_finetune.py", "fine-tuned and exported back"),
-    ("time_to_loss.py", "(its defaults): wall"),
+    pytest.param("hf_finetune.py", "fine-tuned and exported back", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
+    pytest.param("time_to_loss.py", "(its defaults): wall", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
 ])
 def test_benchmark_script_runs_quick_and_prints_its_figures(script, expected, tmp_path):
     if script in ("key_latency.py", "ui_overhead.py") and shutil.which("tmux") is None:
