@@ -76,7 +76,7 @@ def apps():
     made: list[TrainerApp] = []
     yield made
     for app in made:
-        app.finish(timeout=30)
+        app.engine.finish(timeout=30)
 
 
 # -- starting, progress, plot ------------------------------------------------------------------------
@@ -139,7 +139,7 @@ async def test_plus_twice_shows_pending_change_applied_exactly_at_next_epoch(sma
         await wait_for(pilot, lambda: app.view.ended, what="the end of the run")
         await wait_for_text(pilot, app, "accum 2 -> 8", present=False)
         await wait_for_text(pilot, app, "micro-batch 4 x accum 8")
-    end = app.finish()
+    end = app.engine.finish()
     assert end.reason == "completed"
     steps = [r for r in read_metrics(tmp_path / "run") if r["type"] == "step"]
     epoch1 = [s for s in steps if s["epoch"] == 1]
@@ -175,16 +175,16 @@ async def test_p_pauses_with_no_new_steps_and_resumes(small_corpus, tmp_path, ap
         send_key(app, "p")
         await wait_for(pilot, lambda: app.view.state == "paused", what="the pause")
         await wait_for_text(pilot, app, " paused ")
-        step_at_pause = app.trainer.state.step
+        step_at_pause = app.engine.trainer.state.step
         await pilot.pause(0.6)
-        assert app.trainer.state.step == step_at_pause  # the engine holds still
+        assert app.engine.trainer.state.step == step_at_pause  # the engine holds still
         assert app.view.step == step_at_pause
         send_key(app, "p")
-        await wait_for(pilot, lambda: app.trainer.state.step > step_at_pause + 2, what="steps after resuming")
+        await wait_for(pilot, lambda: app.engine.trainer.state.step > step_at_pause + 2, what="steps after resuming")
         assert app.view.state == "running"
         send_key(app, "q")
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
-    assert app.finish().reason == "interrupted"
+    assert app.engine.finish().reason == "interrupted"
 
 
 async def test_s_saves_a_checkpoint_now(small_corpus, tmp_path, apps):
@@ -216,14 +216,14 @@ async def test_q_or_ctrl_c_stops_cleanly_saves_writes_end_record_and_exits(key, 
         await wait_for(pilot, lambda: app.view.step >= 3, what="a few steps")
         send_key(app, key)
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit by itself")
-    end = app.finish(timeout=0)
+    end = app.engine.finish(timeout=0)
     assert end is not None and end.reason == "interrupted" and end.exit_signal == exit_signal
     assert exit_code_for(end) == code
     records = read_metrics(tmp_path / "run")
     assert records[-1]["type"] == "end" and records[-1]["reason"] == "interrupted"
     assert records[-1]["exit_signal"] == exit_signal
     assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
-    assert not app.engine_running
+    assert not app.engine.running
     assert app.summary_line().startswith("tui-trainer: stopped ")  # what the terminal keeps
 
 
@@ -237,7 +237,7 @@ async def test_second_q_while_stopping_exits_at_once(small_corpus, tmp_path, app
         await wait_for_text(pilot, app, "stopping")
         send_key(app, "q")
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
-    end = app.finish(timeout=30)  # still waits for the save: never a half-written run
+    end = app.engine.finish(timeout=30)  # still waits for the save: never a half-written run
     assert end.reason == "interrupted"
     assert read_metrics(tmp_path / "run")[-1]["type"] == "end"
 
@@ -249,7 +249,7 @@ async def test_signal_stop_saves_and_the_app_exits_by_itself(small_corpus, tmp_p
         await wait_for(pilot, lambda: app.view.step >= 2, what="a couple of steps")
         app.control.stop("interrupted", signal.SIGTERM)  # what signals.SignalStopper does on SIGTERM/SIGHUP
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
-    end = app.finish(timeout=0)
+    end = app.engine.finish(timeout=0)
     assert end.reason == "interrupted" and end.exit_signal == signal.SIGTERM
     assert read_metrics(tmp_path / "run")[-1]["type"] == "end"
 
@@ -264,7 +264,7 @@ async def test_finished_run_stays_open_until_q(small_corpus, tmp_path, apps):
         assert app.is_running and " finished " in screen_text(app)
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
-    assert app.finish().reason == "completed"
+    assert app.engine.finish().reason == "completed"
     assert app.summary_line().startswith("tui-trainer: finished 1 epoch, ")
 
 
@@ -285,7 +285,7 @@ async def test_engine_failure_becomes_an_error_panel_and_run_dir_keeps_the_steps
         text = screen_text(app)
         assert "training stopped with an error" in text and " error " in text
         assert "non-finite" in text
-    end = app.finish()
+    end = app.engine.finish()
     assert end.reason == "error"
     steps = [r for r in read_metrics(tmp_path / "run") if r["type"] == "step"]
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
@@ -315,7 +315,7 @@ def test_trainer_is_built_off_the_main_thread_on_a_thread_that_ends(small_corpus
 
     monkeypatch.setattr(Trainer, "__init__", recording_init)
     app = create_app(tiny_config(small_corpus, tmp_path / "run"))
-    assert app.trainer is not None and len(built_on) == 1
+    assert app.engine.trainer is not None and len(built_on) == 1
     assert built_on[0] is not threading.main_thread() and not built_on[0].is_alive()
 
 
@@ -413,7 +413,7 @@ async def test_resumed_run_shows_its_history_and_pending_change(small_corpus, tm
         await wait_for(pilot, lambda: first.view.pending_accum == 4, what="the engine to confirm")
         await pilot.press("q")
         await wait_for(pilot, lambda: not first.is_running, what="the app to exit")
-    end = first.finish()
+    end = first.engine.finish()
     epochs_done = len([r for r in read_metrics(tmp_path / "run") if r["type"] == "epoch"])
     cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=20), 16)
     second = create_app(cfg, resume=str(tmp_path / "run"))

@@ -26,13 +26,13 @@ async def wait_until(pilot, predicate, what: str, timeout: float = 30.0) -> None
 
 def gated(app, gate: threading.Event) -> None:
     """Hold the app's set-up until ``gate`` opens (a slow machine, made deterministic)."""
-    build = app.set_up.build
+    build = app.engine.set_up.build
 
     def slow_build():
         gate.wait(30)
         return build()
 
-    app.set_up = PassingBuild(slow_build)
+    app.engine.set_up = PassingBuild(slow_build)
 
 
 async def test_the_app_shows_a_setting_up_state_then_runs(small_corpus, tmp_path):
@@ -45,12 +45,12 @@ async def test_the_app_shows_a_setting_up_state_then_runs(small_corpus, tmp_path
         await pilot.pause()
         text = screen_text(app)
         assert "setting up" in text.splitlines()[0] and "loading torch" in text, text
-        assert app.trainer is None and "tui-trainer-set-up" in {t.name for t in threading.enumerate()}
+        assert app.engine.trainer is None and "tui-trainer-set-up" in {t.name for t in threading.enumerate()}
         gate.set()
         await wait_until(pilot, lambda: app.view.ended, "the run to end")
         assert "setting up" not in screen_text(app)
         await pilot.press("q")
-    assert app.finish().reason == "completed"
+    assert app.engine.finish().reason == "completed"
     # The set-up thread passed: it is gone with its OpenMP team (the reason it is a thread at all).
     assert "tui-trainer-set-up" not in {t.name for t in threading.enumerate()} - threads_before
 
@@ -60,9 +60,9 @@ async def test_bad_input_found_while_the_app_shows_closes_it_with_the_error(smal
     cfg = cfg.replace(model=replace(cfg.model, n_head=3))  # 32 is not divisible by 3
     app = create_app(cfg, in_background=True)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_until(pilot, lambda: app.set_up_error is not None, "the set-up to fail")
-    assert app.finish() is None
-    assert isinstance(app.set_up_error, UserError) and "not divisible" in str(app.set_up_error)
+        await wait_until(pilot, lambda: app.engine.set_up_error is not None, "the set-up to fail")
+    assert app.engine.finish() is None
+    assert isinstance(app.engine.set_up_error, UserError) and "not divisible" in str(app.engine.set_up_error)
     assert not (tmp_path / "run").exists()  # nothing created
 
 
@@ -75,7 +75,7 @@ async def test_q_while_it_sets_up_ends_the_run_with_a_saved_step_zero(small_corp
         await pilot.pause()
         await pilot.press("q")
     gate.set()
-    end = app.finish()
+    end = app.engine.finish()
     assert end.reason == "interrupted" and end.steps == 0
     assert [r["reason"] for r in read_metrics(tmp_path / "run") if r["type"] == "end"] == ["interrupted"]
 
@@ -94,7 +94,7 @@ async def test_while_it_sets_up_the_screen_says_how_far_the_data_preparation_is(
         await wait_until(pilot, lambda: app.view.ended, "the run to end")
         assert app.view.data_progress.startswith("preparing the data: "), app.view.data_progress
         await pilot.press("q")
-    assert app.finish().reason == "completed"
+    assert app.engine.finish().reason == "completed"
 
     shown = create_replay_app([DataPreparing(phase="tokenizing", fraction=0.4, total_bytes=52_000_000,
                                              mb_per_s=98.5)])

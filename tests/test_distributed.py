@@ -296,7 +296,7 @@ async def test_the_app_runs_on_rank_0_shows_the_processes_pauses_them_and_q_stop
             send_key(app, "p")
             await wait_for(pilot, lambda: app.view.step > paused_at + 2, timeout=120, what="steps after the pause")
             send_key(app, "q")
-            await wait_for(pilot, lambda: not app.engine_running, timeout=120, what="the engine to end")
+            await wait_for(pilot, lambda: not app.engine.running, timeout=120, what="the engine to end")
         assert rank1.wait(timeout=120) == 0, rank1.stderr.read()
     finally:
         if rank1.poll() is None:
@@ -304,7 +304,7 @@ async def test_the_app_runs_on_rank_0_shows_the_processes_pauses_them_and_q_stop
     end = ended(tmp_path / "run")
     assert end["reason"] == "interrupted" and end["steps"] == steps(tmp_path / "run")[-1]["step"]
     # One gradient all-reduce round per optimizer step (each DDP bucket once), not one per micro-step.
-    sync = app.trainer.session.grad_sync
+    sync = app.engine.trainer.session.grad_sync
     assert sync.most_rounds_in_a_window == 1 and sync.allreduces >= end["steps"]
     assert "error" not in rank1.stdout.read() + rank1.stderr.read()
 

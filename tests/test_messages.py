@@ -45,7 +45,7 @@ def test_the_exit_line_after_an_early_stop_names_the_best_val_once(small_corpus,
     sink = AppSink()
     trainer = Trainer(with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1), 2), sink, for_ui=True)
     app = TrainerApp(trainer, sink)
-    app.end_event = RunEnded(reason="early_stop", epochs=5, steps=40, tokens_seen=1000, best_val_loss=2.6211,
+    app.engine.end_event = RunEnded(reason="early_stop", epochs=5, steps=40, tokens_seen=1000, best_val_loss=2.6211,
                              best_epoch=2, message="val loss has not improved for 3 epochs (best 2.6211 at epoch 2)")
     line = app.summary_line()
     assert line.count("2.6211") == 1, line

@@ -125,7 +125,7 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
         app = create_app(cfg, resume=args.resume, overrides=given, overwrite=args.overwrite, control=control,
                          in_background=not args.serve, extra_sink=tensorboard_sink(args))
         built.append(app)
-        server = served_viewer(app.trainer, listener)
+        server = served_viewer(app.engine.trainer, listener)
         if listener is not None:  # (its URL, printed above, is hidden under the app's screen: said there too)
             app.notify(listener.urls()[0], title="a viewer is served at", timeout=300)
         try:
@@ -134,14 +134,14 @@ def run_app(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> 
                     app.run()
         finally:
             stop_served(server)
-    end = app.finish()  # (a stop during set-up: builds, saves step 0 and writes `end`)
-    if app.set_up_error is not None:
-        raise app.set_up_error  # bad input: the one line, exit 2, the terminal already given back
+    end = app.engine.finish()  # (a stop during set-up: builds, saves step 0 and writes `end`)
+    if app.engine.set_up_error is not None:
+        raise app.engine.set_up_error  # bad input: the one line, exit 2, the terminal already given back
     if end is None:
         return 0
     if app.summary_line():
         say(app.summary_line())
-    return leave(app.trainer, exit_code_for(end))
+    return leave(app.engine.trainer, exit_code_for(end))
 
 
 def serve_listener(args: argparse.Namespace):
@@ -189,7 +189,7 @@ def _close_app_once_engine_ended(built: list) -> None:
         return
 
     def check() -> None:
-        if getattr(app, "engine_running", False):
+        if app.engine.running:
             loop.call_later(0.2, check)
         else:
             app.exit()

@@ -1,7 +1,7 @@
 """The Textual app: bindings, the engine thread, and the timers that drain it into the panels.
 
 factory.py builds it (``create_app`` for a run, ``create_replay_app`` for recorded events).
-``app.finish()`` stops and joins the engine after the app has closed and returns its ``RunEnded``.
+``app.engine.finish()`` (ui/threads.py) stops and joins the engine after the app has closed and returns its ``RunEnded``.
 
 Threads: the engine runs in its own (non-daemon) thread and only ever calls
 ``AppSink.emit``; the UI thread drains the sink on a timer (``DRAIN_HZ``), redraws the
@@ -22,13 +22,14 @@ from textual.screen import Screen
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.control import Control
 from tui_trainer.errors import UserError
-from tui_trainer.events import AccumChangeApplied, CheckpointFailed, CheckpointSaved, Notice, RunEnded, RunStarted
+from tui_trainer.events import CheckpointSaved, RunEnded
 from tui_trainer.ui.bridge import AppSink, EngineWake, SetUpDone
 from tui_trainer.ui.commands import TRAINER, CommandTable
 from tui_trainer.ui.format import summary_line
 from tui_trainer.ui.layout import BORDER_TITLES, apply_size_classes, compose_panels
 from tui_trainer.ui.terminal import sturdy
 from tui_trainer.ui.threads import EngineThread, PassingBuild
+from tui_trainer.ui.toasts import toasts_for
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets import (
     BatchPanel,
@@ -67,7 +68,6 @@ class TrainerApp(App[None]):
         self.control: Control = trainer.control if trainer is not None else control or Control()
         self.engine = EngineThread(self.control, set_up)  # the training thread: start, finish, its RunEnded
         self.engine.trainer = trainer
-        self.set_up = set_up
         self.sink = sink if sink is not None else AppSink()
         self._replay = list(replay)
         self.view = RunView()
@@ -77,32 +77,6 @@ class TrainerApp(App[None]):
         self.exit_when_ended = False  # set by q: leave as soon as the engine has saved
         self._last_micro_step = None
         self.main_screen: Screen | None = None  # set on mount, with the panels
-
-    # -- the engine thread (ui/threads.py: EngineThread) ----------------------------------------
-
-    @property
-    def trainer(self) -> Any | None:
-        return self.engine.trainer
-
-    @property
-    def end_event(self) -> Any | None:
-        return self.engine.end_event
-
-    @end_event.setter
-    def end_event(self, event: Any) -> None:
-        self.engine.end_event = event
-
-    @property
-    def set_up_error(self) -> BaseException | None:
-        return self.engine.set_up_error
-
-    @property
-    def engine_running(self) -> bool:
-        return self.engine.running
-
-    def finish(self, timeout: float | None = None):
-        """After the app has closed: stop the engine (it saves), wait for it, return its RunEnded."""
-        return self.engine.finish(timeout)
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -127,14 +101,14 @@ class TrainerApp(App[None]):
         self.tick()
         if self._replay:
             self.feed(self._replay)
-        if self.set_up is not None:
-            self.set_up.start(done=lambda: self.post_message(SetUpDone()))  # (from the set-up thread)
-        elif self.trainer is not None:
-            self.engine.start(self.trainer)
+        if self.engine.set_up is not None:
+            self.engine.set_up.start(done=lambda: self.post_message(SetUpDone()))  # (from the set-up thread)
+        elif self.engine.trainer is not None:
+            self.engine.start(self.engine.trainer)
 
     def on_set_up_done(self, _message: SetUpDone) -> None:
         try:
-            trainer, history = self.set_up.join()
+            trainer, history = self.engine.set_up.join()
         except BaseException as exc:  # bad input (a UserError) or a bug: the CLI reports it once we close
             self.engine.set_up_error = exc
             self.exit()
@@ -159,9 +133,9 @@ class TrainerApp(App[None]):
 
     def summary_line(self) -> str | None:
         """What the terminal keeps once the app has gone: how the run ended and where it is."""
-        if self.end_event is None or self.trainer is None:
+        if self.engine.end_event is None or self.engine.trainer is None:
             return None
-        return summary_line(self.end_event, self.trainer.run_dir, self.view.error_text)
+        return summary_line(self.engine.end_event, self.engine.trainer.run_dir, self.view.error_text)
 
     def run(self, *args: Any, **kwargs: Any):
         try:
@@ -169,7 +143,7 @@ class TrainerApp(App[None]):
         finally:
             # However the app ends (q, ctrl+q, a crash in a widget), the engine is told to stop;
             # its thread is not a daemon, so the process waits for the save.
-            if self.engine_running:
+            if self.engine.running:
                 self.control.stop("interrupted")
 
     # -- engine events → view → panels --------------------------------------------------------
@@ -198,28 +172,18 @@ class TrainerApp(App[None]):
         self.redraw_plot()
 
     def _react(self, event: Any) -> None:
-        match event:
-            case RunStarted():
-                for note in event.notes:  # (the run line's notes: a busy machine, a capped epoch, a resume's)
-                    self.notify(note, title="note", timeout=12)
-            case RunEnded():
-                self._on_run_ended(event)
-            case CheckpointSaved() if self._save_requested_by_key:
-                self._save_requested_by_key = False
-                self.notify(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.1f}s)",
-                            title="checkpoint", timeout=4)
-            case CheckpointFailed():
-                self.notify(f"{event.message}; training continues, the previous checkpoint is intact",
-                            title="checkpoint failed", severity="error", timeout=10)
-            case Notice() if event.level != "info":
-                self.notify(event.message, severity="error" if event.level == "error" else "warning", timeout=8)
-            case AccumChangeApplied():
-                self.notify(f"accum {event.old} -> {event.new} from epoch {event.epoch}", timeout=4)
+        if isinstance(event, RunEnded):
+            self._on_run_ended(event)
+        saved_by_key = self._save_requested_by_key and isinstance(event, CheckpointSaved)
+        if saved_by_key:
+            self._save_requested_by_key = False
+        for toast in toasts_for(event, saved_by_key):
+            self.notify(toast.message, title=toast.title, severity=toast.severity, timeout=toast.seconds)
 
     _save_requested_by_key = False
 
     def _on_run_ended(self, event: Any) -> None:
-        error = getattr(self.trainer, "error", None) if self.trainer is not None else None
+        error = getattr(self.engine.trainer, "error", None) if self.engine.trainer is not None else None
         if error is not None:
             if isinstance(error, UserError):
                 self.view.error_text = error.one_line().removeprefix("error: ")
@@ -328,7 +292,7 @@ class TrainerApp(App[None]):
 
     def action_stop(self, signal_number: int | None = None) -> None:
         """First q: stop cleanly and leave once saved. Second q, or a finished run: leave now."""
-        if self.view.ended or not self.engine_running or self.exit_when_ended:
+        if self.view.ended or not self.engine.running or self.exit_when_ended:
             self.exit()
             return
         self.exit_when_ended = True

@@ -1,0 +1,34 @@
+"""Which engine events the app pops up as a toast, and in what words: a pure function of the event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tui_trainer.events import AccumChangeApplied, CheckpointFailed, CheckpointSaved, Notice, RunStarted
+
+
+@dataclass(frozen=True)
+class Toast:
+    message: str
+    title: str = ""
+    severity: str = "information"  # Textual's: information, warning, error
+    seconds: float = 4.0
+
+
+def toasts_for(event: Any, saved_by_key: bool = False) -> list[Toast]:
+    """The toasts ``event`` calls for (``saved_by_key``: a checkpoint `s` asked for has been written)."""
+    match event:
+        case RunStarted():  # the run line's notes: a busy machine, a capped epoch, a resume's
+            return [Toast(note, title="note", seconds=12) for note in event.notes]
+        case CheckpointSaved() if saved_by_key:
+            return [Toast(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.1f}s)",
+                          title="checkpoint")]
+        case CheckpointFailed():
+            return [Toast(f"{event.message}; training continues, the previous checkpoint is intact",
+                          title="checkpoint failed", severity="error", seconds=10)]
+        case Notice() if event.level != "info":
+            return [Toast(event.message, severity="error" if event.level == "error" else "warning", seconds=8)]
+        case AccumChangeApplied():
+            return [Toast(f"accum {event.old} -> {event.new} from epoch {event.epoch}")]
+    return []
