@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--ui-hz", type=float, default=4.0, help="redraws per second of the fake UI")
     parser.add_argument("--ui-ms", type=float, default=25.0, help="GIL-holding milliseconds per redraw")
+    parser.add_argument("--competitor", action="store_true",
+                        help="also measure beside one busy process (a pure-Python loop on a core of its own): "
+                             "what oversubscription costs, and what --threads would buy (issue 30)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -98,7 +102,33 @@ def main(argv: list[str] | None = None) -> int:
              f"{statistics.median(rates[(t, ui)]):,.0f}", f"{statistics.median(rates[(t, ui)]) / reference:.3f}"]
             for t, ui in configs]
     print(table(["configuration", "tok/s per rep", "median", f"vs {max(counts)} threads alone"], rows))
+    if args.competitor:
+        print(beside_a_busy_process(args.preset, counts, warmup, steps, reps, reference))
     return 0
+
+
+def beside_a_busy_process(preset: str, counts: list[int], warmup: int, steps: int, reps: int,
+                          reference: float) -> str:
+    """Each thread count again while another process keeps one core busy: the table behind the busy-
+    machine note (engine/runtime.py: busy_machine_note) and its --threads advice."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)
+        measured = {t: [] for t in counts}
+        for rep in range(reps):
+            for threads in (counts if rep % 2 == 0 else counts[::-1]):
+                torch.set_num_threads(threads)
+                measured[threads].append(median_rate(preset, threads, warmup, steps))
+    finally:
+        spinner.kill()
+        spinner.wait()
+    best = max(statistics.median(r) for r in measured.values())
+    rows = [[f"{t} threads + a busy process", " / ".join(f"{r:,.0f}" for r in measured[t]),
+             f"{statistics.median(measured[t]):,.0f}", f"{statistics.median(measured[t]) / reference:.3f}",
+             f"{statistics.median(measured[t]) / best:.3f}"] for t in counts]
+    return ("beside a busy process (one core kept busy by a pure-Python loop):\n"
+            + table(["configuration", "tok/s per rep", "median", f"vs {max(counts)} threads alone", "vs its best"],
+                    rows))
 
 
 if __name__ == "__main__":
