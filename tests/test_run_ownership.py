@@ -44,7 +44,8 @@ def test_a_config_json_of_anything_else_is_not_ours(content, tmp_path):
 def test_a_marker_file_of_anything_else_proves_nothing(tmp_path):
     (tmp_path / MARKER_FILE).write_text('{"tool": "something-else"}', encoding="utf-8")
     (tmp_path / "metrics.jsonl").write_text("mine\n", encoding="utf-8")
-    assert not is_ours(tmp_path) and foreign_name(tmp_path) == "metrics.jsonl"
+    # the marker itself is the user's file here (a run would write over it): it is the one named
+    assert not is_ours(tmp_path) and foreign_name(tmp_path) == MARKER_FILE
 
 
 @pytest.mark.parametrize("name", OUR_NAMES)
