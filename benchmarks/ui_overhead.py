@@ -55,11 +55,11 @@ async def main():
         while app.view.step == 0:
             await asyncio.sleep(0.25)  # the harness polls rarely: its wake-ups count as UI time
         wall, cpu = time.perf_counter(), time.thread_time()  # this thread is the UI's
-        while app.end_event is None:
+        while app.engine.end_event is None:
             await asyncio.sleep(0.25)  # the harness polls rarely: its wake-ups count as UI time
         print("UI_CPU", (time.thread_time() - cpu) / (time.perf_counter() - wall))
 asyncio.run(main())
-app.finish()
+app.engine.finish()
 """
 
 
