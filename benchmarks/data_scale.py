@@ -116,8 +116,8 @@ def encode_batch_rate(folder: Path, cache: Path) -> float:
     from tui_trainer.data.token_cache import PIECE_CHARS, bpe_pieces
     from tui_trainer.data.tokenizer import BpeTokenizer
 
-    learnt = next(cache.glob("bpe-*.json"))
-    tokenizer = BpeTokenizer.from_json(learnt.read_text(encoding="utf-8"), "trained")
+    learnt = next(cache.glob("bpe-*.json"))  # our record around the tokenizer's own JSON (token_cache.py)
+    tokenizer = BpeTokenizer.from_json(json.loads(learnt.read_text(encoding="utf-8"))["tokenizer"], "trained")
     text = next(iter(sorted(folder.glob("*.txt")))).read_text(encoding="utf-8")
     pieces, rest = bpe_pieces(text, PIECE_CHARS)
     pieces.append(rest)
