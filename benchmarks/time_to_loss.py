@@ -28,6 +28,7 @@ that in mind. Absolute times mean nothing on a loaded machine: take them on a qu
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -86,7 +87,14 @@ def run_nanogpt(checkout: Path, recipe: dict, corpus: Path, eval_every: int, wor
         shutil.copy(checkout / name, work / name)
     data = work / "data" / "shakespeare_char"
     shutil.copy(corpus, data / "input.txt")  # (prepare.py downloads it only when absent)
-    subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
+    if importlib.util.find_spec("requests") is None:
+        # prepare.py imports requests for the download it skips when input.txt is there: a stand-in
+        # that can only refuse, so nothing is ever fetched.
+        (data / "requests.py").write_text("def get(*args, **kwargs):\n    raise RuntimeError('no network')\n")
+    prepared = subprocess.run([sys.executable, "prepare.py"], cwd=data, capture_output=True, text=True)
+    if prepared.returncode != 0:
+        print(f"note: nanoGPT's prepare.py exited {prepared.returncode}: {prepared.stderr.strip().splitlines()[-1:]}")
+        return None
     r = recipe
     command = [sys.executable, "train.py", "--dataset=shakespeare_char", "--device=cpu", "--compile=False",
                f"--eval_iters={r['eval_batches']}", "--log_interval=1000000", f"--block_size={r['block_size']}",

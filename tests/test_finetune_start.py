@@ -88,9 +88,13 @@ def test_a_run_from_a_model_validates_it_as_epoch_0_before_any_step(gpt2_folder,
     end = next(r for r in read_metrics(run_dir) if r["type"] == "end")
     assert end["epochs"] == 2
     # The run line says which defaults fine-tuning chose (width 32: 3e-5 x 768 / 32).
-    assert "fine-tuning defaults: lr 0.00072 (3e-05 x 768 / width 32), no warm-up" in out, out
+    assert ("fine-tuning defaults: lr 0.00072 (3e-05 x 768 / width 32), no warm-up, held for 80% of the run, "
+            "then decayed to x0.1") in out, out
     optim = json.loads((run_dir / "config.json").read_text())["config"]["optim"]
-    assert (optim["lr"], optim["warmup_tokens"]) == (pytest.approx(7.2e-4), 0)
+    assert (optim["lr"], optim["warmup_tokens"], optim["lr_hold"]) == (pytest.approx(7.2e-4), 0, 0.8)
+    # constant, then decay: the first steps all train at the peak (no warm-up), the last below it
+    rates = [r["lr"] for r in read_metrics(run_dir) if r["type"] == "step"]
+    assert rates[0] == rates[1] == pytest.approx(7.2e-4) and rates[-1] < rates[0]
 
 
 def test_a_resume_does_not_repeat_epoch_0(gpt2_folder, corpus, tmp_path, capsys):

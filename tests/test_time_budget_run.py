@@ -52,15 +52,19 @@ class Recorder:
     """The run's events, and its cost on the fake clock."""
 
     def __init__(self, clock: FakeClock, control=None, pause_at_step: int | None = None,
-                 stop_at_step: int | None = None, epoch_end_s: float = EPOCH_END_S) -> None:
+                 stop_at_step: int | None = None, epoch_end_s: float = EPOCH_END_S,
+                 slower_after_step: int | None = None, slower: float = 1.0) -> None:
         self.clock, self.control, self.epoch_end_s = clock, control, epoch_end_s
         self.pause_at_step, self.stop_at_step = pause_at_step, stop_at_step
+        self.slower_after_step, self.slower, self.step_s = slower_after_step, slower, STEP_S
         self.events: list = []
 
     def emit(self, event) -> None:
         self.events.append(event)
         if isinstance(event, StepEvent):
-            self.clock.t += STEP_S  # the next step's time
+            if event.step == self.slower_after_step:  # another process takes the cores: all work slows
+                self.step_s, self.epoch_end_s = self.step_s * self.slower, self.epoch_end_s * self.slower
+            self.clock.t += self.step_s  # the next step's time
             if event.step == self.pause_at_step:
                 self.control.pause()
             if event.step == self.stop_at_step:
@@ -126,6 +130,18 @@ def test_a_budget_run_ends_within_it_at_the_lr_floor_with_a_partial_last_epoch_v
     first = next(i for i, s in enumerate(steps) if s.planned_tokens == planned)
     assert {s.planned_tokens for s in steps[first:]} == {planned}  # (the pace is steady: no re-plan)
     assert steps[first].tokens_seen >= 5.0 / STEP_S * 256  # after measuring 5 s of training (10 steps)
+
+
+def test_a_machine_that_turns_busy_still_ends_within_the_budget(small_corpus, tmp_path, clock):
+    # Everything runs 4x slower from step 24 (another process took the cores): the re-plan must
+    # expect the epoch ends (validation, saves) to slow as much as the steps did, or the last
+    # validation overruns the budget (measured: a 50 s budget ended at 103 s on a loaded box).
+    cfg = with_limits(budget_config(small_corpus, tmp_path), 4 * TRAIN_BATCHES)  # one epoch end before it
+    _, sink, spent = trained(cfg, clock, slower_after_step=24, slower=4.0)
+    first_end = sink.events.index(sink.of(EpochEvent)[0])
+    assert len(sink.of(EpochEvent)) >= 2 and max(e.step for e in sink.events[:first_end] if isinstance(e, StepEvent)) < 24
+    assert any("re-planned" in n.message for n in sink.of(Notice))
+    assert spent <= BUDGET_S + 4.0 * STEP_S  # (one slowed step of slack: the one the slow-down began in)
 
 
 def test_a_pause_does_not_count_against_the_budget(small_corpus, tmp_path, clock):

@@ -48,6 +48,9 @@ class OptimConfig:
     lr: float = 1e-3  # peak learning rate (AdamW)
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     warmup_tokens: int | None = None  # linear warm-up length in tokens; None = 5% of the run
+    # fraction of the run after the warm-up the lr holds its peak before the cosine decay (constant-then-
+    # decay); 0 = decay from the end of the warm-up. Fine-tuning (--init-from) holds 0.8 unless told.
+    lr_hold: float = 0.0
     weight_decay: float = 0.1  # AdamW decoupled weight decay on matrices (not biases/norms)
     beta1: float = 0.9
     beta2: float = 0.99
@@ -344,6 +347,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name, beta in (("beta1", o.beta1), ("beta2", o.beta2)):
         if not 0.0 <= beta < 1.0:
             raise UserError(f"{name} must be in [0, 1), got {beta}", f"use e.g. {name} = {0.9 if name == 'beta1' else 0.99}")
+    if not 0.0 <= o.lr_hold < 1.0:  # (NaN fails it too)
+        raise UserError(f"--lr-hold must be at least 0 and below 1, got {o.lr_hold}",
+                        "use e.g. --lr-hold 0.8 (hold the peak for 80% of the run, then decay), or 0")
     if not 0.0 <= o.min_lr_ratio <= 1.0:
         raise UserError(f"min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}", "use e.g. min_lr_ratio = 0.1")
     if o.weight_decay < 0:

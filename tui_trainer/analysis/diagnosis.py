@@ -76,8 +76,8 @@ class SchedulePosition:
 
     @classmethod
     def at(cls, tokens_seen: int, peak_lr: float, min_lr: float, warmup_tokens: int,
-           total_tokens: int) -> "SchedulePosition":
-        return cls(lr_at(tokens_seen, peak_lr, min_lr, warmup_tokens, total_tokens), peak_lr, min_lr,
+           total_tokens: int, hold: float = 0.0) -> "SchedulePosition":
+        return cls(lr_at(tokens_seen, peak_lr, min_lr, warmup_tokens, total_tokens, hold=hold), peak_lr, min_lr,
                    tokens_seen >= warmup_tokens, tokens_seen / max(1, total_tokens))
 
     def decayed(self) -> float:

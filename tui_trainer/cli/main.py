@@ -80,6 +80,8 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
       "pauses do not count")),
     ("--lr", OPTIM, "optim", "lr", float, "peak learning rate"),
     ("--warmup-tokens", OPTIM, "optim", "warmup_tokens", int, "linear warm-up in tokens"),
+    ("--lr-hold", OPTIM, "optim", "lr_hold", float,
+     "fraction of the run after the warm-up the lr holds its peak before decaying (constant-then-decay)"),
     ("--weight-decay", OPTIM, "optim", "weight_decay", float, "AdamW weight decay"),
     ("--grad-clip", OPTIM, "optim", "grad_clip", float, "clip the step's gradient norm; 0 = off"),
     ("--resume-schedule", OPTIM, "optim", "resume_schedule", str,

@@ -64,6 +64,10 @@ class RunBudget:
         self.epoch_end_guess = 0.0
         self.save_guess = 0.0
         self.epoch_end_seconds: float | None = None  # the last measured epoch end
+        # The training pace when the epoch end was measured (the guess: the first pace): an epoch end is forward passes
+        # and writes, so it slows (or quickens) as the steps do — a machine that turns busy makes both slower.
+        self._epoch_end_pace: float | None = None
+        self._pace: float | None = None  # the last measured training pace
 
     # -- the clock ----------------------------------------------------------------------------
 
@@ -132,7 +136,7 @@ class RunBudget:
 
     def epoch_end_done(self, seconds: float) -> None:
         """An epoch's end (validation, sample, saves) took ``seconds``: they are not training."""
-        self.epoch_end_seconds = seconds
+        self.epoch_end_seconds, self._epoch_end_pace = seconds, self._pace
         if self._mark is not None:
             self._mark += seconds
 
@@ -152,7 +156,10 @@ class RunBudget:
         (t0, n0), (t1, n1) = self._window[0], self._window[-1]
         if t1 - t0 <= 0:
             return
-        pace = Pace((n1 - n0) / (t1 - t0), self._epoch_end(), self.save_guess)
+        self._pace = (n1 - n0) / (t1 - t0)
+        if self._epoch_end_pace is None:  # (the probe's guess holds at the first pace measured)
+            self._epoch_end_pace = self._pace
+        pace = Pace(self._pace, self._epoch_end(), self.save_guess)
         before = self.planned
         line = self.planner.update(elapsed_seconds=now, training_seconds=t1 - t0, tokens_seen=tokens_seen,
                                    tokens_per_epoch=tokens_per_epoch, pace=pace, tokens_per_step=tokens_per_step)
@@ -166,7 +173,11 @@ class RunBudget:
                 f"leaves no time to train on; --limit-val-batches or --sample-tokens 0 make it shorter")))
 
     def _epoch_end(self) -> float:
-        return self.epoch_end_seconds if self.epoch_end_seconds is not None else self.epoch_end_guess
+        """An epoch end's expected seconds at today's pace (scaled from the pace it was timed at)."""
+        seconds = self.epoch_end_seconds if self.epoch_end_seconds is not None else self.epoch_end_guess
+        if self._pace and self._epoch_end_pace:
+            seconds *= self._epoch_end_pace / self._pace
+        return seconds
 
     def _plan(self, tokens_seen: int, tokens_per_epoch: int, tokens_per_step: int, tokens_per_s: float) -> int:
         return plan_tokens(budget_seconds=self.planner.budget_seconds, elapsed_seconds=self.used(),

@@ -73,7 +73,8 @@ class RunFigures:
         total = self.decay_end()
         if self.budget is not None and tokens_seen >= total:  # (a plan shorter than the warm-up ends there too)
             return o.lr * o.min_lr_ratio
-        return lr_at(tokens_seen, o.lr, o.lr * o.min_lr_ratio, self.warmup_tokens(), total, self.lr_anchor)
+        return lr_at(tokens_seen, o.lr, o.lr * o.min_lr_ratio, self.warmup_tokens(), total, self.lr_anchor,
+                     o.lr_hold)
 
 
 def carried_schedule(now: RunFigures, saved: RunConfig, tokens_seen: int) -> tuple[tuple[int, float] | None, str]:

@@ -239,7 +239,7 @@ class Trainer:
         st.val_history.append(val_loss)
         # The previous verdict (hysteresis) and where the lr schedule stands (what remedy fits).
         schedule = SchedulePosition.at(st.tokens_seen, cfg.optim.lr, cfg.optim.lr * cfg.optim.min_lr_ratio,
-                                       s.figures.warmup_tokens(), s.figures.decay_end())
+                                       s.figures.warmup_tokens(), s.figures.decay_end(), cfg.optim.lr_hold)
         verdict = diagnose(st.train_history, st.val_history, s.corpus.vocab.size, cfg.diagnosis,
                            st.epoch_step_losses, st.epoch_first_step, s.diagnosis, schedule)
         s.diagnosis = verdict

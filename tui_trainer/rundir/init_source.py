@@ -159,6 +159,9 @@ def check_init_from(cfg: RunConfig, given: dict[str, Any], source: InitSource | 
 
 FINETUNE_LR_GPT2 = 3e-5  # nanoGPT's finetune_shakespeare: 1/20 of GPT-2 small's 6e-4 pre-training peak
 GPT2_WIDTH = 768
+# nanoGPT's finetune_shakespeare keeps its lr constant (decay_lr = False); a decay over the last fifth
+# then settles the weights (warmup-stable-decay: the lr held, then cooled at the end).
+FINETUNE_LR_HOLD = 0.8
 
 
 def finetune_lr(n_embd: int) -> float:
@@ -171,7 +174,7 @@ def finetune_lr(n_embd: int) -> float:
 
 def finetune_defaults(source: InitSource, given: dict[str, Any]) -> dict[str, Any]:
     """What a run --init-from a model takes unless told ("section.field" -> value): a small peak lr
-    (``finetune_lr``) and no warm-up (warm-up shields random weights from their first large
+    (``finetune_lr``) held for most of the run before it decays (``FINETUNE_LR_HOLD``) and no warm-up (warm-up shields random weights from their first large
     gradients; pretrained ones start where the loss is low already, as nanoGPT's and Hugging Face's
     fine-tuning start at the peak). Dropout is the source's unless given (``check_init_from``)."""
     chosen: dict[str, Any] = {}
@@ -179,6 +182,8 @@ def finetune_defaults(source: InitSource, given: dict[str, Any]) -> dict[str, An
         chosen["optim.lr"] = finetune_lr(source.n_embd)
     if "optim.warmup_tokens" not in given:
         chosen["optim.warmup_tokens"] = 0
+    if "optim.lr_hold" not in given:
+        chosen["optim.lr_hold"] = FINETUNE_LR_HOLD
     return chosen
 
 
@@ -190,6 +195,8 @@ def finetune_notes(source: InitSource, cfg: RunConfig, given: dict[str, Any]) ->
         parts.append(f"lr {cfg.optim.lr:.2g} ({FINETUNE_LR_GPT2:g} x {GPT2_WIDTH} / width {source.n_embd})")
     if "optim.warmup_tokens" in chosen and cfg.optim.warmup_tokens == 0:
         parts.append("no warm-up")
+    if "optim.lr_hold" in chosen and cfg.optim.lr_hold == chosen["optim.lr_hold"]:
+        parts.append(f"held for {cfg.optim.lr_hold:.0%} of the run, then decayed to x{cfg.optim.min_lr_ratio:g}")
     if "model.dropout" not in given and source.dropout is not None and cfg.model.dropout == source.dropout:
         parts.append(f"dropout {source.dropout:g} (the source's)")
     if not parts:
