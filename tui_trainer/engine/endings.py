@@ -108,12 +108,8 @@ class Endings:
     def diverged(self, val_loss: float, epoch: int, *, lr: float) -> RunEnded:
         """An epoch whose validation loss is not finite (fewer non-finite steps than
         --max-bad-steps got there): its weights are not saved, and the run is no success."""
-        latest = self.checkpoints.latest
-        good = ("no checkpoint was saved before it" if latest is None
-                else f"the last good checkpoint (step {latest.step}) is intact")
         return self.end("error", f"validation loss is {val_loss} after epoch {epoch}: the weights diverged — "
-                                 f"lower the learning rate, start again with --lr {lr / 10:g} "
-                                 f"(and --overwrite, or another --run-dir); {good}")
+                                 f"{self._start_again_lower(lr, before='it')}")
 
     def after_a_non_finite_step(self, loss: float, norm: float, *, max_bad_steps: int,
                                 lr: float) -> RunEnded | None:
@@ -124,10 +120,14 @@ class Endings:
                                       f"update skipped ({st.bad_steps_in_row} in a row)", level="warning"))
         if st.bad_steps_in_row < max_bad_steps:
             return None
-        latest = self.checkpoints.latest
-        good = ("no checkpoint was saved before them" if latest is None
-                else f"the last good checkpoint (step {latest.step}) is intact")
-        # Not "--resume": it would replay the same steps into the same divergence.
         return self.end("error", f"{st.bad_steps_in_row} non-finite steps in a row at step {st.step}: "
-                                 f"lower the learning rate — start again with --lr {lr / 10:g} "
-                                 f"(and --overwrite, or another --run-dir); {good}")
+                                 f"{self._start_again_lower(lr, before='them')}")
+
+    def _start_again_lower(self, lr: float, *, before: str) -> str:
+        """The hint after a divergence: a new start at a tenth of the lr, and what is kept. Not
+        "--resume": it would replay the same steps into the same divergence."""
+        latest = self.checkpoints.latest
+        good = (f"no checkpoint was saved before {before}" if latest is None
+                else f"the last good checkpoint (step {latest.step}) is intact")
+        return (f"lower the learning rate — start again with --lr {lr / 10:g} (and --overwrite, or another "
+                f"--run-dir); {good}")
