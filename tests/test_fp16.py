@@ -270,3 +270,30 @@ def test_one_host_sync_per_optimizer_step(precision, small_corpus, tmp_path, mon
     trainer.run()
     assert len(per_step) == 4
     assert per_step[1:] == [["tolist"]] * 3  # (the first step follows the set-up's reads)
+
+
+@pytest.mark.parametrize(("width", "flops_shown"), [(80, False), (120, True)])
+async def test_flops_beside_tokens_per_s_only_where_it_fits_uncut(width, flops_shown):
+    # At 80 columns the stats panel's half-width value cell held "737 · 3.83 GFLOP/s" cut to
+    # "737 · 3.83 GFLO…": the FLOP/s figure goes where it fits whole, and nowhere else.
+    from textual.app import App
+
+    from tui_trainer.ui.view import RunView
+    from tui_trainer.ui.widgets.stats import StatsPanel
+
+    view = RunView()
+    view.apply(step_event(flops_per_s=3.83e9), now=0.0)
+
+    class One(App):
+        def compose(self):
+            yield StatsPanel()
+
+    app = One()
+    async with app.run_test(size=(width, 24)) as pilot:
+        panel = app.query_one(StatsPanel)
+        panel.styles.width = width // 2  # the app's 80-column layout gives the panel half the screen
+        panel.show(view, 0.0)
+        await pilot.pause()
+        text = "\n".join(line.text for line in panel.render_lines(panel.region.reset_offset))
+    assert "…" not in text, text
+    assert ("GFLOP/s" in text) == flops_shown, text

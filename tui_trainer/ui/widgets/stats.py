@@ -41,7 +41,7 @@ class StatsPanel(Panel):
     StatsPanel { height: 3; }
     """
 
-    def rows(self, view: RunView) -> list[tuple[str, str]]:
+    def rows(self, view: RunView, flops: bool = True) -> list[tuple[str, str]]:
         seen = fmt.short_count(view.tokens_seen)
         if view.planned_tokens:
             seen += f"/{fmt.short_count(view.planned_tokens)}"
@@ -49,7 +49,7 @@ class StatsPanel(Panel):
         if view.skipped_steps:
             grad += f" ({view.skipped_steps} skipped)"
         return [
-            ("tokens/s", fmt.count(view.tokens_per_second) + self._flops(view)),
+            ("tokens/s", fmt.count(view.tokens_per_second) + (self._flops(view) if flops else "")),
             ("lr", fmt.scientific(view.lr)),
             ("grad norm", grad),
             ("tokens", seen),
@@ -67,6 +67,13 @@ class StatsPanel(Panel):
             return ""
         unit, scale = ("TFLOP/s", 1e12) if flops >= 1e12 else ("GFLOP/s", 1e9)
         return f" · {flops / scale:.3g} {unit}"
+
+    def _value_room(self, rows: list[tuple[str, str]], one_a_line: bool) -> int:
+        """Cells a value gets in the grid (names as wide as the longest, one cell of padding between)."""
+        if one_a_line:
+            return self.size.width - max(len(n) for n, _ in rows) - 1
+        names = max(len(n) for n, _ in rows[0::2]) + max(len(n) for n, _ in rows[1::2])
+        return (self.size.width - names - 3) // 2
 
     def key(self, view: RunView, now: float):
         return tuple(self.rows(view))
@@ -90,7 +97,10 @@ class StatsPanel(Panel):
                 line.append(figure, value)
             return line
         grid = Table.grid(expand=True, padding=(0, 1))
-        if self.size.height >= len(rows):  # a tall, narrow side column: one figure a line, none cut short
+        one_a_line = self.size.height >= len(rows)  # a tall, narrow side column: one figure a line, none cut short
+        if len(rows[0][1]) > self._value_room(rows, one_a_line):  # FLOP/s beside tokens/s only where it fits whole
+            rows = self.rows(view, flops=False)
+        if one_a_line:
             grid.add_column(no_wrap=True)
             grid.add_column(no_wrap=True, ratio=1, overflow="ellipsis")
             for label, figure in rows:
