@@ -9,6 +9,7 @@ is exact and the test deterministic on a loaded machine."""
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -303,3 +304,24 @@ async def test_the_status_line_shows_the_budget_left_while_the_run_runs(small_co
         status = " ".join(screen_text(app).split("\n")[0].split())
         assert "budget 0:00:0" in status and "left" in status
         await pilot.press("q")
+
+
+@pytest.mark.parametrize(("flags", "accum"), [([], 1), (["--accum", "4"], 4), (["--batch", "8", "--micro-batch", "4"], 2)])
+def test_a_budget_run_takes_its_own_defaults_under_the_flags(flags, accum, small_corpus, tmp_path, capsys):
+    # (the defaults' figures: benchmarks/time_to_loss.py --levers; here what applies and what is said)
+    run_dir = tmp_path / "run"
+    code = main(["train", "--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--n-layer", "1",
+                 "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--threads", "1", "--sample-tokens", "0",
+                 "--time-budget", "4s", "--log-every", "off", *flags])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    saved = json.loads((run_dir / "config.json").read_text())["config"]["train"]
+    assert saved["accum"] == accum
+    assert ("time-budget defaults: accum 1" in out) == (not flags), out
+
+
+def test_a_given_split_is_never_overridden_by_the_budget_defaults():
+    from tui_trainer.analysis.time_budget import budget_defaults
+
+    assert budget_defaults({}) == {"train.accum": 1}
+    assert budget_defaults({"train.accum": 8}) == {} and budget_defaults({"train.batch": 64}) == {}

@@ -142,3 +142,29 @@ def state_problem(state: object) -> str | None:
     if not state["budget_seconds"] > 0:
         return f"has budget_seconds {state['budget_seconds']!r}"
     return None
+
+
+# -- what a budget run takes unless told (under the flags and a config file: what they give wins) ---
+
+# One micro-batch a step: time is what a budget spends, and a step of 16 sequences is already near
+# this model's gradient noise scale early in training (a few sequences, growing as the loss falls:
+# McCandlish et al.), so a larger batch buys fewer steps' worth of progress per second.
+# Measured by benchmarks/time_to_loss.py --levers (figures in benchmarks/README.md).
+BUDGET_ACCUM = 1
+
+
+def budget_defaults(given: dict) -> dict:
+    """The settings a ``--time-budget`` run takes unless ``given`` names them ("section.field" -> value)."""
+    chosen: dict = {}
+    if not {"train.accum", "train.batch"} & given.keys():
+        chosen["train.accum"] = BUDGET_ACCUM
+    return chosen
+
+
+def budget_notes(accum: int, given: dict) -> list[str]:
+    """The run line's word on the defaults a budget chose (those still in force)."""
+    chosen = budget_defaults(given)
+    if chosen.get("train.accum") != accum:
+        return []
+    return [f"time-budget defaults: accum {accum} (a step near the gradient noise scale: more steps in the time; "
+            f"--accum or --batch override it)"]

@@ -252,6 +252,10 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
                         "give one: --time-budget plans the epochs from the measured pace (the last may be partial)")
     if "train.time_budget" in given and args.nproc not in (None, 1):
         raise UserError("--time-budget trains one process for now", "drop --nproc, or train for --epochs instead")
+    if "train.time_budget" in given and not args.resume:
+        from tui_trainer.analysis.time_budget import budget_defaults
+
+        cfg = cfg.replace(train=replace(cfg.train, **{k.split(".")[1]: v for k, v in budget_defaults(given).items()}))
     if args.resume and args.quick:
         raise UserError("--quick starts a new run", "drop --quick when resuming: a run keeps its own settings")
     if cfg.model.init_from is not None:

@@ -23,7 +23,7 @@ import torch
 from tui_trainer.analysis.diagnosis import Diagnosis
 from tui_trainer.analysis.early_stopping import EarlyStopping
 from tui_trainer.analysis.noise_scale import NoiseScaleEstimator
-from tui_trainer.analysis.time_budget import parse_duration
+from tui_trainer.analysis.time_budget import budget_notes, parse_duration
 from tui_trainer.config import RunConfig, usable_cores, validate
 from tui_trainer.control import Control
 from tui_trainer.data.bits_per_byte import exact_bytes, token_byte_lengths, validation_bytes
@@ -94,6 +94,8 @@ class TrainingSession:
         self.cfg = cfg = validate(cfg)
         if cfg.train.time_budget is not None:
             parse_duration(cfg.train.time_budget)  # (a bad one: one line, before anything is made)
+            if resume is None and overrides is not None:  # (the CLI's run: it chose the budget's defaults)
+                self.notes += budget_notes(cfg.train.accum, overrides)
         self._place(placement, for_ui)
         self.ranks.start()  # (one process: nothing)
         made: list[Path] = []  # the folders a new run made (removed again if its set-up fails)
