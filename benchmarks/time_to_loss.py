@@ -46,6 +46,8 @@ QUICK = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size"
          "eval_batches": 4, "extra": ("--threads", "1"), "budget_extra": ("--micro-batch", "4", "--accum", "2")}
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py", "data/shakespeare_char/prepare.py")
 NANOGPT_EVAL = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
+# The budget's defaults, each turned back to the plain run's (analysis/time_budget.py: budget_defaults).
+LEVERS = (("batch: accum 8 (x16 = 128 sequences)", ("--accum", "8")), ("precision: fp32", ("--precision", "fp32")))
 TUI_EVAL = re.compile(r"^epoch (\d+)/\d+ .*val_loss=([\d.]+)")
 
 
@@ -131,9 +133,10 @@ def run_tui_same_recipe(recipe: dict, corpus: Path, eval_every: int, work: Path,
     return evals(lines, TUI_EVAL, 2)
 
 
-def run_tui_budget(recipe: dict, corpus: Path, budget: str, work: Path,
-                   timeout: float) -> tuple[float, list[tuple[float, float]], list[str]]:
-    command = tui_command(recipe, corpus, work / "budget", "--time-budget", budget, *recipe.get("budget_extra", ()))
+def run_tui_budget(recipe: dict, corpus: Path, budget: str, work: Path, timeout: float, *flags: str,
+                   name: str = "budget") -> tuple[float, list[tuple[float, float]], list[str]]:
+    command = tui_command(recipe, corpus, work / name, "--time-budget", budget, *recipe.get("budget_extra", ()),
+                          *flags)
     begun = time.monotonic()
     lines, code = timed_lines(command, work, timeout)
     wall = time.monotonic() - begun
@@ -151,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="55s", help="the --time-budget of the last run (default 55s)")
     parser.add_argument("--eval-every", type=int, default=100, help="iterations between validations (default 100)")
     parser.add_argument("--quick", action="store_true", help="a tiny model on 50 KB of text: seconds (smoke test)")
+    parser.add_argument("--levers", action="store_true",
+                        help="then the budget run again with each of its defaults turned back, one at a time: "
+                             "what each lever buys")
     args = parser.parse_args(argv)
     recipe, marks, target, budget = RECIPE, (50.0, 100.0), args.target, args.budget
     timeout = 900.0
@@ -183,6 +189,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"to its exit, final val loss {points[-1][1]:.3f} after {len(points)} validation(s)")
         for line in said:
             print(f"  {line}")
+        if args.levers:
+            rows = [["its defaults", "", f"{points[-1][1]:.3f}" if points else "—", f"{wall:.1f}"]]
+            for name, flags in LEVERS:
+                lever_wall, lever_points, _ = run_tui_budget(recipe, corpus, budget, work, timeout, *flags,
+                                                             name=name.replace(" ", "-"))
+                rows.append([name, " ".join(flags), f"{lever_points[-1][1]:.3f}" if lever_points else "—",
+                             f"{lever_wall:.1f}"])
+            print(f"the levers of --time-budget {budget} (each row turns one default back):")
+            print(table(["budget run", "flags", "final val", "wall s"], rows))
     return 0
 
 
