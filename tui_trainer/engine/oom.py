@@ -82,3 +82,52 @@ class OutOfMemoryRecovery:
         self.sink.emit(Notice(message=f"{change.describe()}: the window is redone{every}, the step is the same",
                               level="warning"))
         return None
+
+
+class ValidationRanOutOfMemory(Exception):
+    """Raised by the validation pass once the ranks (``ranks``, by rank) agreed that some ran out of
+    memory in it (one process: this one): its sums are dropped, the pass is to be redone."""
+
+    def __init__(self, ranks: tuple[int, ...]) -> None:
+        super().__init__(f"out of memory in the validation pass (rank {', '.join(map(str, ranks))})")
+        self.ranks = ranks
+
+
+class NoSmallerSplit(Exception):
+    """Out of memory at micro-batch 1 in the validation: the run is to stop (every rank, together),
+    saved at its last step, with this message."""
+
+
+class ValidationSplit:
+    """The validation pass's own micro-batch: the planned one cut into ``pieces`` (each of this rank's
+    batches cut as ``cut_window`` cuts a window's), halved by ``after`` once a pass ran out of memory.
+    The pass is a token-weighted sum, so the redone pass gives the same val loss (float rounding
+    aside). Kept for the rest of the session (a resume starts again at the planned size)."""
+
+    def __init__(self, sink: Sink, device: torch.device, planned_micro_batch: int, processes: int = 1) -> None:
+        self.sink, self.device, self.planned, self.processes = sink, device, planned_micro_batch, processes
+        self.pieces = 1
+
+    def batches(self, mine: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """This rank's validation batches at the current split."""
+        return list(cut_window(Window(tuple(mine)), self.pieces).micro_batches)
+
+    def after(self, out_of_memory: ValidationRanOutOfMemory, state: LoopState) -> None:
+        """Halve the validation micro-batch and say so; below 1, ``NoSmallerSplit``."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        micro_batch = -(-self.planned // self.pieces)
+        ranks = out_of_memory.ranks if self.processes > 1 else ()
+        if micro_batch <= 1:
+            where = f" (on rank {', '.join(map(str, ranks))})" if ranks else ""
+            raise NoSmallerSplit(f"out of memory in the validation after step {state.step}{where} even at "
+                                 f"micro-batch 1: the run is saved at its last step; free memory held elsewhere, "
+                                 f"or use a smaller model or --block-size")
+        self.pieces *= 2
+        change = SplitChanged(old_micro_batch=micro_batch, new_micro_batch=-(-self.planned // self.pieces),
+                              old_accum=state.accum, new_accum=state.accum, step=state.step, epoch=state.epoch,
+                              ranks=ranks, phase="validation")
+        self.sink.emit(change)
+        every = f" on every one of the {self.processes} processes" if self.processes > 1 else ""
+        self.sink.emit(Notice(message=f"{change.describe()}: the pass is redone{every}, the same val loss",
+                              level="warning"))
