@@ -45,8 +45,8 @@ def _out_of_memory_in_validation(trainer, nth: int, size: int, sizes: list[int])
 def test_an_out_of_memory_in_validation_halves_its_micro_batch_and_gives_the_same_val_loss(small_corpus, tmp_path):
     _, clean, _ = train(_config(small_corpus, tmp_path / "clean"))
     sizes: list[int] = []
-    trainer, sink, end = _trained_with(_config(small_corpus, tmp_path / "oom"),
-                                       lambda t: _out_of_memory_in_validation(t, nth=2, size=4, sizes=sizes))
+    _, sink, end = _trained_with(_config(small_corpus, tmp_path / "oom"),
+                                 lambda t: _out_of_memory_in_validation(t, nth=2, size=4, sizes=sizes))
     assert end.reason == "completed"  # the run went on: its second epoch too
     # Epoch 1: batch 1 at 4, out of memory at batch 2; the pass redone at 2 (its 4 batches cut in 8);
     # epoch 2 keeps the smaller validation micro-batch.
@@ -75,7 +75,7 @@ def test_the_redone_validation_pass_equals_the_uninterrupted_one(small_corpus, t
 
 def test_an_out_of_memory_in_validation_at_micro_batch_1_stops_with_the_checkpoint(small_corpus, tmp_path):
     cfg = _config(small_corpus, tmp_path / "r", micro_batch=1)
-    trainer, sink, end = _trained_with(cfg, lambda t: _out_of_memory_in_validation(t, nth=1, size=1, sizes=[]))
+    trainer, _, end = _trained_with(cfg, lambda t: _out_of_memory_in_validation(t, nth=1, size=1, sizes=[]))
     assert end.reason == "error" and end.steps == 4  # (8 micro-batches of 1, accum 2: 4 steps)
     assert end.message.startswith("out of memory in the validation after step 4 even at micro-batch 1")
     assert "is saved" in end.message
