@@ -115,7 +115,6 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, results) -
     if rank == 0:
         results.put(out)
     dist.barrier()
-    del ddp
     dist.destroy_process_group()
 
 
