@@ -53,6 +53,7 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
     ("noise_scale_payoff.py", "to auto's final"),
     ("precision.py", "bf16 qualifies"),
     pytest.param("scaling.py", "one all-reduce round per step", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
+    pytest.param("sum_after_window.py", "after/ddp: what summing after the window", marks=pytest.mark.slow),  # (~20 s)
     ("hf_export.py", "exported: every folder written"),
     pytest.param("hf_finetune.py", "fine-tuned and exported back", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
     pytest.param("time_to_loss.py", "(its defaults): wall", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
