@@ -4,13 +4,12 @@
 SPEC is the JSON file scaling.py writes (preset, device, threads, processes, accum per rank, steps,
 run dir, out dir). The worker builds ``Trainer`` from tui_trainer.engine.loop (it joins the other ranks
 itself, from torchrun's environment), trains, and writes its figures to ``OUT_DIR/rank{R}.json``:
-the wall clock at each optimizer step, the gradient all-reduces DDP made in each step and DDP's
-own record of its buckets, the flat all-reduce's seconds, its peak RSS (and peak GPU memory).
+the wall clock at each optimizer step, the gradient all-reduces made in each step and the gradient
+sum's buckets, the flat all-reduce's seconds, its peak RSS (and peak GPU memory).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import resource
@@ -30,7 +29,7 @@ ALLREDUCE_WARMUP = 3
 
 
 class StepRecorder:
-    """The worker's sink: stamps each optimizer step and reads how many gradient all-reduces DDP made
+    """The worker's sink: stamps each optimizer step and reads how many gradient all-reduces were made
     in it; after the last step, times the flat all-reduce (every rank reaches that step together)."""
 
     def __init__(self, total_steps: int) -> None:
@@ -40,7 +39,6 @@ class StepRecorder:
         self.step_tokens: list[int] = []
         self.allreduces_per_step: list[int] = []
         self.allreduce_seconds: list[float] = []
-        self.ddp_buckets: dict[str, list[int] | None] = {}
         self._allreduces_before = 0
 
     def emit(self, event: object) -> None:
@@ -53,26 +51,8 @@ class StepRecorder:
             self.allreduces_per_step.append(grad_sync.allreduces - self._allreduces_before)
             self._allreduces_before = grad_sync.allreduces
         if event.step == self.total_steps and self.trainer.ranks.distributed:
-            self.ddp_buckets = ddp_bucket_bytes(self.trainer.session.train_model)
             # After the stamp: the last step's time is already taken.
             self.allreduce_seconds = time_flat_allreduce(self.trainer)
-
-
-def ddp_bucket_bytes(ddp: torch.nn.Module) -> dict[str, list[int] | None]:
-    """DDP's own record of its gradient buckets (bytes each): the first layout and the one it rebuilt
-    after the first synchronised backward (None if it did not rebuild). A private torch API: a torch
-    without it gives {} and the check falls back on the buckets the sum hook saw."""
-    try:
-        data = ddp._get_ddp_logging_data()
-    except Exception:  # (not a DDP model, or the API moved)
-        return {}
-
-    def sizes(key: str) -> list[int] | None:
-        text = str(data.get(key, "")).strip()
-        return [int(size) for size in text.split(",")] if text else None
-
-    return {"first": sizes("bucket_sizes"), "rebuilt": sizes("rebuilt_bucket_sizes") if data.get("has_rebuilt_buckets")
-            else None}
 
 
 def time_flat_allreduce(trainer: Trainer) -> list[float]:
@@ -115,23 +95,24 @@ def worker(spec_path: str) -> int:
                      threads=spec["threads"], device=spec["device"], accum=spec["accum"])
     recorder = StepRecorder(total_steps)
     trainer = recorder.trainer = Trainer(cfg, recorder, Control())
-    if spec.get("break_no_sync") and trainer.ranks.distributed:
-        # What the check exists for: a loop that lost no_sync all-reduces after every micro-step.
-        trainer.session.train_model.no_sync = contextlib.nullcontext
     rank, grad_sync = trainer.ranks.rank, trainer.session.grad_sync
+    if spec.get("break_one_round") and grad_sync is not None:
+        # What the check exists for: a loop that summed the gradients more than once a window.
+        sum_once = grad_sync.sum_
+        grad_sync.sum_ = lambda: (sum_once(), sum_once())
     end = trainer.run()
     result = {
         "rank": rank, "world_size": trainer.ranks.world_size, "threads": trainer.session.threads, "end": end.reason,
         "message": getattr(end, "message", ""), "stamps": recorder.stamps, "step_tokens": recorder.step_tokens,
         "allreduces_per_step": recorder.allreduces_per_step, "buckets": grad_sync.buckets if grad_sync else 0,
-        "ddp_buckets": recorder.ddp_buckets,
+        "bucket_bytes": grad_sync.bucket_bytes if grad_sync else [],
         "allreduce_seconds": recorder.allreduce_seconds,
         "peak_rss_mib": rss_mib(), "rss_at_start_mib": rss_at_start,
         "peak_gpu_mib": (torch.cuda.max_memory_allocated(trainer.device) / 2**20
                          if trainer.device.type == "cuda" else None),
     }
     Path(spec["out_dir"], f"rank{rank}.json").write_text(json.dumps(result))
-    # DDP's reducer still holds the gloo group (destroy_process_group only drops torch's own references):
+    # The gradient sum still holds the gloo group (destroy_process_group only drops torch's own references):
     # let it go while the interpreter is whole, not at its teardown, where a gloo rank was seen to
     # abort once ("terminate called without an active exception", load ~3.7).
     del trainer, recorder.trainer, grad_sync

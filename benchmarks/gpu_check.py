@@ -8,7 +8,7 @@
                       --nanogpt PATH, karpathy/nanoGPT's train.py on the same model and batch too
     host syncs        synchronizing calls per optimizer step (torch.cuda.set_sync_debug_mode): exactly 1
     resume            stop at a step, resume: every later step's loss bit-identical, fp32 on CUDA
-    nccl              a 1-process NCCL group: DDP's all-reduce inside accumulate_window, the gradient
+    nccl              a 1-process NCCL group: accumulate_window then the gradient sum (gradient_sum.py), the gradient
                       equal to the plain one
 
     python benchmarks/gpu_check.py                        # on a machine with one NVIDIA GPU
@@ -174,9 +174,10 @@ def check_resume(preset: str, steps: int, scratch: Path) -> list[Row]:
 
 
 def check_nccl(preset: str) -> list[Row]:
-    """One process, NCCL: DDP's all-reduce (in the window's last backward) leaves the plain gradient."""
+    """One process, NCCL: the gradients' sum after the window (gradient_sum.py) leaves the plain gradient."""
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
+
+    from tui_trainer.engine.gradient_sum import SummedGradients
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29517")
@@ -192,12 +193,12 @@ def check_nccl(preset: str) -> list[Row]:
         accumulate_window(model, data, indices, window)
         plain = [p.grad.clone() for p in model.parameters()]
         model.zero_grad(set_to_none=True)
-        ddp = DistributedDataParallel(model)
-        accumulate_window(ddp, data, indices, window, no_sync=ddp.no_sync)
+        accumulate_window(model, data, indices, window)
+        SummedGradients(model.parameters()).sum_()
         worst = max(((p.grad - g).norm() / g.norm().clamp_min(1e-30)).item() for p, g in zip(model.parameters(), plain))
     finally:
         dist.destroy_process_group()
-    return [["nccl, 1 process (DDP)", f"max rel diff {worst:.1e}", f"tolerance {TOLERANCE:g}",
+    return [["nccl, 1 process (gradient sum)", f"max rel diff {worst:.1e}", f"tolerance {TOLERANCE:g}",
              verdict(worst <= TOLERANCE)]]
 
 

@@ -17,12 +17,10 @@ What each run measures: tokens/s (the global rate: tokens per step over rank 0's
 warm-up steps skipped); each rank's peak RSS (``VmHWM``) and, on CUDA, peak allocated GPU
 memory; in a multi-process run, the all-reduce of one flat float32 buffer the size of the model's
 gradients (median of 20, timed on every rank after the last step) and the
-gradient all-reduces DDP made in each step (``SummedGradients.allreduces``, read at each step).
-The check: exactly one all-reduce round per optimizer step, i.e. ``no_sync`` on every micro-step but
-the last: the all-reduces of each step equal the number of buckets DDP had in that step (its own
-record, ``_get_ddp_logging_data()``: one bucket layout for the first step, then the layout it rebuilds
-in the order the gradients came, e.g. 1 bucket then 2 — so the total is not ``buckets x steps``);
-the script exits 1 if any step made more or fewer.
+gradient all-reduces made in each step (``SummedGradients.allreduces``, read at each step).
+The check: exactly one all-reduce round per optimizer step, i.e. no sum inside the window: the
+all-reduces of each step equal the number of buckets the gradient sum has (``SummedGradients.bucket_bytes``: one fixed layout, ~25 MB buckets); the script exits 1 if any step
+made more or fewer. ``--break-one-round`` sums twice a step (the check must fail).
 
     python benchmarks/scaling.py                        # small model, 3 repetitions (4.5 min on 2 cores at load ~2)
     python benchmarks/scaling.py --preset seed --steps 4 --reps 2
@@ -94,7 +92,7 @@ def run_configuration(config: Configuration, args: argparse.Namespace, scratch: 
     spec = {"preset": args.preset, "device": config.device, "threads": config.threads,
             "processes": config.processes, "accum": config.accum_per_rank(args.accum), "warmup": args.warmup,
             "steps": args.steps, "run_dir": str(out_dir / "run"), "out_dir": str(out_dir),
-            "break_no_sync": args.break_no_sync}
+            "break_one_round": args.break_one_round}
     spec_path = out_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     # The workers import the same tui_trainer as this process, from wherever it is run.
@@ -131,8 +129,8 @@ class Measured:
     allreduce_ms: float | None  # rank 0's median
     allreduces_per_step: list[int]  # rank 0's, every step (warm-up included)
     allreduces_agree: bool  # every rank counted the same all-reduces in every step
-    buckets_per_step: list[int]  # the buckets DDP had in each step (one all-reduce each makes one round)
-    bucket_bytes: str  # DDP's layouts, for the record
+    buckets_per_step: list[int]  # the gradient sum's buckets in each step (one all-reduce each makes one round)
+    bucket_bytes: str  # its layout, for the record
 
 
 def measure(results: list[dict], warmup: int) -> Measured:
@@ -153,17 +151,10 @@ def measure(results: list[dict], warmup: int) -> Measured:
 
 
 def expected_buckets(result: dict, steps: int) -> dict:
-    """The buckets DDP had in each step: its first layout for step 1, the rebuilt one after (DDP rebuilds
-    once, at the forward after the first synchronised backward); without DDP's record, the number of
-    buckets the hook saw (``SummedGradients.buckets``: the highest bucket index + 1)."""
-    first, rebuilt = result["ddp_buckets"].get("first"), result["ddp_buckets"].get("rebuilt")
-    if not first:
-        return {"buckets_per_step": [result["buckets"]] * steps, "bucket_bytes": f"{result['buckets']} (the hook's)"}
-    later = rebuilt or first
-    described = " + ".join(f"{b:,}" for b in first)
-    if rebuilt:
-        described += f" bytes, then {' + '.join(f'{b:,}' for b in rebuilt)}"
-    return {"buckets_per_step": [len(first)] + [len(later)] * (steps - 1), "bucket_bytes": described + " bytes"}
+    """The buckets the gradient sum has in every step (one layout for the run: SummedGradients.bucket_bytes)."""
+    layout = result["bucket_bytes"]
+    return {"buckets_per_step": [len(layout)] * steps,
+            "bucket_bytes": " + ".join(f"{b:,}" for b in layout) + " bytes" if layout else "none"}
 
 
 def one_round_per_step(runs: list[Measured]) -> tuple[bool, str]:
@@ -175,10 +166,10 @@ def one_round_per_step(runs: list[Measured]) -> tuple[bool, str]:
     rounds = sum(sum(m.buckets_per_step) for m in runs)
     layouts = sorted({m.bucket_bytes for m in runs})
     summary = (f"{total} gradient all-reduces in {steps} optimizer steps of {len(runs)} runs, for {rounds} "
-               f"buckets (DDP's buckets: {'; '.join(layouts)})")
+               f"buckets (the gradient sum's buckets: {'; '.join(layouts)})")
     if bad:
         return False, (f"{summary}; a run made {bad[0].allreduces_per_step} all-reduces in its steps where "
-                       f"DDP had {bad[0].buckets_per_step} buckets"
+                       f"the sum had {bad[0].buckets_per_step} buckets"
                        f"{'' if bad[0].allreduces_agree else ', and its ranks counted different all-reduces'}")
     return True, summary
 
@@ -196,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", default=None,
                         help="comma-separated: cpu, cuda (default: cpu, and cuda too when available)")
     parser.add_argument("--configs", default=None, help="comma-separated keys to run: a, b, c, g1, gN (default all)")
-    parser.add_argument("--break-no-sync", action="store_true",
-                        help="all-reduce on every micro-step, as a loop that lost no_sync would (the check must fail)")
+    parser.add_argument("--break-one-round", action="store_true",
+                        help="sum the gradients twice a step, as a loop that summed inside the window would "
+                             "(the check must fail)")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps, 1 repetition (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -253,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[config.key].append(measured)
                 loads.append(os.getloadavg()[0])
                 comm = (f", flat all-reduce {measured.allreduce_ms:.2f} ms, all-reduces by step "
-                        f"{compact(measured.allreduces_per_step)} (DDP's buckets {compact(measured.buckets_per_step)})"
+                        f"{compact(measured.allreduces_per_step)} (buckets {compact(measured.buckets_per_step)})"
                         if config.processes > 1 else "")
                 print(f"  rep {rep + 1}: {config.label}: {measured.tokens_per_s:,.0f} tok/s, peak RSS "
                       f"{' / '.join(f'{m:,.0f}' for m in measured.peak_rss_mib)} MiB{comm}; load {loads[-1]:.1f}",
@@ -324,7 +316,7 @@ def verdicts(configs: list[Configuration], runs: dict[str, list[Measured]], npro
     if not ok:
         print(f"FAILED: not one all-reduce round per optimizer step: {summary}")
         return CHECK_FAILED
-    print(f"one all-reduce round per step: {summary} (every bucket once a step: no_sync holds)")
+    print(f"one all-reduce round per step: {summary} (every bucket once a step: one sum after each window)")
     return 0
 
 

@@ -53,6 +53,7 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
     ("noise_scale_payoff.py", "to auto's final"),
     ("precision.py", "bf16 qualifies"),
     pytest.param("scaling.py", "one all-reduce round per step", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
+    pytest.param("sum_after_window.py", "after/ddp: what summing after the window", marks=pytest.mark.slow),  # (~20 s)
     ("hf_export.py", "exported: every folder written"),
     pytest.param("hf_finetune.py", "fine-tuned and exported back", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
     pytest.param("time_to_loss.py", "(its defaults): wall", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
@@ -73,8 +74,8 @@ def test_memory_benchmark_exits_1_when_the_same_update_check_fails(tmp_path):
 
 
 def test_scaling_benchmark_exits_1_when_a_step_all_reduces_more_than_once(tmp_path):
-    # Its workers all-reduce after every micro-step, as a loop that lost no_sync would: the check must fail.
-    done = run_script("scaling.py", tmp_path, 240, "--configs", "b", "--break-no-sync")
+    # Its workers sum the gradients twice a step, as a loop that summed inside the window would: the check must fail.
+    done = run_script("scaling.py", tmp_path, 240, "--configs", "b", "--break-one-round")
     assert done.returncode == CHECK_FAILED, done.stdout[-2000:] + done.stderr[-2000:]
     assert "FAILED: not one all-reduce round per optimizer step" in done.stdout
     assert "one all-reduce round per step:" not in done.stdout

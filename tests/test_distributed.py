@@ -28,7 +28,7 @@ from screen import screen_text
 from tui_trainer.cli.launch import _died, _exit_code, check_nproc, without_nproc
 from tui_trainer.config import ModelConfig, validate
 from tui_trainer.data.dataset import Window, WindowDataset, plan_windows
-from tui_trainer.engine.accumulation import join_the_gradient_sync
+from tui_trainer.engine.accumulation import accumulate_window
 from tui_trainer.engine.distributed import Placement, choose_backend, placement_from_environment, rank_share
 from tui_trainer.errors import UserError
 from tui_trainer.model.gpt import GPT
@@ -93,16 +93,35 @@ def test_each_rank_takes_every_world_size_th_micro_batch_of_the_global_window():
     assert rank_share(windows[-1], 1, 2) == Window(()) and rank_share(windows[-1], 0, 2) == Window(((100, 103),))
 
 
-def test_an_empty_share_joins_with_a_pass_that_adds_nothing(small_corpus):
-    """The rank whose share of a short window is empty still runs one backward (DDP's all-reduce
-    needs it from every rank): its gradient and loss must be exactly zero."""
+def test_the_gradient_sum_keeps_each_gradient_bit_for_bit_and_an_empty_share_adds_zeros(small_corpus, monkeypatch):
+    """One rank's sum (a gloo group of 1) is its own gradient, exactly, whatever the buckets (here one
+    parameter or a few each); a rank with an empty share (no backward: every grad None) adds zeros."""
+    import torch.distributed as dist
+
+    from tui_trainer.engine.gradient_sum import SummedGradients
+
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, dropout=0.0))
     data = WindowDataset(torch.randint(0, 64, (400,)).numpy(), 16)
-    loss, tokens = join_the_gradient_sync(model, data, torch.arange(len(data)), (0, 2), total_tokens=5 * 16)
-    assert loss.item() == 0.0 and tokens == 80
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        for bucket_bytes in (1, 16 * 1024, 25 * 2**20):
+            monkeypatch.setattr(SummedGradients, "BUCKET_BYTES", bucket_bytes)
+            model.zero_grad(set_to_none=True)
+            accumulate_window(model, data, torch.arange(len(data)), [(0, 3), (3, 5)], total_tokens=5 * 16)
+            local = [p.grad.clone() for p in model.parameters()]
+            summed = SummedGradients(model.parameters())
+            summed.sum_()
+            assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), local))
+            assert summed.allreduces == summed.buckets == len(summed.bucket_bytes) >= 1
+            assert summed.local_sq_norm.item() == pytest.approx(sum(g.square().sum().item() for g in local), rel=1e-5)
+        assert SummedGradients.BUCKET_BYTES == 25 * 2**20 and summed.buckets == 1  # (this tiny model: one bucket)
+        model.zero_grad(set_to_none=True)
+        SummedGradients(model.parameters()).sum_()
+        grads = [p.grad for p in model.parameters()]
+        assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_nproc_is_taken_out_of_what_each_worker_gets():

@@ -65,18 +65,25 @@ class RunStarted:
 @dataclass(frozen=True, kw_only=True)
 class SplitChanged:
     """An out-of-memory mid-window: the window was redone at half the micro-batch and twice the
-    accumulation (the same examples, the same step)."""
+    accumulation (the same examples, the same step); or (``phase`` "validation") mid-pass: the pass
+    was redone at half its micro-batch (the same val loss)."""
 
     old_micro_batch: int
     new_micro_batch: int
     old_accum: int
     new_accum: int
-    step: int  # the optimizer step whose window ran out of memory
+    step: int  # the optimizer step whose window ran out of memory (validation: the last step taken)
     epoch: int
+    ranks: tuple[int, ...] = ()  # several processes: the ranks that ran out (every rank took the new split)
+    phase: str = "training"  # or "validation": the pass's own micro-batch (no accumulation there)
 
     def describe(self) -> str:
+        where = f" on rank {', '.join(map(str, self.ranks))}" if self.ranks else ""
+        if self.phase == "validation":
+            return (f"memory: validation micro-batch {self.old_micro_batch} -> {self.new_micro_batch} after an "
+                    f"out-of-memory{where} in the validation after step {self.step}")
         return (f"memory: micro-batch {self.old_micro_batch} -> {self.new_micro_batch}, accum {self.old_accum} -> "
-                f"{self.new_accum} after an out-of-memory at step {self.step}")
+                f"{self.new_accum} after an out-of-memory{where} at step {self.step}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -66,7 +66,7 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
 
 def run_worker(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) -> int:
     """A rank other than 0 (torchrun): the same training, silent; rank 0 owns the screen, the log
-    and the run dir. It speaks only when it ends in an error (rank 0 may be the one that died)."""
+    and the run dir. It speaks only when an exception ended it (rank 0 may be the one that died)."""
     from tui_trainer.control import Control
     from tui_trainer.engine.distributed import placement_from_environment
 
@@ -76,7 +76,9 @@ def run_worker(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) 
 
         trainer = Trainer(cfg, None, control, resume=args.resume, overrides=given, overwrite=args.overwrite)
         end = trainer.run()
-    if end.reason == "error":
+    # An end every rank agreed on (an out-of-memory at micro-batch 1) is rank 0's to say; an exception
+    # (a peer lost, a crash) is said here too: rank 0 may be the one that died.
+    if end.reason == "error" and trainer.error is not None:
         rank = placement_from_environment().rank
         say(f"error: {end.message}" if end.message.startswith("rank ") else f"error: rank {rank}: {end.message}")
     return leave(trainer, exit_code_for(end))

@@ -68,7 +68,6 @@ def accumulate_window(
     autocast_dtype: torch.dtype | None = None,
     between_micro_steps: Callable[[int], bool] | None = None,
     increments: GradientIncrements | None = None,
-    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     loss_scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Forward/backward every micro-batch of a window into ``param.grad``.
@@ -78,10 +77,10 @@ def accumulate_window(
     returning False aborts the window with ``WindowAborted``. ``increments``, if given, records
     each micro-step's gradient norm (``increments.sq_norms``).
 
-    Several processes (distributed.py): ``micro_batches`` are this rank's share of the window (never
-    empty here: see ``join_the_gradient_sync``), ``total_tokens`` the *global* window's tokens (every
-    rank divides by it, so the summed gradient is one big batch's), ``no_sync`` DDP's context that
-    keeps every backward but the last local (one all-reduce per step).
+    Several processes (distributed.py): ``micro_batches`` are this rank's share of the window,
+    ``total_tokens`` the *global* window's tokens (every rank divides by it, so the sum over ranks,
+    taken after the window by gradient_sum.py, is one big batch's gradient). Every backward here is
+    local: no collective runs inside a window.
 
     fp16 (loss_scaling.py): ``loss_scale`` multiplies each micro-batch's share before its backward,
     so ``param.grad`` holds scale x the window's gradient until the step unscales it, once.
@@ -96,40 +95,16 @@ def accumulate_window(
             increments = None  # one micro-batch: no second batch size, nothing to measure
     for i, (start, stop) in enumerate(micro_batches):
         last = i + 1 == len(micro_batches)
-        with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
-            loss_sum = _forward(model, dataset, indices[start:stop], autocast_dtype)
-            # This micro-batch's share of the window's mean loss: sum / all tokens of the window.
-            share = loss_sum / total_tokens
-            (loss_scale(share) if loss_scale is not None else share).backward()
+        loss_sum = _forward(model, dataset, indices[start:stop], autocast_dtype)
+        # This micro-batch's share of the window's mean loss: sum / all tokens of the window.
+        share = loss_sum / total_tokens
+        (loss_scale(share) if loss_scale is not None else share).backward()
         if increments is not None:
             increments.after_backward(first=i == 0, last=last)
         loss_total += loss_sum.detach().float()
         if between_micro_steps is not None and not between_micro_steps(i):
             raise WindowAborted
     return loss_total, total_tokens
-
-
-def join_the_gradient_sync(
-    model: torch.nn.Module,
-    dataset: WindowDataset,
-    indices: torch.Tensor,
-    borrowed: MicroBatch,
-    *,
-    total_tokens: int,
-    autocast_dtype: torch.dtype | None = None,
-    between_micro_steps: Callable[[int], bool] | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Several processes, a short window at an epoch's end: this rank's share is empty, yet DDP's
-    all-reduce runs inside every rank's backward, so this rank must take part in it adding nothing.
-    One pass over ``borrowed`` (another rank's micro-batch) whose backward is of the loss times 0:
-    a gradient of exact zeros joins the sum. Returns a zero loss and ``total_tokens``, as
-    ``accumulate_window`` does; ``between_micro_steps(0)`` is called once after it."""
-    start, stop = borrowed
-    loss_sum = _forward(model, dataset, indices[start:stop], autocast_dtype)
-    (loss_sum * 0.0).backward()  # exactly zero, and the all-reduce's collective is joined
-    if between_micro_steps is not None and not between_micro_steps(0):
-        raise WindowAborted
-    return torch.zeros((), device=dataset.device, dtype=torch.float32), total_tokens
 
 
 def _forward(model: torch.nn.Module, dataset: WindowDataset, batch: torch.Tensor,

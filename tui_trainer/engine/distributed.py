@@ -1,4 +1,4 @@
-"""Several processes, one run: torch.distributed + DistributedDataParallel, launched by torchrun.
+"""Several processes, one run: torch.distributed (a gradient sum of our own), launched by torchrun.
 
 ``Ranks.from_environment()`` reads what torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK,
 LOCAL_WORLD_SIZE); one process without torchrun is ``world_size == 1`` and every collective here
@@ -6,14 +6,16 @@ is a no-op, so the one-process loop is the plain loop it always was.
 
 What the ranks share, and how:
 
-- gradients: DDP, with a *sum* all-reduce hook (``SummedGradients``): every rank already divides
-  its micro-batches' losses by the token count of the *global* window (accumulation.py), so the
-  sum over ranks is one big batch's gradient; DDP's default hook would divide by the world size
-  again. The hook also measures the rank's own accumulated gradient before the sum (for the
+- gradients: each rank accumulates its share of the window locally; once the ranks agreed that
+  none ran out of memory (step.py, ``Ranks.agree``), ``SummedGradients.sum_`` all-reduces them
+  once (gradient_sum.py), as a *sum*: every rank already divides its micro-batches' losses by the token count of the
+  *global* window (accumulation.py), so the sum over ranks is one big batch's gradient. (Not DDP:
+  its all-reduce inside the last backward is where an out-of-memory on one rank would leave the
+  others waiting.) It also measures the rank's own accumulated gradient before the sum (for the
   gradient-noise-scale estimate) and counts the all-reduces (benchmarks/scaling.py).
 - numbers every rank needs (the window's loss, validation sums): ``sum_`` of a small tensor.
 - decisions (stop, pause, save, an accumulation change): taken on rank 0, ``agree``d once per step
-  over a gloo group on the CPU (the same group as the gradients on CPU; its own with NCCL).
+  (and "did any rank run out of memory in this window", before the gradients' sum) over a gloo group on the CPU (the same group as the gradients on CPU; its own with NCCL).
 - checkpoints: rank 0 writes; every rank's RNG state travels to it with ``gather``.
 
 A collective that fails (a rank died: gloo sees the closed connection at once) or times out
@@ -177,7 +179,7 @@ class Ranks:
             self._control_group = self._training_control_group
 
     def close(self, clean: bool = True) -> None:
-        """Leave the group (the DDP model freed first: loop.py). ``clean``: every rank ended at the
+        """Leave the group (the gradient sum's reference to it dropped first: session.py). ``clean``: every rank ended at the
         same point (an agreed end): a barrier first lets gloo's thread finish with the last
         collective (its clean-up needs the GIL, which tearing the group down holds), then the group
         goes. Not clean (a
@@ -207,6 +209,14 @@ class Ranks:
             import torch.distributed as dist
 
             self._call(dist.all_reduce, tensor, group=self.group)
+        return tensor
+
+    def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``tensor`` into every rank's, in place (on the training device); returns it."""
+        if self._started:
+            import torch.distributed as dist
+
+            self._call(dist.broadcast, tensor, src=0, group=self.group)
         return tensor
 
     def agree(self, values: Sequence[float]) -> list[float]:
@@ -248,65 +258,6 @@ class Ranks:
         except Exception as exc:  # gloo: "Connection closed by peer", a timeout; NCCL: DistBackendError
             raise PeerLost(f"rank {self.rank} lost the other processes ({_reason(exc)}): "
                            f"another process of the run died or stopped answering") from None
-
-
-class SummedGradients:
-    """DDP's gradient all-reduce as a *sum* (the losses are already weighted by the global window's
-    tokens), measuring on the way the squared norm of this rank's own accumulated gradient (before
-    the sum) and counting the all-reduces, for the noise scale and the scaling benchmark.
-
-    A *round* is one synchronised backward: each of DDP's buckets all-reduced once (DDP may rebuild
-    its buckets after the first step, so the count of buckets can change; a bucket index seen twice
-    in a window is a second round). With ``no_sync`` working, every window has exactly one round."""
-
-    def __init__(self, group=None) -> None:
-        self.group = group  # the training group (its --dist-timeout)
-        self.local_sq_norm: torch.Tensor | None = None  # this window's, summed over the buckets
-        self.allreduces = 0  # every bucket's all-reduce so far
-        self.buckets = 0  # the most buckets seen in one round
-        self._bucket_counts: dict[int, int] = {}  # this window's all-reduces per bucket index
-        self._most_rounds = 0  # in any earlier window
-
-    def start_window(self) -> None:
-        self._most_rounds = self.most_rounds_in_a_window
-        self._bucket_counts = {}
-        self.local_sq_norm = None
-
-    @property
-    def most_rounds_in_a_window(self) -> int:
-        """The most synchronised backwards any window took so far (1 when all is well)."""
-        return max(self._most_rounds, max(self._bucket_counts.values(), default=0))
-
-    def measure(self, bucket) -> None:
-        sq = bucket.buffer().float().square().sum()
-        self.local_sq_norm = sq if self.local_sq_norm is None else self.local_sq_norm + sq
-        self.allreduces += 1
-        index = bucket.index()
-        self._bucket_counts[index] = self._bucket_counts.get(index, 0) + 1
-        self.buckets = max(self.buckets, index + 1)
-
-
-def summed_allreduce_hook(state: SummedGradients, bucket):  # (DDP's comm-hook signature) -> Future[Tensor]
-    """DDP's default hook without its division by the world size."""
-    import torch.distributed as dist
-
-    state.measure(bucket)
-    return dist.all_reduce(bucket.buffer(), group=state.group, async_op=True).get_future().then(
-        lambda fut: fut.value()[0])
-
-
-def wrap_model(model: torch.nn.Module, ranks: Ranks) -> tuple[torch.nn.Module, SummedGradients | None]:
-    """The model the training steps call: itself for one process, else DDP with the sum hook."""
-    if not ranks.distributed:
-        return model, None
-    from torch.nn.parallel import DistributedDataParallel
-
-    device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
-    # (The GPT has no buffers to keep in step; its weights are broadcast from rank 0 here.)
-    ddp = DistributedDataParallel(model, device_ids=device_ids, process_group=ranks.group)
-    measured = SummedGradients(ranks.group)
-    ddp.register_comm_hook(measured, summed_allreduce_hook)
-    return ddp, measured
 
 
 def rank_share(window: Window, rank: int, world_size: int) -> Window:
@@ -358,9 +309,9 @@ _COMMUNICATION_WORDS = ("gloo", "nccl", "connection closed", "connection reset",
 
 
 @contextlib.contextmanager
-def peer_lost_in_the_backward(ranks: Ranks) -> Iterator[None]:
-    """A failure of DDP's all-reduce inside a backward (it surfaces as a RuntimeError from the comm
-    hook's future) raised as a PeerLost; anything else (a bug stays a bug) as it was."""
+def peer_lost_in_the_gradient_sum(ranks: Ranks) -> Iterator[None]:
+    """A failure of the gradients' all-reduce (it surfaces as a RuntimeError from the work's
+    ``wait``) raised as a PeerLost; anything else (a bug stays a bug) as it was."""
     try:
         yield
     except RuntimeError as exc:
@@ -371,8 +322,8 @@ def peer_lost_in_the_backward(ranks: Ranks) -> Iterator[None]:
 
 
 def as_peer_lost(exc: BaseException, rank: int) -> PeerLost | None:
-    """A failure of DDP's all-reduce inside a backward (it surfaces as a RuntimeError from the comm
-    hook's future), as a PeerLost; None for anything else (a bug stays a bug)."""
+    """A failure of the gradients' all-reduce (a RuntimeError from the work's ``wait``), as a
+    PeerLost; None for anything else (a bug stays a bug)."""
     import torch.distributed as dist
 
     text = str(exc).lower()

@@ -6,7 +6,8 @@
                  then what was asked meanwhile (agreement, auto-accum, `g`, `s`, pause, stop); an
                  out-of-memory mid-window redoes it at half the micro-batch (oom.py)
     epoch 0      Trainer._validate_the_start: --init-from's weights validated before any step
-    validation   Trainer.evaluate → validation_loss: token-weighted val loss, in eval mode (and bits per byte)
+    validation   Trainer.evaluate → validation_loss: token-weighted val loss, in eval mode (and bits per byte);
+                 an out-of-memory in it redoes the pass at half its micro-batch (oom.ValidationSplit)
     epoch's end  Trainer._finish_epoch: diagnosis, early stopping, checkpoints, the epoch's event
 
 The parts, each handed what it needs and testable alone: ``TrainingSession`` (session.py: the
@@ -32,7 +33,7 @@ from tui_trainer.data.bits_per_byte import val_bits_per_byte
 from tui_trainer.data.dataset import WindowDataset, epoch_examples, epoch_windows, val_batch_limit, val_batches
 from tui_trainer.engine.distributed import PeerLost, Ranks
 from tui_trainer.engine.endings import Endings
-from tui_trainer.engine.oom import split_sizes
+from tui_trainer.engine.oom import NoSmallerSplit, ValidationRanOutOfMemory, ValidationSplit, split_sizes
 from tui_trainer.engine.saving import Checkpoints
 from tui_trainer.engine.session import TrainingSession, checkpoint_of
 from tui_trainer.engine.split import split_choice
@@ -62,6 +63,7 @@ class Trainer:
         self.endings = Endings(s.state, s.sink, s.control, self.checkpoints, s.early_stopping, s.run_dir,
                                verdict=lambda: s.diagnosis, can_retry_save=s.for_ui and not s.ranks.distributed)
         self.steps = OptimizerStep(s, self.steering, self.checkpoints, self.endings)
+        self.validation_split = ValidationSplit(s.sink, s.device, s.cfg.train.micro_batch, s.ranks.world_size)
         if s.budget is not None:  # (--time-budget: pauses do not count)
             s.budget.paused = lambda: self.steering.seconds_paused
         self.error: BaseException | None = None  # what ended the run, if not the run itself
@@ -75,6 +77,10 @@ class Trainer:
             if self.ranks.is_main:
                 self.session.open_control_socket(self.steering.status)
             end = self._run()
+        except NoSmallerSplit as exc:  # (every rank, together: the pass's sum was their agreement)
+            saved = self.checkpoints.save("latest")
+            end = self.endings.end("error", str(exc) if saved else f"{exc} (the checkpoint could not be saved: "
+                                                                   f"{self.checkpoints.error})")
         except BaseException as exc:  # a bug or OOM: record it, keep what the run dir has
             self.error = exc
             if isinstance(exc, (PeerLost, DataChanged)):  # the last step taken is saved (a partial window's
@@ -188,11 +194,16 @@ class Trainer:
 
     def evaluate(self, epoch: int | None = None) -> float:
         """The validation loss of the weights as they are (``validation_loss``), its progress told
-        as ``epoch``'s (None: the epoch in progress)."""
+        as ``epoch``'s (None: the epoch in progress). An out-of-memory in the pass: redone at half the
+        micro-batch (oom.ValidationSplit), the same loss; at micro-batch 1, NoSmallerSplit ends the run."""
         s = self.session
-        mine = self.my_val_batches()
-        progress = ValidationProgressEmitter(self.sink, self.state.epoch if epoch is None else epoch, len(mine))
-        return validation_loss(self.model, s.val_set, mine, self.ranks, progress)
+        while True:
+            mine = self.validation_split.batches(self.my_val_batches())
+            progress = ValidationProgressEmitter(self.sink, self.state.epoch if epoch is None else epoch, len(mine))
+            try:
+                return validation_loss(self.model, s.val_set, mine, self.ranks, progress)
+            except ValidationRanOutOfMemory as out_of_memory:  # (every rank: agreed in the pass's sum)
+                self.validation_split.after(out_of_memory, self.state)  # half the micro-batch, or NoSmallerSplit
 
     def bits_per_byte(self, val_loss: float) -> float | None:
         """``val_loss`` (a pass's mean over every target it read) in bits per byte of the text."""
@@ -293,23 +304,37 @@ class Trainer:
 def validation_loss(model: GPT, val_set: WindowDataset, batches: list[tuple[int, int]], ranks: Ranks,
                     progress: ValidationProgressEmitter) -> float:
     """Token-weighted mean validation loss over ``batches`` (this rank's), in eval mode; back to
-    train mode after. Several processes: each evaluates its batches, and the sums are added up."""
+    train mode after. Several processes: each evaluates its batches, and the sums are added up.
+
+    An out-of-memory ends this rank's pass early (its sums are worthless); the ranks learn it in the
+    pass's one sum, where each adds a 1 in its own slot, so every rank runs the same collectives and
+    raises ``ValidationRanOutOfMemory`` together (one process: at once)."""
     was_training = model.training
     model.eval()
     try:
         loss_sum = torch.zeros((), device=val_set.device)
-        tokens = 0
+        tokens, ran_out = 0, False
         indices = torch.arange(len(val_set), device=val_set.device)
         for done, (start, stop) in enumerate(batches, 1):
             inputs, targets = val_set.batch(indices[start:stop])
-            loss_sum += model.loss_sum(inputs, targets).float()
+            try:
+                loss_sum += model.loss_sum(inputs, targets).float()
+            except torch.OutOfMemoryError:
+                ran_out = True  # (said below, once the error's frames and their tensors are gone)
+                break
             tokens += inputs.numel()
             progress.batch_done(done)
         if ranks.distributed:
-            both = torch.stack([loss_sum.double(), torch.tensor(float(tokens), dtype=torch.float64,
-                                                                device=val_set.device)])
-            summed = ranks.sum_(both)
+            flags = torch.zeros(ranks.world_size, dtype=torch.float64, device=val_set.device)
+            flags[ranks.rank] = float(ran_out)
+            summed = ranks.sum_(torch.cat([loss_sum.double().reshape(1), torch.tensor(
+                [float(tokens)], dtype=torch.float64, device=val_set.device), flags]))
+            out_of_memory = tuple(rank for rank, flag in enumerate(summed[2:].tolist()) if flag)
+            if out_of_memory:
+                raise ValidationRanOutOfMemory(out_of_memory)
             return (summed[0] / summed[1]).item()
+        if ran_out:
+            raise ValidationRanOutOfMemory((0,))
         return loss_sum.item() / tokens
     finally:
         model.train(was_training)

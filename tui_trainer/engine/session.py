@@ -1,7 +1,7 @@
 """A training run's set-up: ``TrainingSession(cfg, sink, control)`` validates everything (raising
 UserError, writing nothing), joins the other processes, builds data, model and optimizer, prepares
 the run dir (rundir/lifecycle.py), and hands the loop (loop.py) what it trains with, complete: the
-model (and the one the steps call: DDP, compiled), the optimizer, the data sets, the loop's state,
+model (and the one the steps call: compiled or not), the optimizer, the data sets, the loop's state,
 the sinks, the run's figures (figures.py) and what a checkpoint holds (``checkpoint_of``; a resume: ``restore_session``).
 The loop's other parts (saving.py, steering.py, endings.py) are handed what they need from it.
 No Textual import, ever.
@@ -39,10 +39,10 @@ from tui_trainer.engine.distributed import (
     choose_backend,
     placement_from_environment,
     rank_device,
-    wrap_model,
 )
 from tui_trainer.engine.figures import RunFigures, carried_schedule
 from tui_trainer.engine.flops import flops_meter
+from tui_trainer.engine.gradient_sum import gradient_sum
 from tui_trainer.engine.loss_scaling import LossScaling
 from tui_trainer.engine.memory import check_fits
 from tui_trainer.engine.precision import bf16_support, resume_precision, run_line_notes
@@ -108,8 +108,8 @@ class TrainingSession:
             if failed:
                 raise PeerLost(f"{failed:g} of the {self.ranks.world_size} processes could not set up the run")
             self.ranks.set_up_done()  # (from here on a collective waits --dist-timeout at most)
-            self.train_model, self.grad_sync = wrap_model(self.model, self.ranks)
-            self.train_model = torch.compile(self.train_model) if cfg.train.compile else self.train_model
+            self.grad_sync = gradient_sum(self.model, self.ranks)  # (several processes: rank 0's weights on all)
+            self.train_model = torch.compile(self.model) if cfg.train.compile else self.model
             self.budget = start_budget(self, setup_started)  # (one too short to take a step: refused here)
             self.figures = replace(self.figures, budget=self.budget)
         except BaseException:
@@ -220,9 +220,6 @@ class TrainingSession:
         --micro-batch auto fits into. (A resume keeps the split it saved: merge_resume_config.)"""
         self.memory_budget: int | None = None
         cfg = check_batch(cfg, self.ranks.world_size)
-        if self.ranks.distributed and cfg.train.batch is not None:
-            self.notes.append("several processes: an out-of-memory mid-run ends the run (its last step saved), "
-                              "it is not recovered at a smaller micro-batch as with one process")
         if cfg.train.micro_batch == "auto" or cfg.train.memory_budget is not None:
             self.memory_budget = memory_budget(cfg.train.memory_budget, self.device)
         return cfg
@@ -241,7 +238,7 @@ class TrainingSession:
         if self.init_source is not None:
             self.model.load_state_dict(init_state_dict(self.init_source, cfg.model.block_size))
             self.notes.append(f"started from {self.init_source.describe()}")
-        self.model = self.model.to(self.device)  # the same weights on every rank (DDP checks)
+        self.model = self.model.to(self.device)  # the same weights on every rank (gradient_sum broadcasts rank 0's all the same)
         if self.ranks.rank:  # each rank its own dropout masks (rank 0 draws what one process draws)
             torch.manual_seed(cfg.train.seed + 7919 * self.ranks.rank)
             random.seed(cfg.train.seed + 7919 * self.ranks.rank)
@@ -319,8 +316,7 @@ class TrainingSession:
         self.metrics.close()
         self.release_run_dir()
         if self.ranks.distributed:
-            # DDP's reducer goes first, while the process group lives: freed with the group
-            # it would tear it down holding the GIL that gloo's thread still needs (a hang).
+            # No reference to the group may outlive it (one freed while Python shuts down can abort).
             self.train_model = self.model
             if self.grad_sync is not None:
                 self.grad_sync.group = None

@@ -1,7 +1,9 @@
 """One optimizer step, top to bottom: accumulate the window's micro-batches (accumulation.py: the
 maths), clip once, one host sync, step, record — then what was asked meanwhile (the ranks'
 agreement, auto-accum, `g`, `s`, pause, stop). An out-of-memory mid-window redoes the window at half
-the micro-batch (oom.py). The loop (loop.py) takes one per window; no Textual import.
+the micro-batch (oom.py); with several processes the ranks first agree whether any ran out, and only
+then sum their gradients (gradient_sum.py), so every rank redoes the same window at the same split.
+The loop (loop.py) takes one per window; no Textual import.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import torch
 from tui_trainer.analysis.diagnosis import step_verdict
 from tui_trainer.analysis.noise_scale import WindowNorms
 from tui_trainer.data.dataset import Window
-from tui_trainer.engine.accumulation import WindowAborted, accumulate_window, join_the_gradient_sync
-from tui_trainer.engine.distributed import peer_lost_in_the_backward, rank_share, sum_over_ranks
+from tui_trainer.engine.accumulation import WindowAborted, accumulate_window
+from tui_trainer.engine.distributed import peer_lost_in_the_gradient_sum, rank_share, sum_over_ranks
 from tui_trainer.engine.endings import Endings
 from tui_trainer.engine.oom import OutOfMemoryRecovery, cut_window, split_sizes
 from tui_trainer.engine.runtime import capture_rng
@@ -40,7 +42,8 @@ class OptimizerStep:
         self._step_alerted_epoch = 0  # one live spike/divergence alert per epoch, not one per step
         self.peak = StepPeak(session.device)  # the step's peak memory (the batch panel's bar)
         self.out_of_memory = OutOfMemoryRecovery(self.state, self.sink, session.device, self.cfg.train.micro_batch,
-                                                 self.optimizer, stop=self._stop_out_of_memory)
+                                                 self.optimizer, stop=self._stop_out_of_memory,
+                                                 processes=self.ranks.world_size)
 
     def take(self, order: torch.Tensor, windows: list[Window], index: int) -> RunEnded | None:
         cfg, st = self.cfg, self.state
@@ -51,19 +54,22 @@ class OptimizerStep:
         self.peak.start()
         while True:
             pieces = cut_window(mine, st.micro_split)  # (an out-of-memory cut the micro-batches: oom.py)
+            ran_out = False
             try:
                 loss_total, tokens = self._accumulate(order, window, pieces, index + 1, len(windows))
-                break
             except WindowAborted:
                 # Stop mid-window: drop its partial gradient; the checkpoint resumes at its start.
                 self.optimizer.zero_grad(set_to_none=True)
                 return self.endings.interrupted(self.checkpoints.save("latest", rng=self._window_rng))
             except torch.OutOfMemoryError:
-                if self.ranks.distributed:  # (no agreement inside the backward's all-reduce: oom.py)
-                    raise
-                outcome = self.out_of_memory.after(self._window_rng)  # None: the same window, half the micro-batch
-                if outcome is not None:
-                    return outcome
+                ran_out = True  # (this rank skips the window's other micro-steps, yet joins the agreement)
+            # (Recovered out here: the error's frames, and the activations they hold, are gone.)
+            out_of_memory = self._ranks_out_of_memory(ran_out)
+            if not out_of_memory:
+                break
+            outcome = self.out_of_memory.after(self._window_rng, out_of_memory)  # None: redo, half the micro-batch
+            if outcome is not None:
+                return outcome
         mine = pieces
         lr, loss_sum, norm = self._clip_and_step(loss_total, tokens, window, mine)
         loss = loss_sum / tokens
@@ -108,8 +114,9 @@ class OptimizerStep:
 
     def _accumulate(self, order: torch.Tensor, window: Window, mine: Window, step_in_epoch: int,
                     steps_in_epoch: int) -> tuple[torch.Tensor, int]:
-        """This rank's share of the window, forward and backward into the gradients (several
-        processes: one all-reduce, in the last backward). Returns (summed loss, the window's tokens)."""
+        """This rank's share of the window, forward and backward into its own gradients (several
+        processes: no collective here; the sum follows the agreement). Returns (summed loss, the
+        window's tokens)."""
         s, st = self.session, self.state
         self.optimizer.zero_grad(set_to_none=True)
         if s.grad_sync is not None:
@@ -121,16 +128,23 @@ class OptimizerStep:
             return self.steering.between_micro_steps(last=i + 1 == len(mine), window_rng=self._window_rng)
 
         total_tokens = window.tokens(self.cfg.model.block_size)  # every rank divides by the whole window's
-        with peer_lost_in_the_backward(self.ranks):
-            if len(mine) == 0:  # a short window's empty share: this rank still joins the all-reduce
-                return join_the_gradient_sync(s.train_model, s.train_set, order, window.micro_batches[0],
-                                              total_tokens=total_tokens, autocast_dtype=s.autocast_dtype,
-                                              between_micro_steps=between)
-            return accumulate_window(s.train_model, s.train_set, order, mine, total_tokens=total_tokens,
-                                     autocast_dtype=s.autocast_dtype, between_micro_steps=between,
-                                     increments=s.increments,
-                                     no_sync=s.train_model.no_sync if self.ranks.distributed else None,
-                                     loss_scale=s.loss_scaling.scale if s.loss_scaling is not None else None)
+        if len(mine) == 0:  # a short window's empty share: this rank adds zeros to the gradients' sum
+            if not between(0):
+                raise WindowAborted
+            return torch.zeros((), device=s.train_set.device, dtype=torch.float32), total_tokens
+        return accumulate_window(s.train_model, s.train_set, order, mine, total_tokens=total_tokens,
+                                 autocast_dtype=s.autocast_dtype, between_micro_steps=between,
+                                 increments=s.increments,
+                                 loss_scale=s.loss_scaling.scale if s.loss_scaling is not None else None)
+
+    def _ranks_out_of_memory(self, ran_out: bool) -> tuple[int, ...]:
+        """The ranks that ran out of memory in this window (one process: this one, or none). Several
+        processes: an agreement, before the gradients' sum, so that all redo the window or none does."""
+        if not self.ranks.distributed:
+            return (0,) if ran_out else ()
+        mine = [0.0] * self.ranks.world_size
+        mine[self.ranks.rank] = float(ran_out)
+        return tuple(rank for rank, flag in enumerate(self.ranks.agree(mine)) if flag)
 
     def _clip_and_step(self, loss_total: torch.Tensor, tokens: int, window: Window,
                        mine: Window) -> tuple[float, float, float]:
@@ -139,12 +153,15 @@ class OptimizerStep:
         gradient norm before clipping). ``window``: every rank's micro-batches; ``mine``: this
         rank's (the same, for one process)."""
         cfg, s = self.cfg, self.session
+        if self.ranks.distributed:  # the window's one gradient all-reduce: every rank's share summed
+            with peer_lost_in_the_gradient_sum(self.ranks):
+                s.grad_sync.sum_()
         # The LR of the tokens seen once this step is taken: the first step of a warm-up learns too.
         # (Less the tokens of the steps the fp16 loss scaler skipped: they taught nothing.)
         lr = s.figures.lr_for(self.state.tokens_seen - self.state.tokens_skipped + tokens)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # Clip once per window, after accumulation (and the ranks' all-reduce: the same norm on each).
+        # Clip once per window, after accumulation (and the ranks' sum: the same norm on each).
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         scaling = s.loss_scaling
         if scaling is not None:  # fp16: the gradients back to their true size, once, before the clip
