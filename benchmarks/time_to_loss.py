@@ -78,12 +78,13 @@ def summary(points: list[tuple[float, float]], target: float, marks: tuple[float
     return [reached, *at]
 
 
-def run_nanogpt(checkout: Path, recipe: dict, corpus: Path, eval_every: int, work: Path,
-                timeout: float) -> list[tuple[float, float]] | None:
+def prepare_nanogpt(checkout: Path, corpus: Path, work: Path) -> bool:
+    """nanoGPT's four files copied to ``work`` with ``corpus`` as its shakespeare_char data, prepared
+    by its own prepare.py (the checkout is not touched). False, with a note, when it cannot be."""
     missing = [name for name in NANOGPT_FILES if not (checkout / name).is_file()]
     if missing:
         print(f"note: {checkout} is not a nanoGPT checkout (no {missing[0]}): nanoGPT skipped")
-        return None
+        return False
     for name in NANOGPT_FILES:
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(checkout / name, work / name)
@@ -96,6 +97,13 @@ def run_nanogpt(checkout: Path, recipe: dict, corpus: Path, eval_every: int, wor
     prepared = subprocess.run([sys.executable, "prepare.py"], cwd=data, capture_output=True, text=True)
     if prepared.returncode != 0:
         print(f"note: nanoGPT's prepare.py exited {prepared.returncode}: {prepared.stderr.strip().splitlines()[-1:]}")
+        return False
+    return True
+
+
+def run_nanogpt(checkout: Path, recipe: dict, corpus: Path, eval_every: int, work: Path,
+                timeout: float) -> list[tuple[float, float]] | None:
+    if not prepare_nanogpt(checkout, corpus, work):
         return None
     r = recipe
     command = [sys.executable, "train.py", "--dataset=shakespeare_char", "--device=cpu", "--compile=False",
