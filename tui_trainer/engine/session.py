@@ -45,7 +45,7 @@ from tui_trainer.engine.figures import RunFigures, carried_schedule
 from tui_trainer.engine.flops import flops_meter
 from tui_trainer.engine.loss_scaling import LossScaling
 from tui_trainer.engine.memory import check_fits
-from tui_trainer.engine.precision import bf16_support, resume_precision, run_line_notes
+from tui_trainer.engine.precision import auto_reason, bf16_support, resume_precision, run_line_notes
 from tui_trainer.engine.runtime import (
     busy_machine_note,
     capture_rng,
@@ -191,8 +191,10 @@ class TrainingSession:
         # The forward's autocast dtype (None = fp32); a resume keeps the checkpoint's precision unless told.
         self.precision, self.autocast_dtype, note = resume_precision(
             cfg.train.precision, self.device, resume_state.get("precision") if resume_state else None,
-            resuming=resume_state is not None, explicit="train.precision" in (overrides or {}))
+            resuming=resume_state is not None, explicit="train.precision" in (overrides or {}), model=cfg.model)
         self.notes += [note] if note else []
+        if cfg.train.precision.strip().lower() == "auto":  # the run line says why auto chose
+            self.notes.append(auto_reason(self.device.type, bf16_support(self.device), cfg.model))
         train_windows = window_count(len(self.corpus.train_tokens), cfg.model.block_size)
         self.cfg = cfg = self._batch_split(cfg, resume_state)
         if cfg.train.micro_batch == "auto":  # (measured once the model is built; the checks take 1 meanwhile)
