@@ -50,6 +50,7 @@ from tui_trainer.engine.runtime import (
     busy_machine_note,
     capture_rng,
     choose_threads,
+    compile_model,
     cores_busy_elsewhere,
     pick_device,
     restore_rank_rng,
@@ -107,7 +108,7 @@ class TrainingSession:
                 raise PeerLost(f"{failed:g} of the {self.ranks.world_size} processes could not set up the run")
             self.ranks.set_up_done()  # (from here on a collective waits --dist-timeout at most)
             self.train_model, self.grad_sync = wrap_model(self.model, self.ranks)
-            self.train_model = torch.compile(self.train_model) if cfg.train.compile else self.train_model
+            self.train_model = compile_model(self.train_model, self.device) if cfg.train.compile else self.train_model
             self.budget = start_budget(self, setup_started)  # (one too short to take a step: refused here)
             self.figures = replace(self.figures, budget=self.budget)
         except BaseException:
