@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.preset, args.steps, splits = "tiny", 1, QUICK_SPLITS
     model_cfg = PRESETS[args.preset][0]
-    precision, autocast_dtype = choose_precision(args.precision, torch.device(args.device))
+    precision, autocast_dtype = choose_precision(args.precision, torch.device(args.device), model=model_cfg)
     metric = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS"
     print(f"Benchmark 2: the memory wall ({metric}), micro-batch x accum vs one big batch")
     print(machine_line(args.device))

@@ -84,7 +84,7 @@ class PlainLoop:
         n = (len(data) - 1) // block
         self.inputs, self.targets = data[: n * block].view(n, block), data[1 : n * block + 1].view(n, block)
         self.order = torch.randperm(n, generator=torch.Generator().manual_seed(SEED * 1_000_003 + 1)).to(device)
-        self.autocast_dtype = choose_precision(args.plain_precision, device)[1]
+        self.autocast_dtype = choose_precision(args.plain_precision, device, model=model_cfg)[1]
         self.cursor = 0
         self.model.train()
 
@@ -206,10 +206,13 @@ def bench_preset(preset: str, args: argparse.Namespace, tokens: torch.Tensor, vo
     dropout = model_cfg.dropout if args.dropout is None else args.dropout
     tokens_per_step = micro_batch * accum * model_cfg.block_size
     params = GPT(replace(model_cfg, vocab_size=vocab_size)).num_parameters()
+    device = torch.device(args.device)  # (auto is chosen per model shape, as the engine does)
+    engine_name = choose_precision(args.precision, device, model=model_cfg)[0]
+    plain_name = choose_precision(args.plain_precision, device, model=model_cfg)[0]
     print(f"\n[{preset}] {model_cfg.n_layer} layers, d_model {model_cfg.n_embd}, {model_cfg.n_head} heads, "
           f"context {model_cfg.block_size}, micro-batch {micro_batch} x accum {accum} = {tokens_per_step:,} "
           f"tokens/step, {params:,} parameters, dropout {dropout}, {'compiled' if args.compile else 'eager'}, "
-          f"engine {args.engine_precision} (--precision {args.precision}), plain loop {args.plain_name}, "
+          f"engine {engine_name} (--precision {args.precision}), plain loop {plain_name}, "
           f"{args.threads} threads; {args.mode}: {reps} repetitions of {warmup} warm-up + {steps} measured steps",
           flush=True)
     engine_all, plain_all, rows = [], [], []
@@ -232,7 +235,7 @@ def bench_preset(preset: str, args: argparse.Namespace, tokens: torch.Tensor, vo
     print(table(["rep", "order", "engine tok/s", "plain tok/s", "engine/plain", "by CPU time"], rows))
     engine_wall, engine_cpu = zip(*engine_all)
     plain_wall, plain_cpu = zip(*plain_all)
-    return {"preset": preset, "steps": len(engine_all),
+    return {"preset": preset, "steps": len(engine_all), "engine_precision": engine_name, "plain_name": plain_name,
             "engine": [tokens_per_step / s for s in engine_wall], "plain": [tokens_per_step / s for s in plain_wall],
             # A pair is the engine's k-th and the plain loop's k-th measured step.
             "ratios": [p / e for e, p in zip(engine_wall, plain_wall)],
@@ -258,10 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the plain loop's precision: auto, fp32 or bf16 (default: the engine's)")
     parser.add_argument("--quick", action="store_true", help="tiny model, short repetitions (smoke test)")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    args.engine_precision = choose_precision(args.precision, device)[0]
-    args.plain_precision = args.plain_precision or args.engine_precision
-    args.plain_name = choose_precision(args.plain_precision, device)[0]
+    args.plain_precision = args.plain_precision or args.precision
     if args.quick:
         args.presets = "tiny"
     args.threads = choose_threads(args.threads, for_ui=False)
@@ -282,11 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["preset", "pairs", "engine tok/s", "plain tok/s", "engine/plain per pair", "of medians",
                  "of totals", "of CPU"], rows))
     # Like for like, the engine's overhead; engine in bf16 vs plain fp32, what --precision buys.
-    target = PRECISION_TARGET if (args.engine_precision, args.plain_name) == ("bf16", "fp32") else TARGET_RATIO
     for r in results:
+        target = PRECISION_TARGET if (r["engine_precision"], r["plain_name"]) == ("bf16", "fp32") else TARGET_RATIO
         low, mid, high = spread(r["ratios"])
         verdict = "meets" if r["median_ratio"] >= target else "misses"
-        print(f"{r['preset']}: engine ({args.engine_precision}) / plain ({args.plain_name}) {r['median_ratio']:.3f} "
+        print(f"{r['preset']}: engine ({r['engine_precision']}) / plain ({r['plain_name']}) {r['median_ratio']:.3f} "
               f"(median step times; per pair {low:.3f} / {mid:.3f} / {high:.3f}) {verdict} the {target} target")
     return 0
 

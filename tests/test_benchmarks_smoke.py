@@ -52,6 +52,8 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
     ("noise_scale.py", "time inside the hook"),
     ("noise_scale_payoff.py", "to auto's final"),
     ("precision.py", "bf16 qualifies"),
+    ("precision_crossover.py", "rule agrees with the measurement on"),
+    ("autocast_cache.py", "cast once per window: the same gradients bit for bit"),
     pytest.param("scaling.py", "one all-reduce round per step", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
     pytest.param("sum_after_window.py", "after/ddp: what summing after the window", marks=pytest.mark.slow),  # (~20 s)
     ("hf_export.py", "exported: every folder written"),

@@ -11,6 +11,7 @@ import torch
 from helpers import nan_loss_at, tiny_config, with_limits
 
 from tui_trainer.cli.main import main
+from tui_trainer.config import ModelConfig
 from tui_trainer.data.dataset import WindowDataset, load_corpus
 from tui_trainer.engine.accumulation import accumulate_window
 from tui_trainer.engine.loop import Trainer
@@ -171,12 +172,13 @@ def support(native: bool, fp16: bool = True) -> Bf16Support:
     ("cuda", False, True, "fp16"),  # older CUDA cards
     ("mps", True, True, "bf16"),
     ("mps", False, False, "fp32"),
-    ("cpu", True, True, "bf16"),
+    ("cpu", True, True, "bf16"),  # a model wide enough (CPU_BF16_MIN_WIDTH; narrower: fp32, test_precision.py)
     ("cpu", False, True, "fp32"),  # fp16 on a CPU works but is slow: never auto
     ("xpu", True, True, "fp32"),  # nobody measured it
 ])
 def test_auto_precision_is_the_table_of_the_docs(device_type, native, fp16, expected):
-    assert auto_precision(device_type, support(native, fp16)) == expected
+    wide = ModelConfig(n_layer=6, n_head=8, n_embd=256, block_size=128)  # (on a CPU: past bf16's crossover)
+    assert auto_precision(device_type, support(native, fp16), wide) == expected
 
 
 @pytest.mark.parametrize("capability, native", [((6, 1), False), ((7, 5), False), ((7, 0), False),

@@ -414,7 +414,7 @@ def test_a_resume_that_would_change_precision_is_refused_unless_precision_is_giv
     corpus, _ = reference
     run_dir = tmp_path / "run"
     run_trainer(resume_config(corpus, run_dir, precision="auto"), Script(stop_at=("step", 2)))
-    chosen_here = choose_precision("auto", torch.device("cpu"))[0]
+    chosen_here = choose_precision("auto", torch.device("cpu"), model=resume_config(corpus, run_dir).model)[0]
     other = "fp32" if chosen_here == "bf16" else "bf16"
     _recorded_as(run_dir, other)
     metrics_before = (run_dir / "metrics.jsonl").read_bytes()

@@ -105,8 +105,8 @@ class TrainConfig:
     # steps, "off" (or 0) = epoch lines only. Long enough not to flood a CI log, short enough that a
     # job watchdog never takes a run for dead.
     log_every: str | int = "30s"
-    # auto = bf16 autocast where the hardware has bf16 and it trains as well as fp32, fp16 on CUDA without
-    # bf16, else fp32 (the table in precision.py); fp32; bf16 or fp16 (forward under autocast; weights,
+    # auto = bf16 autocast where the hardware has bf16 and it trains as well as fp32 (on a CPU: and faster,
+    # by model width), fp16 on CUDA without bf16, else fp32 (the table in precision.py); fp32; bf16 or fp16 (forward under autocast; weights,
     # gradients, optimizer state and loss sums stay fp32; fp16 scales the loss: loss_scaling.py)
     precision: str = "auto"
     # Several processes (torchrun): the torch.distributed backend, auto = nccl on CUDA, gloo on the CPU;

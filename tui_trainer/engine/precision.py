@@ -14,7 +14,9 @@ fp16 also scales the loss (loss_scaling.py): its 5-bit exponent would flush smal
              T4, V100)
     mps      bf16 (macOS 14+)                                  bf16
     mps      no bf16                                           fp32
-    cpu      bf16 units (AVX512-BF16 / AMX / Arm BF16)         bf16
+    cpu      bf16 units (AVX512-BF16 / AMX / Arm BF16),        bf16
+             a model at least CPU_BF16_MIN_WIDTH wide
+    cpu      bf16 units, a narrower model                      fp32 (bf16 is slower there)
     cpu      no bf16 units (emulated or none)                  fp32
     other                                                      fp32
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tui_trainer.config import ModelConfig
 from tui_trainer.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -56,14 +59,49 @@ def cuda_bf16_native(capability: tuple[int, int]) -> bool:
     return tuple(capability) >= (8, 0)
 
 
-def auto_precision(device_type: str, support: Bf16Support) -> str:
-    """What ``--precision auto`` trains in on a ``device_type`` that can do ``support`` (the
-    module's table): bf16 where the hardware has it, fp16 on CUDA without it, else fp32."""
+# A CPU with bf16 units still trains narrow models slower in bf16 than in fp32: autocast's casts and
+# the bf16 <-> fp32 conversions around every matmul cost more than the narrower matmuls save. The
+# crossover, bf16 vs fp32 tokens/s of the engine's step over width 32..384 and context 64..512
+# (benchmarks/precision_crossover.py; the data in benchmarks/README.md, section 10): by width.
+CPU_BF16_MIN_WIDTH = 128
+
+
+def cpu_bf16_pays(n_embd: int, block_size: int) -> bool:
+    """Does bf16 autocast train a model this wide (``n_embd``) at this context (``block_size``)
+    faster than fp32 on a CPU with bf16 units? A rule by shape, never a timing at start-up: the
+    same command picks the same precision however busy the machine is."""
+    return n_embd >= CPU_BF16_MIN_WIDTH
+
+
+def auto_precision(device_type: str, support: Bf16Support, model: ModelConfig) -> str:
+    """What ``--precision auto`` trains ``model`` in on a ``device_type`` that can do ``support``
+    (the module's table): bf16 where the hardware has it (on a CPU: and the model is wide enough
+    for bf16 to pay), fp16 on CUDA without it, else fp32."""
     if support.native and device_type in AUTO_BF16_DEVICE_TYPES:
+        if device_type == "cpu" and not cpu_bf16_pays(model.n_embd, model.block_size):
+            return "fp32"
         return "bf16"
     if device_type == "cuda" and support.fp16:
         return "fp16"
     return "fp32"
+
+
+def auto_reason(device_type: str, support: Bf16Support, model: ModelConfig) -> str:
+    """Why ``--precision auto`` chose what it did (the run line's note)."""
+    name = auto_precision(device_type, support, model)
+    if device_type == "cpu" and support.native:
+        if name == "fp32":
+            return (f"--precision auto: fp32 (bf16 is slower than fp32 below width {CPU_BF16_MIN_WIDTH} on a CPU, "
+                    f"this model is {model.n_embd} wide: benchmarks/precision_crossover.py)")
+        return (f"--precision auto: bf16 ({support.why}; bf16 is faster from width {CPU_BF16_MIN_WIDTH} up on a "
+                f"CPU, this model is {model.n_embd} wide: benchmarks/precision_crossover.py)")
+    if name == "fp16":
+        return f"--precision auto: fp16 with loss scaling (no bf16 units: {support.why})"
+    if name == "bf16":
+        return f"--precision auto: bf16 ({support.why})"
+    if device_type not in AUTO_BF16_DEVICE_TYPES:
+        return f"--precision auto: fp32 (bf16 was never measured on {device_type})"
+    return f"--precision auto: fp32 (no bf16 units: {support.why})"
 
 
 def bf16_support(device: torch.device) -> Bf16Support:
@@ -108,9 +146,10 @@ def _mps_fp16_works() -> bool:
         return False
 
 
-def choose_precision(requested: str, device: torch.device,
-                     support: Bf16Support | None = None) -> tuple[str, torch.dtype | None]:
+def choose_precision(requested: str, device: torch.device, support: Bf16Support | None = None, *,
+                     model: ModelConfig | None = None) -> tuple[str, torch.dtype | None]:
     """``requested`` (auto/fp32/bf16/fp16) on ``device`` → (name, autocast dtype or None for fp32).
+    ``auto`` needs the ``model`` it trains (on a CPU the rule is by width).
 
     ``support`` is what ``bf16_support(device)`` reports (asked for when not given). bf16 asked
     for where it cannot run (on a GPU: without bf16 units; emulated bf16 is slower than fp32), or
@@ -133,7 +172,9 @@ def choose_precision(requested: str, device: torch.device,
             raise UserError(f"--precision fp16 was asked for but {device.type} here cannot run fp16 autocast with "
                             f"loss scaling ({support.why})", "use --precision auto or fp32")
         return "fp16", torch.float16
-    name = auto_precision(device.type, support)
+    if model is None:
+        raise ValueError("--precision auto needs the model's shape (choose_precision(..., model=cfg.model))")
+    name = auto_precision(device.type, support, model)
     return name, AUTOCAST_DTYPES[name]
 
 
@@ -157,7 +198,8 @@ def legacy_precision(device: torch.device) -> str:
 
 
 def resume_precision(requested: str, device: torch.device, recorded: str | None, *, resuming: bool,
-                     explicit: bool, support: Bf16Support | None = None) -> tuple[str, torch.dtype | None, str]:
+                     explicit: bool, model: ModelConfig,
+                     support: Bf16Support | None = None) -> tuple[str, torch.dtype | None, str]:
     """The precision of a run about to start: (name, autocast dtype, a note for the log or "").
 
     A resumed run keeps the precision its checkpoint recorded (``recorded``; None = a checkpoint
@@ -165,7 +207,7 @@ def resume_precision(requested: str, device: torch.device, recorded: str | None,
     on other hardware), the resume is refused unless the precision was given ``explicit``-ly.
     """
     support = support if support is not None else bf16_support(device)
-    name, dtype = choose_precision(requested, device, support)
+    name, dtype = choose_precision(requested, device, support, model=model)
     recorded = recorded or legacy_precision(device)
     if not resuming or name == recorded:
         return name, dtype, ""

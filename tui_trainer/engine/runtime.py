@@ -46,6 +46,17 @@ def pick_device(name: str) -> torch.device:
     raise UserError(f"unsupported device '{name}'", "use --device auto, cpu, cuda, cuda:N or mps")
 
 
+def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``--compile``: torch.compile the model the steps call. On a CPU the graph's random ops (dropout)
+    run as eager's: inductor's own CPU random numbers made the compiled forward 0.57x eager's and the
+    micro-step 0.79x; with eager's RNG ops in the graph it is 1.12x (benchmarks/README.md, section 10)."""
+    if device.type == "cpu":
+        import torch._inductor.config as inductor_config  # (only when compiling: inductor is slow to import)
+
+        inductor_config.fallback_random = True  # (process-wide; the GPU keeps inductor's fast RNG)
+    return torch.compile(model)
+
+
 def choose_threads(requested: int | None, for_ui: bool, processes_here: int = 1) -> int:
     """CPU threads for torch: all cores headless; with the app on a machine of 4+ cores,
     one core is left for the UI (on 2 cores the UI's share is too small to pay for a core).

@@ -45,11 +45,12 @@ from tui_trainer.engine.flops import flops_meter
 from tui_trainer.engine.gradient_sum import gradient_sum
 from tui_trainer.engine.loss_scaling import LossScaling
 from tui_trainer.engine.memory import check_fits
-from tui_trainer.engine.precision import bf16_support, resume_precision, run_line_notes
+from tui_trainer.engine.precision import auto_reason, bf16_support, resume_precision, run_line_notes
 from tui_trainer.engine.runtime import (
     busy_machine_note,
     capture_rng,
     choose_threads,
+    compile_model,
     cores_busy_elsewhere,
     pick_device,
     restore_rank_rng,
@@ -109,7 +110,7 @@ class TrainingSession:
                 raise PeerLost(f"{failed:g} of the {self.ranks.world_size} processes could not set up the run")
             self.ranks.set_up_done()  # (from here on a collective waits --dist-timeout at most)
             self.grad_sync = gradient_sum(self.model, self.ranks)  # (several processes: rank 0's weights on all)
-            self.train_model = torch.compile(self.model) if cfg.train.compile else self.model
+            self.train_model = compile_model(self.model, self.device) if cfg.train.compile else self.model
             self.budget = start_budget(self, setup_started)  # (one too short to take a step: refused here)
             self.figures = replace(self.figures, budget=self.budget)
         except BaseException:
@@ -193,8 +194,10 @@ class TrainingSession:
         # The forward's autocast dtype (None = fp32); a resume keeps the checkpoint's precision unless told.
         self.precision, self.autocast_dtype, note = resume_precision(
             cfg.train.precision, self.device, resume_state.get("precision") if resume_state else None,
-            resuming=resume_state is not None, explicit="train.precision" in (overrides or {}))
+            resuming=resume_state is not None, explicit="train.precision" in (overrides or {}), model=cfg.model)
         self.notes += [note] if note else []
+        if cfg.train.precision.strip().lower() == "auto":  # the run line says why auto chose
+            self.notes.append(auto_reason(self.device.type, bf16_support(self.device), cfg.model))
         train_windows = window_count(len(self.corpus.train_tokens), cfg.model.block_size)
         self.cfg = cfg = self._batch_split(cfg, resume_state)
         if cfg.train.micro_batch == "auto":  # (measured once the model is built; the checks take 1 meanwhile)
