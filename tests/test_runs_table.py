@@ -191,6 +191,27 @@ def test_resume_of_the_folder_of_runs_names_the_runs_inside(tmp_path, capsys):
     assert named == [("20260102-090000", "interrupted"), ("broken", "damaged"), ("20260101-120000", "completed")]
 
 
+@pytest.mark.parametrize("command", ["view", "sample"])
+def test_view_and_sample_of_the_folder_of_runs_name_the_runs_inside(command, tmp_path, capsys):
+    folder = runs_folder(tmp_path)
+    assert main([command, str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no checkpoint" not in err and "no config.json" not in err
+    assert f"{command} {folder} is a folder of runs" in err and f"pass one of these to {command}" in err
+    named = re.findall(r"runs/(\S+) \((\w[\w ]*)\)", err)
+    assert named == [("20260102-090000", "interrupted"), ("broken", "damaged"), ("20260101-120000", "completed")]
+    assert main(["view", str(folder / "20260101-120000"), str(folder)]) == 2  # (each of several too)
+    assert "view " + str(folder) + " is a folder of runs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["view", "sample"])
+def test_view_and_sample_of_a_folder_without_runs_say_so_in_one_line(command, tmp_path, capsys):
+    (tmp_path / "empty" / "notes").mkdir(parents=True)
+    assert main([command, str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a run dir and holds none" in err and "tui-trainer runs" in err
+
+
 # -- item 8: the figures that misled ----------------------------------------------------------------
 
 def test_a_data_folders_size_is_its_texts_not_the_directory_entry(tmp_path):

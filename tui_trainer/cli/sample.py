@@ -74,8 +74,11 @@ def tokenizer_from_checkpoint(state: dict, run_dir: Path) -> Tokenizer:
 def find_checkpoint(run_dir: Path, which: str) -> tuple[Path, str | None]:
     """The checkpoint file to sample from, and a note when it is not the one asked for."""
     from tui_trainer.rundir import checkpoints as ckpt
+    from tui_trainer.rundir.summary import refuse_a_folder_of_runs
+
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory", "pass a run dir such as runs/20260101-120000")
+    refuse_a_folder_of_runs(run_dir, "sample")  # `sample runs`: the runs inside named
     wanted = ckpt.checkpoint_path(run_dir, which)
     if wanted.is_file():
         return wanted, None

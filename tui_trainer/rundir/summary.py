@@ -179,17 +179,32 @@ def run_dirs_under(folder: str | Path) -> list[Path]:
 SHOWN_RUNS = 5  # a folder of runs given to --resume: the newest this many are named
 
 
-def folder_of_runs_error(folder: Path) -> UserError | None:
-    """For ``--resume runs`` (the folder that holds run dirs, not one of them): the error that names
-    the runs inside, newest first, with their status; None when it holds none."""
+def folder_of_runs_error(folder: Path, asked: str = "--resume") -> UserError | None:
+    """For ``--resume runs``, ``view runs``, ``sample runs`` (``asked``: the flag or command given the
+    folder that holds run dirs, not one of them): the error that names the runs inside, newest
+    first, with their status; None when it holds none."""
     run_dirs = run_dirs_under(folder)
     if not run_dirs:
         return None
     named = ", ".join(f"{run_dir} ({read_summary(run_dir).status})" for run_dir in run_dirs[:SHOWN_RUNS])
     more = len(run_dirs) - SHOWN_RUNS
-    return UserError(f"--resume {folder} is a folder of runs, not a run dir; it holds {named}"
+    return UserError(f"{asked} {folder} is a folder of runs, not a run dir; it holds {named}"
                      + (f" and {more} more" if more > 0 else ""),
-                     f"pass one of these to --resume (newest first; `tui-trainer runs {folder}` lists them all)")
+                     f"pass one of these to {asked} (newest first; `tui-trainer runs {folder}` lists them all)")
+
+
+def refuse_a_folder_of_runs(path: str | Path, asked: str) -> None:
+    """``view``/``sample`` given a folder that is no run dir itself: one line naming the runs inside
+    (``folder_of_runs_error``), or saying it holds none. A run dir (even a damaged one) and a path
+    that is no folder pass: the command's own checks say what is wrong with them."""
+    path = Path(path)
+    if not path.is_dir() or is_run_dir(path):
+        return
+    error = folder_of_runs_error(path, asked)
+    if error is not None:
+        raise error
+    raise UserError(f"{path} is not a run dir and holds none",
+                    "pass a run dir such as runs/20260101-120000 (`tui-trainer runs [FOLDER]` lists them)")
 
 
 # -- the table --------------------------------------------------------------------------------------
