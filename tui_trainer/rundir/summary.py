@@ -81,7 +81,7 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
             end = event
     status = "running" if live else STATUS.get(end.reason, end.reason) if end else "interrupted"
     settings = flat_settings(config_record)
-    planned = epochs[-1].epochs if epochs else _planned_epochs(config_record)
+    planned = _planned_epochs(config_record, epochs)
     tokens = max([0, *(e.tokens_seen for e in epochs), *([last_step.tokens_seen] if last_step else []),
                   *([end.tokens_seen] if end else [])])
     vals = [e.val_loss for e in epochs if _finite(e.val_loss)]
@@ -94,10 +94,18 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
                       seconds=seconds, tokens_per_s=_pace(epochs, last_step), settings=settings)
 
 
-def _planned_epochs(config_record: dict[str, Any] | None) -> int | None:
+def _planned_epochs(config_record: dict[str, Any] | None, epochs: list[EpochEvent]) -> int | None:
+    """The epochs the run works to now: config.json's (a resume with --epochs rewrites it at once,
+    while the records keep the old target until an epoch ends), or, with a --time-budget, the
+    budget's plan as the last epoch recorded it."""
     train = ((config_record or {}).get("config") or {}).get("train")
-    epochs = train.get("epochs") if isinstance(train, dict) else None
-    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+    train = train if isinstance(train, dict) else {}
+    if train.get("time_budget") is not None and epochs:
+        return epochs[-1].epochs
+    planned = train.get("epochs")
+    if isinstance(planned, int) and not isinstance(planned, bool):
+        return planned
+    return epochs[-1].epochs if epochs else None
 
 
 def _pace(epochs: list[EpochEvent], last_step: StepEvent | None) -> float | None:
