@@ -85,6 +85,8 @@ class DiagnosisBanner(Panel):
 
     @staticmethod
     def ending(view: RunView) -> str:
+        if view.end_reason == "completed" and view.last_epoch_share is not None:  # --time-budget: its words
+            return f"■ {view.end_message or 'budget spent'} — press q to quit"
         if view.end_reason == "completed":
             return f"■ finished {'the' if view.epochs == 1 else 'all'} {fmt.plural(view.epochs, 'epoch')} — press q to quit"
         if view.end_reason == "early_stop":
