@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from tui_trainer.analysis.diagnosis import KINDS
 from tui_trainer.ui import format as fmt
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.base import Panel
 
-KINDS = ("learning", "healthy", "underfitting", "overfitting", "unstable")
 FRAME = 4  # the banner's border and padding: a line's room is the width less this
 NARROW = 70  # below this many columns the verdict's reason is cut to its line (two rows, not three)
 
