@@ -17,7 +17,8 @@ from tui_trainer.data.dataset import load_corpus
 from tui_trainer.data.tokenizer import CharTokenizer, train_bpe
 from tui_trainer.data.untrained import untrained_ids
 from tui_trainer.events import EpochEvent, SampleEvent
-from tui_trainer.model.sampling import TextStream, decode_text, pick_next, untrained_mask
+from tui_trainer.model.next_token import NextTokenRule, untrained_mask
+from tui_trainer.model.sampling import TextStream, decode_text, pick_next
 
 ACCENTED = "naïve café — thé déjà vu, größer Ünïcödé 東京 €5\n"
 
@@ -95,6 +96,49 @@ def test_the_stream_drops_a_character_its_last_token_leaves_incomplete():
     stream.flush()
     assert "".join(pieces) == "a€b" == decode_text(bpe, ids)
     assert bpe.decode(ids).endswith("\ufffd")  # what the tokenizer alone says
+
+
+# -- ids that would make the text invalid UTF-8 -----------------------------------------------------
+
+def test_after_half_a_character_only_ids_that_continue_it_may_follow():
+    id_bytes = [b"a", b"\xc3", b"\xa9", b"\xc3\xa9", b"\xa9b", b"\xe2\x82"]
+    rule = NextTokenRule(len(id_bytes), untrained_ids=[5], id_bytes=id_bytes)
+    assert rule.mask().tolist() == [False, False, True, False, True, True]  # no lone continuation; 5 untrained
+    rule.took(1)  # "\xc3": half of é
+    assert rule.mask().tolist() == [True, True, False, True, False, True]  # only a continuation byte
+    rule.took(4)  # "\xa9b": é completed, then b
+    assert rule.mask().tolist() == [False, False, True, False, True, True]
+
+
+def test_a_beginning_no_byte_can_finish_is_never_picked():
+    """ED A0 would begin a surrogate: Python's incremental decoder takes it, UTF-8 has no end for it."""
+    id_bytes = [b"a", b"\xed", b"\xa0", b"\x80", b"\xe0", b"\xe0\x80"]
+    rule = NextTokenRule(len(id_bytes), id_bytes=id_bytes)
+    assert rule.mask().tolist() == [False, False, True, True, False, True]  # E0 80: overlong, never finished
+    rule.took(1)
+    assert rule.mask().tolist() == [True, True, True, False, True, True]  # ED 80 may go on; ED A0 may not
+
+
+def test_a_char_vocabulary_needs_no_rule_so_its_choices_stay_exactly_as_they_were():
+    vocab = CharTokenizer.from_text("héllo wörld\n")
+    assert NextTokenRule(vocab.size, (), vocab.id_bytes()).mask() is None
+
+
+def test_a_byte_vocabulary_samples_valid_utf8_even_from_an_untrained_model():
+    from tui_trainer.config import ModelConfig
+    from tui_trainer.model.gpt import GPT
+    from tui_trainer.model.sampling import SamplingSettings, sample_text
+
+    bpe = train_bpe(iter([ACCENTED * 20]), 256)  # bytes only
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, dropout=0.0, vocab_size=bpe.size))
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, param.shape[-1] ** -0.5)  # random weights: any byte after any byte
+    for seed in range(3):
+        text = sample_text(model, bpe, "é", SamplingSettings(max_new_tokens=300, temperature=1.0, seed=seed))
+        assert "\ufffd" not in text and len(text) > 50
 
 
 # -- a run on text with accents ---------------------------------------------------------------------

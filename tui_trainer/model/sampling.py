@@ -11,7 +11,7 @@ Sampling draws from its own ``torch.Generator`` seeded by ``seed``, on the CPU: 
 RNG (and so training's dropout and data order) is never touched, and the same seed gives the
 same text whatever the device. Ids the training text never held (data/untrained.py) are never
 picked: their embeddings are untrained (a byte-level BPE's unused bytes wrote control characters
-and broken UTF-8). Text is decoded from each id's bytes where the tokenizer has them, so a
+and broken UTF-8); nor are ids that would make the text invalid UTF-8 (next_token.py). Text is decoded from each id's bytes where the tokenizer has them, so a
 character split over two ids is shown once it is whole, and one the sample ends inside is left out.
 """
 
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tui_trainer.errors import UserError
 from tui_trainer.events import SampleEvent
 from tui_trainer.model.gpt import GPT, KVCache
+from tui_trainer.model.next_token import NextTokenRule
 
 
 class Tokenizer(Protocol):
@@ -79,21 +80,10 @@ class NonFiniteOutputs(UserError):
     cannot be sampled from."""
 
 
-def untrained_mask(untrained_ids: Sequence[int], vocab_size: int) -> torch.Tensor | None:
-    """The ids never to pick as a mask over the logits (on the CPU), or None when there are none
-    (then every choice is exactly as it was without one)."""
-    ids = [i for i in untrained_ids if 0 <= i < vocab_size]
-    if not ids:
-        return None
-    mask = torch.zeros(vocab_size, dtype=torch.bool)
-    mask[ids] = True
-    return mask
-
-
 def pick_next(logits: torch.Tensor, temperature: float, top_k: int | None,
               generator: torch.Generator, untrained: torch.Tensor | None = None) -> int:
     """One token id from next-token ``logits`` (vocab,): greedy at temperature 0 (and below
-    ``GREEDY_BELOW``), else sampled; never an id ``untrained`` (a mask, ``untrained_mask``) marks."""
+    ``GREEDY_BELOW``), else sampled; never an id ``untrained`` marks (a mask: next_token.py)."""
     logits = logits.float().cpu()  # the generator lives on the CPU
     if temperature < GREEDY_BELOW:
         return int(torch.argmax(logits if untrained is None else logits.masked_fill(untrained, float("-inf"))))
@@ -151,14 +141,17 @@ class ContextWindow:
 
 
 def generate(model: GPT, prompt_ids: Sequence[int], settings: SamplingSettings,
-             on_token: Callable[[int], None] | None = None, untrained_ids: Sequence[int] = ()) -> list[int]:
-    """The ``settings.max_new_tokens`` new token ids after ``prompt_ids``, none of ``untrained_ids``;
-    ``on_token`` sees each one as it is chosen. The model is put in eval mode for it and back as it was."""
+             on_token: Callable[[int], None] | None = None, untrained_ids: Sequence[int] = (),
+             id_bytes: Sequence[bytes] | None = None) -> list[int]:
+    """The ``settings.max_new_tokens`` new token ids after ``prompt_ids``: none of ``untrained_ids``,
+    and, given each id's bytes (``id_bytes``), none that would make the text invalid UTF-8
+    (next_token.py). ``on_token`` sees each one as it is chosen. The model is put in eval mode for
+    it and back as it was."""
     tokens = [int(i) for i in prompt_ids]
     if not tokens:
         raise ValueError("generation needs a prompt of at least one token")
     generator = torch.Generator().manual_seed(settings.seed)
-    untrained = untrained_mask(untrained_ids, model.cfg.vocab_size)
+    rule = NextTokenRule(model.cfg.vocab_size, untrained_ids, id_bytes)
     window = ContextWindow(model, settings.kv_cache)
     was_training = model.training
     model.eval()
@@ -166,7 +159,8 @@ def generate(model: GPT, prompt_ids: Sequence[int], settings: SamplingSettings,
         with torch.inference_mode():
             for _ in range(settings.max_new_tokens):
                 next_id = pick_next(window.next_logits(tokens), settings.temperature, settings.top_k, generator,
-                                    untrained)
+                                    rule.mask())
+                rule.took(next_id)
                 tokens.append(next_id)
                 if on_token is not None:
                     on_token(next_id)
@@ -243,7 +237,8 @@ def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, settings: Samplin
     ``untrained_ids``; ``on_text`` gets it piece by piece as it is generated."""
     prompt_ids = [int(i) for i in tokenizer.encode(prompt)]
     stream = TextStream(tokenizer, on_text) if on_text is not None else None
-    new_ids = generate(model, prompt_ids, settings, on_token=stream, untrained_ids=untrained_ids)
+    new_ids = generate(model, prompt_ids, settings, on_token=stream, untrained_ids=untrained_ids,
+                       id_bytes=exact_id_bytes(tokenizer))
     if stream is not None:
         stream.flush()
     return decode_text(tokenizer, new_ids)
@@ -265,7 +260,8 @@ def live_sample(model: GPT, tokenizer: Tokenizer, max_new_tokens: int, seed: int
         prompt_ids = []
     settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=LIVE_TEMPERATURE, seed=seed)
     try:
-        new_ids = generate(model, prompt_ids or [0], settings, untrained_ids=untrained_ids)
+        new_ids = generate(model, prompt_ids or [0], settings, untrained_ids=untrained_ids,
+                           id_bytes=exact_id_bytes(tokenizer))
     except NonFiniteOutputs as exc:  # the run's own guards say the rest (non-finite steps, its end)
         return f"(no sample: {exc.message})"
     return decode_text(tokenizer, new_ids)
