@@ -283,8 +283,7 @@ def fewer_tokens_note(learnt: int, asked: int | None) -> str | None:
     if learnt >= wanted:
         return None
     of = f"of the {wanted:,} asked" if asked else f"of the default {wanted:,}"
-    return (f"BPE learnt {learnt:,} tokens {of}: every word of the training text is already one token "
-            f"(nothing left to merge); a larger --vocab-size changes nothing, more text would")
+    return f"BPE learnt {learnt:,} tokens {of}: nothing left to merge, every word of the text is one token"
 
 
 def load_tokenizer_file(path: str | Path) -> BpeTokenizer:
