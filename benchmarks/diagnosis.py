@@ -114,13 +114,17 @@ def truth(run: dict) -> list[str]:
     3. high = min(train, val) >= 0.6 x ln(vocab); underfitting: high, from epoch 2, train fell
        less than 1% into the epoch and falls less than 1%/epoch on average over the next 3 (or
        fewer, at the end of the run);
-    4. learning: high otherwise; healthy: the rest.
+    4. learning: high otherwise;
+    5. converged: below the high line, train fell less than 1% into the epoch and falls less than
+       1%/epoch over the next 3 (or fewer), with the lr at least ``schedule_tail`` of the way from
+       its peak to its floor (it only falls from there); healthy: the rest.
     """
     train, val, steps = run["train"], run["val"], run.get("steps") or [[] for _ in run["train"]]
     n, chance = len(train), math.log(run["vocab_size"])
     best = min(range(n), key=lambda i: val[i])
     ran_away = val[-1] > val[best] * 1.01
     labels, lowest = [], math.inf
+    positions = schedules(run)
     for e in range(n):
         jump = False
         for s in steps[e]:
@@ -136,7 +140,11 @@ def truth(run: dict) -> list[str]:
             ahead = (train[e] - min(horizon)) / train[e] / len(horizon) if horizon else 0.0
             labels.append("underfitting" if fall_in < 0.01 and ahead < 0.01 else "learning")
         else:
-            labels.append("healthy")
+            fall_in = (train[e - 1] - train[e]) / train[e - 1] if e else math.inf
+            horizon = train[e + 1:e + 1 + HORIZON]
+            ahead = (train[e] - min(horizon)) / train[e] / len(horizon) if horizon else 0.0
+            flat = fall_in < 0.01 and ahead < 0.01
+            labels.append("converged" if flat and positions[e].in_tail(CFG.schedule_tail) else "healthy")
     return labels
 
 
@@ -237,7 +245,7 @@ def changes(kinds: list[str]) -> int:
 
 
 def ok_or_problem(kind: str) -> str:
-    return "ok" if kind in ("learning", "healthy") else kind
+    return "ok" if kind in ("learning", "healthy", "converged") else kind
 
 
 def accuracy(kinds: list[str], labels: list[str], merge: bool = False) -> float:

@@ -171,6 +171,25 @@ def test_runs_of_an_empty_folder_says_so_and_of_a_missing_one_exits_2(tmp_path):
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "runs: no such folder" in missing.stderr
 
 
+def test_a_run_extended_with_resume_epochs_is_planned_to_its_new_target_at_once(tmp_path):
+    """`--resume R --epochs 6` rewrote config.json; the records still hold epochs of the 3 planned."""
+    records = [*epoch_records(3), record("end"), record("step", epoch=4, step=13, tokens_seen=3300)]
+    run_dir = write_run(tmp_path / "run", records, epochs=6)
+    lock = RunLock(run_dir)  # the resumed session, live
+    try:
+        row = read_summary(run_dir)
+    finally:
+        lock.release()
+    assert (row.status, row.epochs, row.epochs_planned) == ("running", 3, 6)
+    assert "3/6" in render(fit(columns([row]), 80))
+
+
+def test_a_time_budget_run_is_planned_to_its_budgets_epochs():
+    budget = {"config": RunConfig(train=TrainConfig(epochs=10, time_budget="40s")).to_dict()}
+    row = summarize("runs/b", budget, events_of([*epoch_records(2), record("end")]), live=False)
+    assert row.epochs_planned == 3  # the plan the epochs recorded (epoch_records: 3), not --epochs
+
+
 def test_a_run_whose_lock_is_held_is_running(tmp_path):
     run_dir = write_run(tmp_path / "run", epoch_records(1))
     lock = RunLock(run_dir)
@@ -189,6 +208,27 @@ def test_resume_of_the_folder_of_runs_names_the_runs_inside(tmp_path, capsys):
     assert "pass one of these to --resume" in err
     named = re.findall(r"runs/(\S+) \((\w[\w ]*)\)", err)
     assert named == [("20260102-090000", "interrupted"), ("broken", "damaged"), ("20260101-120000", "completed")]
+
+
+@pytest.mark.parametrize("command", ["view", "sample"])
+def test_view_and_sample_of_the_folder_of_runs_name_the_runs_inside(command, tmp_path, capsys):
+    folder = runs_folder(tmp_path)
+    assert main([command, str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no checkpoint" not in err and "no config.json" not in err
+    assert f"{command} {folder} is a folder of runs" in err and f"pass one of these to {command}" in err
+    named = re.findall(r"runs/(\S+) \((\w[\w ]*)\)", err)
+    assert named == [("20260102-090000", "interrupted"), ("broken", "damaged"), ("20260101-120000", "completed")]
+    assert main(["view", str(folder / "20260101-120000"), str(folder)]) == 2  # (each of several too)
+    assert "view " + str(folder) + " is a folder of runs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["view", "sample"])
+def test_view_and_sample_of_a_folder_without_runs_say_so_in_one_line(command, tmp_path, capsys):
+    (tmp_path / "empty" / "notes").mkdir(parents=True)
+    assert main([command, str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a run dir and holds none" in err and "tui-trainer runs" in err
 
 
 # -- item 8: the figures that misled ----------------------------------------------------------------

@@ -325,3 +325,48 @@ def test_a_given_split_is_never_overridden_by_the_budget_defaults():
 
     assert budget_defaults({}) == {"train.accum": 1}
     assert budget_defaults({"train.accum": 8}) == {} and budget_defaults({"train.batch": 64}) == {}
+
+def test_a_budget_run_ends_saying_its_budget_is_spent_and_where_in_the_last_epoch(small_corpus, tmp_path, clock):
+    cfg = budget_config(small_corpus, tmp_path)
+    trainer, sink, _ = trained(cfg, clock)
+    end = sink.of(RunEnded)[-1]
+    per_epoch = trainer.figures.examples_per_epoch() * cfg.model.block_size
+    share = (end.tokens_seen - (end.epochs - 1) * per_epoch) / per_epoch
+    assert 0 < share < 1 and end.last_epoch_share == pytest.approx(share)
+    assert end.message == f"budget spent: ended in epoch {end.epochs} at {share:.0%}"
+
+
+def test_an_epochs_run_ends_with_no_budget_share(small_corpus, tmp_path):
+    from helpers import train
+
+    _, _, end = train(with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=1, sample_tokens=0), 2))
+    assert end.reason == "completed" and end.last_epoch_share is None and end.message == ""
+
+
+async def test_the_finished_screen_of_a_budget_run_reads_complete_and_says_the_budget_is_spent(small_corpus, tmp_path,
+                                                                                             clock):
+    """At 80x24: no half-filled step bar left looking unfinished; the ending line says why it ended there."""
+    from screen import screen_text
+
+    from tui_trainer.ui.viewer import create_view_app
+
+    _, sink, _ = trained(budget_config(small_corpus, tmp_path), clock)
+    end = sink.of(RunEnded)[-1]
+    app = create_view_app(tmp_path / "run", memory_probe=lambda device: "—")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = screen_text(app)
+        progress = [line.split() for line in screen.splitlines()[1:4]]
+        assert progress[1][:2] == ["budget", "spent"], screen
+        assert progress[2][:2] == ["epoch", f"{end.epochs}/{end.epochs}"], screen
+        assert f"■ budget spent: ended in epoch {end.epochs} at {end.last_epoch_share:.0%}" in screen, screen
+        assert "finished all" not in screen
+        await pilot.press("q")
+
+
+def test_the_line_the_terminal_keeps_says_the_budget_was_spent(tmp_path):
+    from tui_trainer.ui.format import summary_line
+
+    end = RunEnded(reason="completed", epochs=3, steps=40, tokens_seen=9000, best_val_loss=2.5, best_epoch=3,
+                   message="budget spent: ended in epoch 3 at 62%", last_epoch_share=0.62)
+    assert summary_line(end, tmp_path).startswith("tui-trainer: budget spent: ended in epoch 3 at 62%, 40 steps, best val")

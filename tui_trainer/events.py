@@ -265,6 +265,9 @@ class RunEnded:
     exit_signal: int | None = None
     diagnosis: str | None = None  # the last verdict of the run
     diagnosis_reason: str | None = None
+    # --time-budget: the share of the last epoch trained when the budget ended the run (1.0: it ended
+    # on an epoch's end); None for a run of --epochs (or a budget run that ended otherwise)
+    last_epoch_share: float | None = None
 
     def next_step(self, run_dir: str) -> str | None:
         """What to do with the model a run leaves (said by both faces at its end), or None."""

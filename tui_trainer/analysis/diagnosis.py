@@ -17,16 +17,20 @@ Patterns, in the order they are checked:
    val fell less than ``plateau_improvement`` (relative) in every epoch of the last
    ``trend_epochs``. Not while the lr is still warming up.
 4. **learning** — high, but not flat (or too few epochs for a trend): still learning.
-5. **healthy** — anything else (below the high line, val not running away).
+5. **converged** — below the high line but flat (train and val fell less than
+   ``plateau_improvement`` in every epoch of the last ``trend_epochs``) while the schedule is in
+   its tail (the lr has come ``schedule_tail`` of the way to its floor): the lr only falls from
+   here, so the run has done what it can at this size and lr. Never without a known schedule.
+6. **healthy** — anything else (below the high line, val not running away).
 
 Hysteresis (``diagnose(..., previous=...)``): a verdict changes when
 
 - the new pattern is **unstable** (at once), or is one whose own rule already spans the trend
-  window: overfitting by trend, or underfitting while the schedule is in its tail (the lr only
-  falls from there, so the plateau will not lift by itself);
+  window: overfitting by trend, underfitting while the schedule is in its tail, converged (the lr
+  only falls from there, so the plateau will not lift by itself);
 - the current verdict no longer holds: overfitting stays while val is above its best and the
-  gap has not closed; underfitting stays while train falls less than ``plateau_improvement``
-  in the latest epoch (it never outlives a clearly falling loss);
+  gap has not closed; underfitting and converged stay while train falls less than
+  ``plateau_improvement`` in the latest epoch (they never outlive a clearly falling loss);
 - or the new pattern has held for ``confirm_epochs`` consecutive epochs.
 
 An unstable verdict stays until another pattern is confirmed. Remedies depend on the state of
@@ -48,17 +52,18 @@ from typing import Any
 from tui_trainer.analysis.schedule import lr_at
 from tui_trainer.config import DiagnosisConfig
 
-KINDS = ("learning", "healthy", "underfitting", "overfitting", "unstable")
+KINDS = ("learning", "healthy", "converged", "underfitting", "overfitting", "unstable")
 
 REMEDIES = {
     "learning": "keep training: the loss is still falling",
     "healthy": "keep training",
+    "converged": "done at this size and lr: more data or a larger model, or stop",
     "underfitting": "a larger model (more layers or width), or more epochs",
     "overfitting": "more data or regularization (dropout, weight decay)",
     "unstable": "lower the learning rate; check gradient clipping",
 }
 
-PROBLEMS = ("underfitting", "overfitting", "unstable")  # verdicts whose reason says since when
+PROBLEMS = ("converged", "underfitting", "overfitting", "unstable")  # verdicts whose reason says since when
 
 MIN_STEPS_FOR_MEDIAN = 5  # the ratio test needs a steady median
 MIN_STEPS_FOR_JUMP = 2  # a jump of a whole nat is clear against any two steps
@@ -248,6 +253,10 @@ def _pattern(train_losses: Sequence[float], val_losses: Sequence[float], chance:
         return _Pattern("underfitting", f"high and flat over {k} epochs: train {_fmt(recent_train)}, "
                                         f"val {_fmt(recent_val)} (uniform guess = {chance:.2f})",
                         epoch - k + 2, established=tail)
+    if flat and schedule is not None and schedule.in_tail(cfg.schedule_tail):  # (not high: underfitting is above)
+        return _Pattern("converged", f"flat over {k} epochs with the lr in its tail ({schedule.lr:.1e}): "
+                                     f"train {_fmt(recent_train)}, val {_fmt(recent_val)}",
+                        epoch - k + 2, established=True)
     per_epoch = (recent_train[0] - recent_train[-1]) / recent_train[0] / (k - 1) if recent_train[0] > 0 else 0.0
     trend = f"train {_fmt(recent_train)} ({per_epoch:.1%}/epoch), val {_fmt(recent_val)}"
     return _Pattern("learning" if high else "healthy", trend, epoch)
@@ -261,7 +270,7 @@ def _still_holds(previous: Diagnosis, train_losses: Sequence[float], val_losses:
         new_best = val <= min(val_losses[:-1], default=math.inf)
         gap = train > 0 and val / train - 1 > cfg.overfit_gap
         return not new_best or gap
-    if previous.kind == "underfitting":
+    if previous.kind in ("underfitting", "converged"):
         falls = _falls(train_losses[-2:])
         return not falls or falls[-1] < cfg.plateau_improvement
     return True

@@ -122,6 +122,19 @@ class BudgetPlanner:
         self.planned_pace = None if state.get("planned_pace") is None else float(state["planned_pace"])
 
 
+def last_epoch_share(tokens_seen: int, tokens_per_epoch: int) -> float:
+    """How much of its last epoch a run that stopped at ``tokens_seen`` trained (every earlier epoch
+    whole): in (0, 1], 1.0 when it stopped on an epoch's end."""
+    return ((tokens_seen - 1) % tokens_per_epoch + 1) / tokens_per_epoch if tokens_seen > 0 else 1.0
+
+
+def budget_spent_words(epoch: int, share: float) -> str:
+    """The end of a budget run in words: the last epoch is partial by design, so say where it stopped."""
+    if share >= 1.0:
+        return f"budget spent: ended with epoch {epoch} complete"
+    return f"budget spent: ended in epoch {epoch} at {min(share, 0.99):.0%}"
+
+
 def state_problem(state: object) -> str | None:
     """What is wrong with a checkpoint's budget state (``state_dict`` and what the engine adds: the
     seconds used, where the decay starts, the provisional plan), in a few words; None: it fits."""

@@ -314,9 +314,12 @@ def run_view(args: argparse.Namespace) -> int:
 
     if os.environ.get("TEXTUAL_DRIVER") and os.environ.get(PARENT_PID_ENV, "").isdigit():
         die_with_parent(int(os.environ[PARENT_PID_ENV]))  # a served viewer never outlives its server
+    from tui_trainer.rundir.summary import refuse_a_folder_of_runs
     from tui_trainer.ui.viewer import create_view_app
 
     run_dirs = [args.run_dir, *args.more_run_dirs]
+    for run_dir in run_dirs:  # `view runs`: the runs inside named (as `--resume runs` does)
+        refuse_a_folder_of_runs(run_dir, "view")
     if len(run_dirs) > 1:
         from tui_trainer.ui.compare import create_compare_app
 

@@ -61,6 +61,7 @@ class LoadedRun:
     config: RunConfig
     checkpoint: Path  # the file the weights came from
     note: str | None  # what the user should know about the choice of file (a fallback), or None
+    untrained_ids: tuple[int, ...] = ()  # ids the training text never held: never sampled
 
 
 def tokenizer_from_checkpoint(state: dict, run_dir: Path) -> Tokenizer:
@@ -73,8 +74,11 @@ def tokenizer_from_checkpoint(state: dict, run_dir: Path) -> Tokenizer:
 def find_checkpoint(run_dir: Path, which: str) -> tuple[Path, str | None]:
     """The checkpoint file to sample from, and a note when it is not the one asked for."""
     from tui_trainer.rundir import checkpoints as ckpt
+    from tui_trainer.rundir.summary import refuse_a_folder_of_runs
+
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory", "pass a run dir such as runs/20260101-120000")
+    refuse_a_folder_of_runs(run_dir, "sample")  # `sample runs`: the runs inside named
     wanted = ckpt.checkpoint_path(run_dir, which)
     if wanted.is_file():
         return wanted, None
@@ -118,7 +122,16 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     model = GPT(replace(config.model, vocab_size=vocab_size))
     model.load_state_dict(weights)
     model.eval()
-    return LoadedRun(model, tokenizer_from_checkpoint(state, Path(run_dir)), config, path, note)
+    return LoadedRun(model, tokenizer_from_checkpoint(state, Path(run_dir)), config, path, note,
+                     untrained_ids_of(state, vocab_size))
+
+
+def untrained_ids_of(state: dict, vocab_size: int) -> tuple[int, ...]:
+    """The ids a checkpoint says its training text never held (none in one written before they were saved)."""
+    ids = state.get("untrained_ids")
+    if not isinstance(ids, list) or not all(type(i) is int and 0 <= i < vocab_size for i in ids):
+        return ()  # (not ours: every id may be sampled, as before)
+    return tuple(ids)
 
 
 def check_prompt(tokenizer: Tokenizer, prompt: str) -> None:
@@ -171,7 +184,8 @@ def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
         stdout.flush()
 
     with torch.no_grad():
-        text = sample_text(run.model, run.tokenizer, args.prompt, settings, on_text=show if streaming else None)
+        text = sample_text(run.model, run.tokenizer, args.prompt, settings, on_text=show if streaming else None,
+                           untrained_ids=run.untrained_ids)
     if not streaming:
         stdout.write(text)
     if not (args.prompt + text).endswith("\n"):

@@ -21,6 +21,7 @@ from tui_trainer.data.text_source import CancelFn, ProgressFn, find_source
 from tui_trainer.data.token_cache import default_cache_dir, prepare_ids
 from tui_trainer.data.token_file import TokenFile
 from tui_trainer.data.tokenizer import DEFAULT_BPE_VOCAB, CharTokenizer, Tokenizer, load_tokenizer_file
+from tui_trainer.data.untrained import remembered_untrained_ids
 from tui_trainer.errors import DataChanged, UserError
 
 DEFAULT_CORPUS_NAME = "tinyshakespeare.txt"
@@ -55,6 +56,7 @@ class Corpus:
     cache_path: str = ""  # the token cache the ids are read from
     tokenized: bool = False  # True when this load tokenized; False when it reused the cache
     notes: tuple[str, ...] = ()  # what the user should know about the data (a damaged cache rebuilt)
+    untrained_ids: tuple[int, ...] = ()  # ids the training split never holds (never sampled: data/untrained.py)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -104,8 +106,9 @@ def load_corpus(cfg: DataConfig, block_size: int, progress: ProgressFn | None = 
             f"--block-size {block_size} is larger than the validation split can hold ({n_val} tokens)",
             f"use --block-size {fits} or less, or a larger --val-split or data file",
         )
+    untrained = remembered_untrained_ids(prepared.cache_path, tokens[:n_train], prepared.tokenizer.size)
     return Corpus(prepared.tokenizer, tokens[:n_train], tokens[n_train:], str(source.path),
-                  prepared.data_fingerprint, str(prepared.cache_path), prepared.built, prepared.notes)
+                  prepared.data_fingerprint, str(prepared.cache_path), prepared.built, prepared.notes, untrained)
 
 
 def window_count(n_tokens: int, block_size: int) -> int:

@@ -38,6 +38,21 @@ WORD_CUT = re.compile(r"(?<=\S)(?=[ \n]\S)")
 MAX_REMEMBERED_WORDS = 300_000  # distinct words whose ids are kept (~80 MB at most)
 
 
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the character that spells each byte in a token's string (the
+    printable bytes as themselves, the others from U+0100 on), as ``tokenizers``' ByteLevel has it."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)}
+    spelled: dict[str, int] = {}
+    others = 0
+    for byte in range(256):
+        if byte in printable:
+            spelled[chr(byte)] = byte
+        else:
+            spelled[chr(256 + others)] = byte
+            others += 1
+    return spelled
+
+
 def id_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned integer type that holds every id of the vocabulary."""
     for dtype in (np.uint8, np.uint16, np.uint32):
@@ -126,6 +141,10 @@ class CharTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 
+    def id_bytes(self) -> list[bytes]:
+        """Each id's UTF-8 bytes (index = id)."""
+        return self.__dict__.setdefault("_id_bytes", [c.encode("utf-8") for c in self.chars])
+
     def record(self) -> dict:
         return {"kind": "char", "vocab_size": self.size, "fingerprint": self.fingerprint}
 
@@ -206,6 +225,26 @@ class BpeTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def id_bytes(self) -> list[bytes] | None:
+        """Each id's exact bytes (index = id) for a byte-level BPE, whose ids may end mid-character
+        (text is then decoded as bytes: a character split over two ids is shown whole); None for a
+        tokenizers file of another kind (its ids decode alone only approximately)."""
+        if "_id_bytes" not in self.__dict__:
+            self._id_bytes = self._spell_ids()
+        return self._id_bytes
+
+    def _spell_ids(self) -> list[bytes] | None:
+        spec = json.loads(self.json)
+        if (spec.get("decoder") or {}).get("type") != "ByteLevel" or spec.get("added_tokens"):
+            return None
+        alphabet = byte_level_alphabet()
+        spelled: list[bytes | None] = [None] * self.size
+        for token, index in self.tokenizer.get_vocab(with_added_tokens=True).items():
+            if not 0 <= index < self.size or any(c not in alphabet for c in token):
+                return None
+            spelled[index] = bytes(alphabet[c] for c in token)
+        return None if None in spelled else spelled  # (a vocabulary with gaps: no exact bytes)
+
     def record(self) -> dict:
         return {"kind": "bpe", "vocab_size": self.size, "fingerprint": self.fingerprint, "source": self.source}
 
@@ -234,6 +273,17 @@ def train_bpe(texts: Iterator[str], vocab_size: int) -> BpeTokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)
     return BpeTokenizer(tokenizer)
+
+
+def fewer_tokens_note(learnt: int, asked: int | None) -> str | None:
+    """What to say when a BPE learnt fewer ids than asked (``asked`` None: the default). The trainer
+    merges the most frequent pair of neighbouring tokens inside a word until it has the ids asked for
+    or no word has two tokens left: a small text runs out of pairs first."""
+    wanted = asked or DEFAULT_BPE_VOCAB
+    if learnt >= wanted:
+        return None
+    of = f"of the {wanted:,} asked" if asked else f"of the default {wanted:,}"
+    return f"BPE learnt {learnt:,} tokens {of}: nothing left to merge, every word of the text is one token"
 
 
 def load_tokenizer_file(path: str | Path) -> BpeTokenizer:

@@ -39,7 +39,7 @@ class Endings:
             return f"before the first optimizer step (epoch {st.epoch})"
         return f"after optimizer step {st.step} (epoch {st.epoch})"
 
-    def end(self, reason: str, message: str = "") -> RunEnded:
+    def end(self, reason: str, message: str = "", last_epoch_share: float | None = None) -> RunEnded:
         self.state.finished = reason
         verdict = self._verdict()
         best = self.early_stopping
@@ -49,12 +49,12 @@ class Endings:
                          best_epoch=best.best_epoch, message=message,
                          exit_signal=self.control.stop_signal if reason == "interrupted" else None,
                          diagnosis=verdict.kind if verdict else None,
-                         diagnosis_reason=verdict.reason if verdict else None)
+                         diagnosis_reason=verdict.reason if verdict else None, last_epoch_share=last_epoch_share)
         self.sink.emit(event)
         return event
 
-    def end_with_the_run_saved(self, reason: str, message: str = "",
-                               then: Callable[[], None] | None = None) -> RunEnded:
+    def end_with_the_run_saved(self, reason: str, message: str = "", then: Callable[[], None] | None = None,
+                               last_epoch_share: float | None = None) -> RunEnded:
         """End a finished run, but not with its final weights only in memory: when the last save
         failed (a full disk), the app can retry it with `s` (the engine waits for it here); a run
         whose final checkpoint is still not on disk ends as an error, so a script notices."""
@@ -74,7 +74,7 @@ class Endings:
         if saved:
             if then is not None:
                 then()
-            return self.end(reason, message)
+            return self.end(reason, message, last_epoch_share)
         previous = (f"the last checkpoint on disk is from step {checkpoints.latest.step}" if checkpoints.latest
                     else "no checkpoint is on disk")
         done = "finished" if reason == "completed" else "stopped early"

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from tui_trainer.analysis.diagnosis import Diagnosis, SchedulePosition, diagnose, val_rise_warning
+from tui_trainer.analysis.time_budget import budget_spent_words, last_epoch_share
 from tui_trainer.config import RunConfig
 from tui_trainer.control import Control
 from tui_trainer.data.bits_per_byte import val_bits_per_byte
@@ -133,7 +134,14 @@ class Trainer:
                 return outcome
         late_stop = ("a stop came after the last training step: the last validation and final save were "
                      "finished, so the run is complete" if self.steering.stopping() else "")
-        return self.endings.end_with_the_run_saved("completed", late_stop)
+        if s.budget is None:
+            return self.endings.end_with_the_run_saved("completed", late_stop)
+        # The budget ended it, most often inside its last epoch (by design): say where, in words and as a share.
+        per_epoch = self.figures.examples_per_epoch() * cfg.model.block_size
+        share = last_epoch_share(st.tokens_seen, per_epoch)
+        spent = budget_spent_words(-(-st.tokens_seen // per_epoch), share)
+        return self.endings.end_with_the_run_saved("completed", "; ".join(filter(None, [spent, late_stop])),
+                                                   last_epoch_share=share)
 
     def _training_left(self) -> bool:
         """Epochs to go (--epochs), or tokens (--time-budget: the epoch that reaches the plan is the last)."""

@@ -29,7 +29,7 @@ from tui_trainer.control import Control
 from tui_trainer.data.bits_per_byte import exact_bytes, token_byte_lengths, validation_bytes
 from tui_trainer.data.dataset import Corpus, WindowDataset, load_corpus, window_count
 from tui_trainer.data.text_source import PreparationCancelled, ProgressFn
-from tui_trainer.data.tokenizer import tokenizer_from_record
+from tui_trainer.data.tokenizer import fewer_tokens_note, tokenizer_from_record
 from tui_trainer.engine.accumulation import GradientIncrements
 from tui_trainer.engine.budget import start_budget
 from tui_trainer.engine.distributed import (
@@ -183,6 +183,9 @@ class TrainingSession:
         if resume_state is not None:
             rd.check_resumed_tokenizer(resume_state, self.corpus.vocab)
         self.notes += list(self.corpus.notes)  # (a damaged token cache rebuilt)
+        if resume_state is None and cfg.data.tokenizer == "bpe":  # (said once: when the run begins)
+            fewer = fewer_tokens_note(self.corpus.vocab.size, cfg.data.vocab_size)
+            self.notes += [fewer] if fewer else []
         vocab_size = self.corpus.vocab.size
         if self.init_source is not None:
             check_corpus_tokenizer(self.init_source, self.corpus.vocab)
@@ -295,7 +298,11 @@ class TrainingSession:
         if not exact_bytes(self.corpus.vocab):
             self.notes.append("val_bpb counts each token's bytes by decoding it alone (the tokenizer is not "
                               "byte-level): close, but not exact")
-        self.sampler = LiveSampler(self.model, self.corpus.vocab, cfg.train.sample_tokens, cfg.train.seed)
+        # Ids the training text never holds are never sampled (their embeddings are untrained); a model
+        # started from --init-from learnt its whole vocabulary elsewhere, so it keeps every id.
+        self.untrained_ids = () if cfg.model.init_from else self.corpus.untrained_ids
+        self.sampler = LiveSampler(self.model, self.corpus.vocab, cfg.train.sample_tokens, cfg.train.seed,
+                                   self.untrained_ids)
         self.started = time.monotonic()  # this session's start (the run's wall time adds the earlier ones)
         # Where the `latest` checkpoint on disk stands: a resumed run's own position; none for a new run.
         self.latest_saved = self.state.position if resume_state else None
@@ -407,6 +414,7 @@ def checkpoint_of(session: TrainingSession, rng: dict[str, Any] | None = None,
         "config": session.cfg.to_dict(),
         "vocab": rd.vocab_record(session.corpus.vocab),
         "tokenizer": session.corpus.vocab.record(),
+        "untrained_ids": list(session.untrained_ids),  # never sampled, by `sample` either
         "data_sha256": session.corpus.sha256,
         "data_path": session.corpus.path,
         "data_bytes": rd.data_size(session.corpus.path),

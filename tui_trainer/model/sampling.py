@@ -9,11 +9,15 @@ one position's forward plus, once per half window, a prefill.
 
 Sampling draws from its own ``torch.Generator`` seeded by ``seed``, on the CPU: the global
 RNG (and so training's dropout and data order) is never touched, and the same seed gives the
-same text whatever the device.
+same text whatever the device. Ids the training text never held (data/untrained.py) are never
+picked: their embeddings are untrained (a byte-level BPE's unused bytes wrote control characters
+and broken UTF-8); nor are ids that would make the text invalid UTF-8 (next_token.py). Text is decoded from each id's bytes where the tokenizer has them, so a
+character split over two ids is shown once it is whole, and one the sample ends inside is left out.
 """
 
 from __future__ import annotations
 
+import codecs
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 from tui_trainer.errors import UserError
 from tui_trainer.events import SampleEvent
 from tui_trainer.model.gpt import GPT, KVCache
+from tui_trainer.model.next_token import NextTokenRule
 
 
 class Tokenizer(Protocol):
@@ -76,16 +81,18 @@ class NonFiniteOutputs(UserError):
 
 
 def pick_next(logits: torch.Tensor, temperature: float, top_k: int | None,
-              generator: torch.Generator) -> int:
+              generator: torch.Generator, untrained: torch.Tensor | None = None) -> int:
     """One token id from next-token ``logits`` (vocab,): greedy at temperature 0 (and below
-    ``GREEDY_BELOW``), else sampled."""
+    ``GREEDY_BELOW``), else sampled; never an id ``untrained`` marks (a mask: next_token.py)."""
     logits = logits.float().cpu()  # the generator lives on the CPU
     if temperature < GREEDY_BELOW:
-        return int(torch.argmax(logits))
+        return int(torch.argmax(logits if untrained is None else logits.masked_fill(untrained, float("-inf"))))
     logits = logits / temperature
     if not torch.isfinite(logits).all():  # (multinomial's RuntimeError otherwise: a traceback)
         raise NonFiniteOutputs("the model's outputs are not finite numbers: its weights have diverged",
                                "sample a checkpoint from before the divergence, or train again with a lower --lr")
+    if untrained is not None:
+        logits = logits.masked_fill(untrained, float("-inf"))
     if top_k is not None and top_k < logits.numel():
         kth_largest = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -134,20 +141,26 @@ class ContextWindow:
 
 
 def generate(model: GPT, prompt_ids: Sequence[int], settings: SamplingSettings,
-             on_token: Callable[[int], None] | None = None) -> list[int]:
-    """The ``settings.max_new_tokens`` new token ids after ``prompt_ids``; ``on_token`` sees
-    each one as it is chosen. The model is put in eval mode for it and back as it was."""
+             on_token: Callable[[int], None] | None = None, untrained_ids: Sequence[int] = (),
+             id_bytes: Sequence[bytes] | None = None) -> list[int]:
+    """The ``settings.max_new_tokens`` new token ids after ``prompt_ids``: none of ``untrained_ids``,
+    and, given each id's bytes (``id_bytes``), none that would make the text invalid UTF-8
+    (next_token.py). ``on_token`` sees each one as it is chosen. The model is put in eval mode for
+    it and back as it was."""
     tokens = [int(i) for i in prompt_ids]
     if not tokens:
         raise ValueError("generation needs a prompt of at least one token")
     generator = torch.Generator().manual_seed(settings.seed)
+    rule = NextTokenRule(model.cfg.vocab_size, untrained_ids, id_bytes)
     window = ContextWindow(model, settings.kv_cache)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for _ in range(settings.max_new_tokens):
-                next_id = pick_next(window.next_logits(tokens), settings.temperature, settings.top_k, generator)
+                next_id = pick_next(window.next_logits(tokens), settings.temperature, settings.top_k, generator,
+                                    rule.mask())
+                rule.took(next_id)
                 tokens.append(next_id)
                 if on_token is not None:
                     on_token(next_id)
@@ -156,29 +169,56 @@ def generate(model: GPT, prompt_ids: Sequence[int], settings: SamplingSettings,
     return tokens[len(prompt_ids):]
 
 
+def exact_id_bytes(tokenizer: Tokenizer) -> list[bytes] | None:
+    """Each id's exact bytes when the tokenizer has them (char; byte-level BPE), else None."""
+    id_bytes = getattr(tokenizer, "id_bytes", None)
+    return id_bytes() if id_bytes is not None else None
+
+
+def decode_text(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
+    """The text of ``ids``, as ``TextStream`` shows it: from each id's bytes where the tokenizer has
+    them, a character the ids end inside left out (it was never completed)."""
+    id_bytes = exact_id_bytes(tokenizer)
+    if id_bytes is None:
+        return tokenizer.decode(ids)
+    return codecs.getincrementaldecoder("utf-8")("replace").decode(b"".join(id_bytes[int(i)] for i in ids))
+
+
 class TextStream:
-    """Turns token ids, one at a time, into the text they add. Decoding a few ids already shown
-    together with the new ones and emitting what the new ones add works for any tokenizer (a
-    BPE token can end mid-character: text that ends in U+FFFD is held back until the next
-    token completes it). Each token decodes at most ``CONTEXT`` ids more than it adds, so a long
-    stream costs the same per token at its end as at its start (decoding every id so far, each
-    token, grew with the text: at 10,000 characters it cost more than a token's forward)."""
+    """Turns token ids, one at a time, into the text they add.
+
+    With a tokenizer that spells each id as bytes (``id_bytes``: char, byte-level BPE) the bytes go
+    through an incremental UTF-8 decoder: a character split over ids is shown once its last byte
+    comes, and one the stream ends inside is never shown (no half character as U+FFFD).
+    Any other tokenizer: a few ids already shown are decoded together with the new ones and what
+    the new ones add is emitted (text that ends in U+FFFD is held back until the next token
+    completes it). Each token decodes at most ``CONTEXT`` ids more than it adds, so a long stream
+    costs the same per token at its end as at its start (decoding every id so far, each token, grew
+    with the text: at 10,000 characters it cost more than a token's forward)."""
 
     CONTEXT = 8  # ids before the new ones that are decoded with them, so a token that joins its neighbour decodes right
 
     def __init__(self, tokenizer: Tokenizer, on_text: Callable[[str], None]) -> None:
         self.tokenizer = tokenizer
         self.on_text = on_text
+        self.id_bytes = exact_id_bytes(tokenizer)
+        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self.ids: list[int] = []
         self.shown = 0  # ids[:shown] are in the text emitted so far
         self.head = ""  # the decoded text of ids[anchor:shown], the context the new ids follow
 
     def __call__(self, token_id: int) -> None:
+        if self.id_bytes is not None:
+            text = self.utf8.decode(self.id_bytes[token_id])
+            if text:
+                self.on_text(text)
+            return
         self.ids.append(token_id)
         self._emit(final=False)
 
     def flush(self) -> None:
-        self._emit(final=True)
+        if self.id_bytes is None:  # (bytes: an unfinished character stays out)
+            self._emit(final=True)
 
     def _emit(self, final: bool) -> None:
         anchor = max(0, self.shown - self.CONTEXT)
@@ -192,15 +232,16 @@ class TextStream:
 
 
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, settings: SamplingSettings,
-                on_text: Callable[[str], None] | None = None) -> str:
-    """The text generated after ``prompt`` (the prompt itself not included); ``on_text`` gets
-    it piece by piece as it is generated."""
+                on_text: Callable[[str], None] | None = None, untrained_ids: Sequence[int] = ()) -> str:
+    """The text generated after ``prompt`` (the prompt itself not included), never from
+    ``untrained_ids``; ``on_text`` gets it piece by piece as it is generated."""
     prompt_ids = [int(i) for i in tokenizer.encode(prompt)]
     stream = TextStream(tokenizer, on_text) if on_text is not None else None
-    new_ids = generate(model, prompt_ids, settings, on_token=stream)
+    new_ids = generate(model, prompt_ids, settings, on_token=stream, untrained_ids=untrained_ids,
+                       id_bytes=exact_id_bytes(tokenizer))
     if stream is not None:
         stream.flush()
-    return tokenizer.decode(new_ids)
+    return decode_text(tokenizer, new_ids)
 
 
 LIVE_PROMPT = "\n"  # samples during training start from a new line, as the CLI's default does
@@ -208,19 +249,22 @@ LIVE_TEMPERATURE = 0.8
 ASKED_SAMPLE_TOKENS = 200  # what `g` writes when the samples after each epoch are off
 
 
-def live_sample(model: GPT, tokenizer: Tokenizer, max_new_tokens: int, seed: int) -> str:
+def live_sample(model: GPT, tokenizer: Tokenizer, max_new_tokens: int, seed: int,
+                untrained_ids: Sequence[int] = ()) -> str:
     """A short sample from the weights as they are, for the training loop (after an epoch, or
-    when asked). Its own generator seeded by ``seed``; the model goes back to its mode."""
+    when asked), never from ``untrained_ids``. Its own generator seeded by ``seed``; the model goes
+    back to its mode."""
     try:
         prompt_ids = [int(i) for i in tokenizer.encode(LIVE_PROMPT)]
     except (KeyError, ValueError):  # a character vocabulary without a newline
         prompt_ids = []
     settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=LIVE_TEMPERATURE, seed=seed)
     try:
-        new_ids = generate(model, prompt_ids or [0], settings)
+        new_ids = generate(model, prompt_ids or [0], settings, untrained_ids=untrained_ids,
+                           id_bytes=exact_id_bytes(tokenizer))
     except NonFiniteOutputs as exc:  # the run's own guards say the rest (non-finite steps, its end)
         return f"(no sample: {exc.message})"
-    return tokenizer.decode(new_ids)
+    return decode_text(tokenizer, new_ids)
 
 
 class LiveSampler:
@@ -228,11 +272,13 @@ class LiveSampler:
     0 = none) and one whenever asked. Each is seeded by (run seed, step), so a run and its
     resumption write the same text, and none draws from the global RNG the loop uses."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, tokens: int, seed: int) -> None:
+    def __init__(self, model: GPT, tokenizer: Tokenizer, tokens: int, seed: int,
+                 untrained_ids: Sequence[int] = ()) -> None:
         self.model = model  # the plain module, not a torch.compile wrapper: generation has its own forward
         self.tokenizer = tokenizer
         self.tokens = tokens
         self.seed = seed
+        self.untrained_ids = tuple(untrained_ids)  # never sampled (data/untrained.py)
 
     def _seed_for(self, step: int) -> int:
         return (self.seed * 1_000_003 + step) % 2**63  # any run seed gives a seed the generator takes
@@ -240,9 +286,10 @@ class LiveSampler:
     def after_epoch(self, step: int) -> str | None:
         if not self.tokens:
             return None
-        return live_sample(self.model, self.tokenizer, self.tokens, self._seed_for(step))
+        return live_sample(self.model, self.tokenizer, self.tokens, self._seed_for(step), self.untrained_ids)
 
     def asked(self, epoch: int, step: int) -> SampleEvent:
         started = time.perf_counter()
-        text = live_sample(self.model, self.tokenizer, self.tokens or ASKED_SAMPLE_TOKENS, self._seed_for(step))
+        text = live_sample(self.model, self.tokenizer, self.tokens or ASKED_SAMPLE_TOKENS, self._seed_for(step),
+                           self.untrained_ids)
         return SampleEvent(epoch=epoch, step=step, text=text, seconds=time.perf_counter() - started)

@@ -81,7 +81,7 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
             end = event
     status = "running" if live else STATUS.get(end.reason, end.reason) if end else "interrupted"
     settings = flat_settings(config_record)
-    planned = epochs[-1].epochs if epochs else _planned_epochs(config_record)
+    planned = _planned_epochs(config_record, epochs)
     tokens = max([0, *(e.tokens_seen for e in epochs), *([last_step.tokens_seen] if last_step else []),
                   *([end.tokens_seen] if end else [])])
     vals = [e.val_loss for e in epochs if _finite(e.val_loss)]
@@ -94,10 +94,18 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
                       seconds=seconds, tokens_per_s=_pace(epochs, last_step), settings=settings)
 
 
-def _planned_epochs(config_record: dict[str, Any] | None) -> int | None:
+def _planned_epochs(config_record: dict[str, Any] | None, epochs: list[EpochEvent]) -> int | None:
+    """The epochs the run works to now: config.json's (a resume with --epochs rewrites it at once,
+    while the records keep the old target until an epoch ends), or, with a --time-budget, the
+    budget's plan as the last epoch recorded it."""
     train = ((config_record or {}).get("config") or {}).get("train")
-    epochs = train.get("epochs") if isinstance(train, dict) else None
-    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+    train = train if isinstance(train, dict) else {}
+    if train.get("time_budget") is not None and epochs:
+        return epochs[-1].epochs
+    planned = train.get("epochs")
+    if isinstance(planned, int) and not isinstance(planned, bool):
+        return planned
+    return epochs[-1].epochs if epochs else None
 
 
 def _pace(epochs: list[EpochEvent], last_step: StepEvent | None) -> float | None:
@@ -179,17 +187,32 @@ def run_dirs_under(folder: str | Path) -> list[Path]:
 SHOWN_RUNS = 5  # a folder of runs given to --resume: the newest this many are named
 
 
-def folder_of_runs_error(folder: Path) -> UserError | None:
-    """For ``--resume runs`` (the folder that holds run dirs, not one of them): the error that names
-    the runs inside, newest first, with their status; None when it holds none."""
+def folder_of_runs_error(folder: Path, asked: str = "--resume") -> UserError | None:
+    """For ``--resume runs``, ``view runs``, ``sample runs`` (``asked``: the flag or command given the
+    folder that holds run dirs, not one of them): the error that names the runs inside, newest
+    first, with their status; None when it holds none."""
     run_dirs = run_dirs_under(folder)
     if not run_dirs:
         return None
     named = ", ".join(f"{run_dir} ({read_summary(run_dir).status})" for run_dir in run_dirs[:SHOWN_RUNS])
     more = len(run_dirs) - SHOWN_RUNS
-    return UserError(f"--resume {folder} is a folder of runs, not a run dir; it holds {named}"
+    return UserError(f"{asked} {folder} is a folder of runs, not a run dir; it holds {named}"
                      + (f" and {more} more" if more > 0 else ""),
-                     f"pass one of these to --resume (newest first; `tui-trainer runs {folder}` lists them all)")
+                     f"pass one of these to {asked} (newest first; `tui-trainer runs {folder}` lists them all)")
+
+
+def refuse_a_folder_of_runs(path: str | Path, asked: str) -> None:
+    """``view``/``sample`` given a folder that is no run dir itself: one line naming the runs inside
+    (``folder_of_runs_error``), or saying it holds none. A run dir (even a damaged one) and a path
+    that is no folder pass: the command's own checks say what is wrong with them."""
+    path = Path(path)
+    if not path.is_dir() or is_run_dir(path):
+        return
+    error = folder_of_runs_error(path, asked)
+    if error is not None:
+        raise error
+    raise UserError(f"{path} is not a run dir and holds none",
+                    "pass a run dir such as runs/20260101-120000 (`tui-trainer runs [FOLDER]` lists them)")
 
 
 # -- the table --------------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ def summary_line(end, run_dir: Path, error_text: str | None = None) -> str:
     best = f", best val {end.best_val_loss:.4f} at epoch {end.best_epoch}" if end.best_epoch is not None else ""
     next_step = end.next_step(str(run_dir))
     then = f"\n{next_step}" if next_step else ""
+    if end.reason == "completed" and end.last_epoch_share is not None:  # --time-budget: where it ended
+        return f"tui-trainer: {end.message}, {plural(end.steps, 'step')}{best} — {run_dir}{then}"
     if end.reason == "completed":
         return (f"tui-trainer: finished {plural(end.epochs, 'epoch')}, {plural(end.steps, 'step')}{best}"
                 f" — {run_dir}{then}")

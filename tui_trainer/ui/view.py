@@ -118,6 +118,7 @@ class RunView:
     # -- the end -----------------------------------------------------------------------------
     end_reason: str | None = None
     end_message: str = ""
+    last_epoch_share: float | None = None  # a --time-budget run ended by its budget: its last epoch's share
     error_text: str | None = None  # the exception, when the engine failed
     # -- checkpoints and notices -------------------------------------------------------------
     last_checkpoint_step: int | None = None

@@ -218,6 +218,7 @@ def _run_ended(view: RunView, e: RunEnded, now: float) -> None:
     view.val_batch = None
     view.state = END_STATES.get(e.reason, FINISHED)
     view.end_reason, view.end_message = e.reason, e.message
+    view.last_epoch_share = e.last_epoch_share
     view.best_val_loss, view.best_epoch = e.best_val_loss, e.best_epoch
     view.pause_requested = view.requested_accum = None
     view.sample_requested = False

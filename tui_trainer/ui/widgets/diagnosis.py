@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from tui_trainer.analysis.diagnosis import KINDS
 from tui_trainer.ui import format as fmt
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.base import Panel
 
-KINDS = ("learning", "healthy", "underfitting", "overfitting", "unstable")
 FRAME = 4  # the banner's border and padding: a line's room is the width less this
 NARROW = 70  # below this many columns the verdict's reason is cut to its line (two rows, not three)
 
@@ -85,6 +85,8 @@ class DiagnosisBanner(Panel):
 
     @staticmethod
     def ending(view: RunView) -> str:
+        if view.end_reason == "completed" and view.last_epoch_share is not None:  # --time-budget: its words
+            return f"■ {view.end_message or 'budget spent'} — press q to quit"
         if view.end_reason == "completed":
             return f"■ finished {'the' if view.epochs == 1 else 'all'} {fmt.plural(view.epochs, 'epoch')} — press q to quit"
         if view.end_reason == "early_stop":

@@ -5,11 +5,11 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from tui_trainer.analysis.diagnosis import KINDS as KIND_STYLES
 from tui_trainer.ui import format as fmt
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.base import Panel
 
-KIND_STYLES = ("learning", "healthy", "underfitting", "overfitting", "unstable")
 COLUMNS = ["epoch", "train", "val", "bpb", "accum", "tok/s", "verdict"]
 # widest usual values: every column in 60 (an 80-column terminal's table has ~76)
 COLUMN_WIDTHS = {"epoch": 5, "train": 7, "val": 7, "bpb": 6, "accum": 5, "tok/s": 6, "verdict": 12}

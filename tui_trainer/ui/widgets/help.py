@@ -47,11 +47,12 @@ MEMORY = (
 DIAGNOSES = [
     ("learning", "$secondary", ["the loss still falls, however high: keep training"]),
     ("healthy", "$success", ["both losses fall: keep training"]),
+    ("converged", "$accent", ["flat, the lr in its tail: more data, a larger model, or stop"]),
     ("underfitting", "$primary-lighten-2", ["high and flat for epochs: a bigger model, more epochs;",
                                             "the lr only if flat from the start at its peak"]),
     ("overfitting", "$warning", ["val rises as train falls, or sits far above it: more data,",
                                    "dropout, weight decay; early stopping keeps the best weights"]),
-    ("unstable", "$error", ["NaN/inf or loss spikes: lower the lr, check gradient clipping"]),
+    ("unstable", "$error", ["NaN/inf or loss spikes: lower the lr, check the clipping"]),
 ]
 
 

@@ -13,7 +13,9 @@ from tui_trainer.ui.widgets.base import Panel
 class ProgressPanel(Panel):
     """micro-step 5/8 ━━━━━╸━━━ / step 120/480 ━━╸━━━━━━ / epoch 3/10 ━━━╸━━━━━
 
-    While the epoch validates, the first row is ``validating 12/40`` instead."""
+    While the epoch validates, the first row is ``validating 12/40`` instead. A --time-budget run
+    ended by its budget stops inside its last epoch by design: its step row then reads ``budget
+    spent`` (complete) and its epoch row the epochs it trained, not a bar left looking unfinished."""
 
     COMPONENT_CLASSES = {"progress--label", "progress--count", "progress--bar", "progress--complete",
                          "progress--finished"}
@@ -24,7 +26,7 @@ class ProgressPanel(Panel):
 
     def key(self, view: RunView, now: float):
         return (view.val_batch, view.val_batches, view.micro_step, view.micro_steps, view.step_in_epoch, view.steps_in_epoch, view.epoch,
-                view.epochs, view.epochs_done)
+                view.epochs, view.epochs_done, view.last_epoch_share)
 
     def build(self, view: RunView, now: float) -> Table:
         label = self.get_component_rich_style("progress--label")
@@ -44,6 +46,9 @@ class ProgressPanel(Panel):
             f"{view.step_in_epoch}/{view.steps_in_epoch}" if view.steps_in_epoch else "-/-",
             f"{min(view.epoch, view.epochs)}/{view.epochs}" if view.epochs else "-/-",
         ]
+        if view.end_reason == "completed" and view.last_epoch_share is not None:
+            rows[1:] = [("budget", 1, 1), ("epoch", epochs_done, epochs_done)]
+            counters[1:] = ["spent", f"{epochs_done}/{epochs_done}"]
         if view.val_batch is not None:  # the epoch's validation pass: its bar takes the micro-steps' row
             rows[0] = ("validating", view.val_batch, view.val_batches)
             counters[0] = f"{view.val_batch}/{view.val_batches}"
