@@ -228,11 +228,16 @@ def check_recovered_oom(scratch: Path, corpus: Path = CORPUS) -> list[Row]:
     half, twice = OOM_MICRO_BATCH // 2, OOM_ACCUM * 2
     free_cuda()
     base_reserved = torch.cuda.memory_reserved()
-    torch.cuda.reset_peak_memory_stats()
+    reserved: list[int] = []
+
+    def note_reserved(event, sink: ListSink) -> None:  # (each step resets the peaks: read before the next)
+        if isinstance(event, StepEvent):
+            reserved.append(torch.cuda.max_memory_reserved())
+
     steady_sink = wall_run(wall_config(corpus, scratch / "wall-steady", dropout=0.0, micro_batch=half,
-                                       accum=twice), OOM_STEPS)
+                                       accum=twice), OOM_STEPS, note_reserved)
     # What the half micro-batch needs, as the cap counts it: the most the allocator reserved (>= allocated).
-    need_small = torch.cuda.max_memory_reserved() - base_reserved
+    need_small = max(reserved) - base_reserved
     base = free_cuda()
     total = torch.cuda.get_device_properties(0).total_memory
     ooms_before = torch.cuda.memory_stats().get("num_ooms", 0)

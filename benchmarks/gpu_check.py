@@ -261,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line("cuda"))
     print(f"preset {preset}, {steps} optimizer steps a run, tinyshakespeare")
     rows: list[Row] = []
+    seconds: dict[str, float] = {}  # each group's (what a later call on a card can afford)
     with scratch_dir("gpu-check") as scratch_name:
         scratch = Path(scratch_name)
         checks = (("accumulation", "accumulation", lambda: check_accumulation(preset)),
@@ -276,14 +277,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, group, check in checks:
             if args.only is not None and group != args.only:
                 continue
+            check_started = time.monotonic()
             try:
                 rows += check()
             except Exception as exc:  # one check's failure must not hide the others' figures
                 rows.append([name, "raised", f"{type(exc).__name__}: {str(exc)[:80]}", "FAILED"])
+            seconds[name] = time.monotonic() - check_started
         if args.nanogpt is not None and args.only in (None, "speed"):
             rows += check_nanogpt(args.nanogpt.expanduser(), preset, steps)
     print(table(["check", "result", "detail", "verdict"], rows))
-    print(f"{time.monotonic() - started:.0f} s in all")
+    print(f"{time.monotonic() - started:.0f} s in all: " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()))
     return CHECK_FAILED if any(row[-1] == "FAILED" for row in rows) else 0
 
 
