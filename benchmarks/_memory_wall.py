@@ -37,7 +37,8 @@ from tui_trainer.model.gpt import GPT
 from tui_trainer.rundir.metrics import read_metrics
 
 # ~10.9M parameters at context 512: activations dominate (measured on the CPU, dropout 0: ~90 MB a
-# sequence above ~0.1 GB of gradients; micro-batch 64 some 6 GB, on an 80 GB card without trouble).
+# sequence above ~0.1 GB of gradients; so micro-batch 64 some 6 GB by that measure, far from an 80 GB card's
+# limit: the wall here is the budget, and the cap).
 WALL_MODEL = ModelConfig(n_layer=6, n_head=6, n_embd=384, block_size=512, dropout=0.0)
 WALL_BATCH = 64
 BUDGET_SHARE = 0.40  # the budget: this share of what micro-batch 64 needs (probe + optimizer state)
