@@ -10,11 +10,18 @@
     resume            stop at a step, resume: every later step's loss bit-identical, fp32 on CUDA
     nccl              a 1-process NCCL group: accumulate_window then the gradient sum (gradient_sum.py), the gradient
                       equal to the plain one
+    memory wall       (issue 26, _memory_wall.py; last, as it caps the process's memory) a model whose micro-batch
+                      64 needs more than the --memory-budget given (40% of what a first probe measured): auto
+                      chooses less, its peak under the budget, its losses the hand-given split's; then a real
+                      torch.OutOfMemoryError mid-window under a memory cap, the run going on at half the
+                      micro-batch on the losses of an uninterrupted run at that split (1e-5, fp32)
 
     python benchmarks/gpu_check.py                        # on a machine with one NVIDIA GPU
     python benchmarks/gpu_check.py --nanogpt ~/nanoGPT    # + nanoGPT's train.py (its shakespeare_char
                                                           #   data prepared: data/shakespeare_char/prepare.py)
-    python benchmarks/gpu_check.py --quick                # tiny model, fewer steps
+    python benchmarks/gpu_check.py --quick                # tiny model, fewer steps (the memory wall's
+                                                          #   model is its own, the same)
+    python benchmarks/gpu_check.py --only "memory wall"   # one group of rows (a name from the list above)
 
 Without CUDA it says so and exits 3 (nothing measured): the CPU suite (tests/test_fp16.py and the
 others) covers the same code paths there. Never estimate its figures: run it on the card.
@@ -36,6 +43,7 @@ from pathlib import Path
 
 import torch
 from _common import CHECK_FAILED, NOTHING_MEASURED, PRESETS, machine_line, run_config, scratch_dir, table
+from _memory_wall import check_auto_fits, check_recovered_oom, with_matmul_precision_kept
 
 from tui_trainer.data.dataset import WindowDataset, load_corpus, plan_windows
 from tui_trainer.engine.accumulation import accumulate_window
@@ -49,6 +57,8 @@ TOLERANCE = 1e-4  # fp32, TF32 off: the CPU suite's bar (tests/test_accumulation
 QUALITY_TOLERANCE = 0.01  # bf16/fp16 val loss within 1% of fp32's after the same tokens
 SPLITS = [(16, 3), (12, 4), (8, 6), (20, 3), (10, 5), (7, 7)]  # of 48 examples; the last three leave a remainder
 WARMUP_STEPS = 3  # left out of tokens/s (allocations, compilation)
+
+GROUPS = ("accumulation", "speed", "host syncs", "resume", "nccl", "memory wall")  # --only (speed: quality too)
 
 Row = list[str]
 
@@ -240,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps of each engine run")
     parser.add_argument("--nanogpt", type=Path, help="a karpathy/nanoGPT checkout: its train.py is timed too")
     parser.add_argument("--quick", action="store_true", help="tiny model, 8 steps")
+    parser.add_argument("--only", choices=GROUPS, help="run this group of rows alone")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("nothing measured: no CUDA device here (gpu_check.py needs one NVIDIA GPU); the CPU suite "
@@ -250,21 +261,32 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line("cuda"))
     print(f"preset {preset}, {steps} optimizer steps a run, tinyshakespeare")
     rows: list[Row] = []
+    seconds: dict[str, float] = {}  # each group's (what a later call on a card can afford)
     with scratch_dir("gpu-check") as scratch_name:
         scratch = Path(scratch_name)
-        for name, check in (("accumulation", lambda: check_accumulation(preset)),
-                            ("quality/speed", lambda: check_quality_and_speed(preset, steps, scratch)),
-                            ("host syncs", lambda: check_host_syncs(preset, scratch)),
-                            ("resume", lambda: check_resume(preset, max(steps // 3, 6), scratch)),
-                            ("nccl", lambda: check_nccl(preset))):
+        checks = (("accumulation", "accumulation", lambda: check_accumulation(preset)),
+                  ("quality/speed", "speed", lambda: check_quality_and_speed(preset, steps, scratch)),
+                  ("host syncs", "host syncs", lambda: check_host_syncs(preset, scratch)),
+                  ("resume", "resume", lambda: check_resume(preset, max(steps // 3, 6), scratch)),
+                  ("nccl", "nccl", lambda: check_nccl(preset)),
+                  ("memory wall: auto", "memory wall",
+                   lambda: with_matmul_precision_kept(lambda: check_auto_fits(scratch))),
+                  # (last: it caps the process's memory, released afterwards whatever happens)
+                  ("memory wall: oom", "memory wall",
+                   lambda: with_matmul_precision_kept(lambda: check_recovered_oom(scratch))))
+        for name, group, check in checks:
+            if args.only is not None and group != args.only:
+                continue
+            check_started = time.monotonic()
             try:
                 rows += check()
             except Exception as exc:  # one check's failure must not hide the others' figures
                 rows.append([name, "raised", f"{type(exc).__name__}: {str(exc)[:80]}", "FAILED"])
-        if args.nanogpt is not None:
+            seconds[name] = time.monotonic() - check_started
+        if args.nanogpt is not None and args.only in (None, "speed"):
             rows += check_nanogpt(args.nanogpt.expanduser(), preset, steps)
     print(table(["check", "result", "detail", "verdict"], rows))
-    print(f"{time.monotonic() - started:.0f} s in all")
+    print(f"{time.monotonic() - started:.0f} s in all: " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()))
     return CHECK_FAILED if any(row[-1] == "FAILED" for row in rows) else 0
 
 
