@@ -296,7 +296,7 @@ def option_blocks(help_text: str) -> dict[str, str]:
 
 
 def test_train_help_groups_the_flags_and_shows_every_default(capsys):
-    from tui_trainer.cli.main import FLAGS
+    from tui_trainer.cli.flags import FLAGS
 
     with pytest.raises(SystemExit) as exited:
         main(["train", "--help"])

@@ -34,7 +34,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def command_line_of(cfg: RunConfig) -> str:
     """A `tui-trainer train` command with the run's settings: every flag whose value is not the default
     (settings with no flag, as `min_lr_ratio = 0.2`, belong in a --config file and are named after #)."""
-    from tui_trainer.cli.main import FLAGS
+    from tui_trainer.cli.flags import FLAGS
 
     default = RunConfig()
     flag_of = {(section, name): flag for flag, _group, section, name, _kind, _help in FLAGS}
