@@ -32,10 +32,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_model(block_size: int = BLOCK, vocab_size: int = 23, dropout: float = 0.1) -> GPT:
+def tiny_model(block_size: int = BLOCK, vocab_size: int = 23, dropout: float = 0.1, gelu: str = "exact") -> GPT:
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, dropout=dropout,
-                            vocab_size=vocab_size))
+                            vocab_size=vocab_size, gelu=gelu))
     # Larger weights than the init's (whose logits are near-uniform and whose greedy text repeats
     # one token): the choices are clear and the text varies, so the context matters.
     with torch.no_grad():
@@ -45,8 +45,9 @@ def tiny_model(block_size: int = BLOCK, vocab_size: int = 23, dropout: float = 0
     return model
 
 
-def test_cached_logits_match_a_full_recompute_at_every_step_including_after_slides():
-    model = tiny_model().eval()
+@pytest.mark.parametrize("gelu", ["exact", "tanh"])
+def test_cached_logits_match_a_full_recompute_at_every_step_including_after_slides(gelu):
+    model = tiny_model(gelu=gelu).eval()
     generator = torch.Generator().manual_seed(3)
     cached = ContextWindow(model, use_cache=True)
     tokens = [1, 5, 7, 2, 9]
