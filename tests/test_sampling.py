@@ -122,6 +122,18 @@ def test_top_k_never_picks_outside_the_k_most_likely_tokens():
     assert seen == {0, 1, 2}  # it does sample among the k, not just the top one
 
 
+def test_sampled_tokens_follow_the_softmax_probabilities_and_never_a_zero_probability_one():
+    probabilities = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probabilities.log()  # the last is -inf: probability 0, as top-k's masked tokens are
+    generator = torch.Generator().manual_seed(0)
+    draws = 20_000
+    counts = torch.bincount(torch.tensor([pick_next(logits, 1.0, None, generator) for _ in range(draws)]),
+                            minlength=5)
+    assert counts[4] == 0
+    # four standard deviations of a frequency at p = 0.5 over 20,000 draws is 0.014
+    assert torch.allclose(counts / draws, probabilities, atol=0.014, rtol=0), counts.tolist()
+
+
 def test_top_k_one_is_greedy():
     model = tiny_model()
     greedy = generate(model, [4], SamplingSettings(max_new_tokens=30, temperature=0))
