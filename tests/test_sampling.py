@@ -32,10 +32,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_model(block_size: int = BLOCK, vocab_size: int = 23, dropout: float = 0.1) -> GPT:
+def tiny_model(block_size: int = BLOCK, vocab_size: int = 23, dropout: float = 0.1, gelu: str = "exact") -> GPT:
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, dropout=dropout,
-                            vocab_size=vocab_size))
+                            vocab_size=vocab_size, gelu=gelu))
     # Larger weights than the init's (whose logits are near-uniform and whose greedy text repeats
     # one token): the choices are clear and the text varies, so the context matters.
     with torch.no_grad():
@@ -45,8 +45,9 @@ def tiny_model(block_size: int = BLOCK, vocab_size: int = 23, dropout: float = 0
     return model
 
 
-def test_cached_logits_match_a_full_recompute_at_every_step_including_after_slides():
-    model = tiny_model().eval()
+@pytest.mark.parametrize("gelu", ["exact", "tanh"])
+def test_cached_logits_match_a_full_recompute_at_every_step_including_after_slides(gelu):
+    model = tiny_model(gelu=gelu).eval()
     generator = torch.Generator().manual_seed(3)
     cached = ContextWindow(model, use_cache=True)
     tokens = [1, 5, 7, 2, 9]
@@ -119,6 +120,18 @@ def test_top_k_never_picks_outside_the_k_most_likely_tokens():
         assert choice in allowed
         seen.add(sorted(allowed, key=lambda i: -logits[i]).index(choice))
     assert seen == {0, 1, 2}  # it does sample among the k, not just the top one
+
+
+def test_sampled_tokens_follow_the_softmax_probabilities_and_never_a_zero_probability_one():
+    probabilities = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probabilities.log()  # the last is -inf: probability 0, as top-k's masked tokens are
+    generator = torch.Generator().manual_seed(0)
+    draws = 20_000
+    counts = torch.bincount(torch.tensor([pick_next(logits, 1.0, None, generator) for _ in range(draws)]),
+                            minlength=5)
+    assert counts[4] == 0
+    # four standard deviations of a frequency at p = 0.5 over 20,000 draws is 0.014
+    assert torch.allclose(counts / draws, probabilities, atol=0.014, rtol=0), counts.tolist()
 
 
 def test_top_k_one_is_greedy():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from tui_trainer.config import ModelConfig
+from tui_trainer.model.kv_cache import KVCache, cached_forward
 
 GELU_APPROXIMATE = {"exact": "none", "tanh": "tanh"}  # ModelConfig.gelu -> F.gelu's `approximate`
 
@@ -40,30 +41,6 @@ class CausalSelfAttention(nn.Module):
         )
         y = y.transpose(1, 2).contiguous().view(batch, time, channels)
         return self.resid_dropout(self.proj(y))
-
-    def forward_cached(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                       start: int) -> torch.Tensor:
-        """Attention of ``x`` (positions ``start..start+T-1``) over every position the cache holds.
-
-        ``keys``/``values`` are this layer's buffers (B, heads, block_size, head_dim); the new
-        keys and values are written into them at ``start``. Inference only: no dropout."""
-        batch, time, channels = x.shape
-        q, k, v = self.qkv(x).split(channels, dim=2)
-        q, k, v = (t.view(batch, time, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-        end = start + time
-        keys[:, :, start:end] = k
-        values[:, :, start:end] = v
-        if time == 1:  # one new token sees every cached position: no mask at all
-            y = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end])
-        elif start == 0:  # a prefill: the ordinary causal mask
-            y = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], is_causal=True)
-        else:
-            # SDPA's is_causal aligns the mask top-left, which is wrong when queries start at
-            # `start`: query i (absolute start + i) may see keys 0..start + i.
-            visible = torch.ones(time, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            y = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=visible)
-        y = y.transpose(1, 2).contiguous().view(batch, time, channels)
-        return self.proj(y)
 
 
 class MLP(nn.Module):
@@ -90,26 +67,6 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
-
-    def forward_cached(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                       start: int) -> torch.Tensor:
-        x = x + self.attn.forward_cached(self.ln_1(x), keys, values, start)
-        return x + self.mlp(self.ln_2(x))
-
-
-class KVCache:
-    """Keys and values of every attention layer for one generation, preallocated to the context.
-
-    ``length`` is how many positions (from 0) the buffers hold. The model has learned absolute
-    positions, so a full cache cannot drop its oldest token and go on: the caller starts a new
-    cache over a shorter window instead (tui_trainer/model/sampling.py slides by re-prefilling)."""
-
-    def __init__(self, cfg: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype) -> None:
-        shape = (batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.capacity = cfg.block_size
-        self.length = 0
 
 
 class GPT(nn.Module):
@@ -164,25 +121,15 @@ class GPT(nn.Module):
         return self(idx, targets)
 
     def new_kv_cache(self, batch: int = 1) -> KVCache:
-        weight = self.token_embedding.weight
-        return KVCache(self.cfg, batch, weight.device, weight.dtype)
+        return KVCache(self, batch)
 
     def forward_cached(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Token ids (B, T) that follow the ``cache.length`` positions the cache holds → the
         next-token logits (B, vocab) after the last of them. Appends the ids to the cache.
+        The step itself is tui_trainer/model/kv_cache.py's, written for few ops per token.
 
         Call it under ``torch.inference_mode()`` with the model in ``eval()`` (no dropout here)."""
-        start, time = cache.length, idx.shape[1]
-        if start + time > cache.capacity:
-            raise ValueError(f"{start} cached + {time} new positions exceed the context of {cache.capacity}")
-        # A slice of the position table is the lookup of positions start..start+T-1, without
-        # building an index tensor for every token.
-        x = self.token_embedding(idx) + self.position_embedding.weight[start:start + time]
-        for block, keys, values in zip(self.blocks, cache.keys, cache.values):
-            x = block.forward_cached(x, keys, values, start)
-        cache.length = start + time
-        # Only the last position's logits are needed: with a large vocabulary the head is costly.
-        return self.lm_head(self.ln_f(x[:, -1, :]))
+        return cached_forward(self, idx, cache)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],

@@ -18,6 +18,7 @@ character split over two ids is shown once it is whole, and one the sample ends 
 from __future__ import annotations
 
 import codecs
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,15 +89,26 @@ def pick_next(logits: torch.Tensor, temperature: float, top_k: int | None,
     if temperature < GREEDY_BELOW:
         return int(torch.argmax(logits if untrained is None else logits.masked_fill(untrained, float("-inf"))))
     logits = logits / temperature
-    if not torch.isfinite(logits).all():  # (multinomial's RuntimeError otherwise: a traceback)
-        raise NonFiniteOutputs("the model's outputs are not finite numbers: its weights have diverged",
-                               "sample a checkpoint from before the divergence, or train again with a lower --lr")
     if untrained is not None:
         logits = logits.masked_fill(untrained, float("-inf"))
     if top_k is not None and top_k < logits.numel():
         kth_largest = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    return int(torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator))
+    # One uniform draw located among the cumulative probabilities (inverse transform sampling):
+    # a few us at any vocabulary, where torch.multinomial cost 13 us at 65 tokens and ~1-2 ms at
+    # GPT-2's 50,257 (its exponential draw per token), more than a token's forward (benchmarks/README.md).
+    cumulative = F.softmax(logits, dim=-1).cumsum_(dim=-1)
+    total = float(cumulative[-1])  # 1 up to rounding; NaN if a logit is NaN or +inf, or all are -inf
+    if not math.isfinite(total):  # (a NaN draw would pick a token silently)
+        raise NonFiniteOutputs("the model's outputs are not finite numbers: its weights have diverged",
+                               "sample a checkpoint from before the divergence, or train again with a lower --lr")
+    draw = float(torch.rand((), dtype=torch.float64, generator=generator)) * total
+    # right=True: the first position whose cumulative probability exceeds the draw, so a token of
+    # probability 0 (top-k's masked ones) is never chosen
+    index = int(torch.searchsorted(cumulative, draw, right=True))
+    if index == cumulative.numel():  # the draw rounded up to the total: the last token with any probability
+        index = int(torch.searchsorted(cumulative, total))
+    return index
 
 
 def slide_keep(block_size: int) -> int:
