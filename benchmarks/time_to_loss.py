@@ -47,7 +47,8 @@ QUICK = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size"
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py", "data/shakespeare_char/prepare.py")
 NANOGPT_EVAL = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 # The budget's defaults, each turned back to the plain run's (analysis/time_budget.py: budget_defaults).
-LEVERS = (("batch: accum 8 (x16 = 128 sequences)", ("--accum", "8")), ("precision: fp32", ("--precision", "fp32")))
+LEVERS = (("batch: accum 8 (x16 = 128 sequences)", ("--accum", "8")), ("lr: 1e-3", ("--lr", "1e-3")),
+          ("precision: fp32", ("--precision", "fp32")))
 TUI_EVAL = re.compile(r"^epoch (\d+)/\d+ .*val_loss=([\d.]+)")
 
 

@@ -306,8 +306,12 @@ async def test_the_status_line_shows_the_budget_left_while_the_run_runs(small_co
         await pilot.press("q")
 
 
-@pytest.mark.parametrize(("flags", "accum"), [([], 1), (["--accum", "4"], 4), (["--batch", "8", "--micro-batch", "4"], 2)])
-def test_a_budget_run_takes_its_own_defaults_under_the_flags(flags, accum, small_corpus, tmp_path, capsys):
+@pytest.mark.parametrize(("flags", "accum", "lr"), [
+    ([], 1, 4e-3),
+    (["--accum", "4"], 4, 4e-3),
+    (["--batch", "8", "--micro-batch", "4", "--lr", "2e-3"], 2, 2e-3),
+])
+def test_a_budget_run_takes_its_own_defaults_under_the_flags(flags, accum, lr, small_corpus, tmp_path, capsys):
     # (the defaults' figures: benchmarks/time_to_loss.py --levers; here what applies and what is said)
     run_dir = tmp_path / "run"
     code = main(["train", "--no-ui", "--data", str(small_corpus), "--run-dir", str(run_dir), "--n-layer", "1",
@@ -315,16 +319,20 @@ def test_a_budget_run_takes_its_own_defaults_under_the_flags(flags, accum, small
                  "--time-budget", "4s", "--log-every", "off", *flags])
     out = capsys.readouterr().out
     assert code == 0, out
-    saved = json.loads((run_dir / "config.json").read_text())["config"]["train"]
-    assert saved["accum"] == accum
-    assert ("time-budget defaults: accum 1" in out) == (not flags), out
+    saved = json.loads((run_dir / "config.json").read_text())["config"]
+    assert (saved["train"]["accum"], saved["optim"]["lr"]) == (accum, pytest.approx(lr))
+    assert ("accum 1 (a step near the gradient noise scale" in out) == (not flags), out
+    assert ("lr 0.004 (a short run of a model 128 wide or less" in out) == ("--lr" not in flags), out
 
 
-def test_a_given_split_is_never_overridden_by_the_budget_defaults():
-    from tui_trainer.analysis.time_budget import budget_defaults
+def test_the_budget_defaults_never_override_what_is_given():
+    from tui_trainer.analysis.time_budget import budget_defaults, budget_lr
 
-    assert budget_defaults({}) == {"train.accum": 1}
-    assert budget_defaults({"train.accum": 8}) == {} and budget_defaults({"train.batch": 64}) == {}
+    assert budget_defaults({}, 128) == {"train.accum": 1, "optim.lr": 4e-3}
+    assert budget_defaults({}, 256) == {"train.accum": 1} and budget_lr(256) is None  # (wider: the plain lr)
+    assert budget_defaults({"train.accum": 8, "optim.lr": 1e-3}, 128) == {}
+    assert budget_defaults({"train.batch": 64, "model.init_from": "gpt2"}, 768) == {}  # (fine-tuning: its own lr)
+
 
 def test_a_budget_run_ends_saying_its_budget_is_spent_and_where_in_the_last_epoch(small_corpus, tmp_path, clock):
     cfg = budget_config(small_corpus, tmp_path)

@@ -159,25 +159,41 @@ def state_problem(state: object) -> str | None:
 
 # -- what a budget run takes unless told (under the flags and a config file: what they give wins) ---
 
-# One micro-batch a step: time is what a budget spends, and a step of 16 sequences is already near
-# this model's gradient noise scale early in training (a few sequences, growing as the loss falls:
-# McCandlish et al.), so a larger batch buys fewer steps' worth of progress per second.
-# Measured by benchmarks/time_to_loss.py --levers (figures in benchmarks/README.md).
+# Measured with benchmarks/time_to_loss.py on 2 CPU cores (55 s budgets, dropout 0; benchmarks/README.md,
+# row 14), each lever alone from the plain defaults (16 x 8, lr 1e-3), 4 layers x 128, context 64:
+#   one micro-batch a step   val 2.42 -> 2.05   (16 x 1; at lr 3e-3: 16 x 2 2.05, 32 x 1 2.02; 8 x 1 1.97 at 2e-3)
+#   a higher peak lr         val 2.05 -> 1.86   (1e-3, 2e-3, 3e-3, 5e-3, 7e-3: 2.05, 1.97, 1.90, 1.86, 2.19 (a spike))
+# and 6 layers x 256, context 128, 16 x 1: lr 1e-3 2.48, 2.5e-3 2.53 — a higher rate does not carry over.
+# A step of 16 sequences is near the gradient noise scale early in training (a few sequences,
+# growing as the loss falls: McCandlish et al.), so a larger batch buys less progress per second;
+# a short run of a narrow model takes a higher rate, kept below the cliff (7e-3 spiked).
 BUDGET_ACCUM = 1
+BUDGET_LR_NARROW = 4e-3  # width <= BUDGET_LR_NARROW_WIDTH; wider models keep the plain default
+BUDGET_LR_NARROW_WIDTH = 128
 
 
-def budget_defaults(given: dict) -> dict:
+def budget_lr(n_embd: int) -> float | None:
+    """The peak lr a budget run takes unless told; None: the plain default (measured no better)."""
+    return BUDGET_LR_NARROW if n_embd <= BUDGET_LR_NARROW_WIDTH else None
+
+
+def budget_defaults(given: dict, n_embd: int) -> dict:
     """The settings a ``--time-budget`` run takes unless ``given`` names them ("section.field" -> value)."""
     chosen: dict = {}
     if not {"train.accum", "train.batch"} & given.keys():
         chosen["train.accum"] = BUDGET_ACCUM
+    if "optim.lr" not in given and "model.init_from" not in given and budget_lr(n_embd) is not None:
+        chosen["optim.lr"] = budget_lr(n_embd)  # (fine-tuning has its own: init_source.py)
     return chosen
 
 
-def budget_notes(accum: int, given: dict) -> list[str]:
+def budget_notes(accum: int, lr: float, n_embd: int, given: dict) -> list[str]:
     """The run line's word on the defaults a budget chose (those still in force)."""
-    chosen = budget_defaults(given)
-    if chosen.get("train.accum") != accum:
+    chosen, parts = budget_defaults(given, n_embd), []
+    if chosen.get("train.accum") == accum:
+        parts.append(f"accum {accum} (a step near the gradient noise scale: more steps in the time)")
+    if "optim.lr" in chosen and chosen["optim.lr"] == lr:
+        parts.append(f"lr {lr:.2g} (a short run of a model {BUDGET_LR_NARROW_WIDTH} wide or less takes a higher rate)")
+    if not parts:
         return []
-    return [f"time-budget defaults: accum {accum} (a step near the gradient noise scale: more steps in the time; "
-            f"--accum or --batch override it)"]
+    return [f"time-budget defaults: {', '.join(parts)}; flags override them (benchmarks/time_to_loss.py --levers)"]

@@ -153,7 +153,9 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
     if "train.time_budget" in given and not args.resume:
         from tui_trainer.analysis.time_budget import budget_defaults
 
-        cfg = cfg.replace(train=replace(cfg.train, **{k.split(".")[1]: v for k, v in budget_defaults(given).items()}))
+        for key, value in budget_defaults(given, cfg.model.n_embd).items():
+            section, name = key.split(".")
+            cfg = cfg.replace(**{section: replace(getattr(cfg, section), **{name: value})})
     if args.resume and args.quick:
         raise UserError("--quick starts a new run", "drop --quick when resuming: a run keeps its own settings")
     if cfg.model.init_from is not None:

@@ -96,7 +96,7 @@ class TrainingSession:
         if cfg.train.time_budget is not None:
             parse_duration(cfg.train.time_budget)  # (a bad one: one line, before anything is made)
             if resume is None and overrides is not None:  # (the CLI's run: it chose the budget's defaults)
-                self.notes += budget_notes(cfg.train.accum, overrides)
+                self.notes += budget_notes(cfg.train.accum, cfg.optim.lr, cfg.model.n_embd, overrides)
         self._place(placement, for_ui)
         self.ranks.start()  # (one process: nothing)
         made: list[Path] = []  # the folders a new run made (removed again if its set-up fails)
