@@ -378,3 +378,15 @@ def test_the_line_the_terminal_keeps_says_the_budget_was_spent(tmp_path):
     end = RunEnded(reason="completed", epochs=3, steps=40, tokens_seen=9000, best_val_loss=2.5, best_epoch=3,
                    message="budget spent: ended in epoch 3 at 62%", last_epoch_share=0.62)
     assert summary_line(end, tmp_path).startswith("tui-trainer: budget spent: ended in epoch 3 at 62%, 40 steps, best val")
+
+
+def test_a_budget_counts_from_the_process_start_not_from_main():
+    # The interpreter's start and torch's import are the user's seconds too (a 53 s budget's process
+    # ran 57.9 s when the clock started in main): the clock reads the process's own start.
+    import subprocess
+    import sys
+
+    probe = ("import time; time.sleep(1.0); from tui_trainer.cli.main import process_started; "
+             "print(time.monotonic() - process_started())")
+    waited = float(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+    assert waited >= 1.0
