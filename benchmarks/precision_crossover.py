@@ -37,7 +37,7 @@ LAYERS, HEAD_DIM, MICRO_BATCH, ACCUM = 4, 32, 8, 2
 def shape_config(width: int, context: int, run_dir: str, precision: str, args: argparse.Namespace):
     cfg = run_config("small", run_dir, train_batches=(WARMUP_STEPS + args.steps) * ACCUM, val_batches=1,
                      threads=args.threads, micro_batch=MICRO_BATCH, accum=ACCUM, precision=precision)
-    model = ModelConfig(n_layer=LAYERS, n_head=max(1, width // HEAD_DIM), n_embd=width, block_size=context)
+    model = ModelConfig(n_layer=LAYERS, n_head=max(1, width // args.head_dim), n_embd=width, block_size=context)
     return cfg.replace(model=replace(model, dropout=cfg.model.dropout))
 
 
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contexts", default="64,128,256,512", help="block sizes, comma-separated")
     parser.add_argument("--steps", type=int, default=6, help="measured optimizer steps per shape and precision")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's choice)")
+    parser.add_argument("--head-dim", type=int, default=HEAD_DIM, help=f"width per head (default {HEAD_DIM})")
     parser.add_argument("--quick", action="store_true", help="two tiny shapes, a few steps (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
