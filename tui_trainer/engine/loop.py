@@ -36,7 +36,8 @@ from tui_trainer.engine.distributed import PeerLost, Ranks
 from tui_trainer.engine.endings import Endings
 from tui_trainer.engine.oom import NoSmallerSplit, ValidationRanOutOfMemory, ValidationSplit, split_sizes
 from tui_trainer.engine.saving import Checkpoints
-from tui_trainer.engine.session import TrainingSession, checkpoint_of
+from tui_trainer.engine.session import TrainingSession
+from tui_trainer.engine.session_state import checkpoint_of
 from tui_trainer.engine.split import split_choice
 from tui_trainer.engine.steering import Steering
 from tui_trainer.engine.step import OptimizerStep
