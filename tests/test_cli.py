@@ -310,8 +310,9 @@ def test_train_help_groups_the_flags_and_shows_every_default(capsys):
     for flag, block in blocks.items():
         assert flag == "-h" or "(default: " in block, block
     # The figures come from the config dataclasses.
-    assert "(default: 16)" in blocks["--micro-batch"] and "(default: 8)" in blocks["--accum"]
-    assert "(default: 0.001)" in blocks["--lr"] and "(default: 6)" in blocks["--n-layer"]
+    assert "(default: 16)" in blocks["--micro-batch"] and "(default: 8; 1 with --time-budget)" in blocks["--accum"]
+    assert "(default: 0.001; fine-tuning and --time-budget runs choose their own" in blocks["--lr"]
+    assert "(default: 6)" in blocks["--n-layer"]
     assert "(default: off)" in blocks["--compile"] and "(default: no cap)" in blocks["--limit-train-batches"]
     # Validation's default follows a training cap, and the help says how.
     assert "(default: no cap; with --limit-train-batches N, ceil(N x val_split / (1 - val_split)))" in " ".join(

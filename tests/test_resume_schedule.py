@@ -64,3 +64,36 @@ def test_a_bad_resume_schedule_is_one_line():
     with pytest.raises(UserError) as error:
         validate(RunConfig(optim=OptimConfig(resume_schedule="jump")))
     assert "--resume-schedule" in error.value.one_line()
+
+
+def test_a_finished_schedule_extended_says_it_stays_at_the_floor_and_how_to_climb_back():
+    # (a cold trial read "decays on from 1.00e-04 ... reaching 1.00e-04": true, and saying nothing)
+    from dataclasses import replace
+
+    from tui_trainer.engine.figures import RunFigures, carried_schedule
+
+    saved = RunConfig()
+    now = RunFigures(replace_epochs(saved, saved.train.epochs * 2), train_windows=1_000, val_windows=100)
+    before = RunFigures(saved, train_windows=1_000, val_windows=100)
+    finished = before.planned_tokens()  # the old run's end: its lr at the floor
+    anchor, note = carried_schedule(now, saved, finished)
+    floor = saved.optim.lr * saved.optim.min_lr_ratio
+    assert anchor == (finished, pytest.approx(floor))
+    assert f"stays at its floor {floor:.2e}" in note and "--resume-schedule restart" in note
+    assert replace(now, lr_anchor=anchor).lr_for(finished + 1) == pytest.approx(floor)
+
+
+def replace_epochs(cfg: RunConfig, epochs: int) -> RunConfig:
+    from dataclasses import replace
+
+    return cfg.replace(train=replace(cfg.train, epochs=epochs))
+
+
+def test_the_diagnosis_reads_the_rate_the_run_trains_at():
+    from tui_trainer.analysis.diagnosis import SchedulePosition
+
+    # a resume's anchor or a budget's plan put the run's rate elsewhere than the plain schedule's:
+    # the remedy ("schedule in its tail (lr ...)") must name the run's own
+    plain = SchedulePosition.at(9_000, 1e-3, 1e-4, 100, 10_000)
+    told = SchedulePosition.at(9_000, 1e-3, 1e-4, 100, 10_000, lr=1e-4)
+    assert plain.lr > 1.01e-4 and told.lr == 1e-4 and told.in_tail(0.75)

@@ -81,9 +81,11 @@ class SchedulePosition:
 
     @classmethod
     def at(cls, tokens_seen: int, peak_lr: float, min_lr: float, warmup_tokens: int,
-           total_tokens: int, hold: float = 0.0) -> "SchedulePosition":
-        return cls(lr_at(tokens_seen, peak_lr, min_lr, warmup_tokens, total_tokens, hold=hold), peak_lr, min_lr,
-                   tokens_seen >= warmup_tokens, tokens_seen / max(1, total_tokens))
+           total_tokens: int, hold: float = 0.0, lr: float | None = None) -> "SchedulePosition":
+        """``lr``: the rate the run trains at there, when it knows better than the plain schedule (a
+        resume's anchor, a budget's plan: the run's own figure, so the remedy says what the run shows)."""
+        lr = lr if lr is not None else lr_at(tokens_seen, peak_lr, min_lr, warmup_tokens, total_tokens, hold=hold)
+        return cls(lr, peak_lr, min_lr, tokens_seen >= warmup_tokens, tokens_seen / max(1, total_tokens))
 
     def decayed(self) -> float:
         """How far the lr has come down from its peak towards its floor: 0 at the peak, 1 at the floor."""

@@ -46,16 +46,18 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
      "sequences per forward/backward, or auto (with --batch): the largest that fits --memory-budget, measured"),
     ("--accum", OPTIM, "train", "accum", int, "micro-batches accumulated per optimizer step"),
     ("--memory-budget", OPTIM, "train", "memory_budget", str,
-     "what --micro-batch auto may use: e.g. 6GB, 512MiB, or 80%% of the memory free now"),
+     "what --micro-batch auto may use: e.g. 6GB, 512MiB, or 80% of the memory free now"),
     ("--epochs", OPTIM, "train", "epochs", int, "passes over the training split"),
     ("--time-budget", OPTIM, "train", "time_budget", str,
      ("train for this long instead of --epochs (90s, 10m, 2h): the run plans its tokens from its measured pace so "
       "that training, validation and the final save end within it, and the LR decays to its floor at the end; "
-      "pauses do not count")),
+      "pauses do not count. Unless given, it trains with accum 1 and, for models 128 wide or less, lr 4e-3 "
+      "(measured: benchmarks/time_to_loss.py)")),
     ("--lr", OPTIM, "optim", "lr", float, "peak learning rate"),
     ("--warmup-tokens", OPTIM, "optim", "warmup_tokens", int, "linear warm-up in tokens"),
     ("--lr-hold", OPTIM, "optim", "lr_hold", float,
-     "fraction of the run after the warm-up the lr holds its peak before decaying (constant-then-decay)"),
+     "hold the peak lr for this fraction of the run (after the warm-up), then decay: e.g. 0.8 decays over the "
+     "last 20%"),
     ("--weight-decay", OPTIM, "optim", "weight_decay", float, "AdamW weight decay"),
     ("--grad-clip", OPTIM, "optim", "grad_clip", float, "clip the step's gradient norm; 0 = off"),
     ("--resume-schedule", OPTIM, "optim", "resume_schedule", str,
@@ -102,7 +104,17 @@ def default_of(section: str, name: str) -> str:
     value = next(f.default for f in fields(section_cls) if f.name == name)
     if value is None:
         return NONE_MEANS[f"{section}.{name}"]
-    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+    shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) \
+        else str(value)
+    return shown + DEFAULT_UNLESS.get(f"{section}.{name}", "")
+
+
+# Defaults a kind of run sets otherwise (init_source.py's fine-tuning, analysis/time_budget.py's budget).
+DEFAULT_UNLESS = {
+    "optim.lr": "; fine-tuning and --time-budget runs choose their own unless given",
+    "optim.lr_hold": "; 0.8 with --init-from",
+    "train.accum": "; 1 with --time-budget",
+}
 
 
 def with_default(help_text: str, default: str) -> str:

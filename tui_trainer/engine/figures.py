@@ -95,6 +95,9 @@ def carried_schedule(now: RunFigures, saved: RunConfig, tokens_seen: int) -> tup
     go_on = o.resume_schedule == "continue"
     anchor = (tokens_seen, float(lr_before if go_on else peak))
     jump = replace(now, lr_anchor=None).lr_for(tokens_seen)
+    if go_on and lr_before <= floor * (1 + 1e-9):  # (it had finished its decay: nothing left to decay)
+        return anchor, (f"{moves}: the learning rate stays at its floor {floor:.2e} for the new epochs "
+                        f"(--resume-schedule restart climbs back to the peak {peak:.2e} and decays again)")
     how = (f"decays on from {lr_before:.2e} (a schedule planned for the new end would stand at {jump:.2e})"
            if go_on else f"restarts at the peak {peak:.2e} (it was {lr_before:.2e})")
     other = "restart to start again from the peak" if go_on else "continue to decay on from where it was"

@@ -259,7 +259,8 @@ class Trainer:
         st.val_history.append(val_loss)
         # The previous verdict (hysteresis) and where the lr schedule stands (what remedy fits).
         schedule = SchedulePosition.at(st.tokens_seen, cfg.optim.lr, cfg.optim.lr * cfg.optim.min_lr_ratio,
-                                       s.figures.warmup_tokens(), s.figures.decay_end(), cfg.optim.lr_hold)
+                                       s.figures.warmup_tokens(), s.figures.decay_end(), cfg.optim.lr_hold,
+                                       lr=s.figures.lr_for(st.tokens_seen - st.tokens_skipped))
         verdict = diagnose(st.train_history, st.val_history, s.corpus.vocab.size, cfg.diagnosis,
                            st.epoch_step_losses, st.epoch_first_step, s.diagnosis, schedule)
         s.diagnosis = verdict
