@@ -12,13 +12,14 @@ from test_snapshots import recorded_epochs, started
 from test_view import recorded_run_dir
 from textual.widgets._toast import Toast
 
+from tui_trainer.analysis.diagnosis import KINDS
 from tui_trainer.ui import commands
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.factory import create_replay_app
 from tui_trainer.ui.viewer import ViewerApp, create_view_app
 from tui_trainer.ui.widgets import DiagnosisBanner, HelpScreen
 
-VERDICTS = ("learning", "healthy", "underfitting", "overfitting", "unstable")
+VERDICTS = KINDS  # (every verdict the help screen names)
 
 
 def notices(app) -> list[str]:
