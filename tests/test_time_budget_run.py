@@ -145,6 +145,31 @@ def test_a_machine_that_turns_busy_still_ends_within_the_budget(small_corpus, tm
     assert spent <= BUDGET_S + 4.0 * STEP_S  # (one slowed step of slack: the one the slow-down began in)
 
 
+def test_a_few_slow_steps_neither_end_the_run_early_nor_leave_the_rate_above_its_floor(small_corpus, tmp_path,
+                                                                                         clock):
+    # A cold trial on a busy box: a pace reading of a few slow steps re-planned the run down to where it
+    # stood, the run ended at once with 14 s of 45 left and its lr at 1.68e-3 (floor 4e-4).
+    cfg = with_limits(budget_config(small_corpus, tmp_path), 4 * TRAIN_BATCHES)
+    sink = Recorder(clock, slower_after_step=14, slower=25.0)
+    from tui_trainer.control import Control
+
+    sink.control = Control()
+    original = sink.emit
+
+    def emit(event):  # the slow spell lasts two steps, then the machine is as fast as before
+        original(event)
+        if isinstance(event, StepEvent) and event.step == 16:
+            sink.step_s, sink.epoch_end_s = STEP_S, EPOCH_END_S
+
+    sink.emit = emit
+    begun = clock.t
+    trainer = Trainer(cfg, sink, sink.control)
+    assert trainer.run().reason == "completed"
+    steps = sink.of(StepEvent)
+    assert steps[-1].lr == pytest.approx(cfg.optim.lr * cfg.optim.min_lr_ratio)  # the floor, at the end
+    assert clock.t - begun >= 0.8 * BUDGET_S  # the budget used, not abandoned after the spell
+
+
 def test_a_pause_does_not_count_against_the_budget(small_corpus, tmp_path, clock):
     cfg = budget_config(small_corpus, tmp_path)
     plain, plain_sink, plain_spent = trained(cfg, clock)
@@ -282,7 +307,7 @@ def test_epoch_ends_that_leave_no_time_to_train_are_said(small_corpus, tmp_path,
     cfg = budget_config(small_corpus, tmp_path)
     _, sink, _ = trained(cfg, clock, epoch_end_s=20.0)  # a validation pass of 20 s in a 30 s budget
     warnings = [n.message for n in sink.of(Notice) if n.level == "warning"]
-    assert any("leaves no time to train on" in w and "--limit-val-batches" in w for w in warnings)
+    assert any("this step is the last" in w and "--limit-val-batches" in w for w in warnings)
     assert sink.of(RunEnded)[-1].reason == "completed"
 
 

@@ -98,9 +98,12 @@ class BudgetPlanner:
             if drift <= REPLAN_DRIFT:
                 return None
         before = self.planned_tokens
-        self.planned_tokens = plan_tokens(budget_seconds=self.budget_seconds, elapsed_seconds=elapsed_seconds,
-                                          tokens_seen=tokens_seen, tokens_per_epoch=tokens_per_epoch, pace=pace,
-                                          tokens_per_step=tokens_per_step)
+        # At least one more step: the last step is the one the schedule takes to its floor (a plan that
+        # ended here would leave the rate wherever the previous plan had it).
+        self.planned_tokens = max(tokens_seen + tokens_per_step,
+                                  plan_tokens(budget_seconds=self.budget_seconds, elapsed_seconds=elapsed_seconds,
+                                              tokens_seen=tokens_seen, tokens_per_epoch=tokens_per_epoch, pace=pace,
+                                              tokens_per_step=tokens_per_step))
         self.planned_pace = pace.tokens_per_s
         epochs = self.planned_tokens / tokens_per_epoch
         if before is None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 FORWARD_TO_STEP = 3.0  # a forward and its backward cost about three forwards
 SAVE_BYTES_PER_S = 100e6  # a first guess of a checkpoint's write speed (weights + AdamW's two moments)
 SECONDS_PER_SAMPLE_TOKEN = 0.005  # the text sample after each validation, a first guess
+EPOCH_END_SCALE_MAX = 4.0  # an epoch end's time follows the pace by at most this factor either way
 EPOCH_END_MARGIN = 1.5  # the guessed epoch end (validation, sample, saves) is padded this much until measured
 
 
@@ -68,6 +69,7 @@ class RunBudget:
         # and writes, so it slows (or quickens) as the steps do — a machine that turns busy makes both slower.
         self._epoch_end_pace: float | None = None
         self._pace: float | None = None  # the last measured training pace
+        self._planned_at = 0.0  # training seconds when the plan was last made or changed
 
     # -- the clock ----------------------------------------------------------------------------
 
@@ -153,6 +155,8 @@ class RunBudget:
         self._mark = now
         if len(self._window) < 2:
             return
+        if self.planned and self.training_seconds - self._planned_at < self.planner.measure_seconds:
+            return  # (one plan per measuring window at most: a reading of a few slow steps is not a new pace)
         (t0, n0), (t1, n1) = self._window[0], self._window[-1]
         if t1 - t0 <= 0:
             return
@@ -166,17 +170,19 @@ class RunBudget:
         if not before and self.planned:  # the decay starts here, at the peak the warm-up reached
             self.warmup_tokens = tokens_seen
         if line is not None:
+            self._planned_at = self.training_seconds
             sink.emit(Notice(message=line + f" ({_shown(self.seconds_left())} of the budget left)"))
-        if line is not None and self.planner.planned_tokens <= tokens_seen:  # (not even one more step fits)
+        if line is not None and self.planner.planned_tokens <= tokens_seen + tokens_per_step:
             sink.emit(Notice(level="warning", message=(
-                f"time budget: an epoch's end (validation, sample, saves: ~{pace.seconds_per_val_pass:.1f} s) "
-                f"leaves no time to train on; --limit-val-batches or --sample-tokens 0 make it shorter")))
+                f"time budget: this step is the last: the epoch's end (validation, sample, saves: "
+                f"~{pace.seconds_per_val_pass:.1f} s at this pace) takes the rest; --limit-val-batches or "
+                f"--sample-tokens 0 make it shorter")))
 
     def _epoch_end(self) -> float:
         """An epoch end's expected seconds at today's pace (scaled from the pace it was timed at)."""
         seconds = self.epoch_end_seconds if self.epoch_end_seconds is not None else self.epoch_end_guess
-        if self._pace and self._epoch_end_pace:
-            seconds *= self._epoch_end_pace / self._pace
+        if self._pace and self._epoch_end_pace:  # (bounded: one odd reading must not swallow the budget)
+            seconds *= min(EPOCH_END_SCALE_MAX, max(1 / EPOCH_END_SCALE_MAX, self._epoch_end_pace / self._pace))
         return seconds
 
     def _plan(self, tokens_seen: int, tokens_per_epoch: int, tokens_per_step: int, tokens_per_s: float) -> int:
