@@ -160,3 +160,14 @@ async def test_g_in_a_viewer_of_a_finished_run_says_where_samples_come_from(tmp_
         said = notices(app)
     assert any("the run has ended" in text and "tui-trainer sample" in text and str(app.follower.run_dir) in text
                for text in said), said
+
+
+def test_the_run_start_notes_are_one_toast_not_a_stack():
+    from tui_trainer.events import RunStarted
+    from tui_trainer.ui.toasts import toasts_for
+
+    fields = {f: None for f in RunStarted.__dataclass_fields__}
+    event = RunStarted(**{**fields, "notes": ["the machine is busy", "time-budget defaults: accum 1", "resumed"]})
+    toasts = toasts_for(event)
+    assert len(toasts) == 1 and all(note in toasts[0].message for note in event.notes)
+    assert toasts_for(RunStarted(**{**fields, "notes": []})) == []
