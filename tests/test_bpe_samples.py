@@ -179,3 +179,15 @@ def test_a_bpe_that_learnt_fewer_tokens_than_asked_says_why_once(tmp_path, capsy
     assert "of the 8,192 asked" in lines[0] and "nothing left to merge" in lines[0]
     assert main(["--no-ui", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 0
     assert "BPE learnt" not in capsys.readouterr().out  # said once, when the run began
+
+
+async def test_the_app_shows_a_samples_control_characters_escaped_not_raw():
+    # (a cold trial: C1 controls, bidi overrides and unassigned code points reached the screen, and a
+    # sample panel's border doubled where a width was counted wrong)
+    from tui_trainer.ui.view import RunView, SampleShown
+    from tui_trainer.ui.widgets.samples import sample_text
+
+    view = RunView()
+    view.sample = SampleShown(text="a\x9bb\u202ec\U0001fcfa\nd\te", epoch=1, step=1, asked=False)
+    shown = sample_text(view).plain
+    assert shown == "a\\x9bb\\u202ec\\U0001fcfa\nd\te"

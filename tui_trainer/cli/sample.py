@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from tui_trainer.config import RunConfig
 from tui_trainer.errors import UserError
+from tui_trainer.shown_text import escaped_controls
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser is built
     from tui_trainer.model.gpt import GPT
@@ -152,8 +152,7 @@ def for_a_terminal(text: str) -> str:
     """Control characters a model wrote (a byte-level BPE can write ESC or NUL) shown escaped, as
     the headless log does, so they cannot drive the terminal; newlines and tabs stay. A pipe gets
     the text as it is."""
-    return "".join(c if c in "\n\t" or not unicodedata.category(c).startswith("C") or c == "\ufffd"
-                   else repr(c)[1:-1] for c in text)
+    return escaped_controls(text)
 
 
 def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:

@@ -14,6 +14,7 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from tui_trainer.shown_text import escaped_controls
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.base import Panel
 
@@ -30,7 +31,7 @@ def sample_title(view: RunView) -> str:
 def sample_text(view: RunView) -> Text:
     """The sample itself, or a line saying when one will come."""
     if view.sample is not None:
-        return Text(view.sample.text, no_wrap=False, end="")
+        return Text(escaped_controls(view.sample.text), no_wrap=False, end="")
     if view.sample_requested:
         return Text("writing a sample now (paused)…" if view.state == "paused" else "writing a sample after this step…",
                     style="dim", end="")
