@@ -187,7 +187,9 @@ async def test_view_follows_and_steers_a_live_headless_run(small_corpus, tmp_pat
 def test_a_command_through_the_socket_changes_accum_at_the_next_epoch(small_corpus, tmp_path):
     import threading
 
-    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=3, accum=2), 8, 2)
+    # (epochs of 96 micro-batches, not 8: an 8-batch epoch 1 took a few milliseconds, and on a loaded box
+    # the steering thread's first command came after it — a flaky failure)
+    cfg = with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=3, accum=2), 96, 2)
     trainer = Trainer(cfg)
     answers = []
 
