@@ -117,3 +117,10 @@ def test_data_scale_benchmark_runs_quick(tmp_path):
     # Four fresh processes (two tokenizers, a first and a cached start each): a minute, more on a busy box.
     out = run_quick("data_scale.py", tmp_path, timeout=600)
     assert "cached start" in out and "encode_batch alone" in out
+
+
+def test_the_nanogpt_comparison_without_a_checkout_says_it_measured_nothing_and_exits_3(tmp_path):
+    # (nanoGPT is the user's checkout, never fetched: without one there is nothing to compare)
+    done = run_script("vs_nanogpt.py", tmp_path, 120, "--nanogpt", str(tmp_path / "no-such-checkout"))
+    assert done.returncode == NOTHING_MEASURED, done.stdout + done.stderr
+    assert "is not a nanoGPT checkout" in done.stdout and "nothing measured" in done.stdout
