@@ -25,7 +25,7 @@ import torch
 from helpers import free_port, tiny_config
 from screen import screen_text
 
-from tui_trainer.cli.launch import _died, _exit_code, check_nproc, without_nproc
+from tui_trainer.cli.launch import _died, _exit_code, check_nproc, died_line, without_nproc
 from tui_trainer.config import ModelConfig, validate
 from tui_trainer.data.dataset import Window, WindowDataset, plan_windows
 from tui_trainer.engine.accumulation import accumulate_window
@@ -395,3 +395,10 @@ def test_fp16_every_rank_skips_the_step_one_rank_overflowed(small_corpus, tmp_pa
     records = steps(tmp_path / "run")
     assert [r["skipped"] for r in records] == [False, True, False, False]
     assert ended(tmp_path / "run")["reason"] == "completed"
+
+
+def test_a_killed_rank_gets_one_line_and_no_resume_advice_rank_0_did_not_give():
+    # (a hostile trial: after a kill -9 during set-up the launcher said "continue with --resume RUN_DIR",
+    # and the resume said there was no such run dir)
+    assert died_line(1, "SIGKILL") == "error: rank 1 died (SIGKILL) and the other processes were stopped"
+    assert "if the run dir has one" in died_line(0, "SIGKILL")

@@ -83,9 +83,7 @@ def launch(nproc: int, cfg: RunConfig, argv: list[str]) -> int:
     except ChildFailedError as exc:
         died = _died(exc)
         if died:  # killed (SIGKILL, out of memory, a crash): it could not say so itself
-            rank, name = died
-            say(f"error: rank {rank} died ({name}) and the other processes were stopped; the run dir keeps "
-                f"its last checkpoint: continue with --resume RUN_DIR")
+            say(died_line(*died))
             return 1
         return _rank0_code(exit_file, _exit_code(exc))
     except SignalException as exc:  # the workers had it forwarded, stopped together, and saved
@@ -94,6 +92,16 @@ def launch(nproc: int, cfg: RunConfig, argv: list[str]) -> int:
     finally:
         sys.stdout.flush()
     return 0
+
+
+def died_line(rank: int, name: str) -> str:
+    """The launcher's line for a rank killed without a word. Another rank's death rank 0 has said
+    itself (what is saved, the exact --resume): no second, vaguer advice — which, after a kill during
+    the set-up, named a run dir that did not exist yet (a hostile trial)."""
+    if rank == 0:
+        return (f"error: rank 0 died ({name}) and the other processes were stopped; a checkpoint it saved "
+                f"before is intact: continue with --resume RUN_DIR if the run dir has one")
+    return f"error: rank {rank} died ({name}) and the other processes were stopped"
 
 
 def report_exit_code(code: int) -> None:
