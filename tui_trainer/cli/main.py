@@ -153,9 +153,7 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
     if "train.time_budget" in given and not args.resume:
         from tui_trainer.analysis.time_budget import budget_defaults
 
-        for key, value in budget_defaults(given, cfg.model.n_embd).items():
-            section, name = key.split(".")
-            cfg = cfg.replace(**{section: replace(getattr(cfg, section), **{name: value})})
+        cfg = with_preset(cfg, budget_defaults(given, cfg.model.n_embd))  # (under what was given)
     if args.resume and args.quick:
         raise UserError("--quick starts a new run", "drop --quick when resuming: a run keeps its own settings")
     if cfg.model.init_from is not None:
