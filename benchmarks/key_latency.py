@@ -137,6 +137,20 @@ def clear_pending(pane: Pane) -> None:
     raise RuntimeError("could not clear the pending accumulation change:\n" + pane.capture())
 
 
+def read_state(pane: Pane, timeout: float = 5.0) -> tuple[int, int] | None:
+    """The accumulation and epoch the screen shows, polled for up to ``timeout`` seconds: a capture
+    can land while a notice covers the batch line or mid-redraw. None when they never showed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        screen = pane.capture()
+        current, epoch = number(ACCUM, screen), number(EPOCH, screen)
+        if current is not None and epoch is not None:
+            return current, epoch
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
 def step_records(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     return path.read_text().count('"type": "step"') if path.exists() else 0
@@ -202,7 +216,7 @@ def main() -> int:
     latencies: dict[str, list[float]] = {k: [] for k in keys}
     missed: dict[str, int] = {k: 0 for k in keys}
     floors: dict[str, list[float]] = {"send-keys": [], "capture-pane": []}
-    left_out = 0
+    left_out = hidden = 0
     pid = None
     with scratch_dir("key-latency") as scratch:
         run_dir = Path(scratch) / "run"
@@ -236,8 +250,11 @@ def main() -> int:
                     print(f"note: --max-seconds {opts.max_seconds:.0f} reached; the figures use the samples taken")
                     break
                 clear_pending(pane)
-                screen = pane.capture()
-                current, epoch = number(ACCUM, screen), number(EPOCH, screen)
+                state = read_state(pane)
+                if state is None:  # the batch line stayed hidden (a notice over it, a redraw): skip this round
+                    hidden += 1
+                    continue
+                current, epoch = state
                 expected = f"accum {current} -> {current * 2} {PENDING}"
                 time.sleep(rng.uniform(0.1, 0.3))
                 up = press(pane, "+", lambda s: expected in s, floors)
@@ -276,7 +293,8 @@ def main() -> int:
           f"each figure includes a send-keys and up to one poll interval (a capture + {POLL_S * 1000:.0f} ms)")
     print(f"training under way: {steps_after - steps_before} optimizer steps during the samples "
           f"(step {steps_before} -> {steps_after}, epoch {final_epoch}); `p (resume)` is pressed while paused"
-          + (f"; {left_out} +/- pair(s) left out (an epoch boundary fell between them)" if left_out else ""))
+          + (f"; {left_out} +/- pair(s) left out (an epoch boundary fell between them)" if left_out else "")
+          + (f"; {hidden} round(s) skipped (the batch line did not show its accumulation for 5 s)" if hidden else ""))
     every = [ms for values in latencies.values() for ms in values]
     if not every:
         print(f"nothing measured: no samples taken (target: p95 under {TARGET_MS:.0f} ms)")

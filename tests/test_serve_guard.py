@@ -92,7 +92,9 @@ class Served:
     def viewers(self) -> list[int]:
         return processes_with(self.marker)
 
-    async def wait_for_viewers(self, count: int, timeout: float = 20) -> None:
+    async def wait_for_viewers(self, count: int, timeout: float = 60) -> None:
+        """Until `count` stand-in viewers run (a deadline, not a wait: four Python starts can take
+        over 20 s on two loaded cores)."""
         deadline = time.monotonic() + timeout
         while len(self.viewers()) != count and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
