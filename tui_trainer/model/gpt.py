@@ -20,6 +20,7 @@ from tui_trainer.config import ModelConfig
 from tui_trainer.model.kv_cache import KVCache, cached_forward
 
 GELU_APPROXIMATE = {"exact": "none", "tanh": "tanh"}  # ModelConfig.gelu -> F.gelu's `approximate`
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class CausalSelfAttention(nn.Module):
@@ -31,14 +32,24 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                              dropout_p=self.dropout if self.training else 0.0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, time, channels = x.shape
         q, k, v = self.qkv(x).split(channels, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim)
         q, k, v = (t.view(batch, time, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        if q.device.type == "cpu" and q.dtype in LOW_PRECISION:
+            # PyTorch's CPU flash attention is 2-3x slower in bf16 than in fp32 at head widths
+            # 16-64 (benchmarks/README.md, section 10), forward and backward: it runs in fp32 here,
+            # outside autocast (whose CPU policy would cast it back), while the matmuls around it
+            # keep autocast's precision. fp32 runs never get here: their ops are unchanged.
+            with torch.autocast("cpu", enabled=False):
+                y = self._attend(q.float(), k.float(), v.float())
+        else:
+            y = self._attend(q, k, v)
         y = y.transpose(1, 2).contiguous().view(batch, time, channels)
         return self.resid_dropout(self.proj(y))
 
