@@ -14,20 +14,41 @@ the validation passes left out, for both alike). The val loss is each run's own 
 same tokens (nanoGPT: 20 random batches; tui-trainer: its first 20 validation micro-batches), so
 read it as "the same quality", not to the third decimal. Goal (issue 29): auto >= 1.25x nanoGPT.
 
+Whole runs a minute apart see the machine's pace move (on a shared 2-core VM, 15-20% between two
+runs of the same command), so a second table measures in lockstep in one process: tui-trainer's
+engine (``Trainer``, ``--precision auto``) and, each time it reports an optimizer step, one step of
+nanoGPT's own loop body (its ``model.py`` GPT and ``configure_optimizers``; micro-steps of
+``loss / accum`` backward, clip 1.0, step, zero) on batches drawn from the same tokens, so each pair
+of steps is measured seconds apart. The figure is the median over pairs of the two step times.
+
     python benchmarks/vs_nanogpt.py --nanogpt ~/src/nanoGPT
     python benchmarks/vs_nanogpt.py --nanogpt ~/src/nanoGPT --quick    # a few steps (smoke test)
+    python benchmarks/vs_nanogpt.py --nanogpt ~/src/nanoGPT --repeats 0   # the lockstep table only
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import re
 import statistics
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
-from _common import NOTHING_MEASURED, machine_line, scratch_dir, table
+import numpy as np
+import torch
+from _common import NOTHING_MEASURED, machine_line, run_config, scratch_dir, table
 from time_to_loss import CORPUS, prepare_nanogpt, timed_lines
+
+from tui_trainer.config import ModelConfig
+from tui_trainer.control import Control
+from tui_trainer.data.dataset import load_corpus
+from tui_trainer.engine.loop import Trainer
+from tui_trainer.engine.precision import choose_precision
+from tui_trainer.events import StepEvent
 
 SHAPE = {"n_layer": 4, "n_head": 8, "n_embd": 128, "block_size": 128, "micro_batch": 8, "accum": 4, "lr": 1e-3}
 NANOGPT_ITER = re.compile(r"^iter (\d+): loss")
@@ -83,12 +104,81 @@ TOKENS_PER_STEP = SHAPE["micro_batch"] * SHAPE["accum"] * SHAPE["block_size"]
 SKIP = 10  # the first steps pay one-time costs
 
 
+class NanoGptStep:
+    """One optimizer step of nanoGPT's train.py loop body, with its own model.py (fp32 on a CPU)."""
+
+    def __init__(self, work: Path, tokens: torch.Tensor, vocab_size: int) -> None:
+        spec = importlib.util.spec_from_file_location("nanogpt_model", work / "model.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        s = SHAPE
+        torch.manual_seed(1337)
+        config = module.GPTConfig(block_size=s["block_size"], vocab_size=vocab_size, n_layer=s["n_layer"],
+                                  n_head=s["n_head"], n_embd=s["n_embd"], dropout=0.0, bias=True)
+        self.model = module.GPT(config)
+        self.model.train()
+        self.optimizer = self.model.configure_optimizers(0.1, s["lr"], (0.9, 0.99), "cpu")
+        self.tokens, self.generator = tokens, torch.Generator().manual_seed(1337)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        block, micro = SHAPE["block_size"], SHAPE["micro_batch"]
+        starts = torch.randint(len(self.tokens) - block - 1, (micro,), generator=self.generator)
+        x = torch.stack([self.tokens[i : i + block] for i in starts])
+        y = torch.stack([self.tokens[i + 1 : i + 1 + block] for i in starts])
+        return x, y
+
+    def step(self) -> float:
+        started = time.perf_counter()
+        for _ in range(SHAPE["accum"]):
+            x, y = self.batch()
+            _, loss = self.model(x, y)
+            (loss / SHAPE["accum"]).backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        return time.perf_counter() - started
+
+
+class Lockstep:
+    """The engine's sink: each engine step is timed, then one nanoGPT step runs."""
+
+    def __init__(self, other: NanoGptStep) -> None:
+        self.other, self.pairs, self._back = other, [], None
+
+    def emit(self, event: object) -> None:
+        if not isinstance(event, StepEvent):
+            return
+        engine = time.perf_counter() - self._back if self._back is not None else math.nan
+        self.pairs.append((engine, self.other.step()))
+        self._back = time.perf_counter()
+
+
+def lockstep(work: Path, steps: int) -> tuple[list[tuple[float, float]], str]:
+    """(engine seconds, nanoGPT seconds) per measured pair of optimizer steps, and the engine's precision."""
+    s = SHAPE
+    model = ModelConfig(n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"], block_size=s["block_size"],
+                        dropout=0.0)
+    cfg = run_config("small", work / "lockstep", train_batches=(SKIP + steps) * s["accum"], val_batches=1,
+                     micro_batch=s["micro_batch"], accum=s["accum"], lr=s["lr"], precision="auto", data=str(CORPUS))
+    cfg = replace(cfg, model=model)
+    corpus = load_corpus(cfg.data, s["block_size"])
+    tokens = torch.from_numpy(np.asarray(corpus.train_tokens, dtype=np.int64))
+    sink = Lockstep(NanoGptStep(work, tokens, corpus.vocab.size))
+    end = Trainer(cfg, sink, Control()).run()
+    if end.reason != "completed":
+        raise RuntimeError(f"the engine's run ended early: {end}")
+    precision = choose_precision("auto", torch.device("cpu"), model=model)[0]
+    return sink.pairs[SKIP:], precision
+
+
 def main(argv: list[str] | None = None) -> int:
     global SKIP
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanogpt", type=Path, required=True, help="a nanoGPT checkout (its train.py is run)")
     parser.add_argument("--steps", type=int, default=250, help="optimizer steps per run (default 250)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds (default 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds of whole runs (default 2; 0: "
+                                                               "the lockstep table only)")
     parser.add_argument("--quick", action="store_true", help="20 steps, one round (smoke test)")
     args = parser.parse_args(argv)
     steps, repeats, log_every = (20, 1, 2) if args.quick else (args.steps, args.repeats, 10)
@@ -99,6 +189,19 @@ def main(argv: list[str] | None = None) -> int:
         if not prepare_nanogpt(args.nanogpt.expanduser(), CORPUS, work):
             print("nothing measured: no nanoGPT to compare with")
             return NOTHING_MEASURED
+        pairs, precision = lockstep(work, max(steps // 2, 4))
+        engine_s, other_s = [e for e, _ in pairs], [o for _, o in pairs]
+        ratios = sorted(o / e for e, o in pairs)
+        print(f"lockstep in one process, {len(pairs)} pairs of optimizer steps ({TOKENS_PER_STEP:,} tokens each):")
+        print(table(["side", "tokens/s (median step)", "vs nanoGPT"], [
+            ["nanoGPT's model.py + loop (fp32)", f"{TOKENS_PER_STEP / statistics.median(other_s):,.0f}", "1.00x"],
+            [f"tui-trainer engine, auto ({precision})", f"{TOKENS_PER_STEP / statistics.median(engine_s):,.0f}",
+             f"{statistics.median(other_s) / statistics.median(engine_s):.2f}x"]]))
+        print(f"lockstep: auto vs nanoGPT {statistics.median(ratios):.2f}x per pair (median; min {ratios[0]:.2f}, "
+              f"max {ratios[-1]:.2f}); {statistics.median(other_s) / statistics.median(engine_s):.2f}x of medians")
+        if not repeats:
+            return 0
+        print()
         runs: dict[str, list[tuple[float | None, float | None]]] = {"nanoGPT": [], "auto": [], "fp32": []}
         for _ in range(repeats):
             runs["nanoGPT"].append(run_nanogpt(work, steps, log_every, timeout=1800))
