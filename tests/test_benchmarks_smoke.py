@@ -53,6 +53,7 @@ def run_quick(script: str, tmp_path: Path, timeout: float, *extra: str) -> str:
     ("noise_scale_payoff.py", "to auto's final"),
     ("precision.py", "bf16 qualifies"),
     ("precision_crossover.py", "rule agrees with the measurement on"),
+    ("cpu_attention.py", "attention in fp32 under bf16 autocast"),
     ("autocast_cache.py", "cast once per window: the same gradients bit for bit"),
     pytest.param("scaling.py", "one all-reduce round per step", marks=pytest.mark.slow),  # (~20-50 s: the slow step runs it)
     pytest.param("sum_after_window.py", "after/ddp: what summing after the window", marks=pytest.mark.slow),  # (~20 s)

@@ -62,7 +62,8 @@ def cuda_bf16_native(capability: tuple[int, int]) -> bool:
 # A CPU with bf16 units still trains narrow models slower in bf16 than in fp32: autocast's casts and
 # the bf16 <-> fp32 conversions around every matmul cost more than the narrower matmuls save. The
 # crossover, bf16 vs fp32 tokens/s of the engine's step over width 32..384 and context 64..512
-# (benchmarks/precision_crossover.py; the data in benchmarks/README.md, section 10): by width.
+# (benchmarks/precision_crossover.py; the data in benchmarks/README.md, section 10): by width. (The
+# attention itself runs in fp32 on a CPU under autocast: model/gpt.py, benchmarks/cpu_attention.py.)
 CPU_BF16_MIN_WIDTH = 128
 
 
