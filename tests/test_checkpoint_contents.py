@@ -38,6 +38,7 @@ MISFITS: dict[str, tuple[Callable[[dict], None], str]] = {
     "loop epoch a string": (lambda s: s["loop"].__setitem__("epoch", "two"), "epoch"),
     "loop step a float": (lambda s: s["loop"].__setitem__("step", 1.5), "step"),
     "loop accum zero": (lambda s: s["loop"].__setitem__("accum", 0), "accum"),
+    "loop val_micro_split zero": (lambda s: s["loop"].__setitem__("val_micro_split", 0), "val_micro_split"),
     "loop pending accum negative": (lambda s: s["loop"].__setitem__("pending_accum", -2), "pending_accum"),
     "loop elapsed seconds NaN": (lambda s: s["loop"].__setitem__("elapsed_seconds", float("nan")), "elapsed_seconds"),
     "loop a count negative": (lambda s: s["loop"].__setitem__("bad_steps_total", -1), "bad_steps_total"),

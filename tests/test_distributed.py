@@ -129,7 +129,9 @@ def test_nproc_is_taken_out_of_what_each_worker_gets():
 
 
 def test_the_exit_code_is_rank_0s_not_the_sigterm_torchrun_tidied_up_with():
-    failed = lambda **codes: SimpleNamespace(failures={int(k[1:]): SimpleNamespace(exitcode=v) for k, v in codes.items()})
+    def failed(**codes):
+        return SimpleNamespace(failures={int(k[1:]): SimpleNamespace(exitcode=v) for k, v in codes.items()})
+
     assert _exit_code(failed(r0=-15, r1=2)) == 2  # rank 1 exited first; torchrun then killed rank 0
     assert _exit_code(failed(r0=2, r1=2)) == 2
     assert _exit_code(failed(r0=-15, r1=-15)) == 143
@@ -402,3 +404,60 @@ def test_a_killed_rank_gets_one_line_and_no_resume_advice_rank_0_did_not_give():
     # and the resume said there was no such run dir)
     assert died_line(1, "SIGKILL") == "error: rank 1 died (SIGKILL) and the other processes were stopped"
     assert "if the run dir has one" in died_line(0, "SIGKILL")
+
+
+def test_rank_0s_word_after_a_lost_peer_reaches_the_launcher_and_joins_the_killed_ranks_line(tmp_path, monkeypatch):
+    from tui_trainer.cli.launch import EXIT_CODE_FILE, _rank0_word, report_exit_code
+
+    assert not report_exit_code(1, "error: lost")  # no launcher of ours: rank 0 says it itself
+    path = tmp_path / "exit" / "exit-code"
+    path.parent.mkdir()
+    monkeypatch.setenv(EXIT_CODE_FILE, str(path))
+    assert report_exit_code(1, "error: rank 0 lost the other processes (x)", "step 3 is saved:\ncontinue")
+    assert _rank0_word(path) == (1, "error: rank 0 lost the other processes (x)", "step 3 is saved: continue")
+    assert not path.parent.exists()  # (read once, then removed)
+    path.parent.mkdir()
+    report_exit_code(0)
+    assert _rank0_word(path) == (0, "", "")
+    assert _rank0_word(path) == (None, "", "")  # rank 0 died before it could write
+    assert died_line(1, "SIGKILL", advice="step 3 is saved: continue with --resume r") == \
+        "error: rank 1 died (SIGKILL) and the other processes were stopped; step 3 is saved: continue with --resume r"
+
+
+def _rank_1_of(launcher: int) -> int | None:
+    """The worker under the launcher whose environment says RANK=1."""
+    found, todo = None, [launcher]
+    while todo and found is None:
+        pid = todo.pop()
+        for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+            try:
+                if b"RANK=1" in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+                    found = int(child)
+            except OSError:
+                pass
+            todo.append(int(child))
+    return found
+
+
+def test_nproc_2_with_rank_1_killed_says_it_in_one_line_with_the_resume(small_corpus, tmp_path):
+    """The launcher's end to end (about 6 s idle): rank 0 sees the loss, saves, and leaves its
+    advice to the launcher, whose one line names the rank, the signal and the --resume; before,
+    rank 0's "lost the other processes" line and the launcher's "rank 1 died" line both came."""
+    run_dir = tmp_path / "run"
+    launcher = subprocess.Popen(cli("--data", str(small_corpus), *MODEL, "--epochs", "50", "--micro-batch", "2",
+                                    "--accum", "2", "--run-dir", str(run_dir), "--nproc", "2"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_steps(run_dir, 3, launcher)
+        rank1 = _rank_1_of(launcher.pid)
+        assert rank1 is not None
+        os.kill(rank1, signal.SIGKILL)
+        out, err = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: rank 1 died (SIGKILL)") and f"continue with --resume {run_dir}" in lines[0]
+    assert ended(run_dir)["reason"] == "error"

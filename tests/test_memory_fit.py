@@ -70,3 +70,21 @@ def test_nothing_fits_names_the_levers():
         fit_micro_batch(_model(), batch=2, processes=1, block_size=64, vocab_size=65, device=torch.device("cpu"),
                         autocast_dtype=None, budget_bytes=1000, state_bytes=0)
     assert "--checkpoint-activations" in error.value.one_line()
+
+
+def test_the_reason_says_which_size_fits_and_which_was_picked_for_speed():
+    from tui_trainer.engine.memory_fit import Probe, choose
+
+    # (a CPU where tokens/s stops growing past 16: 64 fits, 16 is taken; the words said "the largest
+    # that fits" in the help and the flags, whichever was taken)
+    flat = [Probe(64, 300, 1000.0), Probe(32, 200, 990.0), Probe(16, 100, 960.0), Probe(8, 50, 700.0)]
+    chosen, reason = choose(flat, "cpu")
+    assert chosen.micro_batch == 16
+    assert reason.startswith("64 is the largest that fits the budget; 16 was picked for speed"), reason
+    # The largest is also the fastest (the smaller ones over 5% slower): both facts, one size.
+    steep = [Probe(64, 300, 1000.0), Probe(32, 200, 900.0)]
+    chosen, reason = choose(steep, "cpu")
+    assert chosen.micro_batch == 64 and reason.startswith("the largest that fits the budget, and on this CPU the "
+                                                          "fastest too"), reason
+    assert choose(steep[:1], "cpu")[1] == "the largest that fits the budget"  # nothing smaller was probed
+    assert choose(flat, "cuda") == (flat[0], "the largest that fits the budget")

@@ -23,21 +23,22 @@ from tui_trainer.rundir.lifecycle import data_changed, data_size
 from tui_trainer.rundir.lock import RunLock
 from tui_trainer.rundir.ownership import write_marker
 from tui_trainer.rundir.reader import event_from_record
-from tui_trainer.rundir.summary import columns, fit, read_summary, render, short_labels, summarize
+from tui_trainer.rundir.summary import columns, fit, read_summary, render, short_labels, summarize, tokenizer_notice
 from tui_trainer.ui.follow import MetricsFollower
 
 
-def config_record(**train) -> dict:
-    return {"config": RunConfig(train=TrainConfig(**{"epochs": 3, **train})).to_dict()}
+def config_record(data: dict | None = None, **train) -> dict:
+    return {"config": RunConfig(data=DataConfig(**(data or {})), train=TrainConfig(**{"epochs": 3, **train})).to_dict()}
 
 
-def epoch_records(epochs: int, accum: int = 2) -> list[dict]:
+def epoch_records(epochs: int, accum: int = 2, micro_batch: int = 4, **more) -> list[dict]:
     """Each epoch's last step and the epoch, as the engine writes them (val loss falling)."""
     records = []
+    batch = {"accum": accum, "micro_batch": micro_batch, "effective_batch": accum * micro_batch}
     for e in range(1, epochs + 1):
-        records += [record("step", epoch=e, step=4 * e, accum=accum, tokens_seen=1024 * e),
-                    record("epoch", epoch=e, epochs=3, accum=accum, val_loss=2.5 - 0.25 * e, train_loss=2.4 - 0.25 * e,
-                           tokens_seen=1024 * e, seconds=10.0, tokens_per_s=128.0)]
+        records += [record("step", epoch=e, step=4 * e, tokens_seen=1024 * e, **batch),
+                    record("epoch", epoch=e, epochs=3, val_loss=2.5 - 0.25 * e, train_loss=2.4 - 0.25 * e,
+                           tokens_seen=1024 * e, seconds=10.0, tokens_per_s=128.0, **batch, **more)]
     return records
 
 
@@ -45,9 +46,9 @@ def events_of(records: list[dict]) -> list:
     return [event_from_record(r) for r in records]
 
 
-def write_run(run_dir: Path, records: list[dict], **train) -> Path:
+def write_run(run_dir: Path, records: list[dict], data: dict | None = None, **train) -> Path:
     run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(config_record(**train)))
+    (run_dir / "config.json").write_text(json.dumps(config_record(data, **train)))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return run_dir
 
@@ -74,8 +75,8 @@ def test_the_table_shows_only_the_settings_that_differ_and_bpb_only_where_record
             summarize("runs/b", config_record(accum=16, epochs=5), events_of(epoch_records(3, accum=16)), live=False)]
     table = columns(runs)
     titles = [c.title for c in table]  # (--epochs differs too: the epochs column says it, as done/planned)
-    assert titles == ["run", "status", "epochs", "tokens", "best val", "time", "tok/s", "accum"]
-    assert table[-1].cells == ("4", "16") and table[0].cells == ("a", "b")
+    assert titles == ["run", "status", "epochs", "tokens", "best val", "time", "tok/s", "eff batch", "accum"]
+    assert table[-1].cells == ("4", "16") and table[-2].cells == ("16", "64") and table[0].cells == ("a", "b")
     # A run whose epochs record val_bpb: the column appears where it is there.
     epoch = dataclasses.replace(events_of(epoch_records(1))[1], val_bpb=1.25)
     runs.append(summarize("runs/c", config_record(accum=4), [epoch], live=False))
@@ -101,7 +102,66 @@ def test_a_wide_table_drops_its_least_important_columns_to_fit():
     assert len(kept) < len(table) and "tok/s" not in text  # tok/s goes first
 
 
+def test_runs_with_different_tokenizers_get_one_notice_that_names_bits_per_byte():
+    char = summarize("runs/char", config_record(), events_of(epoch_records(2)), live=False)
+    bpe = summarize("runs/bpe", config_record({"tokenizer": "bpe", "vocab_size": 512}), events_of(epoch_records(2)),
+                    live=False)
+    notice = tokenizer_notice([char, bpe])
+    assert notice and "(char, bpe 512)" in notice and "not comparable" in notice and "bits per byte" in notice
+    assert "not every run recorded it" in notice  # these records carry no val_bpb
+    with_bpb = [summarize(s.path, {"config": {"data": {"tokenizer": t}}}, events_of(epoch_records(2, val_bpb=1.5)),
+                          live=False) for s, t in ((char, "char"), (bpe, "bpe"))]
+    assert "not every run" not in tokenizer_notice(with_bpb)
+    assert tokenizer_notice([char, char]) is None  # one tokenizer: nothing to say
+    bpe_4k = summarize("runs/bpe4k", config_record({"tokenizer": "bpe"}), events_of(epoch_records(2)), live=False)
+    assert "bpe 512, bpe 4096" in tokenizer_notice([bpe, bpe_4k])  # another vocabulary is another tokenizer
+
+
+def test_the_setup_columns_tokenizer_effective_batch_and_budget_survive_80_columns():
+    runs = [summarize("runs/char", config_record(seed=1, patience=2, min_delta=0.01),
+                      events_of(epoch_records(2, accum=4, micro_batch=16)), live=False),
+            summarize("runs/bpe", config_record({"tokenizer": "bpe", "vocab_size": 512}, seed=2, patience=3,
+                                                min_delta=0.02, time_budget="10m"),
+                      events_of(epoch_records(2, accum=4, micro_batch=8)), live=False)]
+    kept = fit(columns(runs), 80)
+    text = render(kept)
+    assert max(len(row) for row in text.splitlines()) <= 80, text
+    titles = [c.title for c in kept]
+    assert {"tokenizer", "eff batch", "budget"} <= set(titles), text
+    assert next(c for c in kept if c.title == "eff batch").cells == ("64", "32")
+    # A split of the same batch (micro-batch 8 x accum 4, 16 x 2) is the same setup: no eff batch column.
+    same = [summarize(f"runs/{m}", config_record(), events_of(epoch_records(2, accum=32 // m, micro_batch=m)),
+                      live=False) for m in (8, 16)]
+    assert "eff batch" not in [c.title for c in columns(same)]
+
+
 # -- view A B C -------------------------------------------------------------------------------------
+
+async def test_compare_of_a_char_and_a_bpe_run_says_so_and_plots_bits_per_byte(tmp_path):
+    from tui_trainer.ui.compare import create_compare_app
+
+    a = write_run(tmp_path / "char", [*epoch_records(3, val_bpb=2.0), record("end")])
+    b = write_run(tmp_path / "bpe", [*epoch_records(3, val_bpb=1.8), record("end")], {"tokenizer": "bpe"})
+    app = create_compare_app([str(a), str(b)])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = screen_text(app)
+        title = str(app.query_one("#compare").border_title)
+        await pilot.press("q")
+    flat = " ".join(screen.split())
+    assert "different tokenizers (char, bpe 4096)" in flat and "bits per byte (bpb) compares them" in flat, screen
+    assert "bits per byte" in title and "train" not in title
+    assert re.search(r"run +status .*tokenizer", screen), screen
+    assert [row for row in screen.splitlines() if re.match(r"^│ +1 +2 +3 +│$", row)], screen  # whole epochs
+    # The same tokenizer: no notice, the curves stay losses.
+    c = write_run(tmp_path / "char2", [*epoch_records(3, val_bpb=2.1), record("end")], accum=4)
+    app = create_compare_app([str(a), str(c)])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = screen_text(app)
+        title = str(app.query_one("#compare").border_title)
+    assert "tokenizers" not in screen and "epoch loss" in title
+
 
 async def test_compare_app_at_80x24_shows_the_runs_table_under_the_curves(tmp_path):
     from tui_trainer.ui.compare import create_compare_app
@@ -267,6 +327,15 @@ def test_a_hugging_face_export_beside_the_runs_is_not_listed_as_a_damaged_run(tm
     assert main(["runs", str(runs)]) == 0
     out = capsys.readouterr().out
     assert "hf1" not in out and "damaged" not in out, out
+
+
+def test_runs_of_a_char_and_a_bpe_run_notes_that_their_losses_do_not_compare(tmp_path, capsys):
+    write_run(tmp_path / "runs" / "char", epoch_records(2))
+    write_run(tmp_path / "runs" / "bpe", epoch_records(2), {"tokenizer": "bpe", "vocab_size": 512})
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    notes = [row for row in out.splitlines() if row.startswith("note: these runs use different tokenizers (")]
+    assert len(notes) == 1 and "char" in notes[0] and "bpe 512" in notes[0] and "bits per byte" in notes[0], out
 
 
 def test_columns_left_out_at_80_are_named(tmp_path, capsys):

@@ -6,6 +6,7 @@ Two processes: every rank redoes the pass (they agree in the pass's own sum)."""
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -13,8 +14,8 @@ import torch
 from helpers import tiny_config, train
 from test_distributed import MODEL, cli, ended, epochs, run
 
-from tui_trainer.events import EpochEvent, Notice, SplitChanged
-from tui_trainer.rundir.checkpoints import checkpoint_path, load_checkpoint
+from tui_trainer.events import EpochEvent, ListSink, Notice, SplitChanged
+from tui_trainer.rundir.checkpoints import checkpoint_path, load_checkpoint, save_atomic
 from tui_trainer.rundir.metrics import read_metrics
 
 EXACT = 1e-6  # the same token-weighted sum in another order of batches: float rounding only
@@ -133,3 +134,35 @@ def test_two_processes_redo_the_validation_pass_together_and_get_the_same_val_lo
     assert len(memory) == 1 and memory[0]["phase"] == "validation" and memory[0]["ranks"] == [1]
     assert "validation micro-batch 4 -> 2 after an out-of-memory on rank 1" in recovered.stdout
     assert ended(tmp_path / "oom")["reason"] == "completed"
+
+
+def test_a_resume_starts_validation_at_the_halved_micro_batch_and_old_checkpoints_load(small_corpus, tmp_path):
+    """The halved validation micro-batch is in the checkpoint: a resumed run validates at it from the
+    first pass (before, it ran out of memory again at the first validation and halved again). A
+    checkpoint from before the field loads at the planned size."""
+    from tui_trainer.engine.loop import Trainer
+
+    run_dir = tmp_path / "r"
+    _, _, end = _trained_with(_config(small_corpus, run_dir, epochs=1),
+                              lambda t: _out_of_memory_in_validation(t, nth=2, size=4, sizes=[]))
+    assert end.reason == "completed"
+    saved = load_checkpoint(checkpoint_path(run_dir, "latest"))
+    assert saved["loop"]["val_micro_split"] == 2
+
+    def resumed(where):
+        sizes: list[int] = []
+        trainer = Trainer(_config(small_corpus, where), ListSink(), resume=where, overrides={"train.epochs": 2})
+        _out_of_memory_in_validation(trainer, nth=0, size=0, sizes=sizes)  # (records the sizes only)
+        return sizes, trainer.run()
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    sizes, end = resumed(run_dir)
+    assert end.reason == "completed" and sizes == [2] * 8  # epoch 2's pass, at 2 from its first batch
+    # A checkpoint written before the field: it loads, and validation starts at the planned 4.
+    path = checkpoint_path(old, "latest")
+    state = load_checkpoint(path)
+    del state["loop"]["val_micro_split"]
+    save_atomic(state, path)
+    sizes, end = resumed(old)
+    assert end.reason == "completed" and sizes == [4] * 4

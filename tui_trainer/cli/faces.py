@@ -55,6 +55,11 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
         finally:
             stop_served(server)
     if trainer.error is not None and not isinstance(trainer.error, UserError):
+        if isinstance(trainer.error, PeerLost) and getattr(trainer, "ranks", None) is not None:
+            # --nproc's launcher says it, once, with the rank that died and of what (launch.py)
+            cause = str(trainer.error)
+            advice = end.message[len(cause):].lstrip("; ") if end.message.startswith(cause) else ""
+            return leave(trainer, exit_code_for(end), lost=f"error: {end.message}", advice=advice)
         if isinstance(trainer.error, (PeerLost, DataChanged)):
             say(f"error: {end.message}")
         else:
@@ -84,16 +89,21 @@ def run_worker(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace) 
     return leave(trainer, exit_code_for(end))
 
 
-def leave(trainer, code: int) -> int:
+def leave(trainer, code: int, lost: str = "", advice: str = "") -> int:
     """The exit code. A rank of several processes exits here and now, its files closed and its
     output flushed: a process group torn down while Python shuts down can abort the process, and
-    one whose peer is dead or stuck (``abandoned``) can wait forever."""
+    one whose peer is dead or stuck (``abandoned``) can wait forever. ``lost``: rank 0's line after
+    a lost peer, which --nproc's launcher says (with ``advice``, what a resume can do); said here
+    when no launcher of ours started the run (torchrun)."""
     if getattr(trainer, "ranks", None) is not None and trainer.ranks.distributed:
         if trainer.ranks.is_main:
             from tui_trainer.cli.launch import report_exit_code
 
-            report_exit_code(code)
+            if not report_exit_code(code, lost, advice) and lost:
+                say(lost)
         exit_now(code)
+    if lost:
+        say(lost)
     return code
 
 

@@ -81,45 +81,59 @@ def launch(nproc: int, cfg: RunConfig, argv: list[str]) -> int:
     try:
         run(args)
     except ChildFailedError as exc:
+        code, lost, advice = _rank0_word(exit_file)
         died = _died(exc)
         if died:  # killed (SIGKILL, out of memory, a crash): it could not say so itself
-            say(died_line(*died))
+            say(died_line(*died, advice=advice))
             return 1
-        return _rank0_code(exit_file, _exit_code(exc))
+        if lost:  # (a rank that hung past --dist-timeout, or exited: rank 0's own line)
+            say(lost)
+        return code if code is not None else _exit_code(exc)
     except SignalException as exc:  # the workers had it forwarded, stopped together, and saved
         # (a run that had already completed when the signal came says 0)
-        return _rank0_code(exit_file, 128 + int(exc.sigval))
+        code, lost, _ = _rank0_word(exit_file)
+        if lost:
+            say(lost)
+        return code if code is not None else 128 + int(exc.sigval)
     finally:
         sys.stdout.flush()
     return 0
 
 
-def died_line(rank: int, name: str) -> str:
-    """The launcher's line for a rank killed without a word. Another rank's death rank 0 has said
-    itself (what is saved, the exact --resume): no second, vaguer advice — which, after a kill during
-    the set-up, named a run dir that did not exist yet (a hostile trial)."""
+def died_line(rank: int, name: str, advice: str = "") -> str:
+    """The launcher's one line for a rank killed without a word. Rank 0, when another rank died,
+    leaves what a resume can do (``advice``: what it saved, the exact --resume) to this line instead
+    of a line of its own that said the same loss again; without it, no vaguer advice — which, after
+    a kill during the set-up, named a run dir that did not exist yet (a hostile trial)."""
     if rank == 0:
         return (f"error: rank 0 died ({name}) and the other processes were stopped; a checkpoint it saved "
                 f"before is intact: continue with --resume RUN_DIR if the run dir has one")
-    return f"error: rank {rank} died ({name}) and the other processes were stopped"
+    return f"error: rank {rank} died ({name}) and the other processes were stopped" + (f"; {advice}" if advice else "")
 
 
-def report_exit_code(code: int) -> None:
-    """Rank 0, as it leaves: its exit code for the launcher (when this launcher started it)."""
+def report_exit_code(code: int, lost: str = "", advice: str = "") -> bool:
+    """Rank 0, as it leaves: its exit code for the launcher (when this launcher started it) and,
+    after a lost peer, its error line and what a resume can do, for the launcher to say once (it
+    knows which rank died and of what). False when there is no launcher of ours to tell."""
     path = os.environ.get(EXIT_CODE_FILE)
-    if path:
-        try:
-            Path(path).write_text(str(code), encoding="ascii")
-        except OSError:
-            pass  # the launcher then goes by torchrun's record
-
-
-def _rank0_code(path: Path, otherwise: int) -> int:
-    """The exit code rank 0 wrote as it left, else ``otherwise`` (it died before it could)."""
+    if not path:
+        return False
     try:
-        return int(path.read_text(encoding="ascii").strip())
+        text = "\n".join([str(code), *(" ".join(part.split()) for part in (lost, advice) if lost)])
+        Path(path).write_text(text, encoding="utf-8")
+        return True
+    except OSError:
+        return False  # the launcher then goes by torchrun's record
+
+
+def _rank0_word(path: Path) -> tuple[int | None, str, str]:
+    """What rank 0 left as it left: its exit code (None: it died before it could), and after a lost
+    peer its error line and what a resume can do ("" otherwise)."""
+    try:
+        parts = path.read_text(encoding="utf-8").split("\n")
+        return int(parts[0].strip()), *(parts[1:3] + ["", ""])[:2]
     except (OSError, ValueError):
-        return otherwise
+        return None, "", ""
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
 

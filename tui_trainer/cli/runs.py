@@ -12,7 +12,16 @@ from pathlib import Path
 
 from tui_trainer.cli.console import write_replacing
 from tui_trainer.errors import UserError
-from tui_trainer.rundir.summary import DAMAGED, columns, fit, is_run_dir, read_summary, render, run_dirs_under
+from tui_trainer.rundir.summary import (
+    DAMAGED,
+    columns,
+    fit,
+    is_run_dir,
+    read_summary,
+    render,
+    run_dirs_under,
+    tokenizer_notice,
+)
 
 DEFAULT_DIR = "runs"
 
@@ -49,6 +58,9 @@ def listing(folder: Path, width: int = 80, all_settings: bool = False) -> str:
     hidden = [c.title for c in table if c not in shown]
     if hidden:
         lines.append(f"(not shown at {width} columns: {', '.join(hidden)}; --all-settings shows them)")
+    notice = tokenizer_notice(summaries)  # (char and BPE losses side by side: not comparable)
+    if notice:
+        lines.append(f"note: {notice}")
     lines += [f"{s.path}: damaged ({s.problem})" for s in summaries if s.status == DAMAGED]
     if run_dirs == [folder]:
         lines.append(f"{folder} is a run dir; see it with: tui-trainer view {folder}")

@@ -65,7 +65,8 @@ class Trainer:
         self.endings = Endings(s.state, s.sink, s.control, self.checkpoints, s.early_stopping, s.run_dir,
                                verdict=lambda: s.diagnosis, can_retry_save=s.for_ui and not s.ranks.distributed)
         self.steps = OptimizerStep(s, self.steering, self.checkpoints, self.endings)
-        self.validation_split = ValidationSplit(s.sink, s.device, s.cfg.train.micro_batch, s.ranks.world_size)
+        self.validation_split = ValidationSplit(s.sink, s.device, s.cfg.train.micro_batch, s.state,
+                                                s.ranks.world_size)
         if s.budget is not None:  # (--time-budget: pauses do not count)
             s.budget.paused = lambda: self.steering.seconds_paused
         self.error: BaseException | None = None  # what ended the run, if not the run itself

@@ -84,13 +84,32 @@ class Fit:
     budget_bytes: int
     peak_bytes: int  # the chosen micro-batch's measured projection
     probes: tuple[Probe, ...]
-    reason: str  # "largest that fits" / "fastest on CPU" ...
+    reason: str  # why this size (``choose``): the largest that fits, or the one picked for speed on a CPU
     seconds: float  # what the probing cost
 
     def describe(self) -> str:
         return (f"micro-batch {self.micro_batch} x accum {self.accum}: {self.reason}; peak "
                 f"{self.peak_bytes / 1e9:,.2f} of {self.budget_bytes / 1e9:,.2f} GB budget "
                 f"(probed {', '.join(str(p.micro_batch) for p in self.probes)} in {self.seconds:.1f} s)")
+
+
+def choose(fitting: list[Probe], device_type: str) -> tuple[Probe, str]:
+    """The probe taken of those under the budget, and the words that say why: on an accelerator the
+    largest; on a CPU the smallest within ``CPU_SPEED_SHARE`` of the fastest, which says both
+    facts — the largest that fits, and the one picked for speed (or that they are the same one)."""
+    largest = max(fitting, key=lambda p: p.micro_batch)
+    if device_type != "cpu":
+        return largest, "the largest that fits the budget"
+    fastest = max(p.tokens_per_s for p in fitting)
+    chosen = min((p for p in fitting if p.tokens_per_s >= CPU_SPEED_SHARE * fastest), key=lambda p: p.micro_batch)
+    share = f"{1 - CPU_SPEED_SHARE:.0%}"
+    if chosen is largest:
+        if len(fitting) == 1:
+            return chosen, "the largest that fits the budget"
+        return chosen, (f"the largest that fits the budget, and on this CPU the fastest too (the smaller ones "
+                        f"probed were over {share} slower)")
+    return chosen, (f"{largest.micro_batch} is the largest that fits the budget; {chosen.micro_batch} was picked "
+                    f"for speed: on this CPU tokens/s stops growing past it (within {share} of the fastest)")
 
 
 def _give_back_freed_memory() -> None:
@@ -201,13 +220,6 @@ def fit_micro_batch(model: torch.nn.Module, *, batch: int, processes: int, block
             f"(it took {probes[-1].peak_bytes / 1e9:,.2f} GB)" if probes else
             f"not even micro-batch 1 of {block_size} tokens fits in the memory of {device.type}",
             "raise --memory-budget, add --checkpoint-activations, or use a smaller model or --block-size")
-    if device.type == "cpu":
-        fastest = max(p.tokens_per_s for p in fitting)
-        chosen = min((p for p in fitting if p.tokens_per_s >= CPU_SPEED_SHARE * fastest), key=lambda p: p.micro_batch)
-        largest = max(fitting, key=lambda p: p.micro_batch)
-        reason = ("the largest that fits" if chosen is largest else
-                  f"tokens/s stops growing past it on this CPU ({largest.micro_batch} fits too)")
-    else:
-        chosen, reason = fitting[0], "the largest that fits"
+    chosen, reason = choose(fitting, device.type)
     return Fit(chosen.micro_batch, batch // (chosen.micro_batch * processes), budget_bytes, chosen.peak_bytes,
                tuple(probes), reason, seconds)

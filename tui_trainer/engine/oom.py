@@ -102,11 +102,17 @@ class ValidationSplit:
     """The validation pass's own micro-batch: the planned one cut into ``pieces`` (each of this rank's
     batches cut as ``cut_window`` cuts a window's), halved by ``after`` once a pass ran out of memory.
     The pass is a token-weighted sum, so the redone pass gives the same val loss (float rounding
-    aside). Kept for the rest of the session (a resume starts again at the planned size)."""
+    aside). The cut is the loop state's ``val_micro_split``, so the checkpoint keeps it and a resume
+    validates at the halved size from its first pass (a checkpoint from before it: the planned size)."""
 
-    def __init__(self, sink: Sink, device: torch.device, planned_micro_batch: int, processes: int = 1) -> None:
+    def __init__(self, sink: Sink, device: torch.device, planned_micro_batch: int, state: LoopState,
+                 processes: int = 1) -> None:
         self.sink, self.device, self.planned, self.processes = sink, device, planned_micro_batch, processes
-        self.pieces = 1
+        self.state = state
+
+    @property
+    def pieces(self) -> int:
+        return max(1, self.state.val_micro_split)
 
     def batches(self, mine: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """This rank's validation batches at the current split."""
@@ -123,7 +129,7 @@ class ValidationSplit:
             raise NoSmallerSplit(f"out of memory in the validation after step {state.step}{where} even at "
                                  f"micro-batch 1: the run is saved at its last step; free memory held elsewhere, "
                                  f"or use a smaller model or --block-size")
-        self.pieces *= 2
+        state.val_micro_split = self.pieces * 2
         change = SplitChanged(old_micro_batch=micro_batch, new_micro_batch=-(-self.planned // self.pieces),
                               old_accum=state.accum, new_accum=state.accum, step=state.step, epoch=state.epoch,
                               ranks=ranks, phase="validation")

@@ -146,7 +146,7 @@ def _check_loop(loop: Any, loop_state_cls: type) -> None:
         if isinstance(value, list) and key.endswith(("history", "losses")) \
                 and not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value):
             raise _Misfit(f"its loop state's {key} holds something other than numbers")
-    for key in ("epoch", "accum", "pending_accum", "pending_accum_epoch"):
+    for key in ("epoch", "accum", "pending_accum", "pending_accum_epoch", "val_micro_split"):
         if loop.get(key) is not None and loop[key] < 1:
             raise _Misfit(f"its loop state's {key} is {loop[key]}")
     anchor = loop.get("lr_anchor")

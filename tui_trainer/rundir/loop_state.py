@@ -42,6 +42,7 @@ class LoopState:
     lr_anchor: list | None = None  # [tokens, lr]: the schedule runs on from here to its end (a resume moved the end)
     time_budget: dict | None = None  # --time-budget: its plan and the seconds used (engine/budget.py)
     micro_split: int = 1  # each planned micro-batch is cut in this many (an out-of-memory halved it: engine/oom.py)
+    val_micro_split: int = 1  # the same for the validation pass's micro-batches (oom.ValidationSplit)
 
     @property
     def position(self) -> LoopPosition:

@@ -33,6 +33,10 @@ RUN_NAMES = (CONFIG_FILE, MARKER_FILE, METRICS_FILE, CHECKPOINT_DIR)  # any of t
 NOT_SETTINGS = frozenset({"train.run_dir", "data.cache_dir", "train.epochs"})
 LABEL_MAX = 24  # a longer label keeps its end
 GAP = "  "
+# The settings that say what a run is (its tokenizer, its steps' size, its time budget): where they
+# differ they outrank the other settings when the table is cut to the screen's width.
+SETUP = ("data.tokenizer", "train.accum", "train.time_budget")
+TITLES = {"train.time_budget": "budget"}  # a shorter title than the key's last part
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class RunSummary:
     best_val_bpb: float | None = None  # only where the records carry val_bpb
     seconds: float = 0.0  # the epochs' wall time (train and validation), every session's
     tokens_per_s: float | None = None
+    effective_batch: int | None = None  # sequences per step (micro-batch x accum x processes), last recorded
     settings: dict[str, Any] = field(default_factory=dict)  # "train.accum": 4, from config.json
     problem: str = ""  # why a damaged run is damaged
 
@@ -91,7 +96,41 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
     return RunSummary(path=path, status=status, epochs=max((e.epoch for e in epochs), default=0),
                       epochs_planned=planned if isinstance(planned, int) else None, tokens=tokens,
                       best_val_loss=min(vals) if vals else None, best_val_bpb=min(bpbs) if bpbs else None,
-                      seconds=seconds, tokens_per_s=_pace(epochs, last_step), settings=settings)
+                      seconds=seconds, tokens_per_s=_pace(epochs, last_step), settings=settings,
+                      effective_batch=_effective_batch(epochs, last_step))
+
+
+def _effective_batch(epochs: list[EpochEvent], last_step: StepEvent | None) -> int | None:
+    """The sequences of the run's latest step (a later step's when it outlives the last epoch)."""
+    latest = last_step if last_step is not None and (not epochs or last_step.epoch > epochs[-1].epoch) else \
+        (epochs[-1] if epochs else None)
+    batch = getattr(latest, "effective_batch", None)
+    return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else None
+
+
+def tokenizer_of(settings: dict[str, Any]) -> str:
+    """What a run's losses are per token of: its tokenizer (a BPE with its vocabulary's size), or the
+    model it started from (--init-from brings its tokenizer)."""
+    if settings.get("model.init_from"):
+        return f"that of {Path(str(settings['model.init_from'])).name}"
+    tokenizer = str(settings.get("data.tokenizer") or "char")
+    if tokenizer == "bpe":
+        return f"bpe {settings.get('data.vocab_size') or 4096}"
+    return tokenizer if tokenizer == "char" else Path(tokenizer).name
+
+
+def tokenizer_notice(summaries: Sequence[RunSummary]) -> str | None:
+    """One line when the runs' tokenizers differ: a loss per token of one is not a loss per token of
+    another. Bits per byte is what compares them; None when they share one (or are damaged)."""
+    read = [s for s in summaries if s.status != DAMAGED]
+    kinds = list(dict.fromkeys(tokenizer_of(s.settings) for s in read))
+    if len(kinds) < 2:
+        return None
+    head = f"these runs use different tokenizers ({', '.join(kinds)}): their losses are per token of each, not comparable"
+    if all(s.best_val_bpb is not None for s in read):
+        return head + "; bits per byte (bpb) compares them"
+    return head + "; bits per byte (bpb) would, but not every run recorded it (older runs)"
+
 
 
 def _planned_epochs(config_record: dict[str, Any] | None, epochs: list[EpochEvent]) -> int | None:
@@ -294,12 +333,19 @@ def columns(summaries: Sequence[RunSummary], labels: Sequence[str] | None = None
         table.append(Column("bpb", cells(lambda s: f"{s.best_val_bpb:.4f}" if s.best_val_bpb is not None else "—"), 40))
     table += [Column("time", cells(lambda s: duration(s.seconds) if s.seconds else "—"), 99),
               Column("tok/s", cells(lambda s: short_count(s.tokens_per_s)), 100)]
+    batches = {s.effective_batch for s, good in zip(rows, ok) if good}
+    if len(batches) > 1:  # (micro-batch x accum x processes: a split of one batch is no different run)
+        table.append(Column("eff batch", cells(lambda s: str(s.effective_batch or "—")), 55))
     keys = differing(rows)
-    names = [key.split(".", 1)[1] for key in keys]
-    for i, (key, name) in enumerate(zip(keys, names)):
+    names = [TITLES.get(key, key.split(".", 1)[1]) for key in keys]
+    others = 0
+    for key, name in zip(keys, names):
         title = name if names.count(name) == 1 else key
-        table.append(Column(title, cells(lambda s, key=key: setting_text(s.settings.get(key), key)),
-                            60 + i if i < 3 else 110 + i))
+        if key in SETUP:
+            rank = 56 + SETUP.index(key)
+        else:
+            rank, others = (60 + others if others < 3 else 110 + others), others + 1
+        table.append(Column(title, cells(lambda s, key=key: setting_text(s.settings.get(key), key)), rank))
     return table
 
 

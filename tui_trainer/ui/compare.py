@@ -5,6 +5,10 @@ the runs' table (rundir/summary.py builds it, as for ``tui-trainer runs``): stat
 tokens, best val loss, time, tokens/s and the settings that differ, cut to the screen's width.
 Runs are named by the shortest suffix of their paths that tells them apart. Live runs are
 re-read every second. Reads only, like every viewer.
+
+Runs with different tokenizers (char and BPE) have losses per token of different tokens: one line
+over the table says so, and where every run recorded ``val_bpb`` the curves are val bits per byte,
+the figure that compares them (train loss has no bits per byte: no points then).
 """
 
 from __future__ import annotations
@@ -19,7 +23,16 @@ from textual.widgets import Footer, Static
 from textual_plotext import PlotextPlot
 
 from tui_trainer.events import EpochEvent, RunEnded, StepEvent
-from tui_trainer.rundir.summary import GAP, RunSummary, columns, fit, padded_rows, short_labels, summarize
+from tui_trainer.rundir.summary import (
+    GAP,
+    RunSummary,
+    columns,
+    fit,
+    padded_rows,
+    short_labels,
+    summarize,
+    tokenizer_notice,
+)
 from tui_trainer.ui.follow import MetricsFollower
 from tui_trainer.ui.widgets.loss_plot import integer_ticks, nice_ticks, tick_labels
 
@@ -65,6 +78,7 @@ class CompareApp(App[None]):
     DEFAULT_CSS = """
     PlotextPlot { border: round $primary; height: 1fr; }
     #runs-table { height: auto; max-height: 50%; padding: 0 1; }
+    #tokenizer-notice { height: auto; padding: 0 1; color: $warning; display: none; }
     """
 
     def __init__(self, runs: list[RunCurves]) -> None:
@@ -75,6 +89,7 @@ class CompareApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield PlotextPlot(id="compare")
+        yield Static(id="tokenizer-notice")
         yield Static(id="runs-table")
         yield Footer()
 
@@ -110,20 +125,31 @@ class CompareApp(App[None]):
             text.append((GAP + GAP.join(cells[1:])).rstrip())
         return text
 
-    def legend(self, width: int) -> str:
+    def in_bits_per_byte(self, summaries: list[RunSummary]) -> bool:
+        """Curves in val bits per byte: the tokenizers differ and every run's epochs recorded it."""
+        return tokenizer_notice(summaries) is not None and all(
+            run.epochs and all(e.val_bpb is not None for e in run.epochs) for run in self.runs)
+
+    def legend(self, width: int, bpb: bool = False) -> str:
         """The panel's title: each run's colour and name where they fit ``width``; else the table's
         names, in the same colours, are the legend."""
+        what = "epoch val bits per byte (━)" if bpb else "epoch loss (━ val, • train)"
         names = "  ".join(f"━ {run.label}" for run in self.runs)
-        if len(f"epoch loss (━ val, • train)  {names}") + 6 <= width:
-            return "epoch loss (━ val, • train)  " + "  ".join(
+        if len(f"{what}  {names}") + 6 <= width:
+            return f"{what}  " + "  ".join(
                 f"[{RUN_COLORS[i % len(RUN_COLORS)][1]}]━[/] {run.label}" for i, run in enumerate(self.runs))
-        return "epoch loss (━ val, • train; the runs in their colours below)"
+        return what[:-1] + "; the runs in their colours below)"
 
     def redraw(self) -> None:
         table = self.query_one("#runs-table", Static)
         table.update(self.table_text(max(20, self.size.width - 2)))
+        summaries = [run.summary() for run in self.runs]
+        notice = self.query_one("#tokenizer-notice", Static)
+        notice.update(tokenizer_notice(summaries) or "")
+        notice.display = tokenizer_notice(summaries) is not None
+        bpb = self.in_bits_per_byte(summaries)
         widget = self.query_one(PlotextPlot)
-        widget.border_title = self.legend(self.size.width)
+        widget.border_title = self.legend(self.size.width, bpb)
         plt = widget.plt
         plt.clear_figure()
         values: list[float] = []
@@ -131,10 +157,14 @@ class CompareApp(App[None]):
         for i, run in enumerate(self.runs):
             color = RUN_COLORS[i % len(RUN_COLORS)][0]
             xs = [e.epoch for e in run.epochs]
-            if xs:
+            if xs and bpb:  # (train loss has no bits per byte: the val curve only)
+                plt.plot(xs, [e.val_bpb for e in run.epochs], color=color, marker="braille")
+                values += [e.val_bpb for e in run.epochs if math.isfinite(e.val_bpb)]
+            elif xs:
                 plt.plot(xs, [e.val_loss for e in run.epochs], color=color, marker="braille")
                 plt.scatter(xs, [e.train_loss for e in run.epochs], color=color, marker="dot")
                 values += [v for e in run.epochs for v in (e.val_loss, e.train_loss) if math.isfinite(v)]
+            if xs:
                 last = max(last, xs[-1])
         if last:  # round ticks: whole epochs, and 1.5 2.0 2.5 on the loss axis (not 1.0 2.2 3.5)
             high = max(last, 2)

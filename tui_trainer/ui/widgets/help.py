@@ -38,8 +38,9 @@ NOISE_SCALE = (
 MEMORY = (
     "More memory -> larger micro-batches (faster); less memory -> more accumulation (the same quality, "
     "slower): exact accumulation makes 16 x 4 and 8 x 8 the same step. --batch N says the batch and "
-    "--micro-batch auto measures the largest micro-batch that fits --memory-budget (the batch panel "
-    "shows the last step's peak against it); an out-of-memory mid-run halves the micro-batch, doubles "
+    "--micro-batch auto measures which micro-batches fit --memory-budget and takes the largest, or on a "
+    "CPU the smallest as fast within 5% (the run line says which fits and which was taken; the batch "
+    "panel shows the last step's peak against it); an out-of-memory mid-run halves the micro-batch, doubles "
     "accum and redoes the window. --checkpoint-activations trades time for memory: the same losses."
 )
 
