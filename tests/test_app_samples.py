@@ -81,8 +81,21 @@ async def test_wide_screen_shows_each_epoch_sample_in_its_panel(small_corpus, tm
         panel = app.query_one(SamplePanel)
         assert panel.display and panel.size.height >= 4
         assert app.view.sample.epoch == 1 and not app.view.sample.asked and len(app.view.sample.text) == 60
-        assert "sample · epoch 1 · after epoch 1" in flat(app)
+        assert "sample · after epoch 1" in flat(app)
         app.control.resume()
         await wait_for(pilot, lambda: app.view.ended, timeout=60, what="the run to end")
         await pilot.pause(0.3)
         assert "after epoch 2" in flat(app)
+
+
+def test_the_sample_title_names_its_epoch_once():
+    from tui_trainer.ui.view import RunView, SampleShown
+    from tui_trainer.ui.widgets.samples import sample_title
+
+    view = RunView()
+    view.sample = SampleShown(epoch=3, step=120, text="x", asked=False)
+    assert sample_title(view) == "sample · after epoch 3"
+    view.sample = SampleShown(epoch=3, step=1234, text="x", asked=True)
+    assert sample_title(view) == "sample · epoch 3 · asked at step 1,234"
+    view.sample_requested = True
+    assert sample_title(view) == "sample · epoch 3 · asked at step 1,234 · a new one after this step…"

@@ -23,9 +23,10 @@ def sample_title(view: RunView) -> str:
     sample = view.sample
     if sample is None:
         return "sample"
-    when = f"asked at step {sample.step:,}" if sample.asked else f"after epoch {sample.epoch}"
+    # (the epoch once: "after epoch 3" names it already)
+    when = f"epoch {sample.epoch} · asked at step {sample.step:,}" if sample.asked else f"after epoch {sample.epoch}"
     coming = " · a new one after this step…" if view.sample_requested else ""
-    return f"sample · epoch {sample.epoch} · {when}{coming}"
+    return f"sample · {when}{coming}"
 
 
 def sample_text(view: RunView) -> Text:
