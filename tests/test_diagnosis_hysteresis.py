@@ -193,3 +193,15 @@ def test_schedule_position_knows_warm_up_peak_and_tail():
     assert late.in_tail(CFG.schedule_tail) and late.decayed() > 0.95
     constant = SchedulePosition.at(950, 1e-3, 1e-3, 100, 1000)  # min_lr_ratio 1: no tail to be in
     assert not constant.in_tail(CFG.schedule_tail)
+
+
+def test_a_schedule_that_ended_inside_its_warm_up_is_at_its_floor_not_warming_up():
+    # A --time-budget plan shorter than the warm-up: the lr is at its floor once the plan's tokens
+    # are seen (figures.lr_for), so the run is done with its schedule, not warming up.
+    ended = SchedulePosition.at(1920, 3e-3, 3e-4, 2560, 1920, lr=3e-4)
+    assert ended.peak_reached and ended.in_tail(CFG.schedule_tail)
+    train, val = [4.2, 4.0], [4.2, 4.0]
+    remedy = diagnose(train, val, VOCAB, schedule=ended).remedy
+    assert "warming up" not in remedy and "schedule in its tail (lr 3.0e-04)" in remedy
+    still = SchedulePosition.at(1152, 3e-3, 3e-4, 2560, 2000)  # before the plan's end: still warming
+    assert not still.peak_reached and "warming up" in diagnose(train, val, VOCAB, schedule=still).remedy

@@ -415,3 +415,14 @@ def test_a_budget_counts_from_the_process_start_not_from_main():
              "print(time.monotonic() - process_started())")
     waited = float(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
     assert waited >= 1.0
+
+
+def test_a_budget_spent_before_the_warm_up_would_end_never_says_warming_up_at_the_end(small_corpus, tmp_path, clock):
+    # Steps of 3 s: the plan is 7 steps, fewer than the 10 steps' warm-up; the schedule still ends
+    # at its floor with the plan, and the last verdict's remedy says so.
+    cfg = budget_config(small_corpus, tmp_path)
+    trainer, sink, _ = trained(cfg, clock, slower_after_step=1, slower=6.0)
+    steps, epochs = sink.of(StepEvent), sink.of(EpochEvent)
+    assert steps[-1].tokens_seen < trainer.figures.warmup_tokens()  # (the premise: the plan ended inside it)
+    assert steps[-1].lr == pytest.approx(cfg.optim.lr * cfg.optim.min_lr_ratio)
+    assert "warming up" not in epochs[-1].remedy, epochs[-1].remedy

@@ -76,7 +76,7 @@ class SchedulePosition:
     lr: float  # the learning rate now
     peak_lr: float  # the schedule's peak (--lr)
     min_lr: float  # its floor (--lr x min_lr_ratio)
-    peak_reached: bool  # the warm-up is over
+    peak_reached: bool  # the warm-up is over (or the schedule ended inside it: a short budget plan)
     progress: float  # fraction of the run's planned tokens seen (0..1)
 
     @classmethod
@@ -85,7 +85,10 @@ class SchedulePosition:
         """``lr``: the rate the run trains at there, when it knows better than the plain schedule (a
         resume's anchor, a budget's plan: the run's own figure, so the remedy says what the run shows)."""
         lr = lr if lr is not None else lr_at(tokens_seen, peak_lr, min_lr, warmup_tokens, total_tokens, hold=hold)
-        return cls(lr, peak_lr, min_lr, tokens_seen >= warmup_tokens, tokens_seen / max(1, total_tokens))
+        # A schedule that has ended is past its warm-up, even one that ended inside it (a --time-budget
+        # plan shorter than the warm-up: the lr is at its floor there, not still rising).
+        over = tokens_seen >= min(warmup_tokens, total_tokens)
+        return cls(lr, peak_lr, min_lr, over, tokens_seen / max(1, total_tokens))
 
     def decayed(self) -> float:
         """How far the lr has come down from its peak towards its floor: 0 at the peak, 1 at the floor."""
