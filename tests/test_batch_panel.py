@@ -42,6 +42,24 @@ async def test_before_it_settles_and_without_it_the_panel_says_so():
     assert "effective batch 128" in off and "noise" not in off
 
 
+async def test_where_the_noise_scale_can_never_settle_the_panel_says_why_instead_of_measuring():
+    from tui_trainer.events import RunEnded
+
+    # An epoch of one micro-batch (4 sequences, micro-batch 4): every window has one, no estimate ever.
+    one = replace(started(), accum=2, micro_batch=4, train_examples=4, noise_scale=True)
+    text = await shown([one])
+    assert "noise scale: needs 2+ micro-batches a step (an epoch has 1)" in text and "noise scale: measuring" not in text
+    # One step of 8 micro-batches an epoch, 10 epochs: 10 estimates, and 20 are needed before it shows.
+    short = replace(started(), train_examples=8 * 16, noise_scale=True)
+    text = await shown([short])
+    assert "noise scale: needs 20 steps of 2+ micro-batches; this run has 10" in text, text
+    # Enough steps, but the run ended before it settled: no spinner after the end.
+    ended = RunEnded(reason="interrupted", epochs=1, steps=60, tokens_seen=60 * 16 * 8 * 128, best_val_loss=2.0,
+                     best_epoch=1)
+    text = await shown([*with_noise_scale([started(), *recorded_epochs(1)], settle_at_step=10**6), ended])
+    assert "noise scale: not settled when the run ended" in text and "noise scale: measuring" not in text, text
+
+
 async def test_an_auto_accum_change_shares_the_line_and_a_key_press_overrides_it():
     events = with_noise_scale([started(), *recorded_epochs(3), *mid_epoch(4, 20, 5)])
     events.append(AccumChangeRequested(old=8, new=16, epoch=4, step=200, applies_at_epoch=5, auto=True))

@@ -186,3 +186,16 @@ def test_the_error_shrinks_as_windows_come_in_and_gates_the_suggestion():
     older = NoiseScaleEstimator(settle=5)
     older.load_state_dict(old)
     assert older.relative_error() is None and not older.actionable()
+
+
+def test_windows_that_can_estimate_are_those_of_two_or_more_micro_batches():
+    from tui_trainer.analysis.noise_scale import estimating_windows
+
+    # 9 micro-batches of 4, accum 2: windows 2,2,2,2,1 -> four estimate, the last (one micro-batch) not
+    assert estimating_windows(36, 4, 2) == 4
+    assert estimating_windows(33, 4, 2) == 4  # (a short last micro-batch still counts as one)
+    assert estimating_windows(12, 4, 2) == 1  # windows 2,1
+    assert estimating_windows(16, 4, 4) == 1  # one step an epoch, of four micro-batches: one estimate
+    assert estimating_windows(4, 4, 2) == 0  # an epoch of one micro-batch: never
+    assert estimating_windows(36, 4, 1) == 0  # accum 1: never
+    assert estimating_windows(0, 4, 2) == 0

@@ -103,6 +103,16 @@ def window_estimates(norms: WindowNorms) -> tuple[float, float] | None:
     return unbiased_estimates(b_small, float(norms.window_size), small, norms.window_sq_norm)
 
 
+def estimating_windows(examples_per_epoch: int, micro_batch: int, accum: int) -> int:
+    """Windows in an epoch that give an estimate: those of two or more micro-batches (an epoch's
+    micro-batches fill windows of ``accum`` in turn; its last window holds the rest). 0: the
+    estimate can never settle at these sizes (accum 1, or an epoch of one micro-batch)."""
+    if accum < 2 or micro_batch < 1 or examples_per_epoch < 1:
+        return 0
+    full, rest = divmod(-(-examples_per_epoch // micro_batch), accum)
+    return full + (1 if rest >= 2 else 0)
+
+
 def actionable(relative_error: float | None) -> bool:
     """A suggestion worth acting on: the estimate's standard error within ``ACTIONABLE_ERROR`` of it."""
     return relative_error is not None and relative_error <= ACTIONABLE_ERROR

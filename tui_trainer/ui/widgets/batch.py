@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from tui_trainer.analysis.noise_scale import actionable
+from tui_trainer.analysis.noise_scale import SETTLE_ESTIMATES, actionable, estimating_windows
 from tui_trainer.events import effective_batch
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.base import Panel
@@ -148,11 +148,27 @@ class BatchPanel(Panel):
             short = short + [(" · last epoch", "dim")]
         return [long, short]
 
+    @staticmethod
+    def _unsettled(view: RunView) -> str:
+        """Why there is no figure yet: measuring, or — where that never ends — why not."""
+        if view.accum < 2:
+            return "noise scale: needs accum 2 or more"
+        # (one process: several give each window a part per process, so the sizes below say less)
+        per_epoch = estimating_windows(view.train_examples, view.micro_batch, view.accum)
+        if view.processes == 1 and view.train_examples and per_epoch == 0:
+            return "noise scale: needs 2+ micro-batches a step (an epoch has 1)"
+        whole_run = per_epoch * view.epochs  # (a budget's epochs follow its plan: no bound from them)
+        if view.processes == 1 and view.time_budget is None and per_epoch and whole_run < SETTLE_ESTIMATES:
+            return f"noise scale: needs {SETTLE_ESTIMATES} steps of 2+ micro-batches; this run has {whole_run}"
+        if view.ended:
+            return "noise scale: not settled when the run ended"
+        return "noise scale: measuring…"
+
     def _noise(self, view: RunView) -> list:
         if not view.noise_scale_on:
             return []
         if view.noise_scale is None or view.suggested_accum is None:
-            words = ("noise scale: needs accum 2 or more" if view.accum < 2 else "noise scale: measuring…")
+            words = self._unsettled(view)
             return [[(words, "dim")], [(words.replace(" scale", ""), "dim")]]
         scale = noise_scale_words(view.noise_scale)
         error = noise_error_words(view.noise_scale_error)
