@@ -53,6 +53,20 @@ async def test_after_the_run_ends_the_footer_offers_only_keys_that_work():
     assert "pause" not in ended and "accum" not in ended and "s save" not in ended, ended
 
 
+async def test_at_80x24_the_footer_offers_every_key_that_works_g_included():
+    app = create_replay_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        running = footer(await render(app, pilot, [started(), *recorded_epochs(2)]))
+        ended = footer(await render(app, pilot, ended_run()[-1:]))
+        await pilot.press("g")  # not offered after the end, yet it still says why nothing comes
+        await pilot.pause()
+        said = [n.message for n in app._notifications]
+    assert all(key in running for key in ("q stop", "p pause", "accum", "s save", "g sample", "? help")), running
+    assert "palette" in running, running  # (and the palette hint still fits)
+    assert "g sample" not in ended, ended
+    assert any("samples come from a running run" in message for message in said), said
+
+
 async def test_60x20_keeps_every_key_the_legend_the_axis_label_and_a_plot_with_a_pending_change():
     app = create_replay_app()
     async with app.run_test(size=(60, 20)) as pilot:
@@ -61,7 +75,7 @@ async def test_60x20_keeps_every_key_the_legend_the_axis_label_and_a_plot_with_a
         text_pending = await render(app, pilot, [AccumChangeRequested(old=8, new=16, epoch=4, step=200,
                                                                       applies_at_epoch=5)])
         pending_rows = app.query_one(LossPlot).size.height
-    for words in ("s save", "? help", "q stop", "p pause"):
+    for words in ("s save", "g sample", "? help", "q stop", "p pause"):
         assert words in footer(text), footer(text)
     assert "train/epoch" in text and "val/epoch" in text  # the legend, in the panel's title
     assert "optimizer step" in text  # the x-axis label

@@ -270,6 +270,10 @@ class TrainerApp(App[None]):
                 self.push_screen(SamplesScreen(self.view))
         self.refresh_panels()
 
+    def action_sample_unavailable(self) -> None:
+        """g where it cannot work (``g`` is not offered then): it says why, and shows the latest sample."""
+        self.action_sample()
+
     def why_no_sample(self) -> str:
         run_dir = self.view.run_dir or "RUN_DIR"
         return f"the run has ended: samples come from a running run; use `tui-trainer sample {run_dir}`"

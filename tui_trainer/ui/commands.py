@@ -4,8 +4,9 @@
 bindings (the footer), the help screen's key list, the command palette's entries, and the rule
 for each action (``available``). Their ``check_action`` asks the rule, so the footer, the help
 and the palette always agree with what a key does at that moment: a key that would do nothing
-is not offered. One exception: a key in ``explained`` still runs to say why it does nothing
-(``g`` after the run: a silent key reads as broken).
+is not offered. A key can still say why it does nothing without being offered: a second, hidden
+binding on it whose rule is the first's opposite (``g`` after the run, ``sample_unavailable``: a
+silent key reads as broken).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ ALWAYS = "always"
 LIVE = "while the run lives"  # not ended yet (this app's q stops it)
 ENDED = "once the run has ended"
 STEERABLE = "while this app can steer a live run"  # the trainer's own engine, or a viewer's control socket
+UNSTEERABLE = "while this app cannot steer a run"  # a run over, or a viewer with no control socket
 
 # "+ - accum x2 /2": one footer item for the pair, so every key still fits at 60 columns.
 ACCUM_KEYS = Binding.Group("accum x2 /2", compact=True)
 
 STEERING_RULES = {"accum_up": STEERABLE, "accum_down": STEERABLE, "pause": STEERABLE, "save": STEERABLE,
-                  "sample": STEERABLE}
+                  "sample": STEERABLE, "sample_unavailable": UNSTEERABLE}
 
 
 @dataclass(frozen=True)
@@ -48,15 +50,14 @@ class CommandTable:
     keys: tuple[HelpKey, ...]  # laid out row by row in as many columns as fit (3 at 80)
     palette: tuple[PaletteCommand, ...]
     rules: dict[str, str]  # action -> when it is available; an action not named here: always
-    explained: frozenset[str] = frozenset()
 
     def available(self, action: str, *, ended: bool, steerable: bool) -> bool:
         when = self.rules.get(action, ALWAYS)
-        return {ALWAYS: True, LIVE: not ended, ENDED: ended, STEERABLE: steerable}[when]
+        return {ALWAYS: True, LIVE: not ended, ENDED: ended, STEERABLE: steerable, UNSTEERABLE: not steerable}[when]
 
     def key_runs(self, action: str, *, ended: bool, steerable: bool) -> bool:
         """check_action's answer: False hides the binding and ignores its key."""
-        return action in self.explained or self.available(action, ended=ended, steerable=steerable)
+        return self.available(action, ended=ended, steerable=steerable)
 
     def help_keys(self, *, ended: bool, steerable: bool) -> list[HelpKey]:
         return [key for key in self.keys
@@ -67,17 +68,21 @@ class CommandTable:
                 if self.available(command.action, ended=ended, steerable=steerable)]
 
 
-_SHARED_BINDINGS = (
-    Binding("p", "pause", "pause/resume"),
-    Binding("plus,right_square_bracket,equals_sign", "accum_up", "accum x2", key_display="+", group=ACCUM_KEYS),
-    Binding("minus,left_square_bracket", "accum_down", "accum /2", key_display="-", group=ACCUM_KEYS),
-    Binding("s", "save", "save"),
-    # Not in the footer (no room at 80 columns): the help, the palette and the samples panel name it.
-    Binding("g", "sample", "sample", show=False, tooltip="write a text sample from the current weights"),
-    Binding("m", "smoothing", "smooth", show=False),
-    Binding("question_mark", "help", "help", key_display="?"),
-    Binding("ctrl+c", "interrupt", "interrupt", show=False, priority=True),
-)
+def _shared_bindings(sample_in_footer: bool) -> tuple[Binding, ...]:
+    """The keys both apps share. ``g`` is in the trainer's footer while it works (it fits at 80
+    columns, and at 60 compact); a viewer's own keys leave it no room (the help and palette name it).
+    Its hidden twin runs where it does not work, to say why."""
+    return (
+        Binding("p", "pause", "pause/resume"),
+        Binding("plus,right_square_bracket,equals_sign", "accum_up", "accum x2", key_display="+", group=ACCUM_KEYS),
+        Binding("minus,left_square_bracket", "accum_down", "accum /2", key_display="-", group=ACCUM_KEYS),
+        Binding("s", "save", "save"),
+        Binding("g", "sample", "sample", show=sample_in_footer, tooltip="write a text sample from the current weights"),
+        Binding("g", "sample_unavailable", "sample", show=False),
+        Binding("m", "smoothing", "smooth", show=False),
+        Binding("question_mark", "help", "help", key_display="?"),
+        Binding("ctrl+c", "interrupt", "interrupt", show=False, priority=True),
+    )
 
 _SHARED_PALETTE = (
     PaletteCommand("accum_up", "Accumulation x2", "double accum at the next epoch", "+"),
@@ -93,7 +98,7 @@ TRAINER = CommandTable(
         # (it saves first); once it has ended there is nothing to stop and q just quits.
         Binding("q", "stop", "stop", tooltip="finish the micro-step, save, exit"),
         Binding("q", "close_app", "quit", tooltip="the run is over and saved"),
-        *_SHARED_BINDINGS,
+        *_shared_bindings(sample_in_footer=True),
     ),
     keys=(
         HelpKey("+ ]", "accum x2 next epoch", "accum_up"), HelpKey("p", "pause / resume", "pause"),
@@ -112,14 +117,13 @@ TRAINER = CommandTable(
         PaletteCommand("help", "Help", "keys, gradient accumulation, diagnoses", "?"),
     ),
     rules={**STEERING_RULES, "stop": LIVE, "close_app": ENDED},
-    explained=frozenset({"sample"}),
 )
 
 VIEWER = CommandTable(
     bindings=(
         Binding("q", "close_app", "close viewer", tooltip="close this viewer; the run goes on"),
         Binding("ctrl+x", "stop_run", "stop run", tooltip="stop the run itself (asks first)"),
-        *_SHARED_BINDINGS,
+        *_shared_bindings(sample_in_footer=False),
     ),
     keys=(
         HelpKey("+ ]", "accum x2 next epoch", "accum_up"), HelpKey("p", "pause / resume", "pause"),
@@ -137,5 +141,4 @@ VIEWER = CommandTable(
         PaletteCommand("help", "Help", "keys, gradient accumulation, diagnoses", "?"),
     ),
     rules={**STEERING_RULES, "stop_run": STEERABLE},
-    explained=frozenset({"sample"}),
 )

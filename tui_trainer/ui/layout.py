@@ -58,6 +58,7 @@ def apply_size_classes(screen: Screen, width: int, height: int) -> None:
     screen.set_class(width < NARROW_COLUMNS, "-narrow")
     screen.query_one(LossPlot).show_axis_label = height >= AXIS_LABEL_ROWS
     footer = screen.query_one(Footer)
+    footer.compact = width < NARROW_COLUMNS  # (less space between the keys: every key still fits at 60)
     palette_hint = width >= NARROW_COLUMNS  # ctrl+p still works; help lists it
     if footer.show_command_palette != palette_hint:
         footer.show_command_palette = palette_hint
