@@ -250,6 +250,23 @@ def test_a_time_budget_run_is_planned_to_its_budgets_epochs():
     assert row.epochs_planned == 3  # the plan the epochs recorded (epoch_records: 3), not --epochs
 
 
+def test_a_time_budget_run_ended_by_its_budget_shows_the_budget_spent_and_the_epochs_it_trained():
+    # Spent at 29% of its first epoch: not "completed 1/1", which reads as a whole epoch done.
+    budget = {"config": RunConfig(train=TrainConfig(epochs=10, time_budget="8s")).to_dict()}
+    spent = record("end", epochs=1, last_epoch_share=0.29, message="budget spent: ended in epoch 1 at 29%")
+    one = [record("epoch", epoch=1, epochs=1, val_loss=2.5, train_loss=2.4, tokens_seen=1024, seconds=3.0,
+                  tokens_per_s=300.0), spent]
+    row = summarize("runs/b", budget, events_of(one), live=False)
+    table = {c.title: c.cells[0] for c in columns([row])}
+    assert table["status"] == "budget 8s spent" and table["epochs"] == "0.29", table
+    later = summarize("runs/c", budget, events_of([*epoch_records(3), {**spent, "epochs": 3, "last_epoch_share": 0.5}]),
+                      live=False)
+    assert {c.title: c.cells[0] for c in columns([later])}["epochs"] == "2.5"
+    # Not ended by its budget (stopped with q): the plan's epochs, as before.
+    stopped = summarize("runs/d", budget, events_of([*epoch_records(2), record("end", reason="interrupted")]), live=False)
+    assert {c.title: c.cells[0] for c in columns([stopped])}["epochs"] == "2/3"
+
+
 def test_a_run_whose_lock_is_held_is_running(tmp_path):
     run_dir = write_run(tmp_path / "run", epoch_records(1))
     lock = RunLock(run_dir)

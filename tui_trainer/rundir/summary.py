@@ -55,6 +55,8 @@ class RunSummary:
     effective_batch: int | None = None  # sequences per step (micro-batch x accum x processes), last recorded
     settings: dict[str, Any] = field(default_factory=dict)  # "train.accum": 4, from config.json
     problem: str = ""  # why a damaged run is damaged
+    budget_spent: str | None = None  # a --time-budget run its budget ended: the budget as given ("8s")
+    last_epoch_share: float | None = None  # ... and the share of its last epoch it trained
 
 
 def flat_settings(config_record: dict[str, Any] | None) -> dict[str, Any]:
@@ -86,6 +88,10 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
             end = event
     status = "running" if live else STATUS.get(end.reason, end.reason) if end else "interrupted"
     settings = flat_settings(config_record)
+    # Ended by its budget: the epochs were its consequence (the last one partial), the budget the target.
+    by_budget = (not live and end is not None and end.reason == "completed" and end.last_epoch_share is not None)
+    budget = settings.get("train.time_budget")
+    spent = (budget if isinstance(budget, str) else f"{budget:g}s" if _finite(budget) else "") if by_budget else None
     planned = _planned_epochs(config_record, epochs)
     tokens = max([0, *(e.tokens_seen for e in epochs), *([last_step.tokens_seen] if last_step else []),
                   *([end.tokens_seen] if end else [])])
@@ -97,7 +103,8 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
                       epochs_planned=planned if isinstance(planned, int) else None, tokens=tokens,
                       best_val_loss=min(vals) if vals else None, best_val_bpb=min(bpbs) if bpbs else None,
                       seconds=seconds, tokens_per_s=_pace(epochs, last_step), settings=settings,
-                      effective_batch=_effective_batch(epochs, last_step))
+                      effective_batch=_effective_batch(epochs, last_step),
+                      budget_spent=spent, last_epoch_share=end.last_epoch_share if by_budget else None)
 
 
 def _effective_batch(epochs: list[EpochEvent], last_step: StepEvent | None) -> int | None:
@@ -307,6 +314,22 @@ def setting_text(value: Any, key: str) -> str:
     return str(value)
 
 
+def status_text(s: RunSummary) -> str:
+    """The status; a run its --time-budget ended reads ``budget 8s spent`` (its own word for done)."""
+    if s.budget_spent is not None:
+        return f"budget {s.budget_spent} spent" if s.budget_spent else "budget spent"
+    return s.status
+
+
+def epochs_text(s: RunSummary) -> str:
+    """``3/10`` (done of planned); a run its budget ended, the epochs it trained: ``0.29``, ``22.5``
+    (its last epoch was partial, and the plan was the budget's, not a target of epochs)."""
+    if s.last_epoch_share is not None and s.epochs >= 1:
+        trained = s.epochs - 1 + s.last_epoch_share
+        return f"{trained:.2f}" if trained < 1 else f"{trained:.1f}"
+    return f"{s.epochs}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs)
+
+
 def differing(summaries: Sequence[RunSummary]) -> list[str]:
     """The settings whose values differ between the runs (damaged runs aside), in config order."""
     read = [s for s in summaries if s.status != DAMAGED]
@@ -324,9 +347,8 @@ def columns(summaries: Sequence[RunSummary], labels: Sequence[str] | None = None
     def cells(text) -> tuple[str, ...]:
         return tuple(text(s) if good else "—" for s, good in zip(rows, ok))
 
-    table = [Column("run", tuple(labels), 0, left=True), Column("status", tuple(s.status for s in rows), 1, left=True),
-             Column("epochs", cells(lambda s: f"{s.epochs}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs)),
-                    50),
+    table = [Column("run", tuple(labels), 0, left=True), Column("status", tuple(status_text(s) for s in rows), 1, left=True),
+             Column("epochs", cells(epochs_text), 50),
              Column("tokens", cells(lambda s: short_count(s.tokens)), 98),
              Column("best val", cells(lambda s: f"{s.best_val_loss:.4f}" if s.best_val_loss is not None else "—"), 30)]
     if any(s.best_val_bpb is not None for s in rows):
