@@ -194,3 +194,12 @@ def test_a_bpe_run_never_overwrites_a_tokenizer_json_that_is_not_its_own(small_c
     assert "not a tui-trainer run's" in message
     assert (folder / TOKENIZER_FILE).read_text(encoding="utf-8") == '{"mine": true}'
     assert sorted(p.name for p in folder.iterdir()) == [TOKENIZER_FILE]
+
+
+def test_a_bpe_run_dir_that_holds_a_run_says_so_as_a_char_runs_does(bpe_run, small_corpus, capsys):
+    """The same command again in a BPE run's dir: its own tokenizer.json is not a foreign file
+    (a cold trial read "not a tui-trainer run's" and thought the run was damaged)."""
+    message = one_error_line(["--data", str(small_corpus), "--run-dir", str(bpe_run), "--tokenizer", "bpe",
+                              "--vocab-size", "300", *TINY], capsys)
+    assert "already holds a run" in message and f"--resume {bpe_run}" in message and "--overwrite" in message
+    assert "not a tui-trainer run's" not in message

@@ -82,6 +82,16 @@ def run_dir_holds(run_dir: Path) -> str:
     return ""
 
 
+def refuse_a_held_run(run_dir: Path, held: str, overwrite: bool) -> None:
+    """A new run in a dir that holds one (``held``: run_dir_holds) is refused unless ``overwrite``."""
+    if held == "checkpoint" and not overwrite:
+        raise UserError(f"run dir {run_dir} already holds a run",
+                        f"use --resume {run_dir} to continue it, --overwrite to replace it, or another --run-dir")
+    if held == "steps" and not overwrite:
+        raise UserError(f"run dir {run_dir} holds a run that stopped before its first checkpoint",
+                        "use --overwrite to start it again, or another --run-dir")
+
+
 def _has_records(metrics: Path) -> bool:
     with metrics.open("rb") as handle:
         return bool(handle.read(4096).strip())
@@ -306,12 +316,7 @@ def prepare_run_dir(cfg: RunConfig, resume: str | Path | None, overwrite: bool, 
             raise UserError(f"run dir {run_dir} holds {article} {foreign} not written by tui-trainer",
                             f"pass another --run-dir (nothing in {run_dir} was touched)")
         held = run_dir_holds(run_dir)
-        if held == "checkpoint" and not overwrite:
-            raise UserError(f"run dir {run_dir} already holds a run",
-                            f"use --resume {run_dir} to continue it, --overwrite to replace it, or another --run-dir")
-        if held == "steps" and not overwrite:
-            raise UserError(f"run dir {run_dir} holds a run that stopped before its first checkpoint",
-                            "use --overwrite to start it again, or another --run-dir")
+        refuse_a_held_run(run_dir, held, overwrite)
         if held == "set-up":
             notes.append(f"{run_dir} held a run that never took a step: starting it again")
         if held and take_lock is not None:
@@ -383,7 +388,11 @@ def vocabulary_of(run_dir: str | Path) -> Tokenizer:
 def refuse_a_foreign_tokenizer_file(run_dir: Path, overwrite: bool) -> None:
     """A BPE run writes RUN_DIR/tokenizer.json: a file of that name that is not a run's own (say,
     a Hugging Face model folder given as --run-dir) is never overwritten."""
-    if (run_dir / TOKENIZER_FILE).exists() and not (overwrite and run_dir_holds(run_dir)):
+    if not (run_dir / TOKENIZER_FILE).exists():
+        return
+    held = run_dir_holds(run_dir)
+    refuse_a_held_run(run_dir, held, overwrite)  # (the run's own tokenizer.json: the same word as a char run's)
+    if not held:
         raise UserError(f"run dir {run_dir} holds a {TOKENIZER_FILE} that is not a tui-trainer run's",
                         "pass another --run-dir (a BPE run keeps its tokenizer there)")
 
