@@ -426,3 +426,14 @@ def test_a_budget_spent_before_the_warm_up_would_end_never_says_warming_up_at_th
     assert steps[-1].tokens_seen < trainer.figures.warmup_tokens()  # (the premise: the plan ended inside it)
     assert steps[-1].lr == pytest.approx(cfg.optim.lr * cfg.optim.min_lr_ratio)
     assert "warming up" not in epochs[-1].remedy, epochs[-1].remedy
+
+
+@pytest.mark.parametrize(("given", "said"), [("4", True), ("4s", False)])
+def test_a_bare_number_budget_is_said_to_be_seconds(given, said, small_corpus, tmp_path, capsys):
+    """`--time-budget 10` may have meant minutes: a cold trial ran 9 s with nothing said."""
+    code = main(["train", "--no-ui", "--data", str(small_corpus), "--run-dir", str(tmp_path / "run"), "--n-layer",
+                 "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--threads", "1", "--sample-tokens",
+                 "0", "--time-budget", given, "--log-every", "off"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert ("--time-budget 4 is read as 4 seconds (write 4m for minutes" in out) == said, out

@@ -42,6 +42,14 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def bare_seconds_note(text: str | float) -> str | None:
+    """A budget given as a bare number is seconds: said once, since ``10`` may have meant minutes."""
+    given = str(text).strip()
+    if not re.fullmatch(r"\d+(\.\d+)?", given):
+        return None
+    return f"--time-budget {given} is read as {given} seconds (write {given}m for minutes, {given}h for hours)"
+
+
 @dataclass(frozen=True)
 class Pace:
     """What the run measured: training tokens per second, and what the rest costs."""

@@ -50,7 +50,7 @@ FLAGS: list[tuple[str, str, str, str, type, str]] = [
      "what --micro-batch auto may use: e.g. 6GB, 512MiB, or 80% of the memory free now"),
     ("--epochs", OPTIM, "train", "epochs", int, "passes over the training split"),
     ("--time-budget", OPTIM, "train", "time_budget", str,
-     ("train for this long instead of --epochs (90s, 10m, 2h): the run plans its tokens from its measured pace so "
+     ("train for this long instead of --epochs (90s, 10m, 2h; a bare number is seconds): the run plans its tokens from its measured pace so "
       "that training, validation and the final save end within it, and the LR decays to its floor at the end; "
       "pauses do not count. Unless given, it trains with accum 1 and, for models 128 wide or less, lr 4e-3 "
       "(measured: benchmarks/time_to_loss.py)")),

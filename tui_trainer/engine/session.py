@@ -23,7 +23,7 @@ import torch
 from tui_trainer.analysis.diagnosis import Diagnosis
 from tui_trainer.analysis.early_stopping import EarlyStopping
 from tui_trainer.analysis.noise_scale import NoiseScaleEstimator
-from tui_trainer.analysis.time_budget import budget_notes, parse_duration
+from tui_trainer.analysis.time_budget import bare_seconds_note, budget_notes, parse_duration
 from tui_trainer.config import RunConfig, usable_cores, validate
 from tui_trainer.control import Control
 from tui_trainer.data.bits_per_byte import exact_bytes, token_byte_lengths, validation_bytes
@@ -94,6 +94,8 @@ class TrainingSession:
         self.cfg = cfg = validate(cfg)
         if cfg.train.time_budget is not None:
             parse_duration(cfg.train.time_budget)  # (a bad one: one line, before anything is made)
+            if resume is None and (bare := bare_seconds_note(cfg.train.time_budget)):
+                self.notes.append(bare)
             if resume is None and overrides is not None:  # (the CLI's run: it chose the budget's defaults)
                 self.notes += budget_notes(cfg.train.accum, cfg.optim.lr, cfg.model.n_embd, overrides)
         self._place(placement, for_ui)
