@@ -267,6 +267,14 @@ def test_a_time_budget_run_ended_by_its_budget_shows_the_budget_spent_and_the_ep
     assert {c.title: c.cells[0] for c in columns([stopped])}["epochs"] == "2/3"
 
 
+def test_epochs_beyond_the_plan_show_as_a_count_not_a_fraction_over_one():
+    """A cold trial's budget run, early-stopped, read "52/39": a plan that moved under it."""
+    budget = {"config": RunConfig(train=TrainConfig(epochs=10, time_budget="10s")).to_dict()}
+    row = summarize("runs/e", budget, events_of([*epoch_records(3), record("end", reason="early_stop")]), live=False)
+    row = dataclasses.replace(row, epochs_planned=2)
+    assert {c.title: c.cells[0] for c in columns([row])}["epochs"] == "3"
+
+
 def test_a_run_whose_lock_is_held_is_running(tmp_path):
     run_dir = write_run(tmp_path / "run", epoch_records(1))
     lock = RunLock(run_dir)

@@ -327,6 +327,8 @@ def epochs_text(s: RunSummary) -> str:
     if s.last_epoch_share is not None and s.epochs >= 1:
         trained = s.epochs - 1 + s.last_epoch_share
         return f"{trained:.2f}" if trained < 1 else f"{trained:.1f}"
+    if s.epochs_planned and s.epochs > s.epochs_planned:
+        return str(s.epochs)  # (a plan that moved under a budget run: "52/39" would read as wrong)
     return f"{s.epochs}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs)
 
 
