@@ -41,7 +41,8 @@ def test_the_same_losses_with_the_lr_still_high_are_healthy_not_converged():
 def test_a_loss_still_falling_in_the_tail_is_healthy():
     train = [2.4, 2.0, 1.8, 1.7, 1.62, 1.58, 1.54, 1.5, 1.46]  # ~2.5%/epoch to the end
     found = verdicts_over(train, [t + 0.1 for t in train], VOCAB, schedules=cosine(len(train)))
-    assert found[-1].kind == "healthy" and found[-1].remedy == "keep training"
+    # (at the end of the schedule "keep training" has nothing left to keep doing: a longer run would)
+    assert found[-1].kind == "healthy" and found[-1].remedy.endswith("a longer run would go further")
 
 
 def test_the_tail_and_plateau_thresholds_are_the_diagnosis_config_s():

@@ -205,3 +205,16 @@ def test_a_schedule_that_ended_inside_its_warm_up_is_at_its_floor_not_warming_up
     assert "warming up" not in remedy and "schedule in its tail (lr 3.0e-04)" in remedy
     still = SchedulePosition.at(1152, 3e-3, 3e-4, 2560, 2000)  # before the plan's end: still warming
     assert not still.peak_reached and "warming up" in diagnose(train, val, VOCAB, schedule=still).remedy
+
+
+def test_healthy_at_the_end_of_its_schedule_says_a_longer_run_would_go_further():
+    """A cold trial's finished budget run: lr at its floor, both losses falling, and the remedy said
+    only "keep training" (there is no training left to keep doing)."""
+    train, val = [3.0, 2.6, 2.3, 2.1], [3.05, 2.65, 2.36, 2.17]
+    ended = SchedulePosition.at(1000, 4e-3, 4e-4, 100, 1000, lr=4e-4)
+    verdict = diagnose(train, val, VOCAB, schedule=ended)
+    assert verdict.kind == "healthy"
+    assert verdict.remedy == "schedule in its tail (lr 4.0e-04): a longer run would go further"
+    assert len(verdict.remedy) <= 68  # one banner line at 80 columns
+    mid = SchedulePosition.at(400, 4e-3, 4e-4, 100, 1000)  # at the peak, mid-run: keep training
+    assert diagnose(train, val, VOCAB, schedule=mid).remedy == "keep training"

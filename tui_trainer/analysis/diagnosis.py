@@ -307,6 +307,8 @@ def _remedy(kind: str, train_losses: Sequence[float], val_losses: Sequence[float
             return f"keep training: the lr is still warming up ({schedule.lr:.1e} of {schedule.peak_lr:.1e})"
         if tail:
             return f"schedule in its tail (lr {schedule.lr:.1e}): more epochs would go further"
+    if kind == "healthy" and tail:  # (both still fall at the floor: a longer run, not "keep training", is the word)
+        return f"schedule in its tail (lr {schedule.lr:.1e}): a longer run would go further"
     return REMEDIES[kind]
 
 
