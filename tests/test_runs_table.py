@@ -253,7 +253,7 @@ def test_a_time_budget_run_is_planned_to_its_budgets_epochs():
 def test_a_time_budget_run_ended_by_its_budget_shows_the_budget_spent_and_the_epochs_it_trained():
     # Spent at 29% of its first epoch: not "completed 1/1", which reads as a whole epoch done.
     budget = {"config": RunConfig(train=TrainConfig(epochs=10, time_budget="8s")).to_dict()}
-    spent = record("end", epochs=1, last_epoch_share=0.29, message="budget spent: ended in epoch 1 at 29%")
+    spent = record("end", epochs=1, last_epoch_share=0.29, message="budget spent: ended 29% into epoch 1")
     one = [record("epoch", epoch=1, epochs=1, val_loss=2.5, train_loss=2.4, tokens_seen=1024, seconds=3.0,
                   tokens_per_s=300.0), spent]
     row = summarize("runs/b", budget, events_of(one), live=False)

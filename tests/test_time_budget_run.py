@@ -366,7 +366,7 @@ def test_a_budget_run_ends_saying_its_budget_is_spent_and_where_in_the_last_epoc
     per_epoch = trainer.figures.examples_per_epoch() * cfg.model.block_size
     share = (end.tokens_seen - (end.epochs - 1) * per_epoch) / per_epoch
     assert 0 < share < 1 and end.last_epoch_share == pytest.approx(share)
-    assert end.message == f"budget spent: ended in epoch {end.epochs} at {share:.0%}"
+    assert end.message == f"budget spent: ended {share:.0%} into epoch {end.epochs}"
 
 
 def test_an_epochs_run_ends_with_no_budget_share(small_corpus, tmp_path):
@@ -392,7 +392,7 @@ async def test_the_finished_screen_of_a_budget_run_reads_complete_and_says_the_b
         progress = [line.split() for line in screen.splitlines()[1:4]]
         assert progress[1][:2] == ["budget", "spent"], screen
         assert progress[2][:2] == ["epoch", f"{end.epochs}/{end.epochs}"], screen
-        assert f"■ budget spent: ended in epoch {end.epochs} at {end.last_epoch_share:.0%}" in screen, screen
+        assert f"■ budget spent: ended {end.last_epoch_share:.0%} into epoch {end.epochs}" in screen, screen
         assert "finished all" not in screen
         await pilot.press("q")
 
@@ -401,8 +401,8 @@ def test_the_line_the_terminal_keeps_says_the_budget_was_spent(tmp_path):
     from tui_trainer.ui.format import summary_line
 
     end = RunEnded(reason="completed", epochs=3, steps=40, tokens_seen=9000, best_val_loss=2.5, best_epoch=3,
-                   message="budget spent: ended in epoch 3 at 62%", last_epoch_share=0.62)
-    assert summary_line(end, tmp_path).startswith("tui-trainer: budget spent: ended in epoch 3 at 62%, 40 steps, best val")
+                   message="budget spent: ended 62% into epoch 3", last_epoch_share=0.62)
+    assert summary_line(end, tmp_path).startswith("tui-trainer: budget spent: ended 62% into epoch 3, 40 steps, best val")
 
 
 def test_a_budget_counts_from_the_process_start_not_from_main():

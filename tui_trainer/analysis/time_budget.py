@@ -143,7 +143,7 @@ def budget_spent_words(epoch: int, share: float) -> str:
     """The end of a budget run in words: the last epoch is partial by design, so say where it stopped."""
     if share >= 1.0:
         return f"budget spent: ended with epoch {epoch} complete"
-    return f"budget spent: ended in epoch {epoch} at {min(share, 0.99):.0%}"
+    return f"budget spent: ended {min(share, 0.99):.0%} into epoch {epoch}"
 
 
 def state_problem(state: object) -> str | None:
