@@ -202,3 +202,14 @@ def test_bf16_steps_are_per_micro_step_autocast_bit_for_bit(small_corpus, tmp_pa
     (losses, norms, weights), (want_losses, want_norms, want_weights) = runs
     assert len(losses) == 8 and losses == want_losses and norms == want_norms
     assert all(torch.equal(a, b) for a, b in zip(weights, want_weights))
+
+
+def test_bf16_asked_for_a_narrow_model_on_a_cpu_is_noted_and_a_wide_one_is_not():
+    """A cold trial: `auto` said bf16 is slower below width 128, but `--precision bf16` at width 32 said nothing."""
+    from tui_trainer.engine.precision import CPU_BF16_MIN_WIDTH, run_line_notes
+
+    cpu = torch.device("cpu")
+    narrow = run_line_notes("bf16", cpu, False, n_embd=32)
+    assert len(narrow) == 1 and "32 wide no faster than fp32" in narrow[0] and "auto picks fp32" in narrow[0]
+    assert run_line_notes("bf16", cpu, False, n_embd=CPU_BF16_MIN_WIDTH) == []
+    assert run_line_notes("fp32", cpu, False, n_embd=32) == []

@@ -182,12 +182,16 @@ def choose_precision(requested: str, device: torch.device, support: Bf16Support 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def run_line_notes(precision: str, device: torch.device, tf32: bool) -> list[str]:
-    """What the run's start says about its precision beyond its name: fp16 on a CPU is slow; TF32."""
+def run_line_notes(precision: str, device: torch.device, tf32: bool, n_embd: int | None = None) -> list[str]:
+    """What the run's start says about its precision beyond its name: fp16 on a CPU is slow, and
+    bf16 on a CPU for a model narrower than the crossover; TF32."""
     notes = []
     if precision == "fp16" and device.type == "cpu":
         notes.append("--precision fp16 on a CPU is slow (no fp16 units: it exists to test the GPU path); "
                      "--precision auto or fp32 trains faster here")
+    if precision == "bf16" and device.type == "cpu" and n_embd is not None and not cpu_bf16_pays(n_embd, 0):
+        notes.append(f"bf16 on a CPU trains a model {n_embd} wide no faster than fp32 (bf16 pays from width "
+                     f"{CPU_BF16_MIN_WIDTH}: benchmarks/precision_crossover.py); --precision auto picks fp32 here")
     if tf32:
         notes.append("TF32 on for the matmuls that stay fp32 (an Ampere or newer GPU)")
     return notes

@@ -238,7 +238,7 @@ class TrainingSession:
         tf32 = self.device.type == "cuda" and bf16_support(self.device).native
         if tf32:
             torch.set_float32_matmul_precision("high")
-        self.notes += run_line_notes(self.precision, self.device, tf32)
+        self.notes += run_line_notes(self.precision, self.device, tf32, cfg.model.n_embd)
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
         self.model = GPT(cfg.model)
