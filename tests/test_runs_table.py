@@ -216,7 +216,8 @@ def test_runs_lists_the_run_dirs_newest_first_with_damaged_ones_and_fits_80_colu
     assert lines[0].split()[:3] == ["run", "status", "epochs"] and lines[0].split()[-1] == "accum"
     assert [line.split()[0] for line in lines[1:4]] == ["20260102-090000", "broken", "20260101-120000"]
     assert lines[1].split()[1] == "interrupted" and lines[2].split()[1] == "damaged" and "completed" in lines[3]
-    assert "damaged (" in out and "not JSON" in out and "notes" not in out
+    words = " ".join(out.split())  # (the lines under the table are wrapped at 80, between words)
+    assert "damaged (" in words and "not JSON" in words and "notes" not in words
     assert max(len(line) for line in lines[:4]) <= 80
 
 
@@ -359,8 +360,21 @@ def test_runs_of_a_char_and_a_bpe_run_notes_that_their_losses_do_not_compare(tmp
     write_run(tmp_path / "runs" / "bpe", epoch_records(2), {"tokenizer": "bpe", "vocab_size": 512})
     assert main(["runs", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    notes = [row for row in out.splitlines() if row.startswith("note: these runs use different tokenizers (")]
-    assert len(notes) == 1 and "char" in notes[0] and "bpe 512" in notes[0] and "bits per byte" in notes[0], out
+    words = " ".join(out.split())  # (the note is wrapped at the terminal's width, between words)
+    assert words.count("note: these runs use different tokenizers (") == 1, out
+    note = words[words.index("note: these runs"):]
+    assert "char" in note and "bpe 512" in note and "bits per byte" in note, out
+
+
+def test_the_prose_under_the_runs_table_is_wrapped_between_words_at_the_width(tmp_path):
+    """A cold trial: the terminal's own wrap cut the footnotes mid-word ("block_si" / "ze")."""
+    from tui_trainer.cli.runs import listing
+
+    write_run(tmp_path / "runs" / "char", epoch_records(2))
+    write_run(tmp_path / "runs" / "bpe", epoch_records(2), {"tokenizer": "bpe", "vocab_size": 512})
+    out = listing(tmp_path / "runs", width=80)
+    assert all(len(line) <= 80 for line in out.splitlines()), out
+    assert "bits per byte" in " ".join(out.split())
 
 
 def test_columns_left_out_at_80_are_named(tmp_path, capsys):

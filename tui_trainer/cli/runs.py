@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 from tui_trainer.cli.console import write_replacing
@@ -54,7 +55,7 @@ def listing(folder: Path, width: int = 80, all_settings: bool = False) -> str:
     summaries = [read_summary(run_dir) for run_dir in run_dirs]
     table = columns(summaries)
     shown = table if all_settings else fit(table, width)
-    lines = [render(shown)]
+    lines: list[str] = []
     hidden = [c.title for c in table if c not in shown]
     if hidden:
         lines.append(f"(not shown at {width} columns: {', '.join(hidden)}; --all-settings shows them)")
@@ -67,4 +68,8 @@ def listing(folder: Path, width: int = 80, all_settings: bool = False) -> str:
     else:
         lines.append(f"{len(summaries)} run{'s' if len(summaries) != 1 else ''} in {folder}, newest first; "
                      f"compare some with: tui-trainer view RUN_DIR RUN_DIR")
-    return "\n".join(lines)
+    # The table fits ``width`` already; the prose under it is wrapped there too, between words (a
+    # terminal's own wrap cut "block_size" into "block_si" / "ze").
+    prose = [textwrap.fill(line, width=max(40, width), break_long_words=False, break_on_hyphens=False)
+             for line in lines]
+    return "\n".join([render(shown), *prose])
