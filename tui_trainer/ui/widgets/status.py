@@ -78,13 +78,14 @@ class StatusBar(Panel):
         line.append("  ")
         line.append(fmt.duration(view.elapsed(now)))
         if not view.ended:
+            budget_left = view.budget_seconds_left(now)  # --time-budget (pauses do not count)
+            if budget_left is not None:  # the budget is the run's countdown: an ETA beside it only disagrees
+                line.append("  budget ", dim)
+                line.append(fmt.duration(budget_left))
+                line.append(" left", dim)
+                return line
             line.append("  ETA ", dim)
             eta = view.eta(now)
             line.append("measuring…" if eta is None and view.eta_measuring else fmt.duration(eta),
                         dim if eta is None else "")
-            budget_left = view.budget_seconds_left(now)  # --time-budget (pauses do not count)
-            if budget_left is not None:
-                line.append("  budget ", dim)
-                line.append(fmt.duration(budget_left))
-                line.append(" left", dim)
         return line
