@@ -114,10 +114,10 @@ class CompareApp(App[None]):
             self.redraw()
         self.tell_set_aside()
 
-    def table_text(self, width: int) -> Text:
+    def table_text(self, width: int, summaries: list[RunSummary] | None = None) -> Text:
         """The runs' table cut to ``width`` columns, each run's name in its curve's colour."""
-        rows = padded_rows(fit(columns([run.summary() for run in self.runs], [run.label for run in self.runs]),
-                               width))
+        summaries = summaries if summaries is not None else [run.summary() for run in self.runs]
+        rows = padded_rows(fit(columns(summaries, [run.label for run in self.runs]), width))
         text = Text(GAP.join(rows[0]).rstrip(), style="bold")
         for i, cells in enumerate(rows[1:]):
             text.append("\n")
@@ -125,9 +125,10 @@ class CompareApp(App[None]):
             text.append((GAP + GAP.join(cells[1:])).rstrip())
         return text
 
-    def in_bits_per_byte(self, summaries: list[RunSummary]) -> bool:
-        """Curves in val bits per byte: the tokenizers differ and every run's epochs recorded it."""
-        return tokenizer_notice(summaries) is not None and all(
+    def in_bits_per_byte(self, notice: str | None) -> bool:
+        """Curves in val bits per byte: the tokenizers differ (``notice``: tokenizer_notice's line)
+        and every run's epochs recorded it."""
+        return notice is not None and all(
             run.epochs and all(e.val_bpb is not None for e in run.epochs) for run in self.runs)
 
     def legend(self, width: int, bpb: bool = False) -> str:
@@ -141,13 +142,13 @@ class CompareApp(App[None]):
         return what[:-1] + "; the runs in their colours below)"
 
     def redraw(self) -> None:
-        table = self.query_one("#runs-table", Static)
-        table.update(self.table_text(max(20, self.size.width - 2)))
-        summaries = [run.summary() for run in self.runs]
+        summaries = [run.summary() for run in self.runs]  # (once a redraw: the table, the notice and the curves share them)
+        self.query_one("#runs-table", Static).update(self.table_text(max(20, self.size.width - 2), summaries))
+        words = tokenizer_notice(summaries)
         notice = self.query_one("#tokenizer-notice", Static)
-        notice.update(tokenizer_notice(summaries) or "")
-        notice.display = tokenizer_notice(summaries) is not None
-        bpb = self.in_bits_per_byte(summaries)
+        notice.update(words or "")
+        notice.display = words is not None
+        bpb = self.in_bits_per_byte(words)
         widget = self.query_one(PlotextPlot)
         widget.border_title = self.legend(self.size.width, bpb)
         plt = widget.plt
