@@ -142,7 +142,7 @@ class CompareApp(App[None]):
         return what[:-1] + "; the runs in their colours below)"
 
     def redraw(self) -> None:
-        summaries = [run.summary() for run in self.runs]  # (once a redraw: the table, the notice and the curves share them)
+        summaries = [run.summary() for run in self.runs]  # (once a redraw, shared)
         self.query_one("#runs-table", Static).update(self.table_text(max(20, self.size.width - 2), summaries))
         words = tokenizer_notice(summaries)
         notice = self.query_one("#tokenizer-notice", Static)
