@@ -140,15 +140,11 @@ def clear_pending(pane: Pane) -> None:
 def read_state(pane: Pane, timeout: float = 5.0) -> tuple[int, int] | None:
     """The accumulation and epoch the screen shows, polled for up to ``timeout`` seconds: a capture
     can land while a notice covers the batch line or mid-redraw. None when they never showed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        screen = pane.capture()
-        current, epoch = number(ACCUM, screen), number(EPOCH, screen)
-        if current is not None and epoch is not None:
-            return current, epoch
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)
+    try:
+        screen = wait_for(pane, lambda s: number(ACCUM, s) is not None and number(EPOCH, s) is not None, timeout)
+    except TimeoutError:
+        return None
+    return number(ACCUM, screen), number(EPOCH, screen)
 
 
 def step_records(run_dir: Path) -> int:
