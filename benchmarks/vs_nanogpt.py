@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import re
 import statistics
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import NOTHING_MEASURED, machine_line, run_config, scratch_dir, table
+from throughput import Interleave
 from time_to_loss import CORPUS, prepare_nanogpt, timed_lines
 
 from tui_trainer.config import ModelConfig
@@ -48,7 +48,6 @@ from tui_trainer.control import Control
 from tui_trainer.data.dataset import load_corpus
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.engine.precision import choose_precision
-from tui_trainer.events import StepEvent
 
 SHAPE = {"n_layer": 4, "n_head": 8, "n_embd": 128, "block_size": 128, "micro_batch": 8, "accum": 4, "lr": 1e-3}
 NANOGPT_ITER = re.compile(r"^iter (\d+): loss")
@@ -127,8 +126,9 @@ class NanoGptStep:
         y = torch.stack([self.tokens[i + 1 : i + 1 + block] for i in starts])
         return x, y
 
-    def step(self) -> float:
-        started = time.perf_counter()
+    def step(self) -> tuple[float, float]:
+        """One optimizer step; its (wall-clock, process CPU) seconds, as throughput.py's PlainLoop."""
+        started, cpu_started = time.perf_counter(), time.process_time()
         for _ in range(SHAPE["accum"]):
             x, y = self.batch()
             _, loss = self.model(x, y)
@@ -137,21 +137,7 @@ class NanoGptStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss.item()
-        return time.perf_counter() - started
-
-
-class Lockstep:
-    """The engine's sink: each engine step is timed, then one nanoGPT step runs."""
-
-    def __init__(self, other: NanoGptStep) -> None:
-        self.other, self.pairs, self._back = other, [], None
-
-    def emit(self, event: object) -> None:
-        if not isinstance(event, StepEvent):
-            return
-        engine = time.perf_counter() - self._back if self._back is not None else math.nan
-        self.pairs.append((engine, self.other.step()))
-        self._back = time.perf_counter()
+        return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def lockstep(work: Path, steps: int) -> tuple[list[tuple[float, float]], str]:
@@ -164,12 +150,13 @@ def lockstep(work: Path, steps: int) -> tuple[list[tuple[float, float]], str]:
     cfg = replace(cfg, model=model)
     corpus = load_corpus(cfg.data, s["block_size"])
     tokens = torch.from_numpy(np.asarray(corpus.train_tokens, dtype=np.int64))
-    sink = Lockstep(NanoGptStep(work, tokens, corpus.vocab.size))
+    sink = Interleave(NanoGptStep(work, tokens, corpus.vocab.size))  # (each engine step, then one of nanoGPT's)
     end = Trainer(cfg, sink, Control()).run()
     if end.reason != "completed":
         raise RuntimeError(f"the engine's run ended early: {end}")
     precision = choose_precision("auto", torch.device("cpu"), model=model)[0]
-    return sink.pairs[SKIP:], precision
+    pairs = [(engine, other) for (engine, _), (other, _) in zip(sink.engine_seconds, sink.plain_seconds)]
+    return pairs[SKIP:], precision
 
 
 def main(argv: list[str] | None = None) -> int:
