@@ -101,6 +101,43 @@ class Served:
         assert len(self.viewers()) == count
 
 
+class Tab:
+    """A WebSocket read all the time, as a browser tab reads it. aiohttp's client answers the
+    server's heartbeat pings only inside ``receive()``: a socket nobody reads is closed by the
+    server ~22 s after it opened (heartbeat 15 s + half of it for the pong), and its viewer with
+    it, which on two loaded cores is within the time four viewers take to start."""
+
+    def __init__(self, websocket: aiohttp.ClientWebSocketResponse) -> None:
+        self.websocket = websocket
+        self.messages: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, served: Served, url: str, **headers: str) -> Tab:
+        return cls(await served.client.ws_connect(url, headers=headers))
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.websocket.receive()
+            await self.messages.put(message)
+            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
+                                aiohttp.WSMsgType.ERROR):
+                return
+
+    async def next(self, timeout: float = 10) -> aiohttp.WSMessage:
+        return await asyncio.wait_for(self.messages.get(), timeout)
+
+    async def close(self) -> None:
+        await self.websocket.close()
+        await asyncio.wait_for(self.reader, 10)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
 async def status_of(session: aiohttp.ClientSession, url: str, **headers: str) -> int:
     async with session.get(url, headers=headers, allow_redirects=False) as response:
         return response.status
@@ -189,12 +226,10 @@ async def test_the_first_page_load_sets_a_strict_cookie_that_opens_the_websocket
         assert f'data-session-websocket-url="ws://127.0.0.1:{served.port}/ws"' in body
         assert page.headers["Referrer-Policy"] == "no-referrer"
         # the WebSocket as textual.js opens it: no token in its URL, the cookie and the page's Origin
-        async with served.client.ws_connect(f"{served.ws_url}?width=80&height=24",
-                                            headers={"Origin": served.base}) as websocket:
+        async with await Tab.open(served, f"{served.ws_url}?width=80&height=24", Origin=served.base) as tab:
             await served.wait_for_viewers(1)
-            await websocket.send_json(["ping", "x"])
-            reply = await websocket.receive_json(timeout=10)
-            assert reply == ["pong", "x"]
+            await tab.websocket.send_json(["ping", "x"])
+            assert (await tab.next()).json() == ["pong", "x"]
         await served.wait_for_viewers(0)  # the tab closed: its viewer ended
 
 
@@ -212,7 +247,7 @@ async def test_a_wildcard_server_builds_the_pages_websocket_url_from_the_host_th
 async def test_the_fifth_concurrent_viewer_is_refused_with_a_reason_and_no_process():
     async with Served(max_viewers=4) as served:
         url = f"{served.ws_url}?token={served.token}"
-        open_ones = [await served.client.ws_connect(url) for _ in range(4)]
+        open_ones = [await Tab.open(served, url) for _ in range(4)]
         await served.wait_for_viewers(4)
         async with served.client.ws_connect(url) as fifth:
             message = await fifth.receive(timeout=10)
@@ -223,19 +258,19 @@ async def test_the_fifth_concurrent_viewer_is_refused_with_a_reason_and_no_proce
         assert len(served.viewers()) == 4
         await open_ones[0].close()
         await served.wait_for_viewers(3)
-        async with served.client.ws_connect(url):  # a freed place is a place again
+        async with await Tab.open(served, url):  # a freed place is a place again
             await served.wait_for_viewers(4)
-        for websocket in open_ones[1:]:
-            await websocket.close()
+        for tab in open_ones[1:]:
+            await tab.close()
 
 
 async def test_a_malformed_message_ends_that_viewer_and_the_server_goes_on():
     async with Served() as served:
         url = f"{served.ws_url}?token={served.token}"
-        async with served.client.ws_connect(url) as websocket:
+        async with await Tab.open(served, url) as tab:
             await served.wait_for_viewers(1)
-            await websocket.send_str("[[[[not json")
-            assert (await websocket.receive(timeout=10)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            await tab.websocket.send_str("[[[[not json")
+            assert (await tab.next()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         await served.wait_for_viewers(0)
         assert await status_of(served.client, f"{served.base}/?token={served.token}") == 200
 
@@ -243,14 +278,14 @@ async def test_a_malformed_message_ends_that_viewer_and_the_server_goes_on():
 async def test_every_viewer_ends_when_the_server_shuts_down():
     async with Served() as served:
         url = f"{served.ws_url}?token={served.token}"
-        websockets = [await served.client.ws_connect(url) for _ in range(2)]
+        tabs = [await Tab.open(served, url) for _ in range(2)]
         await served.wait_for_viewers(2)
         started = time.monotonic()
         await served.shut_down()
         assert time.monotonic() - started < 10
         assert served.viewers() == []
-        for websocket in websockets:
-            message = await websocket.receive(timeout=5)
+        for tab in tabs:
+            message = await tab.next(timeout=5)
             assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 
 
