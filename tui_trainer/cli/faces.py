@@ -57,9 +57,7 @@ def run_headless(cfg: RunConfig, given: dict[str, Any], args: argparse.Namespace
     if trainer.error is not None and not isinstance(trainer.error, UserError):
         if isinstance(trainer.error, PeerLost) and getattr(trainer, "ranks", None) is not None:
             # --nproc's launcher says it, once, with the rank that died and of what (launch.py)
-            cause = str(trainer.error)
-            advice = end.message[len(cause):].lstrip("; ") if end.message.startswith(cause) else ""
-            return leave(trainer, exit_code_for(end), lost=f"error: {end.message}", advice=advice)
+            return leave(trainer, exit_code_for(end), lost=f"error: {end.message}", advice=trainer.rescue_advice)
         if isinstance(trainer.error, (PeerLost, DataChanged)):
             say(f"error: {end.message}")
         else:

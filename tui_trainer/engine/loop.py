@@ -70,6 +70,7 @@ class Trainer:
         if s.budget is not None:  # (--time-budget: pauses do not count)
             s.budget.paused = lambda: self.steering.seconds_paused
         self.error: BaseException | None = None  # what ended the run, if not the run itself
+        self.rescue_advice = ""  # after a lost process or data cut short: what a resume can do (saving.rescue)
 
     @property
     def last_diagnosis(self) -> Diagnosis | None:
@@ -89,7 +90,8 @@ class Trainer:
             if isinstance(exc, (PeerLost, DataChanged)):  # the last step taken is saved (a partial window's
                 # gradient dropped): a lost process, or the token cache cut short under the run (token_file.py)
                 self.optimizer.zero_grad(set_to_none=True)
-                end = self.endings.end("error", str(exc) + self.checkpoints.rescue())
+                self.rescue_advice = self.checkpoints.rescue()
+                end = self.endings.end("error", "; ".join(filter(None, (str(exc), self.rescue_advice))))
             else:
                 end = self.endings.crashed(exc, log=self.ranks.is_main)  # (rank 0 alone writes in the run dir)
         finally:

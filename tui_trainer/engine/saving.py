@@ -70,20 +70,20 @@ class Checkpoints:
     def rescue(self) -> str:
         """Another process lost, or the data cut short under the run: rank 0 saves where the run stands (the last step
         taken; the caller dropped a partial window's gradient) unless `latest` holds it already.
-        Returns what a resume can do, for the end message ("" on the other ranks)."""
+        Returns what a resume can do, a clause for the end message ("" on the other ranks)."""
         st = self.state
         if not self.ranks.is_main:
             return ""
         if not self.holds_now():
             if not self._write("latest", None, None):
                 if self.lost_run_dir:
-                    return "; " + self.lost_run_dir_message()
-                return "; " + (f"the previous checkpoint (step {self.latest.step}) is intact"
-                               if self.latest else "no checkpoint could be saved")
+                    return self.lost_run_dir_message()
+                return (f"the previous checkpoint (step {self.latest.step}) is intact"
+                        if self.latest else "no checkpoint could be saved")
             self.latest = st.position
         lost = ("the other ranks' random state was lost with them" if self.ranks.distributed
                 else "its random state is the one of where it failed")
-        return f"; step {st.step} is saved: continue with --resume {self.run_dir} ({lost}: not bit-exact)"
+        return f"step {st.step} is saved: continue with --resume {self.run_dir} ({lost}: not bit-exact)"
 
     def lost_run_dir_message(self) -> str:
         """Why nothing more was saved when the run dir was moved, deleted or replaced under the run,
