@@ -17,12 +17,13 @@ from typing import Any
 
 from textual import events as textual_events
 from textual.app import App, ComposeResult, SystemCommand
+from textual.notifications import Notification, Notify
 from textual.screen import Screen
 
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.control import Control
 from tui_trainer.errors import UserError
-from tui_trainer.events import CheckpointSaved, RunEnded
+from tui_trainer.events import CheckpointSaved, EpochEvent, RunEnded
 from tui_trainer.ui.bridge import AppSink, EngineWake, SetUpDone
 from tui_trainer.ui.commands import TRAINER, CommandTable
 from tui_trainer.ui.format import summary_line
@@ -76,6 +77,7 @@ class TrainerApp(App[None]):
         self.memory = "—"
         self.exit_when_ended = False  # set by q: leave as soon as the engine has saved
         self._last_micro_step = None
+        self._start_notes: list[Notification] = []  # the start notes' toast, taken down at the first epoch's end
         self.main_screen: Screen | None = None  # set on mount, with the panels
 
     # -- layout -------------------------------------------------------------------------------
@@ -177,10 +179,28 @@ class TrainerApp(App[None]):
         saved_by_key = self._save_requested_by_key and isinstance(event, CheckpointSaved)
         if saved_by_key:
             self._save_requested_by_key = False
+        if isinstance(event, RunEnded) or (isinstance(event, EpochEvent) and not event.before_training):
+            self._take_down_start_notes()
         for toast in toasts_for(event, saved_by_key):
-            self.notify(toast.message, title=toast.title, severity=toast.severity, timeout=toast.seconds)
+            if not toast.until_first_epoch:
+                self.notify(toast.message, title=toast.title, severity=toast.severity, timeout=toast.seconds)
+                continue
+            # (App.notify, keeping the notification: the first epoch's end takes it down)
+            notification = Notification(toast.message, toast.title, toast.severity, toast.seconds)
+            self._start_notes.append(notification)
+            self.post_message(Notify(notification))
 
     _save_requested_by_key = False
+
+    def _take_down_start_notes(self) -> None:
+        """The run's numbers are what the first epoch's end is about: its notes stop covering them."""
+        notes, self._start_notes = self._start_notes, []
+        for notification in notes:  # (after its Notify, which may still be queued: a replay's first drain)
+            self.call_later(self._drop_notification, notification)
+
+    def _drop_notification(self, notification: Notification) -> None:
+        if notification in self._notifications:  # (gone already if its seconds ran out)
+            self._unnotify(notification)  # (Textual's own; App.clear_notifications would take all)
 
     def _on_run_ended(self, event: Any) -> None:
         error = getattr(self.engine.trainer, "error", None) if self.engine.trainer is not None else None

@@ -14,6 +14,7 @@ class Toast:
     title: str = ""
     severity: str = "information"  # Textual's: information, warning, error
     seconds: float = 4.0
+    until_first_epoch: bool = False  # also taken down at the first epoch's end (or the run's end)
 
 
 def toasts_for(event: Any, saved_by_key: bool = False) -> list[Toast]:
@@ -24,7 +25,10 @@ def toasts_for(event: Any, saved_by_key: bool = False) -> list[Toast]:
             # (a cold trial). The run line keeps them (headless, metrics.jsonl's run record).
             notes = event.notes
             return [Toast("\n".join(f"• {note}" for note in notes) if len(notes) > 1 else notes[0],
-                          title="notes" if len(notes) > 1 else "note", seconds=min(12.0, 4.0 + 3.0 * len(notes)))]
+                          title="notes" if len(notes) > 1 else "note", seconds=min(12.0, 4.0 + 3.0 * len(notes)),
+                          # ... and no longer than the first epoch: a toast sits over the stats at 80x24,
+                          # and a run of a second or two ended behind it (a cold trial)
+                          until_first_epoch=True)]
         case CheckpointSaved() if saved_by_key:
             return [Toast(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.1f}s)",
                           title="checkpoint")]
