@@ -202,8 +202,25 @@ class RunView:
 
     @property
     def effective_batch(self) -> int:
-        """At the accumulation in use now (an accum change since the run's start included)."""
-        return effective_batch(self.micro_batch, self.accum, self.processes)
+        """Sequences in each optimizer step at the accumulation in use now (an accum change since the
+        run's start included) — or, where an epoch holds fewer (``--limit-train-batches``), the epoch's:
+        the engine takes each such epoch as one step of all its sequences (its run-line note says so)."""
+        return self.step_holds(self.accum)
+
+    def step_holds(self, accum: int) -> int:
+        """Sequences a full step holds at ``accum``: the window, or the whole epoch where that is shorter."""
+        window = effective_batch(self.micro_batch, accum, self.processes)
+        return min(window, self.train_examples) if self.train_examples else window
+
+    @property
+    def window_cut(self) -> bool:
+        """An epoch is shorter than one accumulation window: each step is the whole epoch."""
+        return self.effective_batch < effective_batch(self.micro_batch, self.accum, self.processes)
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Micro-batches in a full step (``accum``; fewer where the window is cut by the epoch)."""
+        return min(self.accum, -(-self.effective_batch // max(1, self.micro_batch * self.processes)))
 
     @property
     def tokens_per_step(self) -> int:

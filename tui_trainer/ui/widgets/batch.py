@@ -5,7 +5,6 @@ from __future__ import annotations
 from rich.text import Text
 
 from tui_trainer.analysis.noise_scale import SETTLE_ESTIMATES, actionable, estimating_windows
-from tui_trainer.events import effective_batch
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.base import Panel
 
@@ -76,6 +75,9 @@ class BatchPanel(Panel):
         if self.app.size.height >= 30:  # rows are dear on a short terminal
             forms.append(two_lines)
         room = self._room()
+        if view.window_cut:  # an epoch shorter than one window: say what a step really holds
+            forms = self._cut_forms(view, eff, accum, tokens)
+            short = forms[-1]
         target = view.target_accum
         if self.screen.has_class("-tiny") and target != view.accum and not view.ended:
             # A short terminal: the pending change joins the batch on its one line, so the plot keeps its rows.
@@ -91,6 +93,21 @@ class BatchPanel(Panel):
         self._second_line(view, text, dim, value)
         self._memory_line(view, text, dim, value)
         return text
+
+    def _cut_forms(self, view: RunView, eff: str, accum: str, tokens: str) -> list:
+        """`effective batch 16 = the whole epoch: 1 micro-batch, fewer than accum 8`: each step holds the
+        epoch's sequences (the engine's run-line note), not micro-batch x accum."""
+        n = view.micro_batches_per_step
+        count = [(str(n), 1), (" micro-batch" if n == 1 else " micro-batches", 0)]
+        whole = [("effective batch ", 0), (eff, 1), (" = the whole epoch: ", 0), *count, (", fewer than accum ", 0),
+                 (accum, 1)]
+        two_lines = [("effective batch ", 0), (eff, 1), (" = whole epoch", 0), ("\n", 0), *count,
+                     (", under accum ", 0), (accum, 1)]
+        return [whole + [(" = ", 0), (tokens, 1), (" tokens per step", 0)], whole,
+                *([two_lines] if self.app.size.height >= 30 else []),
+                [("effective batch ", 0), (eff, 1), (" = 1 epoch (", 0), (str(n), 1), (" of accum ", 0),
+                 (accum, 1), (")", 0)],
+                [("effective batch ", 0), (eff, 1), (" = 1 epoch", 0)]]
 
     def _memory_line(self, view: RunView, text: Text, dim, value) -> None:
         """`memory 1.3 / 6.0 GB ▮▮▮▯▯▯▯▯▯▯`: the last step's measured peak against the budget
@@ -141,7 +158,7 @@ class BatchPanel(Panel):
             return []
         who = " (auto)" if view.pending_auto and view.requested_accum is None else ""
         short = [(f"accum {view.accum} -> {target} at next epoch{who}", "pending")]
-        effective = effective_batch(view.micro_batch, target, view.processes)
+        effective = view.step_holds(target)
         long = short + [(f" (= {effective:,} sequences)", "dim")]
         if view.requested_accum is None and view.epoch >= view.epochs:
             long = long + [(" · this is the last epoch", "dim")]
