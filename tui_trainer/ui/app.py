@@ -210,6 +210,10 @@ class TrainerApp(App[None]):
             else:
                 self.view.error_text = f"{type(error).__name__}: {error}"
         self.refresh_bindings()
+        if self.main_screen is not None and self.main_screen is not self.screen:
+            # (refresh_bindings tells the active screen only: under the samples or help screen the
+            # main screen's footer went on offering the live keys until esc)
+            self.main_screen.refresh_bindings()
         if self.exit_when_ended or (event.reason == "interrupted" and self.control.stop_signal is not None):
             self.exit()
 

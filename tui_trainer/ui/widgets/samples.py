@@ -80,14 +80,19 @@ class SamplesScreen(ModalScreen[None]):
 
     @staticmethod
     def _version_of(view: RunView) -> tuple:
-        return (view.sample_version, view.sample_requested, view.sample_tokens)
+        return (view.sample_version, view.sample_requested, view.sample_tokens, view.ended)
+
+    @staticmethod
+    def keys_line(view: RunView) -> str:
+        """Once the run has ended `g` writes no sample (it says where they come from): not offered."""
+        return "esc closes" if view.ended else "g sample now · esc closes"
 
     def compose(self) -> ComposeResult:
         view = self._view
         self._version = self._version_of(view)
         with VerticalScroll(id="samples-box") as box:
             box.border_title = sample_title(view)
-            box.border_subtitle = "g sample now · esc closes"
+            box.border_subtitle = self.keys_line(view)
             yield Static(sample_text(view), id="samples-text", markup=False)
 
     def show(self, view: RunView) -> None:
@@ -101,6 +106,7 @@ class SamplesScreen(ModalScreen[None]):
             return  # pushed but not composed yet: compose reads the same view
         self._view, self._version = view, version
         box.border_title = sample_title(view)
+        box.border_subtitle = self.keys_line(view)
         text.update(sample_text(view))
 
     def action_again(self) -> None:
