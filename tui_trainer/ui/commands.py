@@ -142,3 +142,16 @@ VIEWER = CommandTable(
     ),
     rules={**STEERING_RULES, "stop_run": STEERABLE},
 )
+
+# `tui-trainer view RUN_A RUN_B` (compare.py): it reads only, so its keys are few; `?` opens the same
+# help as the other screens (what accumulation and the effective batch are is the question it answers).
+COMPARE = CommandTable(
+    bindings=(
+        Binding("q", "quit", "close"),
+        Binding("question_mark", "help", "help", key_display="?"),
+    ),
+    keys=(HelpKey("q", "close"), HelpKey("^p", "command palette"), HelpKey("?", "this help"),
+          HelpKey("esc", "close this help")),
+    palette=(),
+    rules={},
+)

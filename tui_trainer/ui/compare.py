@@ -18,7 +18,6 @@ from pathlib import Path
 
 from rich.text import Text
 from textual.app import App, ComposeResult
-from textual.binding import Binding
 from textual.widgets import Footer, Static
 from textual_plotext import PlotextPlot
 
@@ -33,7 +32,9 @@ from tui_trainer.rundir.summary import (
     summarize,
     tokenizer_notice,
 )
+from tui_trainer.ui.commands import COMPARE
 from tui_trainer.ui.follow import MetricsFollower
+from tui_trainer.ui.widgets.help import HelpScreen
 from tui_trainer.ui.widgets.loss_plot import integer_ticks, nice_ticks, tick_labels
 
 # plotext colour, and the same ANSI colour in Textual markup for the legend
@@ -74,7 +75,7 @@ class RunCurves:
 
 class CompareApp(App[None]):
     TITLE = "tui-trainer view"
-    BINDINGS = [Binding("q", "quit", "close")]
+    BINDINGS = list(COMPARE.bindings)
     DEFAULT_CSS = """
     PlotextPlot { border: round $primary; height: 1fr; }
     #runs-table { height: auto; max-height: 50%; padding: 0 1; }
@@ -101,6 +102,10 @@ class CompareApp(App[None]):
 
     def on_resize(self) -> None:
         self.redraw()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(COMPARE.help_keys(ended=True, steerable=False)))
 
     def tell_set_aside(self) -> None:
         for run in self.runs:

@@ -121,6 +121,18 @@ class HelpScreen(ModalScreen[None]):
 
     BINDINGS = [Binding("escape,question_mark,q", "close", "close help")]
 
+    # (here, not in app.tcss: the compare view, an app of its own, opens it too)
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    #help-box {
+        width: 100%; max-width: 100; height: auto; max-height: 100%;
+        border: round $accent; border-title-color: $accent; background: $surface; padding: 0 1;
+    }
+    #help-box .help-title { margin-top: 1; }
+    #help-box .help-title.-first { margin-top: 0; }
+    #help-box .help-body { padding-left: 1; }
+    """
+
     def __init__(self, keys: Sequence[HelpKey]) -> None:
         super().__init__()
         self.keys = keys
