@@ -27,7 +27,7 @@ from tui_trainer.events import CheckpointSaved, EpochEvent, RunEnded
 from tui_trainer.ui.bridge import AppSink, EngineWake, SetUpDone
 from tui_trainer.ui.commands import TRAINER, CommandTable
 from tui_trainer.ui.format import summary_line
-from tui_trainer.ui.layout import BORDER_TITLES, apply_size_classes, compose_panels
+from tui_trainer.ui.layout import BORDER_TITLES, NARROW_COLUMNS, apply_size_classes, compose_panels
 from tui_trainer.ui.terminal import sturdy
 from tui_trainer.ui.threads import EngineThread, PassingBuild
 from tui_trainer.ui.toasts import toasts_for
@@ -57,6 +57,8 @@ class TrainerApp(App[None]):
 
     COMMANDS_TABLE: CommandTable = TRAINER  # keys, help, palette, and when each works (commands.py)
     BINDINGS = list(TRAINER.bindings)
+    # Below these widths the footer's keys close up, and take the `^p palette` hint's room (layout.py).
+    FOOTER_COLUMNS = (NARROW_COLUMNS, NARROW_COLUMNS)
 
     def __init__(self, trainer: Any | None = None, sink: AppSink | None = None, *,
                  replay: Iterable[Any] = (), clock: Callable[[], float] = time.monotonic,
@@ -128,7 +130,7 @@ class TrainerApp(App[None]):
 
     def _apply_size_classes(self, width: int, height: int) -> None:
         if self.main_screen is not None:
-            apply_size_classes(self.main_screen, width, height)
+            apply_size_classes(self.main_screen, width, height, self.FOOTER_COLUMNS)
 
     def get_driver_class(self):
         return sturdy(super().get_driver_class())  # survives the terminal going away (see terminal.py)

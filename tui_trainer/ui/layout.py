@@ -50,7 +50,11 @@ def compose_panels() -> ComposeResult:
     yield Footer()
 
 
-def apply_size_classes(screen: Screen, width: int, height: int) -> None:
+def apply_size_classes(screen: Screen, width: int, height: int, footer_columns: tuple[int, int] = (
+        NARROW_COLUMNS, NARROW_COLUMNS)) -> None:
+    """``footer_columns``: (from this width the footer's keys keep their full spacing, from this one
+    it ends in the `^p palette` hint) — an app with more keys (a live viewer's) needs more room for both."""
+    full_footer, palette_hint_columns = footer_columns
     screen.set_class(width >= WIDE_COLUMNS, "-wide")
     screen.set_class(height >= TALL_ROWS, "-tall")
     screen.set_class(height < COMPACT_ROWS, "-compact")
@@ -58,8 +62,8 @@ def apply_size_classes(screen: Screen, width: int, height: int) -> None:
     screen.set_class(width < NARROW_COLUMNS, "-narrow")
     screen.query_one(LossPlot).show_axis_label = height >= AXIS_LABEL_ROWS
     footer = screen.query_one(Footer)
-    footer.compact = width < NARROW_COLUMNS  # (less space between the keys: every key still fits at 60)
-    palette_hint = width >= NARROW_COLUMNS  # ctrl+p still works; help lists it
+    footer.compact = width < full_footer  # (less space between the keys: the trainer's every key still fits at 60)
+    palette_hint = width >= palette_hint_columns  # ctrl+p still works; help lists it
     if footer.show_command_palette != palette_hint:
         footer.show_command_palette = palette_hint
         footer.refresh(recompose=True)  # (the footer reads it only when it composes)

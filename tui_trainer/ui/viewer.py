@@ -55,6 +55,9 @@ class ConfirmStop(ModalScreen[bool]):
 class ViewerApp(TrainerApp):
     COMMANDS_TABLE = VIEWER
     BINDINGS = list(VIEWER.bindings)
+    # A live run's keys need 77 columns spaced out, 90 with the palette hint: at 80 the hint gave way
+    # to nothing and `^x stop run` was cut off (ctrl+p still works; the help lists it).
+    FOOTER_COLUMNS = (78, 90)
 
     def __init__(self, follower: MetricsFollower, first_events: list, remote: RemoteControl | None,
                  **kwargs: Any) -> None:
