@@ -22,10 +22,16 @@ PLOT_COLORS = {"raw": "gray", "smooth": "cyan+", "train": "blue+", "val": "orang
 LEGEND_COLORS = {"smooth": "ansi_bright_cyan", "train": "ansi_bright_blue", "val": "ansi_bright_yellow"}
 
 
-def legend(smooth: bool) -> str:
+def legend(smooth: bool, width: int = 0) -> str:
+    """The panel's title. Where the panel is ``width`` columns wide with room to spare (80 has it), the
+    step line's name says which key turns the smoothing: `m` is in no footer (a cold trial never found it)."""
     step = "train/step EMA" if smooth else "train/step"
-    return (f"loss  [{LEGEND_COLORS['smooth']}]━[/] {step}  [{LEGEND_COLORS['train']}]●[/] train/epoch  "
-            f"[{LEGEND_COLORS['val']}]●[/] val/epoch")
+    other = "(m: raw)" if smooth else "(m: smooth)"
+    epochs = f"[{LEGEND_COLORS['train']}]●[/] train/epoch  [{LEGEND_COLORS['val']}]●[/] val/epoch"
+    plain = f"loss  ━ {step} {other}  ● train/epoch  ● val/epoch"
+    if len(plain) + 6 <= width:  # (the title's corner, dash and spaces)
+        step = f"{step} [dim]{other}[/]"
+    return f"loss  [{LEGEND_COLORS['smooth']}]━[/] {step}  {epochs}"
 
 
 def y_range(values_after_warmup: list[float], all_values: list[float]) -> tuple[float, float] | None:
@@ -101,7 +107,7 @@ class LossPlot(PlotextPlot):
         self._rendered: tuple | None = None  # (key, the Text plotext built)
         self.points_drawn = 0  # what the last redraw put on the chart (tests and benchmarks read it)
         self.show_axis_label = True  # off on short terminals, where every row counts
-        self.border_title = legend(self.smooth)
+        self.border_title = legend(self.smooth, self.size.width)
 
     def _extend_ema(self, losses: list[float]) -> None:
         n, ema = self._ema_state
@@ -121,12 +127,13 @@ class LossPlot(PlotextPlot):
         return self._rendered[1]
 
     def on_resize(self) -> None:
+        self.border_title = legend(self.smooth, self.size.width)
         if self._view is not None:
             self.redraw(self._view)  # re-thin and re-tick for the new size now, not at the next tick
 
     def toggle_smoothing(self, view: RunView) -> None:
         self.smooth = not self.smooth
-        self.border_title = legend(self.smooth)  # the step line's name follows the smoothing
+        self.border_title = legend(self.smooth, self.size.width)  # the step line's name follows the smoothing
         self.redraw(view)
 
     def _limits(self, x_shown, raw_shown, ema_shown, epochs, xs) -> tuple[float, float] | None:
