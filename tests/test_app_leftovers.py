@@ -117,6 +117,10 @@ async def test_a_live_viewers_footer_fits_every_key_at_80_columns(tmp_path):
             shown = footer(app)
             for words in ("q close viewer", "p pause/resume", "+- accum x2 /2", "s save", "? help", "^x stop run"):
                 assert words in shown, shown
+            app.feed([ENDED])  # over: two keys, and the palette hint has its room again
+            await pilot.pause()
+            await pilot.pause()
+            assert "q close viewer" in footer(app) and "^p palette" in footer(app) and "^x" not in footer(app)
     finally:
         lock.release()
 

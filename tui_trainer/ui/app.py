@@ -130,7 +130,11 @@ class TrainerApp(App[None]):
 
     def _apply_size_classes(self, width: int, height: int) -> None:
         if self.main_screen is not None:
-            apply_size_classes(self.main_screen, width, height, self.FOOTER_COLUMNS)
+            apply_size_classes(self.main_screen, width, height, self.footer_columns)
+
+    @property
+    def footer_columns(self) -> tuple[int, int]:
+        return self.FOOTER_COLUMNS
 
     def get_driver_class(self):
         return sturdy(super().get_driver_class())  # survives the terminal going away (see terminal.py)
@@ -212,6 +216,7 @@ class TrainerApp(App[None]):
             else:
                 self.view.error_text = f"{type(error).__name__}: {error}"
         self.refresh_bindings()
+        self._apply_size_classes(self.size.width, self.size.height)  # (the footer's keys are fewer now)
         if self.main_screen is not None and self.main_screen is not self.screen:
             # (refresh_bindings tells the active screen only: under the samples or help screen the
             # main screen's footer went on offering the live keys until esc)

@@ -57,7 +57,11 @@ class ViewerApp(TrainerApp):
     BINDINGS = list(VIEWER.bindings)
     # A live run's keys need 77 columns spaced out, 90 with the palette hint: at 80 the hint gave way
     # to nothing and `^x stop run` was cut off (ctrl+p still works; the help lists it).
-    FOOTER_COLUMNS = (78, 90)
+    STEERING_FOOTER_COLUMNS = (78, 90)
+
+    @property
+    def footer_columns(self) -> tuple[int, int]:
+        return self.STEERING_FOOTER_COLUMNS if self.steerable else self.FOOTER_COLUMNS
 
     def __init__(self, follower: MetricsFollower, first_events: list, remote: RemoteControl | None,
                  **kwargs: Any) -> None:
