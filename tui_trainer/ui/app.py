@@ -43,7 +43,7 @@ from tui_trainer.ui.widgets import (
     StatusBar,
 )
 from tui_trainer.ui.widgets.samples import SamplePanel, SamplesScreen
-from tui_trainer.ui.widgets.stats import memory_in_use
+from tui_trainer.ui.widgets.stats import memory_in_use, recorded_memory
 
 DRAIN_HZ = 4  # progress bars and counters; 10 Hz cost the 2-core benchmark 6% of a core, 4 Hz about 3.5%
 PLOT_HZ = 2  # the chart (the issue asks for 2-4 Hz; a plotext build costs ~10 ms)
@@ -213,7 +213,9 @@ class TrainerApp(App[None]):
         self.plot.redraw(self.view)
 
     def tick(self) -> None:
-        if self.view.device:
+        if self.view.ended and self.view.peak_memory:  # the run's recorded figure, as its viewer shows it
+            self.memory = recorded_memory(self.view)
+        elif self.view.device:
             self.memory = self.memory_probe(self.view.device)
         self.refresh_panels()
 
