@@ -406,3 +406,14 @@ def test_time_and_tokens_outlast_the_other_settings_at_80_columns_and_every_widt
     if width >= 120:
         assert "tok/s" in titles and {"seed", "patience"} <= set(titles), text
     assert titles[:2] == ["run", "status"]
+
+
+def test_a_run_that_recorded_its_elapsed_time_shows_it_as_its_time():
+    """The time column is what the app showed at the run's end (set-up and saves included), where the
+    `end` record carries it; older records keep the epochs' sum."""
+    recorded = summarize("runs/a", config_record(), events_of([*epoch_records(3), record(
+        "end", reason="completed", elapsed_seconds=37.5)]), live=False)
+    assert recorded.seconds == 37.5
+    older = summarize("runs/b", config_record(), events_of([*epoch_records(3), record("end", reason="completed")]),
+                      live=False)
+    assert older.seconds == 30.0
