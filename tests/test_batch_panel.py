@@ -103,3 +103,17 @@ async def test_a_busy_machine_keeps_a_mark_on_the_status_line_after_its_note_has
     assert "busy: --threads?" in busy.split("\n")[0]
     calm = await shown([started(), *recorded_epochs(1)])
     assert "busy" not in calm.split("\n")[0]
+
+
+async def test_a_wider_screen_never_drops_the_noise_scales_error():
+    """At 120x40 the batch panel sits beside the plot, narrower than at 80x24: its shorter form must
+    keep the ± figure (a cold newcomer saw it at 80x24 and lost it at 120x40)."""
+    from dataclasses import replace as replaced
+
+    from tui_trainer.events import StepEvent
+
+    events = [replaced(e, noise_scale_error=0.2) if isinstance(e, StepEvent) and e.noise_scale is not None else e
+              for e in with_noise_scale([started(), *recorded_epochs(3), *mid_epoch(4, 20, 5)])]
+    for size in [(80, 24), (100, 30), (120, 40), (150, 40), (200, 50)]:
+        text = await shown(events, size=size)
+        assert "±20%" in text and "accum 16" in text, (size, text)

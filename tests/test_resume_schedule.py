@@ -97,3 +97,27 @@ def test_the_diagnosis_reads_the_rate_the_run_trains_at():
     plain = SchedulePosition.at(9_000, 1e-3, 1e-4, 100, 10_000)
     told = SchedulePosition.at(9_000, 1e-3, 1e-4, 100, 10_000, lr=1e-4)
     assert plain.lr > 1.01e-4 and told.lr == 1e-4 and told.in_tail(0.75)
+
+
+@pytest.mark.parametrize("stop_step", [3, STEPS_PER_EPOCH + 3])
+def test_a_mid_epoch_resume_with_more_epochs_goes_on_numbering_the_epochs_steps(small_corpus, tmp_path, stop_step):
+    """A run of 1 epoch stopped mid-epoch (or finished, then extended and stopped mid-epoch 2), resumed
+    with --epochs 2 (3): step_in_epoch goes on from where it stopped, in the events and in
+    metrics.jsonl, as the data position does (a cold newcomer trial reported it renumbering)."""
+    from test_resume import records
+
+    run_dir = tmp_path / "run"
+    run_trainer(resume_config(small_corpus, run_dir, epochs=1), Script(stop_at=("step", min(stop_step, 3))))
+    if stop_step > STEPS_PER_EPOCH:  # finish epoch 1, then extend to 2 and stop mid-epoch 2
+        run_trainer(resume_config(small_corpus, run_dir, epochs=1), Script(), resume=run_dir)
+        run_trainer(resume_config(small_corpus, run_dir, epochs=2), Script(stop_at=("step", stop_step)),
+                    resume=run_dir, overrides={"train.epochs": 2})
+    epochs = 2 if stop_step <= STEPS_PER_EPOCH else 3
+    again = Script()
+    run_trainer(resume_config(small_corpus, run_dir, epochs=epochs), again, resume=run_dir,
+                overrides={"train.epochs": epochs})
+    first = again.of(StepEvent)[0]
+    assert (first.step, first.step_in_epoch) == (stop_step + 1, stop_step % STEPS_PER_EPOCH + 1)
+    on_disk = records(run_dir, "step", ("epoch", "step", "step_in_epoch"))
+    assert on_disk == [(1 + (s - 1) // STEPS_PER_EPOCH, s, (s - 1) % STEPS_PER_EPOCH + 1)
+                       for s in range(1, epochs * STEPS_PER_EPOCH + 1)]

@@ -17,13 +17,15 @@ from metrics_records import line, record
 from screen import screen_text
 
 from tui_trainer.cli.main import main
+from tui_trainer.cli.runs import listing
 from tui_trainer.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tui_trainer.events import RunStarted
 from tui_trainer.rundir.lifecycle import data_changed, data_size
 from tui_trainer.rundir.lock import RunLock
 from tui_trainer.rundir.ownership import write_marker
 from tui_trainer.rundir.reader import event_from_record
-from tui_trainer.rundir.summary import columns, fit, read_summary, render, short_labels, summarize, tokenizer_notice
+from tui_trainer.rundir.runs_table import columns, fit, render, short_labels
+from tui_trainer.rundir.summary import read_summary, summarize, tokenizer_notice
 from tui_trainer.ui.follow import MetricsFollower
 
 
@@ -127,7 +129,7 @@ def test_the_setup_columns_tokenizer_effective_batch_and_budget_survive_80_colum
     text = render(kept)
     assert max(len(row) for row in text.splitlines()) <= 80, text
     titles = [c.title for c in kept]
-    assert {"tokenizer", "eff batch", "budget"} <= set(titles), text
+    assert {"tokenizer", "eff batch", "budget", "time"} <= set(titles), text
     assert next(c for c in kept if c.title == "eff batch").cells == ("64", "32")
     # A split of the same batch (micro-batch 8 x accum 4, 16 x 2) is the same setup: no eff batch column.
     same = [summarize(f"runs/{m}", config_record(), events_of(epoch_records(2, accum=32 // m, micro_batch=m)),
@@ -384,3 +386,34 @@ def test_columns_left_out_at_80_are_named(tmp_path, capsys):
     assert main(["runs", str(runs)]) == 0
     out = capsys.readouterr().out
     assert "--all-settings shows them" in out or all(len(line) <= 80 for line in out.splitlines()), out
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_time_and_tokens_outlast_the_other_settings_at_80_columns_and_every_width_fits(width, tmp_path):
+    """What a user compares first (how long, how much data) stays at 80 columns; settings that are not
+    the run's setup give way first, and the table fits 60 and 120 too (issue: cold newcomer trial)."""
+    folder = tmp_path / "runs"
+    for i, accum in enumerate([4, 8, 2]):
+        write_run(folder / f"2026010{i + 1}-120000", [*epoch_records(3, accum=accum), record("end")],
+                  seed=i + 1, patience=i + 1, min_delta=0.01 * i, accum=accum)
+    text = listing(folder, width=width)
+    table = text.split("\n(")[0].splitlines()[:4]
+    assert max(len(row) for row in table) <= width, text
+    titles = table[0].split()
+    if width >= 80:
+        assert {"time", "tokens", "best", "epochs", "accum"} <= set(titles), text
+        assert "0:00:30" in table[1], text  # the epochs' time: 3 x 10 s
+    if width >= 120:
+        assert "tok/s" in titles and {"seed", "patience"} <= set(titles), text
+    assert titles[:2] == ["run", "status"]
+
+
+def test_a_run_that_recorded_its_elapsed_time_shows_it_as_its_time():
+    """The time column is what the app showed at the run's end (set-up and saves included), where the
+    `end` record carries it; older records keep the epochs' sum."""
+    recorded = summarize("runs/a", config_record(), events_of([*epoch_records(3), record(
+        "end", reason="completed", elapsed_seconds=37.5)]), live=False)
+    assert recorded.seconds == 37.5
+    older = summarize("runs/b", config_record(), events_of([*epoch_records(3), record("end", reason="completed")]),
+                      live=False)
+    assert older.seconds == 30.0

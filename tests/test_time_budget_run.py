@@ -214,7 +214,7 @@ def test_a_budget_too_short_for_one_step_after_the_start_up_leaves_nothing(small
 @pytest.mark.parametrize(("flags", "words"), [
     (["--time-budget", "10x"], "is not a duration"),
     (["--time-budget", "0s"], "not a positive duration"),
-    (["--time-budget=-5m"], "is not a duration"),
+    (["--time-budget=-5m"], "is negative: a budget is positive"),
     (["--time-budget", "10m", "--epochs", "3"], "--time-budget and --epochs"),
     (["--time-budget", "0.001s"], "too short"),
 ])

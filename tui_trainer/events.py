@@ -268,6 +268,9 @@ class RunEnded:
     # --time-budget: the share of the last epoch trained when the budget ended the run (1.0: it ended
     # on an epoch's end); None for a run of --epochs (or a budget run that ended otherwise)
     last_epoch_share: float | None = None
+    # the run's wall time at its end, earlier sessions included (what the app's clock showed); None in
+    # records written before it was recorded
+    elapsed_seconds: float | None = None
 
     def next_step(self, run_dir: str) -> str | None:
         """What to do with the model a run leaves (said by both faces at its end), or None."""

@@ -28,6 +28,9 @@ def parse_duration(text: str) -> float:
     """``90s``, ``10m``, ``2h``, ``1h30m``, ``1.5h``, or plain seconds ``600`` → seconds (> 0)."""
     given = str(text).strip().lower().replace(" ", "")
     hint = "use e.g. --time-budget 90s, 10m, 2h or 1h30m"
+    if given.startswith("-") and given[1:2].isdigit():
+        raise UserError(f"--time-budget {text} is negative: a budget is positive",
+                        f"use e.g. --time-budget {text.strip()[1:]}")
     if re.fullmatch(r"\d+(\.\d+)?", given):
         seconds = float(given)
     else:

@@ -312,9 +312,39 @@ def refuse_unknown(parser: OneLineParser, extras: list[str]) -> NoReturn:
     parser.error(f"unrecognized arguments: {' '.join(extras)}")
 
 
+def dashed_values_attached(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--flag -3m`` → ``--flag=-3m`` for an option that takes one value: argparse reads a value that
+    begins with '-' (and is not a plain negative number) as an option and says "expected one argument";
+    attached, it reaches the option's own check, which names the problem and the fix. A known option
+    after ``--flag`` stays an option (``--data --epochs 3`` is still "--data: expected one argument")."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = subparsers.choices.get(argv[0]) if argv else None
+    if command is None:
+        return argv
+    takes_one = {option for action in command._actions if action.nargs is None and action.option_strings
+                 for option in action.option_strings}
+    known = set(command._option_string_actions)
+    out: list[str] = []
+    index = 0
+    while index < len(argv):
+        given = argv[index]
+        if given == "--":
+            return out + argv[index:]
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if given in takes_one and following is not None and following.startswith("-") and len(following) > 1 \
+                and following.split("=", 1)[0] not in known:
+            out.append(f"{given}={following}")
+            index += 2
+            continue
+        out.append(given)
+        index += 1
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = with_command(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
+    argv = dashed_values_attached(argv, parser)
     args, extras = parser.parse_known_args(argv)
     if extras:
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

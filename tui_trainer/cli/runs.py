@@ -13,16 +13,8 @@ from pathlib import Path
 
 from tui_trainer.cli.console import write_replacing
 from tui_trainer.errors import UserError
-from tui_trainer.rundir.summary import (
-    DAMAGED,
-    columns,
-    fit,
-    is_run_dir,
-    read_summary,
-    render,
-    run_dirs_under,
-    tokenizer_notice,
-)
+from tui_trainer.rundir.runs_table import columns, fit, render
+from tui_trainer.rundir.summary import DAMAGED, is_run_dir, read_summary, run_dirs_under, tokenizer_notice
 
 DEFAULT_DIR = "runs"
 

@@ -26,9 +26,10 @@ class Endings:
 
     def __init__(self, state: LoopState, sink: Sink, control: Control, checkpoints: Checkpoints,
                  early_stopping: EarlyStopping, run_dir: Path, *, verdict: Callable[[], Diagnosis | None],
-                 can_retry_save: bool) -> None:
+                 can_retry_save: bool, elapsed: Callable[[], float] | None = None) -> None:
         self.state, self.sink, self.control, self.checkpoints = state, sink, control, checkpoints
         self.early_stopping, self.run_dir = early_stopping, run_dir
+        self._elapsed = elapsed  # the run's wall time so far (TrainingSession.elapsed_seconds)
         self._verdict, self.can_retry_save = verdict, can_retry_save
 
     def stop_point(self) -> str:
@@ -49,7 +50,8 @@ class Endings:
                          best_epoch=best.best_epoch, message=message,
                          exit_signal=self.control.stop_signal if reason == "interrupted" else None,
                          diagnosis=verdict.kind if verdict else None,
-                         diagnosis_reason=verdict.reason if verdict else None, last_epoch_share=last_epoch_share)
+                         diagnosis_reason=verdict.reason if verdict else None, last_epoch_share=last_epoch_share,
+                         elapsed_seconds=self._elapsed() if self._elapsed is not None else None)
         self.sink.emit(event)
         return event
 

@@ -63,7 +63,8 @@ class Trainer:
         self.steering = Steering(s.control, s.ranks, s.sink, s.state, save=self.checkpoints.save_latest,
                                  sample=s.sampler.asked)
         self.endings = Endings(s.state, s.sink, s.control, self.checkpoints, s.early_stopping, s.run_dir,
-                               verdict=lambda: s.diagnosis, can_retry_save=s.for_ui and not s.ranks.distributed)
+                               verdict=lambda: s.diagnosis, can_retry_save=s.for_ui and not s.ranks.distributed,
+                               elapsed=s.elapsed_seconds)
         self.steps = OptimizerStep(s, self.steering, self.checkpoints, self.endings)
         self.validation_split = ValidationSplit(s.sink, s.device, s.cfg.train.micro_batch, s.state,
                                                 s.ranks.world_size)

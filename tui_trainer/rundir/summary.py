@@ -1,10 +1,10 @@
 """What W&B's run table shows, for run dirs: per run its status, epochs, tokens, best val loss
 (and bits per byte where the records carry ``val_bpb``), time, tokens/s, and the settings that
-differ between the runs. ``view A B`` (ui/compare.py) draws it under the curves and ``tui-trainer
-runs [DIR]`` prints it; both build it here, from the one reader's events. No Textual here.
+differ between the runs, as figures (``RunSummary``); runs_table.py lays them out as the table that
+``view A B`` (ui/compare.py) draws under the curves and ``tui-trainer runs [DIR]`` prints. No Textual.
 
-``summarize`` and ``columns`` are pure (events and config records in, cells out); ``read_summary``
-and ``run_dirs_under`` are the only functions that touch the disk. Whether a run is live is the
+``summarize`` is pure (events and config records in, a row of figures out); ``read_summary`` and
+``run_dirs_under`` are the only functions that touch the disk. Whether a run is live is the
 lock's own word (``lock.live_holder`` tries it), never a pid.
 """
 
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tui_trainer.analysis.eta import duration
 from tui_trainer.errors import UserError
 from tui_trainer.events import EpochEvent, RunEnded, StepEvent
 from tui_trainer.rundir.files import CHECKPOINT_DIR, CONFIG_FILE, MARKER_FILE, METRICS_FILE
@@ -31,12 +30,6 @@ RUN_NAMES = (CONFIG_FILE, MARKER_FILE, METRICS_FILE, CHECKPOINT_DIR)  # any of t
 # Not setting columns: they differ between any two runs or say nothing (run_dir, cache_dir), or the
 # epochs column shows them already (done/planned).
 NOT_SETTINGS = frozenset({"train.run_dir", "data.cache_dir", "train.epochs"})
-LABEL_MAX = 24  # a longer label keeps its end
-GAP = "  "
-# The settings that say what a run is (its tokenizer, its steps' size, its time budget): where they
-# differ they outrank the other settings when the table is cut to the screen's width.
-SETUP = ("data.tokenizer", "train.accum", "train.time_budget")
-TITLES = {"train.time_budget": "budget"}  # a shorter title than the key's last part
 
 
 @dataclass(frozen=True)
@@ -50,7 +43,7 @@ class RunSummary:
     tokens: int = 0
     best_val_loss: float | None = None
     best_val_bpb: float | None = None  # only where the records carry val_bpb
-    seconds: float = 0.0  # the epochs' wall time (train and validation), every session's
+    seconds: float = 0.0  # the run's wall time at its end (its `end` record); older records: the epochs' sum
     tokens_per_s: float | None = None
     effective_batch: int | None = None  # sequences per step (micro-batch x accum x processes), last recorded
     settings: dict[str, Any] = field(default_factory=dict)  # "train.accum": 4, from config.json
@@ -99,6 +92,8 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
     bpbs = [getattr(e, "val_bpb", None) for e in epochs]
     bpbs = [b for b in bpbs if _finite(b)]
     seconds = sum(e.seconds for e in epochs if _finite(e.seconds))
+    if end is not None and _finite(end.elapsed_seconds):  # the run's own clock at its end (what the app showed)
+        seconds = end.elapsed_seconds
     return RunSummary(path=path, status=status, epochs=max((e.epoch for e in epochs), default=0),
                       epochs_planned=planned if isinstance(planned, int) else None, tokens=tokens,
                       best_val_loss=min(vals) if vals else None, best_val_bpb=min(bpbs) if bpbs else None,
@@ -262,141 +257,3 @@ def refuse_a_folder_of_runs(path: str | Path, asked: str) -> None:
 
 
 # -- the table --------------------------------------------------------------------------------------
-
-def short_labels(paths: Sequence[str]) -> list[str]:
-    """Each path's shortest suffix of whole components that no other path ends with
-    (runs/a/x, runs/b/x, runs/y → a/x, b/x, y); cut at ``LABEL_MAX`` keeping the end."""
-    parts = [Path(p).parts or (p,) for p in paths]
-    labels = []
-    for i, mine in enumerate(parts):
-        others = [theirs for j, theirs in enumerate(parts) if j != i]
-        k = 1
-        while k < len(mine) and any(tuple(theirs[-k:]) == tuple(mine[-k:]) for theirs in others):
-            k += 1
-        label = "/".join(mine[-k:])
-        labels.append(label if len(label) <= LABEL_MAX else "…" + label[-(LABEL_MAX - 1):])
-    return labels
-
-
-@dataclass(frozen=True)
-class Column:
-    title: str
-    cells: tuple[str, ...]
-    rank: int  # too wide a table drops the highest rank first
-    left: bool = False  # text left-aligned (the run's label); figures right-aligned
-
-    @property
-    def width(self) -> int:
-        return max(len(self.title), *(len(cell) for cell in self.cells)) if self.cells else len(self.title)
-
-
-def short_count(value: float | None) -> str:
-    """At most 5 characters: 987, 12.3K, 922K, 1.23M."""
-    if value is None:
-        return "—"
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= scale:
-            scaled = value / scale
-            return f"{scaled:.2f}{unit}" if scaled < 10 else f"{scaled:.1f}{unit}" if scaled < 100 else \
-                f"{scaled:.0f}{unit}"
-    return f"{value:.0f}"
-
-
-def setting_text(value: Any, key: str) -> str:
-    if value is None:
-        return "default"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if key == "data.path" and isinstance(value, str):
-        return Path(value).name or value
-    return str(value)
-
-
-def status_text(s: RunSummary) -> str:
-    """The status; a run its --time-budget ended reads ``budget 8s spent`` (its own word for done)."""
-    if s.budget_spent is not None:
-        return f"budget {s.budget_spent} spent" if s.budget_spent else "budget spent"
-    return s.status
-
-
-def epochs_text(s: RunSummary) -> str:
-    """``3/10`` (done of planned); a run its budget ended, the epochs it trained: ``0.29``, ``22.5``
-    (its last epoch was partial, and the plan was the budget's, not a target of epochs)."""
-    if s.last_epoch_share is not None and s.epochs >= 1:
-        trained = s.epochs - 1 + s.last_epoch_share
-        return f"{trained:.2f}" if trained < 1 else f"{trained:.1f}"
-    if s.epochs_planned and s.epochs > s.epochs_planned:
-        return str(s.epochs)  # (a plan that moved under a budget run: "52/39" would read as wrong)
-    return f"{s.epochs}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs)
-
-
-def differing(summaries: Sequence[RunSummary]) -> list[str]:
-    """The settings whose values differ between the runs (damaged runs aside), in config order."""
-    read = [s for s in summaries if s.status != DAMAGED]
-    keys = list(dict.fromkeys(key for s in read for key in s.settings))
-    return [key for key in keys if len({repr(s.settings.get(key)) for s in read}) > 1]
-
-
-def columns(summaries: Sequence[RunSummary], labels: Sequence[str] | None = None) -> list[Column]:
-    """The table's columns: run, status, epochs, tokens, best val (bpb where recorded), time, tok/s,
-    then each differing setting (named by its last part, or whole where two sections share it)."""
-    labels = list(labels) if labels is not None else short_labels([s.path for s in summaries])
-    rows = [s for s in summaries]
-    ok = [s.status != DAMAGED for s in rows]
-
-    def cells(text) -> tuple[str, ...]:
-        return tuple(text(s) if good else "—" for s, good in zip(rows, ok))
-
-    table = [Column("run", tuple(labels), 0, left=True), Column("status", tuple(status_text(s) for s in rows), 1, left=True),
-             Column("epochs", cells(epochs_text), 50),
-             Column("tokens", cells(lambda s: short_count(s.tokens)), 98),
-             Column("best val", cells(lambda s: f"{s.best_val_loss:.4f}" if s.best_val_loss is not None else "—"), 30)]
-    if any(s.best_val_bpb is not None for s in rows):
-        table.append(Column("bpb", cells(lambda s: f"{s.best_val_bpb:.4f}" if s.best_val_bpb is not None else "—"), 40))
-    table += [Column("time", cells(lambda s: duration(s.seconds) if s.seconds else "—"), 99),
-              Column("tok/s", cells(lambda s: short_count(s.tokens_per_s)), 100)]
-    batches = {s.effective_batch for s, good in zip(rows, ok) if good}
-    if len(batches) > 1:  # (micro-batch x accum x processes: a split of one batch is no different run)
-        table.append(Column("eff batch", cells(lambda s: str(s.effective_batch or "—")), 55))
-    keys = differing(rows)
-    names = [TITLES.get(key, key.split(".", 1)[1]) for key in keys]
-    others = 0
-    for key, name in zip(keys, names):
-        title = name if names.count(name) == 1 else key
-        if key in SETUP:
-            rank = 56 + SETUP.index(key)
-        else:
-            rank, others = (60 + others if others < 3 else 110 + others), others + 1
-        table.append(Column(title, cells(lambda s, key=key: setting_text(s.settings.get(key), key)), rank))
-    return table
-
-
-def table_width(table: Sequence[Column]) -> int:
-    return sum(c.width for c in table) + len(GAP) * max(0, len(table) - 1)
-
-
-def fit(table: Sequence[Column], width: int) -> list[Column]:
-    """The columns that fit ``width``, dropping the highest ranks first (the run and its status stay)."""
-    kept = list(table)
-    while table_width(kept) > width and len(kept) > 2:
-        kept.remove(max(kept, key=lambda c: c.rank))
-    return kept
-
-
-def padded_rows(table: Sequence[Column]) -> list[list[str]]:
-    """The header and each row as padded cells (join them with ``GAP``)."""
-    widths = [c.width for c in table]
-
-    def pad(text: str, col: Column, width: int) -> str:
-        return text.ljust(width) if col.left else text.rjust(width)
-
-    rows = [[pad(c.title, c, w) for c, w in zip(table, widths)]]
-    for i in range(len(table[0].cells) if table else 0):
-        rows.append([pad(c.cells[i], c, w) for c, w in zip(table, widths)])
-    return rows
-
-
-def render(table: Sequence[Column]) -> str:
-    return "\n".join(GAP.join(row).rstrip() for row in padded_rows(table))

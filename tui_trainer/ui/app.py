@@ -44,7 +44,7 @@ from tui_trainer.ui.widgets import (
     StatusBar,
 )
 from tui_trainer.ui.widgets.samples import SamplePanel, SamplesScreen
-from tui_trainer.ui.widgets.stats import memory_in_use
+from tui_trainer.ui.widgets.stats import memory_in_use, recorded_memory
 
 DRAIN_HZ = 4  # progress bars and counters; 10 Hz cost the 2-core benchmark 6% of a core, 4 Hz about 3.5%
 PLOT_HZ = 2  # the chart (the issue asks for 2-4 Hz; a plotext build costs ~10 ms)
@@ -205,8 +205,11 @@ class TrainerApp(App[None]):
             self.call_later(self._drop_notification, notification)
 
     def _drop_notification(self, notification: Notification) -> None:
-        if notification in self._notifications:  # (gone already if its seconds ran out)
-            self._unnotify(notification)  # (Textual's own; App.clear_notifications would take all)
+        # (Textual's own, private; App.clear_notifications would take all. Another Textual 8.x without
+        # it leaves the toast to its own seconds rather than end the app.)
+        unnotify, shown = getattr(self, "_unnotify", None), getattr(self, "_notifications", ())
+        if unnotify is not None and notification in shown:  # (gone already if its seconds ran out)
+            unnotify(notification)
 
     def _on_run_ended(self, event: Any) -> None:
         error = getattr(self.engine.trainer, "error", None) if self.engine.trainer is not None else None
@@ -244,7 +247,9 @@ class TrainerApp(App[None]):
         self.plot.redraw(self.view)
 
     def tick(self) -> None:
-        if self.view.device:
+        if self.view.ended and self.view.peak_memory:  # the run's recorded figure, as its viewer shows it
+            self.memory = recorded_memory(self.view)
+        elif self.view.device:
             self.memory = self.memory_probe(self.view.device)
         self.refresh_panels()
 

@@ -22,16 +22,8 @@ from textual.widgets import Footer, Static
 from textual_plotext import PlotextPlot
 
 from tui_trainer.events import EpochEvent, RunEnded, StepEvent
-from tui_trainer.rundir.summary import (
-    GAP,
-    RunSummary,
-    columns,
-    fit,
-    padded_rows,
-    short_labels,
-    summarize,
-    tokenizer_notice,
-)
+from tui_trainer.rundir.runs_table import GAP, columns, fit, padded_rows, short_labels
+from tui_trainer.rundir.summary import RunSummary, summarize, tokenizer_notice
 from tui_trainer.ui.commands import COMPARE
 from tui_trainer.ui.follow import MetricsFollower
 from tui_trainer.ui.widgets.help import HelpScreen

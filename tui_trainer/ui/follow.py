@@ -137,4 +137,4 @@ class MetricsFollower:
                           vocab_size=self.vocab_size, train_examples=examples, val_examples=0,
                           epochs=cfg.train.epochs, micro_batch=cfg.train.micro_batch, accum=cfg.train.accum,
                           processes=self.processes, block_size=block, planned_tokens=cfg.train.epochs * examples * block,
-                          elapsed_before=seconds)
+                          elapsed_before=seconds, noise_scale=bool(cfg.train.noise_scale))

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from tui_trainer.analysis.eta import duration  # noqa: F401  (shared with the headless log)
-from tui_trainer.rundir.summary import short_count  # noqa: F401  (one definition: the runs table's too)
+from tui_trainer.rundir.runs_table import short_count  # noqa: F401  (one definition: the runs table's too)
 
 
 def count(value: float | None) -> str:

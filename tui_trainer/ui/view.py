@@ -129,6 +129,7 @@ class RunView:
     started_at: float | None = None
     elapsed_before: float = 0.0  # a resumed run's earlier sessions
     ended_at: float | None = None
+    recorded_elapsed: float | None = None  # the run's own wall time at its end (RunEnded), when recorded
     paused_since: float | None = None
     paused_total: float = 0.0
     _throughput: deque = field(default_factory=lambda: deque(maxlen=THROUGHPUT_WINDOW))
@@ -251,7 +252,10 @@ class RunView:
         return (self.ended_at if self.ended_at is not None else now) - self.started_at
 
     def elapsed(self, now: float) -> float:
-        """The run's wall time, a resumed run's earlier sessions included."""
+        """The run's wall time, a resumed run's earlier sessions included; once ended, the run's own
+        record of it where there is one (a viewer's clock never saw the run)."""
+        if self.ended_at is not None and self.recorded_elapsed is not None:
+            return self.recorded_elapsed
         return self.elapsed_before + self.session_elapsed(now)
 
     def active_seconds(self, now: float) -> float:

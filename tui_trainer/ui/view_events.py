@@ -224,6 +224,7 @@ def _run_ended(view: RunView, e: RunEnded, now: float) -> None:
     view.sample_requested = False
     _end_pause(view, now)
     view.ended_at = now
+    view.recorded_elapsed = e.elapsed_seconds
 
 def _end_pause(view: RunView, now: float) -> None:
     if view.paused_since is not None:

@@ -26,6 +26,7 @@ from tui_trainer.rundir.control_socket import RemoteControl, check_socket_is_our
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.commands import VIEWER
 from tui_trainer.ui.follow import MetricsFollower
+from tui_trainer.ui.widgets.stats import recorded_memory
 
 POLL_S = 0.25  # metrics and status: new records are on screen well within a second
 
@@ -65,6 +66,8 @@ class ViewerApp(TrainerApp):
 
     def __init__(self, follower: MetricsFollower, first_events: list, remote: RemoteControl | None,
                  **kwargs: Any) -> None:
+        # The memory row: the run's recorded figure (this process's own memory is not the run's).
+        kwargs.setdefault("memory_probe", lambda device: recorded_memory(self.view))
         super().__init__(None, replay=first_events, **kwargs)
         self.follower = follower
         self.remote = remote

@@ -196,4 +196,7 @@ class BatchPanel(Panel):
                     [("noise ~ ", "dim"), (scale, "value"), (f"{error} settling", "dim")]]
         return [[("noise scale ~ ", "dim"), (scale, "value"), (f" seq{error} -> suggests accum ", "dim"),
                  (str(view.suggested_accum), "value")],
-                [("noise ~ ", "dim"), (scale, "value"), (" seq -> accum ", "dim"), (str(view.suggested_accum), "value")]]
+                # (the short form keeps the ± figure, in place of "seq": a wider screen, whose batch panel
+                # beside the plot is narrower than at 80x24, must never show less)
+                [("noise ~ ", "dim"), (scale, "value"), (f"{error or ' seq'} -> accum ", "dim"),
+                 (str(view.suggested_accum), "value")]]

@@ -34,6 +34,13 @@ def memory_in_use(device: str) -> str:
         return "—"
 
 
+def recorded_memory(view: RunView) -> str:
+    """The run's own figure from its records: the last step's measured peak (its RSS on a CPU, the
+    allocator's peak on CUDA). What a viewer shows (its own process is not the run's), and what the
+    app shows once the run has ended, so both read the same."""
+    return f"{fmt.size(view.peak_memory)} peak" if view.peak_memory else "—"
+
+
 class StatsPanel(Panel):
     COMPONENT_CLASSES = {"stats--name", "stats--value"}
 
