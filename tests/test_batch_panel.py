@@ -98,9 +98,10 @@ async def test_the_last_steps_peak_memory_shows_against_the_budget_and_only_with
 
 
 async def test_a_busy_machine_keeps_a_mark_on_the_status_line_after_its_note_has_gone():
-    note = "the machine is busy: other processes use ~2.0 of its 2 cores while this run starts 2 threads"
+    note = ("the machine is busy: other processes use ~2.0 of its 2 cores while this run starts 2 threads; "
+            "--threads 1 leaves them their cores")
     busy = await shown([replace(started(), notes=(note,)), *recorded_epochs(1)])
-    assert "busy: --threads?" in busy.split("\n")[0]
+    assert "busy: try --threads 1" in busy.split("\n")[0]
     calm = await shown([started(), *recorded_epochs(1)])
     assert "busy" not in calm.split("\n")[0]
 

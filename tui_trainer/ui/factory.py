@@ -45,10 +45,21 @@ def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | No
         return trainer, recorded_history(trainer.run_dir) if resume is not None else []
 
     if in_background:
-        return TrainerApp(None, sink, control=control, set_up=PassingBuild(build))
+        return _with_configured_device(TrainerApp(None, sink, control=control, set_up=PassingBuild(build)), cfg)
     trainer, history = in_passing_thread(build)
     app = TrainerApp(trainer, sink, replay=history)
     app.view.pending_accum = trainer.state.pending_accum  # a change asked for before the interruption
+    return _with_configured_device(app, cfg)
+
+
+def _with_configured_device(app: TrainerApp, cfg) -> TrainerApp:
+    """The status line's device label from the first frame, where the config names it (``auto``
+    is known only once torch has looked: RunStarted brings what was chosen, and replaces this)."""
+    train = cfg.train
+    if train.device != "auto":
+        app.view.device = train.device
+        app.view.threads = train.threads or 0
+        app.view.precision = train.precision if train.precision != "auto" else ""
     return app
 
 

@@ -36,6 +36,8 @@ class MetricsFollower:
         device = record.get("device", "?")
         self.device = device if isinstance(device, str) else "?"
         self.threads = whole_number(record, "threads", 0)
+        precision = record.get("precision", "")  # (older runs did not record it: no label, as before)
+        self.precision = precision if isinstance(precision, str) else ""
         self.processes = whole_number(record, "world_size", 1, least=1)  # several processes (torchrun); older: one
         vocab = record.get("vocab")
         self.vocab_size = (len(vocab) if isinstance(vocab, list) else 0) or self.cfg.model.vocab_size
@@ -137,4 +139,4 @@ class MetricsFollower:
                           vocab_size=self.vocab_size, train_examples=examples, val_examples=0,
                           epochs=cfg.train.epochs, micro_batch=cfg.train.micro_batch, accum=cfg.train.accum,
                           processes=self.processes, block_size=block, planned_tokens=cfg.train.epochs * examples * block,
-                          elapsed_before=seconds, noise_scale=bool(cfg.train.noise_scale))
+                          elapsed_before=seconds, noise_scale=bool(cfg.train.noise_scale), precision=self.precision)

@@ -8,6 +8,7 @@ screen answers at once; the engine's own event confirms a moment later.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,15 @@ class RunView:
     def busy_machine(self) -> bool:
         """The run started on a machine whose cores others were using (its note said what --threads fits)."""
         return any(note.startswith(BUSY_NOTE) for note in self.notes)
+
+    @property
+    def busy_advice(self) -> str:
+        """What the busy machine's note advises (``--threads 1``), or "" where it has no advice."""
+        for note in self.notes:
+            if note.startswith(BUSY_NOTE):
+                found = re.search(r"--threads \d+", note)
+                return found.group(0) if found else ""
+        return ""
 
     @property
     def eta_measuring(self) -> bool:

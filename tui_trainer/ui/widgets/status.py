@@ -28,6 +28,11 @@ STATE_LABELS = {
 }
 
 
+# The busy machine's mark, with its note's advice where there is room ("busy" alone where not;
+# the banner, then `?`, has the whole note).
+LONG, SHORT = "busy: try {}", "busy: {}"
+
+
 class StatusBar(Panel):
     """`tui-trainer │ run 20260101-120000 │ cpu x2 bf16 │ ▶ running │ 0:03:12 │ ETA 0:12:40`"""
 
@@ -45,16 +50,19 @@ class StatusBar(Panel):
                 fmt.duration(view.budget_seconds_left(now)))
 
     def build(self, view: RunView, now: float) -> Text:
-        # Narrow terminals drop the device first, then the title, then the run's name (which run
-        # this is matters more than the tool's name), never the time and the ETA.
+        # Narrow terminals drop the title first, then the busy hint's advice, then the device, then
+        # the run's name (which run this is matters more than the tool's name), never the time and
+        # the ETA. (The device went first once: at 80 columns "ETA measuring…" or "stopping…" hid it.)
         room = self.size.width or 10_000
-        for parts in ((True, True, True), (True, True, False), (False, True, False), (False, False, False)):
+        for parts in ((True, True, True, LONG), (False, True, True, LONG), (False, True, True, SHORT),
+                      (False, True, True, ""), (False, True, False, ""), (False, False, False, "")):
             line = self._line(view, now, *parts)
             if len(line.plain) <= room:
                 break
         return line
 
-    def _line(self, view: RunView, now: float, with_title: bool, with_name: bool, with_device: bool) -> Text:
+    def _line(self, view: RunView, now: float, with_title: bool, with_name: bool, with_device: bool,
+              advice_form: str) -> Text:
         dim = self.get_component_rich_style("status--dim")
         line = Text(no_wrap=True, overflow="ellipsis", end="")
         if with_title:
@@ -69,9 +77,11 @@ class StatusBar(Panel):
                 line.append(f"x{view.threads}", dim)
             if view.precision:
                 line.append(f" {view.precision}", dim)
-        if view.busy_machine and not view.ended:  # (the start-up note's toast goes; this mark stays)
+        if view.busy_machine and not view.ended:  # (the note leaves the banner at the first diagnosis; this stays)
+            advice = view.busy_advice
             line.append("  ")
-            line.append("busy: --threads?", self.get_component_rich_style("status--pausing"))
+            line.append(advice_form.format(advice) if advice and advice_form else "busy",
+                        self.get_component_rich_style("status--pausing"))
         line.append("  ")
         line.append(f" {STATE_LABELS.get(view.state, view.state)} ",
                     self.get_component_rich_style(f"status--{view.state}"))
