@@ -35,6 +35,7 @@ class PaletteCommand:
     title: str
     help: str  # the palette's second line; the key follows it in brackets
     key: str
+    when: str | None = None  # offered then (ALWAYS, LIVE, ...); None: whenever its action is available
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ class CommandTable:
     rules: dict[str, str]  # action -> when it is available; an action not named here: always
 
     def available(self, action: str, *, ended: bool, steerable: bool) -> bool:
-        when = self.rules.get(action, ALWAYS)
+        return self._holds(self.rules.get(action, ALWAYS), ended=ended, steerable=steerable)
+
+    @staticmethod
+    def _holds(when: str, *, ended: bool, steerable: bool) -> bool:
         return {ALWAYS: True, LIVE: not ended, ENDED: ended, STEERABLE: steerable, UNSTEERABLE: not steerable}[when]
 
     def key_runs(self, action: str, *, ended: bool, steerable: bool) -> bool:
@@ -65,7 +69,8 @@ class CommandTable:
 
     def palette_now(self, *, ended: bool, steerable: bool) -> list[PaletteCommand]:
         return [command for command in self.palette
-                if self.available(command.action, ended=ended, steerable=steerable)]
+                if self.available(command.action, ended=ended, steerable=steerable)
+                and (command.when is None or self._holds(command.when, ended=ended, steerable=steerable))]
 
 
 def _shared_bindings(sample_in_footer: bool) -> tuple[Binding, ...]:
@@ -136,7 +141,9 @@ VIEWER = CommandTable(
     palette=(
         *_SHARED_PALETTE,
         PaletteCommand("stop_run", "Stop the run", "it finishes its micro-step and saves; asks first", "ctrl+x"),
-        PaletteCommand("close_app", "Close the viewer", "the run goes on", "q"),
+        # (one entry at a time: "the run goes on" is no longer true once it has ended)
+        PaletteCommand("close_app", "Close the viewer", "the run goes on", "q", when=LIVE),
+        PaletteCommand("close_app", "Close the viewer", "the run is over; its files stay", "q", when=ENDED),
         PaletteCommand("smoothing", "Toggle loss smoothing", "EMA or raw step loss", "m"),
         PaletteCommand("help", "Help", "keys, gradient accumulation, diagnoses", "?"),
     ),
