@@ -192,6 +192,9 @@ class BatchPanel(Panel):
         if view.noise_scale_error is not None and not actionable(view.noise_scale_error):
             # Not known well enough to act on: no suggestion yet. (It also grows as the loss falls, so
             # an early figure is small by nature, not a reason to stop accumulating.)
+            if view.ended:  # a final figure: nothing is settling any more
+                return [[("noise scale ~ ", "dim"), (scale, "value"), (f" seq{error} at the end", "dim")],
+                        [("noise ~ ", "dim"), (scale, "value"), (f"{error} at the end", "dim")]]
             return [[("noise scale ~ ", "dim"), (scale, "value"), (f" seq{error}: settling (grows as loss falls)", "dim")],
                     [("noise ~ ", "dim"), (scale, "value"), (f"{error} settling", "dim")]]
         return [[("noise scale ~ ", "dim"), (scale, "value"), (f" seq{error} -> suggests accum ", "dim"),
