@@ -1,5 +1,5 @@
 """Small defects a cold newcomer trial at 80x24 found, each driven through the real apps (Pilot):
-the start notes' toast, a step shorter than the accumulation window, the samples screen after the
+a step shorter than the accumulation window, the samples screen after the
 run's end, `?` in the compare view, a live viewer's footer at 80 columns, and where `m` is found."""
 
 from __future__ import annotations
@@ -30,19 +30,6 @@ def squashed(app) -> str:
 
 def footer(app) -> str:
     return screen_text(app).splitlines()[-1]
-
-
-async def test_the_start_notes_leave_at_the_first_epoch_end_so_a_short_run_ends_in_plain_sight():
-    notes = ("alpha note", "beta note")
-    events = recorded_epochs(1)
-    app, run_before = replay([replace(started(), notes=notes), *events[:-1]])
-    async with app.run_test(size=(80, 24), notifications=True) as pilot:
-        await run_before(pilot)
-        await pilot.pause()
-        assert "alpha note" in squashed(app)  # shown while the first epoch trains
-        app.feed([events[-1]])  # the first epoch's end, well within the toast's seconds
-        await pilot.pause(0.3)
-        assert "alpha note" not in squashed(app) and "beta note" not in squashed(app)
 
 
 async def test_an_epoch_shorter_than_one_window_shows_what_a_step_really_holds():

@@ -58,13 +58,13 @@ async def test_at_80x24_the_footer_offers_every_key_that_works_g_included():
     async with app.run_test(size=(80, 24)) as pilot:
         running = footer(await render(app, pilot, [started(), *recorded_epochs(2)]))
         ended = footer(await render(app, pilot, ended_run()[-1:]))
-        await pilot.press("g")  # not offered after the end, yet it still says why nothing comes
+        await pilot.press("g")  # not offered after the end, yet it still says where new text comes from
         await pilot.pause()
-        said = [n.message for n in app._notifications]
+        said = screen_text(app)  # (a line in the samples screen, not a toast over it)
     assert all(key in running for key in ("q stop", "p pause", "accum", "s save", "g sample", "? help")), running
     assert "palette" in running, running  # (and the palette hint still fits)
     assert "g sample" not in ended, ended
-    assert any("samples come from a running run" in message for message in said), said
+    assert "new text: tui-trainer sample" in said, said
 
 
 async def test_60x20_keeps_every_key_the_legend_the_axis_label_and_a_plot_with_a_pending_change():

@@ -23,7 +23,7 @@ from textual.screen import Screen
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
 from tui_trainer.control import Control
 from tui_trainer.errors import UserError
-from tui_trainer.events import CheckpointSaved, EpochEvent, RunEnded
+from tui_trainer.events import CheckpointFailed, CheckpointSaved, RunEnded
 from tui_trainer.ui.bridge import AppSink, EngineWake, SetUpDone
 from tui_trainer.ui.commands import TRAINER, CommandTable
 from tui_trainer.ui.format import summary_line
@@ -79,7 +79,7 @@ class TrainerApp(App[None]):
         self.memory = "—"
         self.exit_when_ended = False  # set by q: leave as soon as the engine has saved
         self._last_micro_step = None
-        self._start_notes: list[Notification] = []  # the start notes' toast, taken down at the first epoch's end
+        self._saving_toast: Notification | None = None  # `s`'s "saving…", replaced by its "saved"
         self.main_screen: Screen | None = None  # set on mount, with the panels
 
     # -- layout -------------------------------------------------------------------------------
@@ -185,24 +185,13 @@ class TrainerApp(App[None]):
         saved_by_key = self._save_requested_by_key and isinstance(event, CheckpointSaved)
         if saved_by_key:
             self._save_requested_by_key = False
-        if isinstance(event, RunEnded) or (isinstance(event, EpochEvent) and not event.before_training):
-            self._take_down_start_notes()
+        if isinstance(event, (CheckpointSaved, CheckpointFailed)) and self._saving_toast is not None:
+            self.call_later(self._drop_notification, self._saving_toast)  # its answer replaces it
+            self._saving_toast = None
         for toast in toasts_for(event, saved_by_key):
-            if not toast.until_first_epoch:
-                self.notify(toast.message, title=toast.title, severity=toast.severity, timeout=toast.seconds)
-                continue
-            # (App.notify, keeping the notification: the first epoch's end takes it down)
-            notification = Notification(toast.message, toast.title, toast.severity, toast.seconds)
-            self._start_notes.append(notification)
-            self.post_message(Notify(notification))
+            self.notify(toast.message, title=toast.title, severity=toast.severity, timeout=toast.seconds)
 
     _save_requested_by_key = False
-
-    def _take_down_start_notes(self) -> None:
-        """The run's numbers are what the first epoch's end is about: its notes stop covering them."""
-        notes, self._start_notes = self._start_notes, []
-        for notification in notes:  # (after its Notify, which may still be queued: a replay's first drain)
-            self.call_later(self._drop_notification, notification)
 
     def _drop_notification(self, notification: Notification) -> None:
         # (Textual's own, private; App.clear_notifications would take all. Another Textual 8.x without
@@ -236,7 +225,7 @@ class TrainerApp(App[None]):
         # The samples panel takes room only once there is (or will be) something to show.
         self.main_screen.set_class(bool(view.sample or view.sample_requested or view.sample_tokens), "-samples")
         if isinstance(self.screen, SamplesScreen):
-            self.screen.show(view)
+            self.screen.show(view, self.sample_note())
         for panel in self.panels:
             panel.show(view, now)
         self.stats.show(view, now, memory=self.memory)
@@ -289,30 +278,35 @@ class TrainerApp(App[None]):
         self._save_requested_by_key = True
         self.control.save()
         paused = self.view.state == "paused"
-        self.notify("saving a checkpoint now (paused)…" if paused else "saving a checkpoint after this step…",
-                    timeout=2)
+        # One toast at a time over the stats: a second `s` replaces the first, the "saved" replaces both.
+        if self._saving_toast is not None:
+            self._drop_notification(self._saving_toast)
+        self._saving_toast = Notification(
+            "saving a checkpoint now (paused)…" if paused else "saving a checkpoint after this step…", timeout=3)
+        self.post_message(Notify(self._saving_toast))
 
     def action_sample(self) -> None:
         """g: ask the engine for a sample after this step; where the panel is not shown, open the
-        screen that shows it (and the latest one meanwhile). Once the run is over, say where samples come from."""
-        if not self.steerable:
-            self.notify(self.why_no_sample(), title="no sample", timeout=6)
-            if self.view.sample is None:
-                return
-        elif self.view.request_sample():
+        screen that shows it (and the latest one meanwhile). Where no new one can come (the run is
+        over), the screen shows the last one, with a line that says where new text comes from."""
+        if self.steerable and self.view.request_sample():
             self.control.sample()
-        if self.main_screen is not None and not self.main_screen.has_class("-wide"):
-            if not isinstance(self.screen, SamplesScreen):
-                self.push_screen(SamplesScreen(self.view))
+        wide = self.main_screen is not None and self.main_screen.has_class("-wide")
+        if (not wide or not self.steerable) and not isinstance(self.screen, SamplesScreen):
+            self.push_screen(SamplesScreen(self.view, self.sample_note()))
         self.refresh_panels()
 
     def action_sample_unavailable(self) -> None:
-        """g where it cannot work (``g`` is not offered then): it says why, and shows the latest sample."""
+        """g where it cannot work (``g`` is not offered then): the last sample, and where new text comes from."""
         self.action_sample()
+
+    def sample_note(self) -> str:
+        """The samples screen's line where `g` writes no sample ("" where it does)."""
+        return "" if self.steerable else self.why_no_sample()
 
     def why_no_sample(self) -> str:
         run_dir = self.view.run_dir or "RUN_DIR"
-        return f"the run has ended: samples come from a running run; use `tui-trainer sample {run_dir}`"
+        return f"the run has ended; new text: tui-trainer sample {run_dir}"
 
     def action_interrupt(self) -> None:
         """Ctrl-C: the terminal is in raw mode, so it arrives as a key, not as SIGINT. It does what
@@ -325,7 +319,8 @@ class TrainerApp(App[None]):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen(self.COMMANDS_TABLE.help_keys(ended=self.view.ended, steerable=self.steerable)))
+            self.push_screen(HelpScreen(self.COMMANDS_TABLE.help_keys(ended=self.view.ended, steerable=self.steerable),
+                                        self.view.notes))
 
     def action_close_app(self) -> None:
         self.exit()

@@ -140,8 +140,8 @@ class ViewerApp(TrainerApp):
     def why_no_sample(self) -> str:
         run_dir = self.follower.run_dir
         if self.view.ended:
-            return f"the run has ended: samples come from a running run; use `tui-trainer sample {run_dir}`"
-        return f"this viewer cannot reach the run (no control socket); use `tui-trainer sample {run_dir}`"
+            return f"the run has ended; new text: tui-trainer sample {run_dir}"
+        return f"this viewer cannot reach the run (no control socket); new text: tui-trainer sample {run_dir}"
 
     def action_stop_run(self) -> None:
         if not self.steerable:

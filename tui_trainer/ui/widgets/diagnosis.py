@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from rich.text import Text
 
 from tui_trainer.analysis.diagnosis import KINDS
@@ -11,6 +13,10 @@ from tui_trainer.ui.widgets.base import Panel
 
 FRAME = 4  # the banner's border and padding: a line's room is the width less this
 NARROW = 70  # below this many columns the verdict's reason is cut to its line (two rows, not three)
+# The run's start notes take the banner's rows until the first diagnosis: at most this many, and no more
+# than the screen's height less this (60x20: 4, so the plot keeps its rows), the rest in `?` help.
+NOTE_ROWS = 8
+NOT_NOTES = 16
 
 
 class DiagnosisBanner(Panel):
@@ -25,7 +31,7 @@ class DiagnosisBanner(Panel):
     def key(self, view: RunView, now: float):
         return (view.diagnosis, view.diagnosis_reason, view.remedy, view.val_rise_warning, view.best_val_loss,
                 view.best_epoch, view.epochs_without_improvement, view.end_reason, view.end_message,
-                view.started, view.checkpoint_error)
+                view.started, view.checkpoint_error, view.notes)
 
     def show(self, view: RunView, now: float, **extra) -> None:
         for kind in KINDS:
@@ -36,7 +42,9 @@ class DiagnosisBanner(Panel):
     def build(self, view: RunView, now: float) -> Text:
         dim = self.get_component_rich_style("diagnosis--dim")
         text = Text(end="")
-        if view.diagnosis is None:
+        if view.diagnosis is None and view.notes and not view.ended:
+            self.append_notes(text, view.notes)
+        elif view.diagnosis is None:
             text.append("● diagnosis ", dim)
             text.append("appears after the first epoch's validation", dim)
         else:
@@ -73,6 +81,25 @@ class DiagnosisBanner(Panel):
             text.append("\n")
             text.append(ending, self.get_component_rich_style("diagnosis--end"))
         return text
+
+    def append_notes(self, text: Text, notes: tuple[str, ...]) -> None:
+        """The run line's notes (a busy machine, bf16 on a CPU, a resume's overrides) where the
+        diagnosis will be: a toast covered the stats for seconds (a cold trial); here they cover
+        nothing, and the first diagnosis takes the rows back (`?` keeps them)."""
+        dim = self.get_component_rich_style("diagnosis--dim")
+        room = max(20, (self.size.width or 80) - FRAME)
+        height = self.app.size.height if self.is_attached else 24
+        rows = max(2, min(NOTE_ROWS, height - NOT_NOTES))
+        text.append("● notes ", dim)
+        text.append("until the first diagnosis; ? keeps them"[:room - 8], dim)
+        lines = [line for note in notes
+                 for line in textwrap.wrap(note, room, initial_indent="• ", subsequent_indent="  ")]
+        if len(lines) > rows - 1:
+            lines = lines[:rows - 1]
+            lines[-1] = lines[-1][:room - 1].rstrip() + "…"
+        for line in lines:
+            text.append("\n")
+            text.append(line)
 
     @staticmethod
     def best_note(view: RunView) -> str:

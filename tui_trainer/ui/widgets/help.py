@@ -117,7 +117,8 @@ def diagnosis_rows() -> HangingRows:
 
 
 class HelpScreen(ModalScreen[None]):
-    """``keys``: what the app's keys do now (``CommandTable.help_keys``)."""
+    """``keys``: what the app's keys do now (``CommandTable.help_keys``); ``notes``: the run line's
+    notes (RunStarted), which the banner shows only until the first diagnosis."""
 
     BINDINGS = [Binding("escape,question_mark,q", "close", "close help")]
 
@@ -133,14 +134,15 @@ class HelpScreen(ModalScreen[None]):
     #help-box .help-body { padding-left: 1; }
     """
 
-    def __init__(self, keys: Sequence[HelpKey]) -> None:
+    def __init__(self, keys: Sequence[HelpKey], notes: Sequence[str] = ()) -> None:
         super().__init__()
         self.keys = keys
+        self.notes = tuple(notes)
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box") as box:
             box.border_title = "help"
-            box.border_subtitle = "esc closes"
+            box.border_subtitle = "run notes at the end · esc closes" if self.notes else "esc closes"
             yield Static(Content.from_markup("[b]Keys[/b]"), classes="help-title -first")
             yield key_rows(self.keys)
             yield Static(Content.from_markup("[b]Gradient accumulation and the effective batch[/b]"),
@@ -155,6 +157,9 @@ class HelpScreen(ModalScreen[None]):
             yield Static(Content.from_markup("[b]Memory: the micro-batch and the accumulation[/b]"),
                          classes="help-title")
             yield Static(MEMORY, classes="help-body", markup=False)
+            if self.notes:  # (last, as the run's own: the sections above fill the box at 80x24 already)
+                yield Static(Content.from_markup("[b]Notes on this run[/b] (from its start)"), classes="help-title")
+                yield Static("\n".join(f"• {note}" for note in self.notes), classes="help-body", markup=False)
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -29,10 +29,21 @@ def sample_title(view: RunView) -> str:
     return f"sample · {when}{coming}"
 
 
-def sample_text(view: RunView) -> Text:
-    """The sample itself, or a line saying when one will come."""
+def sample_text(view: RunView, note: str = "") -> Text:
+    """The sample itself, or a line saying when one will come. ``note``: a dim line above it, where
+    `g` cannot write a new one (the run has ended: where new text comes from)."""
+    text = Text(end="")
+    if note:
+        text.append(note + "\n\n", style="dim")
+    text.append_text(_sample_body(view))
+    return text
+
+
+def _sample_body(view: RunView) -> Text:
     if view.sample is not None:
         return Text(escaped_controls(view.sample.text), no_wrap=False, end="")
+    if view.ended:
+        return Text("this run wrote no sample", style="dim", end="")
     if view.sample_requested:
         return Text("writing a sample now (paused)…" if view.state == "paused" else "writing a sample after this step…",
                     style="dim", end="")
@@ -73,18 +84,18 @@ class SamplesScreen(ModalScreen[None]):
     }
     """
 
-    def __init__(self, view: RunView) -> None:
+    def __init__(self, view: RunView, note: str = "") -> None:
         super().__init__()
         self._view = view
+        self._note = note
         self._version: object = None
 
-    @staticmethod
-    def _version_of(view: RunView) -> tuple:
-        return (view.sample_version, view.sample_requested, view.sample_tokens, view.ended)
+    def _version_of(self, view: RunView) -> tuple:
+        return (view.sample_version, view.sample_requested, view.sample_tokens, view.ended, self._note)
 
     @staticmethod
     def keys_line(view: RunView) -> str:
-        """Once the run has ended `g` writes no sample (it says where they come from): not offered."""
+        """Once the run has ended `g` writes no sample (the note says where they come from): not offered."""
         return "esc closes" if view.ended else "g sample now · esc closes"
 
     def compose(self) -> ComposeResult:
@@ -93,10 +104,11 @@ class SamplesScreen(ModalScreen[None]):
         with VerticalScroll(id="samples-box") as box:
             box.border_title = sample_title(view)
             box.border_subtitle = self.keys_line(view)
-            yield Static(sample_text(view), id="samples-text", markup=False)
+            yield Static(sample_text(view, self._note), id="samples-text", markup=False)
 
-    def show(self, view: RunView) -> None:
-        """Redraw when the sample or the waiting line has changed (the app calls it on each drain)."""
+    def show(self, view: RunView, note: str = "") -> None:
+        """Redraw when the sample, the waiting line or the note has changed (the app calls it on each drain)."""
+        self._note = note
         version = self._version_of(view)
         if version == self._version:
             return
@@ -107,7 +119,7 @@ class SamplesScreen(ModalScreen[None]):
         self._view, self._version = view, version
         box.border_title = sample_title(view)
         box.border_subtitle = self.keys_line(view)
-        text.update(sample_text(view))
+        text.update(sample_text(view, note))
 
     def action_again(self) -> None:
         self.app.action_sample()
