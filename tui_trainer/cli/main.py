@@ -197,9 +197,11 @@ def _train(args: argparse.Namespace, given_paths: dict[str, str | None]) -> int:
 # -- view: a run dir, without training --------------------------------------------------------------
 
 def add_view_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's directory (its --run-dir), finished or live")
-    parser.add_argument("more_run_dirs", metavar="RUN_DIR", nargs="*",
-                        help="more runs: their epoch curves overlaid, with a legend")
+    # One positional of one or more (not RUN_DIR plus RUN_DIR...): with none given, argparse names
+    # it once, "required: RUN_DIR", where two read as two runs required (a cold trial).
+    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help=(
+        "a run's directory (its --run-dir), finished or live; give more to compare them "
+        "(their epoch curves overlaid, with a legend)"))
     parser.add_argument("--serve", metavar="[HOST:]PORT", default=None, help=with_default(
         "serve the viewer to a browser (textual-serve) at the printed URL, which carries a token; "
         "127.0.0.1 unless a host is given", "off"))
@@ -215,7 +217,7 @@ def run_view(args: argparse.Namespace) -> int:
     from tui_trainer.rundir.summary import refuse_a_folder_of_runs
     from tui_trainer.ui.viewer import create_view_app
 
-    run_dirs = [args.run_dir, *args.more_run_dirs]
+    run_dirs = list(args.run_dirs)
     for run_dir in run_dirs:  # `view runs`: the runs inside named (as `--resume runs` does)
         refuse_a_folder_of_runs(run_dir, "view")
     if len(run_dirs) > 1:
@@ -223,14 +225,14 @@ def run_view(args: argparse.Namespace) -> int:
 
         app = create_compare_app(run_dirs)
     else:
-        app = create_view_app(args.run_dir)  # bad input raises here, before the terminal is taken
+        app = create_view_app(run_dirs[0])  # bad input raises here, before the terminal is taken
     if args.serve:
         from tui_trainer.cli.serve import serve_viewer
 
         return serve_viewer(run_dirs, args.serve)
     served = bool(os.environ.get("TEXTUAL_DRIVER"))  # a page textual-serve started: the browser is the terminal
     if not served and not (sys.stdout.isatty() and sys.stdin.isatty()):
-        raise UserError("view needs a terminal to draw on", f"run it in a terminal (or read {args.run_dir}/metrics.jsonl)")
+        raise UserError("view needs a terminal to draw on", f"run it in a terminal (or read {run_dirs[0]}/metrics.jsonl)")
     with terminal_in_utf8():
         app.run()
     return 0

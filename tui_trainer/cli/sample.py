@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from tui_trainer.config import RunConfig
 from tui_trainer.errors import UserError
+from tui_trainer.rundir.reader import not_a_run_dir_folder
 from tui_trainer.shown_text import escaped_controls
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser is built
@@ -77,7 +78,7 @@ def find_checkpoint(run_dir: Path, which: str) -> tuple[Path, str | None]:
     from tui_trainer.rundir.summary import refuse_a_folder_of_runs
 
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory", "pass a run dir such as runs/20260101-120000")
+        raise not_a_run_dir_folder(run_dir)
     refuse_a_folder_of_runs(run_dir, "sample")  # `sample runs`: the runs inside named
     wanted = ckpt.checkpoint_path(run_dir, which)
     if wanted.is_file():

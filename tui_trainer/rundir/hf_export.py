@@ -26,6 +26,7 @@ from tui_trainer.errors import UserError
 from tui_trainer.model.hf import gpt2_config, to_gpt2_state_dict
 from tui_trainer.rundir import checkpoints as ckpt
 from tui_trainer.rundir.ownership import MARKER_FILE
+from tui_trainer.rundir.reader import not_a_run_dir_folder
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -54,7 +55,7 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def run_checkpoint(run_dir: Path, which: str) -> Path:
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory", "pass a run dir such as runs/20260101-120000")
+        raise not_a_run_dir_folder(run_dir)
     path = ckpt.checkpoint_path(run_dir, which)
     if path.is_file():
         return path

@@ -189,11 +189,21 @@ def read_metrics_file(run_dir: str | Path) -> Metrics:
     return Metrics(path, lines)
 
 
+def not_a_run_dir_folder(run_dir: str | Path) -> UserError:
+    """The one line for a RUN_DIR that is no folder: a file ("a file, not a run directory": a cold
+    trial read "no such run directory" of a file that exists), or nothing there at all."""
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        return UserError(f"{run_dir} is a file, not a run directory",
+                         "pass the run's folder (its --run-dir), such as runs/20260101-120000")
+    return UserError(f"{run_dir}: no such run directory", "pass a run dir such as runs/20260101-120000")
+
+
 def check_run_dir(run_dir: str | Path) -> Path:
     """``run_dir`` if it is a run dir (it has the config.json every run writes before its first step)."""
     path = Path(run_dir)
     if not path.is_dir():
-        raise UserError(f"{run_dir} is not a directory", "pass a run dir such as runs/20260101-120000")
+        raise not_a_run_dir_folder(run_dir)
     if not (path / CONFIG_FILE).is_file():
         raise UserError(f"{run_dir} is not a run dir (it has no {CONFIG_FILE})",
                         "pass the --run-dir of a run, such as runs/20260101-120000")
