@@ -30,7 +30,9 @@ from tui_trainer.ui.follow import MetricsFollower
 
 
 def config_record(data: dict | None = None, **train) -> dict:
-    return {"config": RunConfig(data=DataConfig(**(data or {})), train=TrainConfig(**{"epochs": 3, **train})).to_dict()}
+    """config.json's record (the batch epoch_records' default: micro-batch 4, accum 2)."""
+    train = {"epochs": 3, "micro_batch": 4, "accum": 2, **train}
+    return {"config": RunConfig(data=DataConfig(**(data or {})), train=TrainConfig(**train)).to_dict()}
 
 
 def epoch_records(epochs: int, accum: int = 2, micro_batch: int = 4, **more) -> list[dict]:
@@ -417,3 +419,17 @@ def test_a_run_that_recorded_its_elapsed_time_shows_it_as_its_time():
     older = summarize("runs/b", config_record(), events_of([*epoch_records(3), record("end", reason="completed")]),
                       live=False)
     assert older.seconds == 30.0
+
+
+def test_a_run_whose_accum_changed_shows_the_change_in_agreement_with_its_eff_batch():
+    # micro-batch 16, started at accum 4, `+` during epoch 1: epoch 2 trains at accum 8 (eff batch 128).
+    changed = [*epoch_records(1, accum=4, micro_batch=16), *epoch_records(2, accum=8, micro_batch=16)[2:]]
+    runs = [summarize("runs/plus", config_record(micro_batch=16, accum=4), events_of(changed), live=False),
+            summarize("runs/kept", config_record(micro_batch=16, accum=4),
+                      events_of(epoch_records(2, accum=4, micro_batch=16)), live=False)]
+    cells = {c.title: c.cells for c in columns(runs)}
+    assert cells["eff batch"] == ("128", "64") and cells["accum"] == ("4→8", "4")
+    # A split of the micro-batch for memory (16 x 4 trained as 8 x 8) is no change of accum.
+    split = summarize("runs/split", config_record(micro_batch=16, accum=4),
+                      events_of(epoch_records(2, accum=8, micro_batch=8)), live=False)
+    assert split.settings["train.accum"] == 4

@@ -81,6 +81,7 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
             end = event
     status = "running" if live else STATUS.get(end.reason, end.reason) if end else "interrupted"
     settings = flat_settings(config_record)
+    _accum_as_trained(settings, _latest(epochs, last_step))
     # Ended by its budget: the epochs were its consequence (the last one partial), the budget the target.
     by_budget = (not live and end is not None and end.reason == "completed" and end.last_epoch_share is not None)
     budget = settings.get("train.time_budget")
@@ -102,11 +103,30 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
                       budget_spent=spent, last_epoch_share=end.last_epoch_share if by_budget else None)
 
 
+def _latest(epochs: list[EpochEvent], last_step: StepEvent | None) -> EpochEvent | StepEvent | None:
+    """The run's latest record of its batch: the last step's when it outlives the last epoch."""
+    return last_step if last_step is not None and (not epochs or last_step.epoch > epochs[-1].epoch) else \
+        (epochs[-1] if epochs else None)
+
+
+def _accum_as_trained(settings: dict[str, Any], latest: EpochEvent | StepEvent | None) -> None:
+    """``train.accum`` as the run trains now where it changed during the run (`+`/`-`, --auto-accum):
+    ``"4→8"``, so the row agrees with its own eff batch (config.json keeps the accum it started with).
+    A split of the micro-batch (memory: 16x4 run as 8x8) is the same accum: the records' is unsplit."""
+    started, micro = settings.get("train.accum"), settings.get("train.micro_batch")
+    accum, split_micro = getattr(latest, "accum", None), getattr(latest, "micro_batch", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (started, accum)):
+        return
+    if isinstance(micro, int) and 0 < split_micro < micro and micro % split_micro == 0:
+        split = micro // split_micro
+        accum = accum // split if accum % split == 0 else accum
+    if accum != started:
+        settings["train.accum"] = f"{started}→{accum}"
+
+
 def _effective_batch(epochs: list[EpochEvent], last_step: StepEvent | None) -> int | None:
     """The sequences of the run's latest step (a later step's when it outlives the last epoch)."""
-    latest = last_step if last_step is not None and (not epochs or last_step.epoch > epochs[-1].epoch) else \
-        (epochs[-1] if epochs else None)
-    batch = getattr(latest, "effective_batch", None)
+    batch = getattr(_latest(epochs, last_step), "effective_batch", None)
     return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else None
 
 
