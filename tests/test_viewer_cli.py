@@ -3,6 +3,10 @@ dir that is only being set up, a requested save's confirmation, the live viewer'
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 
 from tui_trainer.cli.main import main
@@ -40,3 +44,92 @@ def test_a_file_given_as_the_run_dir_is_called_a_file(command, tmp_path, capsys)
 def test_a_missing_run_dir_is_still_no_such_run_directory(tmp_path, capsys):
     assert exit_code("sample", str(tmp_path / "missing")) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+# -- a run dir its live run is still setting up (4) ---------------------------------------------------
+
+HOLDER = """
+import sys, time, shutil
+from pathlib import Path
+from tui_trainer.rundir.lock import RunLock
+run_dir, config, after = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+lock = RunLock(run_dir)
+print("locked", flush=True)
+time.sleep(after)
+if config:
+    shutil.copy(config, run_dir / "config.json")
+time.sleep(float(sys.argv[4]))
+"""
+
+
+def hold_a_run_dir(run_dir, config: str, write_after: float, then_live: float) -> subprocess.Popen:
+    """A process that locks ``run_dir`` as a starting run does, writes ``config`` (a path; "" for
+    none) after ``write_after`` s and lives ``then_live`` s more; returned once it holds the lock."""
+    run_dir.mkdir(exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir), config, str(write_after), str(then_live)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def view_process(run_dir, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tui_trainer", "view", str(run_dir)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def test_view_of_a_run_dir_being_set_up_waits_for_its_config(tmp_path):
+    from test_view import recorded_run_dir
+
+    config = recorded_run_dir(tmp_path) / "config.json"
+    run_dir = tmp_path / "starting"
+    holder = hold_a_run_dir(run_dir, str(config), write_after=4.0, then_live=30)
+    try:
+        started = time.monotonic()
+        viewer = view_process(run_dir)
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = viewer.stderr.strip().splitlines()
+    assert lines[0].startswith(f"waiting for {run_dir} to start") and "Ctrl-C" in lines[0], lines
+    # ... then it got past the run-dir check to the app (which wants a terminal, and has none here)
+    assert "not a run dir" not in viewer.stderr and "view needs a terminal" in lines[-1], lines
+    assert viewer.returncode == 2 and waited >= 1.0
+
+
+def test_a_folder_its_process_leaves_without_a_config_is_not_a_run_dir(tmp_path):
+    run_dir = tmp_path / "failed-start"
+    holder = hold_a_run_dir(run_dir, "", write_after=4.0, then_live=0)
+    try:
+        viewer = view_process(run_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert viewer.returncode == 2
+    lines = viewer.stderr.strip().splitlines()
+    assert lines[0].startswith("waiting for") and "is not a run dir" in lines[-1] and len(lines) == 2, lines
+
+
+def test_a_folder_no_live_process_holds_is_not_a_run_dir_at_once(tmp_path, capsys):
+    (tmp_path / "plain").mkdir()
+    assert exit_code("view", str(tmp_path / "plain")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a run dir" in err and "waiting" not in err
+
+
+def test_the_wait_is_bounded(tmp_path):
+    from tui_trainer.errors import UserError
+    from tui_trainer.rundir.lock import RunLock
+    from tui_trainer.rundir.setting_up import wait_for_start
+
+    run_dir = tmp_path / "slow"
+    run_dir.mkdir()
+    lock = RunLock(run_dir)  # (a second flock on its own open file: held, as by another process)
+    said = []
+    ticks = iter(range(0, 1000, 10))
+    try:
+        with pytest.raises(UserError) as refused:
+            wait_for_start(run_dir, said.append, seconds=60, clock=lambda: next(ticks), sleep=lambda s: None)
+    finally:
+        lock.release()
+    assert len(said) == 1 and "still being set up" in refused.value.message and "60 s" in refused.value.message
