@@ -22,10 +22,12 @@ class Recorded:
 
     def __init__(self) -> None:
         self.saves: list[object] = []
+        self.requested: list[bool] = []  # each save: asked for (`s`, the socket), or periodic
         self.samples: list[tuple[int, int]] = []
 
-    def save(self, rng) -> bool:
+    def save(self, rng, requested: bool = False) -> bool:
         self.saves.append(rng)
+        self.requested.append(requested)
         return True
 
     def sample(self, epoch: int, step: int) -> Notice:
@@ -127,7 +129,21 @@ def test_status_is_plain_fields_for_a_viewer():
     state.pending_accum = 8
     control.stop()
     assert steering.status() == {"paused": False, "accum": 4, "pending_accum": 8, "epoch": 2, "step": 7,
-                                 "stopping": True}
+                                 "stopping": True, "saves": 0, "saved_step": 0, "saved_seconds": 0.0}
+
+
+def test_a_save_asked_for_is_marked_requested_and_counted_for_viewers_a_periodic_one_is_not():
+    steering, control, _, recorded, state = make()
+    steering.save_requested = True  # a periodic save (the loop sets it)
+    steering.save_if_asked()
+    control.save()
+    steering.handle_commands()
+    state.step = 9
+    steering.save_if_asked()
+    steering.save_if_asked()  # (nothing due: nothing saved)
+    assert recorded.requested == [False, True]
+    status = steering.status()
+    assert (status["saves"], status["saved_step"]) == (1, 9)
 
 
 @pytest.mark.parametrize("decisions", [

@@ -133,3 +133,45 @@ def test_the_wait_is_bounded(tmp_path):
     finally:
         lock.release()
     assert len(said) == 1 and "still being set up" in refused.value.message and "60 s" in refused.value.message
+
+
+# -- a save asked for from a viewer (3) -----------------------------------------------------------------
+
+async def test_a_save_asked_for_from_a_viewer_is_confirmed_in_the_runs_log_and_the_viewer(small_corpus, tmp_path):
+    from test_run_lock import train_command
+    from test_view import wait_for
+
+    from tui_trainer.rundir.control_socket import socket_path
+    from tui_trainer.rundir.lock import live_holder
+    from tui_trainer.ui.view import PAUSED
+    from tui_trainer.ui.viewer import create_view_app
+
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    with open(log, "w") as out:  # (no --checkpoint-every: the only `latest` before the stop is the one asked for)
+        process = subprocess.Popen(train_command(small_corpus, run_dir, "--epochs", "100000"), stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (live_holder(run_dir) and socket_path(run_dir).exists() and (run_dir / "metrics.jsonl").exists()):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        app = create_view_app(run_dir)
+        async with app.run_test(size=(100, 30), notifications=True) as pilot:
+            await wait_for(pilot, lambda: app.view.step > 0, what="the first steps")
+            await pilot.press("p")
+            await wait_for(pilot, lambda: app.view.state == PAUSED, what="the pause")
+            await pilot.press("s")
+            await wait_for(pilot, lambda: app.view.last_checkpoint_kind == "latest", what="the save's confirmation")
+            step = app.view.last_checkpoint_step
+            await wait_for(pilot, lambda: any(f"saved latest checkpoint at step {step}" in n.message
+                                              for n in app._notifications), what="the toast")
+            await pilot.press("ctrl+x", "y")
+            await wait_for(pilot, lambda: app.view.ended, what="the run's end")
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    text = log.read_text()
+    asked = text.index(f"a checkpoint was asked for at step {step}: saving now (paused)")
+    assert f"saved latest checkpoint at step {step} (" in text[asked:] and ", as asked" in text[asked:], text

@@ -229,6 +229,7 @@ class CheckpointSaved:
     step: int
     epoch: int
     seconds: float
+    requested: bool = False  # asked for (`s`, a viewer, the control socket's "save"): the faces confirm it
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -159,8 +159,10 @@ class HeadlessLog:
                     self._paused_since = None
                 self._print(f"resumed at step {event.step}")
             case CheckpointSaved():
-                if event.kind == "best" or event.seconds > 1.0:
-                    self._print(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.2f}s)")
+                # An epoch's `latest` is quiet unless slow; one someone asked for is always confirmed.
+                if event.kind == "best" or event.seconds > 1.0 or event.requested:
+                    self._print(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.2f}s)"
+                                + (", as asked" if event.requested else ""))
             case CheckpointFailed():
                 self._print(f"error: {event.message}; training continues, the previous checkpoint is intact")
             case Notice():

@@ -50,11 +50,15 @@ class Steering:
     for `g` (LiveSampler.asked)."""
 
     def __init__(self, control: Control, ranks: Ranks, sink: Sink, state: LoopState, *,
-                 save: Callable[[dict[str, Any] | None], bool], sample: Callable[[int, int], Event]) -> None:
+                 save: Callable[..., bool], sample: Callable[[int, int], Event]) -> None:
         self.control, self.ranks, self.sink, self.state = control, ranks, sink, state
         self._save, self._sample = save, sample
         self.paused = False
         self.save_requested = False  # `s`, or a periodic save: after the current step
+        self.save_asked = False  # ... and someone asked for it (`s`, the socket): its save is confirmed
+        self.asked_saves = 0  # the asked-for saves written, for a viewer's status (`saves`, `saved_step`)
+        self.asked_save_step = 0
+        self.asked_save_seconds = 0.0
         self.sample_requested = False  # `g`: a sample after the current step
         self.seconds_paused = 0.0  # paused between micro-steps, in all (not part of any step's time)
         self._stop_agreed = False  # several processes: the stop they last agreed on (agree)
@@ -63,7 +67,9 @@ class Steering:
         """The few plain fields a viewer needs (read from the socket's thread: ints and bools only)."""
         st = self.state
         return {"paused": self.paused, "accum": st.accum, "pending_accum": st.pending_accum,
-                "epoch": st.epoch, "step": st.step, "stopping": self.control.stop_requested}
+                "epoch": st.epoch, "step": st.step, "stopping": self.control.stop_requested,
+                "saves": self.asked_saves, "saved_step": self.asked_save_step,
+                "saved_seconds": self.asked_save_seconds}
 
     def handle_commands(self, wait: float | None = None) -> None:
         for command in self.control.drain(wait):
@@ -77,7 +83,7 @@ class Steering:
                     if not self.ranks.distributed:  # (several: said when the ranks hold, wait_while_paused)
                         self.sink.emit((Paused if paused else Resumed)(epoch=self.state.epoch, step=self.state.step))
             elif isinstance(command, SaveCheckpoint):
-                self.save_requested = True  # (said: the log shows a save asked for, as it shows a pause)
+                self.save_requested = self.save_asked = True  # (said, as a pause is; and its save confirmed)
                 when = "now (paused)" if self.paused else "after the step in progress"
                 self.sink.emit(Notice(message=f"a checkpoint was asked for at step {self.state.step}: saving {when}"))
             elif isinstance(command, SampleNow):
@@ -130,9 +136,7 @@ class Steering:
             while self.paused and not self.control.stop_requested:
                 self.handle_commands(wait=0.1)
                 self.sample_if_asked()  # paused, the weights are those of the last step
-                if self.save_requested:
-                    self.save_requested = False
-                    self._save(window_rng)
+                self.save_if_asked(window_rng)
             self.seconds_paused += time.perf_counter() - started
         # A stop after the window's last micro-step still takes the step (the loop stops after it).
         return last or not self.control.stop_requested
@@ -180,12 +184,21 @@ class Steering:
                 self.handle_commands(wait=0.2)
                 self.sample_if_asked()
             self.agree()
-            if self.save_requested:
-                self.save_requested = False
-                self._save(None)
+            self.save_if_asked()
         if not self.paused:
             self.sink.emit(Resumed(epoch=self.state.epoch, step=self.state.step))
         return time.perf_counter() - started
+
+    def save_if_asked(self, rng: dict[str, Any] | None = None) -> None:
+        """`latest`, where a save is due (`s`, the socket, a periodic one); an asked-for one is
+        said by the faces (``CheckpointSaved.requested``) and counted for viewers (``status``)."""
+        if not self.save_requested:
+            return
+        asked, self.save_requested, self.save_asked = self.save_asked, False, False
+        started = time.perf_counter()
+        if self._save(rng, requested=asked) and asked:
+            self.asked_save_step, self.asked_save_seconds = self.state.step, time.perf_counter() - started
+            self.asked_saves += 1
 
     def sample_if_asked(self) -> None:
         """A `g` seen since the last step: a sample from the weights as they are (own generator,

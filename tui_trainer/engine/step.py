@@ -222,9 +222,7 @@ class OptimizerStep:
         steering.sample_if_asked()
         # No periodic `latest` during a run of non-finite steps: it keeps pointing at the last good
         # step. An asked-for save (the app's `s`, a stop) still saves.
-        if steering.save_requested:
-            steering.save_requested = False
-            self.checkpoints.save("latest")
+        steering.save_if_asked()
         if self.ranks.distributed and steering.paused:
             steering.wait_while_paused()
         if not steering.stopping():

@@ -21,8 +21,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from tui_trainer.errors import UserError
-from tui_trainer.events import AccumChangeApplied, AccumChangeRequested, Notice, Paused, Resumed
+from tui_trainer.events import AccumChangeApplied, AccumChangeRequested, CheckpointSaved, Notice, Paused, Resumed
 from tui_trainer.rundir.control_socket import RemoteControl, check_socket_is_ours, socket_path
+from tui_trainer.rundir.files import CHECKPOINT_DIR, checkpoint_name
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.commands import VIEWER
 from tui_trainer.ui.follow import MetricsFollower
@@ -120,6 +121,12 @@ class ViewerApp(TrainerApp):
         if pending != (last["pending_accum"] if last else None) and pending is not None:
             events.append(AccumChangeRequested(old=status["accum"], new=pending, epoch=epoch, step=step,
                                                applies_at_epoch=epoch + 1))
+        saves = status.get("saves")  # (an older run's status has no count of asked-for saves)
+        if last is not None and isinstance(saves, int) and saves > (last.get("saves") or 0):
+            path = self.follower.run_dir / CHECKPOINT_DIR / checkpoint_name("latest")
+            events.append(CheckpointSaved(kind="latest", path=str(path),
+                                          step=status.get("saved_step") or step, epoch=epoch,
+                                          seconds=status.get("saved_seconds") or 0.0, requested=True))
         return events
 
     # -- keys --------------------------------------------------------------------------------------
