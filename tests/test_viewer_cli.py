@@ -175,3 +175,75 @@ async def test_a_save_asked_for_from_a_viewer_is_confirmed_in_the_runs_log_and_t
     text = log.read_text()
     asked = text.index(f"a checkpoint was asked for at step {step}: saving now (paused)")
     assert f"saved latest checkpoint at step {step} (" in text[asked:] and ", as asked" in text[asked:], text
+
+
+# -- a live run's elapsed time in the viewer (1) ----------------------------------------------------------
+
+def run_dir_with_steps(tmp_path, *records: dict):
+    import json
+
+    from metrics_records import line
+    from test_view import recorded_run_dir
+
+    run_dir = tmp_path / "live"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text((recorded_run_dir(tmp_path) / "config.json").read_text())
+    (run_dir / "metrics.jsonl").write_text("".join(line(r.pop("type"), **r) for r in map(dict, records)))
+    assert json.loads((run_dir / "config.json").read_text())
+    return run_dir
+
+
+def test_steps_carry_the_runs_own_clock(small_corpus, tmp_path):
+    from helpers import tiny_config, train, with_limits
+
+    from tui_trainer.events import RunEnded, StepEvent
+
+    before = time.time()
+    _, sink, _ = train(with_limits(tiny_config(small_corpus, tmp_path / "run", epochs=2), 4, 2))
+    steps, end = sink.of(StepEvent), sink.of(RunEnded)[-1]
+    assert all(before <= s.unix_time <= time.time() for s in steps)
+    elapsed = [s.elapsed for s in steps]
+    assert elapsed == sorted(elapsed) and 0 < elapsed[0] and elapsed[-1] <= end.elapsed_seconds
+
+
+async def test_the_viewer_of_a_live_run_shows_the_runs_elapsed_time_not_its_own(tmp_path):
+    from tui_trainer.rundir.lock import RunLock
+    from tui_trainer.ui.follow import MetricsFollower
+    from tui_trainer.ui.viewer import create_view_app
+
+    # The run's clock read 40 s at its latest step, 5 s ago: it reads 45 s now, whenever the viewer opened.
+    run_dir = run_dir_with_steps(tmp_path, {"type": "step", "step": 1, "elapsed": 30.0, "unix_time": time.time() - 15},
+                                 {"type": "step", "step": 2, "elapsed": 40.0, "unix_time": time.time() - 5})
+    lock = RunLock(run_dir)  # (held as by the training process: the run is live)
+    try:
+        started = MetricsFollower(run_dir).poll()[0]
+        assert started.elapsed_before == pytest.approx(45.0, abs=1.0)
+        app = create_view_app(run_dir)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert app.view.elapsed(app.clock()) == pytest.approx(45.0, abs=1.5)
+            await pilot.pause(1.2)  # ... and it ticks on from there
+            assert app.view.elapsed(app.clock()) == pytest.approx(46.2, abs=1.5)
+    finally:
+        lock.release()
+
+
+def test_a_killed_runs_viewer_shows_its_clock_at_its_last_step(tmp_path):
+    from tui_trainer.ui.follow import MetricsFollower
+
+    run_dir = run_dir_with_steps(tmp_path, {"type": "step", "step": 1, "elapsed": 40.0, "unix_time": time.time() - 500})
+    events = MetricsFollower(run_dir).poll()
+    assert events[0].elapsed_before == 40.0 and events[-1].elapsed_seconds == 40.0  # (not 540: it died then)
+
+
+def test_a_resumed_run_before_its_first_step_shows_its_earlier_sessions_clock(tmp_path):
+    from tui_trainer.rundir.lock import RunLock
+    from tui_trainer.ui.follow import MetricsFollower
+
+    run_dir = run_dir_with_steps(tmp_path, {"type": "step", "step": 8, "elapsed": 90.0, "unix_time": time.time() - 900},
+                                 {"type": "end", "reason": "interrupted", "elapsed_seconds": 100.0})
+    lock = RunLock(run_dir)  # the resumed session, setting up (not the 900 s since the step: the gap between sessions)
+    try:
+        assert MetricsFollower(run_dir).poll()[0].elapsed_before == 100.0
+    finally:
+        lock.release()

@@ -122,6 +122,10 @@ class StepEvent:
     peak_memory: int = 0  # bytes at the step's peak: CUDA's allocator, or the process's RSS (0 = not measured)
     flops_per_s: float | None = None  # the model's training FLOP/s at tokens_per_s (analysis/mfu.py)
     mfu: float | None = None  # flops_per_s over the GPU's peak for the precision; None on a CPU or an unknown GPU
+    # The run's wall time at this step, earlier sessions and pauses included (what its clock shows), and
+    # when that was (Unix seconds): a viewer opened later shows the run's clock, not its own. None: older.
+    elapsed: float | None = None
+    unix_time: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -109,7 +109,8 @@ class OptimizerStep:
             noise_scale_error=noise.relative_error(),
             world_size=world, budget_left=budget.seconds_left() if budget else None,
             planned_tokens=self.session.figures.planned_tokens() if budget else None,
-            peak_memory=self.peak.read(), flops_per_s=flops_per_s, mfu=mfu))
+            peak_memory=self.peak.read(), flops_per_s=flops_per_s, mfu=mfu,
+            elapsed=self.session.elapsed_seconds(), unix_time=time.time()))
         return self._after_the_step(loss, norm, finite or scaler_skip, index + 1, len(windows))
 
     def _accumulate(self, order: torch.Tensor, window: Window, mine: Window, step_in_epoch: int,

@@ -15,6 +15,7 @@ a resumed run writes steps after the `end` of its earlier session.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from tui_trainer.errors import UserError
@@ -59,7 +60,7 @@ class MetricsFollower:
         self.holder = live_holder(self.run_dir)
         events = self._read_new(final=self.holder is None)
         if not self._started:
-            events.insert(0, self._run_started(events))
+            events.insert(0, self._run_started(events, live=self.holder is not None))
             self._started = True
         if self.holder is None:
             events.append(self._pending_end or self._vanished(events))
@@ -108,10 +109,25 @@ class MetricsFollower:
         step = self._last_step
         return RunEnded(reason="interrupted", epochs=0, steps=step.step if step else 0,
                         tokens_seen=step.tokens_seen if step else 0, best_val_loss=None, best_epoch=None,
+                        elapsed_seconds=step.elapsed if step else None,  # (its clock at its last step)
                         message="no process is training in this run dir and its last session wrote no end "
                                 f"(killed?); continue it with tui-trainer train --resume {self.run_dir}")
 
-    def _run_started(self, events: list) -> RunStarted:
+    def _elapsed(self, events: list, live: bool) -> float:
+        """The run's clock now, for the viewer to tick on from (the app's: wall time since the run
+        started, earlier sessions and pauses included): its latest step's ``elapsed`` plus the time
+        since that step (a run over: no more); where the last word is an `end` (a run over, or one
+        resumed that has taken no step yet), that end's; older records without either, the epochs' sum."""
+        end, step = self._pending_end, self._last_step
+        if end is not None and end.elapsed_seconds is not None and math.isfinite(end.elapsed_seconds):
+            return end.elapsed_seconds
+        if step is not None and step.elapsed is not None and math.isfinite(step.elapsed):
+            since = time.time() - step.unix_time if live and step.unix_time is not None else 0.0
+            return step.elapsed + (since if math.isfinite(since) and since > 0 else 0.0)
+        return sum(e.seconds for e in events if isinstance(e, EpochEvent) and not e.before_training
+                   and math.isfinite(e.seconds))
+
+    def _run_started(self, events: list, live: bool = True) -> RunStarted:
         """What the engine's RunStarted would have said, from config.json and the records so far."""
         from tui_trainer.engine.memory import parameter_count
 
@@ -134,9 +150,9 @@ class MetricsFollower:
             parameters = parameter_count(cfg.model)
         except (TypeError, ValueError):  # an older config without every field: the panel shows "—"
             parameters = 0
-        seconds = sum(e.seconds for e in epochs if math.isfinite(e.seconds))
         return RunStarted(run_dir=str(self.run_dir), device=self.device, threads=self.threads, parameters=parameters,
                           vocab_size=self.vocab_size, train_examples=examples, val_examples=0,
                           epochs=cfg.train.epochs, micro_batch=cfg.train.micro_batch, accum=cfg.train.accum,
                           processes=self.processes, block_size=block, planned_tokens=cfg.train.epochs * examples * block,
-                          elapsed_before=seconds, noise_scale=bool(cfg.train.noise_scale), precision=self.precision)
+                          elapsed_before=self._elapsed(events, live), noise_scale=bool(cfg.train.noise_scale),
+                          precision=self.precision)
