@@ -247,3 +247,22 @@ def test_a_resumed_run_before_its_first_step_shows_its_earlier_sessions_clock(tm
         assert MetricsFollower(run_dir).poll()[0].elapsed_before == 100.0
     finally:
         lock.release()
+
+
+def test_a_viewer_opened_before_the_first_step_catches_up_with_the_runs_clock_forward_only():
+    from metrics_records import STEP
+
+    from tui_trainer.events import RunStarted, StepEvent
+    from tui_trainer.ui.view import RunView
+
+    view = RunView()
+    view.apply(RunStarted(run_dir="R", device="cpu", threads=1, parameters=1, vocab_size=65, train_examples=64,
+                          val_examples=8, epochs=1, micro_batch=4, accum=2, processes=1, block_size=32,
+                          planned_tokens=2048), now=100.0)
+    assert view.elapsed(103.0) == 3.0  # (the viewer's own clock: opened while the run set up)
+    view.apply(StepEvent(**{**STEP, "elapsed": 9.0, "unix_time": time.time()}), now=103.0)
+    assert view.elapsed(103.0) == pytest.approx(9.0, abs=0.2)  # the run's, from its first step on
+    view.apply(StepEvent(**{**STEP, "step": 2, "elapsed": 8.0, "unix_time": time.time()}), now=104.0)
+    assert view.elapsed(104.0) == pytest.approx(10.0, abs=0.2)  # never back
+    view.apply(StepEvent(**{**STEP, "step": 3, "elapsed": 500.0, "unix_time": time.time() - 600}), now=104.0)
+    assert view.elapsed(104.0) == pytest.approx(10.0, abs=0.2)  # an old record (history) is no word on now

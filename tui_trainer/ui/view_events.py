@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from tui_trainer.analysis.eta import EtaModel, SmoothedEta
 from tui_trainer.events import (
@@ -113,6 +114,7 @@ def _step(view: RunView, e: StepEvent, now: float) -> None:
     view.micro_step = view.micro_steps = e.micro_steps
     view.tokens_seen, view.lr, view.grad_norm = e.tokens_seen, e.lr, e.grad_norm
     view.accum = e.accum
+    _run_clock(view, e, now)
     _budget_step(view, e, now)
     view.micro_batch = e.micro_batch or view.micro_batch  # (an out-of-memory halves it mid-run)
     view.peak_memory = e.peak_memory
@@ -132,6 +134,23 @@ def _step(view: RunView, e: StepEvent, now: float) -> None:
         view.step_numbers.append(e.step)
         view.step_losses.append(e.loss)
         view.plot_version += 1
+
+FRESH_STEP_S = 2.0  # a step record this recent says what the run's clock reads now
+
+
+def _run_clock(view: RunView, e: StepEvent, now: float) -> None:
+    """The elapsed time follows the run's own clock (the step's ``elapsed``) where it is ahead of the
+    view's: a viewer opened before the run's first step started its clock late. Forward only (a
+    clock never runs back), and only from a step just taken (history replayed is no word on now)."""
+    if e.elapsed is None or e.unix_time is None or view.started_at is None or view.ended:
+        return
+    age = time.time() - e.unix_time
+    if not (math.isfinite(e.elapsed) and 0.0 <= age < FRESH_STEP_S):
+        return
+    behind = e.elapsed + age - view.elapsed(now)
+    if behind > 0.5:
+        view.elapsed_before += behind
+
 
 def _budget_step(view: RunView, e: StepEvent, now: float) -> None:
     """--time-budget: the seconds left, and the plan (its epochs and the ETA follow it)."""
