@@ -433,3 +433,9 @@ def test_a_run_whose_accum_changed_shows_the_change_in_agreement_with_its_eff_ba
     split = summarize("runs/split", config_record(micro_batch=16, accum=4),
                       events_of(epoch_records(2, accum=8, micro_batch=8)), live=False)
     assert split.settings["train.accum"] == 4
+
+
+def test_a_run_without_an_end_shows_its_clock_at_its_last_step():
+    records = [*epoch_records(1), record("step", epoch=2, step=5, tokens_seen=1280, elapsed=42.0, unix_time=1.0)]
+    assert summarize("runs/live", config_record(), events_of(records), live=True).seconds == 42.0
+    assert summarize("runs/old", config_record(), events_of(epoch_records(1)), live=True).seconds == 10.0

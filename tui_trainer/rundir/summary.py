@@ -43,7 +43,7 @@ class RunSummary:
     tokens: int = 0
     best_val_loss: float | None = None
     best_val_bpb: float | None = None  # only where the records carry val_bpb
-    seconds: float = 0.0  # the run's wall time at its end (its `end` record); older records: the epochs' sum
+    seconds: float = 0.0  # the run's wall time at its end (its `end` record) or last step; older records: the epochs' sum
     tokens_per_s: float | None = None
     effective_batch: int | None = None  # sequences per step (micro-batch x accum x processes), last recorded
     settings: dict[str, Any] = field(default_factory=dict)  # "train.accum": 4, from config.json
@@ -95,6 +95,8 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
     seconds = sum(e.seconds for e in epochs if _finite(e.seconds))
     if end is not None and _finite(end.elapsed_seconds):  # the run's own clock at its end (what the app showed)
         seconds = end.elapsed_seconds
+    elif end is None and last_step is not None and _finite(last_step.elapsed):  # live or killed: at its last step
+        seconds = max(seconds, last_step.elapsed)
     return RunSummary(path=path, status=status, epochs=max((e.epoch for e in epochs), default=0),
                       epochs_planned=planned if isinstance(planned, int) else None, tokens=tokens,
                       best_val_loss=min(vals) if vals else None, best_val_bpb=min(bpbs) if bpbs else None,
