@@ -360,9 +360,14 @@ async def test_help_screen_explains_accumulation_and_diagnoses(small_corpus, tmp
         assert "effective batch = micro-batch x accum x processes" in text
         for verdict in ("learning", "healthy", "underfitting", "overfitting", "unstable"):
             assert verdict in text
-        app.screen.query_one("#help-box").scroll_end(animate=False)  # the noise scale is last, a scroll away
-        await pilot.pause(0.1)
-        text = " ".join(screen_text(app).replace("│", " ").split())
+        box, seen = app.screen.query_one("#help-box"), []  # the noise scale is a scroll away (the run's notes last)
+        for _ in range(40):
+            seen.append(" ".join(screen_text(app).replace("│", " ").split()))
+            if box.scroll_y >= box.max_scroll_y:
+                break
+            box.scroll_to(y=box.scroll_y + 5, animate=False)
+            await pilot.pause(0.05)
+        text = " ".join(seen)
         assert "bigger wastes compute" in text and "smaller wastes steps" in text  # why the noise scale matters
         app.control.resume()  # training goes on under the help screen; the panels keep up
         await wait_for(pilot, lambda: app.view.step >= 5, what="steps under the help screen")
