@@ -113,6 +113,17 @@ def estimating_windows(examples_per_epoch: int, micro_batch: int, accum: int) ->
     return full + (1 if rest >= 2 else 0)
 
 
+def noise_scale_words(scale: float) -> str:
+    """The estimate in words, on every screen and in the log alike. Two significant figures: the estimate is not better than that (310, 1,200, 45)."""
+    rounded = float(f"{scale:.2g}")
+    return f"{rounded:,.0f}" if rounded >= 10 else f"{rounded:.2g}"
+
+
+def noise_error_words(error: float | None) -> str:
+    """±20% (to 5%: the error of an error is large); "" when the records carry none (older runs)."""
+    return "" if error is None else f" ±{5 * round(100 * error / 5):.0f}%"
+
+
 def actionable(relative_error: float | None) -> bool:
     """A suggestion worth acting on: the estimate's standard error within ``ACTIONABLE_ERROR`` of it."""
     return relative_error is not None and relative_error <= ACTIONABLE_ERROR

@@ -14,7 +14,7 @@ from typing import Callable, TextIO
 
 from tui_trainer.analysis.diagnosis import REMEDIES
 from tui_trainer.analysis.eta import EtaModel, SmoothedEta, duration
-from tui_trainer.analysis.noise_scale import actionable
+from tui_trainer.analysis.noise_scale import actionable, noise_error_words, noise_scale_words
 from tui_trainer.config import LogEvery
 from tui_trainer.events import (
     AccumChangeApplied,
@@ -254,12 +254,12 @@ class HeadlessLog:
                     f"tokens/s={event.tokens_per_s:,.0f} {lr}epoch_s={event.seconds:.1f} {self._times()} "
                     f"diagnosis={event.diagnosis}: {event.diagnosis_reason}")
         if event.noise_scale is not None:
-            error = "" if event.noise_scale_error is None else f" ±{100 * event.noise_scale_error:.0f}%"
+            # (in the screens' words and rounding: the log and the app must not read 56% and 55%)
+            scale, error = noise_scale_words(event.noise_scale), noise_error_words(event.noise_scale_error)
             if event.noise_scale_error is None or actionable(event.noise_scale_error):
-                self._print(f"noise scale ~{event.noise_scale:,.0f} sequences{error} -> suggests accum "
-                            f"{event.suggested_accum}")
+                self._print(f"noise scale ~{scale} sequences{error} -> suggests accum {event.suggested_accum}")
             else:
-                self._print(f"noise scale ~{event.noise_scale:,.0f} sequences{error}: settling, no suggestion yet "
+                self._print(f"noise scale ~{scale} sequences{error}: settling, no suggestion yet "
                             f"(it grows as the loss falls)")
         if event.val_rise_warning:
             self._print(f"warning: {event.val_rise_warning}")

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from tui_trainer.analysis.noise_scale import SETTLE_ESTIMATES, actionable, estimating_windows
+from tui_trainer.analysis.noise_scale import (
+    SETTLE_ESTIMATES,
+    actionable,
+    estimating_windows,
+    noise_error_words,
+    noise_scale_words,
+)
 from tui_trainer.ui.view import RunView
 from tui_trainer.ui.widgets.base import Panel
-
-
-def noise_scale_words(scale: float) -> str:
-    """Two significant figures: the estimate is not better than that (310, 1,200, 45)."""
-    rounded = float(f"{scale:.2g}")
-    return f"{rounded:,.0f}" if rounded >= 10 else f"{rounded:.2g}"
-
-
-def noise_error_words(error: float | None) -> str:
-    """±20% (to 5%: the error of an error is large); "" when the records carry none (older runs)."""
-    return "" if error is None else f" ±{5 * round(100 * error / 5):.0f}%"
 
 
 def memory_words(peak: int, budget: int) -> str | None:
