@@ -182,7 +182,7 @@ def test_the_epoch_line_suggests_an_accum_only_when_the_noise_scale_is_known_wel
 
 def test_the_epoch_lines_noise_scale_reads_as_the_screens_do():
     """A trial read ±56% in the log and ±55% on the screen for one recorded 0.5601, and 54 vs 54.2."""
-    from tui_trainer.ui.widgets.batch import noise_error_words, noise_scale_words
+    from tui_trainer.analysis.noise_scale import noise_error_words, noise_scale_words
 
     out, clock = io.StringIO(), Clock()
     log = HeadlessLog(out, progress=False, log_every=LogEvery(), clock=clock)

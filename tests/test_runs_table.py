@@ -387,7 +387,7 @@ def test_columns_left_out_at_80_are_named(tmp_path, capsys):
         write_run(runs / f"run-{i}", epoch_records(2), accum=2 ** i, seed=i, patience=i + 1)
     assert main(["runs", str(runs)]) == 0
     out = capsys.readouterr().out
-    assert "--all-settings shows them" in out or all(len(line) <= 80 for line in out.splitlines()), out
+    assert "--all-settings shows" in out or all(len(line) <= 80 for line in out.splitlines()), out
 
 
 @pytest.mark.parametrize("width", [60, 80, 120])
@@ -439,3 +439,15 @@ def test_a_run_without_an_end_shows_its_clock_at_its_last_step():
     records = [*epoch_records(1), record("step", epoch=2, step=5, tokens_seen=1280, elapsed=42.0, unix_time=1.0)]
     assert summarize("runs/live", config_record(), events_of(records), live=True).seconds == 42.0
     assert summarize("runs/old", config_record(), events_of(epoch_records(1)), live=True).seconds == 10.0
+
+
+def test_the_compare_hint_is_a_line_of_its_own_whole_at_80_columns(tmp_path):
+    """A trial saw `RUN_DIR` wrapped onto a line of its own under a long folder name."""
+    from tui_trainer.cli.runs import listing
+
+    runs = tmp_path / ("a-long-folder-name-for-runs-" * 2)
+    for i in range(2):
+        write_run(runs / f"run-{i}", epoch_records(2), seed=i)
+    lines = listing(runs, width=80).splitlines()
+    assert "compare some with: tui-trainer view RUN_DIR RUN_DIR" in lines
+    assert not any(line.strip() == "RUN_DIR" for line in lines)

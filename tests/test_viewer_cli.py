@@ -41,9 +41,12 @@ def test_a_file_given_as_the_run_dir_is_called_a_file(command, tmp_path, capsys)
     assert "no such" not in err
 
 
-def test_a_missing_run_dir_is_still_no_such_run_directory(tmp_path, capsys):
-    assert exit_code("sample", str(tmp_path / "missing")) == 2
-    assert "no such run directory" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["sample", "view"])
+def test_a_missing_run_dir_is_still_no_such_run_directory(command, tmp_path, capsys):
+    assert exit_code(command, str(tmp_path / "missing")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such run directory" in err
+    assert "just starting: try again in a moment" in err  # (a view opened as its run starts: a trial)
 
 
 # -- a run dir its live run is still setting up (4) ---------------------------------------------------

@@ -50,7 +50,8 @@ def listing(folder: Path, width: int = 80, all_settings: bool = False) -> str:
     lines: list[str] = []
     hidden = [c.title for c in table if c not in shown]
     if hidden:
-        lines.append(f"(not shown at {width} columns: {', '.join(hidden)}; --all-settings shows them)")
+        lines.append(f"(not shown at {width} columns: {', '.join(hidden)}; "
+                     f"--all-settings shows {'it' if len(hidden) == 1 else 'them'})")
     notice = tokenizer_notice(summaries)  # (char and BPE losses side by side: not comparable)
     if notice:
         lines.append(f"note: {notice}")
@@ -58,8 +59,8 @@ def listing(folder: Path, width: int = 80, all_settings: bool = False) -> str:
     if run_dirs == [folder]:
         lines.append(f"{folder} is a run dir; see it with: tui-trainer view {folder}")
     else:
-        lines.append(f"{len(summaries)} run{'s' if len(summaries) != 1 else ''} in {folder}, newest first; "
-                     f"compare some with: tui-trainer view RUN_DIR RUN_DIR")
+        lines.append(f"{len(summaries)} run{'s' if len(summaries) != 1 else ''} in {folder}, newest first")
+        lines.append("compare some with: tui-trainer view RUN_DIR RUN_DIR")  # (its own line: never cut in two)
     # The table fits ``width`` already; the prose under it is wrapped there too, between words (a
     # terminal's own wrap cut "block_size" into "block_si" / "ze").
     prose = [textwrap.fill(line, width=max(40, width), break_long_words=False, break_on_hyphens=False)

@@ -196,7 +196,8 @@ def not_a_run_dir_folder(run_dir: str | Path) -> UserError:
     if path.exists() and not path.is_dir():
         return UserError(f"{run_dir} is a file, not a run directory",
                          "pass the run's folder (its --run-dir), such as runs/20260101-120000")
-    return UserError(f"{run_dir}: no such run directory", "pass a run dir such as runs/20260101-120000")
+    return UserError(f"{run_dir}: no such run directory",  # (a run starting now makes its folder in a second or two)
+                     "pass a run dir such as runs/20260101-120000 (a run that is just starting: try again in a moment)")
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
