@@ -23,13 +23,15 @@ def count(value: float | None) -> str:
 
 
 def size(n_bytes: float | None) -> str:
-    """1.2 GB, 329 MB, 12.5 MB: three significant figures at most (1,010 MB is 1.0 GB)."""
+    """1.2 GB, 329 MB, 12.5 MB: three significant figures at most (1,010 MB is 1.0 GB). Decimal units
+    (1 MB = 10^6 bytes), as the memory budget's GB, the data's MB and the export's MB are: a trial read
+    458,129,408 bytes as "437 MB" here beside "0.5 GB" there."""
     if n_bytes is None:
         return "—"
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if round(abs(n_bytes)) < 1000 or unit == "TB":  # 999.7 MB would print as "1000 MB"
             return f"{n_bytes:.0f} {unit}" if abs(n_bytes) >= 100 or unit == "B" else f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1024
+        n_bytes /= 1000
     return f"{n_bytes:.0f} TB"
 
 
