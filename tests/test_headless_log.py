@@ -167,29 +167,28 @@ def test_the_end_of_a_run_with_a_model_says_how_to_sample_it(small_corpus, tmp_p
     assert lines[-1] == f"write text with its best model: tui-trainer sample {run_dir}"
 
 
+def epoch_line_with_noise(scale: float, error: float | None) -> str:
+    """What the log prints for an epoch whose records carry this noise scale (suggestion: accum 16)."""
+    out, clock = io.StringIO(), Clock()
+    log = HeadlessLog(out, progress=False, log_every=LogEvery(), clock=clock)
+    log.emit(_started())
+    log.emit(EpochEvent(epoch=1, epochs=2, train_loss=2.8, val_loss=2.9, accum=2, effective_batch=8,
+                        tokens_seen=256, seconds=4.0, diagnosis="healthy", diagnosis_reason="fine",
+                        remedy="keep training", tokens_per_s=256.0, noise_scale=scale, suggested_accum=16,
+                        noise_scale_error=error))
+    return out.getvalue()
+
+
 @pytest.mark.parametrize(("error", "said"), [(0.6, "±60%: settling, no suggestion yet"), (0.2, "±20% -> suggests accum 16"),
                                              (None, "sequences -> suggests accum 16")])
 def test_the_epoch_line_suggests_an_accum_only_when_the_noise_scale_is_known_well(error, said):
-    out, clock = io.StringIO(), Clock()
-    log = HeadlessLog(out, progress=False, log_every=LogEvery(), clock=clock)
-    log.emit(_started())
-    log.emit(EpochEvent(epoch=1, epochs=2, train_loss=2.8, val_loss=2.9, accum=2, effective_batch=8,
-                        tokens_seen=256, seconds=4.0, diagnosis="healthy", diagnosis_reason="fine",
-                        remedy="keep training", tokens_per_s=256.0, noise_scale=250.0, suggested_accum=16,
-                        noise_scale_error=error))
-    assert said in out.getvalue()
+    assert said in epoch_line_with_noise(250.0, error)
 
 
 def test_the_epoch_lines_noise_scale_reads_as_the_screens_do():
-    """A trial read ±56% in the log and ±55% on the screen for one recorded 0.5601, and 54 vs 54.2."""
+    """A trial read ±56% in the log and ±55% on the screen for one recorded 0.5601."""
     from tui_trainer.analysis.noise_scale import noise_error_words, noise_scale_words
 
-    out, clock = io.StringIO(), Clock()
-    log = HeadlessLog(out, progress=False, log_every=LogEvery(), clock=clock)
-    log.emit(_started())
-    log.emit(EpochEvent(epoch=1, epochs=2, train_loss=2.8, val_loss=2.9, accum=2, effective_batch=8,
-                        tokens_seen=256, seconds=4.0, diagnosis="healthy", diagnosis_reason="fine",
-                        remedy="keep training", tokens_per_s=256.0, noise_scale=1234.0, suggested_accum=16,
-                        noise_scale_error=0.5601))
-    assert f"noise scale ~{noise_scale_words(1234.0)} sequences{noise_error_words(0.5601)}:" in out.getvalue()
-    assert "~1,200 sequences ±55%:" in out.getvalue()
+    out = epoch_line_with_noise(1234.0, 0.5601)
+    assert f"noise scale ~{noise_scale_words(1234.0)} sequences{noise_error_words(0.5601)}:" in out
+    assert "~1,200 sequences ±55%:" in out
