@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from screen import screen_text
 from test_app_samples import with_samples
-from test_snapshots import recorded_epochs, replay, started
+from test_snapshots import mid_epoch, recorded_epochs, replay, started
 from test_view import recorded_run_dir
 
 from tui_trainer.events import RunEnded
@@ -20,6 +20,11 @@ from tui_trainer.ui.widgets import HelpScreen
 from tui_trainer.ui.widgets.samples import SamplesScreen
 
 ENDED = RunEnded(reason="completed", epochs=3, steps=180, tokens_seen=1, best_val_loss=2.0, best_epoch=3)
+STOPPED = RunEnded(reason="interrupted", epochs=0, steps=11, tokens_seen=1, best_val_loss=None,
+                   best_epoch=None, message="stopped after optimizer step 11 (epoch 1); continue with --resume runs/x")
+BUSY = ("the machine is busy: other processes use ~1.6 of its 2 cores while this run starts 2 threads; "
+        "--threads 1 leaves them their cores (several times faster when cores are shared)")
+BF16 = "bf16 on this CPU is slower than fp32 at this width (n_embd 32); --precision fp32 is faster"
 
 
 def squashed(app) -> str:
@@ -82,3 +87,50 @@ async def test_g_is_offered_in_the_viewer_of_a_finished_run_with_a_sample(tmp_pa
         assert app.view.sample is not None
         assert "g last sample" in footer(app), footer(app)
         assert "Last text sample" in palette_titles(app)
+
+
+async def test_a_run_stopped_before_its_first_validation_promises_no_diagnosis():
+    for size in ((80, 24), (60, 20)):
+        app, run_before = replay([started(), *mid_epoch(1, 11, 1), STOPPED])
+        async with app.run_test(size=size) as pilot:
+            await run_before(pilot)
+            text = squashed(app)
+            assert "stopped after optimizer step 11" in text, screen_text(app)
+            banner = [row for row in screen_text(app).splitlines() if row.startswith("█")]
+            assert len(banner) <= 3, (size, screen_text(app))  # (one row for the placeholder, even at 60)
+            assert "appears after the first epoch" not in text, (size, screen_text(app))
+            assert "no diagnosis: stopped before its first validation" in text, (size, screen_text(app))
+
+
+async def test_the_diagnosis_wraps_at_60_columns():
+    app, run_before = replay([started(), *recorded_epochs(1)])
+    async with app.run_test(size=(60, 20)) as pilot:
+        await run_before(pilot)
+        reason = app.view.diagnosis_reason
+        assert reason and "…" not in reason
+        text = squashed(app)
+        assert reason in text, (reason, screen_text(app))
+
+
+async def test_start_notes_left_out_are_said_so():
+    app, run_before = replay([replace(started(), notes=(BUSY, BF16)), *mid_epoch(1, 20, 5)])
+    async with app.run_test(size=(60, 20)) as pilot:
+        await run_before(pilot)
+        text = squashed(app)
+        assert "? lists them" in text and "? keeps them" not in text, screen_text(app)
+        assert "bf16 on this CPU" in text or "+1 more: ? lists them" in text, screen_text(app)
+        rows = screen_text(app).splitlines()
+        assert len(rows) == 20 and all(len(row) <= 60 for row in rows)
+
+
+async def test_the_viewer_of_a_finished_run_says_press_q_to_close(tmp_path):
+    app = create_view_app(recorded_run_dir(tmp_path, epochs=6))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = squashed(app)
+        assert "press q to close" in text and "press q to quit" not in text, screen_text(app)
+        assert "q close viewer" in footer(app)
+    app, run_before = replay([started(), *recorded_epochs(3), ENDED])
+    async with app.run_test(size=(80, 24)) as pilot:  # the trainer's q quits
+        await run_before(pilot)
+        assert "press q to quit" in squashed(app)

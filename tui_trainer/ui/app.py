@@ -57,6 +57,7 @@ class TrainerApp(App[None]):
 
     COMMANDS_TABLE: CommandTable = TRAINER  # keys, help, palette, and when each works (commands.py)
     BINDINGS = list(TRAINER.bindings)
+    Q_WORDS = "quit"  # what q does once the run has ended, as the banner's ending line says it
     # Below these widths the footer's keys close up, and take the `^p palette` hint's room (layout.py).
     FOOTER_COLUMNS = (NARROW_COLUMNS, NARROW_COLUMNS)
 
