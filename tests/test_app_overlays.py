@@ -44,7 +44,7 @@ async def test_the_start_notes_cover_nothing_and_read_in_the_banner_until_the_fi
             await pilot.pause(0.3)
             assert toasts(app) == [], size  # nothing over the stats, the batch line or the footer
             text = squashed(app)
-            assert "machine is busy" in text and "? keeps them" in text, (size, screen_text(app))
+            assert "machine is busy" in text and "? lists them" in text, (size, screen_text(app))
             if size == (80, 24):  # (60x20 gives them 4 rows, the plot keeps the rest: `?` has every note)
                 assert "bf16 on this CPU" in text, screen_text(app)
             assert "tokens/s" in text and "grad norm" in text, size

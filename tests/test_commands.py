@@ -165,7 +165,7 @@ async def test_g_in_a_viewer_of_a_finished_run_says_where_samples_come_from(tmp_
 
 
 def test_the_run_start_notes_are_no_toast():
-    """The banner shows them until the first diagnosis, and `?` keeps them (test_app_overlays.py)."""
+    """The banner shows them until the first diagnosis, and `?` lists them (test_app_overlays.py)."""
     from tui_trainer.events import RunStarted
     from tui_trainer.ui.toasts import toasts_for
 

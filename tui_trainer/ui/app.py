@@ -57,6 +57,7 @@ class TrainerApp(App[None]):
 
     COMMANDS_TABLE: CommandTable = TRAINER  # keys, help, palette, and when each works (commands.py)
     BINDINGS = list(TRAINER.bindings)
+    Q_WORDS = "quit"  # what q does once the run has ended, as the banner's ending line says it
     # Below these widths the footer's keys close up, and take the `^p palette` hint's room (layout.py).
     FOOTER_COLUMNS = (NARROW_COLUMNS, NARROW_COLUMNS)
 
@@ -249,9 +250,15 @@ class TrainerApp(App[None]):
         """Commands reach a live run (here: until the engine has ended; set-up queues them for it)."""
         return not self.view.ended
 
+    @property
+    def sampled(self) -> bool:
+        """The run has written a text sample: once it has ended, `g` offers the last one."""
+        return self.view.sample is not None
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # (While a finished run's final save waits for a retry the run has not ended yet, so `s` stays.)
-        return self.COMMANDS_TABLE.key_runs(action, ended=self.view.ended, steerable=self.steerable)
+        return self.COMMANDS_TABLE.key_runs(action, ended=self.view.ended, steerable=self.steerable,
+                                            sampled=self.sampled)
 
     def action_accum_up(self) -> None:
         self._change_accum(double=True)
@@ -296,6 +303,10 @@ class TrainerApp(App[None]):
             self.push_screen(SamplesScreen(self.view, self.sample_note()))
         self.refresh_panels()
 
+    def action_last_sample(self) -> None:
+        """g once the run has ended, where it wrote a sample: the last one, and where new text comes from."""
+        self.action_sample()
+
     def action_sample_unavailable(self) -> None:
         """g where it cannot work (``g`` is not offered then): the last sample, and where new text comes from."""
         self.action_sample()
@@ -319,8 +330,8 @@ class TrainerApp(App[None]):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen(self.COMMANDS_TABLE.help_keys(ended=self.view.ended, steerable=self.steerable),
-                                        self.view.notes))
+            keys = self.COMMANDS_TABLE.help_keys(ended=self.view.ended, steerable=self.steerable, sampled=self.sampled)
+            self.push_screen(HelpScreen(keys, self.view.notes))
 
     def action_close_app(self) -> None:
         self.exit()
@@ -342,6 +353,7 @@ class TrainerApp(App[None]):
         # "Screenshot" writes files into the working directory.
         yield from (command for command in super().get_system_commands(screen)
                     if command.title in ("Theme", "Maximize", "Minimize"))
-        for command in self.COMMANDS_TABLE.palette_now(ended=self.view.ended, steerable=self.steerable):
+        for command in self.COMMANDS_TABLE.palette_now(ended=self.view.ended, steerable=self.steerable,
+                                                       sampled=self.sampled):
             yield SystemCommand(command.title, f"{command.help} ({command.key})",
                                 getattr(self, f"action_{command.action}"))

@@ -6,7 +6,8 @@ for each action (``available``). Their ``check_action`` asks the rule, so the fo
 and the palette always agree with what a key does at that moment: a key that would do nothing
 is not offered. A key can still say why it does nothing without being offered: a second, hidden
 binding on it whose rule is the first's opposite (``g`` after the run, ``sample_unavailable``: a
-silent key reads as broken).
+silent key reads as broken). After the run, where it wrote a sample, ``g`` is offered again as
+``last_sample`` (the samples screen with the last one), and the hidden twin gives way to it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ LIVE = "while the run lives"  # not ended yet (this app's q stops it)
 ENDED = "once the run has ended"
 STEERABLE = "while this app can steer a live run"  # the trainer's own engine, or a viewer's control socket
 UNSTEERABLE = "while this app cannot steer a run"  # a run over, or a viewer with no control socket
+LAST_SAMPLE = "once the run has ended, where it wrote a sample"
+UNSTEERABLE_UNSAMPLED = "while this app cannot steer a run, unless LAST_SAMPLE holds"
 
 # "+ - accum x2 /2": one footer item for the pair, so every key still fits at 60 columns.
 ACCUM_KEYS = Binding.Group("accum x2 /2", compact=True)
 
 STEERING_RULES = {"accum_up": STEERABLE, "accum_down": STEERABLE, "pause": STEERABLE, "save": STEERABLE,
-                  "sample": STEERABLE, "sample_unavailable": UNSTEERABLE}
+                  "sample": STEERABLE, "sample_unavailable": UNSTEERABLE_UNSAMPLED, "last_sample": LAST_SAMPLE}
 
 
 @dataclass(frozen=True)
@@ -52,24 +55,27 @@ class CommandTable:
     palette: tuple[PaletteCommand, ...]
     rules: dict[str, str]  # action -> when it is available; an action not named here: always
 
-    def available(self, action: str, *, ended: bool, steerable: bool) -> bool:
-        return self._holds(self.rules.get(action, ALWAYS), ended=ended, steerable=steerable)
+    def available(self, action: str, *, ended: bool, steerable: bool, sampled: bool = False) -> bool:
+        """``sampled``: the run has written a text sample (there is a last one to show)."""
+        return self._holds(self.rules.get(action, ALWAYS), ended=ended, steerable=steerable, sampled=sampled)
 
     @staticmethod
-    def _holds(when: str, *, ended: bool, steerable: bool) -> bool:
-        return {ALWAYS: True, LIVE: not ended, ENDED: ended, STEERABLE: steerable, UNSTEERABLE: not steerable}[when]
+    def _holds(when: str, *, ended: bool, steerable: bool, sampled: bool = False) -> bool:
+        last_sample = ended and sampled
+        return {ALWAYS: True, LIVE: not ended, ENDED: ended, STEERABLE: steerable, UNSTEERABLE: not steerable,
+                LAST_SAMPLE: last_sample, UNSTEERABLE_UNSAMPLED: not steerable and not last_sample}[when]
 
-    def key_runs(self, action: str, *, ended: bool, steerable: bool) -> bool:
+    def key_runs(self, action: str, *, ended: bool, steerable: bool, sampled: bool = False) -> bool:
         """check_action's answer: False hides the binding and ignores its key."""
-        return self.available(action, ended=ended, steerable=steerable)
+        return self.available(action, ended=ended, steerable=steerable, sampled=sampled)
 
-    def help_keys(self, *, ended: bool, steerable: bool) -> list[HelpKey]:
+    def help_keys(self, *, ended: bool, steerable: bool, sampled: bool = False) -> list[HelpKey]:
         return [key for key in self.keys
-                if key.action is None or self.available(key.action, ended=ended, steerable=steerable)]
+                if key.action is None or self.available(key.action, ended=ended, steerable=steerable, sampled=sampled)]
 
-    def palette_now(self, *, ended: bool, steerable: bool) -> list[PaletteCommand]:
+    def palette_now(self, *, ended: bool, steerable: bool, sampled: bool = False) -> list[PaletteCommand]:
         return [command for command in self.palette
-                if self.available(command.action, ended=ended, steerable=steerable)
+                if self.available(command.action, ended=ended, steerable=steerable, sampled=sampled)
                 and (command.when is None or self._holds(command.when, ended=ended, steerable=steerable))]
 
 
@@ -83,6 +89,7 @@ def _shared_bindings(sample_in_footer: bool) -> tuple[Binding, ...]:
         Binding("minus,left_square_bracket", "accum_down", "accum /2", key_display="-", group=ACCUM_KEYS),
         Binding("s", "save", "save"),
         Binding("g", "sample", "sample", show=sample_in_footer, tooltip="write a text sample from the current weights"),
+        Binding("g", "last_sample", "last sample", tooltip="the run's last text sample"),
         Binding("g", "sample_unavailable", "sample", show=False),
         Binding("m", "smoothing", "smooth", show=False),
         Binding("question_mark", "help", "help", key_display="?"),
@@ -95,6 +102,7 @@ _SHARED_PALETTE = (
     PaletteCommand("pause", "Pause / resume training", "the engine waits between micro-steps", "p"),
     PaletteCommand("save", "Save checkpoint", "save latest.pt after the current step", "s"),
     PaletteCommand("sample", "Sample text", "write a sample from the current weights after this step", "g"),
+    PaletteCommand("last_sample", "Last text sample", "the run's last; new text: tui-trainer sample", "g"),
 )
 
 TRAINER = CommandTable(
@@ -112,7 +120,8 @@ TRAINER = CommandTable(
         HelpKey("q q", "close at once", "stop"),
         HelpKey("m", "smooth / raw loss"), HelpKey("^p", "command palette"),
         HelpKey("^c", "stop, exit code 130", "stop"), HelpKey("^c", "quit", "close_app"),
-        HelpKey("g", "text sample now", "sample"), HelpKey("?", "this help"), HelpKey("esc", "close this help"),
+        HelpKey("g", "text sample now", "sample"), HelpKey("g", "last text sample", "last_sample"),
+        HelpKey("?", "this help"), HelpKey("esc", "close this help"),
     ),
     palette=(
         *_SHARED_PALETTE,
@@ -136,7 +145,8 @@ VIEWER = CommandTable(
         HelpKey("- [", "accum /2 next epoch", "accum_down"), HelpKey("s", "save checkpoint now", "save"),
         HelpKey("^x", "stop the run (asks)", "stop_run"),
         HelpKey("m", "smooth / raw loss"), HelpKey("^p", "command palette"), HelpKey("^c", "close viewer"),
-        HelpKey("g", "text sample now", "sample"), HelpKey("?", "this help"), HelpKey("esc", "close this help"),
+        HelpKey("g", "text sample now", "sample"), HelpKey("g", "last text sample", "last_sample"),
+        HelpKey("?", "this help"), HelpKey("esc", "close this help"),
     ),
     palette=(
         *_SHARED_PALETTE,

@@ -57,6 +57,7 @@ class ConfirmStop(ModalScreen[bool]):
 class ViewerApp(TrainerApp):
     COMMANDS_TABLE = VIEWER
     BINDINGS = list(VIEWER.bindings)
+    Q_WORDS = "close"  # "press q to close", as its footer's `q close viewer`
     # A live run's keys need 77 columns spaced out, 90 with the palette hint: at 80 the hint gave way
     # to nothing and `^x stop run` was cut off (ctrl+p still works; the help lists it).
     STEERING_FOOTER_COLUMNS = (78, 90)
