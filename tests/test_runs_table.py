@@ -62,10 +62,10 @@ def write_run(run_dir: Path, records: list[dict], data: dict | None = None, **tr
 def test_a_runs_row_comes_from_its_records_and_its_status_from_the_end_record_or_the_lock():
     done = summarize("runs/a", config_record(), events_of([*epoch_records(3), record("end", reason="completed")]),
                      live=False)
-    assert (done.status, done.epochs, done.epochs_planned, done.tokens) == ("completed", 3, 3, 3072)
+    assert (done.status, done.epochs, done.epochs_planned, done.tokens) == ("finished", 3, 3, 3072)
     assert done.best_val_loss == pytest.approx(1.75) and done.seconds == 30.0 and done.tokens_per_s == 128.0
     stopped = summarize("b", None, events_of([*epoch_records(2), record("end", reason="early_stop")]), live=False)
-    assert stopped.status == "early stop"
+    assert stopped.status == "early-stopped"
     assert summarize("c", None, events_of(epoch_records(1)), live=False).status == "interrupted"  # no end: killed
     assert summarize("d", None, events_of(epoch_records(1)), live=True).status == "running"  # the lock's word
     # An `end` followed by steps is a session that got resumed: its end is not the run's.
@@ -185,8 +185,8 @@ async def test_compare_app_at_80x24_shows_the_runs_table_under_the_curves(tmp_pa
         lock.release()
     rows = {row.split()[0]: row.split() for row in screen.splitlines() if row.split() and "/" in row.split()[0]
             or row.strip().startswith("hello")}
-    assert rows["sweep/hello-accum4"][1:3] == ["completed", "3/3"] and rows["sweep/hello-accum4"][-1] == "4"
-    assert rows["hello-accum16"][1:4] == ["early", "stop", "2/3"] and rows["hello-accum16"][-1] == "16"
+    assert rows["sweep/hello-accum4"][1:3] == ["finished", "3/3"] and rows["sweep/hello-accum4"][-1] == "4"
+    assert rows["hello-accum16"][1:3] == ["early-stopped", "2/3"] and rows["hello-accum16"][-1] == "16"
     assert rows["old/hello-accum4"][1:3] == ["running", "1/3"]
     assert re.search(r"run +status +epochs .*best val .*accum", screen), screen
     assert "runs/he…" not in screen and str(tmp_path) not in screen
@@ -219,7 +219,7 @@ def test_runs_lists_the_run_dirs_newest_first_with_damaged_ones_and_fits_80_colu
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["run", "status", "epochs"] and lines[0].split()[-1] == "accum"
     assert [line.split()[0] for line in lines[1:4]] == ["20260102-090000", "broken", "20260101-120000"]
-    assert lines[1].split()[1] == "interrupted" and lines[2].split()[1] == "damaged" and "completed" in lines[3]
+    assert lines[1].split()[1] == "interrupted" and lines[2].split()[1] == "damaged" and "finished" in lines[3]
     words = " ".join(out.split())  # (the lines under the table are wrapped at 80, between words)
     assert "damaged (" in words and "not JSON" in words and "notes" not in words
     assert max(len(line) for line in lines[:4]) <= 80
@@ -297,7 +297,7 @@ def test_resume_of_the_folder_of_runs_names_the_runs_inside(tmp_path, capsys):
     assert err.count("\n") == 1 and "no checkpoint at" not in err
     assert "pass one of these to --resume" in err
     named = re.findall(r"runs/(\S+) \((\w[\w ]*)\)", err)
-    assert named == [("20260102-090000", "interrupted"), ("broken", "damaged"), ("20260101-120000", "completed")]
+    assert named == [("20260102-090000", "interrupted"), ("broken", "damaged"), ("20260101-120000", "finished")]
 
 
 @pytest.mark.parametrize("command", ["view", "sample"])
@@ -308,7 +308,7 @@ def test_view_and_sample_of_the_folder_of_runs_name_the_runs_inside(command, tmp
     assert err.count("\n") == 1 and "no checkpoint" not in err and "no config.json" not in err
     assert f"{command} {folder} is a folder of runs" in err and f"pass one of these to {command}" in err
     named = re.findall(r"runs/(\S+) \((\w[\w ]*)\)", err)
-    assert named == [("20260102-090000", "interrupted"), ("broken", "damaged"), ("20260101-120000", "completed")]
+    assert named == [("20260102-090000", "interrupted"), ("broken", "damaged"), ("20260101-120000", "finished")]
     assert main(["view", str(folder / "20260101-120000"), str(folder)]) == 2  # (each of several too)
     assert "view " + str(folder) + " is a folder of runs" in capsys.readouterr().err
 
@@ -451,3 +451,14 @@ def test_the_compare_hint_is_a_line_of_its_own_whole_at_80_columns(tmp_path):
     lines = listing(runs, width=80).splitlines()
     assert "compare some with: tui-trainer view RUN_DIR RUN_DIR" in lines
     assert not any(line.strip() == "RUN_DIR" for line in lines)
+
+
+def test_runs_says_a_runs_end_in_the_words_the_app_and_view_use():
+    """A trial read "stopped" in `view` and "interrupted" in `runs` for one run stopped with q."""
+    from tui_trainer.rundir.summary import STATUS
+    from tui_trainer.ui.view import END_STATES
+
+    assert STATUS == END_STATES
+    for reason, word in END_STATES.items():
+        ended = summarize("r", None, events_of([*epoch_records(1), record("end", reason=reason)]), live=False)
+        assert ended.status == word

@@ -24,7 +24,11 @@ from tui_trainer.rundir.lock import live_holder
 from tui_trainer.rundir.ownership import is_ours
 from tui_trainer.rundir.reader import read_metrics_file, read_run_config
 
-STATUS = {"completed": "completed", "early_stop": "early stop", "interrupted": "interrupted", "error": "error"}
+# An end record's reason in the words the app and `view` use for it (ui/view.py END_STATES; a trial read
+# "stopped" there and "interrupted" here for one run). A run without its end record, and no longer
+# live, is "interrupted": killed, or its machine went down.
+STATUS = {"completed": "finished", "early_stop": "early-stopped", "interrupted": "stopped", "error": "error"}
+NO_END = "interrupted"
 DAMAGED = "damaged"
 RUN_NAMES = (CONFIG_FILE, MARKER_FILE, METRICS_FILE, CHECKPOINT_DIR)  # any of these: a run dir (maybe damaged)
 # Not setting columns: they differ between any two runs or say nothing (run_dir, cache_dir), or the
@@ -37,7 +41,7 @@ class RunSummary:
     """One run's row, as figures (``columns`` formats them)."""
 
     path: str
-    status: str  # running | completed | early stop | interrupted | error | damaged
+    status: str  # running | finished | early-stopped | stopped | interrupted | error | damaged
     epochs: int = 0  # epochs done
     epochs_planned: int | None = None
     tokens: int = 0
@@ -79,7 +83,7 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
             last_step, end = event, None
         elif isinstance(event, RunEnded):
             end = event
-    status = "running" if live else STATUS.get(end.reason, end.reason) if end else "interrupted"
+    status = "running" if live else STATUS.get(end.reason, end.reason) if end else NO_END
     settings = flat_settings(config_record)
     _accum_as_trained(settings, _latest(epochs, last_step))
     # Ended by its budget: the epochs were its consequence (the last one partial), the budget the target.
