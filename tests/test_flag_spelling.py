@@ -3,7 +3,8 @@ gets the nearest flag (argparse would silently take `--epoch 3` for `--epochs 3`
 
 import pytest
 
-from tui_trainer.cli.main import main, nearest_flag
+from tui_trainer.cli.argv import nearest_flag
+from tui_trainer.cli.main import main
 
 
 @pytest.mark.parametrize(("argv", "suggestion"), [

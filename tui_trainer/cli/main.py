@@ -4,20 +4,20 @@
 ``tui-trainer [flags]`` means ``train``. A subcommand is one entry in ``COMMANDS``: a function
 that adds its arguments to its parser and a function that runs it and returns the exit code.
 TOML files are read in config_file.py, signals handled in signals.py, the vanishing terminal in
-console.py.
+console.py, the command line's one-line errors and its spelling in argv.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, NoReturn
+from typing import Any
 
 from tui_trainer import __version__
+from tui_trainer.cli.argv import OneLineParser, dashed_values_attached, refuse_unknown
 from tui_trainer.cli.config_file import load_toml, require_data_file
 from tui_trainer.cli.console import say, terminal_in_utf8
 from tui_trainer.cli.export import add_export_arguments, run_export
@@ -32,22 +32,6 @@ from tui_trainer.errors import PeerLost, UserError
 from tui_trainer.rundir.paths import check_given_paths, user_os_error
 
 PROG = "tui-trainer"
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2, and a flag is spelt in
-    full: a prefix (``--epoch`` for ``--epochs``) is an error with a suggestion, never silently
-    taken for the longer flag."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def option_strings(self) -> list[str]:
-        return [option for action in self._actions for option in action.option_strings]
-
-    def error(self, message: str) -> NoReturn:
-        say(f"error: {message} — see `{self.prog} --help`")
-        raise SystemExit(2)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -297,62 +281,14 @@ def with_command(argv: list[str]) -> list[str]:
     return argv
 
 
-def nearest_flag(given: str, known: list[str]) -> str | None:
-    """The flag a user most likely meant: the one flag that ``given`` begins (``--epoch`` →
-    ``--epochs``), else the closest spelling (``--quik`` → ``--quick``), else None."""
-    name = given.split("=", 1)[0]
-    longer = [flag for flag in known if flag.startswith(name) and flag != name]
-    if len(longer) == 1:
-        return longer[0]
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
-def refuse_unknown(parser: OneLineParser, extras: list[str]) -> NoReturn:
-    """Unrecognized arguments: name them, and suggest the flag meant where one is close."""
-    for given in extras:
-        if given.startswith("-") and (guess := nearest_flag(given, parser.option_strings())):
-            parser.error(f"unrecognized argument {given}: did you mean {guess}?")
-    parser.error(f"unrecognized arguments: {' '.join(extras)}")
-
-
-def dashed_values_attached(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
-    """``--flag -3m`` → ``--flag=-3m`` for an option that takes one value: argparse reads a value that
-    begins with '-' (and is not a plain negative number) as an option and says "expected one argument";
-    attached, it reaches the option's own check, which names the problem and the fix. A known option
-    after ``--flag`` stays an option (``--data --epochs 3`` is still "--data: expected one argument")."""
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    command = subparsers.choices.get(argv[0]) if argv else None
-    if command is None:
-        return argv
-    takes_one = {option for action in command._actions if action.nargs is None and action.option_strings
-                 for option in action.option_strings}
-    known = set(command._option_string_actions)
-    out: list[str] = []
-    index = 0
-    while index < len(argv):
-        given = argv[index]
-        if given == "--":
-            return out + argv[index:]
-        following = argv[index + 1] if index + 1 < len(argv) else None
-        if given in takes_one and following is not None and following.startswith("-") and len(following) > 1 \
-                and following.split("=", 1)[0] not in known:
-            out.append(f"{given}={following}")
-            index += 2
-            continue
-        out.append(given)
-        index += 1
-    return out
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = with_command(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
-    argv = dashed_values_attached(argv, parser)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    argv = dashed_values_attached(argv, commands.get(argv[0]) if argv else None)
     args, extras = parser.parse_known_args(argv)
     if extras:
-        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        refuse_unknown(subparsers.choices[args.command], extras)
+        refuse_unknown(commands[args.command], extras)
     args.argv = argv  # (what --nproc hands on to each process)
     return args
 
