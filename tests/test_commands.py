@@ -172,3 +172,15 @@ def test_the_run_start_notes_are_no_toast():
     fields = {f: None for f in RunStarted.__dataclass_fields__}
     event = RunStarted(**{**fields, "notes": ["the machine is busy", "time-budget defaults: accum 1", "resumed"]})
     assert toasts_for(event) == []
+
+
+def test_a_checkpoint_toast_is_for_a_save_someone_asked_for_only():
+    """The event says it was asked for (`s`, a viewer, a retry of a failed final save): an epoch end's
+    save in between is no answer to `s` (the app's own flag took whichever save came next)."""
+    from tui_trainer.events import CheckpointSaved
+    from tui_trainer.ui.toasts import toasts_for
+
+    saved = dict(kind="latest", path="run/checkpoints/latest.pt", step=7, epoch=1, seconds=0.25)
+    assert toasts_for(CheckpointSaved(**saved)) == []
+    [toast] = toasts_for(CheckpointSaved(**saved, requested=True))
+    assert toast.message == "saved latest checkpoint at step 7 (0.2s)"

@@ -15,7 +15,7 @@ from tui_trainer.control import Control
 from tui_trainer.engine.distributed import Ranks
 from tui_trainer.engine.endings import Endings
 from tui_trainer.engine.saving import Checkpoints
-from tui_trainer.events import CheckpointFailed, ListSink, Notice, RunEnded
+from tui_trainer.events import CheckpointFailed, CheckpointSaved, ListSink, Notice, RunEnded
 from tui_trainer.rundir import checkpoints as ckpt
 from tui_trainer.rundir.loop_state import LoopPosition, LoopState
 
@@ -95,6 +95,7 @@ def test_in_the_app_a_failed_final_save_waits_for_s_and_then_completes(tmp_path)
     assert ckpt.checkpoint_path(tmp_path).exists()
     notice = sink.of(Notice)[0]
     assert notice.level == "error" and "press s to retry" in notice.message
+    assert [saved.requested for saved in sink.of(CheckpointSaved)] == [True]  # (its toast says it was written)
 
 
 def test_non_finite_steps_warn_until_max_bad_steps_in_a_row_then_end_with_a_hint(tmp_path):

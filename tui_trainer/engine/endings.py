@@ -72,7 +72,7 @@ class Endings:
             while not saved and not self.control.stop_requested:
                 commands = self.control.drain(timeout=0.25)
                 if any(isinstance(c, SaveCheckpoint) for c in commands):
-                    saved = checkpoints.save("latest")
+                    saved = checkpoints.save("latest", requested=True)
         if saved:
             if then is not None:
                 then()

@@ -183,16 +183,12 @@ class TrainerApp(App[None]):
     def _react(self, event: Any) -> None:
         if isinstance(event, RunEnded):
             self._on_run_ended(event)
-        saved_by_key = self._save_requested_by_key and isinstance(event, CheckpointSaved)
-        if saved_by_key:
-            self._save_requested_by_key = False
-        if isinstance(event, (CheckpointSaved, CheckpointFailed)) and self._saving_toast is not None:
+        answered = isinstance(event, CheckpointFailed) or (isinstance(event, CheckpointSaved) and event.requested)
+        if answered and self._saving_toast is not None:  # (an epoch end's save is not the one asked for)
             self.call_later(self._drop_notification, self._saving_toast)  # its answer replaces it
             self._saving_toast = None
-        for toast in toasts_for(event, saved_by_key):
+        for toast in toasts_for(event):
             self.notify(toast.message, title=toast.title, severity=toast.severity, timeout=toast.seconds)
-
-    _save_requested_by_key = False
 
     def _drop_notification(self, notification: Notification) -> None:
         # (Textual's own, private; App.clear_notifications would take all. Another Textual 8.x without
@@ -282,7 +278,6 @@ class TrainerApp(App[None]):
         self.refresh_panels()
 
     def action_save(self) -> None:
-        self._save_requested_by_key = True
         self.control.save()
         paused = self.view.state == "paused"
         # One toast at a time over the stats: a second `s` replaces the first, the "saved" replaces both.

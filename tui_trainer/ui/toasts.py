@@ -16,12 +16,12 @@ class Toast:
     seconds: float = 4.0
 
 
-def toasts_for(event: Any, saved_by_key: bool = False) -> list[Toast]:
-    """The toasts ``event`` calls for (``saved_by_key``: a checkpoint `s` asked for has been written).
+def toasts_for(event: Any) -> list[Toast]:
+    """The toasts ``event`` calls for (a checkpoint is said when someone asked for it: `s`, a viewer).
     The run line's notes are no toast: one sat over the stats at 80x24 for seconds (a cold trial);
     the diagnosis banner shows them until the first diagnosis, and `?` keeps them."""
     match event:
-        case CheckpointSaved() if saved_by_key:
+        case CheckpointSaved(requested=True):
             return [Toast(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.1f}s)",
                           title="checkpoint", seconds=3.0)]
         case CheckpointFailed():
