@@ -85,7 +85,8 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
             end = event
     status = "running" if live else STATUS.get(end.reason, end.reason) if end else NO_END
     settings = flat_settings(config_record)
-    _accum_as_trained(settings, _latest(epochs, last_step))
+    latest = _latest(epochs, last_step)  # (the record of the batch it trains with now)
+    _accum_as_trained(settings, latest)
     # Ended by its budget: the epochs were its consequence (the last one partial), the budget the target.
     by_budget = (not live and end is not None and end.reason == "completed" and end.last_epoch_share is not None)
     budget = settings.get("train.time_budget")
@@ -105,7 +106,7 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
                       epochs_planned=planned if isinstance(planned, int) else None, tokens=tokens,
                       best_val_loss=min(vals) if vals else None, best_val_bpb=min(bpbs) if bpbs else None,
                       seconds=seconds, tokens_per_s=_pace(epochs, last_step), settings=settings,
-                      effective_batch=_effective_batch(epochs, last_step),
+                      effective_batch=_positive_count(getattr(latest, "effective_batch", None)),
                       budget_spent=spent, last_epoch_share=end.last_epoch_share if by_budget else None)
 
 
@@ -121,7 +122,7 @@ def _accum_as_trained(settings: dict[str, Any], latest: EpochEvent | StepEvent |
     A split of the micro-batch (memory: 16x4 run as 8x8) is the same accum: the records' is unsplit."""
     started, micro = settings.get("train.accum"), settings.get("train.micro_batch")
     accum, split_micro = getattr(latest, "accum", None), getattr(latest, "micro_batch", 0)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (started, accum)):
+    if _positive_count(started) is None or _positive_count(accum) is None:
         return
     if isinstance(micro, int) and 0 < split_micro < micro and micro % split_micro == 0:
         split = micro // split_micro
@@ -130,10 +131,9 @@ def _accum_as_trained(settings: dict[str, Any], latest: EpochEvent | StepEvent |
         settings["train.accum"] = f"{started}→{accum}"
 
 
-def _effective_batch(epochs: list[EpochEvent], last_step: StepEvent | None) -> int | None:
-    """The sequences of the run's latest step (a later step's when it outlives the last epoch)."""
-    batch = getattr(_latest(epochs, last_step), "effective_batch", None)
-    return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else None
+def _positive_count(value: Any) -> int | None:
+    """A whole number above 0 as the records hold it, else None (a bool, a float, a damaged record)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def tokenizer_of(settings: dict[str, Any]) -> str:
