@@ -16,6 +16,7 @@ from tui_trainer.rundir import lifecycle as rd
 from tui_trainer.rundir.loop_state import LoopState
 from tui_trainer.rundir.metrics import METRICS_FILE
 from tui_trainer.rundir.ownership import MARKER_FILE, write_marker
+from tui_trainer.rundir.tokenizer_record import vocabulary_of
 
 
 def a_checkpoint_state(cfg, epoch: int = 2, waited: int = 0) -> dict:
@@ -100,7 +101,7 @@ def test_config_json_carries_the_vocabulary_back(small_corpus, tmp_path):
     cfg = tiny_config(small_corpus, tmp_path)
     corpus = load_corpus(cfg.data, cfg.model.block_size)
     rd.write_config(tmp_path, cfg, corpus, torch.device("cpu"), 1, "fp32")
-    assert rd.vocabulary_of(tmp_path) == corpus.vocab
+    assert vocabulary_of(tmp_path) == corpus.vocab
     record = json.loads((tmp_path / rd.CONFIG_FILE).read_text(encoding="utf-8"))
     assert record["data_sha256"] == corpus.sha256 and record["config"] == cfg.to_dict()
     assert not list(tmp_path.glob(".*.tmp"))

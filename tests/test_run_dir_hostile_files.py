@@ -257,7 +257,7 @@ def test_view_of_a_run_with_a_truncated_config_json_exits_2_with_one_line(tmp_pa
 @pytest.mark.parametrize("tokenizer_part", [{"vocab": "abc"}, {"vocab": []}, {"tokenizer": 5, "vocab": ["a"]},
                                             {"tokenizer": {"kind": "bpe"}, "vocab": []}])
 def test_a_config_json_whose_tokenizer_is_damaged_is_one_line(tokenizer_part, tmp_path):
-    from tui_trainer.rundir.lifecycle import vocabulary_of
+    from tui_trainer.rundir.tokenizer_record import vocabulary_of
 
     (tmp_path / CONFIG_FILE).write_text(json.dumps({"config": {}, **tokenizer_part}))
     with pytest.raises(UserError, match="does not describe the run's tokenizer"):

@@ -65,6 +65,7 @@ from tui_trainer.rundir.checkpoint_contents import check_contents
 from tui_trainer.rundir.init_source import check_corpus_tokenizer, finetune_notes, init_state_dict, read_init_source
 from tui_trainer.rundir.loop_state import LoopState
 from tui_trainer.rundir.metrics import MetricsWriter, NoMetrics
+from tui_trainer.rundir.tokenizer_record import check_resumed_tokenizer
 
 
 class TrainingSession:
@@ -182,7 +183,7 @@ class TrainingSession:
         if resume_state is not None and resume_state["data_sha256"] != self.corpus.sha256:
             raise rd.data_changed(self.corpus.path, self.corpus.sha256, rd.data_size(self.corpus.path), resume_state)
         if resume_state is not None:
-            rd.check_resumed_tokenizer(resume_state, self.corpus.vocab)
+            check_resumed_tokenizer(resume_state, self.corpus.vocab)
         self.notes += list(self.corpus.notes)  # (a damaged token cache rebuilt)
         if resume_state is None and cfg.data.tokenizer == "bpe":  # (said once: when the run begins)
             fewer = fewer_tokens_note(self.corpus.vocab.size, cfg.data.vocab_size)

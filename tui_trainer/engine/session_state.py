@@ -13,6 +13,7 @@ from tui_trainer.engine.split import memory_record
 from tui_trainer.rundir import checkpoints as ckpt
 from tui_trainer.rundir import lifecycle as rd
 from tui_trainer.rundir.loop_state import LoopState
+from tui_trainer.rundir.tokenizer_record import vocab_record
 
 if TYPE_CHECKING:
     from tui_trainer.engine.session import TrainingSession
@@ -60,7 +61,7 @@ def checkpoint_of(session: TrainingSession, rng: dict[str, Any] | None = None,
         **extra,
         "world_size": session.ranks.world_size,
         "config": session.cfg.to_dict(),
-        "vocab": rd.vocab_record(session.corpus.vocab),
+        "vocab": vocab_record(session.corpus.vocab),
         "tokenizer": session.corpus.vocab.record(),
         "untrained_ids": list(session.untrained_ids),  # never sampled, by `sample` either
         "data_sha256": session.corpus.sha256,

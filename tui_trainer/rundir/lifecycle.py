@@ -18,7 +18,6 @@ import torch
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN, RunConfig
 from tui_trainer.data.dataset import Corpus
 from tui_trainer.data.text_source import find_source
-from tui_trainer.data.tokenizer import Tokenizer, tokenizer_from_record
 from tui_trainer.errors import UserError
 from tui_trainer.events import EpochEvent, RunEnded, SampleEvent, StepEvent
 from tui_trainer.rundir import checkpoints as ckpt
@@ -35,8 +34,9 @@ from tui_trainer.rundir.files import (
 from tui_trainer.rundir.lock import RunLock, refuse_if_in_use
 from tui_trainer.rundir.ownership import foreign_name, has_marker, remove_our_files, write_marker
 from tui_trainer.rundir.paths import make_run_dir, probe_checkpoint_dir, remove_made_folders
-from tui_trainer.rundir.reader import read_metrics_file, read_run_config
+from tui_trainer.rundir.reader import read_metrics_file
 from tui_trainer.rundir.summary import folder_of_runs_error
+from tui_trainer.rundir.tokenizer_record import vocab_record
 
 if TYPE_CHECKING:
     from tui_trainer.rundir.loop_state import LoopState
@@ -371,20 +371,6 @@ def write_config(run_dir: Path, cfg: RunConfig, corpus: Corpus, device: torch.de
     os.replace(tmp, run_dir / CONFIG_FILE)
 
 
-def vocabulary_of(run_dir: str | Path) -> Tokenizer:
-    """The tokenizer a run was trained with (char or BPE), e.g. to decode samples; its config.json
-    checked first (a damaged one is one line naming it, never a traceback)."""
-    _, record = read_run_config(run_dir)
-    vocab, info = record.get("vocab"), record.get("tokenizer")
-    bpe = isinstance(info, dict) and info.get("kind") == "bpe"
-    fits_char = isinstance(vocab, list) and bool(vocab) and all(isinstance(c, str) and c for c in vocab)
-    fits_bpe = bpe and isinstance(info.get("fingerprint"), str)
-    if not ((info is None or isinstance(info, dict) and info.get("kind") == "char") and fits_char or fits_bpe):
-        raise UserError(f"{Path(run_dir) / CONFIG_FILE} does not describe the run's tokenizer",
-                        f"`tui-trainer train --resume {run_dir}` rewrites it from the checkpoint")
-    return tokenizer_from_record(record, run_dir)
-
-
 def refuse_a_foreign_tokenizer_file(run_dir: Path, overwrite: bool) -> None:
     """A BPE run writes RUN_DIR/tokenizer.json: a file of that name that is not a run's own (say,
     a Hugging Face model folder given as --run-dir) is never overwritten."""
@@ -395,21 +381,3 @@ def refuse_a_foreign_tokenizer_file(run_dir: Path, overwrite: bool) -> None:
     if not held:
         raise UserError(f"run dir {run_dir} holds a {TOKENIZER_FILE} that is not a tui-trainer run's",
                         "pass another --run-dir (a BPE run keeps its tokenizer there)")
-
-
-def vocab_record(tokenizer: Tokenizer) -> list[str]:
-    """``vocab`` in config.json and checkpoints: a char run's characters (a BPE run's tokenizer is
-    its tokenizer.json)."""
-    return list(tokenizer.chars) if tokenizer.kind == "char" else []
-
-
-def check_resumed_tokenizer(state: dict, tokenizer: Tokenizer) -> None:
-    """A resumed run must encode its data exactly as it was trained (checkpoints made before the
-    BPE option hold only the characters)."""
-    saved = state.get("tokenizer") or {"kind": "char", "vocab_size": len(state["vocab"])}
-    same = (tokenizer.fingerprint == saved["fingerprint"] if "fingerprint" in saved
-            else tokenizer.kind == "char" and list(tokenizer.chars) == list(state["vocab"]))
-    if not same:
-        raise UserError(f"the tokenizer ({tokenizer.kind}, {tokenizer.size} ids) differs from the one this run was "
-                        f"trained with ({saved['kind']}, {saved['vocab_size']} ids)",
-                        "resume with the run's own data and tokenizer, or start a new run")
