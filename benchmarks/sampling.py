@@ -12,10 +12,13 @@ Then it puts the time of one cached token next to its floor: reading the model's
 (their bytes over this machine's memory bandwidth, measured in the same run by a 200 MB tensor
 copy, counted as read + write bytes per second), and splits a cached token's time into parts
 measured side by side, round by round (medians): the weight-read floor; the same weights as
-matrix-vector products alone (``F.linear`` on one position: what the floor costs as BLAS calls);
-the rest of one cached forward (norms, attention, GELU, adds, op dispatch); the slides'
-re-prefills spread over the tokens; and the generation loop around the forward (the token's
-tensor, the greedy choice, Python). Each part is given in wall time and in this process's CPU
+matrix-vector products alone (one position through every weight matrix as the cached step
+multiplies it: ``np.dot`` where ``OnePositionStep`` takes the model, else ``F.linear``; what the
+floor costs as BLAS calls; a model that fits in the CPU's last-level cache, like the seed's 19 MB
+in a 32 MB L3, is read faster than the copy's rate, and this part is then negative); the rest of
+one cached forward (norms, attention, GELU, adds, op dispatch); the slides' re-prefills spread
+over the tokens; and the generation loop around the forward (the token's tensor, the greedy
+choice, Python). Each part is given in wall time and in this process's CPU
 time: on a shared machine the wall time also counts the time spent waiting for a core, the CPU
 time much less so. Then the cost of one sampling step at temperature 0.8 (the figures above are
 greedy). ``--no-breakdown`` skips it.
@@ -38,6 +41,7 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from _common import PRESETS, machine_line, table
@@ -113,9 +117,18 @@ def breakdown(model: GPT, prompt_ids: list[int], new_tokens: int, rounds: int) -
         token = torch.tensor([[1]])
         logits = model.forward_cached(token, model.new_kv_cache())[0]
 
+        one_position = cache.one_position  # the products as the cached step does them, where it can
+        row_of = {size: x.numpy()[0] for size, x in one.items()}
+
         def gemvs() -> None:
-            for weight, bias in linears:
-                F.linear(one[weight.shape[1]], weight, bias)
+            if one_position is None:
+                for weight, bias in linears:
+                    F.linear(one[weight.shape[1]], weight, bias)
+                return
+            for weight, bias in one_position.matrices:
+                out = np.dot(weight, row_of[weight.shape[1]])
+                if bias is not None:
+                    np.add(out, bias, out=out)
 
         def step() -> None:
             cache.length = mid  # the same position every call: half the context
@@ -150,7 +163,7 @@ def breakdown(model: GPT, prompt_ids: list[int], new_tokens: int, rounds: int) -
         slide_share = slides * m["prefill"] / new_tokens
         return [m["gemv"] - floor, m["step"] - m["gemv"], slide_share, m["token"] - m["step"] - slide_share, m["token"]]
 
-    names_rows = ["  matrix-vector products beyond the floor",
+    names_rows = ["  matrix-vector products beyond the floor (< 0: faster, from the CPU's cache)",
                   "  the rest of one cached forward (norms, attention, GELU, dispatch)",
                   f"  slides: {slides} re-prefill(s) of {keep} positions over {new_tokens} tokens",
                   "  the loop: the token's tensor, greedy choice, Python",
@@ -189,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print("Generation with vs without the KV cache (greedy, same prompt, random init)")
     print(machine_line())
+    print(f"the cached step's matrix-vector products: numpy's BLAS at {torch.get_num_threads()} thread(s), "
+          "torch's count, torch's own ops at 1 (tui_trainer/model/one_position.py)")
     print(f"model {args.preset} {PRESETS[args.preset][0].n_layer}x{PRESETS[args.preset][0].n_embd}, "
           f"vocab {vocab.size}, prompt {len(prompt_ids)} tokens {args.prompt!r}, {args.rounds} interleaved rounds")
     rows, failures, ratios = [], [], {}

@@ -1,0 +1,113 @@
+"""The cached step for one token of one sequence (tui_trainer/model/one_position.py): taken where it
+can be, the same logits as the general cached step and the training forward, and left alone where
+numpy can't take the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tui_trainer.config import ModelConfig
+from tui_trainer.model.gpt import GPT
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def model_with_clear_choices(gelu: str = "exact") -> GPT:
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=24, dropout=0.0, vocab_size=29, gelu=gelu))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, param.shape[-1] ** -0.5)  # larger than the init's: logits far apart
+    return model.eval()
+
+
+def general_cache(model: GPT, batch: int = 1):
+    """A cache whose every step takes the general path (the one-position step switched off)."""
+    cache = model.new_kv_cache(batch)
+    cache.one_position = None
+    return cache
+
+
+@pytest.mark.parametrize("gelu", ["exact", "tanh"])
+def test_each_token_matches_the_general_step_and_the_training_forward(gelu):
+    model = model_with_clear_choices(gelu)
+    ids = torch.randint(0, 29, (1, 24), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        fast, general = model.new_kv_cache(), general_cache(model)
+        assert fast.one_position is not None  # a float32 CPU model, one sequence: the step is taken
+        model.forward_cached(ids[:, :5], fast)
+        model.forward_cached(ids[:, :5], general)
+        for position in range(5, 24):
+            token = ids[:, position:position + 1]
+            logits = model.forward_cached(token, fast)
+            assert torch.allclose(logits, model.forward_cached(token, general), atol=1e-5, rtol=0)
+            full = model(ids[:, :position + 1])[:, -1]
+            assert torch.allclose(logits, full, atol=1e-5, rtol=0), position
+        assert fast.length == general.length == 24
+        # the keys and values it wrote are the ones the general step wrote
+        for mine, theirs in zip(fast.buffers, general.buffers):
+            assert torch.allclose(mine, theirs, atol=1e-5, rtol=0)
+
+
+def test_its_logits_are_not_overwritten_by_the_next_token():
+    model = model_with_clear_choices()
+    with torch.inference_mode():
+        cache = model.new_kv_cache()
+        model.forward_cached(torch.tensor([[3, 4]]), cache)
+        first = model.forward_cached(torch.tensor([[5]]), cache)
+        kept = first.clone()
+        second = model.forward_cached(torch.tensor([[6]]), cache)
+    assert torch.equal(first, kept)
+    assert not torch.equal(first, second)
+
+
+def test_it_reads_the_parameters_themselves_so_an_update_in_place_shows():
+    model = model_with_clear_choices()
+    with torch.inference_mode():
+        cache = model.new_kv_cache()
+        model.forward_cached(torch.tensor([[1, 2, 3]]), cache)
+    with torch.no_grad():
+        model.blocks[1].mlp.fc.weight.mul_(1.5)  # after the cache was made (keys of positions 0-2 kept)
+        model.lm_head.weight.add_(0.1)
+    with torch.inference_mode():
+        logits = model.forward_cached(torch.tensor([[4]]), cache)
+        general = general_cache(model)
+        general.buffers[0].copy_(cache.buffers[0])
+        general.buffers[1].copy_(cache.buffers[1])
+        general.length = 3
+        expected = model.forward_cached(torch.tensor([[4]]), general)
+    assert torch.allclose(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_what_numpy_cannot_take_keeps_the_general_step():
+    model = model_with_clear_choices()
+    assert model.new_kv_cache(batch=2).one_position is None  # several sequences: a matrix product
+    bf16 = model_with_clear_choices().to(torch.bfloat16)
+    assert bf16.new_kv_cache().one_position is None
+    transposed = model_with_clear_choices()
+    fc = transposed.blocks[0].mlp.fc
+    fc.weight = torch.nn.Parameter(fc.weight.detach().t().contiguous().t())  # same values, column-major
+    assert transposed.new_kv_cache().one_position is None
+    with torch.inference_mode():  # and that model still generates, by the general step
+        cache = transposed.new_kv_cache()
+        logits = transposed.forward_cached(torch.tensor([[1, 2, 3]]), cache)
+        logits = transposed.forward_cached(torch.tensor([[4]]), cache)
+        full = transposed(torch.tensor([[1, 2, 3, 4]]))[:, -1]
+    assert torch.allclose(logits, full, atol=1e-5, rtol=0)
+
+
+def test_with_autograd_on_the_general_step_runs_and_its_output_keeps_its_history():
+    model = model_with_clear_choices()
+    cache = model.new_kv_cache()
+    model.forward_cached(torch.tensor([[1, 2]]), cache)
+    logits = model.forward_cached(torch.tensor([[3]]), cache)  # grad on: a numpy product would drop it
+    assert logits.requires_grad and logits.grad_fn is not None
+    with torch.inference_mode():
+        assert not model.forward_cached(torch.tensor([[4]]), cache).requires_grad
