@@ -4,6 +4,8 @@ numpy can't take the model."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -111,3 +113,17 @@ def test_with_autograd_on_the_general_step_runs_and_its_output_keeps_its_history
     assert logits.requires_grad and logits.grad_fn is not None
     with torch.inference_mode():
         assert not model.forward_cached(torch.tensor([[4]]), cache).requires_grad
+
+
+def test_a_diverged_model_gives_non_finite_logits_without_a_numpy_warning():
+    model = model_with_clear_choices()
+    with torch.no_grad():  # token 3 at position 2: inf + -inf in the embedding's add, NaN from then on
+        model.token_embedding.weight[3, 0] = float("inf")
+        model.position_embedding.weight[2, 0] = float("-inf")
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered" would raise here
+        cache = model.new_kv_cache()
+        model.forward_cached(torch.tensor([[1, 2]]), cache)
+        assert cache.one_position is not None
+        logits = model.forward_cached(torch.tensor([[3]]), cache)
+    assert not torch.isfinite(logits).all()

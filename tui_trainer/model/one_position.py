@@ -139,7 +139,10 @@ class OnePositionStep:
         _share_threads(threads)
         torch.set_num_threads(1)  # (see the module doc: torch's pool idle, not spinning, under numpy's)
         try:
-            return self._step(token_id, position)
+            # A diverged model's inf and NaN stay quiet, as in torch (the sampler reports them in one
+            # line), instead of numpy's RuntimeWarning on stderr.
+            with np.errstate(all="ignore"):
+                return self._step(token_id, position)
         finally:
             torch.set_num_threads(threads)
 
