@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import CORPUS, tiny_config, tiny_flags, with_limits  # noqa: F401 (tiny_config, with_limits: test_trajectory_pinned.py, kept as it is)
 
 
@@ -18,6 +19,16 @@ def token_cache_home(tmp_path_factory) -> Path:
 def _token_cache_in_a_temp_dir(token_cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tokenized corpora go to a temp dir shared by the session (subprocesses inherit it), never ~/.cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(token_cache_home))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: a second thread only adds synchronisation. For a
+    module: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,7 @@ import torch
 from tui_trainer.config import ModelConfig
 from tui_trainer.model.gpt import GPT
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def model_with_clear_choices(gelu: str = "exact") -> GPT:

@@ -23,13 +23,7 @@ from tui_trainer.model.sampling import (
 BLOCK = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second thread only adds synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(block_size: int = BLOCK, vocab_size: int = 23, dropout: float = 0.1, gelu: str = "exact") -> GPT:
