@@ -121,3 +121,64 @@ def test_a_diverged_model_gives_non_finite_logits_without_a_numpy_warning():
         assert cache.one_position is not None
         logits = model.forward_cached(torch.tensor([[3]]), cache)
     assert not torch.isfinite(logits).all()
+
+
+def test_overflow_in_the_products_is_quiet_too():
+    model = model_with_clear_choices()
+    with torch.no_grad():
+        model.token_embedding.weight[7].fill_(3e38)  # squares overflow in the products
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache = model.new_kv_cache()
+        model.forward_cached(torch.tensor([[1, 2]]), cache)
+        model.forward_cached(torch.tensor([[7]]), cache)
+
+
+def test_under_cpu_autocast_the_general_step_runs():
+    model = model_with_clear_choices()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.new_kv_cache()
+        model.forward_cached(torch.tensor([[1, 2]]), cache)
+        logits = model.forward_cached(torch.tensor([[3]]), cache)  # numpy can't read bf16 activations
+    assert logits.shape == (1, 29) and logits.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("token", [-1, 29])
+def test_an_id_outside_the_vocabulary_is_refused_and_the_cache_does_not_move(token):
+    model = model_with_clear_choices()
+    with torch.inference_mode():
+        cache = model.new_kv_cache()
+        model.forward_cached(torch.tensor([[1, 2]]), cache)
+        with pytest.raises(IndexError):  # numpy alone would take -1 as the last row
+            model.forward_cached(torch.tensor([[token]]), cache)
+    assert cache.length == 2
+
+
+def test_torch_threads_are_restored_after_a_step_and_after_a_failed_one():
+    model = model_with_clear_choices()
+    torch.set_num_threads(2)  # (the module's fixture puts it back to 1, then to what it was)
+    with torch.inference_mode():
+        cache = model.new_kv_cache()
+        model.forward_cached(torch.tensor([[1, 2]]), cache)
+        model.forward_cached(torch.tensor([[3]]), cache)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(IndexError):
+            model.forward_cached(torch.tensor([[-5]]), cache)
+        assert torch.get_num_threads() == 2
+
+
+def test_the_choice_between_steps_runs_at_one_torch_thread_and_the_count_comes_back(monkeypatch):
+    from tui_trainer.model import sampling
+
+    seen: list[int] = []
+    real_pick_next = sampling.pick_next
+
+    def pick_next_seen(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_pick_next(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "pick_next", pick_next_seen)
+    torch.set_num_threads(2)
+    sampling.generate(model_with_clear_choices(), [1, 2, 3], sampling.SamplingSettings(max_new_tokens=30, temperature=0))
+    assert seen == [1] * 30  # 30 tokens over a context of 24: slides included
+    assert torch.get_num_threads() == 2

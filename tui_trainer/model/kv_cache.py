@@ -94,7 +94,7 @@ def cached_forward(model: GPT, idx: torch.Tensor, cache: KVCache) -> torch.Tenso
     end = start + time
     if end > cache.capacity:
         raise ValueError(f"{start} cached + {time} new positions exceed the context of {cache.capacity}")
-    if time == 1 and cache.one_position is not None and not torch.is_grad_enabled():
+    if time == 1 and cache.one_position is not None and cache.one_position.takes(idx):
         logits = cache.one_position(int(idx), start)
         cache.length = end
         return logits

@@ -31,11 +31,14 @@ fast on two cores (12 ms against 22 for that model).
 
 Only what numpy can take exactly gets this step (``OnePositionStep.of`` answers None otherwise):
 float32 parameters on the CPU in row-major order (every model as it trains and loads), one
-sequence, and autograd off (a numpy product is invisible to it).
+sequence; and a call only with autograd and CPU autocast off (a numpy product is invisible to
+the one and would not follow the other; ``takes``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,6 +59,27 @@ def _share_threads(threads: int) -> None:
     if threads != _blas_threads:
         threadpool_limits(limits=threads, user_api="blas")  # kept, not undone: this process's setting
         _blas_threads = threads
+
+
+@contextmanager
+def torch_at_one_thread() -> Iterator[None]:
+    """torch's thread count at 1 inside, restored after (a pair of calls costs ~0.2 us). Also for the
+    sampler's ops between two steps: at GPT-2's 50,257 logits they go parallel, and torch's idle
+    threads would then spin through the next step's products (a 6 x 768 model with that vocabulary,
+    2 threads, temperature 0.8: 13.8 ms a token with the choice at one thread, 21.2 without)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled()
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray | None:
@@ -132,19 +156,22 @@ class OnePositionStep:
             return None
         return cls(model, arrays, buffers)
 
+    @staticmethod
+    def takes(idx: torch.Tensor) -> bool:
+        """Whether a call with these token ids (1, 1) may run here: integer ids, and autograd and
+        CPU autocast off (see the module doc); else the general step runs."""
+        return idx.dtype == torch.long and not torch.is_grad_enabled() and not _autocast_on_cpu()
+
     def __call__(self, token_id: int, position: int) -> torch.Tensor:
         """The next-token logits (1, vocab), a fresh tensor, after ``token_id`` at ``position``,
         whose key and value go into the cache; positions before it must be there already."""
-        threads = torch.get_num_threads()
-        _share_threads(threads)
-        torch.set_num_threads(1)  # (see the module doc: torch's pool idle, not spinning, under numpy's)
-        try:
-            # A diverged model's inf and NaN stay quiet, as in torch (the sampler reports them in one
-            # line), instead of numpy's RuntimeWarning on stderr.
-            with np.errstate(all="ignore"):
-                return self._step(token_id, position)
-        finally:
-            torch.set_num_threads(threads)
+        if not 0 <= token_id < len(self.tokens):  # (numpy would take -1 as the last row)
+            raise IndexError(f"token id {token_id} is outside the vocabulary of {len(self.tokens)}")
+        _share_threads(torch.get_num_threads())
+        # torch's pool idle, not spinning, under numpy's (the module doc); a diverged model's inf and
+        # NaN stay quiet, as in torch (the sampler reports them in one line), not numpy's RuntimeWarning
+        with torch_at_one_thread(), np.errstate(all="ignore"):
+            return self._step(token_id, position)
 
     def _step(self, token_id: int, position: int) -> torch.Tensor:
         end = position + 1

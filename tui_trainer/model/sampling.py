@@ -21,6 +21,7 @@ import codecs
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +32,7 @@ from tui_trainer.errors import UserError
 from tui_trainer.events import SampleEvent
 from tui_trainer.model.gpt import GPT, KVCache
 from tui_trainer.model.next_token import NextTokenRule
+from tui_trainer.model.one_position import torch_at_one_thread
 
 
 class Tokenizer(Protocol):
@@ -170,8 +172,11 @@ def generate(model: GPT, prompt_ids: Sequence[int], settings: SamplingSettings,
     try:
         with torch.inference_mode():
             for _ in range(settings.max_new_tokens):
-                next_id = pick_next(window.next_logits(tokens), settings.temperature, settings.top_k, generator,
-                                    rule.mask())
+                logits = window.next_logits(tokens)
+                # after a one-position step, the choice at one torch thread too (one_position.py)
+                stepped = window.cache is not None and window.cache.one_position is not None
+                with torch_at_one_thread() if stepped else nullcontext():
+                    next_id = pick_next(logits, settings.temperature, settings.top_k, generator, rule.mask())
                 rule.took(next_id)
                 tokens.append(next_id)
                 if on_token is not None:
