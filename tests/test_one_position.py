@@ -8,9 +8,12 @@ import warnings
 
 import pytest
 import torch
+from threadpoolctl import threadpool_info
 
 from tui_trainer.config import ModelConfig
+from tui_trainer.model import one_position
 from tui_trainer.model.gpt import GPT
+from tui_trainer.model.one_position import blas_threads, cache_size_bytes, last_level_cache_bytes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -182,3 +185,38 @@ def test_the_choice_between_steps_runs_at_one_torch_thread_and_the_count_comes_b
     sampling.generate(model_with_clear_choices(), [1, 2, 3], sampling.SamplingSettings(max_new_tokens=30, temperature=0))
     assert seen == [1] * 30  # 30 tokens over a context of 24: slides included
     assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("text, size", [("32768K", 32 << 20), ("1M", 1 << 20), ("512", 512), ("2G\n", 2 << 30),
+                                        ("", 0), ("-1K", 0), ("12T", 0), ("1" * 40, 0)])
+def test_a_cache_size_as_sysfs_writes_it(text, size):
+    assert cache_size_bytes(text) == size
+
+
+def test_the_last_level_cache_is_the_highest_level_listed(tmp_path):
+    for name, level, size in (("index0", "1", "32K"), ("index2", "2", "1024K"), ("index3", "3", "32768K"),
+                              ("index4", "x", "64M")):  # a level that isn't a number is passed over
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "level").write_text(level + "\n")
+        (tmp_path / name / "size").write_text(size + "\n")
+    (tmp_path / "index9").mkdir()  # no files: passed over
+    assert last_level_cache_bytes(tmp_path) == 32 << 20
+    assert last_level_cache_bytes(tmp_path / "absent") == 0
+
+
+def test_numpy_blas_gets_one_thread_for_a_model_in_the_cache_and_torchs_count_for_a_larger_one(monkeypatch):
+    assert blas_threads(19 << 20, 2, 32 << 20) == 1
+    assert blas_threads(340 << 20, 2, 32 << 20) == 2
+    assert blas_threads(19 << 20, 2, 0) == 2  # the cache unknown: torch's count
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("numpy has no BLAS threadpoolctl can see")
+    model = model_with_clear_choices()  # ~20 KB of weights
+    torch.set_num_threads(2)
+    for cache_bytes, expected in ((1 << 30, 1), (1 << 10, 2)):
+        monkeypatch.setattr(one_position, "last_level_cache_bytes", lambda: cache_bytes)
+        with torch.inference_mode():
+            cache = model.new_kv_cache()
+            model.forward_cached(torch.tensor([[1, 2]]), cache)
+            model.forward_cached(torch.tensor([[3]]), cache)
+        assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {expected}

@@ -24,10 +24,13 @@ the training forward's in the last bits (~1e-7; the cache-vs-recompute test hold
 Threads: OpenBLAS has a pool of its own, apart from torch's OpenMP one, and the two must not both
 be busy: with torch at 2 threads and OpenBLAS at 2 on 2 cores, a 12-layer, 768-wide model's step
 took 202 ms instead of 12-22 (torch's idle threads spin while OpenBLAS's wait for the cores). So
-numpy's BLAS is given torch's thread count (``--threads`` holds for it too; threadpoolctl sets it
-when it changes), and torch runs this step at one thread, restored after it: none of its ops here
-is big enough to share out, while a product of a model larger than the CPU's cache reads twice as
-fast on two cores (12 ms against 22 for that model).
+torch runs this step at one thread, restored after it (none of its ops here is big enough to share
+out), and numpy's BLAS gets (``blas_threads``, set by threadpoolctl when it changes): torch's
+thread count for a model larger than the CPU's last-level cache, whose products read from memory
+twice as fast on two cores (that model: 12 ms against 22); one thread for a model that fits, whose
+products read from the cache, where a second thread costs more in handing over than it gains (the
+seed model at 2 torch threads: 1.80x and 2.02x its floor with one BLAS thread, 1.96x and 2.37x
+with two). A rule by shape and machine, not a timing: the same model gets the same threads.
 
 Only what numpy can take exactly gets this step (``OnePositionStep.of`` answers None otherwise):
 float32 parameters on the CPU in row-major order (every model as it trains and loads), one
@@ -37,8 +40,11 @@ the one and would not follow the other; ``takes``).
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,11 +56,43 @@ if TYPE_CHECKING:  # gpt.py imports kv_cache.py, which imports this module
     from tui_trainer.model.gpt import GPT, Block
 
 
+CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")  # Linux: index0..N, each with level and size
+_SIZE = re.compile(r"(\d{1,9})([KMG]?)")
+
+
+def cache_size_bytes(text: str) -> int:
+    """sysfs's size of a cache ("32768K", "1M") in bytes; 0 for anything else."""
+    found = _SIZE.fullmatch(text.strip())
+    if not found:
+        return 0
+    return int(found.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[found.group(2)]
+
+
+@functools.cache
+def last_level_cache_bytes(caches: Path = CPU_CACHES) -> int:
+    """The size of the CPU's highest-level cache, or 0 where the system doesn't say (not Linux)."""
+    best = (0, 0)  # (level, bytes)
+    for index in caches.glob("index*"):
+        try:
+            level = int((index / "level").read_text()[:8])
+            size = cache_size_bytes((index / "size").read_text()[:32])
+        except (OSError, ValueError):
+            continue
+        best = max(best, (level, size))
+    return best[1]
+
+
+def blas_threads(weight_bytes: int, torch_threads: int, cache_bytes: int) -> int:
+    """numpy BLAS's threads for products over ``weight_bytes`` of weights (the module doc): one
+    where they fit in a known last-level cache of ``cache_bytes``, else torch's count."""
+    return 1 if 0 < weight_bytes <= cache_bytes else torch_threads
+
+
 _blas_threads: int | None = None  # the thread count this module last gave numpy's BLAS
 
 
 def _share_threads(threads: int) -> None:
-    """numpy's BLAS gets torch's thread count, set only when it changes (a call costs ~1 ms)."""
+    """numpy's BLAS at ``threads``, set only when it changes (a call costs ~1 ms)."""
     global _blas_threads
     if threads != _blas_threads:
         threadpool_limits(limits=threads, user_api="blas")  # kept, not undone: this process's setting
@@ -138,6 +176,7 @@ class OnePositionStep:
         self.embedded, self.embedded_t = _output(cfg.n_embd)
         # the weight matrices and biases, for benchmarks/sampling.py's split of a token's time
         self.matrices = [(arrays[2], None)] + [(a, b) for a, b in zip(arrays[3::2], arrays[4::2])]
+        self.weight_bytes = sum(weight.nbytes for weight, _ in self.matrices)  # what a token reads
 
     @classmethod
     def of(cls, model: GPT, buffers: list[torch.Tensor]) -> OnePositionStep | None:
@@ -167,7 +206,7 @@ class OnePositionStep:
         whose key and value go into the cache; positions before it must be there already."""
         if not 0 <= token_id < len(self.tokens):  # (numpy would take -1 as the last row)
             raise IndexError(f"token id {token_id} is outside the vocabulary of {len(self.tokens)}")
-        _share_threads(torch.get_num_threads())
+        _share_threads(blas_threads(self.weight_bytes, torch.get_num_threads(), last_level_cache_bytes()))
         # torch's pool idle, not spinning, under numpy's (the module doc); a diverged model's inf and
         # NaN stay quiet, as in torch (the sampler reports them in one line), not numpy's RuntimeWarning
         with torch_at_one_thread(), np.errstate(all="ignore"):
