@@ -62,7 +62,8 @@ async def test_g_at_80x24_opens_the_samples_screen_and_the_engine_writes_one_now
         assert sample.asked and len(sample.text) == 200 and sample.step == app.view.step
         await pilot.pause(0.3)  # a drain tick
         text = flat(app)
-        assert f"sample · epoch 1 · asked at step {sample.step}" in text
+        # the step as the progress panel counts it, in the epoch
+        assert f"sample · epoch 1 · asked at step {app.view.step_in_epoch}/{app.view.steps_in_epoch}" in text
         first_words = " ".join(sample.text.split())[:20].strip()
         assert first_words in text
         send_key(app, "escape")
@@ -95,7 +96,23 @@ def test_the_sample_title_names_its_epoch_once():
     view = RunView()
     view.sample = SampleShown(epoch=3, step=120, text="x", asked=False)
     assert sample_title(view) == "sample · after epoch 3"
-    view.sample = SampleShown(epoch=3, step=1234, text="x", asked=True)
-    assert sample_title(view) == "sample · epoch 3 · asked at step 1,234"
+    view.sample = SampleShown(epoch=3, step=1234, text="x", asked=True, step_in_epoch=34, steps_in_epoch=600)
+    assert sample_title(view) == "sample · epoch 3 · asked at step 34/600"
     view.sample_requested = True
-    assert sample_title(view) == "sample · epoch 3 · asked at step 1,234 · a new one after this step…"
+    assert sample_title(view) == "sample · epoch 3 · asked at step 34/600 · a new one after this step…"
+    view.sample_requested = False
+    view.sample = SampleShown(epoch=3, step=1234, text="x", asked=True)  # where in its epoch: not known
+    assert sample_title(view) == "sample · epoch 3 · asked at step 1,234 of the run"
+
+
+def test_an_asked_sample_is_placed_in_its_epoch_as_the_progress_panel_counts():
+    from tui_trainer.events import SampleEvent
+    from tui_trainer.ui.view import RunView
+    from tui_trainer.ui.view_events import fold
+
+    view = RunView(epoch=2, step=51, step_in_epoch=11, steps_in_epoch=40)
+    fold(view, SampleEvent(epoch=2, step=51, text="x", seconds=0.1), 0.0)
+    assert (view.sample.step_in_epoch, view.sample.steps_in_epoch) == (11, 40)
+    view.step = 52  # (a sample of an earlier step: where it sat is not known)
+    fold(view, SampleEvent(epoch=2, step=51, text="y", seconds=0.1), 0.0)
+    assert view.sample.step_in_epoch is None

@@ -43,6 +43,9 @@ class SampleShown:
     step: int  # the optimizer step whose weights wrote it
     text: str
     asked: bool  # True: asked for with `g`; False: the one after an epoch
+    # where the step sat in its epoch, as the progress panel counts ("step 12/480"); None: not known
+    step_in_epoch: int | None = None
+    steps_in_epoch: int | None = None
 
 
 @dataclass

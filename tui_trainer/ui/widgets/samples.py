@@ -23,8 +23,13 @@ def sample_title(view: RunView) -> str:
     sample = view.sample
     if sample is None:
         return "sample"
-    # (the epoch once: "after epoch 3" names it already)
-    when = f"epoch {sample.epoch} · asked at step {sample.step:,}" if sample.asked else f"after epoch {sample.epoch}"
+    # (the epoch once: "after epoch 3" names it already); the step as the progress panel counts it
+    if not sample.asked:
+        when = f"after epoch {sample.epoch}"
+    elif sample.step_in_epoch is not None:
+        when = f"epoch {sample.epoch} · asked at step {sample.step_in_epoch:,}/{sample.steps_in_epoch:,}"
+    else:
+        when = f"epoch {sample.epoch} · asked at step {sample.step:,} of the run"
     coming = " · a new one after this step…" if view.sample_requested else ""
     return f"sample · {when}{coming}"
 
