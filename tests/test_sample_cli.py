@@ -169,3 +169,99 @@ def test_a_corrupt_checkpoint_suggests_the_runs_other_one(damaged, hint, trained
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
     assert "corrupt or truncated" in captured.err and hint in captured.err and "resume" not in captured.err
+
+
+# -- where the text goes: written as generated, kept when stopped ----------------------------------
+
+class FailingOut(io.StringIO):
+    """A stdout whose ``fail_at``-th write (1-based) raises ``error``; later ones succeed."""
+
+    def __init__(self, error: BaseException, fail_at: int, terminal: bool = False) -> None:
+        super().__init__()
+        self.error, self.fail_at, self.terminal, self.writes = error, fail_at, terminal, 0
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise self.error
+        return super().write(text)
+
+
+def test_a_reader_that_goes_away_ends_the_generation_quietly(trained_run, monkeypatch, capsys):
+    out = FailingOut(BrokenPipeError(32, "Broken pipe"), fail_at=5)
+    monkeypatch.setattr(sys, "stdout", out)
+    assert sample(str(trained_run), "--tokens", "100000") == 0  # `| head`: not 100,000 tokens for nobody
+    monkeypatch.undo()
+    assert out.writes == 5  # nothing more was written once the pipe was gone
+    assert capsys.readouterr().err == ""
+
+
+def test_a_write_that_fails_is_one_line_and_exit_1(trained_run, monkeypatch, capsys):
+    import errno
+
+    monkeypatch.setattr(sys, "stdout", FailingOut(OSError(errno.ENOSPC, "No space left on device"), fail_at=3))
+    assert sample(str(trained_run), "--tokens", "200") == 1
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: could not write the text: No space left on device")
+
+
+def test_ctrl_c_on_a_terminal_keeps_the_text_and_ends_its_line(trained_run, monkeypatch):
+    out = FailingOut(KeyboardInterrupt(), fail_at=12, terminal=True)
+    monkeypatch.setattr(sys, "stdout", out)
+    assert sample(str(trained_run), "--tokens", "500", "--prompt", "AB") == 130
+    monkeypatch.undo()
+    text = out.getvalue()
+    assert text.startswith("AB") and len(text) > 5 and text.endswith("\n")  # the shell's prompt on its own line
+
+
+def test_on_a_terminal_the_prompt_is_escaped_like_the_text(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("ab\x1b[31mcd\x07 " * 400, encoding="utf-8")  # a vocabulary that has ESC and BEL
+    assert main(["--no-ui", "--data", str(corpus), "--run-dir", str(run_dir), "--epochs", "1", *TINY]) == 0
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert sample(str(run_dir), "--tokens", "5", "--prompt", "\x1b[31mab\x07") == 0
+    monkeypatch.undo()
+    shown = terminal.getvalue()
+    assert shown.startswith("\\x1b[31mab\\x07") and "\x1b" not in shown and "\x07" not in shown
+
+
+def tui_trainer_command() -> list[str]:
+    script = Path(sys.executable).with_name("tui-trainer")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tui_trainer"]
+
+
+def test_sigterm_keeps_the_text_written_to_a_file_so_far(trained_run, tmp_path):
+    import signal
+    import time
+
+    target = tmp_path / "out.txt"
+    with target.open("w") as out:
+        process = subprocess.Popen([*tui_trainer_command(), "sample", str(trained_run), "--tokens", "1000000",
+                                    "--prompt", "A"], stdout=out, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while target.stat().st_size < 200 and time.monotonic() < deadline:  # lines arrive as they are written
+            time.sleep(0.1)
+        assert target.stat().st_size >= 200, "no text reached the file while it was generated"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        process.kill()
+    text = target.read_text(encoding="utf-8")
+    assert text.startswith("A") and len(text) >= 200 and text.endswith("\n")
+    assert process.stderr.read() == ""
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_and_a_closed_stdout_each_get_one_line(trained_run):
+    command = " ".join([*tui_trainer_command(), "sample", str(trained_run), "--tokens", "300"])
+    for redirect, code, words in (("> /dev/full", 1, "No space left"), (">&-", 2, "stdout is closed")):
+        done = subprocess.run(["bash", "-c", f"exec {command} {redirect}"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == code, done.stderr
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("error:") and words in done.stderr

@@ -1,14 +1,23 @@
 """`tui-trainer sample RUN_DIR`: load a run's model and tokenizer and print what it writes.
 
-The prompt and then the generated text go to stdout: streamed as they are generated when
-stdout is a terminal, written once at the end when it is a pipe or a file. Notes (a fallback
-from `best` to `latest`) go to stderr, so a pipe gets only the text.
+The prompt and then the generated text go to stdout as they are generated: each piece at once on
+a terminal (control characters escaped, the prompt's too), a line at a time to a pipe or a file
+(the text as it is). What was written stays written: Ctrl-C, SIGTERM or SIGHUP ends the command
+with the text so far flushed (and a final newline on a terminal), exit 128 + N; a reader that goes
+away (``| head``, a terminal that closes) ends the generation, exit 0; a write that fails (a full
+disk) is one line on stderr, exit 1. Notes (a fallback from `best` to `latest`) go to stderr, so a
+pipe gets only the text.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -156,15 +165,105 @@ def for_a_terminal(text: str) -> str:
     return escaped_controls(text)
 
 
+class ReaderGone(Exception):
+    """Nobody reads stdout any more (a closed pipe, a terminal that went away): stop writing."""
+
+
+class OutputFailed(UserError):
+    """The text could not be written (a full disk): the command failed, exit 1."""
+
+    exit_code = 1
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGHUP during `sample`: the text so far is kept, exit 128 + ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def signals_end_sampling() -> Iterator[None]:
+    """SIGTERM and SIGHUP end `sample` as Ctrl-C does (Python raises KeyboardInterrupt for that one),
+    so the text written so far is flushed rather than lost with the process."""
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if signum is not None:
+                previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class TextOut:
+    """stdout as `sample` writes it (the module doc): pieces as they come, escaped and flushed each
+    on a terminal, flushed at each newline on a pipe or a file."""
+
+    READER_GONE = (errno.EPIPE, errno.EIO, errno.ENXIO, errno.ECONNRESET)
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        try:
+            self.terminal = bool(stream.isatty())
+        except (AttributeError, OSError, ValueError):
+            self.terminal = False
+        self.ends_a_line = True  # nothing written yet
+
+    def __call__(self, text: str) -> None:
+        if not text:
+            return
+        shown = for_a_terminal(text) if self.terminal else text
+        self._guard(lambda: self._write(shown))
+        self.ends_a_line = text.endswith("\n")
+
+    def _write(self, text: str) -> None:
+        from tui_trainer.cli.console import write_replacing
+
+        write_replacing(self.stream, text)
+        if self.terminal or "\n" in text:
+            self.stream.flush()
+
+    def end(self) -> None:
+        """The last newline (the shell's prompt on a line of its own) and what is still buffered."""
+        def close() -> None:
+            if not self.ends_a_line:
+                self.stream.write("\n")
+            self.stream.flush()
+
+        self._guard(close)
+        self.ends_a_line = True
+
+    def _guard(self, write) -> None:
+        from tui_trainer.cli.console import point_at_devnull
+
+        try:
+            write()
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in self.READER_GONE:
+                point_at_devnull(self.stream)  # (the interpreter's last flush must not fail again)
+                raise OutputFailed(f"could not write the text: {exc.strerror or exc}",
+                                   "free some space, or send the text elsewhere") from None
+            point_at_devnull(self.stream)
+            raise ReaderGone from None
+
+
 def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """The `sample` subcommand; bad input raises UserError (the caller prints it, exit 2)."""
     import torch
 
-    from tui_trainer.cli.console import DetachableStream
     from tui_trainer.model.sampling import GREEDY_BELOW, sample_text
 
-    # A reader that goes away (`| head`) must not turn into a traceback: writes then go nowhere.
-    stdout = stdout or DetachableStream(sys.stdout)
+    if stdout is None and sys.stdout is None:  # (started with stdout closed: `>&-`)
+        raise UserError("stdout is closed: the text has nowhere to go",
+                        "run it with stdout on a terminal, a file (> out.txt) or a pipe")
+    stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     settings = settings_from_args(args)
     run = load_run(args.run_dir, args.checkpoint)
@@ -174,22 +273,23 @@ def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
     if 0 < settings.temperature < GREEDY_BELOW:
         print(f"note: --temperature {settings.temperature:g} is below {GREEDY_BELOW:g}: sampling greedily "
               "(the most likely token each time)", file=stderr, flush=True)
-    streaming = stdout.isatty()
-    stdout.write(args.prompt)
-    if streaming:
-        stdout.flush()
-
-    def show(piece: str) -> None:
-        stdout.write(for_a_terminal(piece))
-        stdout.flush()
-
-    with torch.no_grad():
-        text = sample_text(run.model, run.tokenizer, args.prompt, settings, on_text=show if streaming else None,
-                           untrained_ids=run.untrained_ids)
-    if not streaming:
-        stdout.write(text)
-    if not (args.prompt + text).endswith("\n"):
-        stdout.write("\n")  # leave the shell prompt on a line of its own
-    stdout.flush()
-    return 0
+    out = TextOut(stdout)
+    code = 0
+    try:
+        with signals_end_sampling():
+            out(args.prompt)
+            with torch.no_grad():
+                sample_text(run.model, run.tokenizer, args.prompt, settings, on_text=out,
+                            untrained_ids=run.untrained_ids)
+    except ReaderGone:
+        return 0
+    except KeyboardInterrupt:
+        code = 130
+    except Stopped as stopped:
+        code = 128 + stopped.signum
+    try:
+        out.end()
+    except ReaderGone:
+        pass
+    return code
 
