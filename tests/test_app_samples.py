@@ -116,3 +116,21 @@ def test_an_asked_sample_is_placed_in_its_epoch_as_the_progress_panel_counts():
     view.step = 52  # (a sample of an earlier step: where it sat is not known)
     fold(view, SampleEvent(epoch=2, step=51, text="y", seconds=0.1), 0.0)
     assert view.sample.step_in_epoch is None
+
+
+async def test_the_footers_keys_work_under_the_samples_screen_q_stops_the_run(small_corpus, tmp_path, apps):
+    app = make_app(small_corpus, tmp_path / "run", epochs=2, sample_tokens=0)
+    apps.append(app)
+    app.control.pause()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view.state == "paused", what="the first pause")
+        send_key(app, "g")
+        await wait_for(pilot, lambda: isinstance(app.screen, SamplesScreen), what="the samples screen")
+        await pilot.pause(0.3)
+        assert "q stop" in screen_text(app).splitlines()[-1] and "p pause/resume" in screen_text(app)
+        await pilot.press("p")  # the footer's keys work from here (Textual ends a modal's key chain at it)
+        await wait_for(pilot, lambda: app.view.state == "running", what="p to resume the run")
+        assert isinstance(app.screen, SamplesScreen)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, timeout=60, what="the app to stop and exit")
+    assert app.engine.finish().reason != "completed"  # stopped and saved, not closed-and-carried-on

@@ -295,7 +295,7 @@ class TrainerApp(App[None]):
             self.control.sample()
         wide = self.main_screen is not None and self.main_screen.has_class("-wide")
         if (not wide or not self.steerable) and not isinstance(self.screen, SamplesScreen):
-            self.push_screen(SamplesScreen(self.view, self.sample_note()))
+            self.push_screen(SamplesScreen(self.view, self.sample_note(), self.BINDINGS))
         self.refresh_panels()
 
     def action_last_sample(self) -> None:

@@ -6,6 +6,8 @@ both reach ``RunView.sample``. The panel and the screen render the same text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -78,7 +80,10 @@ class SamplePanel(Panel):
 class SamplesScreen(ModalScreen[None]):
     """The screen `g` opens where the panel has no room (80x24). The app keeps it current."""
 
-    BINDINGS = [Binding("escape,q", "close", "close"), Binding("g", "again", "sample now")]
+    # Only esc closes it: the footer below it offers the app's keys, and they do what it says
+    # (``app_bindings``): q stops the run (or quits once it has ended), p pauses, s saves…
+    BINDINGS = [Binding("escape", "close", "close"), Binding("g", "again", "sample now")]
+    OWN_KEYS = ("escape", "g")
 
     DEFAULT_CSS = """
     SamplesScreen { align: center middle; }
@@ -89,8 +94,14 @@ class SamplesScreen(ModalScreen[None]):
     }
     """
 
-    def __init__(self, view: RunView, note: str = "") -> None:
+    def __init__(self, view: RunView, note: str = "", app_bindings: Sequence[Binding] = ()) -> None:
+        """``app_bindings``: the app's keys, which reach it from here too. Textual ends a modal
+        screen's key chain at the screen, so each is bound here to its action on the app
+        (``app.stop``), whose ``check_action`` keeps deciding when it applies."""
         super().__init__()
+        for binding in app_bindings:
+            if binding.key not in self.OWN_KEYS:
+                self._bindings.bind(binding.key, f"app.{binding.action}", binding.description, show=False)
         self._view = view
         self._note = note
         self._version: object = None
