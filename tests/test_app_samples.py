@@ -119,7 +119,7 @@ def test_an_asked_sample_is_placed_in_its_epoch_as_the_progress_panel_counts():
 
 
 async def test_the_footers_keys_work_under_the_samples_screen_q_stops_the_run(small_corpus, tmp_path, apps):
-    app = make_app(small_corpus, tmp_path / "run", epochs=2, sample_tokens=0)
+    app = make_app(small_corpus, tmp_path / "run", epochs=50, sample_tokens=0)  # (still running when q comes)
     apps.append(app)
     app.control.pause()
     async with app.run_test(size=(80, 24)) as pilot:
@@ -130,7 +130,7 @@ async def test_the_footers_keys_work_under_the_samples_screen_q_stops_the_run(sm
         assert "q stop" in screen_text(app).splitlines()[-1] and "p pause/resume" in screen_text(app)
         await pilot.press("p")  # the footer's keys work from here (Textual ends a modal's key chain at it)
         await wait_for(pilot, lambda: app.view.state == "running", what="p to resume the run")
-        assert isinstance(app.screen, SamplesScreen)
+        assert isinstance(app.screen, SamplesScreen) and not app.view.ended
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, timeout=60, what="the app to stop and exit")
     assert app.engine.finish().reason != "completed"  # stopped and saved, not closed-and-carried-on
