@@ -8,7 +8,7 @@ from screen import screen_text
 from test_app import apps, make_app, paused, send_key, wait_for  # noqa: F401  (apps is a fixture)
 from test_snapshots import recorded_epochs, replay, started
 
-from tui_trainer.events import EpochEvent
+from tui_trainer.events import EpochEvent, SampleEvent
 from tui_trainer.ui.widgets.samples import SamplePanel, SamplesScreen
 
 # What a model writes as it learns (hand-written, so the snapshots never depend on torch).
@@ -134,3 +134,20 @@ async def test_the_footers_keys_work_under_the_samples_screen_q_stops_the_run(sm
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, timeout=60, what="the app to stop and exit")
     assert app.engine.finish().reason != "completed"  # stopped and saved, not closed-and-carried-on
+
+
+def test_an_epochs_sample_that_comes_just_after_an_asked_one_keeps_it_below():
+    from tui_trainer.ui.view import RunView
+    from tui_trainer.ui.view_events import fold
+    from tui_trainer.ui.widgets.samples import sample_text, sample_title
+
+    view = RunView(epoch=4, step=32, step_in_epoch=32, steps_in_epoch=38)
+    fold(view, SampleEvent(epoch=4, step=32, text="ASKED TEXT", seconds=0.1), 0.0)
+    view.step = 38
+    fold(view, replace(recorded_epochs(4)[-1], sample="EPOCH TEXT"), 0.0)  # epoch 4's own, a moment later
+    shown = sample_text(view).plain
+    assert shown.index("EPOCH TEXT") < shown.index("asked at step 32/38") < shown.index("ASKED TEXT")
+    assert sample_title(view) == "sample · after epoch 4 · the asked one below"
+    view.epoch = 5
+    fold(view, replace(recorded_epochs(5)[-1], sample="NEXT EPOCH"), 0.0)  # the asked one was epoch 4's
+    assert "ASKED TEXT" not in sample_text(view).plain and sample_title(view) == "sample · after epoch 5"

@@ -117,6 +117,7 @@ class RunView:
     # -- text samples ------------------------------------------------------------------------
     sample_tokens: int = 0  # tokens of the sample after each epoch (0 = none)
     sample: SampleShown | None = None  # the latest
+    asked_sample: SampleShown | None = None  # the latest asked with `g` (an epoch's may come after it)
     sample_version: int = 0  # bumped with each new sample
     sample_requested: bool = False  # `g` pressed, its sample not here yet
     # -- the end -----------------------------------------------------------------------------

@@ -194,9 +194,10 @@ def _sample(view: RunView, e: SampleEvent, now: float) -> None:
     view.sample_requested = False
     # It follows its step's StepEvent (or comes while paused after it): the view is at that step.
     here = view.step == e.step and view.epoch == e.epoch and view.steps_in_epoch > 0
-    _show_sample(view, SampleShown(e.epoch, e.step, e.text, asked=True,
-                                   step_in_epoch=view.step_in_epoch if here else None,
-                                   steps_in_epoch=view.steps_in_epoch if here else None))
+    view.asked_sample = SampleShown(e.epoch, e.step, e.text, asked=True,
+                                    step_in_epoch=view.step_in_epoch if here else None,
+                                    steps_in_epoch=view.steps_in_epoch if here else None)
+    _show_sample(view, view.asked_sample)
 
 def _show_sample(view: RunView, sample: SampleShown) -> None:
     view.sample = sample

@@ -17,8 +17,24 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from tui_trainer.shown_text import escaped_controls
-from tui_trainer.ui.view import RunView
+from tui_trainer.ui.view import RunView, SampleShown
 from tui_trainer.ui.widgets.base import Panel
+
+
+def asked_when(sample: SampleShown) -> str:
+    """Where an asked sample's step sat: as the progress panel counts it, else the run's step."""
+    if sample.step_in_epoch is not None:
+        return f"asked at step {sample.step_in_epoch:,}/{sample.steps_in_epoch:,}"
+    return f"asked at step {sample.step:,} of the run"
+
+
+def earlier_asked_sample(view: RunView) -> SampleShown | None:
+    """The sample asked with `g` in the epoch whose own sample is now the latest, or None: an epoch's
+    sample that comes a moment after an asked one must not take it off the screen."""
+    latest, asked = view.sample, view.asked_sample
+    if latest is None or latest.asked or asked is None or asked.epoch != latest.epoch:
+        return None
+    return asked
 
 
 def sample_title(view: RunView) -> str:
@@ -28,10 +44,10 @@ def sample_title(view: RunView) -> str:
     # (the epoch once: "after epoch 3" names it already); the step as the progress panel counts it
     if not sample.asked:
         when = f"after epoch {sample.epoch}"
-    elif sample.step_in_epoch is not None:
-        when = f"epoch {sample.epoch} · asked at step {sample.step_in_epoch:,}/{sample.steps_in_epoch:,}"
+        if earlier_asked_sample(view) is not None:
+            when += " · the asked one below"
     else:
-        when = f"epoch {sample.epoch} · asked at step {sample.step:,} of the run"
+        when = f"epoch {sample.epoch} · {asked_when(sample)}"
     coming = " · a new one after this step…" if view.sample_requested else ""
     return f"sample · {when}{coming}"
 
@@ -48,7 +64,12 @@ def sample_text(view: RunView, note: str = "") -> Text:
 
 def _sample_body(view: RunView) -> Text:
     if view.sample is not None:
-        return Text(escaped_controls(view.sample.text), no_wrap=False, end="")
+        body = Text(escaped_controls(view.sample.text), no_wrap=False, end="")
+        asked = earlier_asked_sample(view)
+        if asked is not None:  # asked with g just before its epoch ended: still there, below
+            body.append(f"\n\n── {asked_when(asked)} ──\n", style="dim")
+            body.append(escaped_controls(asked.text))
+        return body
     if view.ended:
         return Text("this run wrote no sample", style="dim", end="")
     if view.sample_requested:
