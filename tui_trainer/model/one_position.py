@@ -25,7 +25,7 @@ Threads: OpenBLAS has a pool of its own, apart from torch's OpenMP one, and the 
 be busy: with torch at 2 threads and OpenBLAS at 2 on 2 cores, a 12-layer, 768-wide model's step
 took 202 ms instead of 12-22 (torch's idle threads spin while OpenBLAS's wait for the cores). So
 torch runs this step at one thread, restored after it (none of its ops here is big enough to share
-out), and numpy's BLAS gets (``blas_threads``, set by threadpoolctl when it changes): torch's
+out), and numpy's BLAS gets, by ``blas_threads`` (set through threadpoolctl when it changes), torch's
 thread count for a model larger than the CPU's last-level cache, whose products read from memory
 twice as fast on two cores (that model: 12 ms against 22); one thread for a model that fits, whose
 products read from the cache, where a second thread costs more in handing over than it gains (the
