@@ -280,6 +280,3 @@ def refuse_a_folder_of_runs(path: str | Path, asked: str) -> None:
         raise error
     raise UserError(f"{path} is not a run dir and holds none",
                     "pass a run dir such as runs/20260101-120000 (`tui-trainer runs [FOLDER]` lists them)")
-
-
-# -- the table --------------------------------------------------------------------------------------
