@@ -14,7 +14,7 @@ import pytest
 from helpers import TINY_MODEL
 
 from tui_trainer.cli.main import main
-from tui_trainer.config import LIMITS, SEED_MAX, THREADS_PER_CORE_MAX, usable_cores
+from tui_trainer.config_checks import LIMITS, SEED_MAX, THREADS_PER_CORE_MAX, usable_cores
 
 TINY = [*TINY_MODEL, "--limit-train-batches", "2", "--limit-val-batches", "1", "--epochs", "1"]
 

@@ -132,7 +132,8 @@ def test_bad_tokenizer_input_is_one_line_and_exit_2(flags, expected, small_corpu
 
 
 def test_the_largest_bpe_vocabulary_is_accepted_by_the_checks(small_corpus):
-    from tui_trainer.config import MAX_BPE_VOCAB, DataConfig, RunConfig, validate
+    from tui_trainer.config import DataConfig, RunConfig
+    from tui_trainer.config_checks import MAX_BPE_VOCAB, validate
 
     cfg = RunConfig(data=DataConfig(path=str(small_corpus), tokenizer="bpe", vocab_size=MAX_BPE_VOCAB))
     assert validate(cfg).data.vocab_size == 2 ** 20

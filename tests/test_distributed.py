@@ -26,7 +26,8 @@ from helpers import free_port, tiny_config
 from screen import screen_text
 
 from tui_trainer.cli.launch import _died, _exit_code, check_nproc, died_line, without_nproc
-from tui_trainer.config import ModelConfig, validate
+from tui_trainer.config import ModelConfig
+from tui_trainer.config_checks import validate
 from tui_trainer.data.dataset import Window, WindowDataset, plan_windows
 from tui_trainer.engine.accumulation import accumulate_window
 from tui_trainer.engine.distributed import Placement, choose_backend, placement_from_environment, rank_share

@@ -10,7 +10,7 @@ from helpers import TINY_MODEL
 
 from tui_trainer.cli.headless import HeadlessLog
 from tui_trainer.cli.main import main
-from tui_trainer.config import LogEvery, parse_log_every
+from tui_trainer.config_checks import LogEvery, parse_log_every
 from tui_trainer.errors import UserError
 from tui_trainer.events import EpochEvent, RunStarted, StepEvent, ValidationProgress
 

@@ -24,7 +24,7 @@ import pytest
 from helpers import REPO
 
 PACKAGE = REPO / "tui_trainer"
-VOCABULARY = {"config", "errors", "events", "control", "bounded_read", "shown_text"}  # tui_trainer/<name>.py
+VOCABULARY = {"config", "config_checks", "errors", "events", "control", "bounded_read", "shown_text"}  # tui_trainer/<name>.py
 TEXTUAL = {"textual", "textual_plotext", "plotext", "textual_serve"}  # the UI's libraries
 EVERY_LAYER = {"vocabulary", "analysis", "data", "model", "rundir", "engine", "cli", "ui"}
 

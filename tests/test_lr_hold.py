@@ -10,7 +10,8 @@ from itertools import pairwise
 import pytest
 
 from tui_trainer.analysis.schedule import lr_at
-from tui_trainer.config import RunConfig, validate
+from tui_trainer.config import RunConfig
+from tui_trainer.config_checks import validate
 from tui_trainer.errors import UserError
 from tui_trainer.rundir.init_source import FINETUNE_LR_HOLD
 

@@ -6,7 +6,7 @@ import pytest
 from helpers import TINY_MODEL, ScriptedSink, stop, tiny_config, train, with_limits
 
 from tui_trainer.cli.main import main
-from tui_trainer.config import validate
+from tui_trainer.config_checks import validate
 from tui_trainer.control import Control
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.errors import UserError

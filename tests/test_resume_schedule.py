@@ -58,7 +58,8 @@ def test_more_epochs_on_resume_go_on_from_the_rate_it_had_or_restart_at_the_peak
 
 
 def test_a_bad_resume_schedule_is_one_line():
-    from tui_trainer.config import OptimConfig, validate
+    from tui_trainer.config import OptimConfig
+    from tui_trainer.config_checks import validate
     from tui_trainer.errors import UserError
 
     with pytest.raises(UserError) as error:

@@ -272,7 +272,7 @@ def test_the_headless_lines_show_the_budget_left_and_the_planned_epochs():
     from test_headless_log import Clock
 
     from tui_trainer.cli.headless import HeadlessLog
-    from tui_trainer.config import LogEvery
+    from tui_trainer.config_checks import LogEvery
 
     out, log_clock = io.StringIO(), Clock()
     log = HeadlessLog(out, progress=False, log_every=LogEvery(steps=5), clock=log_clock)

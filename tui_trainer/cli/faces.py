@@ -14,7 +14,8 @@ from typing import Any
 
 from tui_trainer.cli.console import DetachableStream, say, terminal_in_utf8
 from tui_trainer.cli.signals import SignalStopper
-from tui_trainer.config import RunConfig, parse_log_every
+from tui_trainer.config import RunConfig
+from tui_trainer.config_checks import parse_log_every
 from tui_trainer.errors import DataChanged, PeerLost, UserError
 
 

@@ -15,7 +15,7 @@ from typing import Callable, TextIO
 from tui_trainer.analysis.diagnosis import REMEDIES
 from tui_trainer.analysis.eta import EtaModel, SmoothedEta, duration
 from tui_trainer.analysis.noise_scale import actionable, noise_error_words, noise_scale_words
-from tui_trainer.config import LogEvery
+from tui_trainer.config_checks import LogEvery
 from tui_trainer.events import (
     AccumChangeApplied,
     AccumChangeRequested,

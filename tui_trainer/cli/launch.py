@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from tui_trainer.cli.console import say
-from tui_trainer.config import RunConfig, usable_cores, validate
+from tui_trainer.config import RunConfig
+from tui_trainer.config_checks import usable_cores, validate
 from tui_trainer.engine.distributed import choose_backend
 from tui_trainer.engine.runtime import pick_device
 from tui_trainer.errors import UserError

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tui_trainer.bounded_read import check_bounded_file
-from tui_trainer.config import MAX_VOCAB
+from tui_trainer.config_checks import MAX_VOCAB
 from tui_trainer.data.tokenizer import TOKENIZER_FILE, BpeTokenizer, CharTokenizer, Tokenizer, load_tokenizer_file
 from tui_trainer.errors import UserError
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tui_trainer.config import usable_cores
+from tui_trainer.config_checks import usable_cores
 from tui_trainer.errors import UserError
 from tui_trainer.events import BUSY_NOTE
 

@@ -24,7 +24,8 @@ from tui_trainer.analysis.diagnosis import Diagnosis
 from tui_trainer.analysis.early_stopping import EarlyStopping
 from tui_trainer.analysis.noise_scale import NoiseScaleEstimator
 from tui_trainer.analysis.time_budget import bare_seconds_note, budget_notes, parse_duration
-from tui_trainer.config import RunConfig, usable_cores, validate
+from tui_trainer.config import RunConfig
+from tui_trainer.config_checks import usable_cores, validate
 from tui_trainer.control import Control
 from tui_trainer.data.bits_per_byte import exact_bytes, token_byte_lengths, validation_bytes
 from tui_trainer.data.dataset import Corpus, WindowDataset, load_corpus, window_count

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from tui_trainer.bounded_read import read_bounded_text
-from tui_trainer.config import GELU_CHOICES, LIMITS
+from tui_trainer.config_checks import GELU_CHOICES, LIMITS
 from tui_trainer.errors import UserError
 
 # ModelConfig.gelu <-> GPT-2's activation_function. "gelu_pytorch_tanh" is the same tanh formula as

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from tui_trainer.analysis.time_budget import state_problem
-from tui_trainer.config import GELU_CHOICES, LIMITS, ModelConfig, RunConfig
+from tui_trainer.config import ModelConfig, RunConfig
+from tui_trainer.config_checks import GELU_CHOICES, LIMITS
 from tui_trainer.errors import UserError
 from tui_trainer.rundir.reader import fits
 

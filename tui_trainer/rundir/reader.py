@@ -24,7 +24,8 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
-from tui_trainer.config import LIMITS, RunConfig, checked_value
+from tui_trainer.config import RunConfig, checked_value
+from tui_trainer.config_checks import LIMITS
 from tui_trainer.errors import UserError
 from tui_trainer.events import EpochEvent, RunEnded, SampleEvent, StepEvent
 from tui_trainer.rundir.files import CONFIG_FILE, METRICS_FILE
