@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from tui_trainer.cli.console import point_at_devnull, write_replacing
 from tui_trainer.config import RunConfig
 from tui_trainer.errors import UserError
 from tui_trainer.rundir.reader import not_a_run_dir_folder
@@ -224,8 +225,6 @@ class TextOut:
         self.ends_a_line = text.endswith("\n")
 
     def _write(self, text: str) -> None:
-        from tui_trainer.cli.console import write_replacing
-
         write_replacing(self.stream, text)
         if self.terminal or "\n" in text:
             self.stream.flush()
@@ -241,8 +240,6 @@ class TextOut:
         self.ends_a_line = True
 
     def _guard(self, write) -> None:
-        from tui_trainer.cli.console import point_at_devnull
-
         try:
             write()
         except (OSError, ValueError) as exc:
