@@ -92,13 +92,20 @@ class Served:
     def viewers(self) -> list[int]:
         return processes_with(self.marker)
 
+    def places_taken(self) -> int:
+        """The server's own count against its cap: viewers running and viewers starting."""
+        return len(self.server.viewers) + self.server.starting
+
     async def wait_for_viewers(self, count: int, timeout: float = 60) -> None:
-        """Until `count` stand-in viewers run (a deadline, not a wait: four Python starts can take
-        over 20 s on two loaded cores)."""
+        """Until `count` stand-in viewers run and the server counts that many (a deadline, not a
+        wait: four Python starts can take over 20 s on two loaded cores). Both, because a viewer
+        that has exited is gone from /proc (a zombie) a moment before the server has reaped it and
+        freed its place: a tab opened in that moment is refused (CI, 2026-12-06)."""
         deadline = time.monotonic() + timeout
-        while len(self.viewers()) != count and time.monotonic() < deadline:
+        while ((len(self.viewers()), self.places_taken()) != (count, count)
+               and time.monotonic() < deadline):
             await asyncio.sleep(0.05)
-        assert len(self.viewers()) == count
+        assert (len(self.viewers()), self.places_taken()) == (count, count)
 
 
 class Tab:
