@@ -121,7 +121,7 @@ class RunBudget:
         used, budget = self.used(), self.planner.budget_seconds
         if budget - used < self.step_seconds_guess:
             raise UserError(f"--time-budget {_shown(budget)} is too short: the start-up took {used:.1f} s and one "
-                            f"optimizer step takes about {self.step_seconds_guess:.2f} s",
+                            f"optimizer step takes about {_step_shown(self.step_seconds_guess)} s",
                             f"give at least --time-budget {math.ceil(used + self.step_seconds_guess + 1)}s "
                             f"(more leaves time to learn something)")
         # A short budget measures for a quarter of what is left at most (the default: MEASURE_SECONDS).
@@ -212,7 +212,13 @@ def start_budget(session: TrainingSession, started: float) -> RunBudget | None:
     return budget
 
 
+def _step_shown(seconds: float) -> str:
+    return f"{seconds:.2f}" if seconds >= 0.01 else f"{seconds:.1g}"  # (a fast step: 0.003, not 0.00)
+
+
 def _shown(seconds: float) -> str:
+    if 0 < seconds < 10 and seconds != round(seconds):  # (a budget of 0.5s is not "0s")
+        return f"{seconds:.2g}s"
     seconds = max(0, round(seconds))
     if seconds < 120:
         return f"{seconds}s"
