@@ -265,3 +265,17 @@ def test_a_full_disk_and_a_closed_stdout_each_get_one_line(trained_run):
         done = subprocess.run(["bash", "-c", f"exec {command} {redirect}"], capture_output=True, text=True, timeout=120)
         assert done.returncode == code, done.stderr
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("error:") and words in done.stderr
+
+
+def test_stats_says_on_stderr_how_fast_the_tokens_came_and_leaves_stdout_alone(trained_run, capsys):
+    assert sample(str(trained_run), "--prompt", "ROMEO:", "--tokens", "30", "--seed", "3") == 0
+    plain = capsys.readouterr()
+    assert sample(str(trained_run), "--prompt", "ROMEO:", "--tokens", "30", "--seed", "3", "--stats") == 0
+    timed = capsys.readouterr()
+    assert timed.out == plain.out  # the text is the same; the figures go to stderr only
+    (line,) = timed.err.splitlines()
+    assert line.startswith("stats: 30 tokens in ") and "the first (with the 6 prompt tokens) in " in line, line
+    assert "tokens/s (KV cache, CPU)" in line, line
+    assert sample(str(trained_run), "--tokens", "1", "--stats", "--no-kv-cache") == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("stats: 1 token in ") and "tokens/s" not in line and "(no KV cache, CPU)" in line, line

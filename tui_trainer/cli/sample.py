@@ -30,7 +30,7 @@ from tui_trainer.shown_text import escaped_controls
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser is built
     from tui_trainer.model.gpt import GPT
-    from tui_trainer.model.sampling import SamplingSettings, Tokenizer
+    from tui_trainer.model.sampling import GenerationClock, SamplingSettings, Tokenizer
 
 DEFAULT_PROMPT = "\n"
 DEFAULT_TOKENS = 500
@@ -54,6 +54,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seed of the sampler: same seed, same text (default: {DEFAULT_SEED})")
     parser.add_argument("--no-kv-cache", action="store_true",
                         help="recompute the context for every token instead of caching keys and values (slower)")
+    parser.add_argument("--stats", action="store_true",
+                        help="say on stderr at the end how fast the tokens came (tokens/s, the first token's time)")
 
 
 def settings_from_args(args: argparse.Namespace) -> SamplingSettings:
@@ -251,11 +253,24 @@ class TextOut:
             raise ReaderGone from None
 
 
+def stats_line(clock: GenerationClock, kv_cache: bool) -> str:
+    """``sample --stats``: how fast the tokens came, the text's writing included (as a reader sees it)."""
+    if clock.started is None or clock.first is None or clock.last is None:
+        return "stats: no token was generated"
+    prompt = f"{clock.prompt_tokens:,} prompt token{'s' if clock.prompt_tokens != 1 else ''}"
+    line = (f"stats: {clock.tokens:,} token{'s' if clock.tokens != 1 else ''} in {clock.last - clock.started:.2f} s; "
+            f"the first (with the {prompt}) in {1000 * (clock.first - clock.started):.1f} ms")
+    rate = clock.tokens_per_s_after_the_first()
+    if rate is not None:
+        line += f", then {rate:,.0f} tokens/s"
+    return line + f" ({'KV cache' if kv_cache else 'no KV cache'}, CPU)"
+
+
 def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """The `sample` subcommand; bad input raises UserError (the caller prints it, exit 2)."""
     import torch
 
-    from tui_trainer.model.sampling import GREEDY_BELOW, sample_text
+    from tui_trainer.model.sampling import GREEDY_BELOW, GenerationClock, sample_text
 
     if stdout is None and sys.stdout is None:  # (started with stdout closed: `>&-`)
         raise UserError("stdout is closed: the text has nowhere to go",
@@ -271,22 +286,26 @@ def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
         print(f"note: --temperature {settings.temperature:g} is below {GREEDY_BELOW:g}: sampling greedily "
               "(the most likely token each time)", file=stderr, flush=True)
     out = TextOut(stdout)
-    code = 0
+    clock = GenerationClock() if getattr(args, "stats", False) else None
+    code, reader_gone = 0, False
     try:
         with signals_end_sampling():
             out(args.prompt)
             with torch.no_grad():
                 sample_text(run.model, run.tokenizer, args.prompt, settings, on_text=out,
-                            untrained_ids=run.untrained_ids)
+                            untrained_ids=run.untrained_ids, clock=clock)
     except ReaderGone:
-        return 0
+        reader_gone = True
     except KeyboardInterrupt:
         code = 130
     except Stopped as stopped:
         code = 128 + stopped.signum
-    try:
-        out.end()
-    except ReaderGone:
-        pass
+    if not reader_gone:
+        try:
+            out.end()
+        except ReaderGone:
+            pass
+    if clock is not None:  # (also after a stop: the tokens that came)
+        print(stats_line(clock, settings.kv_cache), file=stderr, flush=True)
     return code
 

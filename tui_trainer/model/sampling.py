@@ -248,13 +248,49 @@ class TextStream:
         self.head = self.tokenizer.decode(self.ids[max(0, self.shown - self.CONTEXT):])
 
 
+@dataclass
+class GenerationClock:
+    """When a generation's new tokens came (``sample --stats``): the first one pays for the
+    prompt's prefill, the others are one position's step each (and their text's write)."""
+
+    started: float | None = None
+    first: float | None = None  # when the first new token was chosen
+    last: float | None = None  # when the last one was
+    tokens: int = 0
+    prompt_tokens: int = 0
+
+    def start(self, prompt_tokens: int) -> None:
+        self.started, self.prompt_tokens = time.perf_counter(), prompt_tokens
+
+    def took_one(self) -> None:
+        self.last = time.perf_counter()
+        if self.first is None:
+            self.first = self.last
+        self.tokens += 1
+
+    def tokens_per_s_after_the_first(self) -> float | None:
+        if self.tokens < 2 or self.first is None or self.last is None or self.last <= self.first:
+            return None
+        return (self.tokens - 1) / (self.last - self.first)
+
+
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, settings: SamplingSettings,
-                on_text: Callable[[str], None] | None = None, untrained_ids: Sequence[int] = ()) -> str:
+                on_text: Callable[[str], None] | None = None, untrained_ids: Sequence[int] = (),
+                clock: GenerationClock | None = None) -> str:
     """The text generated after ``prompt`` (the prompt itself not included), never from
-    ``untrained_ids``; ``on_text`` gets it piece by piece as it is generated."""
+    ``untrained_ids``; ``on_text`` gets it piece by piece as it is generated; ``clock`` times it."""
     prompt_ids = [int(i) for i in tokenizer.encode(prompt)]
     stream = TextStream(tokenizer, on_text) if on_text is not None else None
-    new_ids = generate(model, prompt_ids, settings, on_token=stream, untrained_ids=untrained_ids,
+    on_token: Callable[[int], None] | None = stream
+    if clock is not None:
+        def timed(token_id: int) -> None:
+            clock.took_one()
+            if stream is not None:
+                stream(token_id)
+
+        on_token = timed
+        clock.start(len(prompt_ids))
+    new_ids = generate(model, prompt_ids, settings, on_token=on_token, untrained_ids=untrained_ids,
                        id_bytes=exact_id_bytes(tokenizer))
     if stream is not None:
         stream.flush()
