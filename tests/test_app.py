@@ -28,6 +28,8 @@ from tui_trainer.engine.precision import bf16_support
 from tui_trainer.errors import UserError
 from tui_trainer.events import CheckpointFailed, CheckpointSaved
 from tui_trainer.rundir.metrics import read_metrics
+from tui_trainer.rundir.summary import read_summary
+from tui_trainer.ui import format as fmt
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.bridge import AppSink
 from tui_trainer.ui.factory import create_app, create_replay_app
@@ -139,6 +141,10 @@ async def test_plus_twice_shows_pending_change_applied_exactly_at_next_epoch(sma
         await wait_for(pilot, lambda: app.view.ended, what="the end of the run")
         await wait_for_text(pilot, app, "accum 2 -> 8", present=False)
         await wait_for_text(pilot, app, "micro-batch 4 x accum 8")
+        # ended: the run's average pace, the figure `tui-trainer runs` gives it (not the last steps')
+        average = read_summary(tmp_path / "run").tokens_per_s
+        await wait_for_text(pilot, app, f"avg tok/s {fmt.count(average)}")
+        assert "tokens/s" not in screen_text(app)
     end = app.engine.finish()
     assert end.reason == "completed"
     steps = [r for r in read_metrics(tmp_path / "run") if r["type"] == "step"]

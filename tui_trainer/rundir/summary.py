@@ -105,7 +105,7 @@ def summarize(path: str, config_record: dict[str, Any] | None, events: Iterable[
     return RunSummary(path=path, status=status, epochs=max((e.epoch for e in epochs), default=0),
                       epochs_planned=planned if isinstance(planned, int) else None, tokens=tokens,
                       best_val_loss=min(vals) if vals else None, best_val_bpb=min(bpbs) if bpbs else None,
-                      seconds=seconds, tokens_per_s=_pace(epochs, last_step), settings=settings,
+                      seconds=seconds, tokens_per_s=run_pace(epochs, last_step), settings=settings,
                       effective_batch=_positive_count(getattr(latest, "effective_batch", None)),
                       budget_spent=spent, last_epoch_share=end.last_epoch_share if by_budget else None)
 
@@ -175,7 +175,7 @@ def _planned_epochs(config_record: dict[str, Any] | None, epochs: list[EpochEven
     return epochs[-1].epochs if epochs else None
 
 
-def _pace(epochs: list[EpochEvent], last_step: StepEvent | None) -> float | None:
+def run_pace(epochs: list[EpochEvent], last_step: StepEvent | None) -> float | None:
     """Training tokens over training time, over every epoch (each epoch's tokens at its own pace);
     the last step's pace while the first epoch goes on."""
     tokens = seconds = 0.0

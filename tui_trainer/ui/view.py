@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tui_trainer.analysis.eta import EtaModel, SmoothedEta
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
+from tui_trainer.rundir.summary import run_pace
 from tui_trainer.events import (
     BUSY_NOTE,
     effective_batch,
@@ -241,9 +242,21 @@ class RunView:
         return tokens / seconds if seconds > 0 else None
 
     @property
+    def run_tokens_per_second(self) -> float | None:
+        """Once the run has ended, its pace over every epoch (what `tui-trainer runs` says of it);
+        None before, and for a run that ended inside its first epoch."""
+        return run_pace(self.epoch_rows, None) if self.ended else None
+
+    @property
+    def shown_tokens_per_second(self) -> float | None:
+        """The stats panel's figure: the last steps' pace, and the run's average once it has ended."""
+        average = self.run_tokens_per_second
+        return average if average is not None else self.tokens_per_second
+
+    @property
     def flops_per_second(self) -> float | None:
-        """The model's FLOP/s at the smoothed tokens/s."""
-        tokens_per_s = self.tokens_per_second
+        """The model's FLOP/s at the tokens/s shown."""
+        tokens_per_s = self.shown_tokens_per_second
         return tokens_per_s * self.flops_per_token if tokens_per_s and self.flops_per_token else None
 
     @property

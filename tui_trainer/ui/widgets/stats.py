@@ -55,8 +55,9 @@ class StatsPanel(Panel):
         grad = fmt.plain(view.grad_norm, 3)
         if view.skipped_steps:
             grad += f" ({view.skipped_steps} skipped)"
+        pace = "avg tok/s" if view.run_tokens_per_second is not None else "tokens/s"  # (ended: as `runs` says it)
         return [
-            ("tokens/s", fmt.count(view.tokens_per_second) + (self._flops(view) if flops else "")),
+            (pace, fmt.count(view.shown_tokens_per_second) + (self._flops(view) if flops else "")),
             ("lr", fmt.scientific(view.lr)),
             ("grad norm", grad),
             ("tokens", seen),
