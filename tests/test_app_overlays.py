@@ -113,6 +113,8 @@ async def test_a_save_while_paused_is_one_short_toast_at_a_time():
         await pilot.pause(0.3)
         shown = [n.message for n in app._notifications]
         assert len(shown) == 1 and shown[0].startswith("saved latest checkpoint"), shown
+        # paused 2 micro-steps into step 66: the checkpoint holds step 65, and a resume redoes 66
+        assert shown[0].endswith("; a resume redoes step 66 (2 micro-steps in)"), shown
         assert all(n.timeout <= 4 for n in app._notifications)
         assert len(toasts(app)) == 1
 
