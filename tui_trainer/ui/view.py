@@ -15,11 +15,11 @@ from pathlib import Path
 
 from tui_trainer.analysis.eta import EtaModel, SmoothedEta
 from tui_trainer.config import ACCUM_MAX, ACCUM_MIN
-from tui_trainer.rundir.summary import run_pace
 from tui_trainer.events import (
     BUSY_NOTE,
     effective_batch,
 )
+from tui_trainer.rundir.summary import run_pace
 
 # Run states, in the words the status line uses.
 STARTING, RUNNING, PAUSING, PAUSED, RESUMING, STOPPING = "starting", "running", "pausing", "paused", "resuming", "stopping"
