@@ -45,6 +45,7 @@ async def test_the_app_shows_a_setting_up_state_then_runs(small_corpus, tmp_path
         await pilot.pause()
         text = screen_text(app)
         assert "setting up" in text.splitlines()[0] and "loading torch" in text, text
+        assert " run " in text.splitlines()[0], text  # the run dir's name from the first frame, not "—"
         assert app.engine.trainer is None and "tui-trainer-set-up" in {t.name for t in threading.enumerate()}
         gate.set()
         await wait_until(pilot, lambda: app.view.ended, "the run to end")

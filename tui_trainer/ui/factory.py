@@ -45,16 +45,20 @@ def create_app(cfg, *, resume: str | None = None, overrides: dict[str, Any] | No
         return trainer, recorded_history(trainer.run_dir) if resume is not None else []
 
     if in_background:
-        return _with_configured_device(TrainerApp(None, sink, control=control, set_up=PassingBuild(build)), cfg)
+        return _as_configured(TrainerApp(None, sink, control=control, set_up=PassingBuild(build)), cfg, resume)
     trainer, history = in_passing_thread(build)
     app = TrainerApp(trainer, sink, replay=history)
     app.view.pending_accum = trainer.state.pending_accum  # a change asked for before the interruption
-    return _with_configured_device(app, cfg)
+    return _as_configured(app, cfg, resume)
 
 
-def _with_configured_device(app: TrainerApp, cfg) -> TrainerApp:
-    """The status line's device label from the first frame, where the config names it (``auto``
-    is known only once torch has looked: RunStarted brings what was chosen, and replaces this)."""
+def _as_configured(app: TrainerApp, cfg, resume: str | None) -> TrainerApp:
+    """The status line's run name and device label from the first frame, where the command line
+    names them (a run dir given or resumed; a device other than ``auto``, which is known only once
+    torch has looked): RunStarted brings what was chosen, and replaces them."""
+    named = resume if resume is not None else cfg.run_dir
+    if named:
+        app.view.run_dir = str(named)
     train = cfg.train
     if train.device != "auto":
         app.view.device = train.device
