@@ -104,6 +104,12 @@ async def test_a_live_viewers_footer_fits_every_key_at_80_columns(tmp_path):
             shown = footer(app)
             for words in ("q close viewer", "p pause/resume", "+- accum x2 /2", "s save", "? help", "^x stop run"):
                 assert words in shown, shown
+            for width in (70, 64, 60):  # narrower: what is cut is the end (? help), never ^x stop run
+                await pilot.resize_terminal(width, 24)
+                await pilot.pause()
+                assert "q close viewer" in footer(app) and "^x stop run" in footer(app), (width, footer(app))
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause()
             app.feed([ENDED])  # over: two keys, and the palette hint has its room again
             await pilot.pause()
             await pilot.pause()

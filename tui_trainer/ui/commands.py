@@ -135,6 +135,8 @@ TRAINER = CommandTable(
 
 VIEWER = CommandTable(
     bindings=(
+        # ^x beside q: a footer too narrow for every key (below ~72 columns) cuts the last, `? help`
+        # (the viewer does not inherit the trainer's bindings, whose order would put ^x last)
         Binding("q", "close_app", "close viewer", tooltip="close this viewer; the run goes on"),
         Binding("ctrl+x", "stop_run", "stop run", tooltip="stop the run itself (asks first)"),
         *_shared_bindings(sample_in_footer=False),

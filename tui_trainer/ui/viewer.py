@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
@@ -54,9 +54,11 @@ class ConfirmStop(ModalScreen[bool]):
         self.dismiss(stop)
 
 
-class ViewerApp(TrainerApp):
+class ViewerApp(TrainerApp, inherit_bindings=False):
     COMMANDS_TABLE = VIEWER
-    BINDINGS = list(VIEWER.bindings)
+    # Its own keys in its own order (inherited, the trainer's order held and ^x, new, came last: a
+    # footer below ~72 columns cut `^x stop run`, now it cuts `? help`); Textual's ctrl+q kept.
+    BINDINGS = [*(b for b in App.BINDINGS if b.key == "ctrl+q"), *VIEWER.bindings]
     Q_WORDS = "close"  # "press q to close", as its footer's `q close viewer`
     # A live run's keys need 77 columns spaced out, 90 with the palette hint: at 80 the hint gave way
     # to nothing and `^x stop run` was cut off (ctrl+p still works; the help lists it).
