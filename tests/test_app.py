@@ -12,8 +12,10 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,7 +28,7 @@ from tui_trainer.cli.faces import exit_code_for
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.engine.precision import bf16_support
 from tui_trainer.errors import UserError
-from tui_trainer.events import CheckpointFailed, CheckpointSaved
+from tui_trainer.events import CheckpointFailed, CheckpointSaved, EpochEvent, StepEvent
 from tui_trainer.rundir.metrics import read_metrics
 from tui_trainer.rundir.summary import read_summary
 from tui_trainer.ui import format as fmt
@@ -72,6 +74,19 @@ async def paused(pilot, app: TrainerApp) -> None:
     await wait_for(pilot, lambda: app.view.state == "paused", what="the engine to pause")
 
 
+def pause_after(app: TrainerApp, said: Callable[[Any], bool]) -> None:
+    """The engine pauses itself right after the event ``said`` picks (asked on its own thread as it
+    says it): a pause asked once the screen shows it can land steps later on a loaded machine."""
+    emit = app.sink.emit
+
+    def emitting(event) -> None:
+        emit(event)
+        if said(event):
+            app.control.pause()
+
+    app.sink.emit = emitting
+
+
 @pytest.fixture
 def apps():
     """Apps made by a test; their engines are stopped and joined whatever happens."""
@@ -95,9 +110,9 @@ async def test_app_starts_progress_moves_and_plot_gains_points(small_corpus, tmp
         assert "effective batch 8 = micro-batch 4 x accum 2 (x 1 process)" in first
         assert app.view.step == 0
 
+        pause_after(app, lambda e: isinstance(e, StepEvent) and e.step == 10)
         app.control.resume()
-        await wait_for(pilot, lambda: app.view.step >= 10, what="ten steps")
-        await paused(pilot, app)
+        await wait_for(pilot, lambda: app.view.step >= 10 and app.view.state == "paused", what="ten steps")
         await pilot.pause(0.5)  # a plot tick (3 Hz)
         plot = app.query_one(LossPlot)
         points_before = plot.points_drawn
@@ -330,9 +345,10 @@ def test_trainer_is_built_off_the_main_thread_on_a_thread_that_ends(small_corpus
 async def test_renders_at_80x24_60x20_and_wide_and_redraws_on_resize(small_corpus, tmp_path, apps):
     app = make_app(small_corpus, tmp_path / "run", epochs=3, train_batches=16)
     apps.append(app)
+    pause_after(app, lambda e: isinstance(e, EpochEvent))
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: len(app.view.epoch_points) >= 1, what="an epoch")
-        await paused(pilot, app)
+        await wait_for(pilot, lambda: len(app.view.epoch_points) >= 1 and app.view.state == "paused",
+                       what="an epoch, then the pause")
         await pilot.pause(0.5)
         for size in [(80, 24), (60, 20), (140, 45), (80, 24)]:
             await pilot.resize_terminal(*size)

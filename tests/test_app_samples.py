@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from screen import screen_text
-from test_app import apps, make_app, paused, send_key, wait_for  # noqa: F401  (apps is a fixture)
+from test_app import apps, make_app, pause_after, send_key, wait_for  # noqa: F401  (apps is a fixture)
 from test_snapshots import recorded_epochs, replay, started
 
 from tui_trainer.events import EpochEvent, SampleEvent
@@ -75,9 +75,10 @@ async def test_g_at_80x24_opens_the_samples_screen_and_the_engine_writes_one_now
 async def test_wide_screen_shows_each_epoch_sample_in_its_panel(small_corpus, tmp_path, apps):
     app = make_app(small_corpus, tmp_path / "run", epochs=2, train_batches=40, sample_tokens=60)
     apps.append(app)
+    pause_after(app, lambda e: isinstance(e, EpochEvent))  # (at once: a loaded machine's pause came late)
     async with app.run_test(size=(150, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view.sample is not None, what="the first epoch's sample")
-        await paused(pilot, app)
+        await wait_for(pilot, lambda: app.view.sample is not None and app.view.state == "paused",
+                       what="the first epoch's sample, then the pause")
         await pilot.pause(0.3)
         panel = app.query_one(SamplePanel)
         assert panel.display and panel.size.height >= 4

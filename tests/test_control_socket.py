@@ -64,11 +64,19 @@ def raw_exchange(path, payload: bytes, timeout: float = 5.0) -> bytes:
     return answer
 
 
+PROMPTLY_S = 0.9 * cs.CLIENT_TIMEOUT_S  # served before a held client's deadline could have freed its place
+
+
 def still_serving(server) -> None:
+    """Served promptly: a place freed by clients that left (their threads end at their EOF, a
+    moment later on a loaded machine: "busy" until then) rather than at their deadline."""
     started = time.monotonic()
     answer = cs.send_command(server.path, {"command": "status"})
+    while answer == cs.BUSY and time.monotonic() - started < PROMPTLY_S:
+        time.sleep(0.02)
+        answer = cs.send_command(server.path, {"command": "status"})
     assert answer["ok"] and "paused" in answer["status"]
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < PROMPTLY_S
 
 
 @pytest.mark.parametrize("payload", [
@@ -148,7 +156,7 @@ def test_idle_connections_and_a_slow_sender_do_not_hold_up_a_viewer(served):
         for command in ("status", "pause", "resume"):
             started = time.monotonic()
             answer = cs.send_command(server.path, {"command": command})
-            assert answer["ok"] and answer["applied"] and time.monotonic() - started < 1.0
+            assert answer["ok"] and answer["applied"] and time.monotonic() - started < PROMPTLY_S
         slow.settimeout(cs.CLIENT_TIMEOUT_S + 2)
         slow.sendall(b'mand": "pause"}')  # a byte now and then does not extend its deadline
         assert slow.recv(100) == b""  # cut off at its deadline, unanswered
@@ -170,10 +178,9 @@ def test_beyond_the_cap_a_client_is_told_busy_at_once_and_served_when_one_leaves
         time.sleep(0.2)
         started = time.monotonic()
         answer = cs.send_command(server.path, {"command": "status"})
-        assert answer == cs.BUSY and time.monotonic() - started < 1.0
+        assert answer == cs.BUSY and time.monotonic() - started < PROMPTLY_S
         for client in held:
             client.close()  # (their threads end at EOF, long before their deadline)
-        time.sleep(0.3)
         still_serving(server)
     finally:
         for client in held:

@@ -200,12 +200,13 @@ def run_view(args: argparse.Namespace) -> int:
         die_with_parent(int(os.environ[PARENT_PID_ENV]))  # a served viewer never outlives its server
     from tui_trainer.rundir.setting_up import wait_for_start
     from tui_trainer.rundir.summary import refuse_a_folder_of_runs
-    from tui_trainer.ui.viewer import create_view_app
 
     run_dirs = list(args.run_dirs)
     for run_dir in run_dirs:
         wait_for_start(run_dir, say)  # a run dir its live run is still setting up: its config.json awaited
         refuse_a_folder_of_runs(run_dir, "view")  # `view runs`: the runs inside named (as `--resume runs` does)
+    from tui_trainer.ui.viewer import create_view_app  # (after the wait: it imports torch, ~1 s or more)
+
     if len(run_dirs) > 1:
         from tui_trainer.ui.compare import create_compare_app
 

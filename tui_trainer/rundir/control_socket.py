@@ -31,11 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tui_trainer.config import ACCUM_MAX, ACCUM_MIN  # the bounds: one definition, in config.py
 from tui_trainer.control import Control
 from tui_trainer.errors import UserError
 
 SOCKET_FILE = "control.sock"
-from tui_trainer.config import ACCUM_MAX, ACCUM_MIN  # the bounds: one definition, in config.py
 
 MAX_LINE = 4096  # a command is a few dozen bytes; anything longer is not one of ours
 MAX_DEPTH = 2  # a command is one flat object: `{"command": ..., "value": ...}` is depth 1
@@ -140,6 +140,9 @@ class ControlServer:
                     leftover.unlink()
             self._server.bind(str(tmp))
             os.chmod(tmp, 0o600)
+            # Listening before it has its name: a client that sees the file connects at once, and a
+            # socket bound but not yet listening refuses it (a viewer's first command failed).
+            self._server.listen(64)
             os.replace(tmp, self.path)
             # Which file is ours, and the folder it is in (by descriptor, not by name): a run dir
             # moved away and replaced by another run's must not lose that run's socket when this
@@ -151,7 +154,6 @@ class ControlServer:
             self._server.close()
             tmp.unlink(missing_ok=True)
             raise
-        self._server.listen(64)
         self._server.settimeout(0.25)
         self._thread = threading.Thread(target=self._serve, name="tui-trainer-control-socket", daemon=True)
         self._thread.start()
