@@ -129,7 +129,7 @@ async def test_the_viewer_of_a_finished_run_says_press_q_to_close(tmp_path):
         await pilot.pause()
         text = squashed(app)
         assert "press q to close" in text and "press q to quit" not in text, screen_text(app)
-        assert "q close viewer" in footer(app)
+        assert "q close" in footer(app)
     app, run_before = replay([started(), *recorded_epochs(3), ENDED])
     async with app.run_test(size=(80, 24)) as pilot:  # the trainer's q quits
         await run_before(pilot)

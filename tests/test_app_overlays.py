@@ -159,6 +159,22 @@ async def test_the_device_label_stays_on_the_status_line_while_measuring_and_sto
     async with app.run_test(size=(60, 20)) as pilot:  # no room for the device here: the time and the ETA stay
         await run_before(pilot)
         assert "0:00:03" in status(app) and "ETA measuring…" in status(app), status(app)
+    # a long name at 60 columns: cut, not gone (the line began with blanks: which run was it?)
+    app, run_before = replay([replace(busy, run_dir="runs/a-rather-long-run-name-here"), *mid_epoch(1, 2, 1)],
+                             elapsed=3.0)
+    async with app.run_test(size=(60, 20)) as pilot:
+        await run_before(pilot)
+        line = status(app)
+        assert line.startswith(" a-rather-long") and "…" in line and "ETA measuring…" in line, line
+
+
+def test_a_run_dir_named_dot_shows_the_folders_own_name(tmp_path, monkeypatch):
+    from tui_trainer.ui.view import RunView
+
+    (tmp_path / "myrun" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "myrun")
+    assert RunView(run_dir=".").run_name == "myrun" and RunView(run_dir="sub/..").run_name == "myrun"
+    assert RunView(run_dir="runs/r1/").run_name == "r1" and RunView().run_name == "—"
 
 
 async def test_the_status_line_shows_the_configured_device_before_the_run_starts(tmp_path):

@@ -135,9 +135,10 @@ TRAINER = CommandTable(
 
 VIEWER = CommandTable(
     bindings=(
-        # ^x beside q: a footer too narrow for every key (below ~72 columns) cuts the last, `? help`
-        # (the viewer does not inherit the trainer's bindings, whose order would put ^x last)
-        Binding("q", "close_app", "close viewer", tooltip="close this viewer; the run goes on"),
+        # `q close` beside `^x stop run` says which one ends the run; every key fits from 64 columns,
+        # and at 60 the last, `? help`, gives way (^x came last, and was cut below 72, when the viewer
+        # inherited the trainer's binding order; the help and the palette still say "close viewer")
+        Binding("q", "close_app", "close", tooltip="close this viewer; the run goes on"),
         Binding("ctrl+x", "stop_run", "stop run", tooltip="stop the run itself (asks first)"),
         *_shared_bindings(sample_in_footer=False),
     ),

@@ -206,7 +206,12 @@ class RunView:
 
     @property
     def run_name(self) -> str:
-        return Path(self.run_dir).name if self.run_dir else "—"
+        if not self.run_dir:
+            return "—"
+        path = Path(self.run_dir)
+        if path.name in ("", ".", ".."):  # (`--run-dir .`, `--resume ..`: the folder's own name)
+            return path.resolve().name or str(path)
+        return path.name
 
     @property
     def effective_batch(self) -> int:

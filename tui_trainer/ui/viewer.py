@@ -59,7 +59,7 @@ class ViewerApp(TrainerApp, inherit_bindings=False):
     # Its own keys in its own order (inherited, the trainer's order held and ^x, new, came last: a
     # footer below ~72 columns cut `^x stop run`, now it cuts `? help`); Textual's ctrl+q kept.
     BINDINGS = [*(b for b in App.BINDINGS if b.key == "ctrl+q"), *VIEWER.bindings]
-    Q_WORDS = "close"  # "press q to close", as its footer's `q close viewer`
+    Q_WORDS = "close"  # "press q to close", as its footer's `q close`
     # A live run's keys need 77 columns spaced out, 90 with the palette hint: at 80 the hint gave way
     # to nothing and `^x stop run` was cut off (ctrl+p still works; the help lists it).
     STEERING_FOOTER_COLUMNS = (78, 90)

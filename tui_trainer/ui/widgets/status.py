@@ -31,6 +31,7 @@ STATE_LABELS = {
 # The busy machine's mark, with its note's advice where there is room ("busy" alone where not;
 # the banner, then `?`, has the whole note).
 LONG, SHORT = "busy: try {}", "busy: {}"
+MIN_NAME = 5  # the fewest cells a cut run name keeps (4 characters and "…"); fewer: no name
 
 
 class StatusBar(Panel):
@@ -54,22 +55,25 @@ class StatusBar(Panel):
         # the run's name (which run this is matters more than the tool's name), never the time and
         # the ETA. (The device went first once: at 80 columns "ETA measuring…" or "stopping…" hid it.)
         room = self.size.width or 10_000
-        for parts in ((True, True, True, LONG), (False, True, True, LONG), (False, True, True, SHORT),
-                      (False, True, True, ""), (False, True, False, ""), (False, False, False, "")):
+        name = view.run_name
+        for parts in ((True, name, True, LONG), (False, name, True, LONG), (False, name, True, SHORT),
+                      (False, name, True, ""), (False, name, False, "")):
             line = self._line(view, now, *parts)
             if len(line.plain) <= room:
-                break
-        return line
+                return line
+        # Still too long: the name cut to what is left (a long run name at 60 columns), or gone.
+        left = room - len(self._line(view, now, False, "", False, "").plain) - 1
+        return self._line(view, now, False, name[:left - 1] + "…" if left >= MIN_NAME else None, False, "")
 
-    def _line(self, view: RunView, now: float, with_title: bool, with_name: bool, with_device: bool,
+    def _line(self, view: RunView, now: float, with_title: bool, name: str | None, with_device: bool,
               advice_form: str) -> Text:
         dim = self.get_component_rich_style("status--dim")
         line = Text(no_wrap=True, overflow="ellipsis", end="")
         if with_title:
             line.append(" tui-trainer ", self.get_component_rich_style("status--title"))
-        if with_name:
+        if name is not None:
             line.append(" ")
-            line.append(view.run_name, self.get_component_rich_style("status--run"))
+            line.append(name, self.get_component_rich_style("status--run"))
         if view.device and with_device:
             line.append("  ")
             line.append(view.device, dim)
