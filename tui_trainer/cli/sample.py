@@ -205,6 +205,13 @@ def signals_end_sampling() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _is_a_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class TextOut:
     """stdout as `sample` writes it (the module doc): pieces as they come, escaped and flushed each
     on a terminal, flushed at each newline on a pipe or a file."""
@@ -213,10 +220,7 @@ class TextOut:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        try:
-            self.terminal = bool(stream.isatty())
-        except (AttributeError, OSError, ValueError):
-            self.terminal = False
+        self.terminal = _is_a_terminal(stream)
         self.ends_a_line = True  # nothing written yet
 
     def __call__(self, text: str) -> None:
@@ -253,17 +257,24 @@ class TextOut:
             raise ReaderGone from None
 
 
+def _took(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds >= 0.1 else f"{1000 * seconds:.1f} ms"
+
+
 def stats_line(clock: GenerationClock, kv_cache: bool) -> str:
     """``sample --stats``: how fast the tokens came, the text's writing included (as a reader sees it)."""
     if clock.started is None or clock.first is None or clock.last is None:
         return "stats: no token was generated"
     prompt = f"{clock.prompt_tokens:,} prompt token{'s' if clock.prompt_tokens != 1 else ''}"
-    line = (f"stats: {clock.tokens:,} token{'s' if clock.tokens != 1 else ''} in {clock.last - clock.started:.2f} s; "
-            f"the first (with the {prompt}) in {1000 * (clock.first - clock.started):.1f} ms")
+    how = f"({'KV cache' if kv_cache else 'no KV cache'}, CPU)"
+    if clock.tokens == 1:
+        return f"stats: 1 token in {_took(clock.first - clock.started)}, with the {prompt} {how}"
+    line = (f"stats: {clock.tokens:,} tokens in {_took(clock.last - clock.started)}; "
+            f"the first (with the {prompt}) in {_took(clock.first - clock.started)}")
     rate = clock.tokens_per_s_after_the_first()
     if rate is not None:
         line += f", then {rate:,.0f} tokens/s"
-    return line + f" ({'KV cache' if kv_cache else 'no KV cache'}, CPU)"
+    return f"{line} {how}"
 
 
 def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
@@ -306,6 +317,9 @@ def run_sample(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
         except ReaderGone:
             pass
     if clock is not None:  # (also after a stop: the tokens that came)
-        print(stats_line(clock, settings.kv_cache), file=stderr, flush=True)
+        # after Ctrl-C the terminal shows "^C" where the cursor was: its own line (out.end() gave the
+        # text's, when the text went to the same terminal)
+        after_ctrl_c = code == 130 and not out.terminal and _is_a_terminal(stderr)
+        print(("\n" if after_ctrl_c else "") + stats_line(clock, settings.kv_cache), file=stderr, flush=True)
     return code
 
