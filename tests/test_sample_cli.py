@@ -280,3 +280,27 @@ def test_stats_says_on_stderr_how_fast_the_tokens_came_and_leaves_stdout_alone(t
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("stats: 1 token in ") and line.endswith(" ms, with the 1 prompt token (no KV cache, CPU)")
     assert " 0.00 s" not in line, line  # (one token takes milliseconds: said so, not rounded to zero seconds)
+
+
+class InterruptedFile(io.StringIO):
+    """A file that Ctrl-C interrupts during its third write (as a user does a long sample > file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        if self.writes == 3:
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def test_stats_after_ctrl_c_start_a_line_of_their_own_after_the_terminals_echo(trained_run, monkeypatch):
+    out, terminal = InterruptedFile(), Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    code = sample(str(trained_run), "--tokens", "50", "--stats")
+    monkeypatch.undo()
+    assert code == 130
+    assert terminal.getvalue().startswith("\nstats: ") and terminal.getvalue().count("\n") == 2, terminal.getvalue()
