@@ -66,3 +66,12 @@ def test_the_planner_measures_first_then_replans_only_on_a_real_drift():
     copy = BudgetPlanner(budget_seconds=0)
     copy.load_state_dict(planner.state_dict())
     assert copy == planner
+
+
+@pytest.mark.parametrize(("text", "fix"), [("-5m", "use e.g. --time-budget 5m"),
+                                           ("-3", "use e.g. --time-budget 90s, 10m")])
+def test_a_negative_budget_suggests_what_was_meant_only_with_its_unit(text, fix):
+    """A bare -3 suggested --time-budget 3, which is refused in turn (3 seconds is too short)."""
+    with pytest.raises(UserError) as error:
+        parse_duration(text)
+    assert "is negative" in error.value.message and error.value.hint.startswith(fix), error.value.one_line()

@@ -29,8 +29,9 @@ def parse_duration(text: str) -> float:
     given = str(text).strip().lower().replace(" ", "")
     hint = "use e.g. --time-budget 90s, 10m, 2h or 1h30m"
     if given.startswith("-") and given[1:2].isdigit():
+        positive = text.strip()[1:]  # with its unit, what was meant; a bare -3 may have meant 3 minutes
         raise UserError(f"--time-budget {text} is negative: a budget is positive",
-                        f"use e.g. --time-budget {text.strip()[1:]}")
+                        f"use e.g. --time-budget {positive}" if not re.fullmatch(r"[\d.]+", positive) else hint)
     if re.fullmatch(r"\d+(\.\d+)?", given):
         seconds = float(given)
     else:
