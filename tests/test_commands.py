@@ -183,6 +183,6 @@ def test_a_checkpoint_toast_is_for_a_save_someone_asked_for_only():
     saved = dict(kind="latest", path="run/checkpoints/latest.pt", step=7, epoch=1, seconds=0.25)
     assert toasts_for(CheckpointSaved(**saved)) == []
     [toast] = toasts_for(CheckpointSaved(**saved, requested=True))
-    assert toast.message == "saved latest checkpoint at step 7 (0.2s)"
+    assert toast.message == "saved latest checkpoint at step 7 (0.25s)"
     [toast] = toasts_for(CheckpointSaved(**saved, requested=True), window_micro_steps_done=1)
-    assert toast.message == "saved latest checkpoint at step 7 (0.2s); a resume redoes step 8 (1 micro-step in)"
+    assert toast.message == "saved latest checkpoint at step 7 (0.25s); a resume redoes step 8 (1 micro-step in)"

@@ -23,7 +23,7 @@ def toasts_for(event: Any, window_micro_steps_done: int = 0) -> list[Toast]:
     seconds (a cold trial); the diagnosis banner shows them until the first diagnosis, and `?` keeps them."""
     match event:
         case CheckpointSaved(requested=True):
-            said = f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.1f}s)"
+            said = f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.2f}s)"  # (as the log says it)
             if window_micro_steps_done:
                 done = window_micro_steps_done
                 said += (f"; a resume redoes step {event.step + 1} "
