@@ -61,7 +61,7 @@ def test_the_six_epoch_run_ending_on_the_lr_floor_is_not_told_to_raise_the_lr():
     assert run["recorded_verdicts"][-1] == "underfitting"  # what it said before
     last = replay(run)[-1]
     assert "higher learning rate" not in last.remedy
-    assert "schedule in its tail (lr 1.0e-04)" in last.remedy and "more epochs" in last.remedy
+    assert "schedule in its tail (lr 1.0e-04)" in last.remedy and "a longer run" in last.remedy
 
 
 def test_the_small_model_plateaus_in_the_tail_as_underfitting_with_a_capacity_remedy():

@@ -295,7 +295,7 @@ def _remedy(kind: str, train_losses: Sequence[float], val_losses: Sequence[float
         if unstable_epoch is not None:  # a plateau after a blow-up: the lr is too high, not too low
             return f"stuck since the instability at epoch {unstable_epoch}: lower the learning rate"
         if tail:  # the lr only falls from here: the plateau is the schedule's, the loss is the model's
-            return f"schedule in its tail (lr {schedule.lr:.1e}): a larger model or more epochs"
+            return f"schedule in its tail (lr {schedule.lr:.1e}): a larger model or a longer run"
         flat_from_start = (len(train_losses) >= 2 and train_losses[0] > 0 and
                            (train_losses[0] - train_losses[-1]) / train_losses[0] / (len(train_losses) - 1)
                            < cfg.plateau_improvement)
@@ -306,7 +306,7 @@ def _remedy(kind: str, train_losses: Sequence[float], val_losses: Sequence[float
         if schedule is not None and not schedule.peak_reached:
             return f"keep training: the lr is still warming up ({schedule.lr:.1e} of {schedule.peak_lr:.1e})"
         if tail:
-            return f"schedule in its tail (lr {schedule.lr:.1e}): more epochs would go further"
+            return f"schedule in its tail (lr {schedule.lr:.1e}): a longer run would go further"
     if kind == "healthy" and tail:  # (both still fall at the floor: a longer run, not "keep training", is the word)
         return f"schedule in its tail (lr {schedule.lr:.1e}): a longer run would go further"
     return REMEDIES[kind]
