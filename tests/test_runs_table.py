@@ -233,7 +233,10 @@ def test_runs_of_an_empty_folder_says_so_and_of_a_missing_one_exits_2(tmp_path):
     assert empty.returncode == 0 and "no run dirs in empty" in empty.stdout
     missing = subprocess.run([sys.executable, "-m", "tui_trainer", "runs"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=60, check=False)
-    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "runs: no such folder" in missing.stderr
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no runs/ folder here" in missing.stderr
+    named = subprocess.run([sys.executable, "-m", "tui_trainer", "runs", "elsewhere"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert named.returncode == 2 and named.stderr.count("\n") == 1 and "elsewhere: no such folder" in named.stderr
 
 
 def test_a_run_extended_with_resume_epochs_is_planned_to_its_new_target_at_once(tmp_path):

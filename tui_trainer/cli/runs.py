@@ -30,6 +30,10 @@ def add_runs_arguments(parser: argparse.ArgumentParser) -> None:
 def run_runs(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not folder.exists():
+        if args.dir == DEFAULT_DIR:  # (`runs: no such folder` read as the command's own complaint)
+            raise UserError(f"no {DEFAULT_DIR}/ folder here ({Path.cwd()}): no run has been trained from it yet",
+                            f"train one (tui-trainer --quick puts it in {DEFAULT_DIR}/), run this where you "
+                            "trained, or pass the folder that holds your run dirs")
         raise UserError(f"{args.dir}: no such folder", "pass the folder that holds your run dirs (train's "
                                                        "--run-dir is runs/DATE-TIME by default)")
     if not folder.is_dir():
