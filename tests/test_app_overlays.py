@@ -109,7 +109,8 @@ async def test_a_save_while_paused_is_one_short_toast_at_a_time():
         await pilot.pause()
         assert [n.message for n in app._notifications] == ["saving a checkpoint now (paused)…"]
         # (the engine's answer to `s`: a save someone asked for)
-        app.feed([CheckpointSaved(kind="latest", path="x", step=65, epoch=2, seconds=0.2, requested=True)])
+        app.feed([CheckpointSaved(kind="latest", path="x", step=65, epoch=2, seconds=0.2, requested=True,
+                                  redone_micro_steps=2)])
         await pilot.pause(0.3)
         shown = [n.message for n in app._notifications]
         assert len(shown) == 1 and shown[0].startswith("saved latest checkpoint"), shown

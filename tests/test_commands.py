@@ -184,5 +184,5 @@ def test_a_checkpoint_toast_is_for_a_save_someone_asked_for_only():
     assert toasts_for(CheckpointSaved(**saved)) == []
     [toast] = toasts_for(CheckpointSaved(**saved, requested=True))
     assert toast.message == "saved latest checkpoint at step 7 (0.25s)"
-    [toast] = toasts_for(CheckpointSaved(**saved, requested=True), window_micro_steps_done=1)
+    [toast] = toasts_for(CheckpointSaved(**saved, requested=True, redone_micro_steps=1))
     assert toast.message == "saved latest checkpoint at step 7 (0.25s); a resume redoes step 8 (1 micro-step in)"

@@ -10,7 +10,7 @@ from tui_trainer.config_checks import validate
 from tui_trainer.control import Control
 from tui_trainer.engine.loop import Trainer
 from tui_trainer.errors import UserError
-from tui_trainer.events import ListSink, RunEnded, RunStarted, StepEvent
+from tui_trainer.events import ListSink, MicroStep, RunEnded, RunStarted, StepEvent
 from tui_trainer.ui.app import TrainerApp
 from tui_trainer.ui.bridge import AppSink
 
@@ -100,6 +100,9 @@ def test_a_save_while_paused_resumes_to_the_same_losses(small_corpus, tmp_path):
     Trainer(config(tmp_path / "b"), paused, control).run()
     saved = paused.of(CheckpointSaved)[0]
     assert saved.step == 1  # the last step taken; step 2's window was under way
+    micro_steps = [e for e in paused.of(MicroStep) if e.step == 2]
+    assert saved.redone_micro_steps == len(micro_steps) == 1  # ... one micro-step in: the event says it
+    assert saved.redone_words() == "a resume redoes step 2 (1 micro-step in)"
     resumed = ListSink()
     Trainer(config(tmp_path / "copy"), resumed, resume=tmp_path / "copy").run()
     losses = [e.loss for e in straight.of(StepEvent)]

@@ -23,11 +23,13 @@ class Recorded:
     def __init__(self) -> None:
         self.saves: list[object] = []
         self.requested: list[bool] = []  # each save: asked for (`s`, the socket), or periodic
+        self.redone: list[int] = []  # each save: the window's micro-steps done (paused inside it)
         self.samples: list[tuple[int, int]] = []
 
-    def save(self, rng, requested: bool = False) -> bool:
+    def save(self, rng, requested: bool = False, redone: int = 0) -> bool:
         self.saves.append(rng)
         self.requested.append(requested)
+        self.redone.append(redone)
         return True
 
     def sample(self, epoch: int, step: int) -> Notice:
@@ -93,8 +95,9 @@ def test_s_and_g_while_paused_save_with_the_window_rng_and_sample_at_once():
     control.save()
     control.sample()
     threading.Timer(0.3, control.resume).start()
-    steering.between_micro_steps(last=False, window_rng="the window's RNG")
+    steering.between_micro_steps(last=False, window_rng="the window's RNG", done=3)
     assert recorded.saves == ["the window's RNG"]  # a resume redoes the window, as after a stop
+    assert recorded.redone == [3] and steering.status()["saved_redone"] == 3  # ... and says how much of it
     assert recorded.samples == [(2, 7)]
     assert not steering.save_requested and not steering.sample_requested
 
@@ -129,7 +132,8 @@ def test_status_is_plain_fields_for_a_viewer():
     state.pending_accum = 8
     control.stop()
     assert steering.status() == {"paused": False, "accum": 4, "pending_accum": 8, "epoch": 2, "step": 7,
-                                 "stopping": True, "saves": 0, "saved_step": 0, "saved_seconds": 0.0}
+                                 "stopping": True, "saves": 0, "saved_step": 0, "saved_seconds": 0.0,
+                                 "saved_redone": 0}
 
 
 def test_a_save_asked_for_is_marked_requested_and_counted_for_viewers_a_periodic_one_is_not():

@@ -180,7 +180,9 @@ async def test_a_save_asked_for_from_a_viewer_is_confirmed_in_the_runs_log_and_t
             await pilot.press("s")
             await wait_for(pilot, lambda: app.view.last_checkpoint_kind == "latest", what="the save's confirmation")
             step = app.view.last_checkpoint_step
+            # paused between micro-steps, inside step + 1's window: the viewer says it too (from the run's status)
             await wait_for(pilot, lambda: any(f"saved latest checkpoint at step {step}" in n.message
+                                              and f"; a resume redoes step {step + 1} (" in n.message
                                               for n in app._notifications), what="the toast")
             await pilot.press("ctrl+x", "y")
             await wait_for(pilot, lambda: app.view.ended, what="the run's end")
@@ -192,6 +194,7 @@ async def test_a_save_asked_for_from_a_viewer_is_confirmed_in_the_runs_log_and_t
     text = log.read_text()
     asked = text.index(f"a checkpoint was asked for at step {step}: saving now (paused)")
     assert f"saved latest checkpoint at step {step} (" in text[asked:] and ", as asked" in text[asked:], text
+    assert f", as asked; a resume redoes step {step + 1} (" in text[asked:], text  # (the log says it as well)
 
 
 # -- a live run's elapsed time in the viewer (1) ----------------------------------------------------------

@@ -234,6 +234,16 @@ class CheckpointSaved:
     epoch: int
     seconds: float
     requested: bool = False  # asked for (`s`, a viewer, the control socket's "save"): the faces confirm it
+    # saved while paused inside a step's window: the micro-steps of step + 1 done then, which a resume redoes
+    redone_micro_steps: int = 0
+
+    def redone_words(self) -> str:
+        """``a resume redoes step 24 (3 micro-steps in)`` (the app's toast, the log, a viewer); "" for
+        a save at a step's end."""
+        done = self.redone_micro_steps
+        if not done:
+            return ""
+        return f"a resume redoes step {self.step + 1} ({done} micro-step{'s' if done != 1 else ''} in)"
 
 
 @dataclass(frozen=True, kw_only=True)

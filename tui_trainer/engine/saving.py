@@ -51,12 +51,13 @@ class Checkpoints:
             return self.state.step % self.every_steps == 0
         return time.monotonic() - self._last_save_time >= DEFAULT_CHECKPOINT_SECONDS
 
-    def save(self, kind: str, rng: dict[str, Any] | None = None, requested: bool = False) -> bool:
+    def save(self, kind: str, rng: dict[str, Any] | None = None, requested: bool = False, redone: int = 0) -> bool:
         """Write a checkpoint (rank 0; with several processes every rank calls this at the same
         point, sends its RNG state, and gets rank 0's outcome). ``rng``: the state a resume starts
-        from (None = now's; a stop mid-window passes the window's)."""
+        from (None = now's; a stop mid-window passes the window's). ``redone``: the micro-steps of the
+        window under way done when it saves (paused inside it), which a resume redoes: the event says so."""
         rank_rngs = self.ranks.gather(capture_rng(self.device)) if self.ranks.distributed else None
-        saved = self._write(kind, rng, rank_rngs, requested) if self.ranks.is_main else False
+        saved = self._write(kind, rng, rank_rngs, requested, redone) if self.ranks.is_main else False
         saved = bool(self.ranks.broadcast(saved)) if self.ranks.distributed else saved
         if saved:
             self._last_save_time = time.monotonic()
@@ -64,8 +65,8 @@ class Checkpoints:
                 self.latest = self.state.position
         return saved
 
-    def save_latest(self, rng: dict[str, Any] | None = None, requested: bool = False) -> bool:
-        return self.save("latest", rng, requested)
+    def save_latest(self, rng: dict[str, Any] | None = None, requested: bool = False, redone: int = 0) -> bool:
+        return self.save("latest", rng, requested, redone)
 
     def rescue(self) -> str:
         """Another process lost, or the data cut short under the run: rank 0 saves where the run stands (the last step
@@ -107,7 +108,7 @@ class Checkpoints:
             model.load_state_dict(state["model"])
 
     def _write(self, kind: str, rng: dict[str, Any] | None, rank_rngs: list[dict[str, Any]] | None,
-               requested: bool = False) -> bool:
+               requested: bool = False, redone: int = 0) -> bool:
         path = ckpt.checkpoint_path(self.run_dir, kind)
         try:
             seconds = ckpt.save_atomic(self._contents(rng, rank_rngs), path)
@@ -120,5 +121,5 @@ class Checkpoints:
             self.sink.emit(CheckpointFailed(kind=kind, message=str(exc)))
             return False
         self.sink.emit(CheckpointSaved(kind=kind, path=str(path), step=self.state.step, epoch=self.state.epoch,
-                                       seconds=seconds, requested=requested))
+                                       seconds=seconds, requested=requested, redone_micro_steps=redone))
         return True

@@ -59,6 +59,7 @@ class Steering:
         self.asked_saves = 0  # the asked-for saves written, for a viewer's status (`saves`, `saved_step`)
         self.asked_save_step = 0
         self.asked_save_seconds = 0.0
+        self.asked_save_redone = 0  # its micro-steps of the window under way, which a resume redoes
         self.sample_requested = False  # `g`: a sample after the current step
         self.seconds_paused = 0.0  # paused between micro-steps, in all (not part of any step's time)
         self._stop_agreed = False  # several processes: the stop they last agreed on (agree)
@@ -69,7 +70,7 @@ class Steering:
         return {"paused": self.paused, "accum": st.accum, "pending_accum": st.pending_accum,
                 "epoch": st.epoch, "step": st.step, "stopping": self.control.stop_requested,
                 "saves": self.asked_saves, "saved_step": self.asked_save_step,
-                "saved_seconds": self.asked_save_seconds}
+                "saved_seconds": self.asked_save_seconds, "saved_redone": self.asked_save_redone}
 
     def handle_commands(self, wait: float | None = None) -> None:
         for command in self.control.drain(wait):
@@ -122,12 +123,13 @@ class Steering:
         st.accum_decided_epoch = st.epoch
         self.request_accum(max(2, suggestion), auto=True)
 
-    def between_micro_steps(self, *, last: bool, window_rng: dict[str, Any] | None) -> bool:
-        """After every micro-step (``last``: the window's last): the commands. False = abandon the
-        window. One process acts at once: a pause holds here (counted into ``seconds_paused``), `s`
-        while paused saves the last step's state with ``window_rng`` (the window's RNG: the resume
-        redoes the window, as after a stop), a stop abandons the window unless only its step is
-        left. Several processes act together at the step's end (``agree``): here only the queue."""
+    def between_micro_steps(self, *, last: bool, window_rng: dict[str, Any] | None, done: int = 0) -> bool:
+        """After every micro-step (``last``: the window's last; ``done``: the window's micro-steps
+        so far): the commands. False = abandon the window. One process acts at once: a pause holds
+        here (counted into ``seconds_paused``), `s` while paused saves the last step's state with
+        ``window_rng`` (the window's RNG: the resume redoes the window, as after a stop, and its
+        event says how many micro-steps that is), a stop abandons the window unless only its step
+        is left. Several processes act together at the step's end (``agree``): here only the queue."""
         self.handle_commands()
         if self.ranks.distributed:
             return True
@@ -136,7 +138,7 @@ class Steering:
             while self.paused and not self.control.stop_requested:
                 self.handle_commands(wait=0.1)
                 self.sample_if_asked()  # paused, the weights are those of the last step
-                self.save_if_asked(window_rng)
+                self.save_if_asked(window_rng, redone=done)
             self.seconds_paused += time.perf_counter() - started
         # A stop after the window's last micro-step still takes the step (the loop stops after it).
         return last or not self.control.stop_requested
@@ -189,15 +191,16 @@ class Steering:
             self.sink.emit(Resumed(epoch=self.state.epoch, step=self.state.step))
         return time.perf_counter() - started
 
-    def save_if_asked(self, rng: dict[str, Any] | None = None) -> None:
+    def save_if_asked(self, rng: dict[str, Any] | None = None, redone: int = 0) -> None:
         """`latest`, where a save is due (`s`, the socket, a periodic one); an asked-for one is
         said by the faces (``CheckpointSaved.requested``) and counted for viewers (``status``)."""
         if not self.save_requested:
             return
         asked, self.save_requested, self.save_asked = self.save_asked, False, False
         started = time.perf_counter()
-        if self._save(rng, requested=asked) and asked:
+        if self._save(rng, requested=asked, redone=redone) and asked:
             self.asked_save_step, self.asked_save_seconds = self.state.step, time.perf_counter() - started
+            self.asked_save_redone = redone
             self.asked_saves += 1
 
     def sample_if_asked(self) -> None:

@@ -126,7 +126,8 @@ class OptimizerStep:
         def between(i: int) -> bool:  # after micro-step i: tell the sinks, then the commands
             self.sink.emit(MicroStep(epoch=st.epoch, step=st.step + 1, micro_step=i + 1, micro_steps=len(mine),
                                      step_in_epoch=step_in_epoch, steps_in_epoch=steps_in_epoch))
-            return self.steering.between_micro_steps(last=i + 1 == len(mine), window_rng=self._window_rng)
+            return self.steering.between_micro_steps(last=i + 1 == len(mine), window_rng=self._window_rng,
+                                                     done=i + 1)
 
         total_tokens = window.tokens(self.cfg.model.block_size)  # every rank divides by the whole window's
         if len(mine) == 0:  # a short window's empty share: this rank adds zeros to the gradients' sum

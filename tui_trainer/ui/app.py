@@ -187,7 +187,7 @@ class TrainerApp(App[None]):
         if answered and self._saving_toast is not None:  # (an epoch end's save is not the one asked for)
             self.call_later(self._drop_notification, self._saving_toast)  # its answer replaces it
             self._saving_toast = None
-        for toast in toasts_for(event, self.view.window_micro_steps_done):
+        for toast in toasts_for(event):
             self.notify(toast.message, title=toast.title, severity=toast.severity, timeout=toast.seconds)
 
     def _drop_notification(self, notification: Notification) -> None:

@@ -16,19 +16,16 @@ class Toast:
     seconds: float = 4.0
 
 
-def toasts_for(event: Any, window_micro_steps_done: int = 0) -> list[Toast]:
+def toasts_for(event: Any) -> list[Toast]:
     """The toasts ``event`` calls for (a checkpoint is said when someone asked for it: `s`, a viewer;
-    saved while paused inside a step's window, ``window_micro_steps_done`` in, it says a resume
-    redoes that step). The run line's notes are no toast: one sat over the stats at 80x24 for
-    seconds (a cold trial); the diagnosis banner shows them until the first diagnosis, and `?` keeps them."""
+    one saved while paused inside a step's window says a resume redoes that step). The run line's
+    notes are no toast: one sat over the stats at 80x24 for seconds (a cold trial); the diagnosis
+    banner shows them until the first diagnosis, and `?` keeps them."""
     match event:
         case CheckpointSaved(requested=True):
             said = f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.2f}s)"  # (as the log says it)
-            if window_micro_steps_done:
-                done = window_micro_steps_done
-                said += (f"; a resume redoes step {event.step + 1} "
-                         f"({done} micro-step{'s' if done != 1 else ''} in)")
-            return [Toast(said, title="checkpoint", seconds=3.0 if not window_micro_steps_done else 4.0)]
+            redo = event.redone_words()
+            return [Toast(said + (f"; {redo}" if redo else ""), title="checkpoint", seconds=4.0 if redo else 3.0)]
         case CheckpointFailed():
             return [Toast(f"{event.message}; training continues, the previous checkpoint is intact",
                           title="checkpoint failed", severity="error", seconds=10)]

@@ -83,7 +83,6 @@ class RunView:
     steps_in_epoch: int = 0
     micro_step: int = 0
     micro_steps: int = 0
-    window_micro_steps_done: int = 0  # micro-steps of the step under way done so far (0: at a step's boundary)
     tokens_seen: int = 0
     lr: float | None = None
     grad_norm: float | None = None

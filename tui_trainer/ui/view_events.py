@@ -106,14 +106,12 @@ def _micro_step(view: RunView, e: MicroStep, now: float) -> None:
         return  # the newest micro-step can trail a step event already shown
     _end_validation(view)
     view.epoch, view.micro_step, view.micro_steps = e.epoch, e.micro_step, e.micro_steps
-    view.window_micro_steps_done = e.micro_step
     view.step_in_epoch, view.steps_in_epoch = e.step_in_epoch - 1, e.steps_in_epoch  # this step is not done yet
 
 def _step(view: RunView, e: StepEvent, now: float) -> None:
     view.epoch, view.step = e.epoch, e.step
     view.step_in_epoch, view.steps_in_epoch = e.step_in_epoch, e.steps_in_epoch
     view.micro_step = view.micro_steps = e.micro_steps
-    view.window_micro_steps_done = 0
     view.tokens_seen, view.lr, view.grad_norm = e.tokens_seen, e.lr, e.grad_norm
     view.accum = e.accum
     _run_clock(view, e, now)

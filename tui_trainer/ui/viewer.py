@@ -20,6 +20,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from tui_trainer.config import ACCUM_MAX
 from tui_trainer.errors import UserError
 from tui_trainer.events import AccumChangeApplied, AccumChangeRequested, CheckpointSaved, Notice, Paused, Resumed
 from tui_trainer.rundir.control_socket import RemoteControl, check_socket_is_ours, socket_path
@@ -127,9 +128,12 @@ class ViewerApp(TrainerApp, inherit_bindings=False):
         saves = status.get("saves")  # (an older run's status has no count of asked-for saves)
         if last is not None and isinstance(saves, int) and saves > (last.get("saves") or 0):
             path = self.follower.run_dir / CHECKPOINT_DIR / checkpoint_name("latest")
+            redone = status.get("saved_redone")  # (a run of an older version: none; any other value: not ours)
+            redone = redone if type(redone) is int and 0 <= redone <= ACCUM_MAX else 0
             events.append(CheckpointSaved(kind="latest", path=str(path),
                                           step=status.get("saved_step") or step, epoch=epoch,
-                                          seconds=status.get("saved_seconds") or 0.0, requested=True))
+                                          seconds=status.get("saved_seconds") or 0.0, requested=True,
+                                          redone_micro_steps=redone))
         return events
 
     # -- keys --------------------------------------------------------------------------------------
