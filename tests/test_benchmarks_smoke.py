@@ -69,6 +69,7 @@ def test_benchmark_script_runs_quick_and_prints_its_figures(script, expected, tm
     assert "nothing measured" not in out and "FAILED" not in out
 
 
+@pytest.mark.slow  # (~9 s: the slow step runs it, beside the benchmark's own smoke run)
 def test_memory_benchmark_exits_1_when_the_same_update_check_fails(tmp_path):
     # A tolerance no fp32 pair of runs in another summation order meets: the check must fail loudly.
     done = run_script("memory.py", tmp_path, 120, "--tolerance", "1e-12")
@@ -76,6 +77,7 @@ def test_memory_benchmark_exits_1_when_the_same_update_check_fails(tmp_path):
     assert "FAILED: above the tolerance" in done.stdout
 
 
+@pytest.mark.slow  # (~7 s: the slow step runs it)
 def test_scaling_benchmark_exits_1_when_a_step_all_reduces_more_than_once(tmp_path):
     # Its workers sum the gradients twice a step, as a loop that summed inside the window would: the check must fail.
     done = run_script("scaling.py", tmp_path, 240, "--configs", "b", "--break-one-round")
