@@ -237,6 +237,10 @@ class CheckpointSaved:
     # saved while paused inside a step's window: the micro-steps of step + 1 done then, which a resume redoes
     redone_micro_steps: int = 0
 
+    def saved_words(self) -> str:
+        """``saved latest checkpoint at step 23 (0.03s)``, as the log and the app's toast say it."""
+        return f"saved {self.kind} checkpoint at step {self.step} ({self.seconds:.2f}s)"
+
     def redone_words(self) -> str:
         """``a resume redoes step 24 (3 micro-steps in)`` (the app's toast, the log, a viewer); "" for
         a save at a step's end."""

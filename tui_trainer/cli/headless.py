@@ -162,8 +162,8 @@ class HeadlessLog:
                 # An epoch's `latest` is quiet unless slow; one someone asked for is always confirmed.
                 if event.kind == "best" or event.seconds > 1.0 or event.requested:
                     redo = event.redone_words()
-                    self._print(f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.2f}s)"
-                                + (", as asked" if event.requested else "") + (f"; {redo}" if redo else ""))
+                    self._print(event.saved_words() + (", as asked" if event.requested else "")
+                                + (f"; {redo}" if redo else ""))
             case CheckpointFailed():
                 self._print(f"error: {event.message}; training continues, the previous checkpoint is intact")
             case Notice():

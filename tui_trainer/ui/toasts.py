@@ -23,9 +23,9 @@ def toasts_for(event: Any) -> list[Toast]:
     banner shows them until the first diagnosis, and `?` keeps them."""
     match event:
         case CheckpointSaved(requested=True):
-            said = f"saved {event.kind} checkpoint at step {event.step} ({event.seconds:.2f}s)"  # (as the log says it)
             redo = event.redone_words()
-            return [Toast(said + (f"; {redo}" if redo else ""), title="checkpoint", seconds=4.0 if redo else 3.0)]
+            return [Toast(event.saved_words() + (f"; {redo}" if redo else ""), title="checkpoint",
+                          seconds=4.0 if redo else 3.0)]
         case CheckpointFailed():
             return [Toast(f"{event.message}; training continues, the previous checkpoint is intact",
                           title="checkpoint failed", severity="error", seconds=10)]
